@@ -1,0 +1,3 @@
+"""CLI for the prune stage (being built; see the issue tracker)."""
+
+COMMANDS = []

@@ -1,0 +1,3 @@
+"""CLI for the share stage (being built; see the issue tracker)."""
+
+COMMANDS = []

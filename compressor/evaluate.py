@@ -1,0 +1,194 @@
+"""Everything measured runs through ONNX Runtime: sessions, batched inference,
+accuracy, fidelity to a reference, latency, and capture of intermediate tensors.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from .data import Dataset, fixed_batch_size
+from .errors import CompressorError
+
+DEFAULT_BATCH = 256
+
+
+def make_session(model: onnx.ModelProto | str | bytes, threads: int = 0, optimized_path: str | None = None, level: str = "all"):
+    """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[level]
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    try:
+        return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises several exception types for invalid graphs
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompressorError(f"ONNX Runtime cannot load the model: {msg}")
+
+
+def batch_size_for(model: onnx.ModelProto, wanted: int = DEFAULT_BATCH) -> int:
+    return fixed_batch_size(model) or wanted
+
+
+def run_batches(session, data: Dataset, batch_size: int, output_names: Sequence[str] | None = None) -> Iterator[list[np.ndarray]]:
+    """Run the session batch by batch; yields the list of outputs for each batch."""
+    for feed in data.batches(batch_size):
+        try:
+            yield session.run(list(output_names) if output_names else None, feed)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CompressorError(f"ONNX Runtime failed to run the model: {msg}")
+
+
+def run_model(model: onnx.ModelProto | object, data: Dataset, batch_size: int | None = None) -> list[np.ndarray]:
+    """All outputs of the model over the whole dataset, concatenated along the batch axis."""
+    session = model if hasattr(model, "run") else make_session(model)
+    if batch_size is None:
+        batch_size = batch_size_for(model) if isinstance(model, onnx.ModelProto) else DEFAULT_BATCH
+    chunks: list[list[np.ndarray]] = []
+    for outs in run_batches(session, data, batch_size):
+        chunks.append(outs)
+    if not chunks:
+        return []
+    return [np.concatenate([c[i] for c in chunks], axis=0) if chunks[0][i].ndim else chunks[0][i] for i in range(len(chunks[0]))]
+
+
+def top1(output: np.ndarray) -> np.ndarray:
+    """Predicted class per sample: argmax over the last axis (or the values if already labels)."""
+    if output.ndim == 1 and output.dtype.kind in "iu":
+        return output.astype(np.int64)
+    flat = output.reshape(output.shape[0], -1) if output.ndim > 2 else output
+    if flat.ndim == 1:
+        return (flat > 0).astype(np.int64)
+    return np.argmax(flat, axis=-1)
+
+
+def accuracy(output: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent."""
+    pred = top1(output)
+    if pred.shape[0] != labels.shape[0]:
+        raise CompressorError(f"model gives {pred.shape[0]} predictions for {labels.shape[0]} labels")
+    return float(np.mean(pred == labels) * 100.0)
+
+
+def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    """Signal-to-noise ratio of `actual` against `reference`, in dB (inf when identical)."""
+    ref = reference.astype(np.float64).ravel()
+    noise = ref - actual.astype(np.float64).ravel()
+    noise_power = float(np.dot(noise, noise))
+    signal_power = float(np.dot(ref, ref))
+    if noise_power == 0.0:
+        return float("inf")
+    if signal_power == 0.0:
+        return float("-inf")
+    return float(10.0 * np.log10(signal_power / noise_power))
+
+
+def fidelity(reference_outputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
+    """Agreement of the first output's top-1, max abs error and SNR over all float outputs."""
+    ref0, out0 = reference_outputs[0], outputs[0]
+    result: dict = {}
+    if ref0.ndim >= 1 and ref0.shape[0] > 0 and ref0.dtype.kind == "f" and ref0.ndim >= 2:
+        result["top1_agreement"] = float(np.mean(top1(ref0) == top1(out0)) * 100.0)
+    else:
+        result["top1_agreement"] = None
+    errs, snrs = [], []
+    for r, o in zip(reference_outputs, outputs):
+        if r.shape != o.shape:
+            raise CompressorError(f"output shapes differ from the reference: {o.shape} vs {r.shape}")
+        if r.dtype.kind == "f":
+            errs.append(float(np.max(np.abs(r.astype(np.float64) - o.astype(np.float64)))) if r.size else 0.0)
+            snrs.append(snr_db(r, o))
+        else:
+            errs.append(float(np.max(np.abs(r.astype(np.int64) - o.astype(np.int64)))) if r.size else 0.0)
+    result["max_abs_error"] = max(errs) if errs else 0.0
+    result["snr_db"] = min(snrs) if snrs else None
+    return result
+
+
+def latency_ms(session, data: Dataset, batch_size: int, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one inference at the given batch size, in milliseconds."""
+    n = data.size
+    idx = np.arange(batch_size) % n
+    feed = {k: v[idx] for k, v in data.inputs.items()}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(statistics.median(times))
+
+
+def evaluate(model: onnx.ModelProto, data: Dataset, reference_outputs: list[np.ndarray] | None = None, batch_size: int | None = None) -> dict:
+    """Accuracy (with labels) and fidelity (with reference outputs) of a model on a dataset."""
+    outputs = run_model(model, data, batch_size)
+    result: dict = {"samples": data.size}
+    result["accuracy"] = accuracy(outputs[0], data.labels) if data.labels is not None else None
+    if reference_outputs is not None:
+        result.update(fidelity(reference_outputs, outputs))
+    return result
+
+
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the model that also outputs the given intermediate values (main graph)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            vi = m.graph.output.add()
+            vi.name = name  # type left unset: ORT accepts untyped extra outputs
+            existing.add(name)
+    return m
+
+
+def capture(model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield, batch by batch, the values of intermediate tensors `names` (never all in memory)."""
+    names = list(dict.fromkeys(names))
+    session = make_session(with_outputs(model, names))
+    if batch_size is None:
+        batch_size = batch_size_for(model)
+    for outs in run_batches(session, data, batch_size, names):
+        yield dict(zip(names, outs))
+
+
+def evaluate_with_latency(
+    model: onnx.ModelProto,
+    data: Dataset,
+    reference: onnx.ModelProto | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    latency_batch: int | None = 64,
+) -> dict:
+    """What `compressor eval` prints: accuracy, fidelity to `reference`, median latency."""
+    session = make_session(model)
+    outputs = run_model(session, data, batch_size)
+    result: dict = {"samples": data.size}
+    result["accuracy"] = accuracy(outputs[0], data.labels) if data.labels is not None else None
+    if reference is not None:
+        ref_outputs = run_model(make_session(reference), data, batch_size_for(reference))
+        if data.labels is not None:
+            result["reference_accuracy"] = accuracy(ref_outputs[0], data.labels)
+        result.update(fidelity(ref_outputs, outputs))
+    if latency_batch:
+        fixed = fixed_batch_size(model)
+        result["latency_ms_batch1"] = latency_ms(session, data, fixed or 1)
+        if not fixed:
+            result[f"latency_ms_batch{latency_batch}"] = latency_ms(session, data, latency_batch, repeats=10)
+    return result

@@ -1,0 +1,573 @@
+"""Safe model I/O and the weight view every pass iterates over.
+
+* ``load_model`` / ``save_model``: defensive loading (external data confined to the
+  model's folder, onnx checker), atomic saving (temp file + rename), external data
+  when a model would exceed protobuf's 2 GB limit.
+* ``iter_tensors``: every TensorProto in a model (initializers and Constant nodes,
+  subgraphs included) in a deterministic order — what pack encodes.
+* ``weights``: the float tensors with their consumers and their *role* (conv filter,
+  Gemm B, MatMul constant, bias, BatchNorm parameter, recurrent W/R/B, ...) — what
+  prune / share / quantize iterate over.  Shared tensors are one entry with several
+  consumers.  Integer, boolean and shape tensors are never weights.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from google.protobuf.message import DecodeError
+
+from .errors import CompressorError, UsageError
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave head-room under protobuf's hard limit: the graph itself needs bytes too.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+
+# Roles whose weights are multiplied into activations: prune and share act on these.
+MATRIX_ROLES = ("conv_filter", "convtranspose_filter", "gemm_b", "matmul_const", "rnn_w", "rnn_r")
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def _check_external_location(location: str, base_dir: Path) -> Path:
+    """Return the resolved path of an external-data file, refusing any escape from base_dir."""
+    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+        raise CompressorError(f"refusing external data with absolute path {location!r}")
+    parts = Path(location.replace("\\", "/")).parts
+    if ".." in parts:
+        raise CompressorError(f"refusing external data path with '..': {location!r}")
+    base = base_dir.resolve()
+    target = (base / location).resolve()
+    if target != base and base not in target.parents:
+        raise CompressorError(f"refusing external data outside the model's folder: {location!r}")
+    return target
+
+
+def _tensors_with_external_data(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for ref in iter_tensors(model):
+        if ref.proto.data_location == onnx.TensorProto.EXTERNAL:
+            yield ref.proto
+
+
+def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    for tensor in _tensors_with_external_data(model):
+        info = {e.key: e.value for e in tensor.external_data}
+        path = _check_external_location(info.get("location", ""), base_dir)
+        if not path.is_file():
+            raise CompressorError(f"external data file not found: {info.get('location')!r}")
+        try:
+            offset = int(info.get("offset", 0) or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise CompressorError(f"bad external data offset/length for tensor {tensor.name!r}")
+        size = path.stat().st_size
+        if offset < 0 or offset > size or (length is not None and (length < 0 or offset + length > size)):
+            raise CompressorError(f"external data of tensor {tensor.name!r} lies outside its file")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            tensor.raw_data = f.read(length if length is not None else size - offset)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Run onnx's checker; raise CompressorError with its message on one line."""
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
+        raise CompressorError(f"invalid ONNX model (onnx checker): {first}")
+
+
+def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
+    """Load a model from a path (or '-' for stdin), with external data confined to its folder."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read()
+        base_dir = None
+        label = "<stdin>"
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise UsageError(f"no such file: {path}")
+        if p.is_dir():
+            raise UsageError(f"is a directory, not an ONNX file: {path}")
+        data = p.read_bytes()
+        base_dir = p.resolve().parent
+        label = str(path)
+    if not data:
+        raise CompressorError(f"not an ONNX model (empty file): {label}")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise CompressorError(f"not an ONNX model (cannot parse protobuf): {label}") from e
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise CompressorError(f"not an ONNX model (no graph): {label}")
+    if any(True for _ in _tensors_with_external_data(model)):
+        if base_dir is None:
+            raise UsageError("a model with external data cannot be read from stdin")
+        _load_external_data(model, base_dir)
+    if check:
+        check_model(model)
+    return model
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    input_path: str | os.PathLike | None = None,
+    overwrite_input: bool = False,
+) -> Path:
+    """Write a model atomically: temp file in the target folder, then rename.
+
+    Refuses to overwrite ``input_path`` unless ``overwrite_input``.  Models larger than
+    protobuf's 2 GB limit are written with their tensors in ``<name>.data`` beside them.
+    """
+    out = Path(path)
+    if input_path is not None and str(input_path) != "-" and _same_file(out, input_path) and not overwrite_input:
+        raise UsageError(f"refusing to overwrite the input model {out} (choose another -o)")
+    folder = out.resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"output folder does not exist: {folder}")
+    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        _save_with_external_data(model, out)
+        return out
+    data = model.SerializeToString()
+    atomic_write_bytes(out, data)
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to path via a temp file in the same folder and os.replace (no half-written files)."""
+    out = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_with_external_data(model: onnx.ModelProto, out: Path) -> None:
+    model = _copy(model)  # the caller's model keeps its in-memory data
+    data_name = out.name + ".data"
+    folder = out.resolve().parent
+    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            offset = 0
+            for ref in iter_tensors(model):
+                t = ref.proto
+                if not t.HasField("raw_data") or len(t.raw_data) < 1024:
+                    continue
+                raw = t.raw_data
+                pad = (-offset) % 64
+                f.write(b"\0" * pad)
+                offset += pad
+                f.write(raw)
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    e = t.external_data.add()
+                    e.key, e.value = k, v
+                offset += len(raw)
+        atomic_write_bytes(out.with_suffix(out.suffix + ".tmpgraph"), model.SerializeToString())
+        os.replace(tmp_data, folder / data_name)
+        os.replace(out.with_suffix(out.suffix + ".tmpgraph"), out)
+    except BaseException:
+        for p in (tmp_data, str(out.with_suffix(out.suffix + ".tmpgraph"))):
+            if os.path.exists(p):
+                os.unlink(p)
+        raise
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy (passes never mutate their input model)."""
+    return _copy(model)
+
+
+# ------------------------------------------------------------------ tensor walk
+
+
+@dataclass
+class TensorRef:
+    """One TensorProto inside a model, and where it lives."""
+
+    proto: onnx.TensorProto
+    name: str
+    kind: str  # "initializer" | "constant"
+    graph_path: str  # "" for the main graph, e.g. "If_0/then_branch" for a subgraph
+    node: onnx.NodeProto | None = None  # the Constant node, for kind == "constant"
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for i, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{i}]", g
+
+
+def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graph and all its subgraphs, depth first, with a readable path."""
+    yield path, graph
+    for i, node in enumerate(graph.node):
+        for attr_name, sub in _subgraphs(node):
+            node_id = node.name or f"{node.op_type}_{i}"
+            sub_path = f"{path}/{node_id}/{attr_name}" if path else f"{node_id}/{attr_name}"
+            yield from iter_graphs(sub, sub_path)
+
+
+def iter_tensors(model: onnx.ModelProto) -> Iterator[TensorRef]:
+    """Every TensorProto of the model: initializers, then Constant 'value' tensors, graph by graph."""
+    for path, graph in iter_graphs(model.graph):
+        for t in graph.initializer:
+            yield TensorRef(t, t.name, "initializer", path)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        yield TensorRef(attr.t, node.output[0], "constant", path, node)
+
+
+# ------------------------------------------------------------------ weight view
+
+
+@dataclass
+class Consumer:
+    node: onnx.NodeProto
+    input_index: int
+    graph_path: str
+
+
+@dataclass
+class Weight:
+    """A float tensor of the model, with everything a pass needs to know about it."""
+
+    name: str
+    ref: TensorRef
+    consumers: list[Consumer] = field(default_factory=list)
+    role: str = "other"
+    group: int = 1  # Conv/ConvTranspose group
+    out_axis: int | None = None  # output-channel axis for per-channel schemes
+    in_axis: int | None = None  # reduction (input) axis of a matrix weight
+    via_identity: bool = False  # reached its consumer through Identity nodes
+
+    @property
+    def proto(self) -> onnx.TensorProto:
+        return self.ref.proto
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.proto.dims)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return onnx.helper.tensor_dtype_to_np_dtype(self.proto.data_type)
+
+    @property
+    def ops(self) -> list[str]:
+        return sorted({c.node.op_type for c in self.consumers})
+
+    @property
+    def is_matrix(self) -> bool:
+        """Weights multiplied into activations (what prune and share act on)."""
+        return self.role in MATRIX_ROLES
+
+    def array(self) -> np.ndarray:
+        return numpy_helper.to_array(self.proto)
+
+    def set_array(self, values: np.ndarray) -> None:
+        """Replace the tensor's values in place (same name, dtype and shape; stored as raw_data)."""
+        set_tensor_values(self.proto, values)
+
+
+def set_tensor_values(proto: onnx.TensorProto, values: np.ndarray) -> None:
+    """Replace a TensorProto's data in place, keeping name, dtype and shape."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(proto.data_type)
+    values = np.asarray(values)
+    if tuple(values.shape) != tuple(proto.dims):
+        raise ValueError(f"shape mismatch for {proto.name}: {values.shape} vs {tuple(proto.dims)}")
+    new = numpy_helper.from_array(values.astype(dtype, copy=False), proto.name)
+    new.data_type = proto.data_type
+    proto.CopyFrom(new)
+
+
+def _role_of(node: onnx.NodeProto, index: int, shape: tuple[int, ...]) -> tuple[str, int | None, int | None, int]:
+    """Role, output axis, input axis and group of a tensor used as input `index` of `node`."""
+    op = node.op_type
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.type != onnx.AttributeProto.GRAPH}
+    rank = len(shape)
+    if node.domain not in ("", "ai.onnx"):
+        return "other", None, None, 1
+    if op == "Conv":
+        if index == 1:
+            return "conv_filter", 0, 1, int(attrs.get("group", 1))
+        if index == 2:
+            return "bias", 0, None, 1
+    elif op == "ConvTranspose":
+        if index == 1:
+            return "convtranspose_filter", 1, 0, int(attrs.get("group", 1))
+        if index == 2:
+            return "bias", 0, None, 1
+    elif op == "Gemm":
+        if index == 1 and rank == 2:
+            trans_b = int(attrs.get("transB", 0))
+            return "gemm_b", (0 if trans_b else 1), (1 if trans_b else 0), 1
+        if index == 0 and rank == 2:
+            trans_a = int(attrs.get("transA", 0))
+            return "gemm_a", (1 if trans_a else 0), (0 if trans_a else 1), 1
+        if index == 2:
+            return "bias", (rank - 1 if rank else None), None, 1
+    elif op == "MatMul":
+        if index == 1 and rank >= 2:
+            return "matmul_const", rank - 1, rank - 2, 1
+        if index == 0 and rank >= 2:
+            return "matmul_const_a", rank - 2, rank - 1, 1
+    elif op in ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"):
+        if index >= 1:
+            return ("batchnorm" if op == "BatchNormalization" else "norm"), (0 if rank else None), None, 1
+    elif op in ("LSTM", "GRU", "RNN"):
+        if index == 1:
+            return "rnn_w", 1, 2, 1
+        if index == 2:
+            return "rnn_r", 1, 2, 1
+        if index == 3:
+            return "rnn_b", None, None, 1
+        return "rnn_state", None, None, 1
+    elif op == "Gather" and index == 0:
+        return "embedding", None, None, 1
+    elif op in ("QuantizeLinear", "DequantizeLinear") and index >= 1:
+        return "quant_param", None, None, 1
+    elif op == "PRelu" and index == 1:
+        return "prelu_slope", None, None, 1
+    elif op in ("Reshape", "Expand", "Tile", "Slice", "Pad", "Resize", "Upsample", "ConstantOfShape", "Range", "TopK"):
+        if index >= 1:
+            return "shape", None, None, 1
+    elif op in ("Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"):
+        return "elementwise", None, None, 1
+    return "other", None, None, 1
+
+
+_ROLE_PRIORITY = MATRIX_ROLES + ("gemm_a", "matmul_const_a", "embedding")
+
+
+def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Weight]:
+    """All float tensors of the model with their consumers and roles (subgraphs included).
+
+    A name is resolved in the innermost graph that defines it, so an outer initializer
+    used inside an If/Loop body is one weight with its consumers in the body.
+    Identity nodes are followed so that ``Constant -> Identity -> Conv`` is a conv filter.
+    """
+    result: dict[int, Weight] = {}
+    order: list[int] = []
+
+    def visit(graph: onnx.GraphProto, path: str, scope: dict[str, Weight]) -> None:
+        local = dict(scope)
+        # Names defined in this graph shadow outer ones.
+        for inp in graph.input:
+            local.pop(inp.name, None)
+        for t in graph.initializer:
+            local[t.name] = _new_weight(TensorRef(t, t.name, "initializer", path))
+        for node in graph.node:
+            for out in node.output:
+                local.pop(out, None)
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        local[node.output[0]] = _new_weight(TensorRef(attr.t, node.output[0], "constant", path, node))
+        # Identity aliases: name -> weight.
+        alias: dict[str, Weight] = {}
+        for node in graph.node:
+            if node.op_type == "Identity" and node.input and (node.input[0] in local or node.input[0] in alias):
+                alias[node.output[0]] = alias.get(node.input[0]) or local[node.input[0]]
+        for i, node in enumerate(graph.node):
+            for idx, name in enumerate(node.input):
+                if not name:
+                    continue
+                w = alias.get(name) or local.get(name)
+                if w is None or node.op_type == "Identity":
+                    continue
+                w.consumers.append(Consumer(node, idx, path))
+                if name in alias:
+                    w.via_identity = True
+            for attr_name, sub in _subgraphs(node):
+                node_id = node.name or f"{node.op_type}_{i}"
+                sub_path = f"{path}/{node_id}/{attr_name}" if path else f"{node_id}/{attr_name}"
+                visit(sub, sub_path, {**local, **alias})
+
+    def _new_weight(ref: TensorRef) -> Weight:
+        key = id(ref.proto)
+        if key not in result:
+            result[key] = Weight(ref.name, ref)
+            order.append(key)
+        return result[key]
+
+    visit(model.graph, "", {})
+    out = []
+    for key in order:
+        w = result[key]
+        if w.proto.data_type not in FLOAT_TYPES and not include_non_float:
+            continue
+        _assign_role(w)
+        out.append(w)
+    return out
+
+
+def _assign_role(w: Weight) -> None:
+    roles = []
+    for c in w.consumers:
+        roles.append(_role_of(c.node, c.input_index, w.shape))
+    if not roles:
+        w.role = "unused"
+        return
+    names = {r[0] for r in roles}
+    if len(names) == 1:
+        role, out_axis, in_axis, group = roles[0]
+        # Shared Conv filters with different groups are not one well-defined filter.
+        if len({r[3] for r in roles}) > 1:
+            role = "other"
+        w.role, w.out_axis, w.in_axis, w.group = role, out_axis, in_axis, group
+        return
+    # Mixed uses (e.g. a tied embedding used by Gather and MatMul): a pass that reshapes
+    # values for one use could break the other, so the tensor is not a matrix weight.
+    w.role = "mixed"
+
+
+def weight_by_name(model: onnx.ModelProto) -> dict[str, Weight]:
+    return {w.name: w for w in weights(model)}
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def consumers_of(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    result: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name:
+                result.setdefault(name, []).append((node, i))
+    return result
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return int(op.version)
+    return 0
+
+
+# ------------------------------------------------------------------ shapes & MACs
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs (initializers listed as inputs in old opsets are excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def infer_shapes_batch1(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every value, with every symbolic input dimension set to 1."""
+    m = _copy(model)
+    for vi in graph_inputs(m):
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.ClearField("dim_param")
+                d.dim_value = 1
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:  # shape inference is best effort (custom ops, etc.)
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+    for t in m.graph.initializer:
+        shapes[t.name] = tuple(t.dims)
+    for node in m.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    shapes[node.output[0]] = tuple(a.t.dims)
+    return shapes
+
+
+def node_macs(model: onnx.ModelProto) -> list[dict]:
+    """Multiply-accumulates per Conv/ConvTranspose/Gemm/MatMul of the main graph at batch 1."""
+    shapes = infer_shapes_batch1(model)
+    result = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        macs = None
+        try:
+            if node.op_type == "Conv":
+                out = shapes[node.output[0]]
+                w = shapes[node.input[1]]
+                macs = int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+            elif node.op_type == "ConvTranspose":
+                x = shapes[node.input[0]]
+                w = shapes[node.input[1]]
+                macs = int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+            elif node.op_type == "Gemm":
+                a = shapes[node.input[0]]
+                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+                out = shapes[node.output[0]]
+                k = a[0] if trans_a else a[1]
+                macs = int(np.prod(out, dtype=np.int64)) * int(k)
+            else:
+                a = shapes[node.input[0]]
+                out = shapes[node.output[0]]
+                macs = int(np.prod(out, dtype=np.int64)) * int(a[-1])
+        except (KeyError, IndexError):
+            macs = None
+        result.append(
+            {
+                "node": node.name or f"{node.op_type}_{i}",
+                "op": node.op_type,
+                "weight": node.input[1] if len(node.input) > 1 else None,
+                "macs": macs,
+            }
+        )
+    return result

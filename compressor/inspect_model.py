@@ -1,0 +1,78 @@
+"""What `compressor inspect` reports about an ONNX model: weights, totals, ops, MACs."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+
+from . import graph
+
+
+def _distinct(values: np.ndarray) -> int:
+    # np.unique sorts; fine for inspection (not a hot path of a pass).
+    return int(np.unique(values).size) if values.size else 0
+
+
+def describe_model(model: onnx.ModelProto, file_bytes: int | None = None) -> dict:
+    weights = graph.weights(model)
+    rows = []
+    for w in weights:
+        arr = w.array()
+        rows.append(
+            {
+                "name": w.name,
+                "role": w.role,
+                "ops": w.ops,
+                "kind": w.ref.kind,
+                "graph": w.ref.graph_path or "main",
+                "shape": list(w.shape),
+                "dtype": str(arr.dtype),
+                "params": int(arr.size),
+                "bytes": int(arr.nbytes),
+                "sparsity": float(np.count_nonzero(arr == 0) / arr.size) if arr.size else 0.0,
+                "distinct_values": _distinct(arr),
+                "consumers": len(w.consumers),
+            }
+        )
+    bytes_by_dtype: dict[str, int] = collections.Counter()
+    for ref in graph.iter_tensors(model):
+        dt = onnx.helper.tensor_dtype_to_np_dtype(ref.proto.data_type) if ref.proto.data_type != onnx.TensorProto.STRING else np.dtype(object)
+        n = int(np.prod(ref.proto.dims, dtype=np.int64)) if ref.proto.dims else 1
+        bytes_by_dtype[str(dt)] += n * (dt.itemsize if dt != np.dtype(object) else 0)
+    ops: dict[str, int] = collections.Counter()
+    for _, g in graph.iter_graphs(model.graph):
+        for node in g.node:
+            ops[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"] += 1
+    macs = graph.node_macs(model)
+
+    def io(vis):
+        out = []
+        for vi in vis:
+            tt = vi.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+            dtype = str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else "?"
+            out.append({"name": vi.name, "dtype": dtype, "shape": dims})
+        return out
+
+    total_macs = sum(m["macs"] for m in macs if m["macs"] is not None)
+    return {
+        "opset": graph.opset_version(model),
+        "ir_version": int(model.ir_version),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "file_bytes": file_bytes,
+        "inputs": io(graph.graph_inputs(model)),
+        "outputs": io(model.graph.output),
+        "weights": rows,
+        "totals": {
+            "weights": len(rows),
+            "float_params": int(sum(r["params"] for r in rows)),
+            "float_bytes": int(sum(r["bytes"] for r in rows)),
+            "zeros": int(sum(round(r["sparsity"] * r["params"]) for r in rows)),
+            "bytes_by_dtype": dict(sorted(bytes_by_dtype.items())),
+            "macs": int(total_macs),
+        },
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "macs": macs,
+    }
