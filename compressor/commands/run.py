@@ -1,3 +1,120 @@
-"""CLI for the run stage (being built; see the issue tracker)."""
+"""`compressor run` (one model, the whole pipeline) and `compressor batch` (a model zoo)."""
 
-COMMANDS = []
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..batch import run_batch
+from ..errors import CompressorError, GateFailed
+from ..graph import atomic_write_bytes
+from ..pipeline import GateFailedWithReport, run_pipeline
+from ..recipe import read_recipe, validate_overrides
+from ..report import format_report, render_html
+from .common import emit_json, to_json
+
+
+def _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed) -> dict:
+    overrides = read_recipe(recipe_path) if recipe_path else {}
+    cli = {
+        "prune": {"sparsity": sparsity, "scope": scope, "budget": budget, "seed": seed},
+        "share": {"bits_conv": bits_conv, "bits_fc": bits_fc, "seed": seed},
+        "quantize": {"activations": activations},
+    }
+    for stage, flag in (("prune", no_prune), ("share", no_share), ("quantize", no_quantize)):
+        if flag:
+            cli[stage]["enabled"] = False
+    cli = {s: {k: v for k, v in t.items() if v is not None} for s, t in cli.items()}
+    cli = validate_overrides({s: t for s, t in cli.items() if t})
+    for section, table in cli.items():
+        overrides.setdefault(section, {}).update(table)
+    return overrides
+
+
+def _progress(quiet: bool, verbose: bool):
+    # Progress goes to stderr when it is a terminal (or with --verbose); CI logs stay clean.
+    if quiet or not (verbose or sys.stderr.isatty()):
+        return lambda msg: None
+    return lambda msg: click.echo(f"  {msg}", err=True)
+
+
+def stage_options(f):
+    for decorator in reversed([
+        click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="TOML recipe (stages and their options)."),
+        click.option("--sparsity", type=float, help="Prune to this fixed sparsity instead of the data-guided budget."),
+        click.option("--scope", type=click.Choice(["global", "layer", "random"]), help="Pruning scope with --sparsity."),
+        click.option("--budget", type=float, help="Points of accuracy (or agreement) that pruning may spend."),
+        click.option("--bits-conv", type=int, help="k-means bits for conv filters (default 8)."),
+        click.option("--bits-fc", type=int, help="k-means bits for fully-connected/MatMul weights (default 5)."),
+        click.option("--activations", type=click.Choice(["static", "dynamic", "none"]), help="Activation quantization."),
+        click.option("--no-prune", is_flag=True, help="Skip pruning."),
+        click.option("--no-share", is_flag=True, help="Skip weight sharing."),
+        click.option("--no-quantize", is_flag=True, help="Skip quantization."),
+        click.option("--seed", type=int, help="Seed for every randomised step."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+        click.option("--verbose", "-v", is_flag=True, help="Progress output even when stderr is not a terminal."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+@click.command("run")
+@click.argument("model", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The container to write (.cmpz).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Evaluation data (.npz; with y: accuracy budget).")
+@click.option("--calib", "calib_path", type=click.Path(dir_okay=False), help="Calibration inputs (.npz).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
+@click.option("--max-accuracy-drop", type=float, help="Fail (exit 3, no container) if the measured drop exceeds this many points.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@stage_options
+def run_command(model, output, data_path, calib_path, report_path, html_path, max_accuracy_drop, as_json, recipe_path,
+                sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed, quiet, verbose):
+    """Compress MODEL with the whole pipeline and write a container plus a report."""
+    overrides = _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed)
+    failure = None
+    try:
+        report = run_pipeline(model, output, overrides, data_path, calib_path, max_accuracy_drop, log=_progress(quiet, verbose))
+    except GateFailedWithReport as e:
+        report, failure = e.report, e
+    if report_path:
+        atomic_write_bytes(report_path, to_json(report).encode())
+    if html_path:
+        atomic_write_bytes(html_path, render_html(report).encode())
+    if as_json:
+        emit_json(report)
+    elif not quiet:
+        click.echo(format_report(report))
+    if failure is not None:
+        raise GateFailed(str(failure))
+
+
+@click.command("batch")
+@click.argument("models", nargs=-1, required=True)
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for containers, reports and the summary.")
+@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), help="Folder with <model>_test.npz / <model>.npz and <model>_calib.npz.")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True, help="Models compressed in parallel processes.")
+@click.option("--max-accuracy-drop", type=float, help="Per-model gate (exit 3 for that model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@stage_options
+def batch_command(models, output_dir, data_dir, jobs, max_accuracy_drop, as_json, recipe_path,
+                  sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed, quiet, verbose):
+    """Compress every model of MODELS (files, folders or globs) into OUTPUT_DIR; resumable."""
+    overrides = _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed)
+    summary = run_batch(models, output_dir, overrides, data_dir, jobs, max_accuracy_drop, log=_progress(quiet, verbose))
+    if as_json:
+        emit_json(summary)
+    elif not quiet:
+        for m in summary["models"]:
+            ratio = f"{m['ratio']:.1f}x" if m.get("ratio") else "-"
+            click.echo(f"{m['status']:8} {ratio:>7}  {m['model']}" + (f"  ({m['error']})" if m.get("error") else ""))
+        click.echo(f"{summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} already done -> {output_dir}/summary.json")
+    if summary["failed"]:
+        n, total = summary["failed"], len(summary["models"])
+        if any(m["status"] == "failed" for m in summary["models"]):
+            raise CompressorError(f"{n} of {total} models failed (see {output_dir}/summary.json)")
+        raise GateFailed(f"{n} of {total} models failed the gate (see {output_dir}/summary.json)")
+
+
+COMMANDS = [run_command, batch_command]

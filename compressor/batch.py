@@ -1,0 +1,169 @@
+"""`compressor batch`: the pipeline over a model zoo, resumable, optionally in parallel.
+
+For each model ``<stem>.onnx`` it writes ``<stem>.cmpz`` and ``<stem>.report.json`` into the
+output folder, then ``summary.json`` and ``summary.csv`` for the whole zoo.  Data for a model is
+looked up in ``--data-dir`` (or beside the model) as ``<stem>_test.npz`` or ``<stem>.npz``
+(evaluation) and ``<stem>_calib.npz`` (calibration).  A model whose report already says it is
+complete (and whose container exists) is skipped, so a rerun resumes an interrupted batch.
+A failing model is recorded with its error and the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from .commands.common import to_json
+from .errors import CompressorError, UsageError
+from .graph import atomic_write_bytes
+
+SUMMARY_FIELDS = ["model", "status", "original_bytes", "container_bytes", "ratio", "accuracy_before", "accuracy_after",
+                  "accuracy_drop", "top1_agreement", "mode", "error"]
+
+
+def expand_models(patterns) -> list[Path]:
+    found: list[Path] = []
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            found += sorted(p.rglob("*.onnx"))
+        elif any(ch in pattern for ch in "*?["):
+            found += sorted(Path(m) for m in glob.glob(pattern, recursive=True))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise UsageError(f"no such model, folder or glob match: {pattern}")
+    unique = list(dict.fromkeys(f.resolve() for f in found))
+    if not unique:
+        raise UsageError("no models found")
+    return unique
+
+
+def _stem_names(models: list[Path]) -> dict[Path, str]:
+    """Output names: the file stem, made unique with the parent folder name when stems clash."""
+    names: dict[Path, str] = {}
+    seen: dict[str, int] = {}
+    for m in models:
+        name = m.stem
+        if name in seen:
+            name = f"{m.parent.name}_{m.stem}"
+        while name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        seen[name] = 0
+        names[m] = name
+    return names
+
+
+def _find_data(model: Path, data_dir: str | None) -> tuple[str | None, str | None]:
+    folders = [Path(data_dir)] if data_dir else []
+    folders.append(model.parent)
+    data = calib = None
+    for folder in folders:
+        for candidate in (f"{model.stem}_test.npz", f"{model.stem}.npz"):
+            if data is None and (folder / candidate).is_file():
+                data = str(folder / candidate)
+        if calib is None and (folder / f"{model.stem}_calib.npz").is_file():
+            calib = str(folder / f"{model.stem}_calib.npz")
+    return data, calib
+
+
+def _one(args) -> dict:
+    model, name, out_dir, overrides, data_dir, gate = args
+    from .pipeline import GateFailedWithReport, run_pipeline
+
+    container = Path(out_dir) / f"{name}.cmpz"
+    report_path = Path(out_dir) / f"{name}.report.json"
+    data, calib = _find_data(model, data_dir)
+    entry = {"model": str(model), "status": "ok", "error": None}
+    report = None
+    try:
+        report = run_pipeline(str(model), str(container), overrides, data, calib, gate)
+    except GateFailedWithReport as e:
+        report = e.report
+        entry.update(status="gate", error=str(e))
+    except CompressorError as e:
+        entry.update(status="failed", error=str(e))
+    except Exception as e:  # one bad model must not stop the zoo
+        entry.update(status="failed", error=f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if report is None:
+        report = {"model": str(model), "error": entry["error"]}
+    report["batch_status"] = entry["status"]
+    atomic_write_bytes(report_path, to_json(report).encode())
+    return _summary_row(entry, report)
+
+
+def _summary_row(entry: dict, report: dict) -> dict:
+    stages = report.get("stages") or []
+    first = stages[0] if stages else {}
+    last = stages[-1] if stages else {}
+    container = report.get("container") or {}
+    return {
+        **entry,
+        "original_bytes": report.get("original_bytes"),
+        "container_bytes": container.get("bytes"),
+        "ratio": container.get("ratio"),
+        "accuracy_before": first.get("accuracy"),
+        "accuracy_after": last.get("accuracy"),
+        "accuracy_drop": last.get("accuracy_drop"),
+        "top1_agreement": last.get("top1_agreement"),
+        "mode": report.get("mode"),
+    }
+
+
+def _already_done(name: str, out_dir: Path) -> dict | None:
+    report_path = out_dir / f"{name}.report.json"
+    if not report_path.is_file():
+        return None
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("batch_status") != "ok" or not (out_dir / f"{name}.cmpz").is_file():
+        return None
+    return report
+
+
+def run_batch(patterns, output_dir, overrides, data_dir, jobs, gate, log=lambda m: None) -> dict:
+    models = expand_models(patterns)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _stem_names(models)
+    rows: dict[Path, dict] = {}
+    todo = []
+    for m in models:
+        done = _already_done(names[m], out)
+        if done is not None:
+            rows[m] = {**_summary_row({"model": str(m), "status": "ok", "error": None}, done), "status": "skipped"}
+            log(f"skip (already done): {m}")
+        else:
+            todo.append((m, names[m], str(out), overrides, data_dir, gate))
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for args, row in zip(todo, pool.map(_one, todo)):
+                rows[args[0]] = row
+                log(f"{row['status']}: {args[0]}")
+    else:
+        for args in todo:
+            log(f"compressing {args[0]}")
+            rows[args[0]] = _one(args)
+    ordered = [rows[m] for m in models]
+    summary = {
+        "models": ordered,
+        "ok": sum(r["status"] == "ok" for r in ordered),
+        "skipped": sum(r["status"] == "skipped" for r in ordered),
+        "failed": sum(r["status"] in ("failed", "gate") for r in ordered),
+    }
+    atomic_write_bytes(out / "summary.json", to_json(summary).encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in ordered:
+        writer.writerow(r)
+    atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
+    return summary

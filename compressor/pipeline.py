@@ -1,0 +1,476 @@
+"""`compressor run`: recipe -> prune -> share -> quantize -> pack, each stage measured with ORT.
+
+The default pipeline is Deep Compression made post-training, and it is *guarded*: every lossy
+stage is measured on the user's data and kept only if the cumulative loss stays within the
+budget, falling back to gentler settings first (more bits, fewer quantized activations), then
+to skipping the stage.  What was measured decides what is applied:
+
+* labeled data (``--data`` with ``y``): the budget is top-1 accuracy, in points;
+* unlabeled inputs (``--calib``, or ``--data`` without ``y``): the budget is fidelity to the
+  original model: top-1 agreement (points below 100 %) *and* an output SNR floor in dB, so that
+  detectors and regressors whose outputs are not class scores are protected too;
+* no data at all: only data-free steps that cannot wreck a model run (int8 per-channel
+  weight-only quantization and lossless packing), and the report says nothing was measured.
+
+The container is unpacked at the end and its model must reproduce the last stage's outputs
+exactly; a gate (``--max-accuracy-drop``) fails the run with exit code 3, writes the report
+and no container.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from . import __version__, graph
+from .data import Dataset, load_dataset
+from .errors import CompressorError, GateFailed, UsageError
+from .evaluate import accuracy, fidelity, make_session, run_model
+from .recipe import default_recipe, merge
+
+# Share of the accuracy budget that pruning may spend on its own; share and quantize
+# usually cost a few tenths of a point together, so they get the rest.
+PRUNE_BUDGET_SHARE = 0.6
+# Calibration uses at most this many samples (ranges converge long before).
+MAX_CALIB_SAMPLES = 512
+
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class Measure:
+    """Measures a candidate model against the original on the evaluation data."""
+
+    data: Dataset | None
+    mode: str  # "accuracy" | "fidelity" | "none"
+    budget: float
+    min_snr_db: float
+    reference_outputs: list[np.ndarray] | None = None
+    reference_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        self.last_outputs: list[np.ndarray] | None = None
+
+    def start(self, model: onnx.ModelProto) -> dict:
+        if self.data is None:
+            return {"accuracy": None, "accuracy_drop": None, "top1_agreement": None, "snr_db": None}
+        self.reference_outputs = run_model(model, self.data)
+        if self.data.labels is not None:
+            self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)
+        self.last_outputs = self.reference_outputs
+        return {"accuracy": self.reference_accuracy, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None, "top1_agreement": 100.0, "snr_db": None}
+
+    def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
+        if self.data is None:
+            return {"accuracy": None, "accuracy_drop": None, "top1_agreement": None, "snr_db": None}, None
+        outputs = run_model(model, self.data)
+        fid = fidelity(self.reference_outputs, outputs)
+        acc = accuracy(outputs[0], self.data.labels) if self.data.labels is not None else None
+        metrics = {
+            "accuracy": acc,
+            "accuracy_drop": (self.reference_accuracy - acc) if acc is not None else None,
+            "top1_agreement": fid["top1_agreement"],
+            "snr_db": fid["snr_db"],
+        }
+        return metrics, outputs
+
+    def loss(self, metrics: dict) -> float | None:
+        """The budgeted loss in points: accuracy drop, or 100 - top-1 agreement."""
+        if self.mode == "accuracy":
+            return metrics["accuracy_drop"]
+        if self.mode == "fidelity":
+            if metrics["top1_agreement"] is None:
+                return 0.0
+            return 100.0 - metrics["top1_agreement"]
+        return None
+
+    def within(self, metrics: dict, budget: float | None = None) -> bool:
+        if self.mode == "none":
+            return True
+        budget = self.budget if budget is None else budget
+        if self.loss(metrics) > budget + 1e-9:
+            return False
+        if self.mode == "fidelity" and metrics["snr_db"] is not None and metrics["snr_db"] < self.min_snr_db:
+            return False
+        return True
+
+
+@dataclass
+class StageRow:
+    stage: str
+    applied: bool
+    bytes: int
+    metrics: dict
+    seconds: float = 0.0
+    options: dict = field(default_factory=dict)
+    note: str = ""
+    attempts: list = field(default_factory=list)
+    stats: dict | None = None
+
+
+def _model_bytes(model: onnx.ModelProto) -> int:
+    # The size of the .onnx file this model saves to (no external data below 2 GB).
+    return model.ByteSize()
+
+
+def _dataset_mode(data: Dataset | None, calib: Dataset | None) -> str:
+    if data is not None and data.labels is not None:
+        return "accuracy"
+    if data is not None or calib is not None:
+        return "fidelity"
+    return "none"
+
+
+def run_pipeline(
+    model_path: str,
+    out_path: str | None,
+    overrides: dict | None = None,
+    data_path: str | None = None,
+    calib_path: str | None = None,
+    max_accuracy_drop: float | None = None,
+    log: Log = _quiet,
+) -> dict:
+    """Run the pipeline; returns the report (dict).  Raises GateFailed (with .report) on a failed gate."""
+    started = time.perf_counter()
+    original = graph.load_model(model_path)
+    original_bytes = Path(model_path).stat().st_size if model_path != "-" else _model_bytes(original)
+    data = load_dataset(data_path, original) if data_path else None
+    calib = load_dataset(calib_path, original) if calib_path else None
+    mode = _dataset_mode(data, calib)
+    if max_accuracy_drop is not None and mode == "none":
+        raise UsageError("--max-accuracy-drop needs --data (or --calib) to measure against")
+    eval_data = data if data is not None else calib
+    calib_data = (calib if calib is not None else data)
+    if calib_data is not None and calib_data.size > MAX_CALIB_SAMPLES:
+        calib_data = calib_data.take(MAX_CALIB_SAMPLES)
+
+    recipe = merge(default_recipe(mode), overrides or {})
+    gate = recipe["gate"]
+    if max_accuracy_drop is None:
+        max_accuracy_drop = gate["max_accuracy_drop"]
+    budget = gate["budget"]
+    if max_accuracy_drop is not None:
+        budget = min(budget, max_accuracy_drop)
+    measure = Measure(eval_data, mode, budget, gate["min_snr_db"])
+
+    log(f"original: {original_bytes:,} bytes; measuring on {eval_data.size if eval_data else 0} samples ({mode})")
+    rows = [StageRow("original", True, original_bytes, measure.start(original))]
+    model = original
+    last_outputs = measure.last_outputs
+
+    # ---- prune
+    prune_opts = recipe["prune"]
+    if prune_opts["enabled"]:
+        model, last_outputs = _stage_prune(model, prune_opts, measure, eval_data, rows, last_outputs, log)
+    else:
+        rows.append(StageRow("prune", False, _model_bytes(model), rows[-1].metrics, note="disabled"))
+
+    # ---- share
+    share_opts = recipe["share"]
+    shared_model = None
+    explicit_share = {k for k in (overrides or {}).get("share", {}) if k != "enabled"}
+    if share_opts["enabled"]:
+        model, last_outputs = _stage_share(model, share_opts, measure, calib_data, rows, last_outputs, log, adaptive=not explicit_share)
+        shared_model = model if rows[-1].applied else None
+    else:
+        rows.append(StageRow("share", False, _model_bytes(model), rows[-1].metrics, note="disabled"))
+
+    # ---- quantize
+    quant_opts = recipe["quantize"]
+    explicit_quant = {k for k in (overrides or {}).get("quantize", {}) if k != "enabled"}
+    if quant_opts["enabled"]:
+        model, last_outputs = _stage_quantize(model, quant_opts, measure, calib_data, rows, last_outputs, log, adaptive=not explicit_quant)
+    else:
+        rows.append(StageRow("quantize", False, _model_bytes(model), rows[-1].metrics, note="disabled"))
+
+    # ---- gate (before anything is written)
+    final_metrics = rows[-1].metrics
+    gate_result = {"max_accuracy_drop": max_accuracy_drop, "passed": True, "reason": ""}
+    if max_accuracy_drop is not None:
+        loss = measure.loss(final_metrics)
+        if loss is not None and loss > max_accuracy_drop + 1e-9:
+            what = "accuracy drop" if mode == "accuracy" else "top-1 disagreement"
+            gate_result.update(passed=False, reason=f"{what} {loss:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop:g}")
+
+    # ---- pack
+    container = None
+    pack_stats = None
+    if recipe["pack"]["enabled"] and gate_result["passed"]:
+        if out_path is None:
+            raise UsageError("run needs -o OUT.cmpz")
+        t0 = time.perf_counter()
+        log("pack: writing the container")
+        pack_stats, verified = _pack_and_verify(model, out_path, eval_data, last_outputs)
+        container = {"path": str(out_path), "bytes": Path(out_path).stat().st_size, "verified": verified}
+        container["ratio"] = original_bytes / container["bytes"]
+        rows.append(StageRow("pack", True, container["bytes"], final_metrics, time.perf_counter() - t0,
+                             note="unpacked model reproduces the last stage's outputs exactly" if verified == "outputs" else "tensors verified bit-identical"))
+    elif not recipe["pack"]["enabled"] and out_path is not None and gate_result["passed"]:
+        graph.save_model(model, out_path, input_path=model_path)
+        container = {"path": str(out_path), "bytes": Path(out_path).stat().st_size, "verified": None, "ratio": original_bytes / Path(out_path).stat().st_size}
+
+    report = build_report(model_path, original, original_bytes, mode, budget, measure, rows, model, pack_stats, container, gate_result, recipe, shared_model)
+    report["seconds"] = time.perf_counter() - started
+    if not gate_result["passed"]:
+        raise GateFailedWithReport(gate_result["reason"], report)
+    return report
+
+
+class GateFailedWithReport(GateFailed):
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _try(stage: str, attempts: list[tuple[str, Callable[[], tuple[onnx.ModelProto, dict]]]], measure: Measure,
+         rows: list[StageRow], model: onnx.ModelProto, last_outputs, log: Log, adaptive: bool):
+    """Apply the first attempt whose result stays within the budget (or the first, if not adaptive)."""
+    tried = []
+    t0 = time.perf_counter()
+    for label, attempt in attempts:
+        log(f"{stage}: {label}")
+        try:
+            candidate, stats = attempt()
+        except CompressorError as e:
+            tried.append({"option": label, "error": str(e)})
+            log(f"{stage}: {label} failed: {e}")
+            continue
+        metrics, outputs = measure(candidate)
+        tried.append({"option": label, **metrics})
+        if not adaptive or measure.within(metrics):
+            rows.append(StageRow(stage, True, _model_bytes(candidate), metrics, time.perf_counter() - t0,
+                                 options={"setting": label}, attempts=tried, stats=stats,
+                                 note="" if len(tried) == 1 else f"fell back to {label}"))
+            return candidate, outputs if outputs is not None else last_outputs
+        log(f"{stage}: {label} exceeds the budget ({_loss_text(measure, metrics)}), backing off")
+    rows.append(StageRow(stage, False, _model_bytes(model), rows[-1].metrics, time.perf_counter() - t0,
+                         attempts=tried, note="skipped: every setting tried exceeded the budget" if tried else "skipped"))
+    return model, last_outputs
+
+
+def _loss_text(measure: Measure, metrics: dict) -> str:
+    loss = measure.loss(metrics)
+    snr = metrics.get("snr_db")
+    text = f"loss {loss:.2f} points" if loss is not None else "unmeasured"
+    if snr is not None:
+        text += f", SNR {snr:.1f} dB"
+    return text
+
+
+def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, log):
+    from .passes.prune import prune, prune_to_budget
+
+    common = dict(exclude=opts["exclude"], min_params=opts["min_params"], seed=opts["seed"])
+    if opts["sparsity"] is not None:
+        attempts = [(f"{opts['scope']} sparsity {opts['sparsity']:g}", lambda: prune(model, opts["sparsity"], scope=opts["scope"], **common))]
+        return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=False)
+    if eval_data is None:
+        rows.append(StageRow("prune", False, _model_bytes(model), rows[-1].metrics, note="skipped: pruning needs data to choose ratios"))
+        return model, last_outputs
+    prune_budget = opts["budget"] if opts["budget"] is not None else measure.budget * PRUNE_BUDGET_SHARE
+    attempts = [(f"sensitivity-guided, budget {prune_budget:g} points",
+                 lambda: prune_to_budget(model, eval_data, prune_budget, **common))]
+    return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=True)
+
+
+def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool):
+    from .passes.share import share
+
+    bc, bf = opts["bits_conv"], opts["bits_fc"]
+    ladder = [(bc, bf)]
+    if adaptive:
+        ladder += [(max(bc, 8), b) for b in range(bf + 1, 9)]
+    seen, attempts = set(), []
+    for bits_conv, bits_fc in ladder:
+        if (bits_conv, bits_fc) in seen:
+            continue
+        seen.add((bits_conv, bits_fc))
+        refit = calib_data if opts["refit"] else None
+        attempts.append((f"k-means {bits_conv} bits conv / {bits_fc} bits fc",
+                         lambda bits_conv=bits_conv, bits_fc=bits_fc, refit=refit: share(
+                             model, bits_conv=bits_conv, bits_fc=bits_fc, init=opts["init"], seed=opts["seed"],
+                             exclude=opts["exclude"], min_params=opts["min_params"], refit_data=refit)))
+    return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive)
+
+
+def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool):
+    from .passes.quantize import quantize
+
+    activations = opts["activations"]
+    if activations == "static" and calib_data is None:
+        activations = "none"
+    common = dict(per_channel=opts["per_channel"], symmetric=opts["symmetric"], calibration=opts["calibration"], exclude=opts["exclude"])
+    settings = [activations]
+    if adaptive:
+        settings += [a for a in ("static", "none") if a != activations and (a != "static" or calib_data is not None)]
+        # weight-only is the gentlest; never try a harsher mode after a gentler one
+        settings = settings[: settings.index("none") + 1] if "none" in settings else settings
+    labels = {"static": "int8 weights + static int8 activations", "dynamic": "int8 weights + dynamic activations", "none": "int8 weights only"}
+    attempts = [(labels[a], lambda a=a: quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)) for a in settings]
+    return _try("quantize", attempts, measure, rows, model, last_outputs, log, adaptive)
+
+
+def _pack_and_verify(model, out_path, eval_data, last_outputs):
+    """Pack to `out_path` (atomically), unpack, and check the unpacked model reproduces the outputs."""
+    from .passes.pack import pack_model, unpack_model
+
+    out = Path(out_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent)
+    os.close(fd)
+    try:
+        stats = pack_model(model, tmp)
+        unpacked = unpack_model(tmp)
+        verified = "tensors"
+        if eval_data is not None and last_outputs is not None:
+            outputs = run_model(unpacked, eval_data)
+            if len(outputs) != len(last_outputs) or not all(np.array_equal(a, b) for a, b in zip(outputs, last_outputs)):
+                raise CompressorError("the unpacked container does not reproduce the model's outputs")
+            verified = "outputs"
+        else:
+            original_tensors = [r.proto.SerializeToString() for r in graph.iter_tensors(model)]
+            unpacked_tensors = [r.proto.SerializeToString() for r in graph.iter_tensors(unpacked)]
+            if original_tensors != unpacked_tensors:
+                raise CompressorError("the unpacked container does not reproduce the model's tensors")
+            make_session(unpacked)  # it must still load in ORT
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return stats, verified
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _bits_of(values: np.ndarray) -> int | None:
+    nonzero = values[values != 0]
+    distinct = np.unique(nonzero).size
+    if distinct == 0:
+        return 0
+    return int(np.ceil(np.log2(distinct))) if distinct > 1 else 1
+
+
+def _per_layer(original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: dict | None) -> list[dict]:
+    final_arrays = _final_weight_values(final)
+    packed = {}
+    if pack_stats:
+        for t in pack_stats.get("tensors", []):
+            packed[t.get("name")] = t
+    layers = []
+    for w in graph.weights(original):
+        if not w.is_matrix:
+            continue
+        values = final_arrays.get(w.name)
+        row = {"name": w.name, "role": w.role, "shape": list(w.shape), "params": w.size}
+        if values is not None:
+            row["sparsity"] = float(np.count_nonzero(values == 0) / values.size) if values.size else 0.0
+            row["distinct_nonzero"] = int(np.unique(values[values != 0]).size)
+            row["bits"] = _bits_of(values)
+        p = packed.get(w.name) or packed.get(final_arrays.get(("__alias__", w.name), w.name))
+        if p:
+            row["container_bytes"] = p.get("bytes_after", p.get("packed_bytes"))
+            row["entropy_bound_bytes"] = p.get("entropy_bound_bytes")
+            row["encoding"] = p.get("encoding")
+        layers.append(row)
+    return layers
+
+
+def _final_weight_values(model: onnx.ModelProto) -> dict:
+    """Weight values of the final model by the original weight name (looking through DequantizeLinear)."""
+    from onnx import numpy_helper
+
+    values: dict = {}
+    tensors = {r.name: r.proto for r in graph.iter_tensors(model)}
+    for name, proto in tensors.items():
+        if proto.data_type in graph.FLOAT_TYPES:
+            values[name] = numpy_helper.to_array(proto)
+    # Quantized weights: DequantizeLinear(int8 W, scale, zp) -> the float weight's consumers.
+    for _, g in graph.iter_graphs(model.graph):
+        for node in g.node:
+            if node.op_type == "DequantizeLinear" and node.input[0] in tensors:
+                q = numpy_helper.to_array(tensors[node.input[0]])
+                stem = node.input[0]
+                for suffix in ("_quantized", "_q", "_int8"):
+                    if stem.endswith(suffix):
+                        stem = stem[: -len(suffix)]
+                values[stem] = q
+                values[node.output[0]] = q
+                values[("__alias__", stem)] = node.input[0]
+    return values
+
+
+def build_report(model_path, original, original_bytes, mode, budget, measure: Measure, rows: list[StageRow],
+                 final_model, pack_stats, container, gate_result, recipe, shared_model=None) -> dict:
+    stages = []
+    for r in rows:
+        stages.append({
+            "stage": r.stage,
+            "applied": r.applied,
+            "bytes": int(r.bytes),
+            "ratio": original_bytes / r.bytes if r.bytes else None,
+            **{k: r.metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")},
+            "seconds": round(r.seconds, 3),
+            "setting": r.options.get("setting"),
+            "note": r.note,
+            "attempts": r.attempts,
+        })
+    applied = [s["stage"] + (f" ({s['setting']})" if s["setting"] else "") for s in stages[1:] if s["applied"]]
+    report = {
+        "compressor_version": __version__,
+        "model": str(model_path),
+        "mode": mode,
+        "measured": mode != "none",
+        "samples": measure.data.size if measure.data is not None else 0,
+        "budget_points": budget if mode != "none" else None,
+        "min_snr_db": measure.min_snr_db if mode == "fidelity" else None,
+        "original_bytes": int(original_bytes),
+        "stages": stages,
+        "applied": applied,
+        "layers": _per_layer(original, final_model, pack_stats),
+        "container": container,
+        "gate": gate_result,
+        "recipe": recipe,
+        "pack": _pack_summary(pack_stats),
+        "plots": _plot_data(original, shared_model),
+    }
+    if mode == "none":
+        report["note"] = ("no data given: nothing was measured; only data-free steps were applied "
+                          "(int8 per-channel weight-only quantization and lossless packing)")
+    return report
+
+
+def _pack_summary(pack_stats: dict | None) -> dict | None:
+    if not pack_stats:
+        return None
+    return {k: v for k, v in pack_stats.items() if k != "tensors"}
+
+
+def _plot_data(original: onnx.ModelProto, shared_model: onnx.ModelProto | None) -> dict:
+    """Small arrays for the HTML plots: the largest matrix weight's histogram and its centroids."""
+    matrices = [w for w in graph.weights(original) if w.is_matrix]
+    if not matrices:
+        return {}
+    biggest = max(matrices, key=lambda w: w.size)
+    values = biggest.array().astype(np.float32).ravel()
+    counts, edges = np.histogram(values[values != 0], bins=120)
+    centroids = []
+    if shared_model is not None:
+        shared = graph.weight_by_name(shared_model).get(biggest.name)
+        if shared is not None:
+            shared_values = shared.array()
+            centroids = np.unique(shared_values[shared_values != 0]).astype(float).tolist()[:256]
+    return {"layer": biggest.name, "hist_counts": counts.tolist(), "hist_edges": edges.tolist(), "centroids": centroids}
