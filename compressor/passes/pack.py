@@ -1,0 +1,881 @@
+"""pack / unpack: an ONNX model <-> a .cmpz container (the byte format is in FORMAT.md).
+
+The container is a lossless encoding of the model.  Packing serializes the ModelProto
+with the data of every sizeable tensor stripped (compressed as the *graph* section) and
+stores each stripped data field as a *tensor* section, encoded with whichever measured
+candidate is smallest:
+
+* ``sparse``: gaps between non-fill elements + codebook symbols (or raw values), Huffman-coded;
+* ``dict``: codebook + one Huffman-coded symbol per element;
+* ``zstd`` (level 19), ``xz`` (preset 9) or ``stored``.
+
+A JSON *manifest* says which tensor (by its position in ``graph.iter_tensors`` order) and
+which field each section restores.  Unpacking puts every field back, so the model's
+``SerializeToString()`` is byte-identical to the original's (the manifest keeps its
+SHA-256, which ``unpack --verify`` checks).  ``unpack_file`` writes that serialization
+without loading big tensors into protobuf: it splices the decoded arrays into the
+serialized graph (see ``_splice``), which is what makes unpacking faster than ``xz -d``.
+
+Public API: ``pack_model`` / ``pack_file``, ``unpack_container`` / ``unpack_bytes`` /
+``unpack_file``, ``describe_container``, ``format_pack_table``, ``format_container_table``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from ..codec import SAMPLE_THRESHOLD, STORED, ZSTD, CorruptData, compress, compress_best, estimate_best
+from ..codec import container as fmt
+from ..codec.sparse import (
+    MAX_CODEBOOK,
+    StreamInfo,
+    dict_layout,
+    element_view,
+    find_codebook,
+    sparse_layouts,
+    with_fill,
+)
+from ..errors import CompressorError, UsageError
+from ..graph import EXTERNAL_DATA_THRESHOLD, atomic_write_bytes, iter_tensors, load_model, save_model
+
+MANIFEST_FORMAT = "cmpz"
+# Tensor data smaller than this stays inside the graph section: compressed together with
+# the graph it shares context with, and without a section-table entry or manifest record.
+MIN_SECTION_BYTES = 256
+MIN_CODED_ELEMENTS = 64  # fewer elements: Huffman tables cost more than they save
+SPARSE_MIN_FILL = 0.25  # try position coding when at least this share equals the fill value
+GENERIC_MARGIN = 1.15  # a sampled general-purpose estimate this far above the best coded size is not built
+MAX_MANIFEST_BYTES = 256 << 20
+MAX_GRAPH_BYTES = 2**31 - 1  # protobuf cannot parse more
+MAX_DECODED_BYTES = 1 << 36  # a sanity cap on everything a container may declare (64 GiB)
+
+T = onnx.TensorProto
+
+
+def _types(*names: str) -> set[int]:
+    return {getattr(T, n) for n in names if hasattr(T, n)}
+
+
+FLOAT8 = _types("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0")
+FOUR_BIT = _types("UINT4", "INT4", "FLOAT4E2M1")
+TWO_BIT = _types("UINT2", "INT2")
+# raw_data: element width in bytes and elements per tensor value, by data type.
+RAW_LAYOUT = {
+    T.FLOAT: (4, 1), T.UINT8: (1, 1), T.INT8: (1, 1), T.UINT16: (2, 1), T.INT16: (2, 1),
+    T.INT32: (4, 1), T.INT64: (8, 1), T.BOOL: (1, 1), T.FLOAT16: (2, 1), T.DOUBLE: (8, 1),
+    T.UINT32: (4, 1), T.UINT64: (8, 1), T.COMPLEX64: (4, 2), T.COMPLEX128: (8, 2), T.BFLOAT16: (2, 1),
+    **{t: (1, 1) for t in FLOAT8},
+}  # fmt: skip
+# Typed fields: numpy dtype of one field element, and the data types each field may hold.
+FIELD_DTYPE = {"float_data": "<f4", "int32_data": "<i4", "int64_data": "<i8", "double_data": "<f8", "uint64_data": "<u8"}
+INT32_FIELD_TYPES = _types("INT32", "INT16", "INT8", "UINT16", "UINT8", "BOOL", "FLOAT16", "BFLOAT16") | FLOAT8
+FIELD_TYPES = {
+    "float_data": {T.FLOAT: 1, T.COMPLEX64: 2},
+    "int32_data": {t: 1 for t in INT32_FIELD_TYPES},
+    "int64_data": {T.INT64: 1},
+    "double_data": {T.DOUBLE: 1, T.COMPLEX128: 2},
+    "uint64_data": {T.UINT32: 1, T.UINT64: 1},
+}
+# string_data is not here: string tensors stay in the graph section.
+DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _num_values(dims) -> int:
+    return math.prod(int(d) for d in dims)
+
+
+def field_layout(data_type: int, dims, field_name: str) -> tuple[int, int] | None:
+    """(element width, element count) that ``field_name`` must hold for this type and shape.
+
+    None when the field cannot hold this type, or the type's layout is not known: such
+    data is never stripped, so every section's size can be checked against a shape.
+    """
+    n = _num_values(dims)
+    if field_name == "raw_data":
+        if data_type in RAW_LAYOUT:
+            width, per_value = RAW_LAYOUT[data_type]
+            return width, n * per_value
+        if data_type in FOUR_BIT:
+            return 1, (n + 1) // 2
+        if data_type in TWO_BIT:
+            return 1, (n + 3) // 4
+        return None
+    if field_name == "int32_data" and data_type in FOUR_BIT:
+        return 4, (n + 1) // 2
+    if field_name == "int32_data" and data_type in TWO_BIT:
+        return 4, (n + 3) // 4
+    per_value = FIELD_TYPES.get(field_name, {}).get(data_type)
+    if per_value is None:
+        return None
+    return np.dtype(FIELD_DTYPE[field_name]).itemsize, n * per_value
+
+
+def _field_bytes(tensor: onnx.TensorProto, field_name: str) -> bytes | None:
+    """The field's data as little-endian bytes, or None if the field is absent/empty."""
+    if field_name == "raw_data":
+        return tensor.raw_data if tensor.HasField("raw_data") else None
+    values = getattr(tensor, field_name)
+    if not len(values):
+        return None
+    return np.array(values, dtype=FIELD_DTYPE[field_name]).tobytes()
+
+
+def _set_field(tensor: onnx.TensorProto, field_name: str, data: bytes) -> None:
+    if field_name == "raw_data":
+        tensor.raw_data = data
+    else:
+        getattr(tensor, field_name).extend(np.frombuffer(data, dtype=FIELD_DTYPE[field_name]).tolist())
+
+
+def _field_present(tensor: onnx.TensorProto, field_name: str) -> bool:
+    if field_name == "raw_data":
+        return tensor.HasField("raw_data")
+    return len(getattr(tensor, field_name)) > 0
+
+
+# ------------------------------------------------------------------ encoding choice
+
+
+@dataclass
+class EncodedTensor:
+    codec: int
+    payload: bytes
+    streams: list[StreamInfo] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    candidates: dict = field(default_factory=dict)
+
+
+def _candidate(size: float, streams: list[StreamInfo], exact: bool = True) -> dict:
+    entry = {"bytes": int(round(size))}
+    if not exact:
+        entry["estimated"] = True
+    if streams:
+        entry["streams"] = [s.as_dict() for s in streams]
+    return entry
+
+
+def encode_tensor_data(data: bytes, width: int) -> EncodedTensor:
+    """Encode one field's bytes with the smallest measured candidate (exact sizes where cheap).
+
+    The Huffman-based layouts are sized exactly from symbol histograms before anything is
+    written; the general-purpose codecs are measured on the whole data when it is at most
+    256 KiB and on a sample otherwise (then built in full only if they could win).
+    """
+    elements = element_view(data, width)
+    n = elements.size
+    layouts = []
+    candidates: dict[str, dict] = {}
+    built: dict[int, bytes] = {}
+    if n >= MIN_CODED_ELEMENTS:
+        fill, positions, entry_codebook = 0, None, None
+        zeros = n - int(np.count_nonzero(elements))
+        if zeros >= SPARSE_MIN_FILL * n:
+            # Mostly zeros: analyse only the non-zeros; the dense codebook is theirs plus 0.
+            positions = np.flatnonzero(elements)
+            entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
+            if entry_codebook is not None:
+                values, counts, _ = with_fill(entry_codebook, 0, zeros)
+                layouts.append(dict_layout(elements, values, counts))
+            elif positions.size == 0:
+                layouts.append(dict_layout(elements, elements[:1].copy(), np.array([n], dtype=np.int64)))
+        else:
+            dense = find_codebook(elements, limit=MAX_CODEBOOK)
+            if dense is not None:
+                layouts.append(dict_layout(elements, dense.values, dense.counts, dense.symbols))
+                most = int(np.argmax(dense.counts))
+                if dense.counts[most] >= SPARSE_MIN_FILL * n and dense.size > 1:
+                    # Position coding around the most frequent value (e.g. a non-zero zero-point).
+                    fill = int(dense.values[most])
+                    positions = np.flatnonzero(elements != elements.dtype.type(fill))
+                    entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
+        if layouts:
+            candidates["dict"] = _candidate(layouts[0].size, layouts[0].streams)
+        if positions is not None and positions.size:
+            for layout in sparse_layouts(elements, fill, positions, entry_codebook, raw=entry_codebook is None):
+                if layout.params["values"] == "raw":
+                    payload = layout.builder()
+                    layout.size = len(payload)
+                    built[id(layout)] = payload
+                layouts.append(layout)
+                candidates[f"sparse+{layout.params['values']}"] = _candidate(layout.size, layout.streams)
+    best_layout = min(layouts, key=lambda lay: lay.size) if layouts else None
+    generic = None
+    if len(data) <= SAMPLE_THRESHOLD or best_layout is None:
+        generic = compress_best(data)
+    else:
+        codec, estimate = estimate_best(data)
+        if estimate < GENERIC_MARGIN * best_layout.size:
+            generic = compress_best(data, codec)
+        else:
+            candidates[fmt.CODEC_NAMES[codec]] = _candidate(estimate, [], exact=False)
+    if generic is not None:
+        candidates[fmt.CODEC_NAMES[generic[0]]] = _candidate(len(generic[1]), [])
+    if best_layout is not None and (generic is None or best_layout.size < len(generic[1])):
+        payload = built.get(id(best_layout)) or best_layout.build()
+        codec = fmt.DICT if best_layout.encoding == "dict" else fmt.SPARSE
+        return EncodedTensor(codec, payload, best_layout.streams, best_layout.params, candidates)
+    return EncodedTensor(generic[0], generic[1], [], {}, candidates)
+
+
+def _describe_encoding(codec: int, params: dict) -> str:
+    name = fmt.CODEC_NAMES[codec]
+    if codec == fmt.DICT:
+        return f"dict k={params['codebook_size']}"
+    if codec == fmt.SPARSE:
+        values = f"k={params['codebook_size']}" if params.get("values") == "codebook" else "raw"
+        return f"sparse gap={params['gap_width']}b {values}"
+    return name
+
+
+# ------------------------------------------------------------------ pack
+
+
+def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
+    """Encode a model (with all tensor data in memory) as container bytes; returns (bytes, stats)."""
+    for ref in iter_tensors(model):
+        if ref.proto.data_location == T.EXTERNAL:
+            raise CompressorError(f"tensor {ref.name!r} has external data that is not loaded (load the model with compressor.graph.load_model)")
+    try:
+        original = model.SerializeToString()
+    except (ValueError, OverflowError):
+        raise CompressorError("models larger than protobuf's 2 GiB limit cannot be packed yet") from None
+    stripped = onnx.ModelProto()
+    stripped.ParseFromString(original)
+    refs = list(iter_tensors(model))
+    stripped_refs = list(iter_tensors(stripped))
+    sections: list[fmt.Section] = []
+    entries = []
+    tensor_stats = []
+    for index, (ref, target) in enumerate(zip(refs, stripped_refs)):
+        tensor = ref.proto
+        dims = [int(d) for d in tensor.dims]
+        dtype = T.DataType.Name(tensor.data_type) if tensor.data_type in T.DataType.values() else str(tensor.data_type)
+        row = {
+            "name": ref.name,
+            "kind": ref.kind,
+            "graph_path": ref.graph_path,
+            "dtype": dtype,
+            "shape": dims,
+            "elements": _num_values(dims),
+        }
+        stripped_any = False
+        for field_name in DATA_FIELDS:
+            data = _field_bytes(tensor, field_name)
+            layout = field_layout(tensor.data_type, dims, field_name)
+            if data is None or layout is None or len(data) < MIN_SECTION_BYTES:
+                continue
+            width, count = layout
+            if count * width != len(data):
+                continue  # inconsistent with its shape: leave it in the graph, untouched
+            encoded = encode_tensor_data(data, width)
+            section_index = 2 + len(sections)
+            sections.append(fmt.Section(fmt.KIND_TENSOR, encoded.codec, encoded.payload, len(data)))
+            target.proto.ClearField(field_name)
+            entries.append(
+                {
+                    "section": section_index,
+                    "tensor": index,
+                    "name": tensor.name,  # the TensorProto's own name (empty for most Constant values)
+                    "field": field_name,
+                    "data_type": int(tensor.data_type),
+                    "dims": dims,
+                    "width": width,
+                    "elements": count,
+                }
+            )
+            values = max(row["elements"], 1)
+            tensor_stats.append(
+                {
+                    **row,
+                    "field": field_name,
+                    "section": section_index,
+                    "bytes_before": len(data),
+                    "bytes_after": len(encoded.payload),
+                    "bits_per_weight": round(8 * len(encoded.payload) / values, 3),
+                    "encoding": fmt.CODEC_NAMES[encoded.codec],
+                    "detail": _describe_encoding(encoded.codec, encoded.params),
+                    "params": encoded.params,
+                    "streams": [s.as_dict() for s in encoded.streams],
+                    "candidates": encoded.candidates,
+                }
+            )
+            stripped_any = True
+        if not stripped_any:
+            data_bytes = sum(len(_field_bytes(tensor, f) or b"") for f in DATA_FIELDS)
+            tensor_stats.append({**row, "field": None, "section": 1, "bytes_before": data_bytes, "bytes_after": None,
+                                 "bits_per_weight": None, "encoding": "graph", "detail": "in graph section",
+                                 "params": {}, "streams": [], "candidates": {}})  # fmt: skip
+    graph_bytes = stripped.SerializeToString()
+    graph_codec, graph_payload = compress_best(graph_bytes)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": [fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR],
+        "model_bytes": len(original),
+        "model_sha256": hashlib.sha256(original).hexdigest(),
+        "tensors": entries,
+    }
+    manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    manifest_codec, manifest_payload = STORED, manifest_bytes
+    zstd_manifest = compress(manifest_bytes, ZSTD)
+    if len(zstd_manifest) < len(manifest_bytes):
+        manifest_codec, manifest_payload = ZSTD, zstd_manifest
+    all_sections = [
+        fmt.Section(fmt.KIND_MANIFEST, manifest_codec, manifest_payload, len(manifest_bytes)),
+        fmt.Section(fmt.KIND_GRAPH, graph_codec, graph_payload, len(graph_bytes)),
+        *sections,
+    ]
+    data = fmt.write_container(all_sections)
+    parameters = sum(_num_values(ref.proto.dims) for ref in refs)
+    stats = _pack_stats(original, data, all_sections, tensor_stats, graph_codec, len(graph_bytes), parameters)
+    return data, stats
+
+
+def _pack_stats(original: bytes, data: bytes, sections, tensor_stats, graph_codec, graph_raw, parameters) -> dict:
+    streams = [s for t in tensor_stats for s in t["streams"]]
+    coded = sum(s["coded_bytes"] for s in streams)
+    bound = sum(s["entropy_bound_bytes"] for s in streams)
+    tensor_bytes = sum(len(s.payload) for s in sections[2:])
+    overhead = fmt.HEADER_BYTES + fmt.ENTRY_BYTES * len(sections) + fmt.TRAILER_BYTES
+    # The non-Huffman part of the tensor sections: codebooks, layout headers, general-purpose payloads.
+    other = tensor_bytes - coded
+    return {
+        "model_bytes": len(original),
+        "container_bytes": len(data),
+        "ratio": round(len(original) / len(data), 3),
+        "parameters": parameters,
+        "bits_per_weight": round(8 * len(data) / parameters, 3) if parameters else None,
+        "sections": {
+            "header_and_table": overhead,
+            "manifest": len(sections[0].payload),
+            "graph": len(sections[1].payload),
+            "graph_raw": graph_raw,
+            "graph_codec": fmt.CODEC_NAMES[graph_codec],
+            "tensors": tensor_bytes,
+        },
+        "entropy": {
+            "streams": len(streams),
+            "coded_bytes": coded,
+            "entropy_bound_bytes": round(bound, 1),
+            "overhead_pct": round(100 * (coded - bound) / bound, 2) if bound else None,
+            "other_tensor_bytes": other,
+            # The container against a bound where every Huffman stream is at its entropy.
+            "container_over_bound_pct": round(100 * (coded - bound) / (len(data) - coded + bound), 2) if bound else None,
+        },
+        "tensors": tensor_stats,
+    }
+
+
+def pack_file(model_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
+    """Load a model, pack it and write the container atomically; returns the stats."""
+    out = Path(out_path)
+    if str(model_path) != "-" and out.exists() and os.path.samefile(out, model_path):
+        raise UsageError(f"refusing to overwrite the input model {out} (choose another -o)")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"output folder does not exist: {out.resolve().parent}")
+    model = load_model(model_path, check=False)
+    data, stats = pack_model(model)
+    atomic_write_bytes(out, data)
+    stats = {"input": str(model_path), "output": str(out), **stats}
+    if str(model_path) != "-":
+        stats["file_bytes"] = Path(model_path).stat().st_size
+    return stats
+
+
+# ------------------------------------------------------------------ unpack
+
+
+def _read_manifest(container: fmt.Container) -> dict:
+    entry = container.sections[0]
+    if entry.decoded_length > MAX_MANIFEST_BYTES:
+        raise CorruptData(f"manifest declares {entry.decoded_length} bytes (limit {MAX_MANIFEST_BYTES})")
+    raw = fmt.decode_section(container, entry)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CorruptData("manifest is not valid UTF-8 JSON") from None
+    _check_manifest(manifest, len(container.sections))
+    return manifest
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_manifest(manifest, section_count: int) -> None:
+    """Check the manifest's shape and types (it is data from a file, so trust nothing)."""
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise CorruptData("manifest: not a cmpz manifest")
+    if manifest.get("version") != [fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR]:
+        raise CorruptData(f"manifest: unsupported version {manifest.get('version')!r}")
+    sha = manifest.get("model_sha256")
+    if not isinstance(sha, str) or len(sha) != 64 or not _is_int(manifest.get("model_bytes")):
+        raise CorruptData("manifest: bad model_sha256 / model_bytes")
+    tensors = manifest.get("tensors")
+    if not isinstance(tensors, list) or len(tensors) != section_count - 2:
+        raise CorruptData(f"manifest: {len(tensors) if isinstance(tensors, list) else 'no'} tensor records for {section_count - 2} tensor sections")
+    seen_fields = set()
+    for i, rec in enumerate(tensors):
+        if not isinstance(rec, dict):
+            raise CorruptData(f"manifest: tensor record {i} is not an object")
+        for key in ("section", "tensor", "data_type", "width", "elements"):
+            if not _is_int(rec.get(key)) or rec[key] < 0:
+                raise CorruptData(f"manifest: tensor record {i}: bad {key!r}")
+        dims = rec.get("dims")
+        if not isinstance(dims, list) or len(dims) > 64 or not all(_is_int(d) and 0 <= d < 2**62 for d in dims):
+            raise CorruptData(f"manifest: tensor record {i}: bad dims")
+        if not isinstance(rec.get("name"), str) or rec.get("field") not in DATA_FIELDS:
+            raise CorruptData(f"manifest: tensor record {i}: bad name or field")
+        if rec["section"] != i + 2:
+            raise CorruptData(f"manifest: tensor record {i} points at section {rec['section']}, {i + 2} expected")
+        key = (rec["tensor"], rec["field"])
+        if key in seen_fields:
+            raise CorruptData(f"manifest: tensor {rec['tensor']} field {rec['field']} restored twice")
+        seen_fields.add(key)
+
+
+@dataclass
+class _Plan:
+    """A checked container: its graph (tensor fields still empty) and what goes where."""
+
+    container: fmt.Container
+    manifest: dict
+    model: onnx.ModelProto
+    records: list  # (TensorProto in model, manifest record, SectionEntry)
+
+
+def _plan(data) -> _Plan:
+    """Check everything that can be checked before decoding any tensor.
+
+    Declared sizes are checked against each other, the graph (name, type, shape of each
+    target tensor) and the file; nothing large is allocated before that.
+    """
+    container = fmt.read_container(data)
+    manifest = _read_manifest(container)
+    graph_entry = container.sections[1]
+    if graph_entry.decoded_length > MAX_GRAPH_BYTES:
+        raise CorruptData(f"graph section declares {graph_entry.decoded_length} bytes (protobuf limit 2 GiB)")
+    declared = sum(s.decoded_length for s in container.sections)
+    if declared > MAX_DECODED_BYTES:
+        raise CorruptData(f"container declares {declared} decoded bytes (limit {MAX_DECODED_BYTES})")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(fmt.decode_section(container, graph_entry))
+    except (DecodeError, RuntimeError, ValueError):
+        raise CorruptData("graph section is not a valid ONNX ModelProto") from None
+    try:
+        refs = list(iter_tensors(model))
+    except RecursionError:
+        raise CorruptData("graph section nests subgraphs too deeply") from None
+    records = []
+    for rec in manifest["tensors"]:
+        what = f"manifest: tensor record for section {rec['section']}"
+        if rec["tensor"] >= len(refs):
+            raise CorruptData(f"{what}: tensor index {rec['tensor']} but the graph has {len(refs)} tensors")
+        tensor = refs[rec["tensor"]].proto
+        if tensor.name != rec["name"] or tensor.data_type != rec["data_type"] or list(tensor.dims) != rec["dims"]:
+            raise CorruptData(f"{what}: name/type/shape do not match tensor {rec['tensor']} of the graph")
+        if _field_present(tensor, rec["field"]) or tensor.data_location == T.EXTERNAL:
+            raise CorruptData(f"{what}: the graph already holds data for {rec['name']!r}")
+        layout = field_layout(rec["data_type"], rec["dims"], rec["field"])
+        entry = container.sections[rec["section"]]
+        if layout is None or layout != (rec["width"], rec["elements"]):
+            raise CorruptData(f"{what}: {rec['elements']} elements of {rec['width']} bytes do not fit shape {rec['dims']}")
+        if entry.decoded_length != rec["width"] * rec["elements"]:
+            raise CorruptData(f"{what}: section declares {entry.decoded_length} bytes, the shape needs {rec['width'] * rec['elements']}")
+        records.append((tensor, rec, entry))
+    return _Plan(container, manifest, model, records)
+
+
+def _decode_buffer(plan: _Plan, rec: dict, entry) -> bytes | np.ndarray:
+    try:
+        return fmt.decode_section_buffer(plan.container, entry, rec["width"])
+    except MemoryError:
+        raise CompressorError(f"not enough memory to decode tensor {rec['name']!r}") from None
+
+
+def _info(plan: _Plan) -> dict:
+    m = plan.manifest
+    return {"tensors": len(plan.records), "model_bytes": m["model_bytes"], "model_sha256": m["model_sha256"], "verified": False}
+
+
+def unpack_container(data, *, verify: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Decode container bytes into the original model; returns (model, info).
+
+    With ``verify`` the model's serialization is hashed and compared with the SHA-256
+    the manifest recorded at pack time.
+    """
+    plan = _plan(data)
+    for tensor, rec, entry in plan.records:
+        buffer = _decode_buffer(plan, rec, entry)
+        _set_field(tensor, rec["field"], buffer if isinstance(buffer, bytes) else buffer.tobytes())
+    info = _info(plan)
+    if verify:
+        _verify([serialize_model(plan.model)], info)
+        info["verified"] = True
+    return plan.model, info
+
+
+# Splicing: the unpacked model is written without ever holding big tensors inside
+# protobuf.  Each raw_data field gets a unique short marker, the (small) model is
+# serialized, and the serialization is re-emitted as chunks with every marker replaced
+# by the tensor's bytes and the lengths of the enclosing messages fixed.  The result is
+# byte-identical to SerializeToString() of the full model (fields keep their order and
+# varints are minimal) and saves three copies of every tensor.
+_SUBMESSAGES = {  # message kind -> {field number: submessage kind}, along iter_tensors' paths
+    "model": {7: "graph"},
+    "graph": {1: "node", 5: "tensor"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 11: "graph"},
+    "tensor": {},
+}
+_RAW_DATA_FIELD = 9
+_MARKER_PREFIX = b"\x89cmpz-splice\x1a"
+
+
+class _SpliceFailed(Exception):
+    """The serialized graph is not laid out as expected: fall back to plain serialization."""
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _SpliceFailed("bad varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _nbytes(chunk) -> int:
+    return chunk.nbytes if isinstance(chunk, (np.ndarray, memoryview)) else len(chunk)
+
+
+def _splice(buf: bytes, start: int, end: int, kind: str, payloads: dict, marker_at: list, chunks: list, found: set) -> int:
+    """Append the re-encoded message buf[start:end] to ``chunks``; return its new length."""
+    view = memoryview(buf)
+    total = 0
+    run = start  # start of bytes copied through unchanged
+    pos = start
+    while pos < end:
+        field_start = pos
+        key, pos = _read_varint(buf, pos, end)
+        wire, number = key & 7, key >> 3
+        if wire == 0:
+            _, pos = _read_varint(buf, pos, end)
+            continue
+        if wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            continue
+        if wire != 2:
+            raise _SpliceFailed(f"wire type {wire}")
+        key_end = pos
+        length, data_start = _read_varint(buf, pos, end)
+        pos = data_end = data_start + length
+        if data_end > end:
+            raise _SpliceFailed("field past its message")
+        i = bisect.bisect_left(marker_at, data_start)
+        if i == len(marker_at) or marker_at[i] >= data_end:
+            continue  # no marker inside: copied through with the run
+        inner: list = []
+        if kind == "tensor" and number == _RAW_DATA_FIELD and data_start == marker_at[i]:
+            marker = bytes(buf[data_start:data_end])
+            if marker not in payloads or marker in found:
+                raise _SpliceFailed("raw_data is not a marker")
+            found.add(marker)
+            inner.append(payloads[marker])
+            new_length = _nbytes(payloads[marker])
+        elif number in _SUBMESSAGES[kind]:
+            new_length = _splice(buf, data_start, data_end, _SUBMESSAGES[kind][number], payloads, marker_at, inner, found)
+        else:
+            raise _SpliceFailed(f"marker inside field {number} of a {kind}")
+        if field_start > run:
+            chunks.append(view[run:field_start])
+            total += field_start - run
+        head = bytes(buf[field_start:key_end]) + _varint(new_length)
+        chunks.append(head)
+        chunks.extend(inner)
+        total += len(head) + new_length
+        run = data_end
+    if pos != end:
+        raise _SpliceFailed("message overruns")
+    if end > run:
+        chunks.append(view[run:end])
+        total += end - run
+    return total
+
+
+def _unpack_chunks(plan: _Plan) -> list:
+    """The unpacked model's serialization as a list of byte chunks (see _splice)."""
+    payloads = {}
+    for i, (tensor, rec, entry) in enumerate(plan.records):
+        buffer = _decode_buffer(plan, rec, entry)
+        if rec["field"] == "raw_data":
+            marker = _MARKER_PREFIX + i.to_bytes(8, "little")
+            payloads[marker] = buffer if isinstance(buffer, bytes) else buffer.view(np.uint8)
+            tensor.raw_data = marker
+        else:
+            _set_field(tensor, rec["field"], buffer if isinstance(buffer, bytes) else buffer.tobytes())
+    serialized = plan.model.SerializeToString()
+    marker_at = []
+    for marker in payloads:
+        at = serialized.find(marker)
+        if at < 0 or serialized.find(marker, at + 1) >= 0:
+            raise _SpliceFailed("marker not unique")
+        marker_at.append(at)
+    marker_at.sort()
+    chunks: list = []
+    found: set = set()
+    _splice(serialized, 0, len(serialized), "model", payloads, marker_at, chunks, found)
+    if len(found) != len(payloads):
+        raise _SpliceFailed("a marker was not reached")
+    return chunks
+
+
+def unpack_bytes(data) -> bytes:
+    """The unpacked model's serialization, built by splicing (what unpack_file writes)."""
+    plan = _plan(data)
+    try:
+        chunks = _unpack_chunks(plan)
+    except _SpliceFailed:
+        return unpack_container(data)[0].SerializeToString()
+    return b"".join(chunks)
+
+
+def _write_chunks(path: Path, chunks: list) -> None:
+    """Atomic write (temp file in the same folder, then rename), chunk by chunk."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk if not isinstance(chunk, np.ndarray) else memoryview(chunk))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def serialize_model(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when it is too large for one protobuf message."""
+    try:
+        return model.SerializeToString()
+    except (ValueError, OverflowError):  # over protobuf's 2 GiB limit
+        return None
+
+
+def _verify(chunks: list | None, info: dict) -> None:
+    if chunks is None or any(c is None for c in chunks):
+        raise CompressorError("cannot verify: the unpacked model is larger than protobuf's 2 GiB limit")
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    size = sum(_nbytes(c) for c in chunks)
+    if size != info["model_bytes"] or digest.hexdigest() != info["model_sha256"]:
+        raise CompressorError("verification failed: the unpacked model differs from the packed one (SHA-256)")
+
+
+def _read_container_file(path: str | os.PathLike) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such file: {path}")
+    if p.is_dir():
+        raise UsageError(f"is a directory, not a container: {path}")
+    return p.read_bytes()
+
+
+def unpack_file(container_path: str | os.PathLike, out_path: str | os.PathLike, *, verify: bool = False) -> dict:
+    """Unpack a container file into an ONNX file (written atomically; nothing is left on failure)."""
+    out = Path(out_path)
+    if out.exists() and Path(container_path).exists() and os.path.samefile(out, container_path):
+        raise UsageError(f"refusing to overwrite the container {out} (choose another -o)")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"output folder does not exist: {out.resolve().parent}")
+    data = _read_container_file(container_path)
+    info = None
+    if _plan_size(data) < EXTERNAL_DATA_THRESHOLD:
+        plan = _plan(data)
+        info = _info(plan)
+        try:
+            chunks = _unpack_chunks(plan)
+        except _SpliceFailed:
+            chunks = None
+        if chunks is not None:
+            if verify:
+                _verify(chunks, info)
+                info["verified"] = True
+            _write_chunks(out, chunks)
+            return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
+    # Large models (external data on save) or an unexpected graph layout: plain protobuf path.
+    model, info = unpack_container(data, verify=verify)
+    save_model(model, out, input_path=container_path)
+    return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
+
+
+def _plan_size(data) -> int:
+    """The model size the manifest declares (0 if it cannot be read: _plan reports why)."""
+    try:
+        return int(_read_manifest(fmt.read_container(data, verify_checksums=False))["model_bytes"])
+    except CompressorError:
+        return 0
+
+
+# ------------------------------------------------------------------ inspect
+
+
+def describe_container(path: str | os.PathLike) -> dict:
+    """What a container holds, from its table, manifest and graph (tensors are not decoded)."""
+    data = _read_container_file(path)
+    container = fmt.read_container(data)
+    manifest = _read_manifest(container)
+    graph_entry = container.sections[1]
+    if graph_entry.decoded_length > MAX_GRAPH_BYTES:
+        raise CorruptData("graph section declares more than 2 GiB")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(fmt.decode_section(container, graph_entry))
+    except (DecodeError, RuntimeError, ValueError):
+        raise CorruptData("graph section is not a valid ONNX ModelProto") from None
+    refs = list(iter_tensors(model))
+    sections = []
+    for entry in container.sections:
+        sections.append(
+            {
+                "index": entry.index,
+                "kind": entry.kind_name,
+                "codec": entry.codec_name,
+                "stored_bytes": entry.stored_length,
+                "decoded_bytes": entry.decoded_length,
+                "crc32": f"{entry.crc32:08x}",
+            }
+        )
+    tensors = []
+    for rec in manifest["tensors"]:
+        entry = container.sections[rec["section"]]
+        ref = refs[rec["tensor"]] if rec["tensor"] < len(refs) else None
+        values = max(_num_values(rec["dims"]), 1)
+        tensors.append(
+            {
+                "name": rec["name"],
+                "kind": ref.kind if ref else None,
+                "graph_path": ref.graph_path if ref else None,
+                "dtype": T.DataType.Name(rec["data_type"]) if rec["data_type"] in T.DataType.values() else str(rec["data_type"]),
+                "shape": rec["dims"],
+                "field": rec["field"],
+                "section": rec["section"],
+                "encoding": entry.codec_name,
+                "details": fmt.section_details(container, entry),
+                "bytes_before": entry.decoded_length,
+                "bytes_after": entry.stored_length,
+                "bits_per_weight": round(8 * entry.stored_length / values, 3),
+            }
+        )
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    return {
+        "path": str(path),
+        "format_version": f"{container.version[0]}.{container.version[1]}",
+        "container_bytes": len(data),
+        "model_bytes": manifest["model_bytes"],
+        "ratio": round(manifest["model_bytes"] / len(data), 3),
+        "model_sha256": manifest["model_sha256"],
+        "opset": opsets,
+        "nodes": len(model.graph.node),
+        "sections": sections,
+        "tensors": tensors,
+    }
+
+
+def _table(rows: list[list], headers: list[str]) -> str:
+    from ..commands.common import format_table  # the CLI's table style
+
+    return format_table(rows, headers)
+
+
+def format_container_table(desc: dict) -> str:
+    """A readable summary of ``describe_container``."""
+    lines = [
+        f"container: {desc['path']}  format {desc['format_version']}  {desc['container_bytes']:,} bytes"
+        f"  (model {desc['model_bytes']:,} bytes, {desc['ratio']}x)",
+        f"opset {desc['opset']}  nodes {desc['nodes']}  sha256 {desc['model_sha256'][:16]}...",
+        "",
+    ]
+    rows = [
+        [t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", t["encoding"], _detail(t["details"]),
+         t["bytes_before"], t["bytes_after"], t["bits_per_weight"]]
+        for t in desc["tensors"]
+    ]  # fmt: skip
+    lines.append(_table(rows, ["tensor", "dtype", "shape", "encoding", "detail", "bytes", "packed", "bits/w"]))
+    lines.append("")
+    lines.append(
+        _table(
+            [[s["index"], s["kind"], s["codec"], s["stored_bytes"], s["decoded_bytes"], s["crc32"]] for s in desc["sections"] if s["kind"] != "tensor"],
+            ["section", "kind", "codec", "stored", "decoded", "crc32"],
+        )
+    )
+    return "\n".join(lines)
+
+
+def _detail(details: dict) -> str:
+    if "gap_width" in details:
+        return f"gap={details['gap_width']}b {details['values']}"
+    if "codebook_size" in details:
+        return f"k={details['codebook_size']}"
+    return ""
+
+
+def format_pack_table(stats: dict) -> str:
+    """A readable pack report: per tensor, then totals and the entropy bound."""
+    rows = []
+    for t in stats["tensors"]:
+        if t["encoding"] == "graph":
+            continue
+        over = [s["overhead_pct"] for s in t["streams"] if s["overhead_pct"] is not None]
+        rows.append(
+            [t["name"], "x".join(map(str, t["shape"])) or "scalar", t["detail"], t["bytes_before"], t["bytes_after"],
+             t["bits_per_weight"], ", ".join(f"{o:.1f}" for o in over) or "-"]
+        )  # fmt: skip
+    in_graph = [t for t in stats["tensors"] if t["encoding"] == "graph"]
+    lines = [_table(rows, ["tensor", "shape", "encoding", "bytes", "packed", "bits/w", "huffman over H %"])]
+    if in_graph:
+        lines.append(f"({len(in_graph)} small tensors, {sum(t['bytes_before'] for t in in_graph):,} bytes, travel inside the graph section)")
+    s, e = stats["sections"], stats["entropy"]
+    lines += [
+        "",
+        f"graph section: {s['graph']:,} bytes ({s['graph_codec']}, {s['graph_raw']:,} raw)   manifest: {s['manifest']:,} bytes"
+        f"   header+table+sha: {s['header_and_table']:,} bytes",
+    ]
+    if e["coded_bytes"]:
+        lines.append(
+            f"huffman streams: {e['coded_bytes']:,} bytes vs entropy bound {e['entropy_bound_bytes']:,.0f} bytes"
+            f" (+{e['overhead_pct']}%)"
+        )
+    per_weight = f", {stats['bits_per_weight']} bits per weight" if stats["bits_per_weight"] is not None else ""
+    lines.append(
+        f"model: {stats['model_bytes']:,} bytes -> container: {stats['container_bytes']:,} bytes ({stats['ratio']}x{per_weight})"
+    )
+    return "\n".join(lines)

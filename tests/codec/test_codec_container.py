@@ -1,0 +1,248 @@
+"""The container refuses every malformed input with CompressorError (never another exception)."""
+
+import hashlib
+import json
+import struct
+import zlib
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor.codec import STORED, XZ, ZSTD, CorruptData, compress, decompress
+from compressor.codec import container as fmt
+from compressor.errors import CompressorError
+from compressor.passes.pack import pack_model, unpack_container
+
+
+def small_model() -> onnx.ModelProto:
+    """Every section codec in a few KB: sparse, dict, general-purpose, typed fields."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(40, 30)).astype(np.float32)
+    w1[np.abs(w1) < 1.3] = 0
+    w1[w1 != 0] = np.round(w1[w1 != 0] * 2) / 2
+    w2 = np.clip(np.rint(rng.normal(size=(30, 200)) * 2), -7, 7).astype(np.int8)
+    b1 = rng.normal(size=30).astype(np.float32)
+    half = rng.normal(size=(20, 20)).astype(np.float16)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [100], list(range(100)))  # int64_data
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
+        helper.make_node("DequantizeLinear", ["w2", "s"], ["w2f"]),
+        helper.make_node("MatMul", ["h", "w2f"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 200])],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(b1, "b1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(half, "half"),
+            shape,
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+@pytest.fixture(scope="module")
+def packed():
+    model = small_model()
+    data, stats = pack_model(model)
+    codecs = {fmt.CODEC_NAMES[e.codec] for e in fmt.read_container(data).sections}
+    assert {"sparse", "dict"} <= codecs
+    return model.SerializeToString(), data
+
+
+def reseal(buf: bytearray) -> bytes:
+    """Recompute every CRC32 and the SHA-256 so that only the deeper checks can object."""
+    count = struct.unpack_from("<I", buf, 24)[0]
+    table_end = fmt.HEADER_BYTES + fmt.ENTRY_BYTES * count
+    if count < 10_000 and table_end + fmt.TRAILER_BYTES <= len(buf):
+        for i in range(count):
+            entry = fmt.HEADER_BYTES + fmt.ENTRY_BYTES * i
+            offset, stored = struct.unpack_from("<QQ", buf, entry + 8)
+            if offset + stored <= len(buf) - fmt.TRAILER_BYTES:
+                struct.pack_into("<I", buf, entry + 4, zlib.crc32(bytes(buf[offset : offset + stored])))
+        crc = zlib.crc32(bytes(buf[fmt.HEADER_BYTES : table_end]), zlib.crc32(bytes(buf[:28])))
+        struct.pack_into("<I", buf, 28, crc)
+    buf[-32:] = hashlib.sha256(bytes(buf[:-32])).digest()
+    return bytes(buf)
+
+
+def assert_refused(data, match=None):
+    with pytest.raises(CompressorError, match=match) as info:
+        unpack_container(data)
+    assert "\n" not in str(info.value)
+
+
+def test_roundtrip(packed):
+    original, data = packed
+    model, info = unpack_container(data, verify=True)
+    assert model.SerializeToString() == original and info["verified"]
+
+
+def test_truncation_trailing_garbage_and_version(packed):
+    _, data = packed
+    assert_refused(data[:-1], "truncated")
+    assert_refused(data[:40], "truncated")
+    assert_refused(data[:5], "magic")
+    assert_refused(b"", "magic")
+    assert_refused(data + b"\0", "trailing garbage")
+    newer = bytearray(data)
+    struct.pack_into("<H", newer, 8, 2)
+    assert_refused(reseal(newer), "unsupported container format version 2.0")
+    assert_refused(b"PK\x03\x04" + data[4:], "magic")
+
+
+def test_checksums(packed):
+    _, data = packed
+    bad = bytearray(data)
+    bad[len(data) // 2] ^= 1
+    assert_refused(bytes(bad), "SHA-256")
+    # With a recomputed SHA-256 the section CRC still catches it.
+    bad[-32:] = hashlib.sha256(bytes(bad[:-32])).digest()
+    assert_refused(bytes(bad), "CRC32")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_flipped_byte_is_refused(packed, data):
+    _, blob = packed
+    i = data.draw(st.integers(0, len(blob) - 1))
+    mask = data.draw(st.integers(1, 255))
+    bad = bytearray(blob)
+    bad[i] ^= mask
+    assert_refused(bytes(bad))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_truncation_is_refused(packed, data):
+    _, blob = packed
+    assert_refused(blob[: data.draw(st.integers(0, len(blob) - 1))])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_lying_fields_with_valid_checksums_never_crash(packed, data):
+    """Mutations resealed with correct checksums: refused cleanly, or (benign) the exact model."""
+    original, blob = packed
+    bad = bytearray(blob)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(blob) - 33))
+        bad[i] = data.draw(st.integers(0, 255))
+    try:
+        model, _ = unpack_container(reseal(bad), verify=True)
+    except CompressorError as e:
+        assert "\n" not in str(e)
+    else:
+        assert model.SerializeToString() == original
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_after_magic_is_refused(tail):
+    assert_refused(fmt.MAGIC + tail)
+    buf = bytearray(fmt.MAGIC + struct.pack("<HHIQII", 1, 0, 0, 0, 0, 0) + tail + b"\0" * 32)
+    struct.pack_into("<Q", buf, 16, len(buf))
+    assert_refused(reseal(buf))
+
+
+# ------------------------------------------------------------------ targeted lies
+
+
+def rebuild(data: bytes, edit_manifest=None, edit_sections=None) -> bytes:
+    """Re-encode a container with an edited manifest / section list (valid checksums)."""
+    c = fmt.read_container(data)
+    sections = [fmt.Section(e.kind, e.codec, bytes(c.payload(e)), e.decoded_length) for e in c.sections]
+    manifest = json.loads(fmt.decode_section(c, c.sections[0]))
+    if edit_manifest:
+        edit_manifest(manifest)
+    raw = json.dumps(manifest).encode()
+    sections[0] = fmt.Section(fmt.KIND_MANIFEST, STORED, raw, len(raw))
+    if edit_sections:
+        edit_sections(sections)
+    return fmt.write_container(sections)
+
+
+def first_tensor(manifest):
+    return manifest["tensors"][0]
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: first_tensor(m).update(dims=[3, 3]), "do not match"),
+        (lambda m: first_tensor(m).update(elements=first_tensor(m)["elements"] + 1), "do not fit"),
+        (lambda m: first_tensor(m).update(width=8), "do not fit"),
+        (lambda m: first_tensor(m).update(tensor=999), "tensor index"),
+        (lambda m: first_tensor(m).update(tensor="0"), "bad 'tensor'"),
+        (lambda m: first_tensor(m).update(dims="big"), "bad dims"),
+        (lambda m: first_tensor(m).update(field="string_data"), "bad name or field"),
+        (lambda m: first_tensor(m).update(section=5), "points at section"),
+        (lambda m: m["tensors"].pop(), "tensor records"),
+        (lambda m: m.update(version=[9, 9]), "unsupported version"),
+        (lambda m: m.update(format="zip"), "not a cmpz manifest"),
+        (lambda m: m["tensors"].__setitem__(1, dict(m["tensors"][0], section=3)), "restored twice"),
+    ],
+)
+def test_lying_manifest_is_refused(packed, edit, match):
+    _, data = packed
+    assert_refused(rebuild(data, edit_manifest=edit), match)
+
+
+def test_lying_section_sizes_are_refused_before_allocation(packed):
+    _, data = packed
+
+    def huge(sections):
+        s = sections[2]
+        sections[2] = fmt.Section(s.kind, s.codec, s.payload, 1 << 40)
+
+    assert_refused(rebuild(data, edit_sections=huge), "container declares .* decoded bytes")
+
+    def larger(sections):
+        s = sections[2]
+        sections[2] = fmt.Section(s.kind, s.codec, s.payload, s.decoded_length * 2)
+
+    assert_refused(rebuild(data, edit_sections=larger), "section declares .* the shape needs")
+
+    def lying_graph(sections):
+        s = sections[1]
+        sections[1] = fmt.Section(s.kind, s.codec, s.payload, s.decoded_length - 1)
+
+    assert_refused(rebuild(data, edit_sections=lying_graph), "declares")
+
+    def not_json(sections):
+        sections[0] = fmt.Section(fmt.KIND_MANIFEST, STORED, b"\xff{", 2)
+
+    assert_refused(rebuild(data, edit_sections=not_json), "JSON")
+
+    def swapped(sections):
+        sections[0], sections[1] = sections[1], sections[0]
+
+    assert_refused(rebuild(data, edit_sections=swapped), "expected")
+
+
+@pytest.mark.parametrize("codec", [ZSTD, XZ])
+def test_general_purpose_decompression_is_capped_by_the_declared_size(codec):
+    bomb = compress(b"\0" * 1_000_000, codec)
+    assert decompress(bomb, codec, 1_000_000, "t") == b"\0" * 1_000_000
+    for declared in (999_999, 1_000_001, 10):
+        with pytest.raises(CorruptData):
+            decompress(bomb, codec, declared, "t")
+    with pytest.raises(CorruptData):
+        decompress(bomb + b"x", codec, 1_000_000, "t")
+    with pytest.raises(CorruptData):
+        decompress(bomb[:-3], codec, 1_000_000, "t")
+
+
+def test_containers_are_deterministic():
+    a, _ = pack_model(small_model())
+    b, _ = pack_model(small_model())
+    assert a == b
