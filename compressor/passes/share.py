@@ -1,0 +1,494 @@
+"""share: per-tensor k-means weight sharing (Deep Compression's second stage).
+
+Each selected weight tensor (``Weight.is_matrix`` and at least ``min_params`` values, not
+excluded) is clustered on its own (``compressor.kmeans``): its non-zero values are
+replaced by at most 2^bits centroids; zeros (pruned weights) stay exactly zero and are
+not a cluster — pack codes them separately with its sparse index.  Defaults: 8 bits for
+conv filters, 5 bits for fully-connected / MatMul / recurrent weights, as in the paper.
+
+The output model has the same graph, names and dtypes; each shared tensor simply holds
+only its centroid values, so ONNX Runtime runs it unchanged and pack finds the codebooks
+in the tensors themselves.  float16 / bfloat16 tensors are clustered in float64 and the
+codebook cast back; a centroid that would round to zero becomes the smallest non-zero
+value of its sign, so zeros stay exactly where they were (``kmeans.cast_codebook``).
+Tensors with NaN/inf are left alone (warning).  Tensors are clustered on a small thread
+pool; each has its own seeded generator, so the output is byte-for-byte deterministic.
+
+``refit_data`` (a Dataset of calibration inputs) enables a data-aware centroid update,
+with the assignments fixed: for a layer computing ``Y = X @ W`` (Gemm, MatMul, and 2-D
+Conv with group 1 via im2col), the centroid values ``v`` minimise the output error on the
+calibration inputs.  With ``W' = sum_c v_c M_c`` (``M_c`` the 0/1 mask of cluster c) and
+``C = X^T X`` accumulated over batches,
+
+    ||X (W' - W)||_F^2 = tr((W' - W)^T C (W' - W)) = v^T H v - 2 g^T v + tr(W^T C W)
+    H_ab = tr(M_a^T C M_b),   g_a = tr(M_a^T C W).
+
+With ``C = R^T R`` (R = the r <= d_in calibration rows themselves when there are that few,
+else a Cholesky factor of C, r = d_in), ``H = U^T U`` and ``g = U^T vec(R W)`` where column
+``c`` of ``U`` is ``vec(R @ M_c)``: k matrix products of cost r·d_in·d_out each, done over
+blocks of output columns to bound memory.  Layers where the bound ``k·d_in²·d_out`` exceeds
+``REFIT_MAX_FLOPS`` keep plain k-means and say so in the stats.
+The refit values are kept only when they lower the calibration output error (checked on
+the same quadratic form, after the cast to the tensor's dtype).
+
+Refit limits: layer inputs are captured from the *original* model (one ORT pass), so each
+layer is refit against its own float output, not against upstream sharing errors; a
+weight used by several Gemm/MatMul/Conv nodes gets one system summed over its uses.  Not
+refit (plain k-means kept, reason in the stats): recurrent weights, ConvTranspose,
+grouped/depthwise and non-2-D convolutions, consumers inside subgraphs, batched (3-D+)
+MatMul weights, and layers above the cost cap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from .. import graph
+from ..data import Dataset, load_dataset
+from ..errors import UsageError
+from ..kmeans import INITS, SharedArray, cast_codebook, share_array
+
+CONV_ROLES = ("conv_filter", "convtranspose_filter")
+FC_ROLES = ("gemm_b", "matmul_const", "rnn_w", "rnn_r")
+MIN_BITS, MAX_BITS = 1, 16
+# Refit cost cap: k · d_in · d_in · d_out multiply-adds per layer (~ a few seconds).
+REFIT_MAX_FLOPS = 2e10
+# Tensors clustered concurrently (threads; see share()).
+MAX_WORKERS = 2
+# Memory for one block of the k cluster products R @ M_c.
+REFIT_BLOCK_BYTES = 128 << 20
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _check_bits(label: str, bits) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise UsageError(f"{label}: bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    if not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise UsageError(f"{label}: bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+    return int(bits)
+
+
+def _compile_exclude(exclude) -> re.Pattern | None:
+    if exclude is None or exclude == "":
+        return None
+    try:
+        return re.compile(exclude)
+    except re.error as e:
+        raise UsageError(f"--exclude: invalid regular expression {exclude!r}: {e}")
+
+
+def _tensor_rng(seed: int, name: str) -> np.random.Generator:
+    """A per-tensor generator: a tensor's result does not depend on which others are shared."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))])
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+def share(
+    model: onnx.ModelProto,
+    bits_conv: int = 8,
+    bits_fc: int = 5,
+    bits_by_name: dict[str, int] | None = None,
+    init: str = "linear",
+    seed: int = 0,
+    exclude: str | None = None,
+    min_params: int = 1024,
+    refit_data: Dataset | str | None = None,
+) -> tuple[onnx.ModelProto, dict]:
+    """Per-tensor k-means weight sharing.  Returns ``(new model, stats)``; never mutates ``model``."""
+    bits_conv = _check_bits("--bits-conv", bits_conv)
+    bits_fc = _check_bits("--bits-fc", bits_fc)
+    bits_by_name = {str(k): _check_bits(f"--bits {k}", v) for k, v in (bits_by_name or {}).items()}
+    if init not in INITS:
+        raise UsageError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+    if isinstance(min_params, bool) or not isinstance(min_params, (int, np.integer)) or min_params < 0:
+        raise UsageError(f"--min-params must be a non-negative integer, got {min_params!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise UsageError(f"--seed must be an integer, got {seed!r}")
+    pattern = _compile_exclude(exclude)
+
+    original = model
+    model = graph.copy_model(model)
+    ws = graph.weights(model)
+    by_name: dict[str, list[graph.Weight]] = {}
+    for w in ws:
+        by_name.setdefault(w.name, []).append(w)
+    for name in bits_by_name:
+        if name not in by_name:
+            known = sorted({w.name for w in ws if w.is_matrix})
+            hint = f" (matrix weights: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''})" if known else ""
+            raise UsageError(f"--bits {name}={bits_by_name[name]}: the model has no weight tensor named {name!r}{hint}")
+        roles = {w.role for w in by_name[name]}
+        if not any(w.is_matrix for w in by_name[name]):
+            raise UsageError(f"--bits {name}: tensor has role {', '.join(sorted(roles))}; only matrix weights "
+                             f"(conv filters, Gemm/MatMul weights, recurrent W/R) are shared")
+
+    plan: list[tuple[graph.Weight, int]] = []
+    skipped: list[dict] = []
+    for w in ws:
+        if not w.is_matrix:
+            continue
+        explicit = w.name in bits_by_name
+        reason = None
+        if pattern is not None and pattern.search(w.name):
+            reason = "excluded"
+        elif w.size < min_params and not explicit:
+            reason = f"fewer than {min_params} values"
+        if reason:
+            skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": reason})
+            continue
+        bits = bits_by_name.get(w.name, bits_conv if w.role in CONV_ROLES else bits_fc)
+        plan.append((w, bits))
+
+    warnings: list[str] = []
+    data = None
+    if refit_data is not None:
+        data = refit_data if isinstance(refit_data, Dataset) else load_dataset(refit_data, original)
+
+    def work(arr: np.ndarray, bits: int, meta: dict) -> tuple[SharedArray, dict | None]:
+        shared = share_array(arr, 2**bits, init=init, seed=_tensor_rng(seed, meta["name"]))
+        return shared, (None if data is not None else _tensor_stats(meta, bits, arr, shared, None))
+
+    # Tensors are independent: cluster them on a small thread pool (numpy releases the GIL in
+    # the O(n) passes), at most `workers` in flight to bound memory.  Protobuf is only touched
+    # here, in order, so the output does not depend on the scheduling.
+    results: list[tuple[graph.Weight, int, np.ndarray, SharedArray]] = []  # kept for the refit
+    entries: list[dict] = []
+    workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+    def finish(w, bits, arr, future) -> None:
+        shared, entry = future.result()
+        if data is not None:
+            results.append((w, bits, arr, shared))
+        else:
+            w.set_array(shared.values)
+            entries.append(entry)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        inflight: deque = deque()
+        for w, bits in plan:
+            arr = w.array()
+            if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
+                skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": f"dtype {arr.dtype} not supported"})
+                continue
+            if not np.isfinite(arr.astype(np.float32) if arr.dtype.itemsize <= 2 else arr).all():
+                skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": "non-finite values"})
+                warnings.append(f"{w.name}: NaN or infinite values; left unshared")
+                continue
+            meta = {"name": w.name, "role": w.role, "shape": list(w.shape), "size": int(w.size), "graph": w.ref.graph_path}
+            inflight.append((w, bits, arr, pool.submit(work, arr, bits, meta)))
+            if len(inflight) >= workers:
+                finish(*inflight.popleft())
+        while inflight:
+            finish(*inflight.popleft())
+
+    if data is not None and results:
+        refit_info = _refit(original, results, data, warnings)
+        for i, (w, bits, arr, shared) in enumerate(results):
+            info = refit_info.get(i)
+            if info and info.get("applied"):
+                shared = info.pop("_shared")
+            elif info:
+                info.pop("_shared", None)
+            w.set_array(shared.values)
+            meta = {"name": w.name, "role": w.role, "shape": list(w.shape), "size": int(w.size), "graph": w.ref.graph_path}
+            entries.append(_tensor_stats(meta, bits, arr, shared, info))
+
+    if not entries:
+        matrix = [w for w in ws if w.is_matrix]
+        if not matrix:
+            warnings.append("nothing to share: the model has no conv, Gemm, MatMul or recurrent weights; output unchanged")
+        else:
+            reasons = sorted({sk["reason"] for sk in skipped})
+            warnings.append(f"nothing to share: none of the {len(matrix)} matrix weights qualifies ({'; '.join(reasons)}); "
+                            "output unchanged")
+        model = graph.copy_model(original)
+
+    stats = {
+        "bits_conv": bits_conv,
+        "bits_fc": bits_fc,
+        "bits_by_name": bits_by_name,
+        "init": init,
+        "seed": int(seed),
+        "min_params": int(min_params),
+        "exclude": exclude,
+        "refit": refit_data is not None,
+        "shared_tensors": len(entries),
+        "shared_params": int(sum(e["size"] for e in entries)),
+        "tensors": entries,
+        "skipped": skipped,
+        "warnings": warnings,
+    }
+    return model, stats
+
+
+def _tensor_stats(meta: dict, bits: int, arr: np.ndarray, shared: SharedArray, refit: dict | None) -> dict:
+    a64 = arr.astype(np.float64).ravel()
+    d = np.subtract(shared.values.ravel(), a64, dtype=np.float64)
+    sse = float(np.dot(d, d))
+    del d
+    norm2 = float(np.dot(a64, a64))
+    used = shared.counts > 0
+    distinct = int(np.unique(shared.codebook[used].astype(np.float64)).size)
+    size = meta["size"]
+    entry = {
+        "name": meta["name"],
+        "role": meta["role"],
+        "shape": meta["shape"],
+        "dtype": str(arr.dtype),
+        "size": size,
+        "bits": bits,
+        "codebook_size": int(len(shared.codebook)),
+        "distinct": distinct,
+        "zeros": int(size - int(shared.counts.sum())),
+        "rmse": (sse / max(size, 1)) ** 0.5,
+        "rel_error": (sse / norm2) ** 0.5 if norm2 > 0 else 0.0,
+        "iterations": int(shared.iterations),
+        "refit": refit,
+    }
+    if meta["graph"]:
+        entry["graph"] = meta["graph"]
+    return entry
+
+
+# --------------------------------------------------------------------------- refit
+
+
+class _Layer:
+    """One consumer of a shared weight, seen as Y = X_mat @ W_mat (for the refit)."""
+
+    def __init__(self, kind: str, x_name: str, d_in: int, transpose_w: bool = False, trans_a: bool = False,
+                 scale: float = 1.0, conv: dict | None = None):
+        self.kind, self.x_name, self.d_in = kind, x_name, d_in
+        self.transpose_w, self.trans_a, self.scale, self.conv = transpose_w, trans_a, scale, conv
+        self.C = np.zeros((d_in, d_in))
+        self.rows = 0
+        self.kept: list[np.ndarray] | None = []  # the rows themselves, while there are at most d_in
+
+    def matrix(self, a: np.ndarray) -> np.ndarray:
+        """The weight (or labels) as the d_in x d_out matrix of this layer."""
+        if self.kind == "conv":
+            return a.reshape(a.shape[0], -1).T
+        return a.T if self.transpose_w else a
+
+    def rows_of(self, x: np.ndarray) -> Iterable[np.ndarray]:
+        x = np.asarray(x)
+        if self.kind == "conv":
+            step = max(1, (1 << 22) // max(1, int(np.prod(x.shape[1:]))))
+            for s in range(0, x.shape[0], step):
+                yield _im2col(x[s : s + step].astype(np.float64), **self.conv)
+        elif self.kind == "gemm":
+            x = x.astype(np.float64)
+            yield x.T if self.trans_a else x
+        else:
+            yield x.astype(np.float64).reshape(-1, self.d_in)
+
+    def accumulate(self, x: np.ndarray) -> None:
+        for rows in self.rows_of(x):
+            self.C += rows.T @ rows
+            self.rows += rows.shape[0]
+            if self.kept is not None:
+                self.kept = self.kept + [rows] if self.rows <= self.d_in else None
+
+    def factor(self) -> np.ndarray:
+        """R (r x d_in) with R^T R = scale * C (up to a 1e-10 ridge when r = d_in).
+
+        With at most d_in calibration rows, R is the rows themselves (exact, r small);
+        otherwise a Cholesky factor of C (cheap and robust; no eigendecomposition).
+        """
+        if self.kept is not None:
+            return np.concatenate(self.kept, axis=0) * np.sqrt(self.scale)
+        C = self.C * self.scale
+        ridge = 1e-10 * max(float(np.trace(C)) / self.d_in, 1e-300)
+        return np.linalg.cholesky(C + ridge * np.eye(self.d_in)).T
+
+
+def _conv_params(node: onnx.NodeProto, w_shape: tuple[int, ...]) -> dict | str:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if len(w_shape) != 4:
+        return "refit supports 2-D convolutions only"
+    if int(attrs.get("group", 1)) != 1:
+        return "refit does not support grouped/depthwise convolutions"
+    kshape = tuple(int(v) for v in attrs.get("kernel_shape", w_shape[2:]))
+    if kshape != tuple(w_shape[2:]):
+        return "kernel_shape does not match the filter"
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    return {
+        "kshape": kshape,
+        "strides": tuple(int(v) for v in attrs.get("strides", (1, 1))),
+        "dilations": tuple(int(v) for v in attrs.get("dilations", (1, 1))),
+        "pads": tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0))),
+        "auto_pad": auto_pad,
+    }
+
+
+def _im2col(x: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -> np.ndarray:
+    """Patches of an (N, C, H, W) input as rows of length C·kh·kw, in the filter's (C, kh, kw) order."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads_hw = []
+        for size, s, e in ((h, sh, eh), (w, sw, ew)):
+            total = max((-(-size // s) - 1) * s + e - size, 0)
+            small = total // 2
+            pads_hw.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
+        (pt, pb), (pl, pr) = pads_hw
+    elif auto_pad == "VALID":
+        pt = pl = pb = pr = 0
+    else:
+        pt, pl, pb, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+
+
+def _layers_for(w: graph.Weight, k: int, known: set[str]) -> list[_Layer] | str:
+    """The refit view of every consumer of w, or the reason the refit does not apply."""
+    if not w.consumers:
+        return "no consumers"
+    layers = []
+    for cons in w.consumers:
+        node, idx = cons.node, cons.input_index
+        if cons.graph_path:
+            return "consumer inside a subgraph"
+        if idx != 1 or not node.input or not node.input[0]:
+            return f"{node.op_type} input {idx} not supported"
+        x_name = node.input[0]
+        if x_name in known:
+            return f"{node.op_type} input is a constant"
+        if node.op_type == "Gemm" and len(w.shape) == 2:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            tb = bool(attrs.get("transB", 0))
+            d_in = w.shape[1] if tb else w.shape[0]
+            layers.append(_Layer("gemm", x_name, d_in, transpose_w=tb, trans_a=bool(attrs.get("transA", 0)),
+                                 scale=float(attrs.get("alpha", 1.0)) ** 2))
+        elif node.op_type == "MatMul" and len(w.shape) == 2:
+            layers.append(_Layer("matmul", x_name, w.shape[0]))
+        elif node.op_type == "Conv":
+            conv = _conv_params(node, w.shape)
+            if isinstance(conv, str):
+                return conv
+            layers.append(_Layer("conv", x_name, int(np.prod(w.shape[1:])), conv=conv))
+        else:
+            return f"refit supports Gemm, MatMul and Conv (not {node.op_type} with a {len(w.shape)}-D weight)"
+    d_out = w.size // layers[0].d_in
+    flops = float(k) * sum(l.d_in for l in layers) * layers[0].d_in * d_out
+    if flops > REFIT_MAX_FLOPS:
+        return f"too expensive ({flops / 1e9:.0f} GFLOP > {REFIT_MAX_FLOPS / 1e9:.0f})"
+    return layers
+
+
+def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:
+    from ..evaluate import batch_size_for, capture
+
+    known = {w.name for w in graph.weights(original, include_non_float=True)}
+    plans: dict[int, list[_Layer]] = {}
+    info: dict[int, dict] = {}
+    for i, (w, bits, arr, shared) in enumerate(results):
+        layers = _layers_for(w, len(shared.codebook), known)
+        if isinstance(layers, str):
+            info[i] = {"applied": False, "reason": layers}
+        else:
+            plans[i] = layers
+    if not plans:
+        warnings.append("--refit: no shared layer supports the refit (Gemm, MatMul, 2-D Conv); plain k-means kept")
+        return info
+
+    input_names = {vi.name for vi in graph.graph_inputs(original)}
+    wanted = sorted({l.x_name for layers in plans.values() for l in layers})
+    to_capture = [n for n in wanted if n not in input_names]
+    bs = batch_size_for(original)
+    captured = capture(original, to_capture, data, bs) if to_capture else None
+    for feed in data.batches(bs):
+        values = dict(feed)
+        if captured is not None:
+            values.update(next(captured))
+        for layers in plans.values():
+            for l in layers:
+                l.accumulate(values[l.x_name])
+
+    for i, layers in plans.items():
+        w, bits, arr, shared = results[i]
+        info[i] = _refit_one(layers, arr, shared)
+    return info
+
+
+def refit_system(layers: list[_Layer], w: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """H, g and const of the output error v^T H v - 2 g^T v + const (summed over the layers), and r."""
+    H = np.zeros((k, k))
+    g = np.zeros(k)
+    const = 0.0
+    rank = 0
+    w64 = w.astype(np.float64)
+    for layer in layers:
+        if layer.rows == 0:
+            continue
+        R = layer.factor()
+        r = R.shape[0]
+        rank += r
+        if r == 0:
+            continue
+        W = layer.matrix(w64)
+        L = layer.matrix(labels)
+        RW = R @ W
+        const += float(np.sum(RW * RW))
+        d_out = W.shape[1]
+        block = max(1, min(d_out, REFIT_BLOCK_BYTES // (8 * k * r)))
+        for s in range(0, d_out, block):
+            Lb = L[:, s : s + block]
+            U = np.empty((k, r, Lb.shape[1]))
+            for c in range(k):
+                U[c] = R @ (Lb == c).astype(np.float64)
+            Uf = U.reshape(k, -1)
+            H += Uf @ Uf.T
+            g += Uf @ RW[:, s : s + block].ravel()
+    return H, g, const, rank
+
+
+def _refit_one(layers: list[_Layer], arr: np.ndarray, shared: SharedArray) -> dict:
+    k = len(shared.codebook)
+    H, g, const, rank = refit_system(layers, arr, shared.labels, k)
+    v_km = shared.codebook.astype(np.float64)
+    if const <= 0:
+        return {"applied": False, "reason": "no signal in the calibration inputs"}
+
+    def err(v):
+        return max(float(v @ H @ v - 2 * g @ v + const), 0.0)
+
+    lam = 1e-9 * max(float(np.trace(H)) / k, 1e-300)
+    try:
+        v = np.linalg.solve(H + lam * np.eye(k), g + lam * v_km)
+    except np.linalg.LinAlgError:
+        return {"applied": False, "reason": "singular system"}
+    if not np.isfinite(v).all():
+        return {"applied": False, "reason": "singular system"}
+    codebook = cast_codebook(v, arr.dtype)
+    e_km, e_new = err(v_km), err(codebook.astype(np.float64))
+    result = {
+        "applied": e_new < e_km,
+        "output_rel_error_kmeans": (e_km / const) ** 0.5,
+        "output_rel_error_refit": (e_new / const) ** 0.5,
+        "factor_rows": rank,
+    }
+    if result["applied"]:
+        values = arr.copy()
+        nz = shared.labels >= 0
+        values[nz] = codebook[shared.labels[nz]]
+        result["_shared"] = SharedArray(values, shared.labels, codebook, v, shared.counts, shared.iterations)
+    else:
+        result["reason"] = "k-means centroids already give the smaller calibration output error"
+    return result
