@@ -1,0 +1,219 @@
+"""quantize: 8-bit linear quantization as QuantizeLinear / DequantizeLinear (QDQ), calibrated,
+with Q/DQ folding — a model ONNX Runtime runs with integer kernels.
+
+    quantize(model, calib=None, activations=None|"static"|"dynamic"|"none", per_channel=True,
+             symmetric=True, calibration="minmax", exclude=None, ...) -> (model, stats)
+    integer_kernel_coverage(model) -> dict
+
+Modes: ``static`` (needs ``calib``): int8 weights + uint8 activations whose ranges come
+from running ORT on the calibration data; ``dynamic``: int8 weights, activation ranges at
+run time (MatMulInteger); ``none``: weight-only (int8 weights behind DequantizeLinear, float
+kernels).  Default: static with calibration data, weight-only without.
+
+The work is split by concern (one small module each): ``prepare`` (opset upgrade, already
+quantized models, BatchNorm folding), ``plan`` + ``ops_*`` (the op -> handler registry:
+each handler says what quantizing its op means), ``calibrate`` + ``params`` (activation
+ranges and shared parameters), ``weights`` (offline int8 weights, codebooks, int32 biases),
+``rewrite`` / ``dynamic`` (apply the plans), ``fold`` (remove DQ -> Q round trips),
+``sensitivity`` (per-layer SNR), ``coverage`` (what ORT runs with integer kernels).
+"""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+
+from ... import evaluate, graph
+from ... import quant_math as qm
+from ...data import Dataset
+from ...errors import CompressorError, UsageError
+from . import calibrate, cleanup, dynamic, fold, prepare, sensitivity
+from .coverage import integer_kernel_coverage
+from .names import NameScope
+from .params import build_groups, compute_params
+from .plan import make_plans
+from .registry import HANDLERS
+from .rewrite import Rewriter
+from .weights import WeightStore
+
+__all__ = ["quantize", "integer_kernel_coverage", "HANDLERS"]
+
+MODES = ("static", "dynamic", "none")
+METHODS = ("minmax", "percentile", "entropy")
+ACTIVATION_TYPES = ("uint8", "int8")
+
+
+def _check_options(activations, calibration, activation_type, exclude, percentile, min_layer_snr):
+    if activations is not None and activations not in MODES:
+        raise UsageError(f"activations must be one of {', '.join(MODES)}, got {activations!r}")
+    if calibration not in METHODS:
+        raise UsageError(f"calibration must be one of {', '.join(METHODS)}, got {calibration!r}")
+    if activation_type not in ACTIVATION_TYPES:
+        raise UsageError(f"activation type must be uint8 or int8, got {activation_type!r}")
+    if not 50.0 < float(percentile) <= 100.0:
+        raise UsageError(f"percentile must be in (50, 100], got {percentile}")
+    if min_layer_snr is not None and not isinstance(min_layer_snr, (int, float)):
+        raise UsageError("min_layer_snr must be a number of dB")
+    if exclude is None or exclude == "":
+        return None
+    if isinstance(exclude, re.Pattern):
+        return exclude
+    try:
+        return re.compile(exclude)
+    except re.error as e:
+        raise UsageError(f"--exclude: invalid regular expression {exclude!r}: {e}")
+
+
+def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: str | None = None,
+             per_channel: bool = True, symmetric: bool = True, calibration: str = "minmax", exclude=None,
+             min_layer_snr: float | None = None, activation_type: str = "uint8",
+             percentile: float = qm.DEFAULT_PERCENTILE, quantize_attention: bool = True,
+             weight_type: str = "int8", reduce_range: bool = True, activation_range: tuple[int, int] | None = None,
+             check: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """Quantize `model` to 8 bits (see the module docstring). Never mutates `model`.
+
+    calib: a Dataset of calibration inputs (static mode).  activations: "static" | "dynamic" |
+    "none" (default: static with calib, else none).  per_channel / symmetric: weight scales per
+    output channel, weight zero point 0.  calibration: "minmax" | "percentile" | "entropy" for
+    activation ranges (percentile: `percentile`).  exclude: regex on node names (or first
+    output) kept in float.  min_layer_snr: keep in float any layer whose quantization alone
+    brings the output SNR on the calibration data below this many dB.  activation_type:
+    "uint8" (default; what ORT fuses on x86) or "int8".  reduce_range: 7-bit weights for
+    integer kernels (see _weight_range).  quantize_attention: quantize MatMuls between two
+    activations.  weight_type / activation_range: integer type of weights and an explicit
+    activation integer range (experiments).  check: load the result in ORT and measure its
+    integer-kernel coverage.
+    """
+    exclude_re = _check_options(activations, calibration, activation_type, exclude, percentile, min_layer_snr)
+    if weight_type not in ("int8", "uint8"):
+        raise UsageError(f"weight type must be int8 or uint8, got {weight_type!r}")
+    mode = activations or ("static" if calib is not None else "none")
+    if mode == "static" and calib is None:
+        raise UsageError("static activation quantization needs calibration data (--calib CALIB.npz)")
+    model = graph.copy_model(model)
+    stats: dict = {
+        "mode": mode, "weight_type": weight_type, "activation_type": activation_type if mode == "static" else ("uint8" if mode == "dynamic" else None),
+        "per_channel": per_channel, "symmetric": symmetric, "calibration": calibration if mode == "static" else None,
+        "bytes_before": model.ByteSize(), "warnings": [],
+    }
+    warnings = stats["warnings"]
+    already = prepare.quantized_ops(model)
+    if already:
+        warnings.append(f"model is already quantized ({', '.join(already)}): left as it is")
+        stats.update({"already_quantized": already, "nodes": [], "weights": [], "folding": None,
+                      "bytes_after": model.ByteSize()})
+        if check:
+            stats["coverage"] = integer_kernel_coverage(model)
+        return model, stats
+
+    model, per_channel = _prepare_opset(model, mode, per_channel, stats)
+    stats["per_channel"] = per_channel
+    subgraphs = [path for path, _ in graph.iter_graphs(model.graph) if path]
+    if subgraphs:
+        warnings.append(f"subgraphs left in float: {', '.join(subgraphs)}")
+    stats["subgraphs_left_float"] = subgraphs
+    n_bn, factors = prepare.fold_batchnorm(model)
+    stats["batchnorm_folded"] = n_bn
+    float_model = graph.copy_model(model)
+    options = {"quantize_attention": quantize_attention, "activation_symmetric": False}
+    w_range = _weight_range(weight_type, symmetric, reduce_range)
+    config = dict(mode=mode, per_channel=per_channel, symmetric=symmetric, options=options,
+                  exclude=exclude_re, factors=factors, weight_type=weight_type, weight_range=w_range)
+
+    qparams = None
+    skip: set[str] = set()
+    if mode == "static":
+        plans, _ = make_plans(model, mode, per_channel, options, exclude_re)
+        groups = build_groups(plans)
+        collectors = calibrate.collect(float_model, list(groups.parent), calib)
+        qparams = compute_params(groups, collectors, calibration, activation_type, False, percentile, activation_range)
+        if min_layer_snr is not None:
+            names = [p.name for p in plans if p.kind == "integer"]
+            snrs = sensitivity.layer_snrs(float_model, names, lambda n: _build(float_model, qparams, only={n}, **config)[0], calib)
+            skip = {n for n, v in snrs.items() if v < float(min_layer_snr)}
+            stats["layer_snr_db"] = snrs
+            if skip:
+                # Parameters again without the skipped layers (groups change when a Relu's producer stays float).
+                plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=skip)
+                qparams = compute_params(build_groups(plans), collectors, calibration, activation_type, False, percentile, activation_range)
+    model, rows, store, fold_counts = _build(float_model, qparams, skip=skip, **config)
+    removed = cleanup.remove_unused(model)
+    stats["kept_float_low_snr"] = sorted(skip)
+    stats["nodes"] = rows
+    stats["weights"] = store.report()
+    stats["folding"] = fold_counts
+    stats["removed_unused"] = removed
+    warnings.extend(store.warnings)
+    if per_channel and graph.opset_version(model) < prepare.PER_CHANNEL_OPSET:
+        warnings.append("per-channel needs opset 13: weights are per tensor")
+    _summarise(stats)
+    stats["bytes_after"] = model.ByteSize()
+    if check:
+        evaluate.make_session(model)  # raises CompressorError when ORT cannot load it
+        stats["coverage"] = integer_kernel_coverage(model)
+    return model, stats
+
+
+def _build(float_model, qparams, *, mode, per_channel, symmetric, options, exclude, factors, weight_type, weight_range,
+           skip=frozenset(), only=None):
+    """Plans + rewrite + fold on a fresh copy of the prepared float model."""
+    model = graph.copy_model(float_model)
+    plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
+    if only is not None:
+        plans = [p for p in plans if p.name in only]
+    scope = NameScope(model)
+    store = WeightStore(scope, symmetric, factors, weight_type, weight_range)
+    fold_counts = None
+    if mode == "dynamic":
+        status = dynamic.apply(model, plans, store, scope)
+    else:
+        Rewriter(model, scope, store, qparams).apply(plans, static=(mode == "static"))
+        status = {p.name: ("weight_only" if mode == "none" else p.kind) for p in plans}
+        if mode == "static":
+            fold_counts = fold.fold(model)
+    for row in rows:
+        if row["node"] in status:
+            row["status"] = status[row["node"]]
+    if only is None:
+        cleanup.remove_unused(model)
+    return model, rows, store, fold_counts
+
+
+def _weight_range(weight_type: str, symmetric: bool, reduce_range: bool) -> tuple[int, int]:
+    """Integer range of weights read by integer kernels.
+
+    ORT's u8s8 kernels on x86 without VNNI (AVX2 vpmaddubsw) add two u8 x s8 products in
+    int16 with saturation: 255 * 127 * 2 > 32767.  With 7-bit weights ([-64, 64]) the sum
+    cannot overflow (measured: LeNet-5 output SNR 15 dB with 8-bit weights, 38 dB with 7).
+    """
+    if not reduce_range:
+        return qm.qrange(weight_type, symmetric)
+    if weight_type == "int8":
+        return (-64, 64) if symmetric else (-64, 63)
+    return (1, 127) if symmetric else (0, 127)
+
+
+def _prepare_opset(model, mode, per_channel, stats):
+    opset = graph.opset_version(model)
+    need = prepare.PER_CHANNEL_OPSET if per_channel else (11 if mode == "dynamic" else 10)
+    stats["opset"] = {"before": opset, "after": opset, "converted": False}
+    if opset >= need:
+        return model, per_channel
+    converted, why = prepare.upgrade_opset(model, prepare.PER_CHANNEL_OPSET)
+    if converted is not None:
+        stats["opset"].update({"after": prepare.PER_CHANNEL_OPSET, "converted": True})
+        return converted, per_channel
+    floor = 11 if mode == "dynamic" else 10
+    if per_channel and opset >= floor:
+        stats["warnings"].append(f"opset {opset} could not be converted to 13 ({why}): per-tensor weights instead of per-channel")
+        return model, False
+    raise CompressorError(f"opset {opset} is too old to quantize and conversion to 13 failed: {why}")
+
+
+def _summarise(stats: dict) -> None:
+    counts: dict[str, int] = {}
+    for row in stats["nodes"]:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    stats["node_status_counts"] = dict(sorted(counts.items()))
+    stats["float_reasons"] = sorted({f"{r['op']}: {r['reason']}" for r in stats["nodes"] if r["status"] == "float"})

@@ -1,0 +1,160 @@
+"""Offline weight quantization: int8 initializers + scale (+ zero point) feeding DequantizeLinear.
+
+No QuantizeLinear on a constant is ever left in the graph.  Each (weight, axis) is
+quantized once and gets one DequantizeLinear (ORT duplicates it per consumer if needed).
+A tensor left by ``share`` (at most 256 distinct non-zero values, each used repeatedly)
+is quantized per tensor with a scale that puts its centroids on distinct levels, so it
+stays a tensor of at most k int8 symbols.  When a BatchNorm was folded into its Conv, the
+codebook is quantized *before* the fold and the per-channel BatchNorm factor goes into
+the per-channel scale instead of the values (negative factors flip the symbols' sign).
+Biases of quantized Conv / Gemm become int32 with scale = input scale x weight scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ... import quant_math as qm
+from .names import NameScope
+
+INT32_MIN, INT32_MAX = qm.INT_RANGES["int32"]
+
+
+class WeightStore:
+    def __init__(self, scope: NameScope, symmetric: bool, bn_factors: dict | None = None,
+                 weight_type: str = "int8", integer_range: tuple[int, int] | None = None):
+        self.scope = scope
+        self.symmetric = symmetric
+        self.weight_type = weight_type
+        self.np_type = np.dtype(weight_type)
+        # Weights read by integer kernels may use a reduced range (see quantize's reduce_range);
+        # weights dequantized for float kernels always use the full range.
+        self.ranges = {False: qm.qrange(weight_type, symmetric), True: integer_range or qm.qrange(weight_type, symmetric)}
+        self.bn_factors = bn_factors or {}  # weight name -> (unfolded array, per-channel factor)
+        self.initializers: list[onnx.TensorProto] = []
+        self.nodes: list[onnx.NodeProto] = []
+        self._done: dict[tuple, dict] = {}
+        self._bias: dict[tuple, str] = {}
+        self.rows: dict[tuple, dict] = {}
+        self.warnings: list[str] = []
+
+    # ---- weights
+    def dq(self, w, axis: int | None, integer: bool = True) -> str:
+        """Name of a DequantizeLinear output holding the quantized weight (created once)."""
+        entry = self._entry(w, axis, False, integer)
+        if entry["dq"] is None:
+            names, qa = entry["names"], entry["qa"]
+            out = self.scope.new(f"{w.name}_dequantized")
+            attrs = {"axis": qa.axis} if qa.axis is not None else {}
+            self.nodes.append(helper.make_node("DequantizeLinear", [names["q"], names["scale"], names["zero_point"]], [out],
+                                               name=self.scope.new(f"{w.name}_DequantizeLinear"), **attrs))
+            entry["dq"] = out
+        return entry["dq"]
+
+    def quantized(self, w, axis: int | None, transpose: bool = False, integer: bool = True) -> qm.QuantizedArray:
+        return self._entry(w, axis, transpose, integer)["qa"]
+
+    def tensors(self, w, axis: int | None, transpose: bool = False, integer: bool = True) -> dict:
+        """Initializer names {'q', 'scale', 'zero_point'} (transposed: [K, N] for MatMulInteger)."""
+        return self._entry(w, axis, transpose, integer)["names"]
+
+    def _entry(self, w, axis, transpose, integer) -> dict:
+        qrange = self.ranges[bool(integer)]
+        key = (w.name, axis, transpose, qrange)
+        if key in self._done:
+            return self._done[key]
+        array = w.array().astype(np.float32)
+        if transpose:
+            array = array.T
+        qa, row = self._quantize(w.name, array, axis, transpose, qrange)
+        tag = "_T" if transpose else ""
+        names = {part: self.scope.new(f"{w.name}{tag}_{part if part != 'q' else 'quantized'}") for part in ("q", "scale", "zero_point")}
+        self.initializers.append(numpy_helper.from_array(qa.q.astype(self.np_type), names["q"]))
+        self.initializers.append(numpy_helper.from_array(np.asarray(qa.scale, dtype=np.float32), names["scale"]))
+        self.initializers.append(numpy_helper.from_array(np.asarray(qa.zero_point, dtype=self.np_type), names["zero_point"]))
+        row.update({"name": w.name, "role": w.role, "shape": list(array.shape), "transposed": transpose})
+        self.rows[key] = row
+        self._done[key] = {"names": names, "qa": qa, "dq": None}
+        return self._done[key]
+
+    def _quantize(self, name: str, array: np.ndarray, axis: int | None, transpose: bool, qrange: tuple[int, int]):
+        qmin, qmax = qrange
+        factors = self.bn_factors.get(name) if not transpose else None
+        source = factors[0] if factors is not None else array
+        book = qm.codebook(source)
+        k = None if book is None else int(book[0].size)
+        levels = qmax - qmin  # non-zero levels
+        if book is not None and book[0].size > levels:
+            # More centroids than levels: merges are unavoidable, and per-channel scales are
+            # more accurate while still giving at most `levels` < k symbols.
+            self.warnings.append(f"{name}: codebook of {book[0].size} values > {levels} non-zero levels in "
+                                 f"[{qmin}, {qmax}]: quantized per {'channel' if axis is not None else 'tensor'}")
+            book = None
+        if book is not None:
+            qa = qm.quantize_codebook(source, qmin, qmax, self.symmetric, book)
+            scheme = "codebook"
+            if factors is not None:
+                qa = self._absorb(qa, factors[1], axis)
+                if qa is None:  # cannot absorb: quantize the folded values per channel
+                    self.warnings.append(f"{name}: BatchNorm factors could not go into the scales; codebook not kept")
+                    book = None
+        if book is None:
+            qa = qm.quantize_array(array, axis, qmin, qmax, self.symmetric)
+            scheme = "per_channel" if axis is not None else "per_tensor"
+        deq = qa.dequantize()
+        err = float(np.linalg.norm((deq - array).ravel()) / (np.linalg.norm(array.ravel()) or 1.0))
+        row = {"scheme": scheme, "axis": qa.axis, "range": [qmin, qmax], "codebook_size": k, "symbols": qa.symbols,
+               "merged_centroids": qa.merged_centroids, "clamped_nonzero": qa.clamped_nonzero,
+               "zeros": int(np.count_nonzero(array == 0)), "rel_error": err}
+        if qa.merged_centroids:
+            self.warnings.append(f"{name}: {qa.merged_centroids} of {qa.codebook_size} codebook values share an int8 level "
+                                 f"with another (range [{qmin}, {qmax}])")
+        return qa, row
+
+    def _absorb(self, qa: qm.QuantizedArray, factor: np.ndarray, axis: int | None) -> qm.QuantizedArray | None:
+        if axis is None or not self.symmetric or np.any(np.asarray(qa.zero_point) != 0):
+            return None
+        factor = np.asarray(factor, dtype=np.float64)
+        if np.any(factor == 0) or not np.all(np.isfinite(factor)):
+            return None
+        sign = np.sign(factor).astype(np.int64)
+        shape = [1] * qa.q.ndim
+        shape[axis] = -1
+        q = qa.q * sign.reshape(shape)  # symmetric: zero point 0, range [-127, 127] is sign-symmetric
+        scale = (float(qa.scale) * np.abs(factor)).astype(np.float32)
+        zp = np.zeros(scale.shape, dtype=np.int64)
+        return qm.QuantizedArray(q, scale, zp, axis, qa.clamped_nonzero, qa.codebook_size, qa.merged_centroids,
+                                 int(np.unique(q[q != 0]).size), {"bn_absorbed": True})
+
+    # ---- biases
+    def bias_dq(self, b, x_scale: float, w_qa: qm.QuantizedArray) -> str | None:
+        """int32 bias with scale x_scale * w_scale (per channel when the weight is)."""
+        w_scale = np.asarray(w_qa.scale, dtype=np.float32)
+        scale = (np.float32(x_scale) * w_scale).astype(np.float32)
+        key = (b.name, float(x_scale), w_scale.tobytes())
+        if key in self._bias:
+            return self._bias[key]
+        values = b.array().astype(np.float64).reshape(-1)
+        n = values.size
+        if scale.size not in (1, n):
+            return None
+        q = np.rint(values / scale.astype(np.float64).reshape(-1))
+        clipped = int(np.count_nonzero((q < INT32_MIN) | (q > INT32_MAX)))
+        if clipped:
+            self.warnings.append(f"{b.name}: {clipped} int32 bias values saturate; bias kept in float")
+            return None
+        names = [self.scope.new(b.name + "_quantized"), self.scope.new(b.name + "_scale"), self.scope.new(b.name + "_zero_point")]
+        self.initializers.append(numpy_helper.from_array(q.astype(np.int32), names[0]))
+        self.initializers.append(numpy_helper.from_array(scale.reshape(-1) if scale.size > 1 else scale.reshape(()), names[1]))
+        zp = np.zeros(n if scale.size > 1 else (), dtype=np.int32)
+        self.initializers.append(numpy_helper.from_array(zp, names[2]))
+        out = self.scope.new(b.name + "_dequantized")
+        attrs = {"axis": 0} if scale.size > 1 else {}
+        self.nodes.append(helper.make_node("DequantizeLinear", names, [out], name=self.scope.new(b.name + "_DequantizeLinear"), **attrs))
+        self._bias[key] = out
+        return out
+
+    def report(self) -> list[dict]:
+        return [self.rows[k] for k in self.rows]
