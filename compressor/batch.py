@@ -164,6 +164,6 @@ def run_batch(patterns, output_dir, overrides, data_dir, jobs, gate, log=lambda 
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in ordered:
-        writer.writerow(r)
+        writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
     atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
     return summary

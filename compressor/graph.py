@@ -162,10 +162,23 @@ def save_model(
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_file(out: Path) -> tuple[int, str]:
+    """A temp file beside `out`, with the permissions a plain open() would give (mkstemp's are 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to path via a temp file in the same folder and os.replace (no half-written files)."""
     out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent)
+    fd, tmp = make_temp_file(out)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -180,7 +193,7 @@ def _save_with_external_data(model: onnx.ModelProto, out: Path) -> None:
     model = _copy(model)  # the caller's model keeps its in-memory data
     data_name = out.name + ".data"
     folder = out.resolve().parent
-    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+    fd, tmp_data = make_temp_file(folder / data_name)
     try:
         with os.fdopen(fd, "wb") as f:
             offset = 0

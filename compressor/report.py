@@ -15,6 +15,9 @@ from .commands.common import format_table, to_json
 from .errors import UsageError
 
 
+STAGE_HEADERS = ["stage", "onnx bytes", "ratio", "packed bytes", "packed ratio", "accuracy %", "agreement %", "SNR dB", "setting"]
+
+
 def _pct(v):
     return None if v is None else round(float(v), 2)
 
@@ -26,6 +29,8 @@ def stage_rows(report: dict) -> list[list]:
             s["stage"] + ("" if s["applied"] else " (skipped)"),
             s["bytes"],
             None if s["ratio"] is None else f"{s['ratio']:.1f}x",
+            s.get("packed_bytes"),
+            None if s.get("packed_ratio") is None else f"{s['packed_ratio']:.1f}x",
             _pct(s["accuracy"]),
             _pct(s["top1_agreement"]),
             None if s["snr_db"] is None or isinstance(s["snr_db"], str) else round(s["snr_db"], 1),
@@ -39,14 +44,16 @@ def format_report(report: dict) -> str:
     if report["measured"]:
         budget = f"budget {report['budget_points']:g} points"
         if report["mode"] == "fidelity":
-            budget += f" of top-1 agreement, output SNR >= {report['min_snr_db']:g} dB"
+            budget += " of top-1 agreement"
+            if report.get("min_snr_db") is not None:
+                budget += f", output SNR >= {report['min_snr_db']:g} dB"
         else:
             budget += " of top-1 accuracy"
         out.append(f"measured with ONNX Runtime on {report['samples']} samples ({budget})")
     else:
         out.append(report.get("note", "nothing measured"))
     out.append("")
-    out.append(format_table(stage_rows(report), ["stage", "bytes", "ratio", "accuracy %", "agreement %", "SNR dB", "setting"]))
+    out.append(format_table(stage_rows(report), STAGE_HEADERS))
     layers = report.get("layers") or []
     if layers:
         out.append("")
@@ -108,7 +115,12 @@ def _figures(report: dict) -> list[tuple[str, str]]:
         plt.close(fig)
     stages = report["stages"]
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.bar([s["stage"] for s in stages], [s["bytes"] for s in stages], color="#66ccee")
+    xs = list(range(len(stages)))
+    ax.bar([x - 0.2 for x in xs], [s["bytes"] for s in stages], width=0.4, color="#66ccee", label="ONNX file")
+    ax.bar([x + 0.2 for x in xs], [s.get("packed_bytes") or 0 for s in stages], width=0.4, color="#ee6677", label="packed")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([s["stage"] for s in stages])
+    ax.legend()
     ax.set_yscale("log")
     ax.set_ylabel("bytes")
     ax.set_title("size after each stage")
@@ -118,7 +130,7 @@ def _figures(report: dict) -> list[tuple[str, str]]:
 
 
 def render_html(report: dict) -> str:
-    headers = ["stage", "bytes", "ratio", "accuracy %", "agreement %", "SNR dB", "setting"]
+    headers = STAGE_HEADERS
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row) + "</tr>" for row in stage_rows(report)
     )

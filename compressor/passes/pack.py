@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from ..codec.sparse import (
     with_fill,
 )
 from ..errors import CompressorError, UsageError
-from ..graph import EXTERNAL_DATA_THRESHOLD, atomic_write_bytes, iter_tensors, load_model, save_model
+from ..graph import EXTERNAL_DATA_THRESHOLD, atomic_write_bytes, iter_tensors, load_model, make_temp_file, save_model
 
 MANIFEST_FORMAT = "cmpz"
 # Tensor data smaller than this stays inside the graph section: compressed together with
@@ -669,7 +668,7 @@ def unpack_bytes(data) -> bytes:
 
 def _write_chunks(path: Path, chunks: list) -> None:
     """Atomic write (temp file in the same folder, then rename), chunk by chunk."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+    fd, tmp = make_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
