@@ -103,7 +103,8 @@ def fidelity(reference_outputs: list[np.ndarray], outputs: list[np.ndarray]) -> 
     """Agreement of the first output's top-1, max abs error and SNR over all float outputs."""
     ref0, out0 = reference_outputs[0], outputs[0]
     result: dict = {}
-    if ref0.ndim >= 1 and ref0.shape[0] > 0 and ref0.dtype.kind == "f" and ref0.ndim >= 2:
+    # Top-1 needs at least two scores per sample ([N, 1] regressors have none).
+    if ref0.dtype.kind == "f" and ref0.ndim >= 2 and ref0.shape[0] > 0 and ref0[0].size >= 2:
         result["top1_agreement"] = float(np.mean(top1(ref0) == top1(out0)) * 100.0)
     else:
         result["top1_agreement"] = None

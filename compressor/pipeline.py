@@ -80,7 +80,9 @@ class Measure:
         if self.data.labels is not None:
             self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)
         self.last_outputs = self.reference_outputs
-        return {"accuracy": self.reference_accuracy, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None, "top1_agreement": 100.0, "snr_db": None}
+        agreement = fidelity(self.reference_outputs, self.reference_outputs)["top1_agreement"]
+        return {"accuracy": self.reference_accuracy, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None,
+                "top1_agreement": agreement, "snr_db": None}
 
     def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
         if self.data is None:
@@ -155,6 +157,10 @@ def run_pipeline(
 ) -> dict:
     """Run the pipeline; returns the report (dict).  Raises GateFailed (with .report) on a failed gate."""
     started = time.perf_counter()
+    if out_path is not None and model_path != "-" and Path(out_path).exists() and Path(out_path).samefile(model_path):
+        raise UsageError(f"refusing to overwrite the input model {model_path} (choose another -o)")
+    if out_path is not None and not Path(out_path).resolve().parent.is_dir():
+        raise UsageError(f"output folder does not exist: {Path(out_path).resolve().parent}")
     original = graph.load_model(model_path)
     original_bytes = Path(model_path).stat().st_size if model_path != "-" else _model_bytes(original)
     data = load_dataset(data_path, original) if data_path else None
@@ -194,7 +200,9 @@ def run_pipeline(
     # ---- share
     share_opts = recipe["share"]
     shared_model = None
-    explicit_share = {k for k in (overrides or {}).get("share", {}) if k != "enabled"}
+    # A stage whose lossy settings the user fixed runs as asked; scoping keys (exclude,
+    # min_params, seed) keep the fallback ladder.
+    explicit_share = {k for k in (overrides or {}).get("share", {}) if k in ("bits_conv", "bits_fc", "init", "refit")}
     if share_opts["enabled"]:
         model, last_outputs = _stage_share(model, share_opts, measure, calib_data, rows, last_outputs, log, adaptive=not explicit_share)
         shared_model = model if rows[-1].applied else None
@@ -204,7 +212,7 @@ def run_pipeline(
 
     # ---- quantize
     quant_opts = recipe["quantize"]
-    explicit_quant = {k for k in (overrides or {}).get("quantize", {}) if k != "enabled"}
+    explicit_quant = {k for k in (overrides or {}).get("quantize", {}) if k in ("activations", "per_channel", "symmetric", "calibration")}
     if quant_opts["enabled"]:
         model, last_outputs = _stage_quantize(model, quant_opts, measure, calib_data, rows, last_outputs, log, adaptive=not explicit_quant)
     else:
@@ -315,9 +323,12 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
         rows.append(StageRow("prune", False, _model_bytes(model), rows[-1].metrics, note="skipped: pruning needs data to choose ratios"))
         return model, last_outputs
     prune_budget = opts["budget"] if opts["budget"] is not None else measure.budget * PRUNE_BUDGET_SHARE
+    # Noise powers of independent stages add up: giving pruning the same share of the noise
+    # allowance raises its SNR floor by 10*log10(1/share) dB (2.2 dB at 0.6).
+    prune_snr = measure.min_snr_db + 10 * np.log10(1 / PRUNE_BUDGET_SHARE) if measure.snr_gated else None
     attempts = [(f"sensitivity-guided, budget {prune_budget:g} points",
                  lambda: prune_to_budget(model, eval_data, prune_budget,
-                                         min_snr_db=measure.min_snr_db if measure.snr_gated else None, **common))]
+                                         min_snr_db=prune_snr, **common))]
     return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=True)
 
 

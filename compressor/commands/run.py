@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from ..batch import run_batch
-from ..errors import CompressorError, GateFailed
+from ..errors import CompressorError, GateFailed, UsageError
 from ..graph import atomic_write_bytes
 from ..pipeline import GateFailedWithReport, run_pipeline
 from ..recipe import read_recipe, validate_overrides
@@ -73,6 +74,9 @@ def run_command(model, output, data_path, calib_path, report_path, html_path, ma
                 sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed, quiet, verbose):
     """Compress MODEL with the whole pipeline and write a container plus a report."""
     overrides = _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed)
+    for path in (report_path, html_path):
+        if path and model != "-" and os.path.exists(path) and os.path.samefile(path, model):
+            raise UsageError(f"refusing to overwrite the input model {model} with a report")
     failure = None
     try:
         report = run_pipeline(model, output, overrides, data_path, calib_path, max_accuracy_drop, log=_progress(quiet, verbose))

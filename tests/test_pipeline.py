@@ -1,0 +1,164 @@
+"""`compressor run`: the guarded pipeline, its report, the gate, and the container it writes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compressor.cli import main
+from compressor.data import load_dataset
+from compressor.evaluate import accuracy, run_model
+from compressor.passes.pack import unpack_file
+from compressor.graph import load_model
+from compressor.pipeline import GateFailedWithReport, run_pipeline
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+LENET300 = SAMPLES / "lenet300.onnx"
+LENET5 = SAMPLES / "lenet5.onnx"
+
+
+def _unpacked_accuracy(container: Path, tmp_path: Path, data_path: Path) -> float:
+    out = tmp_path / "unpacked.onnx"
+    unpack_file(container, out, verify=True)
+    model = load_model(out)
+    data = load_dataset(data_path, model)
+    return accuracy(run_model(model, data)[0], data.labels)
+
+
+@pytest.fixture(scope="module")
+def lenet5_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "lenet5.cmpz"
+    report = run_pipeline(str(LENET5), str(out), data_path=str(SAMPLES / "lenet5_test.npz"),
+                          calib_path=str(SAMPLES / "lenet5_calib.npz"))
+    return tmp, out, report
+
+
+def test_default_pipeline_is_10x_within_one_point_measured_on_the_unpacked_container(lenet5_run):
+    tmp, out, report = lenet5_run
+    size = out.stat().st_size
+    assert report["container"]["bytes"] == size == report["stages"][-1]["bytes"]
+    assert LENET5.stat().st_size / size >= 10
+    acc = _unpacked_accuracy(out, tmp, SAMPLES / "lenet5_test.npz")
+    assert report["stages"][0]["accuracy"] - acc <= 1.0
+    assert acc == pytest.approx(report["stages"][-1]["accuracy"])
+    assert [s["stage"] for s in report["stages"]] == ["original", "prune", "share", "quantize", "pack"]
+    assert all(s["applied"] for s in report["stages"])
+
+
+def test_report_has_per_layer_rows_and_the_entropy_bound(lenet5_run):
+    _, _, report = lenet5_run
+    layers = {l["name"]: l for l in report["layers"]}
+    fc1 = layers["fc1.weight"]
+    assert fc1["sparsity"] > 0.5 and fc1["bits"] <= 5
+    # Huffman streams cost at least their entropy, and not much more.
+    assert fc1["entropy_bound_bytes"] <= fc1["container_bytes"] <= 1.2 * fc1["entropy_bound_bytes"] + 600
+    assert report["pack"]["container_bytes"] == report["container"]["bytes"]
+    # The packed size column shrinks (or stays) stage after stage.
+    packed = [s["packed_bytes"] for s in report["stages"]]
+    assert packed == sorted(packed, reverse=True)
+    json.dumps(report)  # plain JSON, no numpy scalars
+
+
+def test_same_input_same_options_give_identical_containers(lenet5_run, tmp_path):
+    _, first, _ = lenet5_run
+    again = tmp_path / "again.cmpz"
+    run_pipeline(str(LENET5), str(again), data_path=str(SAMPLES / "lenet5_test.npz"),
+                 calib_path=str(SAMPLES / "lenet5_calib.npz"))
+    assert again.read_bytes() == first.read_bytes()
+
+
+def test_gate_fails_with_exit_3_writes_the_report_and_no_container(tmp_path, capsys):
+    out, rep = tmp_path / "x.cmpz", tmp_path / "x.json"
+    code = main(["run", str(LENET300), "-o", str(out), "--data", str(SAMPLES / "lenet300_test.npz"),
+                 "--sparsity", "0.99", "--max-accuracy-drop", "0.5", "--report", str(rep), "-q"])
+    assert code == 3
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [rep]  # no temp files either
+    report = json.loads(rep.read_text())
+    assert report["gate"]["passed"] is False and "exceeds --max-accuracy-drop 0.5" in report["gate"]["reason"]
+    assert report["container"] is None
+    assert "error:" in capsys.readouterr().err
+
+
+def test_without_data_only_data_free_steps_run_and_the_report_says_so(tmp_path):
+    out = tmp_path / "m.cmpz"
+    report = run_pipeline(str(LENET300), str(out))
+    assert report["measured"] is False and "nothing was measured" in report["note"]
+    applied = {s["stage"]: s["applied"] for s in report["stages"]}
+    assert applied == {"original": True, "prune": False, "share": False, "quantize": True, "pack": True}
+    assert report["stages"][3]["setting"] == "int8 weights only"
+    assert out.stat().st_size < LENET300.stat().st_size / 3.5
+
+
+def test_unlabeled_data_budgets_top1_agreement(tmp_path):
+    test = np.load(SAMPLES / "lenet300_test.npz")
+    np.savez(tmp_path / "inputs.npz", x=test["x"])
+    report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(tmp_path / "inputs.npz"))
+    assert report["mode"] == "fidelity"
+    assert report["stages"][-1]["top1_agreement"] >= 99.0 - 1e-9
+    assert report["stages"][-1]["accuracy"] is None
+    # Class scores are budgeted by agreement; the SNR floor is for outputs without a top-1.
+    assert report["min_snr_db"] is None
+
+
+def test_fidelity_mode_gates_snr_when_outputs_are_not_class_scores(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(64, 1)).astype(np.float32) / 8, "w")  # a regressor
+    w1 = numpy_helper.from_array(rng.normal(size=(32, 64)).astype(np.float32) / 6, "w1")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("MatMul", ["r", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], [w1, w])
+    path = tmp_path / "reg.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(tmp_path / "in.npz", x=rng.normal(size=(256, 32)).astype(np.float32))
+    report = run_pipeline(str(path), str(tmp_path / "reg.cmpz"), data_path=str(tmp_path / "in.npz"),
+                          overrides={"prune": {"min_params": 0}, "share": {"min_params": 0}})
+    assert report["min_snr_db"] == 20.0
+    assert report["stages"][-1]["snr_db"] >= 20.0
+
+
+def test_overrides_and_disabled_stages(tmp_path):
+    report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet300_test.npz"),
+                          overrides={"prune": {"sparsity": 0.8, "scope": "layer"}, "share": {"enabled": False},
+                                     "quantize": {"activations": "none"}})
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert stages["prune"]["setting"] == "layer sparsity 0.8"
+    assert stages["share"]["applied"] is False and stages["share"]["note"] == "disabled"
+    assert stages["quantize"]["setting"] == "int8 weights only"
+    assert all(abs(l["sparsity"] - 0.8) < 0.01 for l in report["layers"] if l["params"] >= 1024)
+
+
+def test_recipe_file_and_cli_errors(tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[share]\nbits_fc = 4\n[prune]\nsparsity = 0.9\n")
+    out, rep = tmp_path / "m.cmpz", tmp_path / "m.json"
+    assert main(["run", str(LENET300), "-o", str(out), "--recipe", str(recipe), "--data",
+                 str(SAMPLES / "lenet300_test.npz"), "--report", str(rep), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(rep.read_text())
+    assert max(l["bits"] for l in printed["layers"] if l["params"] >= 1024) <= 4
+    recipe.write_text("[share]\nbits_fcc = 4\n")
+    assert main(["run", str(LENET300), "-o", str(out), "--recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "share.bits_fcc" in err and err.count("\n") == 1
+
+
+def test_run_refuses_to_overwrite_its_input(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(LENET300.read_bytes())
+    assert main(["run", str(model), "-o", str(model), "--no-prune", "--no-share", "--no-quantize"]) != 0
+    assert model.read_bytes() == LENET300.read_bytes()
+
+
+def test_html_report_is_one_self_contained_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    html = tmp_path / "r.html"
+    assert main(["run", str(LENET300), "-o", str(tmp_path / "m.cmpz"), "--html", str(html), "-q"]) == 0
+    text = html.read_text()
+    assert text.count("data:image/png;base64,") == 3 and "<script" not in text and "http" not in text.split("<details>")[0]
