@@ -17,8 +17,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	mkdir -p demo_out
-	$(BIN)/compressor inspect sample_models/lenet300.onnx
-	$(BIN)/compressor eval sample_models/lenet300.onnx --data sample_models/lenet300_test.npz
+	$(BIN)/compressor run sample_models/lenet5.onnx -o demo_out/lenet5.cmpz \
+		--data sample_models/lenet5_test.npz --calib sample_models/lenet5_calib.npz \
+		--report demo_out/lenet5.report.json --html demo_out/lenet5.report.html --max-accuracy-drop 1
+	$(BIN)/compressor unpack demo_out/lenet5.cmpz -o demo_out/lenet5.unpacked.onnx --verify
+	$(BIN)/compressor eval demo_out/lenet5.unpacked.onnx --data sample_models/lenet5_test.npz
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
