@@ -286,6 +286,7 @@ class Consumer:
     node: onnx.NodeProto
     input_index: int
     graph_path: str
+    role: str = "other"  # what this use makes of the tensor (role_of, with the graph's context)
 
 
 @dataclass
@@ -345,8 +346,50 @@ def set_tensor_values(proto: onnx.TensorProto, values: np.ndarray) -> None:
     proto.CopyFrom(new)
 
 
-def _role_of(node: onnx.NodeProto, index: int, shape: tuple[int, ...]) -> tuple[str, int | None, int | None, int]:
-    """Role, output axis, input axis and group of a tensor used as input `index` of `node`."""
+# Ops whose output an Add can carry a bias into (MatMul + Add is how exporters spell Linear).
+_BIAS_PRODUCERS = ("MatMul", "Gemm", "Conv")
+
+
+def _output_last_dim(producer: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
+                     shapes: dict[str, tuple[int | None, ...]]) -> int | None:
+    """Static size of the last axis of `producer`'s first output, when it can be told."""
+    out = producer.output[0] if producer.output else ""
+    if shapes.get(out) and shapes[out][-1] is not None:
+        return shapes[out][-1]
+    b_name = producer.input[1] if len(producer.input) > 1 else ""
+    dq = producers.get(b_name)
+    if b_name not in shapes and dq is not None and dq.op_type == "DequantizeLinear":
+        b_name = dq.input[0]  # a QDQ model's weight: the shape of its integer initializer
+    b = shapes.get(b_name)
+    if producer.op_type == "MatMul" and b is not None and len(b) >= 2:
+        return b[-1]
+    if producer.op_type == "Gemm" and b is not None and len(b) == 2:
+        trans_b = any(a.name == "transB" and a.i for a in producer.attribute)
+        return b[0] if trans_b else b[1]
+    return None  # Conv: the last axis is spatial, known only from value_info
+
+
+def _is_add_bias(node: onnx.NodeProto, index: int, shape: tuple[int, ...],
+                 producers: dict[str, onnx.NodeProto], shapes: dict[str, tuple[int | None, ...]]) -> bool:
+    """A 1-D constant added to a MatMul/Gemm/Conv output along its last axis: a bias."""
+    if node.op_type != "Add" or len(node.input) != 2 or len(shape) != 1 or index not in (0, 1):
+        return False
+    producer = producers.get(node.input[1 - index])
+    if producer is None or producer.op_type not in _BIAS_PRODUCERS or producer.domain not in ("", "ai.onnx"):
+        return False
+    return _output_last_dim(producer, producers, shapes) == shape[0]
+
+
+def role_of(node: onnx.NodeProto, index: int, shape: tuple[int, ...],
+            producers: dict[str, onnx.NodeProto] | None = None,
+            shapes: dict[str, tuple[int | None, ...]] | None = None) -> tuple[str, int | None, int | None, int]:
+    """Role, output axis, input axis and group of a tensor used as input `index` of `node`.
+
+    `producers` (value name -> node, the graph's and its enclosing graphs') and `shapes`
+    (value name -> static shape, constants included) are the context that tells a bias
+    added after a MatMul/Gemm/Conv from any other elementwise constant; without them such
+    a tensor is "elementwise".
+    """
     op = node.op_type
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.type != onnx.AttributeProto.GRAPH}
     rank = len(shape)
@@ -397,6 +440,8 @@ def _role_of(node: onnx.NodeProto, index: int, shape: tuple[int, ...]) -> tuple[
         if index >= 1:
             return "shape", None, None, 1
     elif op in ("Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"):
+        if producers is not None and _is_add_bias(node, index, shape, producers, shapes or {}):
+            return "bias", 0, None, 1
         return "elementwise", None, None, 1
     return "other", None, None, 1
 
@@ -413,8 +458,10 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
     """
     result: dict[int, Weight] = {}
     order: list[int] = []
+    role_infos: dict[int, tuple] = {}  # id(Consumer) -> role_of(...) of that use
 
-    def visit(graph: onnx.GraphProto, path: str, scope: dict[str, Weight]) -> None:
+    def visit(graph: onnx.GraphProto, path: str, scope: dict[str, Weight],
+              outer_producers: dict[str, onnx.NodeProto], outer_shapes: dict[str, tuple[int | None, ...]]) -> None:
         local = dict(scope)
         # Names defined in this graph shadow outer ones.
         for inp in graph.input:
@@ -433,6 +480,11 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
         for node in graph.node:
             if node.op_type == "Identity" and node.input and (node.input[0] in local or node.input[0] in alias):
                 alias[node.output[0]] = alias.get(node.input[0]) or local[node.input[0]]
+        # Context for role_of: who produces each value, and the static shapes known here.
+        prods = {**outer_producers, **producers(graph)}
+        shapes = {**outer_shapes, **_value_info_shapes(graph)}
+        shapes.update({name: w.shape for name, w in local.items()})
+        shapes.update({name: w.shape for name, w in alias.items()})
         for i, node in enumerate(graph.node):
             for idx, name in enumerate(node.input):
                 if not name:
@@ -440,13 +492,15 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
                 w = alias.get(name) or local.get(name)
                 if w is None or node.op_type == "Identity":
                     continue
-                w.consumers.append(Consumer(node, idx, path))
+                info = role_of(node, idx, w.shape, prods, shapes)
+                w.consumers.append(Consumer(node, idx, path, info[0]))
+                role_infos[id(w.consumers[-1])] = info
                 if name in alias:
                     w.via_identity = True
             for attr_name, sub in _subgraphs(node):
                 node_id = node.name or f"{node.op_type}_{i}"
                 sub_path = f"{path}/{node_id}/{attr_name}" if path else f"{node_id}/{attr_name}"
-                visit(sub, sub_path, {**local, **alias})
+                visit(sub, sub_path, {**local, **alias}, prods, shapes)
 
     def _new_weight(ref: TensorRef) -> Weight:
         key = id(ref.proto)
@@ -455,21 +509,29 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
             order.append(key)
         return result[key]
 
-    visit(model.graph, "", {})
+    visit(model.graph, "", {}, {}, {})
     out = []
     for key in order:
         w = result[key]
         if w.proto.data_type not in FLOAT_TYPES and not include_non_float:
             continue
-        _assign_role(w)
+        _assign_role(w, [role_infos[id(c)] for c in w.consumers])
         out.append(w)
     return out
 
 
-def _assign_role(w: Weight) -> None:
-    roles = []
-    for c in w.consumers:
-        roles.append(_role_of(c.node, c.input_index, w.shape))
+def _value_info_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int | None, ...]]:
+    """Shapes recorded in the graph's value_info / inputs / outputs (None: a dynamic dim)."""
+    result = {}
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            result[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return result
+
+
+def _assign_role(w: Weight, roles: list[tuple]) -> None:
+    """The weight's role from the roles of its uses (one role_of(...) tuple per consumer)."""
     if not roles:
         w.role = "unused"
         return

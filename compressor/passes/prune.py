@@ -249,7 +249,7 @@ def _compile_exclude(exclude: str | None):
 
 
 def _consumer_roles(w: graph.Weight) -> set[str]:
-    return {graph._role_of(c.node, c.input_index, w.shape)[0] for c in w.consumers}
+    return {c.role for c in w.consumers}  # graph.role_of, computed with each use's context
 
 
 def _embedding_ok(w: graph.Weight) -> bool:
