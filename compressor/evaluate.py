@@ -65,7 +65,9 @@ def run_model(model: onnx.ModelProto | object, data: Dataset, batch_size: int | 
         chunks.append(outs)
     if not chunks:
         return []
-    return [np.concatenate([c[i] for c in chunks], axis=0) if chunks[0][i].ndim else chunks[0][i] for i in range(len(chunks[0]))]
+    # Batches are joined along axis 0; scalar outputs (one per run) are stacked.
+    return [np.concatenate([c[i] for c in chunks], axis=0) if chunks[0][i].ndim else np.stack([c[i] for c in chunks])
+            for i in range(len(chunks[0]))]
 
 
 def top1(output: np.ndarray) -> np.ndarray:
@@ -124,9 +126,11 @@ def fidelity(reference_outputs: list[np.ndarray], outputs: list[np.ndarray]) -> 
 
 def latency_ms(session, data: Dataset, batch_size: int, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of one inference at the given batch size, in milliseconds."""
-    n = data.size
-    idx = np.arange(batch_size) % n
-    feed = {k: v[idx] for k, v in data.inputs.items()}
+    if data.per_sample:  # one run is one sample's feed, whatever its batch
+        feed = next(data.batches(1))
+    else:
+        idx = np.arange(batch_size) % data.size
+        feed = {**data.constants, **{k: v[idx] for k, v in data.inputs.items()}}
     for _ in range(warmup):
         session.run(None, feed)
     times = []

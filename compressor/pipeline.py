@@ -65,11 +65,14 @@ class Measure:
         # Raised by a stage the user fixed explicitly that overshot the budget, so that later
         # stages are judged on not making things worse rather than skipped wholesale.
         self.allowance = 0.0
+        self.eval_seconds = 0.0
 
     def start(self, model: onnx.ModelProto) -> dict:
         if self.data is None:
             return {"accuracy": None, "accuracy_drop": None, "top1_agreement": None, "snr_db": None}
+        t0 = time.perf_counter()
         self.reference_outputs = run_model(model, self.data)
+        self.eval_seconds = time.perf_counter() - t0  # sizes the pruning search (see _prune_search_plan)
         # Class scores ([N, C] logits or probabilities) are budgeted by top-1 agreement alone:
         # logit SNR falls fast under pruning while the decisions hold (LeNet-5 pruned to a
         # 0.3-point drop has 4 dB).  Detectors, regressors, embeddings and sequences have no
@@ -326,10 +329,62 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
     # Noise powers of independent stages add up: giving pruning the same share of the noise
     # allowance raises its SNR floor by 10*log10(1/share) dB (2.2 dB at 0.6).
     prune_snr = measure.min_snr_db + 10 * np.log10(1 / PRUNE_BUDGET_SHARE) if measure.snr_gated else None
-    attempts = [(f"sensitivity-guided, budget {prune_budget:g} points",
-                 lambda: prune_to_budget(model, eval_data, prune_budget,
-                                         min_snr_db=prune_snr, **common))]
+    search_data, ratios, max_evals, plan_note = _prune_search_plan(model, opts, measure, eval_data)
+    if plan_note:
+        log(f"prune: {plan_note}")
+    # The search runs on `search_data`; the pipeline then measures the result on all the data.
+    # If that overshoots (a subset, or noise), the search is rerun with a smaller budget,
+    # reusing the sensitivity curves, which are the expensive part.
+    curves: dict = {}
+
+    def attempt(points: float):
+        pruned, stats = prune_to_budget(model, search_data, points, min_snr_db=prune_snr, ratios=ratios, max_evals=max_evals,
+                                        sensitivity_stats=curves.get("stats"), **common)
+        curves["stats"] = stats.get("sensitivity")
+        if plan_note:
+            stats["search_plan"] = plan_note
+        return pruned, stats
+
+    attempts = [(f"sensitivity-guided, budget {b:g} points", lambda b=b: attempt(b))
+                for b in (prune_budget, prune_budget / 2, prune_budget / 4)]
     return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=True)
+
+
+# Coarser sensitivity ladder for models where the full one would take too long.
+COARSE_RATIOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+MIN_SEARCH_SAMPLES = 32
+
+
+def _prune_search_plan(model, opts, measure: Measure, eval_data: Dataset):
+    """Fit the pruning search (sensitivity curves + budget search) into prune.max_seconds.
+
+    The search costs about (tensors x ratios + evaluations) runs over the data; one run's time
+    was measured on the original.  When the estimate exceeds the allowance the ladder gets
+    coarser, then the search uses an evenly spread subset of the data (never below 32 samples).
+    """
+    from .passes.prune import prunable_weights
+    from .passes.sensitivity import BUDGET_RATIOS
+
+    selected, _ = prunable_weights(model, opts["exclude"], opts["min_params"])
+    allowance = opts["max_seconds"]
+    per_sample = measure.eval_seconds / max(eval_data.size, 1)
+
+    def estimate(ratios, evals, samples):
+        return (len(selected) * len(ratios) + evals) * per_sample * samples
+
+    ratios, evals, samples = BUDGET_RATIOS, 40, eval_data.size
+    if estimate(ratios, evals, samples) <= allowance:
+        return eval_data, None, evals, ""
+    ratios, evals = COARSE_RATIOS, 20
+    samples = min(eval_data.size, max(MIN_SEARCH_SAMPLES, int(allowance / max(estimate(ratios, evals, 1), 1e-9))))
+    note = (f"{len(selected)} tensors; full search estimated at {estimate(BUDGET_RATIOS, 40, eval_data.size):.0f} s > "
+            f"max_seconds {allowance:g}: coarse ladder, {samples} of {eval_data.size} samples for the search "
+            f"(estimated {estimate(ratios, evals, samples):.0f} s)")
+    if samples >= eval_data.size:
+        return eval_data, ratios, evals, note
+    step = eval_data.size / samples
+    index = (np.arange(samples) * step).astype(np.int64)
+    return eval_data.select(index), ratios, evals, note
 
 
 def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool):

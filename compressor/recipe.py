@@ -48,6 +48,7 @@ SCHEMA: dict[str, dict[str, tuple[type, tuple | None]]] = {
         "exclude": (str, None),
         "min_params": (int, None),
         "seed": (int, None),
+        "max_seconds": (float, None),
     },
     "share": {
         "enabled": (bool, None),
@@ -80,13 +81,17 @@ SCHEMA: dict[str, dict[str, tuple[type, tuple | None]]] = {
 # cannot wreck a model run: int8 weight-only quantization, per channel, and lossless packing.
 DEFAULT_BUDGET_POINTS = 1.0
 DEFAULT_MIN_SNR_DB = 20.0
+# Time the data-guided pruning search may take (sensitivity curves + budget search); bigger
+# models get a coarser ladder and a subset of the data for the search (see pipeline).
+DEFAULT_PRUNE_SECONDS = 120.0
 
 
 def default_recipe(mode: str) -> dict:
     """The defaults for mode 'accuracy' (labels), 'fidelity' (unlabeled inputs) or 'none' (no data)."""
     measured = mode != "none"
     return {
-        "prune": {"enabled": measured, "budget": None, "sparsity": None, "scope": "global", "exclude": None, "min_params": 1024, "seed": 0},
+        "prune": {"enabled": measured, "budget": None, "sparsity": None, "scope": "global", "exclude": None, "min_params": 1024, "seed": 0,
+                  "max_seconds": DEFAULT_PRUNE_SECONDS},
         "share": {"enabled": measured, "bits_conv": 8, "bits_fc": 5, "init": "linear", "refit": False, "exclude": None, "min_params": 1024, "seed": 0},
         "quantize": {"enabled": True, "activations": "static" if measured else "none", "per_channel": True, "symmetric": True, "calibration": "minmax", "exclude": None},
         "pack": {"enabled": True},
@@ -112,6 +117,8 @@ def _check_value(section: str, key: str, value):
         raise UsageError(f"recipe: '{section}.{key}' must be >= 0, got {value}")
     if key.startswith("bits") and not 1 <= value <= 8:
         raise UsageError(f"recipe: '{section}.{key}' must be between 1 and 8, got {value}")
+    if key == "max_seconds" and value <= 0:
+        raise UsageError(f"recipe: '{section}.{key}' must be > 0, got {value}")
     if key == "min_params" and value < 0:
         raise UsageError(f"recipe: '{section}.{key}' must be >= 0, got {value}")
     return value

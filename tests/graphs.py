@@ -297,6 +297,28 @@ def lstm_model() -> onnx.ModelProto:
     return _recurrent("LSTM", seed=9)
 
 
+def streaming_vad_model() -> onnx.ModelProto:
+    """Shaped like a streaming voice-activity model (silero-vad): audio x[N, T] with a dynamic T,
+    a recurrent state[1, N, 32] whose batch axis is 1, and a scalar int64 sample rate `sr`
+    that scales the input.  Outputs prob[N, 1] and the new state.  Its data cannot be batched
+    along axis 0: it takes the per-sample layout (one whole feed per sample) plus a constant.
+    """
+    b = _Builder(seed=12)
+    scale = b.node("Cast", ["sr"], to=FLOAT)
+    scale = b.node("Div", [scale, b.const("sr_ref", np.array(16000.0, np.float32))])
+    x = b.node("Mul", ["x", scale])
+    frames = b.node("Reshape", [x, b.const("frame_shape", np.array([0, -1, 16], np.int64))])  # [N, T/16, 16]
+    seq = b.node("Transpose", [frames], perm=[1, 0, 2])  # [T/16, N, 16]
+    w = b.weight("gru.W", (1, 96, 16), 16)
+    r = b.weight("gru.R", (1, 96, 32), 32)
+    _, h = b.node("GRU", [seq, w, r, "", "", "state"], ["", "state_out"], name="gru", hidden_size=32, linear_before_reset=1)
+    last = b.node("Squeeze", [h, b.const("squeeze_axes", np.array([0], np.int64))])
+    logit = b.linear(last, 32, 1, "head")
+    b.node("Sigmoid", [logit], ["prob"])
+    inputs = [_vi("x", ["N", "T"]), _vi("state", [1, "N", 32]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    return b.model("streaming_vad", inputs, [_vi("prob", ["N", 1]), _vi("state_out", [1, "N", 32])])
+
+
 # --------------------------------------------------------------------------- control flow
 
 
@@ -460,6 +482,7 @@ BUILDERS = {
     "quantized_qdq_model": quantized_qdq_model,
     "integer_input_model": integer_input_model,
     "fp16_model": fp16_model,
+    "streaming_vad_model": streaming_vad_model,
 }
 
 
@@ -483,6 +506,12 @@ def make_inputs(model: onnx.ModelProto, n: int = 8, seed: int = 0) -> Dataset:
     so batched and unbatched runs agree, and seeds 0 / 1 exercise both branches.
     """
     rng = np.random.default_rng(seed)
+    if model.graph.name == "streaming_vad":
+        # Per-sample layout: sample i is one whole feed (batch 1, 64 audio samples, zero
+        # state); the sample rate is a constant fed to every run.
+        audio = rng.standard_normal((n, 1, 64)).astype(np.float32)
+        return Dataset({"x": audio, "state": np.zeros((n, 1, 1, 32), np.float32)}, None,
+                       constants={"sr": np.array(16000, np.int64)}, per_sample=True)
     ranges = _index_ranges(model)
     inputs: dict[str, np.ndarray] = {}
     for vi in graph_inputs(model):

@@ -83,7 +83,8 @@ def test_a_missing_input_names_the_input_and_what_the_file_has(tmp_path):
     (graphs.transformer_encoder, {"ids": np.zeros((2, 8), np.float32)}, "data has dtype float32, the model expects int64"),
     (graphs.mlp, {"x": np.zeros((2, 64), np.int64)}, "data has dtype int64, the model expects float32"),
     (graphs.mlp, {"x": np.zeros((2, 64), bool)}, "the model expects float32"),
-    (graphs.mlp, {"x": np.zeros((2, 8, 8), np.float32)}, "expects rank 2"),
+    (graphs.mlp, {"x": np.zeros((2, 8, 8), np.float32)}, "for each sample"),  # rank + 1: read as per-sample feeds
+    (graphs.mlp, {"x": np.zeros((2, 2, 8, 8), np.float32)}, "expects rank 2"),
     (graphs.mlp, {"x": np.zeros((2, 63), np.float32)}, "expects ('N', 64)"),
     (graphs.conv_net, {"x": np.zeros((2, 1, 16, 15), np.float32)}, "expects ('N', 1, 16, 16)"),
     (graphs.integer_input_model, {"a": np.zeros((2, 8), np.int32), "b": np.zeros((3, 8), np.int64)}, "different numbers of samples"),
@@ -164,3 +165,56 @@ def test_make_inputs_is_deterministic_and_typed():
     assert not graphs.make_inputs(graphs.if_subgraph_model(), 4, 1).inputs["flag"].any()
     assert graphs.make_inputs(graphs.fp16_model(), 4, 0).inputs["x"].dtype == np.float16
     assert graphs.make_inputs(graphs.gru_model(), 4, 0).inputs["x"].shape == (5, 4, 16)  # [T, N, F]
+
+
+# --------------------------------------------------------------------------- per-sample layout
+
+
+def test_per_sample_layout_and_constants_for_a_model_whose_batch_axis_is_not_first(tmp_path):
+    from compressor.evaluate import run_model
+
+    model = graphs.streaming_vad_model()
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal((6, 1, 64)).astype(np.float32)
+    path = save(tmp_path, x=audio, state=np.zeros((6, 1, 1, 32), np.float32), sr=np.array(16000))
+    data = load_dataset(path, model)
+    assert data.per_sample and data.size == 6 and set(data.constants) == {"sr"}
+    feeds = list(data.batches(64))
+    assert len(feeds) == 6 and feeds[2]["x"].shape == (1, 64) and feeds[2]["sr"].shape == ()
+    prob, state = run_model(model, data)
+    assert prob.shape == (6, 1) and state.shape == (6, 1, 32)  # runs joined along axis 0
+    # the same as feeding each sample by hand
+    from compressor.evaluate import make_session
+
+    session = make_session(model)
+    by_hand = np.concatenate([session.run(None, {"x": audio[i], "state": np.zeros((1, 1, 32), np.float32),
+                                                 "sr": np.array(16000)})[0] for i in range(6)])
+    assert np.array_equal(prob, by_hand)
+    assert data.select(np.array([0, 3])).size == 2 and data.take(3).per_sample
+
+
+def test_mixed_layouts_and_wrong_per_sample_shapes_are_refused(tmp_path):
+    model = graphs.streaming_vad_model()
+    with pytest.raises(CompressorError, match="mixes batched and per-sample"):
+        load_dataset(save(tmp_path, x=np.zeros((6, 1, 64), np.float32), state=np.zeros((1, 6, 32), np.float32),
+                          sr=np.array(16000)), model)
+    with pytest.raises(CompressorError, match="for each sample"):
+        load_dataset(save(tmp_path, x=np.zeros((6, 1, 64), np.float32), state=np.zeros((6, 1, 1, 16), np.float32),
+                          sr=np.array(16000)), model)
+
+
+def test_the_pipeline_runs_on_per_sample_data(tmp_path):
+    from compressor.pipeline import run_pipeline
+
+    model = graphs.streaming_vad_model()
+    path = tmp_path / "vad.onnx"
+    import onnx
+
+    onnx.save(model, path)
+    rng = np.random.default_rng(1)
+    data = save(tmp_path, x=rng.standard_normal((16, 1, 64)).astype(np.float32),
+                state=np.zeros((16, 1, 1, 32), np.float32), sr=np.array(16000))
+    report = run_pipeline(str(path), str(tmp_path / "vad.cmpz"), data_path=str(data))
+    assert report["mode"] == "fidelity" and report["min_snr_db"] == 20.0  # [N, 1] probabilities: no top-1
+    assert report["stages"][-1]["snr_db"] >= 20.0
+    assert report["container"]["verified"] == "outputs"

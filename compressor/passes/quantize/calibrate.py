@@ -21,9 +21,10 @@ def collect(model: onnx.ModelProto, names, data: Dataset, batch_size: int | None
     stats = {n: qm.RangeCollector() for n in names}
     inputs = {vi.name for vi in graph.graph_inputs(model)}
     for name in names:
-        if name in inputs and name in data.inputs:
-            for start in range(0, data.size, 4096):
-                stats[name].update(data.inputs[name][start : start + 4096])
+        values = data.feed_values(name) if name in inputs else None
+        if values is not None:
+            for start in range(0, max(len(values), 1) if values.ndim else 1, 4096):
+                stats[name].update(values[start : start + 4096] if values.ndim else values)
     inner = [n for n in names if n not in inputs]
     if inner:
         bs = batch_size or evaluate.batch_size_for(model, CALIB_BATCH)
