@@ -19,6 +19,7 @@ and no container.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +330,7 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
     # Noise powers of independent stages add up: giving pruning the same share of the noise
     # allowance raises its SNR floor by 10*log10(1/share) dB (2.2 dB at 0.6).
     prune_snr = measure.min_snr_db + 10 * np.log10(1 / PRUNE_BUDGET_SHARE) if measure.snr_gated else None
-    search_data, ratios, max_evals, plan_note = _prune_search_plan(model, opts, measure, eval_data)
+    search_data, ratios, max_evals, plan_note, search_exclude = _prune_search_plan(model, opts, measure, eval_data)
     if plan_note:
         log(f"prune: {plan_note}")
     # The search runs on `search_data`; the pipeline then measures the result on all the data.
@@ -339,7 +340,8 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
 
     def attempt(points: float):
         pruned, stats = prune_to_budget(model, search_data, points, min_snr_db=prune_snr, ratios=ratios, max_evals=max_evals,
-                                        sensitivity_stats=curves.get("stats"), **common)
+                                        sensitivity_stats=curves.get("stats"), exclude=search_exclude,
+                                        min_params=opts["min_params"], seed=opts["seed"])
         curves["stats"] = stats.get("sensitivity")
         if plan_note:
             stats["search_plan"] = plan_note
@@ -374,17 +376,30 @@ def _prune_search_plan(model, opts, measure: Measure, eval_data: Dataset):
 
     ratios, evals, samples = BUDGET_RATIOS, 40, eval_data.size
     if estimate(ratios, evals, samples) <= allowance:
-        return eval_data, None, evals, ""
+        return eval_data, None, evals, "", opts["exclude"]
     ratios, evals = COARSE_RATIOS, 20
     samples = min(eval_data.size, max(MIN_SEARCH_SAMPLES, int(allowance / max(estimate(ratios, evals, 1), 1e-9))))
     note = (f"{len(selected)} tensors; full search estimated at {estimate(BUDGET_RATIOS, 40, eval_data.size):.0f} s > "
-            f"max_seconds {allowance:g}: coarse ladder, {samples} of {eval_data.size} samples for the search "
-            f"(estimated {estimate(ratios, evals, samples):.0f} s)")
+            f"max_seconds {allowance:g}: coarse ladder, {samples} of {eval_data.size} samples for the search")
+    exclude = opts["exclude"]
+    if estimate(ratios, evals, samples) > allowance:
+        # Still too slow: probe only the largest tensors (they hold most of the zeros to win);
+        # the others are left unpruned.
+        per_tensor = len(ratios) * per_sample * samples
+        keep = max(1, int((allowance - evals * per_sample * samples) / per_tensor))
+        by_size = sorted(selected, key=lambda w: (-w.size, w.name))
+        left_out = sorted(w.name for w in by_size[keep:])
+        if left_out:
+            names = "|".join(re.escape(n) for n in left_out)
+            exclude = f"(?:{exclude})|^(?:{names})$" if exclude else f"^(?:{names})$"
+            share = sum(w.size for w in by_size[:keep]) / max(sum(w.size for w in selected), 1)
+            note += f", only the {keep} largest tensors ({100 * share:.0f} % of the prunable weights)"
+    note += f" (estimated {estimate(ratios, evals, samples) if exclude == opts['exclude'] else allowance:.3g} s)"
     if samples >= eval_data.size:
-        return eval_data, ratios, evals, note
+        return eval_data, ratios, evals, note, exclude
     step = eval_data.size / samples
     index = (np.arange(samples) * step).astype(np.int64)
-    return eval_data.select(index), ratios, evals, note
+    return eval_data.select(index), ratios, evals, note, exclude
 
 
 def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool):
@@ -539,6 +554,7 @@ def build_report(model_path, original, original_bytes, mode, budget, measure: Me
         "recipe": recipe,
         "pack": _pack_summary(pack_stats),
         "plots": _plot_data(original, shared_model),
+        "prune_search": next((r.stats.get("search_plan") for r in rows if r.stage == "prune" and r.stats), None),
     }
     if mode == "none":
         report["note"] = ("no data given: nothing was measured; only data-free steps were applied "

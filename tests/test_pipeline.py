@@ -162,3 +162,14 @@ def test_html_report_is_one_self_contained_file(tmp_path):
     assert main(["run", str(LENET300), "-o", str(tmp_path / "m.cmpz"), "--html", str(html), "-q"]) == 0
     text = html.read_text()
     assert text.count("data:image/png;base64,") == 3 and "<script" not in text and "http" not in text.split("<details>")[0]
+
+
+def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path):
+    # One evaluation of LeNet-5 on 1000 samples takes tens of milliseconds; 0.05 s cannot hold
+    # the full search, so it runs coarse, on a subset, over the largest tensors only.
+    report = run_pipeline(str(LENET5), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet5_test.npz"),
+                          overrides={"prune": {"max_seconds": 0.05}, "share": {"enabled": False}, "quantize": {"enabled": False}})
+    prune_row = report["stages"][1]
+    assert prune_row["applied"], prune_row
+    assert report["stages"][1]["accuracy_drop"] <= 1.0
+    assert report["prune_search"] and "coarse ladder" in report["prune_search"]
