@@ -101,12 +101,23 @@ def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
     return float(10.0 * np.log10(signal_power / noise_power))
 
 
+def looks_like_class_scores(output: np.ndarray) -> bool:
+    """[N, C] float scores (C >= 2; trailing 1s allowed, as in [N, C, 1, 1]).
+
+    Only there is top-1 agreement meaningful: the argmax of a flattened detector, segmenter or
+    sequence output flips between near-equal entries under the smallest change, and [N, 1]
+    regressors have no top-1 at all.
+    """
+    if output.dtype.kind != "f" or output.ndim < 2 or output.shape[0] == 0 or output.shape[1] < 2:
+        return False
+    return all(d == 1 for d in output.shape[2:])
+
+
 def fidelity(reference_outputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
     """Agreement of the first output's top-1, max abs error and SNR over all float outputs."""
     ref0, out0 = reference_outputs[0], outputs[0]
     result: dict = {}
-    # Top-1 needs at least two scores per sample ([N, 1] regressors have none).
-    if ref0.dtype.kind == "f" and ref0.ndim >= 2 and ref0.shape[0] > 0 and ref0[0].size >= 2:
+    if looks_like_class_scores(ref0):
         result["top1_agreement"] = float(np.mean(top1(ref0) == top1(out0)) * 100.0)
     else:
         result["top1_agreement"] = None

@@ -31,7 +31,7 @@ import onnx
 from . import __version__, graph
 from .data import Dataset, load_dataset
 from .errors import CompressorError, GateFailed, UsageError
-from .evaluate import accuracy, fidelity, make_session, run_model
+from .evaluate import accuracy, fidelity, looks_like_class_scores, make_session, run_model
 from .recipe import default_recipe, merge
 
 # Share of the accuracy budget that pruning may spend on its own; share and quantize
@@ -79,7 +79,7 @@ class Measure:
         # 0.3-point drop has 4 dB).  Detectors, regressors, embeddings and sequences have no
         # meaningful top-1, so for them the output SNR floor is what protects the model.
         first = self.reference_outputs[0] if self.reference_outputs else None
-        looks_like_scores = first is not None and first.dtype.kind == "f" and first.ndim == 2 and first.shape[1] >= 2
+        looks_like_scores = first is not None and looks_like_class_scores(first)
         self.snr_gated = self.mode == "fidelity" and (self.explicit_snr or not looks_like_scores)
         if self.data.labels is not None:
             self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)

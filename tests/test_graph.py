@@ -260,6 +260,8 @@ ROLES = {
                             "gelu.half": "elementwise", "ffn.fc2.weight": "matmul_const", "ffn.fc2.bias": "bias",
                             "classifier.weight": "matmul_const", "classifier.bias": "bias"},
     "gru_model": {"rnn.W": "rnn_w", "rnn.R": "rnn_r", "rnn.B": "rnn_b", "head.weight": "matmul_const", "head.bias": "bias"},
+    "streaming_vad_model": {"sr_ref": "elementwise", "gru.W": "rnn_w", "gru.R": "rnn_r", "head.weight": "matmul_const",
+                            "head.bias": "bias"},
     "lstm_model": {"rnn.W": "rnn_w", "rnn.R": "rnn_r", "rnn.B": "rnn_b", "head.weight": "matmul_const", "head.bias": "bias"},
     "constant_weights_conv": {"c1.weight": "conv_filter", "c1.bias": "bias", "c2.weight": "conv_filter",
                               "fc.weight": "matmul_const", "fc.bias": "bias"},
