@@ -101,26 +101,50 @@ def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
     return float(10.0 * np.log10(signal_power / noise_power))
 
 
-def looks_like_class_scores(output: np.ndarray) -> bool:
-    """[N, C] float scores (C >= 2; trailing 1s allowed, as in [N, C, 1, 1]).
+def score_layout(output: np.ndarray) -> str | None:
+    """How an output holds class scores, if it does.
 
-    Only there is top-1 agreement meaningful: the argmax of a flattened detector, segmenter or
-    sequence output flips between near-equal entries under the smallest change, and [N, 1]
-    regressors have no top-1 at all.
+    * ``"classes"``: [N, C] float scores (C >= 2; trailing 1s allowed, as in [N, C, 1, 1]);
+    * ``"positions"``: [N, ..., C] probabilities (or log-probabilities) over the last axis, one
+      distribution per position: OCR and speech decoders, token classifiers;
+    * None otherwise.  Only for these is top-1 agreement meaningful: the argmax of a flattened
+      detector or segmentation output flips between near-equal entries under the smallest
+      change, and [N, 1] regressors have no top-1 at all.
     """
-    if output.dtype.kind != "f" or output.ndim < 2 or output.shape[0] == 0 or output.shape[1] < 2:
-        return False
-    return all(d == 1 for d in output.shape[2:])
+    if output.dtype.kind != "f" or output.ndim < 2 or output.shape[0] == 0:
+        return None
+    if output.shape[1] >= 2 and all(d == 1 for d in output.shape[2:]):
+        return "classes"
+    if output.ndim >= 3 and output.shape[-1] >= 2 and output.size:
+        rows = output.reshape(-1, output.shape[-1])
+        # A spread sample of positions is enough to recognise (log-)probabilities, and cheap.
+        values = rows[:: max(1, len(rows) // 256)].astype(np.float64)
+        if values.min() >= -1e-6 and np.allclose(values.sum(axis=-1), 1.0, atol=1e-3):
+            return "positions"
+        if values.max() <= 1e-6 and np.allclose(np.log(np.exp(values).sum(axis=-1)), 0.0, atol=1e-3):
+            return "positions"
+    return None
+
+
+def looks_like_class_scores(output: np.ndarray) -> bool:
+    return score_layout(output) is not None
+
+
+def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float | None:
+    """Percent of samples (or positions) whose top-1 class is unchanged; None if not class scores."""
+    layout = score_layout(reference)
+    if layout == "classes":
+        return float(np.mean(top1(reference) == top1(output)) * 100.0)
+    if layout == "positions":
+        return float(np.mean(np.argmax(reference, axis=-1) == np.argmax(output, axis=-1)) * 100.0)
+    return None
 
 
 def fidelity(reference_outputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
     """Agreement of the first output's top-1, max abs error and SNR over all float outputs."""
     ref0, out0 = reference_outputs[0], outputs[0]
     result: dict = {}
-    if looks_like_class_scores(ref0):
-        result["top1_agreement"] = float(np.mean(top1(ref0) == top1(out0)) * 100.0)
-    else:
-        result["top1_agreement"] = None
+    result["top1_agreement"] = top1_agreement(ref0, out0) if ref0.shape == out0.shape else None
     errs, snrs = [], []
     for r, o in zip(reference_outputs, outputs):
         if r.shape != o.shape:

@@ -44,9 +44,10 @@ def format_report(report: dict) -> str:
     if report["measured"]:
         budget = f"budget {report['budget_points']:g} points"
         if report["mode"] == "fidelity":
-            budget += " of top-1 agreement"
+            has_top1 = report["stages"][0].get("top1_agreement") is not None
+            budget = (f"{budget} of top-1 agreement" if has_top1 else "")
             if report.get("min_snr_db") is not None:
-                budget += f", output SNR >= {report['min_snr_db']:g} dB"
+                budget += (", " if budget else "") + f"output SNR >= {report['min_snr_db']:g} dB"
         else:
             budget += " of top-1 accuracy"
         out.append(f"measured with ONNX Runtime on {report['samples']} samples ({budget})")

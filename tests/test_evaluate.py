@@ -182,3 +182,20 @@ def test_with_outputs_leaves_the_model_alone():
     assert model.SerializeToString() == before
     assert [o.name for o in extended.graph.output] == ["logits", "relu_0"]
     assert extended.graph.output[1].type.tensor_type.elem_type == TensorProto.UNDEFINED
+
+
+def test_top1_agreement_is_only_for_class_scores():
+    from compressor.evaluate import score_layout, top1_agreement
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(8, 10)).astype(np.float32)
+    assert score_layout(logits) == "classes" and score_layout(logits[:, :, None, None]) == "classes"
+    probs = np.exp(rng.normal(size=(4, 7, 30)))
+    probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)  # [N, T, C] per-position softmax
+    assert score_layout(probs) == "positions" and score_layout(np.log(probs)) == "positions"
+    changed = probs.copy()
+    changed[0, 0] = np.roll(changed[0, 0], 1)  # one position of 28 changes its argmax
+    assert top1_agreement(probs, changed) == pytest.approx(100 * 27 / 28)
+    boxes = rng.normal(size=(2, 22, 2100)).astype(np.float32)  # a detector's raw head
+    assert score_layout(boxes) is None and top1_agreement(boxes, boxes) is None
+    assert score_layout(rng.normal(size=(8, 1)).astype(np.float32)) is None  # a regressor
