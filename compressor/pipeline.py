@@ -435,8 +435,21 @@ def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_output
         # weight-only is the gentlest; never try a harsher mode after a gentler one
         settings = settings[: settings.index("none") + 1] if "none" in settings else settings
     labels = {"static": "int8 weights + static int8 activations", "dynamic": "int8 weights + dynamic activations", "none": "int8 weights only"}
-    attempts = [(labels[a], lambda a=a: quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)) for a in settings]
+    attempts = []
+    for a in settings:
+        attempts.append((labels[a], lambda a=a: quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)))
+        if adaptive and a == "static":
+            # Mixed precision before giving up on activations: a few layers usually carry most
+            # of the error, so keep in float each layer whose quantization alone takes the
+            # output below the threshold (measured on the calibration data).
+            for floor in LAYER_SNR_FLOORS_DB:
+                attempts.append((f"{labels[a]}, layers under {floor:g} dB alone kept float",
+                                 lambda floor=floor: quantize(model, calib=calib_data, activations="static", min_layer_snr=floor, **common)))
     return _try("quantize", attempts, measure, rows, model, last_outputs, log, adaptive)
+
+
+# Per-layer output-SNR floors of the mixed-precision rungs of the quantize ladder.
+LAYER_SNR_FLOORS_DB = (35.0, 45.0)
 
 
 def _pack_and_verify(model, out_path, eval_data, last_outputs):
