@@ -291,6 +291,11 @@ def _try(stage: str, attempts: list[tuple[str, Callable[[], tuple[onnx.ModelProt
             tried.append({"option": label, "error": str(e)})
             log(f"{stage}: {label} failed: {e}")
             continue
+        if stage == "quantize" and candidate.ByteSize() >= model.ByteSize():
+            # Everything stayed float (subgraphs, sensitive layers): Q/DQ pairs would only add.
+            tried.append({"option": label, "error": "no size gain: nothing was quantized"})
+            log(f"{stage}: {label} quantized nothing, trying the next setting")
+            continue
         metrics, outputs = measure(candidate)
         tried.append({"option": label, **metrics})
         if not adaptive or measure.within(metrics):
@@ -303,7 +308,7 @@ def _try(stage: str, attempts: list[tuple[str, Callable[[], tuple[onnx.ModelProt
             return candidate, outputs if outputs is not None else last_outputs
         log(f"{stage}: {label} exceeds the budget ({_loss_text(measure, metrics)}), backing off")
     rows.append(StageRow(stage, False, _model_bytes(model), rows[-1].metrics, time.perf_counter() - t0,
-                         attempts=tried, note="skipped: every setting tried exceeded the budget" if tried else "skipped"))
+                         attempts=tried, note=("skipped: every setting tried exceeded the budget" if not any("error" in t for t in tried) else "skipped: no setting fit the budget (see attempts)") if tried else "skipped"))
     return model, last_outputs
 
 
