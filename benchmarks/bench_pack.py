@@ -22,11 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
-import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +31,9 @@ import onnx
 import zstandard
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine_info, timed  # noqa: E402  (puts the repository on sys.path too)
 
 from compressor.passes.pack import pack_file, unpack_file  # noqa: E402
 
@@ -106,16 +105,6 @@ def build_model(quick: bool, int8: bool, seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def timed(fn, *args, repeat: int = 1, **kwargs):
-    """(result, best wall time of ``repeat`` runs): the fast steps are repeated to beat noise."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        best = min(best, time.perf_counter() - start)
-    return result, best
-
-
 DECODE_REPEATS = 3  # decoding is cheap: best of 3; the slow encoders run once
 
 
@@ -173,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     entropy = stats["entropy"]
     result = {
         "model": {"quick": args.quick, "int8": args.int8, "parameters": params, "onnx_bytes": len(raw)},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine_info(),
         "roundtrip_identical": identical,
         "entropy": entropy,
         "results": rows,

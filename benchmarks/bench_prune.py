@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +32,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402  (puts the repository on sys.path too)
+from common import peak_rss_mb, rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prune.json"
 SPARSITY = 0.9
@@ -68,22 +68,6 @@ def build_model(n_fc: int, fc_dim: int, n_conv: int, conv_ch: int, seed: int = 0
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", conv_ch, 8, 8])],
                           [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", fc_dim])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def rss_mb() -> float:
-    """Current resident set size (Linux /proc), MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process, MB.  VmHWM, not getrusage: ru_maxrss survives exec, so a child
-    would report the (larger) RSS of the parent that forked it."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(task: str, model_path: str) -> dict:
@@ -163,8 +147,7 @@ def main() -> None:
             runs.append(row)
             print(json.dumps(row), flush=True)
     report = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "onnx": onnx.__version__, "platform": platform.platform()},
+        "machine": common.machine_info(),
         "model": {"params": params, **shape},
         "sparsity": SPARSITY,
         "runs": runs,

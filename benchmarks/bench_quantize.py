@@ -20,18 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402  (puts the repository on sys.path too)
+from common import ort_dynamic, ort_static  # noqa: E402
 from compressor import graph  # noqa: E402
 from compressor.data import load_dataset  # noqa: E402
 from compressor.evaluate import accuracy, fidelity, latency_ms, make_session, run_model  # noqa: E402
@@ -41,26 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 RESULTS = Path(__file__).resolve().parent / "results" / "quantize.json"
 MODELS = {"lenet5": "CNN", "lenet300": "MLP"}
-
-
-def ort_static(src: Path, calib: np.ndarray, out: Path, reduce_range: bool) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": calib[i : i + 64]} for i in range(0, len(calib), 64)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-
-
-def ort_dynamic(src: Path, out: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(out), per_channel=True, weight_type=QuantType.QInt8)
 
 
 def variants(name: str, tmp: Path) -> dict[str, tuple[onnx.ModelProto, float]]:
@@ -74,8 +54,8 @@ def variants(name: str, tmp: Path) -> dict[str, tuple[onnx.ModelProto, float]]:
         t = time.perf_counter()
         q, _ = quantize(model, check=False, **kwargs)
         out[label] = (q, time.perf_counter() - t)
-    for label, fn in (("ORT quantize_static", lambda p: ort_static(src, calib.inputs["x"], p, False)),
-                      ("ORT quantize_static reduce_range", lambda p: ort_static(src, calib.inputs["x"], p, True)),
+    for label, fn in (("ORT quantize_static", lambda p: ort_static(src, calib.inputs, p, False)),
+                      ("ORT quantize_static reduce_range", lambda p: ort_static(src, calib.inputs, p, True)),
                       ("ORT quantize_dynamic", lambda p: ort_dynamic(src, p))):
         path = tmp / f"{name}_{label.replace(' ', '_')}.onnx"
         t = time.perf_counter()
@@ -137,12 +117,8 @@ def main() -> None:
         for name in MODELS:
             rows += measure(name, args.rounds, Path(tmp))
     print(markdown(rows))
-    import onnxruntime
-
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
-                    "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "machine": {**common.machine_info(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
         "settings": {"intra_op_num_threads": 1, "latency": "median of per-round medians", "rounds": args.rounds,
                      "repeats": {"batch1": 200, "batch64": 30}},
         "rows": rows,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,7 +29,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine_info, timed  # noqa: E402  (puts the repository on sys.path too)
 
 from compressor import graph  # noqa: E402
 from compressor.kmeans import inertia, init_centroids, kmeans_1d, support_exact  # noqa: E402
@@ -68,12 +69,6 @@ def build_model(n_fc: int, fc_dim: int, n_conv: int, conv_ch: int, seed: int = 0
         inits,
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def timed(fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t
 
 
 def bench_paths(values: np.ndarray, k: int) -> dict:
@@ -173,8 +168,7 @@ def main() -> None:
               f"inertia {r['accelerated_inertia']:.6g})")
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "platform": platform.platform(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "machine": {**machine_info(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
         "model": {"params": params, "matmul": [n_fc, fc_dim], "conv": [n_conv, conv_ch]},
         "share_pass_s": round(t_share, 2),
         "load_share_save_s": round(t_cli, 2),
