@@ -37,6 +37,8 @@ from .recipe import default_recipe, merge
 # Share of the accuracy budget that pruning may spend on its own; share and quantize
 # usually cost a few tenths of a point together, so they get the rest.
 PRUNE_BUDGET_SHARE = 0.6
+# The report's per-stage packed-size column is measured up to this model size.
+PACKED_COLUMN_MAX_BYTES = 64 << 20
 # Calibration uses at most this many samples (ranges converge long before).
 MAX_CALIB_SAMPLES = 512
 
@@ -261,8 +263,13 @@ def _fill_packed_bytes(rows: list[StageRow], models: list[onnx.ModelProto], log:
     """Pack every stage's model (in memory) so the report shows what each pass buys in the container."""
     from .passes.pack import pack_model
 
-    sizes: dict[int, int] = {}
+    sizes: dict[int, int | None] = {}
     for row, m in zip(rows, models):
+        if id(m) not in sizes and m.ByteSize() > PACKED_COLUMN_MAX_BYTES:
+            # Packing a large float model costs minutes (xz on every float tensor): the
+            # column is left empty; the container row is always measured.
+            log(f"not measuring the packed size after {row.stage}: model over {PACKED_COLUMN_MAX_BYTES >> 20} MiB")
+            sizes[id(m)] = None
         if id(m) not in sizes:
             log(f"measuring the packed size after {row.stage}")
             sizes[id(m)] = len(pack_model(m)[0])
