@@ -100,11 +100,20 @@ class WeightStore:
                 if qa is None:  # cannot absorb: quantize the folded values per channel
                     self.warnings.append(f"{name}: BatchNorm factors could not go into the scales; codebook not kept")
                     book = None
+            if book is not None and axis is not None:
+                # One scale for the whole codebook rounds every weight of a cluster the same
+                # way, so errors add up instead of cancelling; with many centroids (6-7 bits)
+                # per-channel scales can be several times more accurate, and still give at most
+                # `levels` symbols.  Keep the codebook unless it costs over 1.5x the error (at 4-5 bits the two are even; at 6-7 bits the shared scale costs 2x).
+                per_channel = qm.quantize_array(array, axis, qmin, qmax, self.symmetric)
+                if _rel_error(qa.dequantize(), array) > CODEBOOK_ERROR_FACTOR * _rel_error(per_channel.dequantize(), array):
+                    self.warnings.append(f"{name}: codebook of {k} values quantized per channel (a shared scale would "
+                                         f"cost over {CODEBOOK_ERROR_FACTOR:g}x the error)")
+                    book = None
         if book is None:
             qa = qm.quantize_array(array, axis, qmin, qmax, self.symmetric)
             scheme = "per_channel" if axis is not None else "per_tensor"
-        deq = qa.dequantize()
-        err = float(np.linalg.norm((deq - array).ravel()) / (np.linalg.norm(array.ravel()) or 1.0))
+        err = _rel_error(qa.dequantize(), array)
         row = {"scheme": scheme, "axis": qa.axis, "range": [qmin, qmax], "codebook_size": k, "symbols": qa.symbols,
                "merged_centroids": qa.merged_centroids, "clamped_nonzero": qa.clamped_nonzero,
                "zeros": int(np.count_nonzero(array == 0)), "rel_error": err}
@@ -158,3 +167,12 @@ class WeightStore:
 
     def report(self) -> list[dict]:
         return [self.rows[k] for k in self.rows]
+
+
+# A codebook keeps its shared per-tensor scale unless that costs more than this factor of
+# the per-channel error (see WeightStore._quantize).
+CODEBOOK_ERROR_FACTOR = 1.5
+
+
+def _rel_error(approx: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.linalg.norm((approx - exact).ravel()) / (np.linalg.norm(exact.ravel()) or 1.0))
