@@ -450,7 +450,7 @@ def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_output
     attempts = []
     for a in settings:
         attempts.append((labels[a], lambda a=a: quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)))
-        if adaptive and a == "static":
+        if adaptive and a == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
             # Mixed precision before giving up on activations: a few layers usually carry most
             # of the error, so keep in float each layer whose quantization alone takes the
             # output below the threshold (measured on the calibration data).
@@ -460,8 +460,10 @@ def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_output
     return _try("quantize", attempts, measure, rows, model, last_outputs, log, adaptive)
 
 
-# Per-layer output-SNR floors of the mixed-precision rungs of the quantize ladder.
+# Per-layer output-SNR floors of the mixed-precision rungs of the quantize ladder.  The rungs
+# build and run one model per layer, which takes many minutes on models of hundreds of MB.
 LAYER_SNR_FLOORS_DB = (35.0, 45.0)
+MIXED_PRECISION_MAX_BYTES = 64 << 20
 
 
 def _pack_and_verify(model, out_path, eval_data, last_outputs):
