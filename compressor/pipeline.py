@@ -86,9 +86,8 @@ class Measure:
         if self.data.labels is not None:
             self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)
         self.last_outputs = self.reference_outputs
-        agreement = fidelity(self.reference_outputs, self.reference_outputs)["top1_agreement"]
         return {"accuracy": self.reference_accuracy, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None,
-                "top1_agreement": agreement, "snr_db": None}
+                "top1_agreement": 100.0 if looks_like_scores else None, "snr_db": None}
 
     def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
         if self.data is None:
@@ -224,7 +223,7 @@ def run_pipeline(
     else:
         rows.append(StageRow("quantize", False, _model_bytes(model), rows[-1].metrics, note="disabled"))
     stage_models.append(model)
-    _fill_packed_bytes(rows, stage_models, log)
+    final_packing = _fill_packed_bytes(rows, stage_models, log)
 
     # ---- gate (before anything is written)
     final_metrics = rows[-1].metrics
@@ -243,7 +242,7 @@ def run_pipeline(
             raise UsageError("run needs -o OUT.cmpz")
         t0 = time.perf_counter()
         log("pack: writing the container")
-        pack_stats, verified = _pack_and_verify(model, out_path, eval_data, last_outputs)
+        pack_stats, verified = _pack_and_verify(model, out_path, eval_data, last_outputs, final_packing)
         container = {"path": str(out_path), "bytes": Path(out_path).stat().st_size, "verified": verified}
         container["ratio"] = original_bytes / container["bytes"]
         rows.append(StageRow("pack", True, container["bytes"], final_metrics, time.perf_counter() - t0,
@@ -259,11 +258,16 @@ def run_pipeline(
     return report
 
 
-def _fill_packed_bytes(rows: list[StageRow], models: list[onnx.ModelProto], log: Log) -> None:
-    """Pack every stage's model (in memory) so the report shows what each pass buys in the container."""
+def _fill_packed_bytes(rows: list[StageRow], models: list[onnx.ModelProto], log: Log) -> tuple[bytes, dict] | None:
+    """Pack every stage's model (in memory) so the report shows what each pass buys in the container.
+
+    Returns the packing of the last model (bytes, stats), which is the container `run` writes,
+    so that it is not packed twice; None when that model was too large to pack here.
+    """
     from .passes.pack import pack_model
 
     sizes: dict[int, int | None] = {}
+    last = None
     for row, m in zip(rows, models):
         if id(m) not in sizes and m.ByteSize() > PACKED_COLUMN_MAX_BYTES:
             # Packing a large float model costs minutes (xz on every float tensor): the
@@ -272,8 +276,12 @@ def _fill_packed_bytes(rows: list[StageRow], models: list[onnx.ModelProto], log:
             sizes[id(m)] = None
         if id(m) not in sizes:
             log(f"measuring the packed size after {row.stage}")
-            sizes[id(m)] = len(pack_model(m)[0])
+            packed = pack_model(m)
+            sizes[id(m)] = len(packed[0])
+            if m is models[-1]:
+                last = packed
         row.packed_bytes = sizes[id(m)]
+    return last
 
 
 class GateFailedWithReport(GateFailed):
@@ -466,11 +474,12 @@ LAYER_SNR_FLOORS_DB = (35.0, 45.0)
 MIXED_PRECISION_MAX_BYTES = 64 << 20
 
 
-def _pack_and_verify(model, out_path, eval_data, last_outputs):
-    """Pack, unpack, check the unpacked model reproduces the outputs, then write `out_path` atomically."""
+def _pack_and_verify(model, out_path, eval_data, last_outputs, packed: tuple[bytes, dict] | None = None):
+    """Pack (unless `packed` already holds it), unpack, check the unpacked model reproduces the
+    outputs, then write `out_path` atomically."""
     from .passes.pack import pack_model, unpack_container
 
-    data, stats = pack_model(model)
+    data, stats = packed if packed is not None else pack_model(model)
     # verify=True: the unpacked serialization must hash to what was packed (SHA-256 in the manifest).
     unpacked, _ = unpack_container(data, verify=True)
     verified = "tensors"

@@ -31,6 +31,42 @@ OPSETS = (9, 11, 13, 17, 21)  # what opset_model is built (and tested) at
 FLOAT = TensorProto.FLOAT
 
 
+# --------------------------------------------------------------------------- small helpers
+# Shared by the per-pass test files (test_prune.py, test_share.py) for their own small graphs.
+
+
+def make_model(nodes, inputs, outputs, inits, opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def vi(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def laplace_weights(rng, shape, scale=0.1):
+    return rng.laplace(0, scale, shape).astype(np.float32)
+
+
+def constant_and_if_net(seed=0):
+    """A conv filter held by a Constant node; an If whose branches use an outer weight / their own."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    const = n("Constant", [], ["cw"], value=numpy_helper.from_array(laplace_weights(rng, (16, 8, 3, 3)), "cw"))
+
+    def branch(name, weight, inits):
+        return helper.make_graph([n("MatMul", ["h", weight], [f"{name}_y"])], name, [], [vi(f"{name}_y", ["N", 64])], inits)
+
+    then_g = branch("then", "then_w", [numpy_helper.from_array(laplace_weights(rng, (64, 64)), "then_w")])
+    else_g = branch("else", "outer_w", [])
+    nodes = [const, n("Conv", ["x", "cw"], ["c"]), n("GlobalAveragePool", ["c"], ["g"]), n("Flatten", ["g"], ["f"]),
+             n("MatMul", ["f", "proj"], ["h0"]), n("MatMul", ["h0", "outer_w"], ["h"]), n("ReduceSum", ["h"], ["s"], keepdims=0),
+             n("Greater", ["s", "zero"], ["cond"]), n("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
+    inits = [numpy_helper.from_array(laplace_weights(rng, (16, 64)), "proj"), numpy_helper.from_array(laplace_weights(rng, (64, 64)), "outer_w"),
+             numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    return make_model(nodes, [vi("x", ["N", 8, 6, 6])], [vi("y", ["N", 64])], inits)
+
+
 # --------------------------------------------------------------------------- building blocks
 
 

@@ -12,6 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from graphs import constant_and_if_net, make_model, vi
+from graphs import laplace_weights as _w
+
 from compressor import graph
 from compressor.cli import main
 from compressor.data import Dataset, load_dataset
@@ -168,15 +171,6 @@ def test_allocate_ratios_maximises_zeros_per_point_of_drop():
 
 
 # =========================================================================== the pass on ONNX models
-
-
-def make_model(nodes, inputs, outputs, inits, opset=17):
-    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def vi(name, shape, dtype=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, dtype, shape)
 
 
 def random_data(model, n=16, seed=0) -> Dataset:
@@ -515,10 +509,6 @@ def test_cli_nothing_to_prune_warns_and_writes_the_model_unchanged(tmp_path, cap
 # another module; tests/graphs.py (the shared zoo) is exercised too when it is present.
 
 
-def _w(rng, shape, scale=0.1):
-    return rng.laplace(0, scale, shape).astype(np.float32)
-
-
 def transformer_encoder(d=64, heads=4, seq=6, vocab=50, seed=0):
     """Token embedding (Gather) + one encoder block: attention, LayerNorm, FFN, int shape tensors."""
     rng = np.random.default_rng(seed)
@@ -571,25 +561,6 @@ def recurrent_net(op="GRU", d_in=24, hidden=32, seq=5, seed=0):
     node = helper.make_node(op, ["x", "W", "R", "B"], outputs, hidden_size=hidden)
     outs = [vi("Y", [seq, 1, "N", hidden]), vi("Y_h", [1, "N", hidden])] + ([vi("Y_c", [1, "N", hidden])] if op == "LSTM" else [])
     return make_model([node], [vi("x", [seq, "N", d_in])], outs, inits)
-
-
-def constant_and_if_net(seed=0):
-    """A conv filter held by a Constant node; an If whose branches use an outer weight / their own."""
-    rng = np.random.default_rng(seed)
-    n = helper.make_node
-    const = n("Constant", [], ["cw"], value=numpy_helper.from_array(_w(rng, (16, 8, 3, 3)), "cw"))
-
-    def branch(name, weight, inits):
-        return helper.make_graph([n("MatMul", ["h", weight], [f"{name}_y"])], name, [], [vi(f"{name}_y", ["N", 64])], inits)
-
-    then_g = branch("then", "then_w", [numpy_helper.from_array(_w(rng, (64, 64)), "then_w")])
-    else_g = branch("else", "outer_w", [])
-    nodes = [const, n("Conv", ["x", "cw"], ["c"]), n("GlobalAveragePool", ["c"], ["g"]), n("Flatten", ["g"], ["f"]),
-             n("MatMul", ["f", "proj"], ["h0"]), n("MatMul", ["h0", "outer_w"], ["h"]), n("ReduceSum", ["h"], ["s"], keepdims=0),
-             n("Greater", ["s", "zero"], ["cond"]), n("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
-    inits = [numpy_helper.from_array(_w(rng, (16, 64)), "proj"), numpy_helper.from_array(_w(rng, (64, 64)), "outer_w"),
-             numpy_helper.from_array(np.array(0, np.float32), "zero")]
-    return make_model(nodes, [vi("x", ["N", 8, 6, 6])], [vi("y", ["N", 64])], inits)
 
 
 def qdq_net(seed=0):

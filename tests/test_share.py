@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+
+from graphs import constant_and_if_net, make_model, vi
+from graphs import laplace_weights as _w
 
 from compressor import graph
 from compressor.cli import main
@@ -21,15 +24,6 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_model(nodes, inputs, outputs, inits, opset=17):
-    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def vi(name, shape, dtype=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, dtype, shape)
 
 
 def mlp(dims=(64, 128, 32), seed=0, dtype=np.float32, sparsity=0.0):
@@ -299,10 +293,6 @@ def test_cli_nothing_to_share_warns_and_writes_the_model_unchanged(tmp_path, cap
 # Small builders for the graph shapes share must handle (tests/graphs.py covers more, below).
 
 
-def _w(rng, shape, scale=0.1):
-    return rng.laplace(0, scale, shape).astype(np.float32)
-
-
 def transformer_block(d=64, heads=4, seq=6, seed=0):
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(_w(rng, (d, d)), n) for n in ("wq", "wk", "wv", "wo")]
@@ -344,25 +334,6 @@ def gru_net(d_in=24, hidden=48, seq=5, seed=0):
              numpy_helper.from_array(_w(rng, (1, 6 * hidden)), "B")]
     node = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden)
     return make_model([node], [vi("x", [seq, "N", d_in])], [vi("Y", [seq, 1, "N", hidden]), vi("Y_h", [1, "N", hidden])], inits)
-
-
-def constant_and_if_net(seed=0):
-    """A conv filter held by a Constant node; an If whose branches use an outer weight / their own."""
-    rng = np.random.default_rng(seed)
-    n = helper.make_node
-    const = n("Constant", [], ["cw"], value=numpy_helper.from_array(_w(rng, (16, 8, 3, 3)), "cw"))
-
-    def branch(name, weight, inits):
-        return helper.make_graph([n("MatMul", ["h", weight], [f"{name}_y"])], name, [], [vi(f"{name}_y", ["N", 64])], inits)
-
-    then_g = branch("then", "then_w", [numpy_helper.from_array(_w(rng, (64, 64)), "then_w")])
-    else_g = branch("else", "outer_w", [])
-    nodes = [const, n("Conv", ["x", "cw"], ["c"]), n("GlobalAveragePool", ["c"], ["g"]), n("Flatten", ["g"], ["f"]),
-             n("MatMul", ["f", "proj"], ["h0"]), n("MatMul", ["h0", "outer_w"], ["h"]), n("ReduceSum", ["h"], ["s"], keepdims=0),
-             n("Greater", ["s", "zero"], ["cond"]), n("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
-    inits = [numpy_helper.from_array(_w(rng, (16, 64)), "proj"), numpy_helper.from_array(_w(rng, (64, 64)), "outer_w"),
-             numpy_helper.from_array(np.array(0, np.float32), "zero")]
-    return make_model(nodes, [vi("x", ["N", 8, 6, 6])], [vi("y", ["N", 64])], inits)
 
 
 ZOO = {"transformer": transformer_block, "depthwise_bn": depthwise_bn_net, "gru": gru_net, "constant_if": constant_and_if_net,

@@ -78,3 +78,13 @@ def stderr_is_tty() -> bool:
 
 def warn(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
+
+
+def report_pass(stats: dict, as_json: bool, print_table) -> None:
+    """After a pass wrote its model: its warnings on stderr, then its stats as JSON or a table."""
+    for message in stats["warnings"]:
+        warn(message)
+    if as_json:
+        emit_json(stats)
+    else:
+        print_table()

@@ -11,7 +11,7 @@ import click
 from ..data import load_dataset
 from ..errors import UsageError
 from ..graph import atomic_write_bytes, load_model, save_model
-from .common import emit_json, format_table, to_json, warn
+from .common import emit_json, format_table, report_pass, to_json, warn
 
 
 def _refuse_same_file(model: str, output: str) -> None:
@@ -92,12 +92,7 @@ def prune_command(model, output, sparsity, scope, exclude, min_params, include_e
         new_model, stats = prune(loaded, sparsity, scope=scope, exclude=exclude, min_params=min_params, seed=seed,
                                  include_embeddings=include_embeddings)
     save_model(new_model, output, input_path=model)
-    for message in stats["warnings"]:
-        warn(message)
-    if as_json:
-        emit_json(stats)
-        return
-    _print_prune_table(stats, output)
+    report_pass(stats, as_json, lambda: _print_prune_table(stats, output))
 
 
 def _print_sensitivity_table(stats: dict) -> None:

@@ -10,7 +10,7 @@ import click
 from ..data import load_dataset
 from ..errors import UsageError
 from ..graph import load_model, save_model
-from .common import emit_json, format_table, human_bytes, warn
+from .common import format_table, human_bytes, report_pass, warn
 
 
 @click.command("quantize")
@@ -60,12 +60,7 @@ def quantize_command(model, output, calib_path, activations, per_channel, symmet
         stats["float_eval"] = {"samples": data.size,
                                "accuracy": accuracy(reference[0], data.labels) if data.labels is not None else None}
         stats["eval"] = evaluate(new_model, data, reference_outputs=reference)
-    for message in stats["warnings"]:
-        warn(message)
-    if as_json:
-        emit_json(stats)
-        return
-    _print_report(stats)
+    report_pass(stats, as_json, lambda: _print_report(stats))
 
 
 def _print_report(stats: dict) -> None:

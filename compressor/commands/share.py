@@ -10,7 +10,7 @@ from ..data import load_dataset
 from ..errors import UsageError
 from ..graph import load_model, save_model
 from ..kmeans import INITS
-from .common import emit_json, format_table, warn
+from .common import format_table, report_pass, warn
 
 
 def _parse_bits(items: tuple[str, ...]) -> dict[str, int]:
@@ -56,11 +56,10 @@ def share_command(model, output, bits_conv, bits_fc, bits_items, init, refit, da
     new_model, stats = share(loaded, bits_conv=bits_conv, bits_fc=bits_fc, bits_by_name=bits_by_name, init=init,
                              seed=seed, exclude=exclude, min_params=min_params, refit_data=data)
     save_model(new_model, output, input_path=model)
-    for message in stats["warnings"]:
-        warn(message)
-    if as_json:
-        emit_json(stats)
-        return
+    report_pass(stats, as_json, lambda: _print_share_table(stats, output))
+
+
+def _print_share_table(stats: dict, output: str) -> None:
     rows = []
     for t in stats["tensors"]:
         r = t["refit"]
