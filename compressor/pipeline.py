@@ -505,23 +505,29 @@ def _bits_of(values: np.ndarray) -> int | None:
     return int(np.ceil(np.log2(distinct))) if distinct > 1 else 1
 
 
-def _per_layer(original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: dict | None) -> list[dict]:
-    final_arrays = _final_weight_values(final)
-    packed = {}
-    if pack_stats:
-        for t in pack_stats.get("tensors", []):
-            packed[t.get("name")] = t
+def _per_layer(original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: dict | None,
+               quantized_names: dict[str, str]) -> list[dict]:
+    """Per matrix weight of the original: what the final model holds for it, and its container bytes.
+
+    `quantized_names` maps a weight to the int8 tensor quantize made of it (from its stats); other
+    weights are still held under their own name.
+    """
+    from onnx import numpy_helper
+
+    tensors = {r.name: r.proto for r in graph.iter_tensors(final)}
+    packed = {t.get("name"): t for t in (pack_stats or {}).get("tensors", [])}
     layers = []
     for w in graph.weights(original):
         if not w.is_matrix:
             continue
-        values = final_arrays.get(w.name)
+        held_as = quantized_names.get(w.name, w.name)
         row = {"name": w.name, "role": w.role, "shape": list(w.shape), "params": w.size}
-        if values is not None:
+        if held_as in tensors:
+            values = numpy_helper.to_array(tensors[held_as])
             row["sparsity"] = float(np.count_nonzero(values == 0) / values.size) if values.size else 0.0
             row["distinct_nonzero"] = int(np.unique(values[values != 0]).size)
             row["bits"] = _bits_of(values)
-        p = packed.get(w.name) or packed.get(final_arrays.get(("__alias__", w.name), w.name))
+        p = packed.get(held_as)
         if p:
             row["container_bytes"] = p.get("bytes_after")
             bound = sum(st.get("entropy_bound_bytes", 0) for st in p.get("streams", []))
@@ -531,28 +537,15 @@ def _per_layer(original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: di
     return layers
 
 
-def _final_weight_values(model: onnx.ModelProto) -> dict:
-    """Weight values of the final model by the original weight name (looking through DequantizeLinear)."""
-    from onnx import numpy_helper
-
-    values: dict = {}
-    tensors = {r.name: r.proto for r in graph.iter_tensors(model)}
-    for name, proto in tensors.items():
-        if proto.data_type in graph.FLOAT_TYPES:
-            values[name] = numpy_helper.to_array(proto)
-    # Quantized weights: DequantizeLinear(int8 W, scale, zp) -> the float weight's consumers.
-    for _, g in graph.iter_graphs(model.graph):
-        for node in g.node:
-            if node.op_type == "DequantizeLinear" and node.input[0] in tensors:
-                q = numpy_helper.to_array(tensors[node.input[0]])
-                stem = node.input[0]
-                for suffix in ("_quantized", "_q", "_int8"):
-                    if stem.endswith(suffix):
-                        stem = stem[: -len(suffix)]
-                values[stem] = q
-                values[node.output[0]] = q
-                values[("__alias__", stem)] = node.input[0]
-    return values
+def _quantized_names(rows: list[StageRow]) -> dict[str, str]:
+    """Weight name -> its int8 tensor, from the applied quantize stage's stats (untransposed first)."""
+    names: dict[str, str] = {}
+    for r in rows:
+        if r.stage == "quantize" and r.applied and r.stats:
+            for w in sorted(r.stats.get("weights", []), key=lambda w: bool(w.get("transposed"))):
+                if w.get("tensor"):
+                    names.setdefault(w["name"], w["tensor"])
+    return names
 
 
 def build_report(model_path, original, original_bytes, mode, budget, measure: Measure, rows: list[StageRow],
@@ -584,7 +577,7 @@ def build_report(model_path, original, original_bytes, mode, budget, measure: Me
         "original_bytes": int(original_bytes),
         "stages": stages,
         "applied": applied,
-        "layers": _per_layer(original, final_model, pack_stats),
+        "layers": _per_layer(original, final_model, pack_stats, _quantized_names(rows)),
         "container": container,
         "gate": gate_result,
         "recipe": recipe,

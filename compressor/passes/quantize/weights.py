@@ -74,7 +74,7 @@ class WeightStore:
         self.initializers.append(numpy_helper.from_array(qa.q.astype(self.np_type), names["q"]))
         self.initializers.append(numpy_helper.from_array(np.asarray(qa.scale, dtype=np.float32), names["scale"]))
         self.initializers.append(numpy_helper.from_array(np.asarray(qa.zero_point, dtype=self.np_type), names["zero_point"]))
-        row.update({"name": w.name, "role": w.role, "shape": list(array.shape), "transposed": transpose})
+        row.update({"name": w.name, "role": w.role, "shape": list(array.shape), "transposed": transpose, "tensor": names["q"]})
         self.rows[key] = row
         self._done[key] = {"names": names, "qa": qa, "dq": None}
         return self._done[key]
