@@ -8,11 +8,12 @@ import numpy as np
 import onnx
 
 from . import graph
+from .quant_math import sortable
 
 
 def _distinct(values: np.ndarray) -> int:
     # np.unique sorts; fine for inspection (not a hot path of a pass).
-    return int(np.unique(values).size) if values.size else 0
+    return int(np.unique(sortable(values)).size) if values.size else 0
 
 
 def describe_model(model: onnx.ModelProto, file_bytes: int | None = None) -> dict:

@@ -32,6 +32,7 @@ from . import __version__, graph
 from .data import Dataset, load_dataset
 from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import accuracy, fidelity, looks_like_class_scores, make_session, run_model
+from .quant_math import sortable
 from .recipe import default_recipe, merge
 
 # Share of the accuracy budget that pruning may spend on its own; share and quantize
@@ -499,7 +500,7 @@ def _pack_and_verify(model, out_path, eval_data, last_outputs, packed: tuple[byt
 
 def _bits_of(values: np.ndarray) -> int | None:
     nonzero = values[values != 0]
-    distinct = np.unique(nonzero).size
+    distinct = np.unique(sortable(nonzero)).size
     if distinct == 0:
         return 0
     return int(np.ceil(np.log2(distinct))) if distinct > 1 else 1
@@ -525,7 +526,7 @@ def _per_layer(original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: di
         if held_as in tensors:
             values = numpy_helper.to_array(tensors[held_as])
             row["sparsity"] = float(np.count_nonzero(values == 0) / values.size) if values.size else 0.0
-            row["distinct_nonzero"] = int(np.unique(values[values != 0]).size)
+            row["distinct_nonzero"] = int(np.unique(sortable(values[values != 0])).size)
             row["bits"] = _bits_of(values)
         p = packed.get(held_as)
         if p:
@@ -610,5 +611,5 @@ def _plot_data(original: onnx.ModelProto, shared_model: onnx.ModelProto | None) 
         shared = graph.weight_by_name(shared_model).get(biggest.name)
         if shared is not None:
             shared_values = shared.array()
-            centroids = np.unique(shared_values[shared_values != 0]).astype(float).tolist()[:256]
+            centroids = np.unique(sortable(shared_values[shared_values != 0])).astype(float).tolist()[:256]
     return {"layer": biggest.name, "hist_counts": counts.tolist(), "hist_edges": edges.tolist(), "centroids": centroids}

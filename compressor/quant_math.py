@@ -44,6 +44,17 @@ DEFAULT_PERCENTILE = 99.999
 MAX_CODEBOOK = 256
 
 
+
+def sortable(values: np.ndarray) -> np.ndarray:
+    """`values` with 2-byte floats widened to float32 (exact) before np.sort / np.unique.
+
+    numpy 2.4's SIMD sort of float16 on AVX-512 CPUs leaves elements out of order
+    (seen: np.unique of a 4-bit shared float16 tensor gave 18 "distinct" values).
+    """
+    if values.dtype.kind == "f" and values.dtype.itemsize == 2 or values.dtype.name == "bfloat16":
+        return values.astype(np.float32)
+    return values
+
 def qrange(dtype: str, symmetric: bool = False) -> tuple[int, int]:
     """Integer range used for a type; symmetric signed types drop the most negative value."""
     dtype = np.dtype(dtype).name
@@ -172,7 +183,7 @@ def codebook(x: np.ndarray, max_size: int = MAX_CODEBOOK) -> tuple[np.ndarray, n
     nz = flat[flat != 0]
     if nz.size == 0:
         return None
-    values, counts = np.unique(nz, return_counts=True)
+    values, counts = np.unique(sortable(nz), return_counts=True)
     if values.size > max_size or nz.size < 2 * values.size:
         return None
     return values.astype(np.float64), counts

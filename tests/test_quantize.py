@@ -317,12 +317,31 @@ def test_reduce_range_avoids_u8s8_saturation():
     """ORT's u8s8 kernels on x86 without VNNI saturate int16 pair sums; 7-bit weights cannot."""
     model = tiny_mlp(seed=4)
     calib = random_data(model, 64)
-    q, stats = quantize(model, calib=calib)
+    q, stats = quantize(model, calib=calib, reduce_range=True)
+    assert stats["reduce_range"] is True and "weight_range_snr_db" not in stats
     assert all(w["range"] == [-64, 64] for w in stats["weights"])
     data = random_data(model, 64, seed=5)
     simulated = run_model(make_session(q, level="none"), data)  # DQ -> float ops: exact QDQ semantics
     fused = run_model(q, data)  # ORT's integer kernels
     assert fidelity(simulated, fused)["snr_db"] > 60
+
+
+def test_default_weight_range_is_the_one_measured_better_here():
+    """Static mode without an explicit range builds 7- and 8-bit weights and keeps the better one."""
+    model = conv_bn_relu_pool(seed=6)
+    calib = random_data(model, 48)
+    q, stats = quantize(model, calib=calib)
+    snr = stats["weight_range_snr_db"]
+    inf = float("inf")
+    reduced, full = (inf if snr["reduced"] is None else snr["reduced"]), (inf if snr["full"] is None else snr["full"])
+    assert stats["reduce_range"] is (reduced >= full)
+    expected = [-64, 64] if stats["reduce_range"] else [-127, 127]
+    assert all(w["range"] == expected for w in stats["weights"] if w["scheme"] != "weight_only")
+    explicit, _ = quantize(model, calib=calib, reduce_range=stats["reduce_range"])
+    assert explicit.SerializeToString() == q.SerializeToString()
+    # without calibration data nothing is measured: the range that is safe on every CPU
+    _, dyn = quantize(model, activations="dynamic")
+    assert dyn["reduce_range"] is True and "weight_range_snr_db" not in dyn
 
 
 def test_exclude_and_min_layer_snr_keep_layers_float():
@@ -439,7 +458,7 @@ def test_codebook_larger_than_the_levels_goes_per_channel():
         if w.name == "w1":
             w.set_array(_shared(w.array(), 200, rng, zeros=0.0))  # ~190 centroids > 128 levels of [-64, 64]
             k = np.unique(w.array()).size
-    q, stats = quantize(model, calib=random_data(model, 16))
+    q, stats = quantize(model, calib=random_data(model, 16), reduce_range=True)
     row = next(r for r in stats["weights"] if r["name"] == "w1")
     assert k > 128 and row["scheme"] == "per_channel" and row["codebook_size"] == k and row["symbols"] <= 128
     assert any(f"w1: codebook of {k} values > 128 non-zero levels" in m for m in stats["warnings"])

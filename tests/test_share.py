@@ -67,8 +67,9 @@ def check_shared(original, shared, stats):
             a, b = numpy_helper.to_array(proto), numpy_helper.to_array(new)
             assert b.dtype == a.dtype and b.shape == a.shape
             np.testing.assert_array_equal(b == 0, a == 0)
-            assert np.unique(b[b != 0]).size <= 2 ** done[key[1]]["bits"]
-            assert np.unique(b[b != 0]).size == done[key[1]]["distinct"]
+            distinct = np.unique(b[b != 0].astype(np.float64)).size  # float16: see quant_math.sortable
+            assert distinct <= 2 ** done[key[1]]["bits"]
+            assert distinct == done[key[1]]["distinct"]
         else:
             assert new.SerializeToString() == proto.SerializeToString(), key
     # same graph: only initializer / Constant values differ

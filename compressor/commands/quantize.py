@@ -27,8 +27,9 @@ from .common import format_table, human_bytes, report_pass, warn
 @click.option("--exclude", default=None, metavar="REGEX", help="Keep nodes whose name (or output) matches REGEX in float.")
 @click.option("--min-layer-snr", type=float, default=None, metavar="DB",
               help="Keep in float any layer whose quantization alone drops the output SNR below DB (static; one ORT run per layer).")
-@click.option("--reduce-range/--full-range", default=True, show_default=True,
-              help="7-bit weights ([-64, 64]): ORT's u8s8 kernels saturate on x86 CPUs without VNNI. --full-range for VNNI / ARM targets.")
+@click.option("--reduce-range/--full-range", default=None,
+              help="7-bit weights ([-64, 64]; ORT's u8s8 kernels saturate with 8 bits on x86 CPUs without VNNI) or 8-bit "
+                   "(VNNI / ARM).  [default: with --calib, whichever gives the higher output SNR on it here; else 7-bit]")
 @click.option("--no-attention", is_flag=True, help="Leave MatMuls between two activations (attention) in float.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help=".npz test data: accuracy / fidelity next to the float model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
@@ -78,6 +79,11 @@ def _print_report(stats: dict) -> None:
         moved = ", ".join(f"{k} {v}" for k, v in fold["moved_to_integers"].items()) or "none"
         click.echo(f"Q/DQ folding: {fold['dq_q_pairs_removed']} DQ->Q pairs removed ({fold['clamps_removed']} Relu/Clip folded; "
                    f"ops moved to integers: {moved})")
+    if stats.get("weight_range_snr_db"):
+        m = stats["weight_range_snr_db"]
+        show = lambda v: "exact" if v is None else f"{v:.1f} dB"
+        click.echo(f"weight range: {'7-bit' if stats['reduce_range'] else '8-bit'} (calibration output SNR: "
+                   f"7-bit {show(m['reduced'])}, 8-bit {show(m['full'])})")
     if stats.get("kept_float_low_snr"):
         click.echo(f"kept in float (per-layer SNR below threshold): {', '.join(stats['kept_float_low_snr'])}")
     cov = stats.get("coverage")

@@ -69,7 +69,7 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
              per_channel: bool = True, symmetric: bool = True, calibration: str = "minmax", exclude=None,
              min_layer_snr: float | None = None, activation_type: str = "uint8",
              percentile: float = qm.DEFAULT_PERCENTILE, quantize_attention: bool = True,
-             weight_type: str = "int8", reduce_range: bool = True, activation_range: tuple[int, int] | None = None,
+             weight_type: str = "int8", reduce_range: bool | None = None, activation_range: tuple[int, int] | None = None,
              check: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Quantize `model` to 8 bits (see the module docstring). Never mutates `model`.
 
@@ -80,7 +80,8 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
     output) kept in float.  min_layer_snr: keep in float any layer whose quantization alone
     brings the output SNR on the calibration data below this many dB.  activation_type:
     "uint8" (default; what ORT fuses on x86) or "int8".  reduce_range: 7-bit weights for
-    integer kernels (see _weight_range).  quantize_attention: quantize MatMuls between two
+    integer kernels (see _weight_range); None (default) chooses by measurement in static mode
+    (see _choose_weight_range) and reduces the range otherwise.  quantize_attention: quantize MatMuls between two
     activations.  weight_type / activation_range: integer type of weights and an explicit
     activation integer range (experiments).  check: load the result in ORT and measure its
     integer-kernel coverage.
@@ -117,7 +118,7 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
     stats["batchnorm_folded"] = n_bn
     float_model = graph.copy_model(model)
     options = {"quantize_attention": quantize_attention, "activation_symmetric": False}
-    w_range = _weight_range(weight_type, symmetric, reduce_range)
+    w_range = _weight_range(weight_type, symmetric, True if reduce_range is None else reduce_range)
     config = dict(mode=mode, per_channel=per_channel, symmetric=symmetric, options=options,
                   exclude=exclude_re, factors=factors, weight_type=weight_type, weight_range=w_range)
 
@@ -137,7 +138,13 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
                 # Parameters again without the skipped layers (groups change when a Relu's producer stays float).
                 plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=skip)
                 qparams = compute_params(build_groups(plans), collectors, calibration, activation_type, False, percentile, activation_range)
-    model, rows, store, fold_counts = _build(float_model, qparams, skip=skip, **config)
+    built = _build(float_model, qparams, skip=skip, **config)
+    stats["reduce_range"] = True if reduce_range is None else bool(reduce_range)
+    if reduce_range is None and mode == "static":
+        full_config = {**config, "weight_range": _weight_range(weight_type, symmetric, False)}
+        built, stats["reduce_range"], stats["weight_range_snr_db"] = _choose_weight_range(
+            float_model, built, lambda: _build(float_model, qparams, skip=skip, **full_config), calib)
+    model, rows, store, fold_counts = built
     removed = cleanup.remove_unused(model)
     stats["kept_float_low_snr"] = sorted(skip)
     stats["nodes"] = rows
@@ -178,6 +185,30 @@ def _build(float_model, qparams, *, mode, per_channel, symmetric, options, exclu
     if only is None:
         cleanup.remove_unused(model)
     return model, rows, store, fold_counts
+
+
+def _choose_weight_range(float_model, reduced_build, build_full, calib: Dataset):
+    """Full 8-bit or 7-bit weights, whichever reproduces the float model better here.
+
+    Whether 8-bit weights are safe depends on the CPU ORT runs on (see _weight_range): with
+    VNNI (or on ARM) they are about 0.5 dB better than 7-bit ones and match what ORT's own
+    quantizer emits; without it they saturate.  Both are built and run on the calibration
+    data on this machine, and the one with the higher output SNR is kept (7-bit on a tie:
+    it is the one that is safe everywhere).
+    """
+    full_build = build_full()
+    subset = calib.take(sensitivity.MAX_SAMPLES)
+    reference = evaluate.run_model(float_model, subset)
+    snr_reduced = sensitivity.output_snr(reference, evaluate.run_model(reduced_build[0], subset))
+    snr_full = sensitivity.output_snr(reference, evaluate.run_model(full_build[0], subset))
+    measured = {"reduced": _finite(snr_reduced), "full": _finite(snr_full)}
+    if snr_full > snr_reduced:
+        return full_build, False, measured
+    return reduced_build, True, measured
+
+
+def _finite(value: float) -> float | None:
+    return round(float(value), 2) if value != float("inf") else None
 
 
 def _weight_range(weight_type: str, symmetric: bool, reduce_range: bool) -> tuple[int, int]:
