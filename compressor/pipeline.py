@@ -358,11 +358,14 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
     # If that overshoots (a subset, or noise), the search is rerun with a smaller budget,
     # reusing the sensitivity curves, which are the expensive part.
     curves: dict = {}
+    # A log that can draw a bar (the CLI's, on a terminal) gets the curves' progress.
+    step = getattr(log, "step", None)
+    progress = (lambda done, total: step("prune: sensitivity curves", done, total)) if step else None
 
     def attempt(points: float):
         pruned, stats = prune_to_budget(model, search_data, points, min_snr_db=prune_snr, ratios=ratios, max_evals=max_evals,
                                         sensitivity_stats=curves.get("stats"), exclude=search_exclude,
-                                        min_params=opts["min_params"], seed=opts["seed"])
+                                        min_params=opts["min_params"], seed=opts["seed"], progress=progress)
         curves["stats"] = stats.get("sensitivity")
         if plan_note:
             stats["search_plan"] = plan_note

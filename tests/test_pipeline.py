@@ -173,3 +173,26 @@ def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path):
     assert prune_row["applied"], prune_row
     assert report["stages"][1]["accuracy_drop"] <= 1.0
     assert report["prune_search"] and "coarse ladder" in report["prune_search"]
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
+    from compressor.commands.run import Progress
+
+    steps = []
+
+    class Recording(Progress):
+        def step(self, label, done, total):
+            steps.append((label, done, total))
+            super().step(label, done, total)
+
+    bar = Recording(lines=True, bar=True)
+    run_pipeline(str(LENET5), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet5_test.npz"), log=bar,
+                 overrides={"share": {"enabled": False}, "quantize": {"enabled": False}})
+    total = steps[-1][2]
+    assert total >= 1 and [d for _, d, _ in steps[:total]] == list(range(1, total + 1))
+    err = capsys.readouterr().err
+    assert f"\r  prune: sensitivity curves [{'#' * Progress.WIDTH}] {total}/{total}\n" in err
+    lines_only = Progress(lines=True, bar=False)  # --verbose into a log file: stage lines, no bar
+    lines_only("a stage")
+    lines_only.step("loop", 1, 2)
+    assert capsys.readouterr().err == "  a stage\n"

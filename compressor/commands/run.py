@@ -33,11 +33,39 @@ def _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activat
     return overrides
 
 
-def _progress(quiet: bool, verbose: bool):
+class Progress:
+    """Stage lines on stderr, and on a terminal a bar for long loops, redrawn in place."""
+
+    WIDTH = 30
+
+    def __init__(self, lines: bool, bar: bool):
+        self.lines, self.bar, self.open = lines, bar, False
+
+    def __call__(self, msg: str) -> None:
+        if self.lines:
+            self._close()
+            click.echo(f"  {msg}", err=True)
+
+    def step(self, label: str, done: int, total: int) -> None:
+        if not self.bar:
+            return
+        filled = self.WIDTH * done // max(total, 1)
+        click.echo(f"\r  {label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}", err=True, nl=False)
+        self.open = True
+        if done >= total:
+            self._close()
+
+    def _close(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = False
+
+
+def _progress(quiet: bool, verbose: bool) -> Progress:
     # Progress goes to stderr when it is a terminal (or with --verbose); CI logs stay clean.
-    if quiet or not (verbose or sys.stderr.isatty()):
-        return lambda msg: None
-    return lambda msg: click.echo(f"  {msg}", err=True)
+    # The bar is drawn only on a terminal: a redrawn line is noise in a log file.
+    tty = sys.stderr.isatty()
+    return Progress(lines=not quiet and (verbose or tty), bar=not quiet and tty)
 
 
 def stage_options(f):

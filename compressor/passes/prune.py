@@ -791,7 +791,8 @@ def _refine(search: _BudgetSearch, start: dict[str, float]) -> None:
 def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: float, exclude: str | None = None,
                     min_params: int = DEFAULT_MIN_PARAMS, seed: int = 0, include_embeddings: bool = False,
                     ratios: Sequence[float] | None = None, max_evals: int = 40, min_snr_db: float | None = None,
-                    sensitivity_stats: dict | None = None, batch_size: int | None = None) -> tuple[onnx.ModelProto, dict]:
+                    sensitivity_stats: dict | None = None, batch_size: int | None = None,
+                    progress=None) -> tuple[onnx.ModelProto, dict]:
     """Sensitivity-guided per-tensor ratios within a measured accuracy budget; returns (model, stats).
 
     The loss is the accuracy drop in points on `data` (with labels) or 100 - top-1 agreement
@@ -836,7 +837,7 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
     evaluator = Evaluator(model, data, batch_size=batch_size)
     if sensitivity_stats is None:
         sensitivity_stats = sensitivity(model, data, ratios=ratios or BUDGET_RATIOS, exclude=exclude, min_params=min_params,
-                                        include_embeddings=include_embeddings, evaluator=evaluator)
+                                        include_embeddings=include_embeddings, evaluator=evaluator, progress=progress)
     if min_snr_db is None and evaluator.mode == "fidelity" and evaluator.baseline.get("top1_agreement") is None:
         min_snr_db = 20.0  # no top-1 to count: keep the outputs close instead
     by_name = {t["name"]: t for t in sensitivity_stats["tensors"]}

@@ -23,7 +23,7 @@ model fall back to rebuilding the pruned model per ratio.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -189,13 +189,15 @@ def _feedable(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[g
 
 def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[float] | str | None = None,
                 exclude: str | None = None, min_params: int = DEFAULT_MIN_PARAMS, include_embeddings: bool = False,
-                batch_size: int | None = None, strategy: str = "per-tensor", evaluator: Evaluator | None = None) -> dict:
+                batch_size: int | None = None, strategy: str = "per-tensor", evaluator: Evaluator | None = None,
+                progress: Callable[[int, int], None] | None = None) -> dict:
     """Per-tensor pruning curves: each prunable tensor pruned alone at each ratio, measured with ORT.
 
     Returns ``{"metric", "baseline", "ratios", "tensors": [{"name", "role", "params",
     "sparsity_before", "curve": [{"ratio", "accuracy", "top1_agreement", "snr_db", "drop",
     "rel_noise"}]}], "skipped", "strategy", "sessions", "runs"}``.  ``drop`` is in points
     (see ``Evaluator``); ``rel_noise`` is ||out - ref||^2 / ||ref||^2 of the first output.
+    progress(done, total) is called after each tensor's curve (for a progress bar).
     """
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
@@ -212,12 +214,17 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
     feedable = {w.name for w in _feedable(model, selected)} if strategy != "rebuild" else set()
     curves: dict[str, list[dict]] = {w.name: [] for w in selected}
 
+    done = [0]
+
     def probe(w: graph.Weight, run) -> None:
         values = originals[w.name]
         for r in ratios:
             pruned = np.where(layer_magnitude_mask(values, r), np.zeros((), values.dtype), values)
             metrics = run(pruned)
             curves[w.name].append({"ratio": r, **metrics})
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], len(selected))
 
     if strategy == "one-session" and feedable:
         fed = [w for w in selected if w.name in feedable]
