@@ -21,6 +21,7 @@ from compressor import graph
 from compressor.cli import main
 from compressor.data import Dataset, load_dataset
 from compressor.evaluate import accuracy, fidelity, make_session, run_model
+from compressor.evaluate import snr_db as evaluate_snr
 from compressor.passes.quantize import fold as fold_mod
 from compressor.passes.quantize import integer_kernel_coverage, prepare, quantize
 
@@ -650,3 +651,38 @@ def test_cli_quantize(tmp_path, capsys):
     assert "needs --calib" in capsys.readouterr().err
     assert main(["quantize", str(src), "-o", str(src)]) == 2
     assert main(["quantize", str(src), "-o", str(dst), "--exclude", "(", "--calib", str(tmp_path / "calib.npz")]) == 2
+
+
+def embedding_net(seed=0, vocab=64, seq=32, d=32):
+    """Token ids -> Gather(embedding) + positional table -> MatMul + bias: the tables of a transformer."""
+    rng = np.random.default_rng(seed)
+    inits = [init("emb", rng.normal(size=(vocab, d))), init("pos", rng.normal(size=(1, seq, d)) * 0.1),
+             init("w", rng.normal(size=(d, 8)) / np.sqrt(d)), init("b", rng.normal(size=8) * 0.1),
+             init("mask", np.where(rng.random((1, seq, d)) < 0.5, 0.0, -np.inf))]
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+             helper.make_node("Add", ["e", "pos"], ["h"], name="add_pos"),
+             helper.make_node("Add", ["h", "mask"], ["hm"], name="add_mask"),
+             helper.make_node("Relu", ["hm"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["m"], name="proj"), helper.make_node("Add", ["m", "b"], ["y"], name="add_bias")]
+    return make_model(nodes, [vi("ids", ["N", seq], TensorProto.INT64)], [vi("y", ["N", seq, 8])], inits)
+
+
+@pytest.mark.parametrize("mode", ["static", "none"])
+def test_embedding_and_positional_tables_become_int8_and_small_or_infinite_constants_stay_float(mode):
+    model = embedding_net()
+    rng = np.random.default_rng(1)
+    calib = Dataset({"ids": rng.integers(0, 64, size=(32, 32)).astype(np.int64)}, None)
+    q, stats = quantize(model, calib=calib if mode == "static" else None, activations=mode)
+    status = {r["node"]: r["status"] for r in stats["nodes"]}
+    assert status["embed"] == "weight_only" and status["add_pos"] == "weight_only"
+    assert status.get("add_mask", "float") == "float"  # -inf entries: no int8 grid holds them
+    c = consts(q)
+    assert c["emb_quantized"].dtype == np.int8 and c["pos_quantized"].dtype == np.int8
+    assert c["mask"].dtype == np.float32 and c["b"].dtype == np.float32 and "emb" not in c and "pos" not in c
+    dq_inputs = {n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    assert {"emb_quantized", "pos_quantized"} <= dq_inputs
+    data = Dataset({"ids": rng.integers(0, 64, size=(16, 32)).astype(np.int64)}, None)
+    ref, out = run_model(model, data), run_model(q, data)
+    assert np.array_equal(np.isinf(ref[0]), np.isinf(out[0]))
+    finite = np.isfinite(ref[0])
+    assert evaluate_snr(ref[0][finite], out[0][finite]) > 25

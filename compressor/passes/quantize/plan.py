@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from ... import graph
-from . import ops_conv, ops_elementwise, ops_matmul, ops_passthrough, ops_rnn  # noqa: F401  (register handlers)
+from . import ops_conv, ops_elementwise, ops_matmul, ops_passthrough, ops_rnn, ops_tables  # noqa: F401  (register handlers)
 from .names import read_in_subgraphs
 from .registry import Plan, Skip, handler_for
 
