@@ -679,6 +679,7 @@ def test_embedding_and_positional_tables_become_int8_and_small_or_infinite_const
     c = consts(q)
     assert c["emb_quantized"].dtype == np.int8 and c["pos_quantized"].dtype == np.int8
     assert c["mask"].dtype == np.float32 and c["b"].dtype == np.float32 and "emb" not in c and "pos" not in c
+    assert c["emb_scale"].shape == (64,) and c["pos_scale"].shape == (32,)  # per token; per feature
     dq_inputs = {n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     assert {"emb_quantized", "pos_quantized"} <= dq_inputs
     data = Dataset({"ids": rng.integers(0, 64, size=(16, 32)).astype(np.int64)}, None)
