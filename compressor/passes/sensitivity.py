@@ -214,17 +214,18 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
     feedable = {w.name for w in _feedable(model, selected)} if strategy != "rebuild" else set()
     curves: dict[str, list[dict]] = {w.name: [] for w in selected}
 
-    done = [0]
+    done = 0
 
     def probe(w: graph.Weight, run) -> None:
+        nonlocal done
         values = originals[w.name]
         for r in ratios:
             pruned = np.where(layer_magnitude_mask(values, r), np.zeros((), values.dtype), values)
             metrics = run(pruned)
             curves[w.name].append({"ratio": r, **metrics})
-        done[0] += 1
+        done += 1
         if progress is not None:
-            progress(done[0], len(selected))
+            progress(done, len(selected))
 
     if strategy == "one-session" and feedable:
         fed = [w for w in selected if w.name in feedable]

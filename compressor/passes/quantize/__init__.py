@@ -124,6 +124,7 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
 
     qparams = None
     skip: set[str] = set()
+    reference = None
     if mode == "static":
         plans, _ = make_plans(model, mode, per_channel, options, exclude_re)
         groups = build_groups(plans)
@@ -131,7 +132,8 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
         qparams = compute_params(groups, collectors, calibration, activation_type, False, percentile, activation_range)
         if min_layer_snr is not None:
             names = [p.name for p in plans if p.kind == "integer"]
-            snrs = sensitivity.layer_snrs(float_model, names, lambda n: _build(float_model, qparams, only={n}, **config)[0], calib)
+            reference = sensitivity.Reference(float_model, calib)
+            snrs = sensitivity.layer_snrs(reference, names, lambda n: _build(float_model, qparams, only={n}, **config)[0])
             skip = {n for n, v in snrs.items() if v < float(min_layer_snr)}
             stats["layer_snr_db"] = snrs
             if skip:
@@ -139,11 +141,12 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
                 plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=skip)
                 qparams = compute_params(build_groups(plans), collectors, calibration, activation_type, False, percentile, activation_range)
     built = _build(float_model, qparams, skip=skip, **config)
-    stats["reduce_range"] = True if reduce_range is None else bool(reduce_range)
+    stats["reduce_range"] = reduce_range is not False
     if reduce_range is None and mode == "static":
         full_config = {**config, "weight_range": _weight_range(weight_type, symmetric, False)}
         built, stats["reduce_range"], stats["weight_range_snr_db"] = _choose_weight_range(
-            float_model, built, lambda: _build(float_model, qparams, skip=skip, **full_config), calib)
+            reference or sensitivity.Reference(float_model, calib), built,
+            _build(float_model, qparams, skip=skip, **full_config))
     model, rows, store, fold_counts = built
     removed = cleanup.remove_unused(model)
     stats["kept_float_low_snr"] = sorted(skip)
@@ -187,7 +190,7 @@ def _build(float_model, qparams, *, mode, per_channel, symmetric, options, exclu
     return model, rows, store, fold_counts
 
 
-def _choose_weight_range(float_model, reduced_build, build_full, calib: Dataset):
+def _choose_weight_range(reference: sensitivity.Reference, reduced_build, full_build):
     """Full 8-bit or 7-bit weights, whichever reproduces the float model better here.
 
     Whether 8-bit weights are safe depends on the CPU ORT runs on (see _weight_range): with
@@ -196,11 +199,7 @@ def _choose_weight_range(float_model, reduced_build, build_full, calib: Dataset)
     data on this machine, and the one with the higher output SNR is kept (7-bit on a tie:
     it is the one that is safe everywhere).
     """
-    full_build = build_full()
-    subset = calib.take(sensitivity.MAX_SAMPLES)
-    reference = evaluate.run_model(float_model, subset)
-    snr_reduced = sensitivity.output_snr(reference, evaluate.run_model(reduced_build[0], subset))
-    snr_full = sensitivity.output_snr(reference, evaluate.run_model(full_build[0], subset))
+    snr_reduced, snr_full = reference.snr(reduced_build[0]), reference.snr(full_build[0])
     measured = {"reduced": _finite(snr_reduced), "full": _finite(snr_full)}
     if snr_full > snr_reduced:
         return full_build, False, measured

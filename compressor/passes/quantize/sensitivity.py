@@ -22,12 +22,20 @@ def output_snr(reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
     return min(snrs) if snrs else float("inf")
 
 
-def layer_snrs(float_model: onnx.ModelProto, names: list[str], build_one: Callable[[str], onnx.ModelProto],
-               data: Dataset) -> dict[str, float]:
-    subset = data.take(MAX_SAMPLES)
-    reference = evaluate.run_model(float_model, subset)
+class Reference:
+    """The float model's outputs on the first MAX_SAMPLES calibration samples, computed once
+    for every candidate measured against it (per-layer SNRs, the weight-range choice)."""
+
+    def __init__(self, float_model: onnx.ModelProto, data: Dataset):
+        self.subset = data.take(MAX_SAMPLES)
+        self.outputs = evaluate.run_model(float_model, self.subset)
+
+    def snr(self, model: onnx.ModelProto) -> float:
+        return output_snr(self.outputs, evaluate.run_model(model, self.subset))
+
+
+def layer_snrs(reference: Reference, names: list[str], build_one: Callable[[str], onnx.ModelProto]) -> dict[str, float]:
     result = {}
     for name in names:
-        model = build_one(name)
-        result[name] = output_snr(reference, evaluate.run_model(model, subset))
+        result[name] = reference.snr(build_one(name))
     return result
