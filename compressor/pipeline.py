@@ -339,7 +339,7 @@ def _loss_text(measure: Measure, metrics: dict) -> str:
 
 
 def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, log):
-    from .passes.prune import prune, prune_to_budget
+    from .passes.prune import prune, prune_to_budget, prune_with_ratios
 
     common = dict(exclude=opts["exclude"], min_params=opts["min_params"], seed=opts["seed"])
     if opts["sparsity"] is not None:
@@ -372,14 +372,38 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
             stats["search_plan"] = plan_note
         return pruned, stats
 
-    attempts = [(f"sensitivity-guided, budget {b:g} points", lambda b=b: attempt(b))
-                for b in (prune_budget, prune_budget / 2, prune_budget / 4)]
+    if search_data.size >= eval_data.size:
+        attempts = [(f"sensitivity-guided, budget {b:g} points", lambda b=b: attempt(b))
+                    for b in (prune_budget, prune_budget / 2, prune_budget / 4)]
+        return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=True)
+    # On a subset one sample is worth 100/n points, so a halved budget usually allows the same
+    # number of errors and finds the same ratios.  The fallbacks scale the ratios found instead:
+    # less pruning everywhere, with no further search.
+    found: dict = {}
+
+    def first() -> tuple[onnx.ModelProto, dict]:
+        pruned, stats = attempt(prune_budget)
+        found["ratios"] = stats.get("budget", {}).get("ratios", {})
+        return pruned, stats
+
+    def scaled(factor: float) -> tuple[onnx.ModelProto, dict]:
+        if "ratios" not in found:
+            return attempt(prune_budget / 4)
+        ratios_scaled = {name: ratio * factor for name, ratio in found["ratios"].items()}
+        pruned, stats = prune_with_ratios(model, ratios_scaled, search_exclude, opts["min_params"])
+        stats["search_plan"] = plan_note
+        return pruned, stats
+
+    attempts = [(f"sensitivity-guided, budget {prune_budget:g} points", first)]
+    attempts += [(f"the ratios found x {f:g}", lambda f=f: scaled(f)) for f in SUBSET_FALLBACK_SCALES]
     return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=True)
 
 
 # Coarser sensitivity ladder for models where the full one would take too long.
 COARSE_RATIOS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 MIN_SEARCH_SAMPLES = 32
+# When a search on a subset overshoots on all the data: the same per-tensor ratios, scaled down.
+SUBSET_FALLBACK_SCALES = (0.75, 0.5, 0.25)
 
 
 def _prune_search_plan(model, opts, measure: Measure, eval_data: Dataset):
