@@ -477,7 +477,8 @@ def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_output
     activations = opts["activations"]
     if activations == "static" and calib_data is None:
         activations = "none"
-    common = dict(per_channel=opts["per_channel"], symmetric=opts["symmetric"], calibration=opts["calibration"], exclude=opts["exclude"])
+    common = dict(per_channel=opts["per_channel"], symmetric=opts["symmetric"], calibration=opts["calibration"], exclude=opts["exclude"],
+                  small_constants=opts["small_constants"])
     # After share, 7-bit weights: with 8 bits the shared tensors are more accurate on a
     # per-channel grid than on their codebook's, so quantize drops the codebooks, and the
     # container grows (mlp_pre: 121 KB with 7 bits, 148 KB with 8, same accuracy).  Without

@@ -66,6 +66,7 @@ SCHEMA: dict[str, dict[str, tuple[type, tuple | None]]] = {
         "per_channel": (bool, None),
         "symmetric": (bool, None),
         "calibration": (str, ("minmax", "percentile", "entropy")),
+        "small_constants": (bool, None),
         "exclude": (str, None),
     },
     "pack": {"enabled": (bool, None)},
@@ -93,7 +94,8 @@ def default_recipe(mode: str) -> dict:
         "prune": {"enabled": measured, "budget": None, "sparsity": None, "scope": "global", "exclude": None, "min_params": 1024, "seed": 0,
                   "max_seconds": DEFAULT_PRUNE_SECONDS},
         "share": {"enabled": measured, "bits_conv": 8, "bits_fc": 5, "init": "linear", "refit": False, "exclude": None, "min_params": 1024, "seed": 0},
-        "quantize": {"enabled": True, "activations": "static" if measured else "none", "per_channel": True, "symmetric": True, "calibration": "minmax", "exclude": None},
+        "quantize": {"enabled": True, "activations": "static" if measured else "none", "per_channel": True, "symmetric": True, "calibration": "minmax",
+                     "small_constants": measured, "exclude": None},
         "pack": {"enabled": True},
         "gate": {"max_accuracy_drop": None, "budget": DEFAULT_BUDGET_POINTS, "min_snr_db": DEFAULT_MIN_SNR_DB},
     }

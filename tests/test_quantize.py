@@ -627,6 +627,32 @@ def test_sample_models_match_or_beat_ort_quantize_static(name, tmp_path):
     assert stats["bytes_after"] <= ort_model.ByteSize() * 1.01
 
 
+def test_small_constants_become_per_tensor_int8_only_when_asked():
+    from graphs import transformer_encoder
+
+    model = transformer_encoder()
+    rng = np.random.default_rng(3)
+    calib = Dataset({"ids": rng.integers(0, 100, size=(32, 8)).astype(np.int64)}, None)
+    plain, plain_stats = quantize(model, calib=calib)
+    small, stats = quantize(model, calib=calib, small_constants=True)
+    small_ones = ["ln1.weight", "ln1.bias", "ln2.weight", "attn.q.bias", "ffn.fc1.bias", "ffn.fc2.bias"]
+    c_plain, c_small = consts(plain), consts(small)
+    assert all(c_plain[n].dtype == np.float32 for n in small_ones)
+    for n in small_ones:
+        assert n not in c_small and c_small[f"{n}_quantized"].dtype == np.int8
+        assert c_small[f"{n}_scale"].shape == ()  # one scale: per channel would store as many scales as values
+    assert c_small["classifier.bias"].dtype == np.float32  # 10 values: an int8 copy saves nothing
+    assert c_small["gelu.one"].dtype == np.float32
+    status = {r["node"]: r["status"] for r in stats["nodes"]}
+    assert status["ln1"] == "weight_only" and status["ffn.fc1.add"] == "weight_only"
+    # The MatMuls keep their float outputs into the (float) bias Adds and their integer kernels.
+    assert stats["coverage"]["integer"] == plain_stats["coverage"]["integer"]
+    data = Dataset({"ids": rng.integers(0, 100, size=(64, 8)).astype(np.int64)}, None)
+    ref = run_model(model, data)[0]
+    assert evaluate_snr(ref, run_model(small, data)[0]) > evaluate_snr(ref, run_model(plain, data)[0]) - 1.5
+    assert small.ByteSize() < plain.ByteSize() - 11 * 64  # 11 tensors of 64 values: 3 bytes saved per value, less the nodes
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -30,11 +30,14 @@ from .common import format_table, human_bytes, report_pass, warn
 @click.option("--reduce-range/--full-range", default=None,
               help="7-bit weights ([-64, 64]; ORT's u8s8 kernels saturate with 8 bits on x86 CPUs without VNNI) or 8-bit "
                    "(VNNI / ARM).  [default: with --calib, whichever gives the higher output SNR on it here; else 7-bit]")
+@click.option("--small-constants/--float-small-constants", default=False, show_default=True,
+              help="Also store biases of float ops and LayerNorm parameters (64+ values) as per-tensor int8 "
+                   "(smaller, slightly less exact; run does it under its budget).")
 @click.option("--no-attention", is_flag=True, help="Leave MatMuls between two activations (attention) in float.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help=".npz test data: accuracy / fidelity next to the float model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
 def quantize_command(model, output, calib_path, activations, per_channel, symmetric, calibration, percentile, exclude,
-                     min_layer_snr, reduce_range, no_attention, data_path, as_json) -> None:
+                     min_layer_snr, reduce_range, small_constants, no_attention, data_path, as_json) -> None:
     """Quantize MODEL to int8 (QuantizeLinear/DequantizeLinear) and write OUT."""
     from ..evaluate import accuracy, evaluate, run_model
     from ..passes.quantize import quantize
@@ -52,7 +55,8 @@ def quantize_command(model, output, calib_path, activations, per_channel, symmet
     data = load_dataset(data_path, loaded) if data_path else None
     new_model, stats = quantize(loaded, calib=calib, activations=activations, per_channel=per_channel, symmetric=symmetric,
                                 calibration=calibration, percentile=percentile, exclude=exclude, min_layer_snr=min_layer_snr,
-                                reduce_range=reduce_range, quantize_attention=not no_attention)
+                                reduce_range=reduce_range, small_constants=small_constants,
+                                quantize_attention=not no_attention)
     save_model(new_model, output, input_path=model)
     stats["output"] = output
     stats["file_bytes"] = os.path.getsize(output)

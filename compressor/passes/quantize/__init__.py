@@ -70,7 +70,7 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
              min_layer_snr: float | None = None, activation_type: str = "uint8",
              percentile: float = qm.DEFAULT_PERCENTILE, quantize_attention: bool = True,
              weight_type: str = "int8", reduce_range: bool | None = None, activation_range: tuple[int, int] | None = None,
-             check: bool = True) -> tuple[onnx.ModelProto, dict]:
+             small_constants: bool = False, check: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Quantize `model` to 8 bits (see the module docstring). Never mutates `model`.
 
     calib: a Dataset of calibration inputs (static mode).  activations: "static" | "dynamic" |
@@ -82,7 +82,8 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
     "uint8" (default; what ORT fuses on x86) or "int8".  reduce_range: 7-bit weights for
     integer kernels (see _weight_range); None (default) chooses by measurement in static mode
     (see _choose_weight_range) and reduces the range otherwise.  quantize_attention: quantize MatMuls between two
-    activations.  weight_type / activation_range: integer type of weights and an explicit
+    activations.  small_constants: also store biases of float ops and normalisation
+    parameters (at least 64 values) as per-tensor int8 (see ops_tables).  weight_type / activation_range: integer type of weights and an explicit
     activation integer range (experiments).  check: load the result in ORT and measure its
     integer-kernel coverage.
     """
@@ -117,7 +118,7 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
     n_bn, factors = prepare.fold_batchnorm(model)
     stats["batchnorm_folded"] = n_bn
     float_model = graph.copy_model(model)
-    options = {"quantize_attention": quantize_attention, "activation_symmetric": False}
+    options = {"quantize_attention": quantize_attention, "activation_symmetric": False, "small_constants": bool(small_constants)}
     w_range = _weight_range(weight_type, symmetric, True if reduce_range is None else reduce_range)
     config = dict(mode=mode, per_channel=per_channel, symmetric=symmetric, options=options,
                   exclude=exclude_re, factors=factors, weight_type=weight_type, weight_range=w_range)

@@ -4,7 +4,11 @@ tables added or multiplied into activations (Add / Mul with a constant operand).
 ORT has no integer kernel to fuse here, so these stay float ops, but the table itself is
 stored as int8 behind a DequantizeLinear: 4x fewer bytes, float compute.  Without this a
 transformer's token and positional embeddings are the largest float tensors left in the
-model.  Small constants (biases, normalisation statistics, scalars) are left alone.
+model.  Small constants (biases, normalisation statistics, scalars) are left alone, unless
+the ``small_constants`` option asks for them (``run`` does, under its accuracy budget): then
+the biases added after a float op and LayerNormalization's scale and bias of at least
+MIN_SMALL_ELEMENTS values are stored as int8 with one scale per tensor.  On a small
+transformer they are 14 % of the container once the matrices are int8.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from .registry import Plan, Skip, WeightUse, register
 # Tables with fewer elements stay float: their int8 copy plus scale saves too little to
 # pay for a DequantizeLinear node.
 MIN_TABLE_ELEMENTS = 1024
+# With small_constants: below this an int8 copy (n + 4 bytes) plus its node (about 60 bytes)
+# saves nothing over the n * 4 float bytes.
+MIN_SMALL_ELEMENTS = 64
 
 
 def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = None):
@@ -23,13 +30,22 @@ def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = 
 
     Per channel along `axis` (default: the last, the feature dimension of a [1, T, D] table)."""
     w = ctx.weight_at(node, index)
-    if w is None or w.role not in roles or w.size < MIN_TABLE_ELEMENTS or len(w.shape) < 1:
+    small = ctx.options.get("small_constants", False)
+    if w is None or len(w.shape) < 1:
+        return None
+    large = w.size >= MIN_TABLE_ELEMENTS and w.role in roles
+    if not large and not (small and w.size >= MIN_SMALL_ELEMENTS and w.role in roles + SMALL_ROLES):
         return None
     if not np.isfinite(w.array()).all():
         return None  # masks with -inf: no int8 grid holds them
     rank = len(w.shape)
-    axis = (rank - 1 if axis is None else axis % rank) if ctx.per_channel and ctx.opset >= 13 else None
+    # A small tensor gets one scale: per channel would cost as many scales as values.
+    axis = (rank - 1 if axis is None else axis % rank) if large and ctx.per_channel and ctx.opset >= 13 else None
     return WeightUse(index, axis, w)
+
+
+# Roles of the small constants (biases, normalisation parameters) taken with small_constants.
+SMALL_ROLES = ("bias", "norm")
 
 
 @register("Gather")
@@ -40,3 +56,11 @@ def gather(node, ctx):
     if use is None:
         return Skip("table is not a large constant float32 tensor")
     return Plan(node, "weight_only", weights=[use], note="embedding table: int8 behind DequantizeLinear, float Gather")
+
+
+@register("LayerNormalization")
+def layer_normalization(node, ctx):
+    uses = [u for u in (table_use(node, ctx, i, ("norm",)) for i in range(1, len(node.input))) if u is not None]
+    if not uses or not ctx.is_float(node.input[0]):
+        return Skip("normalisation parameters stay float")
+    return Plan(node, "weight_only", weights=uses, note="small constants: int8 behind DequantizeLinear, float op")

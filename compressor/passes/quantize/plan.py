@@ -152,7 +152,7 @@ FLOAT_OUTPUT_OPS = ("Gemm", "MatMul")  # QGemm / MatMulIntegerToFloat have float
 
 def _float_outputs(plans: list[Plan], ctx: PlanContext, rows: list[dict]) -> None:
     """Gemm / MatMul (constant weight) outputs that no quantized op reads stay float."""
-    planned = {id(p.node) for p in plans}
+    planned = {id(p.node) for p in plans if p.kind != "weight_only"}  # weight-only ops read float
     notes = {r["node"]: r for r in rows}
     for plan in plans:
         if plan.node.op_type not in FLOAT_OUTPUT_OPS or not plan.weights or not plan.outputs:
