@@ -249,6 +249,20 @@ def test_fold_keeps_relu_when_zero_point_cannot_clamp():
     assert counts["dq_q_pairs_removed"] == 0 and "Relu" in [x.op_type for x in model.graph.node]
 
 
+def test_batchnorm_parameter_behind_identity_is_folded():
+    # Exporters deduplicate equal parameters: this BatchNorm's beta is an Identity of another tensor.
+    model = conv_bn_relu_pool()
+    g = model.graph
+    g.node.insert(0, helper.make_node("Identity", ["b1"], ["be_alias"], name="dedup"))
+    bn = next(x for x in g.node if x.op_type == "BatchNormalization")
+    bn.input[2] = "be_alias"
+    folded = graph.copy_model(model)
+    count, _ = prepare.fold_batchnorm(folded)
+    assert count == 1 and "BatchNormalization" not in [x.op_type for x in folded.graph.node]
+    data = random_data(model, 8)
+    np.testing.assert_allclose(run_model(folded, data)[0], run_model(model, data)[0], rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- static quantization
 
 

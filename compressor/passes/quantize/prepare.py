@@ -63,7 +63,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[int, dict]:
         x = bn.input[0]
         if len(consumers.get(x, [])) != 1 or x in outputs or x in inner:
             continue
-        params = [consts.get(n) for n in bn.input[1:5]]
+        params = [_constant_through_identity(n, consts, producers) for n in bn.input[1:5]]
         w_t = consts.get(conv.input[1])
         if w_t is None or any(p is None for p in params) or w_t.data_type != onnx.TensorProto.FLOAT:
             continue
@@ -95,6 +95,19 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[int, dict]:
         g.node.remove(bn)
         count += 1
     return count, factors
+
+
+def _constant_through_identity(name: str, consts: dict, producers: dict):
+    """The initializer `name` is, or is an Identity (chain) of: exporters deduplicate equal
+    parameters that way (a residual branch's BatchNorm bias equal to the main branch's)."""
+    for _ in range(16):
+        if name in consts:
+            return consts[name]
+        node = producers.get(name)
+        if node is None or node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+            return None
+        name = node.input[0]
+    return None
 
 
 def _unique(g: onnx.GraphProto, base: str) -> str:
