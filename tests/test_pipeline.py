@@ -47,6 +47,25 @@ def test_default_pipeline_is_10x_within_one_point_measured_on_the_unpacked_conta
     assert all(s["applied"] for s in report["stages"])
 
 
+def test_share_tries_fewer_bits_first_under_part_of_the_budget(lenet5_run):
+    _, _, report = lenet5_run
+    share_row = report["stages"][2]
+    tried = [a["option"] for a in share_row["attempts"]]
+    assert tried[0] == "k-means 4 bits conv / 4 bits fc"
+    # The first attempt within 80 % of the budget wins; the ones before it overshot that share.
+    budget = report["budget_points"]
+    assert share_row["accuracy_drop"] <= 0.8 * budget + 1e-9
+    assert all(a["accuracy_drop"] > 0.8 * budget for a in share_row["attempts"][:-1])
+    assert share_row["setting"] == tried[-1]
+
+
+def test_share_ladder_names_only_the_kinds_of_weights_the_model_has(tmp_path):
+    report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet300_test.npz"),
+                          overrides={"quantize": {"enabled": False}})
+    tried = [a["option"] for a in report["stages"][2]["attempts"]]
+    assert tried[0] == "k-means 4 bits fc" and not any("conv" in t for t in tried)
+
+
 def test_report_has_per_layer_rows_and_the_entropy_bound(lenet5_run):
     _, _, report = lenet5_run
     layers = {l["name"]: l for l in report["layers"]}
