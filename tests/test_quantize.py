@@ -594,6 +594,16 @@ def test_static_fidelity_on_test_graphs(name):
     assert stats["coverage"]["fraction"] >= 0.5, stats["coverage"]
 
 
+def test_all_zero_zero_points_are_left_out_except_where_ort_needs_them():
+    model = conv_bn_relu_pool()
+    q, stats = quantize(model, calib=random_data(model, 64))
+    dqs = {n.input[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(dqs["w1_quantized"].input) == 2 and len(dqs["b1_quantized"].input) == 2  # conv filter, int32 bias
+    assert len(dqs["fc_quantized"].input) == 3  # QGemm is fused only with an explicit weight zero point
+    assert not any(name.startswith(("w1_zero", "b1_zero")) for name in consts(q))
+    assert stats["coverage"]["fraction"] == 1.0
+
+
 # --------------------------------------------------------------------------- sample models vs ORT
 
 

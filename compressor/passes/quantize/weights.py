@@ -48,7 +48,8 @@ class WeightStore:
             names, qa = entry["names"], entry["qa"]
             out = self.scope.new(f"{w.name}_dequantized")
             attrs = {"axis": qa.axis} if qa.axis is not None else {}
-            self.nodes.append(helper.make_node("DequantizeLinear", [names["q"], names["scale"], names["zero_point"]], [out],
+            inputs = [names["q"], names["scale"]] + ([names["zero_point"]] if names["zero_point"] else [])
+            self.nodes.append(helper.make_node("DequantizeLinear", inputs, [out],
                                                name=self.scope.new(f"{w.name}_DequantizeLinear"), **attrs))
             entry["dq"] = out
         return entry["dq"]
@@ -70,10 +71,18 @@ class WeightStore:
             array = array.T
         qa, row = self._quantize(w.name, array, axis, transpose, qrange)
         tag = "_T" if transpose else ""
-        names = {part: self.scope.new(f"{w.name}{tag}_{part if part != 'q' else 'quantized'}") for part in ("q", "scale", "zero_point")}
+        # A zero point of all zeros (symmetric weights) is left out: it is the default, and on a
+        # small model the zero-point tensors and their names are a few % of the container.
+        # Except for Gemm and MatMul (which ORT may first turn into Gemm): ORT fuses DQ -> Gemm
+        # into QGemm only with an explicit one (measured with onnxruntime 1.32).
+        explicit = np.any(np.asarray(qa.zero_point) != 0) or w.role in KEEP_ZERO_POINT_ROLES
+        parts = ("q", "scale") + (("zero_point",) if explicit else ())
+        names = {part: self.scope.new(f"{w.name}{tag}_{part if part != 'q' else 'quantized'}") for part in parts}
+        names.setdefault("zero_point", "")
         self.initializers.append(numpy_helper.from_array(qa.q.astype(self.np_type), names["q"]))
         self.initializers.append(numpy_helper.from_array(np.asarray(qa.scale, dtype=np.float32), names["scale"]))
-        self.initializers.append(numpy_helper.from_array(np.asarray(qa.zero_point, dtype=self.np_type), names["zero_point"]))
+        if names["zero_point"]:
+            self.initializers.append(numpy_helper.from_array(np.asarray(qa.zero_point, dtype=self.np_type), names["zero_point"]))
         row.update({"name": w.name, "role": w.role, "shape": list(array.shape), "transposed": transpose, "tensor": names["q"]})
         self.rows[key] = row
         self._done[key] = {"names": names, "qa": qa, "dq": None}
@@ -154,11 +163,10 @@ class WeightStore:
         if clipped:
             self.warnings.append(f"{b.name}: {clipped} int32 bias values saturate; bias kept in float")
             return None
-        names = [self.scope.new(b.name + "_quantized"), self.scope.new(b.name + "_scale"), self.scope.new(b.name + "_zero_point")]
+        # No zero point: DequantizeLinear's default is 0, the only value an int32 bias has.
+        names = [self.scope.new(b.name + "_quantized"), self.scope.new(b.name + "_scale")]
         self.initializers.append(numpy_helper.from_array(q.astype(np.int32), names[0]))
         self.initializers.append(numpy_helper.from_array(scale.reshape(-1) if scale.size > 1 else scale.reshape(()), names[1]))
-        zp = np.zeros(n if scale.size > 1 else (), dtype=np.int32)
-        self.initializers.append(numpy_helper.from_array(zp, names[2]))
         out = self.scope.new(b.name + "_dequantized")
         attrs = {"axis": 0} if scale.size > 1 else {}
         self.nodes.append(helper.make_node("DequantizeLinear", names, [out], name=self.scope.new(b.name + "_DequantizeLinear"), **attrs))
@@ -168,6 +176,9 @@ class WeightStore:
     def report(self) -> list[dict]:
         return [self.rows[k] for k in self.rows]
 
+
+# Roles whose weights keep an all-zero zero point (see WeightStore._entry).
+KEEP_ZERO_POINT_ROLES = ("gemm_b", "matmul_const", "matmul_const_a")
 
 # A codebook keeps its shared per-tensor scale unless that costs more than this factor of
 # the per-channel error (see WeightStore._quantize).
