@@ -296,11 +296,33 @@ class GateFailedWithReport(GateFailed):
 
 
 def _try(stage: str, attempts: list[tuple], measure: Measure,
-         rows: list[StageRow], model: onnx.ModelProto, last_outputs, log: Log, adaptive: bool):
-    """Apply the first attempt whose result stays within the budget (or the first, if not adaptive)."""
+         rows: list[StageRow], model: onnx.ModelProto, last_outputs, log: Log, adaptive: bool, alternatives: int = 0):
+    """Apply the first attempt whose result stays within the budget (or the first, if not adaptive).
+
+    An attempt is (label, build) or (label, build, budget): a smaller budget for that one.  The
+    first `alternatives` attempts are all tried, and the one that packs smallest within its
+    budget wins; only if none fits do the others follow, first fit.
+    """
+    from .passes.pack import pack_model
+
     tried = []
+    best = None  # (packed bytes, label, candidate, stats, metrics, outputs) among the alternatives
     t0 = time.perf_counter()
-    for label, attempt, *limit in attempts:  # an optional third item: a smaller budget for this attempt
+
+    def applied(label, candidate, stats, metrics, outputs):
+        if not adaptive and measure.loss(metrics) is not None:
+            # The user fixed this stage; if it overshot, later stages may not add to it.
+            measure.allowance = max(measure.allowance, measure.loss(metrics))
+        fell_back = len(tried) > 1 and label != tried[0]["option"]
+        rows.append(StageRow(stage, True, _model_bytes(candidate), metrics, time.perf_counter() - t0,
+                             options={"setting": label}, attempts=tried, stats=stats,
+                             note=f"fell back to {label}" if fell_back and best is None else
+                             (f"smallest of {min(alternatives, len(tried))} alternatives" if best is not None else "")))
+        return candidate, outputs if outputs is not None else last_outputs
+
+    for i, (label, attempt, *limit) in enumerate(attempts):  # an optional third item: a smaller budget for this attempt
+        if best is not None and i >= alternatives:
+            break
         log(f"{stage}: {label}")
         try:
             candidate, stats = attempt()
@@ -316,14 +338,17 @@ def _try(stage: str, attempts: list[tuple], measure: Measure,
         metrics, outputs = measure(candidate)
         tried.append({"option": label, **metrics})
         if not adaptive or measure.within(metrics, limit[0] if limit else None):
-            if not adaptive and measure.loss(metrics) is not None:
-                # The user fixed this stage; if it overshot, later stages may not add to it.
-                measure.allowance = max(measure.allowance, measure.loss(metrics))
-            rows.append(StageRow(stage, True, _model_bytes(candidate), metrics, time.perf_counter() - t0,
-                                 options={"setting": label}, attempts=tried, stats=stats,
-                                 note="" if len(tried) == 1 else f"fell back to {label}"))
-            return candidate, outputs if outputs is not None else last_outputs
+            if i >= alternatives:
+                return applied(label, candidate, stats, metrics, outputs)
+            packed = len(pack_model(candidate)[0])
+            tried[-1]["packed_bytes"] = packed
+            log(f"{stage}: {label} fits, {packed:,} bytes packed")
+            if best is None or packed < best[0]:
+                best = (packed, label, candidate, stats, metrics, outputs)
+            continue
         log(f"{stage}: {label} exceeds the budget ({_loss_text(measure, metrics)}), backing off")
+    if best is not None:
+        return applied(*best[1:])
     rows.append(StageRow(stage, False, _model_bytes(model), rows[-1].metrics, time.perf_counter() - t0,
                          attempts=tried, note=("skipped: every setting tried exceeded the budget" if not any("error" in t for t in tried) else "skipped: no setting fit the budget (see attempts)") if tried else "skipped"))
     return model, last_outputs
@@ -468,6 +493,14 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
         ladder = [(c, f, reserve) for c, f in low if (c, f) != (bc, bf)] + ladder
         ladder += [(max(bc, 8), b, None) for b in range(bf + 1, 9)]
     seen, attempts = set(), []
+    alternatives = 0
+    if adaptive and measure.data is not None and not opts["refit"]:
+        search = _per_tensor_share_attempt(model, opts, measure, rows, log)
+        if search is not None:
+            # The searched widths against the narrowest uniform rung: measurement noise can
+            # make either the smaller one (dwresnet: 4/4 bits 33.8 KB, searched 36.9 KB).
+            attempts.append(search)
+            alternatives = 2
     for bits_conv, bits_fc, budget in ladder:
         if (bits_conv, bits_fc) in seen:
             continue
@@ -478,9 +511,41 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
                          lambda bits_conv=bits_conv, bits_fc=bits_fc, refit=refit: share(
                              model, bits_conv=bits_conv, bits_fc=bits_fc, init=opts["init"], seed=opts["seed"],
                              exclude=opts["exclude"], min_params=opts["min_params"], refit_data=refit), budget))
-    return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive)
+    return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive, alternatives=alternatives)
 
 
+def _per_tensor_share_attempt(model, opts, measure: Measure, rows, log):
+    """The share attempt that chooses bits per tensor (share_budget), or None when the model
+    is too slow to search: about tensors x widths + 12 runs over the evaluation data."""
+    from .passes.share import shareable_weights
+    from .passes.share_budget import BITS, share_to_budget
+
+    tensors = shareable_weights(model, opts["exclude"], opts["min_params"])
+    if not tensors:
+        return None
+    estimate = (len(tensors) * len(BITS) + 12) * measure.eval_seconds
+    if estimate > SHARE_SEARCH_SECONDS:
+        log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} s > {SHARE_SEARCH_SECONDS:g} s)")
+        return None
+    reserve = measure.budget * SHARE_SEARCH_BUDGET_SHARE
+    spent = measure.loss(rows[-1].metrics) or 0.0
+    points = max(reserve - max(spent, 0.0), 0.0)
+    step = getattr(log, "step", None)
+    progress = (lambda done, total: step("share: bit curves", done, total)) if step else None
+    snr = measure.min_snr_db if measure.snr_gated else None
+
+    def attempt():
+        return share_to_budget(model, measure.data, points, min_snr_db=snr, init=opts["init"], seed=opts["seed"],
+                               exclude=opts["exclude"], min_params=opts["min_params"], progress=progress)
+
+    return (f"k-means bits per tensor, searched within {points:.2g} points", attempt, reserve)
+
+
+# Longest the per-tensor bit search may be estimated to take (else the uniform ladder only).
+SHARE_SEARCH_SECONDS = 60.0
+# The search spends what it is given, and quantize's noise compounds with narrow codebooks:
+# it may take the total loss to this share of the budget.
+SHARE_SEARCH_BUDGET_SHARE = 0.7
 # The share ladder's rungs below the recipe's bits (conv, fc), tried first, and the part of
 # the budget they may use.
 LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))

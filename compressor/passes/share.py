@@ -87,9 +87,45 @@ def _compile_exclude(exclude) -> re.Pattern | None:
         raise UsageError(f"--exclude: invalid regular expression {exclude!r}: {e}")
 
 
-def _tensor_rng(seed: int, name: str) -> np.random.Generator:
-    """A per-tensor generator: a tensor's result does not depend on which others are shared."""
+def tensor_rng(seed: int, name: str) -> np.random.Generator:
+    """A per-tensor generator: a tensor's result does not depend on which others are shared
+    (so a search can reproduce share's result for one tensor alone)."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))])
+
+
+def _select(ws: list[graph.Weight], pattern: re.Pattern | None, min_params: int, explicit: set[str] = frozenset()):
+    """The matrix weights share clusters (explicitly named ones whatever their size), and the
+    matrix weights it leaves with why (dtype and non-finite checks come later, per tensor)."""
+    selected: list[graph.Weight] = []
+    skipped: list[dict] = []
+    for w in ws:
+        if not w.is_matrix:
+            continue
+        reason = None
+        if pattern is not None and pattern.search(w.name):
+            reason = "excluded"
+        elif w.size < min_params and w.name not in explicit:
+            reason = f"fewer than {min_params} values"
+        if reason:
+            skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": reason})
+            continue
+        selected.append(w)
+    return selected, skipped
+
+
+def shareable_weights(model: onnx.ModelProto, exclude: str | None = None, min_params: int = 1024) -> list[graph.Weight]:
+    """The weights ``share`` would cluster with these options: float, finite, one definition per name."""
+    selected, _ = _select(graph.weights(model), _compile_exclude(exclude), min_params)
+    counts: dict[str, int] = {}
+    for w in selected:
+        counts[w.name] = counts.get(w.name, 0) + 1
+    out = []
+    for w in selected:
+        arr = w.array()
+        if counts[w.name] == 1 and (arr.dtype.kind == "f" or arr.dtype.name == "bfloat16") \
+                and np.isfinite(arr.astype(np.float32) if arr.dtype.itemsize <= 2 else arr).all():
+            out.append(w)
+    return out
 
 
 # --------------------------------------------------------------------------- the pass
@@ -134,22 +170,8 @@ def share(
             raise UsageError(f"--bits {name}: tensor has role {', '.join(sorted(roles))}; only matrix weights "
                              f"(conv filters, Gemm/MatMul weights, recurrent W/R) are shared")
 
-    plan: list[tuple[graph.Weight, int]] = []
-    skipped: list[dict] = []
-    for w in ws:
-        if not w.is_matrix:
-            continue
-        explicit = w.name in bits_by_name
-        reason = None
-        if pattern is not None and pattern.search(w.name):
-            reason = "excluded"
-        elif w.size < min_params and not explicit:
-            reason = f"fewer than {min_params} values"
-        if reason:
-            skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": reason})
-            continue
-        bits = bits_by_name.get(w.name, bits_conv if w.role in CONV_ROLES else bits_fc)
-        plan.append((w, bits))
+    selected, skipped = _select(ws, pattern, min_params, set(bits_by_name))
+    plan = [(w, bits_by_name.get(w.name, bits_conv if w.role in CONV_ROLES else bits_fc)) for w in selected]
 
     warnings: list[str] = []
     data = None
@@ -157,7 +179,7 @@ def share(
         data = refit_data if isinstance(refit_data, Dataset) else load_dataset(refit_data, original)
 
     def work(arr: np.ndarray, bits: int, meta: dict) -> tuple[SharedArray, dict | None]:
-        shared = share_array(arr, 2**bits, init=init, seed=_tensor_rng(seed, meta["name"]))
+        shared = share_array(arr, 2**bits, init=init, seed=tensor_rng(seed, meta["name"]))
         return shared, (None if data is not None else _tensor_stats(meta, bits, arr, shared, None))
 
     # Tensors are independent: cluster them on a small thread pool (numpy releases the GIL in

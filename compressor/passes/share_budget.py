@@ -1,0 +1,165 @@
+"""share_to_budget: k-means bits chosen per tensor under a measured accuracy budget.
+
+Deep Compression gives every conv layer 8 bits and every fully-connected layer 5; layers
+differ far more than that (a depthwise ResNet's pointwise filters keep their accuracy at
+3 bits while its stem needs 6).  This search measures it:
+
+1. Curves: each shareable tensor clustered alone at each width of ``BITS``, the others left
+   as they are, run with ONNX Runtime (one session with the tensors as inputs): accuracy
+   drop and relative output noise.  A curve stops at the first width whose drop exceeds
+   twice the budget (fewer bits only lose more).
+2. Allocation: output noise powers of independent small perturbations add up, so the
+   widths saving the most bits for a total noise allowance are a knapsack over the curves
+   (``prune.allocate_ratios`` with ratio = 1 - bits / 8, snapped down to a measured width).
+3. The allowance is searched geometrically on the measured drop of the whole allocation;
+   the allocation within the budget that saves the most bits wins, and is built with
+   ``share(model, bits_by_name=...)``, which reproduces the measured arrays exactly (each
+   tensor has its own seeded generator).
+
+Cost: about tensors x widths + ``max_evals`` runs over the data; the caller decides whether
+a model is small enough for it (run: ``pipeline._stage_share``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from .. import graph
+from ..data import Dataset
+from ..errors import CompressorError
+from ..evaluate import make_session
+from ..kmeans import share_array
+from .prune import allocate_ratios, weight_key
+from .sensitivity import Evaluator, _feedable, weights_as_inputs
+from .share import shareable_weights, share, tensor_rng
+
+# Widths probed, widest first; the widest is the reference every saving is counted from.
+BITS = (8, 6, 5, 4, 3, 2)
+STOP_FACTOR = 2.0  # a curve stops past this many budgets of drop
+RESOLUTION = 0.05  # the allowance search stops when its bracket is this close (ratio - 1)
+
+
+def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float, *, min_snr_db: float | None = None,
+                    init: str = "linear", seed: int = 0, exclude: str | None = None, min_params: int = 1024,
+                    max_evals: int = 12, progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
+
+    Raises CompressorError when no allocation (not even every tensor at 8 bits) fits."""
+    selected = shareable_weights(model, exclude, min_params)
+    if not selected:
+        raise CompressorError("no tensor to share")
+    evaluator = Evaluator(model, data)
+    originals = {w.name: w.array() for w in selected}
+    params = {w.name: int(np.count_nonzero(originals[w.name])) for w in selected}
+    cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def values(name: str, bits: int | None) -> np.ndarray:
+        if bits is None:
+            return originals[name]
+        if (name, bits) not in cache:
+            cache[(name, bits)] = share_array(originals[name], 2**bits, init=init, seed=tensor_rng(seed, name)).values
+        return cache[(name, bits)]
+
+    feedable = len(_feedable(model, selected)) == len(selected)
+    session = make_session(weights_as_inputs(model, selected)) if feedable else None
+
+    def run(bits_by_name: dict[str, int]) -> dict:
+        if session is not None:
+            return evaluator.measure_session(session, {w.name: values(w.name, bits_by_name.get(w.name)) for w in selected})
+        candidate = graph.copy_model(model)  # a name defined twice: set the arrays where they live
+        where = {weight_key(x): x for x in graph.weights(candidate)}
+        for w in selected:
+            if w.name in bits_by_name:
+                where[weight_key(w)].set_array(values(w.name, bits_by_name[w.name]))
+        return evaluator.measure_model(candidate)
+
+    # 1. curves
+    curves = []
+    for i, w in enumerate(selected):
+        points = []
+        for bits in BITS:
+            metrics = run({w.name: bits})
+            points.append({"bits": bits, **{k: metrics.get(k) for k in ("drop", "rel_noise", "snr_db")}})
+            if not (metrics["drop"] <= STOP_FACTOR * budget_points) or not _finite(metrics.get("rel_noise")):
+                break
+        curves.append({"name": w.name, "role": w.role, "params": params[w.name], "points": points})
+        if progress is not None:
+            progress(i + 1, len(selected))
+
+    # 2. + 3. allocation and the allowance search
+    knapsack = []
+    for c in curves:
+        usable = [p for p in c["points"] if _finite(p["rel_noise"])]
+        base = usable[0]["rel_noise"] if usable else 0.0
+        knapsack.append({"name": c["name"], "params": c["params"], "ratios": [1 - p["bits"] / BITS[0] for p in usable],
+                         "drops": [max(p["rel_noise"] - base, 0.0) for p in usable]})
+    measured_bits = {c["name"]: [p["bits"] for p in c["points"] if _finite(p["rel_noise"])] or [BITS[0]] for c in curves}
+
+    def allocation(allowance: float) -> dict[str, int]:
+        ratios = allocate_ratios(knapsack, allowance)
+        out = {}
+        for name, widths in measured_bits.items():
+            wanted = BITS[0] * (1 - ratios.get(name, 0.0))
+            out[name] = min((b for b in widths if b >= wanted - 1e-9), default=BITS[0])
+        return out
+
+    def saved(bits_by_name: dict[str, int]) -> int:
+        return sum(params[n] * (BITS[0] - b) for n, b in bits_by_name.items())
+
+    seen: dict[tuple, dict] = {}
+    tried = []
+
+    def measure(bits_by_name: dict[str, int]) -> dict | None:
+        key = tuple(bits_by_name[w.name] for w in selected)
+        if key not in seen:
+            if len(seen) >= max_evals:
+                return None
+            metrics = run(bits_by_name)
+            ok = metrics["drop"] <= budget_points + 1e-9 and (
+                min_snr_db is None or metrics.get("snr_db") is None or metrics["snr_db"] >= min_snr_db)
+            seen[key] = {**metrics, "within_budget": ok}
+            tried.append({"bits": dict(bits_by_name), "saved_bits": saved(bits_by_name), "drop": metrics["drop"],
+                          "snr_db": metrics.get("snr_db"), "within_budget": ok})
+        return seen[key]
+
+    total = sum(max(d["drops"], default=0.0) for d in knapsack)
+    positive = [d for k in knapsack for d in k["drops"] if d > 0]
+    allowance = max(min(positive), total / 8) if positive else 0.0
+    lo = hi = None
+    while True:
+        metrics = measure(allocation(allowance))
+        if metrics is None:
+            break
+        if metrics["within_budget"]:
+            lo = allowance
+        else:
+            hi = allowance
+        if hi is None:
+            if allowance >= total or total == 0:
+                break  # every tensor at its narrowest measured width already
+            allowance = min(allowance * 2, total)
+        elif lo is None:
+            if not positive or allowance <= min(positive) / 4:
+                break
+            allowance /= 2
+        else:
+            if hi / lo < 1 + RESOLUTION:
+                break
+            allowance = math.sqrt(lo * hi)
+    feasible = [t for t in tried if t["within_budget"]]
+    if not feasible:
+        raise CompressorError(f"no per-tensor widths fit {budget_points:g} points (tried {len(tried)})")
+    best = max(feasible, key=lambda t: t["saved_bits"])  # first found wins ties
+    session = None
+    cache.clear()
+    shared, stats = share(model, bits_by_name=best["bits"], init=init, seed=seed, exclude=exclude, min_params=min_params)
+    stats["budget_search"] = {"budget_points": budget_points, "widths": list(BITS), "curves": curves, "tried": tried,
+                              "evaluations": evaluator.runs, "chosen": best["bits"]}
+    return shared, stats
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
