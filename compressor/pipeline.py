@@ -562,6 +562,7 @@ def _matrix_kinds(model, min_params: int) -> tuple[bool, bool]:
 
 def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool, shared: bool = False):
     from .passes.quantize import quantize
+    from .passes.quantize.ops_tables import SMALL_ROLES
 
     activations = opts["activations"]
     if activations == "static" and calib_data is None:
@@ -580,15 +581,35 @@ def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_output
         settings = settings[: settings.index("none") + 1] if "none" in settings else settings
     labels = {"static": "int8 weights + static int8 activations", "dynamic": "int8 weights + dynamic activations", "none": "int8 weights only"}
     attempts = []
-    for a in settings:
-        attempts.append((labels[a], lambda a=a: quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)))
+    first: dict = {}
+
+    def first_attempt(a, common):
+        quantized, stats = quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)
+        first["small"] = any(w.get("role") in SMALL_ROLES + ("elementwise",) for w in stats["weights"])
+        return quantized, stats
+
+    def without_small_constants(a, common):
+        if not first.get("small", True):
+            raise CompressorError("no small constants were quantized: nothing to give back")
+        return quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)
+
+    for i, a in enumerate(settings):
+        if i == 0:
+            attempts.append((labels[a], lambda a=a, common=common: first_attempt(a, common)))
+        else:
+            attempts.append((labels[a], lambda a=a, common=common: quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)))
+        if adaptive and i == 0 and common["small_constants"]:
+            # int8 biases and norm parameters are the first thing to give back: the same
+            # setting with them in float, then the rest of the ladder without them.
+            common = {**common, "small_constants": False}
+            attempts.append((f"{labels[a]}, small constants float", lambda a=a, common=common: without_small_constants(a, common)))
         if adaptive and a == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
             # Mixed precision before giving up on activations: a few layers usually carry most
             # of the error, so keep in float each layer whose quantization alone takes the
             # output below the threshold (measured on the calibration data).
             for floor in LAYER_SNR_FLOORS_DB:
                 attempts.append((f"{labels[a]}, layers under {floor:g} dB alone kept float",
-                                 lambda floor=floor: quantize(model, calib=calib_data, activations="static", min_layer_snr=floor, **common)))
+                                 lambda floor=floor, common=common: quantize(model, calib=calib_data, activations="static", min_layer_snr=floor, **common)))
     return _try("quantize", attempts, measure, rows, model, last_outputs, log, adaptive)
 
 

@@ -232,3 +232,36 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
     lines_only("a stage")
     lines_only.step("loop", 1, 2)
     assert capsys.readouterr().err == "  a stage\n"
+
+
+def test_quantize_gives_back_the_small_constants_first_when_they_cost_too_much(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    # One huge bias entry (a unit switched off through the Relu): a per-tensor int8 grid for
+    # this bias rounds all the others away.
+    rng = np.random.default_rng(0)
+    bias = rng.normal(0, 1, 128)
+    bias[0] = -500.0
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 128)).astype(np.float32), "w1"),
+             numpy_helper.from_array(bias.astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (128, 10)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"]), helper.make_node("Add", ["m", "b1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    x = rng.normal(0, 1, (512, 16)).astype(np.float32)
+    from compressor.data import Dataset
+
+    y = np.argmax(run_model(model, Dataset({"x": x}, None))[0], axis=1)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    report = run_pipeline(str(path), str(tmp_path / "m.cmpz"), data_path=str(tmp_path / "d.npz"),
+                          overrides={"prune": {"enabled": False}, "share": {"enabled": False}})
+    row = report["stages"][3]
+    tried = [a["option"] for a in row["attempts"]]
+    assert tried[:2] == ["int8 weights + static int8 activations", "int8 weights + static int8 activations, small constants float"]
+    assert row["attempts"][0]["accuracy_drop"] > 1.0
+    assert row["applied"] and row["setting"] == tried[1] and row["accuracy_drop"] <= 1.0
