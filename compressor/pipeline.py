@@ -19,6 +19,7 @@ and no container.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -389,9 +390,11 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
     progress = (lambda done, total: step("prune: sensitivity curves", done, total)) if step else None
 
     def attempt(points: float):
+        reference = last_outputs if search_data is eval_data else None  # the original's outputs, measured already
         pruned, stats = prune_to_budget(model, search_data, points, min_snr_db=prune_snr, ratios=ratios, max_evals=max_evals,
                                         sensitivity_stats=curves.get("stats"), exclude=search_exclude,
-                                        min_params=opts["min_params"], seed=opts["seed"], progress=progress)
+                                        min_params=opts["min_params"], seed=opts["seed"], progress=progress,
+                                        reference_outputs=reference)
         curves["stats"] = stats.get("sensitivity")
         if plan_note:
             stats["search_plan"] = plan_note
@@ -495,7 +498,7 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
     seen, attempts = set(), []
     alternatives = 0
     if adaptive and measure.data is not None and not opts["refit"]:
-        search = _per_tensor_share_attempt(model, opts, measure, rows, log)
+        search = _per_tensor_share_attempt(model, opts, measure, rows, last_outputs, log)
         if search is not None:
             # The searched widths against the narrowest uniform rung: measurement noise can
             # make either the smaller one (dwresnet: 4/4 bits 33.8 KB, searched 36.9 KB).
@@ -514,7 +517,7 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
     return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive, alternatives=alternatives)
 
 
-def _per_tensor_share_attempt(model, opts, measure: Measure, rows, log):
+def _per_tensor_share_attempt(model, opts, measure: Measure, rows, last_outputs, log):
     """The share attempt that chooses bits per tensor (share_budget), or None when the model
     is too slow to search: about tensors x widths + 12 runs over the evaluation data."""
     from .passes.share import shareable_weights
@@ -532,11 +535,23 @@ def _per_tensor_share_attempt(model, opts, measure: Measure, rows, log):
     points = max(reserve - max(spent, 0.0), 0.0)
     step = getattr(log, "step", None)
     progress = (lambda done, total: step("share: bit curves", done, total)) if step else None
-    snr = measure.min_snr_db if measure.snr_gated else None
+    snr = None
+    if measure.snr_gated:
+        # Noise powers add up: what the search may add on top of what the earlier stages
+        # spent, within the same share of the noise allowance as of the points.
+        allowed = SHARE_SEARCH_BUDGET_SHARE * 10 ** (-measure.min_snr_db / 10)
+        spent_snr = rows[-1].metrics.get("snr_db")
+        if spent_snr is not None and math.isfinite(spent_snr):
+            allowed -= 10 ** (-spent_snr / 10)
+        if allowed <= 0:
+            log("share: per-tensor bit search skipped (the earlier stages spent the SNR allowance)")
+            return None
+        snr = -10 * math.log10(allowed)
 
     def attempt():
         return share_to_budget(model, measure.data, points, min_snr_db=snr, init=opts["init"], seed=opts["seed"],
-                               exclude=opts["exclude"], min_params=opts["min_params"], progress=progress)
+                               exclude=opts["exclude"], min_params=opts["min_params"], progress=progress,
+                               reference_outputs=last_outputs)
 
     return (f"k-means bits per tensor, searched within {points:.2g} points", attempt, reserve)
 

@@ -792,7 +792,7 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
                     min_params: int = DEFAULT_MIN_PARAMS, seed: int = 0, include_embeddings: bool = False,
                     ratios: Sequence[float] | None = None, max_evals: int = 40, min_snr_db: float | None = None,
                     sensitivity_stats: dict | None = None, batch_size: int | None = None,
-                    progress=None) -> tuple[onnx.ModelProto, dict]:
+                    progress=None, reference_outputs: list[np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
     """Sensitivity-guided per-tensor ratios within a measured accuracy budget; returns (model, stats).
 
     The loss is the accuracy drop in points on `data` (with labels) or 100 - top-1 agreement
@@ -814,6 +814,7 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
        if it exceeds the budget there (weights as inputs vs constants can round
        differently), the next best is taken.  The unpruned model (loss 0) is the fallback.
 
+    `reference_outputs`: the model's outputs on `data`, when the caller has them (not run again).
     At most `max_evals` candidates are measured in steps 2-5.  The data is used both to
     choose and to verify, so the drop reported is the drop on that data.  `seed` is accepted
     for symmetry with ``prune`` (nothing here is random).
@@ -834,7 +835,7 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
         pruned, stats = prune(model, 0.0, exclude=exclude, min_params=min_params, include_embeddings=include_embeddings)
         stats["scope"] = "budget"
         return pruned, stats
-    evaluator = Evaluator(model, data, batch_size=batch_size)
+    evaluator = Evaluator(model, data, batch_size=batch_size, reference=reference_outputs)
     if sensitivity_stats is None:
         sensitivity_stats = sensitivity(model, data, ratios=ratios or BUDGET_RATIOS, exclude=exclude, min_params=min_params,
                                         include_embeddings=include_embeddings, evaluator=evaluator, progress=progress)

@@ -73,12 +73,14 @@ class Evaluator:
     points: baseline accuracy - accuracy (labels) or 100 - top-1 agreement (no labels).
     """
 
-    def __init__(self, model: onnx.ModelProto, data: Dataset, batch_size: int | None = None):
+    def __init__(self, model: onnx.ModelProto, data: Dataset, batch_size: int | None = None,
+                 reference: list[np.ndarray] | None = None):
+        """`reference`: the model's outputs on `data`, when the caller already has them."""
         self.model = model
         self.data = data
         self.batch_size = batch_size or batch_size_for(model, DEFAULT_BATCH)
         self.mode = "accuracy" if data.labels is not None else "fidelity"
-        self.reference = self._run(make_session(model), {})
+        self.reference = reference if reference is not None else self._run(make_session(model), {})
         self.baseline_accuracy = accuracy(self.reference[0], data.labels) if data.labels is not None else None
         self.baseline = self._score(self.reference)
         self.runs = 0

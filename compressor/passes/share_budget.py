@@ -44,14 +44,16 @@ RESOLUTION = 0.05  # the allowance search stops when its bracket is this close (
 
 def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float, *, min_snr_db: float | None = None,
                     init: str = "linear", seed: int = 0, exclude: str | None = None, min_params: int = 1024,
-                    max_evals: int = 12, progress=None) -> tuple[onnx.ModelProto, dict]:
+                    max_evals: int = 12, progress=None, reference_outputs: list[np.ndarray] | None = None
+                    ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
-    Raises CompressorError when no allocation (not even every tensor at 8 bits) fits."""
+    `reference_outputs`: the model's outputs on `data` if already computed.  Raises
+    CompressorError when no allocation (not even every tensor at 8 bits) fits."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
-    evaluator = Evaluator(model, data)
+    evaluator = Evaluator(model, data, reference=reference_outputs)
     originals = {w.name: w.array() for w in selected}
     params = {w.name: int(np.count_nonzero(originals[w.name])) for w in selected}
     cache: dict[tuple[str, int], np.ndarray] = {}
