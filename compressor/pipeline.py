@@ -297,33 +297,33 @@ class GateFailedWithReport(GateFailed):
 
 
 def _try(stage: str, attempts: list[tuple], measure: Measure,
-         rows: list[StageRow], model: onnx.ModelProto, last_outputs, log: Log, adaptive: bool, alternatives: int = 0):
+         rows: list[StageRow], model: onnx.ModelProto, last_outputs, log: Log, adaptive: bool, compare_first: bool = False):
     """Apply the first attempt whose result stays within the budget (or the first, if not adaptive).
 
-    An attempt is (label, build) or (label, build, budget): a smaller budget for that one.  The
-    first `alternatives` attempts are all tried, and the one that packs smallest within its
-    budget wins; only if none fits do the others follow, first fit.
+    An attempt is (label, build) or (label, build, budget): a smaller budget for that one.  With
+    `compare_first` the first attempt, if it fits, is kept aside and weighed against the first
+    of the others that fits: the one that packs smaller wins.
     """
     from .passes.pack import pack_model
 
     tried = []
-    best = None  # (packed bytes, label, candidate, stats, metrics, outputs) among the alternatives
+    kept = None  # (packed bytes, label, candidate, stats, metrics, outputs): the first attempt, if it fit
     t0 = time.perf_counter()
 
-    def applied(label, candidate, stats, metrics, outputs):
+    def applied(label, candidate, stats, metrics, outputs, note):
         if not adaptive and measure.loss(metrics) is not None:
             # The user fixed this stage; if it overshot, later stages may not add to it.
             measure.allowance = max(measure.allowance, measure.loss(metrics))
-        fell_back = len(tried) > 1 and label != tried[0]["option"]
         rows.append(StageRow(stage, True, _model_bytes(candidate), metrics, time.perf_counter() - t0,
-                             options={"setting": label}, attempts=tried, stats=stats,
-                             note=f"fell back to {label}" if fell_back and best is None else
-                             (f"smallest of {min(alternatives, len(tried))} alternatives" if best is not None else "")))
+                             options={"setting": label}, attempts=tried, stats=stats, note=note))
         return candidate, outputs if outputs is not None else last_outputs
 
+    def packed(candidate) -> int:
+        size = len(pack_model(candidate)[0])
+        tried[-1]["packed_bytes"] = size
+        return size
+
     for i, (label, attempt, *limit) in enumerate(attempts):  # an optional third item: a smaller budget for this attempt
-        if best is not None and i >= alternatives:
-            break
         log(f"{stage}: {label}")
         try:
             candidate, stats = attempt()
@@ -338,18 +338,21 @@ def _try(stage: str, attempts: list[tuple], measure: Measure,
             continue
         metrics, outputs = measure(candidate)
         tried.append({"option": label, **metrics})
-        if not adaptive or measure.within(metrics, limit[0] if limit else None):
-            if i >= alternatives:
-                return applied(label, candidate, stats, metrics, outputs)
-            packed = len(pack_model(candidate)[0])
-            tried[-1]["packed_bytes"] = packed
-            log(f"{stage}: {label} fits, {packed:,} bytes packed")
-            if best is None or packed < best[0]:
-                best = (packed, label, candidate, stats, metrics, outputs)
+        if adaptive and not measure.within(metrics, limit[0] if limit else None):
+            log(f"{stage}: {label} exceeds the budget ({_loss_text(measure, metrics)}), backing off")
             continue
-        log(f"{stage}: {label} exceeds the budget ({_loss_text(measure, metrics)}), backing off")
-    if best is not None:
-        return applied(*best[1:])
+        if compare_first and i == 0:
+            kept = (packed(candidate), label, candidate, stats, metrics, outputs)
+            continue
+        if kept is not None:
+            size = packed(candidate)
+            log(f"{stage}: {kept[1]} packs to {kept[0]:,} bytes, {label} to {size:,}")
+            if kept[0] <= size:
+                return applied(*kept[1:], note=f"smaller than {label} ({kept[0]:,} vs {size:,} bytes packed)")
+            return applied(label, candidate, stats, metrics, outputs, note=f"smaller than {kept[1]} ({size:,} vs {kept[0]:,} bytes packed)")
+        return applied(label, candidate, stats, metrics, outputs, note="" if len(tried) == 1 else f"fell back to {label}")
+    if kept is not None:
+        return applied(*kept[1:], note="")
     rows.append(StageRow(stage, False, _model_bytes(model), rows[-1].metrics, time.perf_counter() - t0,
                          attempts=tried, note=("skipped: every setting tried exceeded the budget" if not any("error" in t for t in tried) else "skipped: no setting fit the budget (see attempts)") if tried else "skipped"))
     return model, last_outputs
@@ -496,14 +499,14 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
         ladder = [(c, f, reserve) for c, f in low if (c, f) != (bc, bf)] + ladder
         ladder += [(max(bc, 8), b, None) for b in range(bf + 1, 9)]
     seen, attempts = set(), []
-    alternatives = 0
+    compare = False
     if adaptive and measure.data is not None and not opts["refit"]:
         search = _per_tensor_share_attempt(model, opts, measure, rows, last_outputs, log)
         if search is not None:
-            # The searched widths against the narrowest uniform rung: measurement noise can
-            # make either the smaller one (dwresnet: 4/4 bits 33.8 KB, searched 36.9 KB).
+            # The searched widths against the first uniform rung that fits: measurement noise
+            # can make either the smaller one (dwresnet: 4/4 bits 33.8 KB, searched 36.9 KB).
             attempts.append(search)
-            alternatives = 2
+            compare = True
     for bits_conv, bits_fc, budget in ladder:
         if (bits_conv, bits_fc) in seen:
             continue
@@ -514,7 +517,7 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
                          lambda bits_conv=bits_conv, bits_fc=bits_fc, refit=refit: share(
                              model, bits_conv=bits_conv, bits_fc=bits_fc, init=opts["init"], seed=opts["seed"],
                              exclude=opts["exclude"], min_params=opts["min_params"], refit_data=refit), budget))
-    return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive, alternatives=alternatives)
+    return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive, compare_first=compare)
 
 
 def _per_tensor_share_attempt(model, opts, measure: Measure, rows, last_outputs, log):
