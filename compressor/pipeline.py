@@ -3,7 +3,9 @@
 The default pipeline is Deep Compression made post-training, and it is *guarded*: every lossy
 stage is measured on the user's data and kept only if the cumulative loss stays within the
 budget, falling back to gentler settings first (more bits, fewer quantized activations), then
-to skipping the stage.  What was measured decides what is applied:
+to skipping the stage.  Each stage is a ladder of attempts (``_try``); share's first attempt
+is a per-tensor width search (``passes.share_budget``), weighed against the first uniform
+rung that fits by packed size.  What was measured decides what is applied:
 
 * labeled data (``--data`` with ``y``): the budget is top-1 accuracy, in points;
 * unlabeled inputs (``--calib``, or ``--data`` without ``y``): the budget is fidelity to the
