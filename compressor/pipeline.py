@@ -524,17 +524,28 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
 
 def _per_tensor_share_attempt(model, opts, measure: Measure, rows, last_outputs, log):
     """The share attempt that chooses bits per tensor (share_budget), or None when the model
-    is too slow to search: about tensors x widths + 12 runs over the evaluation data."""
+    is too slow to search.  The search costs about tensors x widths + 12 runs over the data plus
+    one k-means per tensor and width; past SHARE_SEARCH_SECONDS it runs on an evenly spread
+    subset (at least MIN_SEARCH_SAMPLES samples; _try then measures its result on all the data)."""
     from .passes.share import shareable_weights
     from .passes.share_budget import BITS, share_to_budget
 
     tensors = shareable_weights(model, opts["exclude"], opts["min_params"])
     if not tensors:
         return None
-    estimate = (len(tensors) * len(BITS) + 12) * measure.eval_seconds
+    data = measure.data
+    runs = len(tensors) * len(BITS) + 12
+    kmeans_seconds = KMEANS_SECONDS_PER_VALUE * len(BITS) * sum(w.size for w in tensors)
+    per_sample = measure.eval_seconds / max(data.size, 1)
+    estimate = kmeans_seconds + runs * per_sample * data.size
+    reference, where = last_outputs, ""
     if estimate > SHARE_SEARCH_SECONDS:
-        log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} s > {SHARE_SEARCH_SECONDS:g} s)")
-        return None
+        samples = int((SHARE_SEARCH_SECONDS - kmeans_seconds) / max(runs * per_sample, 1e-12))
+        if samples < MIN_SEARCH_SAMPLES:
+            log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} s > {SHARE_SEARCH_SECONDS:g} s)")
+            return None
+        data = data.select((np.arange(samples) * (data.size / samples)).astype(np.int64))
+        reference, where = None, f" on {samples} of {measure.data.size} samples"
     reserve = measure.budget * SHARE_SEARCH_BUDGET_SHARE
     spent = measure.loss(rows[-1].metrics) or 0.0
     points = max(reserve - max(spent, 0.0), 0.0)
@@ -554,15 +565,17 @@ def _per_tensor_share_attempt(model, opts, measure: Measure, rows, last_outputs,
         snr = -10 * math.log10(allowed)
 
     def attempt():
-        return share_to_budget(model, measure.data, points, min_snr_db=snr, init=opts["init"], seed=opts["seed"],
+        return share_to_budget(model, data, points, min_snr_db=snr, init=opts["init"], seed=opts["seed"],
                                exclude=opts["exclude"], min_params=opts["min_params"], progress=progress,
-                               reference_outputs=last_outputs)
+                               reference_outputs=reference)
 
-    return (f"k-means bits per tensor, searched within {points:.2g} points", attempt, reserve)
+    return (f"k-means bits per tensor, searched within {points:.2g} points{where}", attempt, reserve)
 
 
-# Longest the per-tensor bit search may be estimated to take (else the uniform ladder only).
+# Longest the per-tensor bit search may be estimated to take (else on a subset, or not at all),
+# and the k-means cost it assumes per value and width (measured: 0.06-0.16 us on 2M values).
 SHARE_SEARCH_SECONDS = 60.0
+KMEANS_SECONDS_PER_VALUE = 1.5e-7
 # The search spends what it is given, and quantize's noise compounds with narrow codebooks:
 # it may take the total loss to this share of the budget.
 SHARE_SEARCH_BUDGET_SHARE = 0.7

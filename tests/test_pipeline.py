@@ -265,3 +265,27 @@ def test_quantize_gives_back_the_small_constants_first_when_they_cost_too_much(t
     assert tried[:2] == ["int8 weights + static int8 activations", "int8 weights + static int8 activations, small constants float"]
     assert row["attempts"][0]["accuracy_drop"] > 1.0
     assert row["applied"] and row["setting"] == tried[1] and row["accuracy_drop"] <= 1.0
+
+
+def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
+    # The search is sized on the measured time of one evaluation; pinned here (as in the prune
+    # test above) to 10 s for 1000 samples, it cannot run on all of them within 60 s.
+    from compressor.pipeline import Measure
+
+    start = Measure.start
+
+    def slow_start(self, model):
+        metrics = start(self, model)
+        self.eval_seconds = 10.0
+        return metrics
+
+    monkeypatch.setattr(Measure, "start", slow_start)
+    report = run_pipeline(str(LENET5), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet5_test.npz"),
+                          overrides={"prune": {"enabled": False}, "quantize": {"enabled": False}})
+    share_row = report["stages"][2]
+    first = share_row["attempts"][0]
+    import re
+
+    found = re.search(r"on (\d+) of 1000 samples$", first["option"])
+    assert first["option"].startswith("k-means bits per tensor") and found and 32 <= int(found.group(1)) <= 200
+    assert share_row["applied"] and share_row["accuracy_drop"] <= 1.0  # measured on all 1000
