@@ -56,6 +56,7 @@ SCHEMA: dict[str, dict[str, tuple[type, tuple | None]]] = {
         "bits_fc": (int, None),
         "init": (str, ("linear", "density", "random")),
         "refit": (bool, None),
+        "bias_correction": (bool, None),
         "exclude": (str, None),
         "min_params": (int, None),
         "seed": (int, None),
@@ -93,7 +94,8 @@ def default_recipe(mode: str) -> dict:
     return {
         "prune": {"enabled": measured, "budget": None, "sparsity": None, "scope": "global", "exclude": None, "min_params": 1024, "seed": 0,
                   "max_seconds": DEFAULT_PRUNE_SECONDS},
-        "share": {"enabled": measured, "bits_conv": 8, "bits_fc": 5, "init": "linear", "refit": False, "exclude": None, "min_params": 1024, "seed": 0},
+        "share": {"enabled": measured, "bits_conv": 8, "bits_fc": 5, "init": "linear", "refit": False,
+                  "bias_correction": measured, "exclude": None, "min_params": 1024, "seed": 0},
         "quantize": {"enabled": True, "activations": "static" if measured else "none", "per_channel": True, "symmetric": True, "calibration": "minmax",
                      "small_constants": measured, "exclude": None},
         "pack": {"enabled": True},

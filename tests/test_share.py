@@ -271,7 +271,8 @@ def test_cli_json_table_and_determinism(tmp_path, capsys):
         (["--bits-conv", "17"], "bits must be in 1..16"),
         (["--bits", "nope=4"], "no weight tensor named 'nope'"),
         (["--bits", "fc1.weight"], "NAME=BITS"),
-        (["--refit"], "--refit needs --data"),
+        (["--refit"], "--refit and --bias-correction need --data"),
+        (["--bias-correction"], "--refit and --bias-correction need --data"),
     ],
 )
 def test_cli_usage_errors(tmp_path, capsys, args, message):

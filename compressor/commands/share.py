@@ -35,26 +35,29 @@ def _parse_bits(items: tuple[str, ...]) -> dict[str, int]:
 @click.option("--init", type=click.Choice(INITS), default="linear", show_default=True,
               help="Centroid initialisation: linear keeps large weights, density/random favour the bulk.")
 @click.option("--refit", is_flag=True, help="Refit centroid values to minimise each layer's output error on --data.")
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help=".npz calibration inputs for --refit.")
+@click.option("--bias-correction", is_flag=True, help="Lower each shared layer's bias by the mean output shift on --data.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help=".npz calibration inputs for --refit / --bias-correction.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Leave tensors whose name matches REGEX unshared.")
 @click.option("--min-params", type=int, default=1024, show_default=True, help="Only share tensors with at least this many values.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init random.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
-def share_command(model, output, bits_conv, bits_fc, bits_items, init, refit, data_path, exclude, min_params, seed, as_json) -> None:
+def share_command(model, output, bits_conv, bits_fc, bits_items, init, refit, bias_correction, data_path, exclude, min_params, seed,
+                  as_json) -> None:
     """Cluster each weight tensor of MODEL into a small codebook (k-means) and write OUT."""
     from ..passes.share import share
 
-    if refit and not data_path:
-        raise UsageError("--refit needs --data DATA.npz (calibration inputs)")
-    if data_path and not refit:
-        warn("--data is only used with --refit; ignored")
+    if (refit or bias_correction) and not data_path:
+        raise UsageError("--refit and --bias-correction need --data DATA.npz (calibration inputs)")
+    if data_path and not (refit or bias_correction):
+        warn("--data is only used with --refit or --bias-correction; ignored")
     bits_by_name = _parse_bits(bits_items)
     if model != "-" and os.path.exists(output) and os.path.exists(model) and os.path.samefile(model, output):
         raise UsageError(f"refusing to overwrite the input model {output} (choose another -o)")
     loaded = load_model(model)
-    data = load_dataset(data_path, loaded) if refit else None
+    data = load_dataset(data_path, loaded) if refit or bias_correction else None
     new_model, stats = share(loaded, bits_conv=bits_conv, bits_fc=bits_fc, bits_by_name=bits_by_name, init=init,
-                             seed=seed, exclude=exclude, min_params=min_params, refit_data=data)
+                             seed=seed, exclude=exclude, min_params=min_params, refit_data=data if refit else None,
+                             bias_data=data if bias_correction else None)
     save_model(new_model, output, input_path=model)
     report_pass(stats, as_json, lambda: _print_share_table(stats, output))
 

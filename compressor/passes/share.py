@@ -141,8 +141,14 @@ def share(
     exclude: str | None = None,
     min_params: int = 1024,
     refit_data: Dataset | str | None = None,
+    bias_data: Dataset | str | None = None,
+    bias_judge=None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Per-tensor k-means weight sharing.  Returns ``(new model, stats)``; never mutates ``model``."""
+    """Per-tensor k-means weight sharing.  Returns ``(new model, stats)``; never mutates ``model``.
+
+    ``bias_data`` (calibration inputs): afterwards, lower each shared layer's bias by the mean
+    output shift sharing caused (``bias_correction``; kept if it brings the outputs closer to
+    the original's on that data, or if ``bias_judge(model)`` scores it higher)."""
     bits_conv = _check_bits("--bits-conv", bits_conv)
     bits_fc = _check_bits("--bits-fc", bits_fc)
     bits_by_name = {str(k): _check_bits(f"--bits {k}", v) for k, v in (bits_by_name or {}).items()}
@@ -237,6 +243,14 @@ def share(
                             "output unchanged")
         model = graph.copy_model(original)
 
+    correction = None
+    if bias_data is not None and entries:
+        from .bias_correction import correct_biases
+
+        if not isinstance(bias_data, Dataset):
+            bias_data = load_dataset(bias_data, original)
+        model, correction = correct_biases(original, model, bias_data, [e["name"] for e in entries], judge=bias_judge)
+
     stats = {
         "bits_conv": bits_conv,
         "bits_fc": bits_fc,
@@ -246,6 +260,7 @@ def share(
         "min_params": int(min_params),
         "exclude": exclude,
         "refit": refit_data is not None,
+        "bias_correction": correction,
         "shared_tensors": len(entries),
         "shared_params": int(sum(e["size"] for e in entries)),
         "tensors": entries,

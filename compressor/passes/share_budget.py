@@ -44,11 +44,12 @@ RESOLUTION = 0.05  # the allowance search stops when its bracket is this close (
 
 def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float, *, min_snr_db: float | None = None,
                     init: str = "linear", seed: int = 0, exclude: str | None = None, min_params: int = 1024,
-                    max_evals: int = 12, progress=None, reference_outputs: list[np.ndarray] | None = None
-                    ) -> tuple[onnx.ModelProto, dict]:
+                    max_evals: int = 12, progress=None, reference_outputs: list[np.ndarray] | None = None,
+                    bias_data: Dataset | None = None, bias_judge=None) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
-    `reference_outputs`: the model's outputs on `data` if already computed.  Raises
+    `reference_outputs`: the model's outputs on `data` if already computed.  `bias_data`: bias
+    correction of the model built (the search measures without it, so it only gains).  Raises
     CompressorError when no allocation (not even every tensor at 8 bits) fits."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
@@ -157,7 +158,8 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
     best = max(feasible, key=lambda t: t["saved_bits"])  # first found wins ties
     session = None
     cache.clear()
-    shared, stats = share(model, bits_by_name=best["bits"], init=init, seed=seed, exclude=exclude, min_params=min_params)
+    shared, stats = share(model, bits_by_name=best["bits"], init=init, seed=seed, exclude=exclude, min_params=min_params,
+                          bias_data=bias_data, bias_judge=bias_judge)
     stats["budget_search"] = {"budget_points": budget_points, "widths": list(BITS), "curves": curves, "tried": tried,
                               "evaluations": evaluator.runs, "chosen": best["bits"]}
     return shared, stats
