@@ -95,7 +95,7 @@ def default_recipe(mode: str) -> dict:
         "prune": {"enabled": measured, "budget": None, "sparsity": None, "scope": "global", "exclude": None, "min_params": 1024, "seed": 0,
                   "max_seconds": DEFAULT_PRUNE_SECONDS},
         "share": {"enabled": measured, "bits_conv": 8, "bits_fc": 5, "init": "linear", "refit": False,
-                  "bias_correction": measured, "exclude": None, "min_params": 1024, "seed": 0},
+                  "bias_correction": False, "exclude": None, "min_params": 1024, "seed": 0},
         "quantize": {"enabled": True, "activations": "static" if measured else "none", "per_channel": True, "symmetric": True, "calibration": "minmax",
                      "small_constants": measured, "exclude": None},
         "pack": {"enabled": True},
