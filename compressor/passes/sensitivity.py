@@ -181,7 +181,8 @@ def unique_names(selected: Sequence[graph.Weight], skipped: list) -> list[graph.
     return [w for w in selected if counts[w.name] == 1]
 
 
-def _feedable(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[graph.Weight]:
+def feedable_weights(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[graph.Weight]:
+    """The weights that can be fed as inputs of one session (their name is defined once)."""
     counts = _all_value_names(model)
     return [w for w in weights if counts.get(w.name, 0) == 1]
 
@@ -213,7 +214,7 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
     runs_before = evaluator.runs
     sessions = 0
     originals = {w.name: w.array() for w in selected}
-    feedable = {w.name for w in _feedable(model, selected)} if strategy != "rebuild" else set()
+    feedable = {w.name for w in feedable_weights(model, selected)} if strategy != "rebuild" else set()
     curves: dict[str, list[dict]] = {w.name: [] for w in selected}
 
     done = 0
@@ -295,7 +296,7 @@ class VariantRunner:
         self.selected = list(selected)
         self.originals = {w.name: w.array() for w in self.selected}
         self.cache: dict[tuple[str, int], np.ndarray] = {}
-        feedable = _feedable(model, self.selected)
+        feedable = feedable_weights(model, self.selected)
         self.session = make_session(weights_as_inputs(model, self.selected)) if len(feedable) == len(self.selected) else None
 
     def pruned(self, name: str, ratio: float) -> np.ndarray:

@@ -33,7 +33,7 @@ from ..errors import CompressorError
 from ..evaluate import make_session
 from ..kmeans import share_array
 from .prune import allocate_ratios, weight_key
-from .sensitivity import Evaluator, _feedable, weights_as_inputs
+from .sensitivity import Evaluator, feedable_weights, weights_as_inputs
 from .share import shareable_weights, share, tensor_rng
 
 # Widths probed, widest first; the widest is the reference every saving is counted from.
@@ -66,7 +66,7 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
             cache[(name, bits)] = share_array(originals[name], 2**bits, init=init, seed=tensor_rng(seed, name)).values
         return cache[(name, bits)]
 
-    feedable = len(_feedable(model, selected)) == len(selected)
+    feedable = len(feedable_weights(model, selected)) == len(selected)
     session = make_session(weights_as_inputs(model, selected)) if feedable else None
 
     def run(bits_by_name: dict[str, int]) -> dict:
