@@ -274,6 +274,8 @@ def _fill_packed_bytes(rows: list[StageRow], models: list[onnx.ModelProto], log:
     sizes: dict[int, int | None] = {}
     last = None
     for row, m in zip(rows, models):
+        if id(m) not in sizes and row.packed_bytes is not None and m is not models[-1]:
+            sizes[id(m)] = row.packed_bytes  # packed already, to choose between two attempts (see _try)
         if id(m) not in sizes and m.ByteSize() > PACKED_COLUMN_MAX_BYTES:
             # Packing a large float model costs minutes (xz on every float tensor): the
             # column is left empty; the container row is always measured.
@@ -312,12 +314,12 @@ def _try(stage: str, attempts: list[tuple], measure: Measure,
     kept = None  # (packed bytes, label, candidate, stats, metrics, outputs): the first attempt, if it fit
     t0 = time.perf_counter()
 
-    def applied(label, candidate, stats, metrics, outputs, note):
+    def applied(label, candidate, stats, metrics, outputs, note, packed_size=None):
         if not adaptive and measure.loss(metrics) is not None:
             # The user fixed this stage; if it overshot, later stages may not add to it.
             measure.allowance = max(measure.allowance, measure.loss(metrics))
         rows.append(StageRow(stage, True, _model_bytes(candidate), metrics, time.perf_counter() - t0,
-                             options={"setting": label}, attempts=tried, stats=stats, note=note))
+                             options={"setting": label}, attempts=tried, stats=stats, note=note, packed_bytes=packed_size))
         return candidate, outputs if outputs is not None else last_outputs
 
     def packed(candidate) -> int:
@@ -350,11 +352,12 @@ def _try(stage: str, attempts: list[tuple], measure: Measure,
             size = packed(candidate)
             log(f"{stage}: {kept[1]} packs to {kept[0]:,} bytes, {label} to {size:,}")
             if kept[0] <= size:
-                return applied(*kept[1:], note=f"smaller than {label} ({kept[0]:,} vs {size:,} bytes packed)")
-            return applied(label, candidate, stats, metrics, outputs, note=f"smaller than {kept[1]} ({size:,} vs {kept[0]:,} bytes packed)")
+                return applied(*kept[1:], note=f"smaller than {label} ({kept[0]:,} vs {size:,} bytes packed)", packed_size=kept[0])
+            return applied(label, candidate, stats, metrics, outputs, note=f"smaller than {kept[1]} ({size:,} vs {kept[0]:,} bytes packed)",
+                           packed_size=size)
         return applied(label, candidate, stats, metrics, outputs, note="" if len(tried) == 1 else f"fell back to {label}")
     if kept is not None:
-        return applied(*kept[1:], note="")
+        return applied(*kept[1:], note="", packed_size=kept[0])
     rows.append(StageRow(stage, False, _model_bytes(model), rows[-1].metrics, time.perf_counter() - t0,
                          attempts=tried, note=("skipped: every setting tried exceeded the budget" if not any("error" in t for t in tried) else "skipped: no setting fit the budget (see attempts)") if tried else "skipped"))
     return model, last_outputs
