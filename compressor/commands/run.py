@@ -74,8 +74,9 @@ def stage_options(f):
         click.option("--sparsity", type=float, help="Prune to this fixed sparsity instead of the data-guided budget."),
         click.option("--scope", type=click.Choice(["global", "layer", "random"]), help="Pruning scope with --sparsity."),
         click.option("--budget", type=float, help="Points of accuracy (or agreement) that pruning may spend."),
-        click.option("--bits-conv", type=int, help="k-means bits for conv filters (default 8)."),
-        click.option("--bits-fc", type=int, help="k-means bits for fully-connected/MatMul weights (default 5)."),
+        click.option("--bits-conv", type=int, help="k-means bits for conv filters, fixed (default: searched per tensor "
+                                                   "and tried uniform, the smaller within budget; see README)."),
+        click.option("--bits-fc", type=int, help="k-means bits for fully-connected/MatMul weights, fixed (default: searched)."),
         click.option("--activations", type=click.Choice(["static", "dynamic", "none"]), help="Activation quantization."),
         click.option("--no-prune", is_flag=True, help="Skip pruning."),
         click.option("--no-share", is_flag=True, help="Skip weight sharing."),
