@@ -24,7 +24,8 @@ from . import sparse
 
 MAGIC = b"\x89CMPZ\r\n\x1a"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 0  # what the packer writes unless it uses a 1.1 feature (PRODUCT sections)
+SUPPORTED_VERSIONS = ((1, 0), (1, 1))
 HEADER_BYTES = 32
 ENTRY_BYTES = 32
 TRAILER_BYTES = 32
@@ -38,7 +39,9 @@ KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_GRAPH: "graph", KIND_TENSOR: "tens
 # Section codecs: the general-purpose ones (0-2) and the tensor layouts of codec.sparse.
 DICT = 16
 SPARSE = 17
-CODEC_NAMES = {**GENERIC_NAMES, DICT: "dict", SPARSE: "sparse"}
+PRODUCT = 18  # format 1.1: a float32 tensor that is a scalar times another tensor (FORMAT.md §7.3)
+CODEC_NAMES = {**GENERIC_NAMES, DICT: "dict", SPARSE: "sparse", PRODUCT: "product"}
+PRODUCT_PAYLOAD = struct.Struct("<II")  # tensor index of the scalar, of the vector
 CODEC_IDS = {name: cid for cid, name in CODEC_NAMES.items()}
 
 _HEADER = struct.Struct("<8sHHIQII")  # magic, major, minor, flags, container_length, section_count, crc32
@@ -77,7 +80,9 @@ class SectionEntry:
 
 
 def write_container(sections: list[Section]) -> bytes:
-    """Serialize sections into a container (deterministic: the same sections give the same bytes)."""
+    """Serialize sections into a container (deterministic: the same sections give the same bytes).
+
+    The version is 1.1 when a PRODUCT section is present, else 1.0."""
     count = len(sections)
     offset = HEADER_BYTES + ENTRY_BYTES * count
     table = []
@@ -88,10 +93,15 @@ def write_container(sections: list[Section]) -> bytes:
         offset += len(s.payload)
     total = offset + TRAILER_BYTES
     table_bytes = b"".join(table)
-    head = _HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, total, count, 0)[:28]
+    head = _HEADER.pack(MAGIC, *format_version(sections), 0, total, count, 0)[:28]
     header = head + struct.pack("<I", zlib.crc32(table_bytes, zlib.crc32(head)))
     body = b"".join([header, table_bytes, *(s.payload for s in sections)])
     return body + hashlib.sha256(body).digest()
+
+
+def format_version(sections) -> tuple[int, int]:
+    """The version a container with these sections is written as (see write_container)."""
+    return (1, 1) if any(s.codec == PRODUCT for s in sections) else (FORMAT_MAJOR, FORMAT_MINOR)
 
 
 @dataclass
@@ -120,8 +130,9 @@ def read_container(data, *, verify_checksums: bool = True) -> Container:
     if size < HEADER_BYTES + TRAILER_BYTES:
         raise CorruptData(f"truncated container ({size} bytes, shorter than a header)")
     _, major, minor, flags, declared, count, header_crc = _HEADER.unpack_from(view, 0)
-    if (major, minor) != (FORMAT_MAJOR, FORMAT_MINOR):
-        raise CorruptData(f"unsupported container format version {major}.{minor} (this reader knows {FORMAT_MAJOR}.{FORMAT_MINOR})")
+    if (major, minor) not in SUPPORTED_VERSIONS:
+        known = ", ".join(f"{a}.{b}" for a, b in SUPPORTED_VERSIONS)
+        raise CorruptData(f"unsupported container format version {major}.{minor} (this reader knows {known})")
     if declared > size:
         raise CorruptData(f"truncated container ({size} of {declared} bytes)")
     if declared < size:
@@ -147,6 +158,8 @@ def read_container(data, *, verify_checksums: bool = True) -> Container:
             raise CorruptData(f"{where}: is a {KIND_NAMES[kind]} section, {KIND_NAMES[wanted_kind]} expected")
         if kind != KIND_TENSOR and codec not in GENERIC_NAMES:
             raise CorruptData(f"{where}: codec {CODEC_NAMES[codec]} is only for tensors")
+        if codec == PRODUCT and ((major, minor) < (1, 1) or stored != PRODUCT_PAYLOAD.size):
+            raise CorruptData(f"{where}: a product section needs format 1.1 and {PRODUCT_PAYLOAD.size} bytes of payload")
         if offset != expected_offset or stored > size - TRAILER_BYTES - offset:
             raise CorruptData(f"{where}: offset {offset} / length {stored} do not fit the container")
         if codec == STORED and stored != decoded:
@@ -179,6 +192,8 @@ def decode_section_buffer(container: Container, entry: SectionEntry, width: int 
     payload = container.payload(entry)
     if entry.codec in GENERIC_NAMES:
         return decompress(payload, entry.codec, entry.decoded_length, what)
+    if entry.codec == PRODUCT:
+        raise CorruptData(f"{what}: a product section refers to other tensors (decoded with the model, see product_operands)")
     if width not in sparse.ELEMENT_DTYPES or entry.decoded_length % width:
         raise CorruptData(f"{what}: {entry.decoded_length} bytes are not a whole number of {width}-byte elements")
     elements = entry.decoded_length // width
@@ -191,8 +206,16 @@ def decode_section_buffer(container: Container, entry: SectionEntry, width: int 
     return np.ascontiguousarray(values, dtype=sparse.ELEMENT_DTYPES[width])
 
 
+def product_operands(container: Container, entry: SectionEntry) -> tuple[int, int]:
+    """(tensor index of the scalar, tensor index of the vector) of a PRODUCT section."""
+    return PRODUCT_PAYLOAD.unpack(bytes(container.payload(entry)))
+
+
 def section_details(container: Container, entry: SectionEntry) -> dict:
     """What a tensor section's header says (width, gap width, codebook size), without decoding it."""
+    if entry.codec == PRODUCT:
+        scalar, vector = product_operands(container, entry)
+        return {"scalar_tensor": scalar, "vector_tensor": vector}
     if entry.codec not in (DICT, SPARSE):
         return {}
     reader = ByteReader(container.payload(entry), f"section {entry.index}")

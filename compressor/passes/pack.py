@@ -37,6 +37,7 @@ from google.protobuf.message import DecodeError
 from ..codec import SAMPLE_THRESHOLD, STORED, ZSTD, CorruptData, compress, compress_best, estimate_best
 from ..codec import container as fmt
 from ..codec.sparse import (
+    ELEMENT_DTYPES,
     MAX_CODEBOOK,
     StreamInfo,
     dict_layout,
@@ -234,7 +235,76 @@ def _describe_encoding(codec: int, params: dict) -> str:
     if codec == fmt.SPARSE:
         values = f"k={params['codebook_size']}" if params.get("values") == "codebook" else "raw"
         return f"sparse gap={params['gap_width']}b {values}"
+    if codec == fmt.PRODUCT:
+        return f"#{params['scalar_tensor']} x #{params['vector_tensor']}"
     return name
+
+
+# ------------------------------------------------------------------ products
+
+
+def _raw_float32(tensor: onnx.TensorProto) -> np.ndarray | None:
+    if tensor.data_type != T.FLOAT or not tensor.HasField("raw_data") or tensor.data_location == T.EXTERNAL:
+        return None
+    n = _num_values(tensor.dims)
+    return np.frombuffer(tensor.raw_data, dtype="<f4") if len(tensor.raw_data) == 4 * n else None
+
+
+def find_products(tensors: list[onnx.TensorProto]) -> dict[int, tuple[int, int]]:
+    """{tensor index: (scalar index, vector index)} for float32 tensors equal, bit for bit, to a
+    scalar float32 tensor times another float32 tensor of the same size (FORMAT.md §7.3).
+
+    The int32 biases of a quantized Conv carry a scale that is the input's scale times the
+    weight's per-channel scales: on a small CNN those copies are 10 % of the container.  Only
+    1-D positive finite vectors big enough for a section are considered; a vector used as an
+    operand is never itself a product, and a product is never an operand (no chains)."""
+    scalars: dict[bytes, int] = {}
+    groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for i, tensor in enumerate(tensors):
+        values = _raw_float32(tensor)
+        if values is None:
+            continue
+        if values.size == 1:
+            scalars.setdefault(values.tobytes(), i)
+        elif len(tensor.dims) == 1 and 4 * values.size >= MIN_SECTION_BYTES and np.all(np.isfinite(values)) and np.all(values > 0):
+            groups.setdefault(values.size, []).append((i, values))
+    if not scalars:
+        return {}
+    scalar_values = np.frombuffer(b"".join(scalars), dtype="<f4")
+    order = np.argsort(scalar_values, kind="stable")
+    sorted_values, scalar_index = scalar_values[order].astype(np.float64), [list(scalars.values())[k] for k in order]
+    found: dict[int, tuple[int, int]] = {}
+    operands: set[int] = set()
+    for _, group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        firsts = np.array([v[0] for _, v in group], dtype=np.float64)
+        for ti, (t_index, t) in enumerate(group):  # products in tensor order, operands in order
+            if t_index in operands:
+                continue
+            ratios = t[0] / firsts
+            # Only where a scalar lies within 1e-6 of the ratio of first elements is the exact check run.
+            at = np.searchsorted(sorted_values, ratios)
+            right, left = np.minimum(at, len(sorted_values) - 1), np.maximum(at - 1, 0)
+            near = np.minimum(np.abs(sorted_values[right] - ratios), np.abs(sorted_values[left] - ratios))
+            for bi in np.flatnonzero(near <= 1e-6 * ratios):
+                b_index, b = group[bi]
+                if bi == ti or b_index in found:
+                    continue
+                lo = np.searchsorted(sorted_values, ratios[bi] * (1 - 1e-6))
+                hi = np.searchsorted(sorted_values, ratios[bi] * (1 + 1e-6), side="right")
+                match = next((k for k in range(lo, hi)
+                              if np.array_equal(product_values(sorted_values[k], b).view("<u4"), t.view("<u4"))), None)
+                if match is not None:
+                    found[t_index] = (scalar_index[match], b_index)
+                    operands.add(b_index)
+                    break
+    return found
+
+
+def product_values(scalar: float, vector: np.ndarray) -> np.ndarray:
+    """scalar x vector in IEEE-754 binary32 (round to nearest even), as decoders compute it."""
+    return (np.float32(scalar) * np.asarray(vector, dtype="<f4")).astype("<f4")
 
 
 # ------------------------------------------------------------------ pack
@@ -256,6 +326,7 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
     sections: list[fmt.Section] = []
     entries = []
     tensor_stats = []
+    products = find_products([ref.proto for ref in refs])
     for index, (ref, target) in enumerate(zip(refs, stripped_refs)):
         tensor = ref.proto
         dims = [int(d) for d in tensor.dims]
@@ -277,7 +348,11 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
             width, count = layout
             if count * width != len(data):
                 continue  # inconsistent with its shape: leave it in the graph, untouched
-            encoded = encode_tensor_data(data, width)
+            if field_name == "raw_data" and index in products:
+                encoded = EncodedTensor(fmt.PRODUCT, fmt.PRODUCT_PAYLOAD.pack(*products[index]),
+                                        params={"scalar_tensor": products[index][0], "vector_tensor": products[index][1]})
+            else:
+                encoded = encode_tensor_data(data, width)
             section_index = 2 + len(sections)
             sections.append(fmt.Section(fmt.KIND_TENSOR, encoded.codec, encoded.payload, len(data)))
             target.proto.ClearField(field_name)
@@ -319,7 +394,7 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
     graph_codec, graph_payload = compress_best(graph_bytes)
     manifest = {
         "format": MANIFEST_FORMAT,
-        "version": [fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR],
+        "version": list(fmt.format_version(sections)),
         "model_bytes": len(original),
         "model_sha256": hashlib.sha256(original).hexdigest(),
         "tensors": entries,
@@ -403,7 +478,7 @@ def _read_manifest(container: fmt.Container) -> dict:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CorruptData("manifest is not valid UTF-8 JSON") from None
-    _check_manifest(manifest, len(container.sections))
+    _check_manifest(manifest, len(container.sections), container.version)
     return manifest
 
 
@@ -411,12 +486,12 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_manifest(manifest, section_count: int) -> None:
+def _check_manifest(manifest, section_count: int, version: tuple[int, int]) -> None:
     """Check the manifest's shape and types (it is data from a file, so trust nothing)."""
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise CorruptData("manifest: not a cmpz manifest")
-    if manifest.get("version") != [fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR]:
-        raise CorruptData(f"manifest: unsupported version {manifest.get('version')!r}")
+    if manifest.get("version") != list(version):
+        raise CorruptData(f"manifest: unsupported version {manifest.get('version')!r} (the header says {version[0]}.{version[1]})")
     sha = manifest.get("model_sha256")
     if not isinstance(sha, str) or len(sha) != 64 or not _is_int(manifest.get("model_bytes")):
         raise CorruptData("manifest: bad model_sha256 / model_bytes")
@@ -451,6 +526,7 @@ class _Plan:
     manifest: dict
     model: onnx.ModelProto
     records: list  # (TensorProto in model, manifest record, SectionEntry)
+    tensors: list  # every TensorProto of the model, in the order of FORMAT.md §5.2.1
 
 
 def _plan(data) -> _Plan:
@@ -492,8 +568,53 @@ def _plan(data) -> _Plan:
             raise CorruptData(f"{what}: {rec['elements']} elements of {rec['width']} bytes do not fit shape {rec['dims']}")
         if entry.decoded_length != rec["width"] * rec["elements"]:
             raise CorruptData(f"{what}: section declares {entry.decoded_length} bytes, the shape needs {rec['width'] * rec['elements']}")
+        if entry.codec == fmt.PRODUCT and (rec["data_type"] != T.FLOAT or rec["field"] != "raw_data"):
+            raise CorruptData(f"{what}: a product section restores FLOAT raw_data only")
         records.append((tensor, rec, entry))
-    return _Plan(container, manifest, model, records)
+    return _Plan(container, manifest, model, records, [r.proto for r in refs])
+
+
+def _decode_all(plan: _Plan) -> list:
+    """Every record's decoded field (bytes or an element array), product sections last: they
+    read their operands from the other sections or from the graph (FORMAT.md §7.3)."""
+    buffers: list = [None] * len(plan.records)
+    section_of = {rec["tensor"]: i for i, (_, rec, _) in enumerate(plan.records)}
+    products = [i for i, (_, _, entry) in enumerate(plan.records) if entry.codec == fmt.PRODUCT]
+    for i, (_, rec, entry) in enumerate(plan.records):
+        if entry.codec != fmt.PRODUCT:
+            buffers[i] = _decode_buffer(plan, rec, entry)
+    for i in products:
+        _, rec, entry = plan.records[i]
+        scalar_index, vector_index = fmt.product_operands(plan.container, entry)
+        what = f"section {rec['section']} (product)"
+        scalar = _operand(plan, scalar_index, 1, section_of, buffers, what)
+        vector = _operand(plan, vector_index, rec["elements"], section_of, buffers, what)
+        buffers[i] = product_values(scalar[0], vector).view(ELEMENT_DTYPES[4])
+    return buffers
+
+
+def _operand(plan: _Plan, index: int, elements: int, section_of: dict, buffers: list, what: str) -> np.ndarray:
+    """The float32 values of tensor `index` for a product: from its section or from the graph."""
+    if index >= len(plan.tensors):
+        raise CorruptData(f"{what}: operand tensor {index}, but the graph has {len(plan.tensors)} tensors")
+    tensor = plan.tensors[index]
+    if tensor.data_type != T.FLOAT or _num_values(tensor.dims) != elements:
+        raise CorruptData(f"{what}: operand tensor {index} is not FLOAT with {elements} values")
+    if index in section_of:
+        j = section_of[index]
+        if plan.records[j][2].codec == fmt.PRODUCT:
+            raise CorruptData(f"{what}: operand tensor {index} is itself a product")
+        buffer = buffers[j]
+        data = buffer if isinstance(buffer, bytes) else buffer.tobytes()
+    elif tensor.HasField("raw_data") and tensor.data_location != T.EXTERNAL:
+        data = tensor.raw_data
+    elif len(tensor.float_data):
+        data = np.array(tensor.float_data, dtype="<f4").tobytes()
+    else:
+        raise CorruptData(f"{what}: operand tensor {index} has no data")
+    if len(data) != 4 * elements:
+        raise CorruptData(f"{what}: operand tensor {index} holds {len(data)} bytes, {4 * elements} expected")
+    return np.frombuffer(data, dtype="<f4")
 
 
 def _decode_buffer(plan: _Plan, rec: dict, entry) -> bytes | np.ndarray:
@@ -515,8 +636,7 @@ def unpack_container(data, *, verify: bool = False) -> tuple[onnx.ModelProto, di
     the manifest recorded at pack time.
     """
     plan = _plan(data)
-    for tensor, rec, entry in plan.records:
-        buffer = _decode_buffer(plan, rec, entry)
+    for (tensor, rec, _), buffer in zip(plan.records, _decode_all(plan)):
         _set_field(tensor, rec["field"], buffer if isinstance(buffer, bytes) else buffer.tobytes())
     info = _info(plan)
     if verify:
@@ -632,8 +752,7 @@ def _splice(buf: bytes, start: int, end: int, kind: str, payloads: dict, marker_
 def _unpack_chunks(plan: _Plan) -> list:
     """The unpacked model's serialization as a list of byte chunks (see _splice)."""
     payloads = {}
-    for i, (tensor, rec, entry) in enumerate(plan.records):
-        buffer = _decode_buffer(plan, rec, entry)
+    for i, ((tensor, rec, _), buffer) in enumerate(zip(plan.records, _decode_all(plan))):
         if rec["field"] == "raw_data":
             marker = _MARKER_PREFIX + i.to_bytes(8, "little")
             payloads[marker] = buffer if isinstance(buffer, bytes) else buffer.view(np.uint8)

@@ -1,0 +1,107 @@
+"""The `product` codec (FORMAT.md §7.3): a float32 tensor stored as a scalar tensor times another."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from compressor.codec import CorruptData
+from compressor.codec import container as fmt
+from compressor.passes.pack import find_products, pack_model, unpack_bytes, unpack_container, product_values
+
+
+def scales_model(n=96, seed=0) -> onnx.ModelProto:
+    """Tensors as a quantized Conv leaves them: weight scales, an input scale, their product."""
+    rng = np.random.default_rng(seed)
+    w_scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    x_scale = np.float32(0.0173)
+    inits = [numpy_helper.from_array(w_scale, "w_scale"), numpy_helper.from_array(np.array(x_scale), "x_scale"),
+             numpy_helper.from_array(product_values(x_scale, w_scale), "b_scale"),
+             numpy_helper.from_array((product_values(x_scale, w_scale) * np.float32(1.0000001)).astype(np.float32), "near_miss"),
+             numpy_helper.from_array(rng.uniform(1, 2, n).astype(np.float32), "other")]
+    nodes = [helper.make_node("Mul", ["x", "w_scale"], ["a"]), helper.make_node("Mul", ["a", "b_scale"], ["b"]),
+             helper.make_node("Mul", ["b", "x_scale"], ["c"]), helper.make_node("Add", ["c", "near_miss"], ["d"]),
+             helper.make_node("Add", ["d", "other"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [n])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [n])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_only_exact_products_are_found():
+    model = scales_model()
+    assert find_products(list(model.graph.initializer)) == {2: (1, 0)}  # b_scale = x_scale x w_scale
+
+
+def test_a_product_section_round_trips_bit_for_bit_in_both_decoders():
+    model = scales_model()
+    data, stats = pack_model(model)
+    container = fmt.read_container(data)
+    assert container.version == (1, 1)
+    codecs = [fmt.CODEC_NAMES[e.codec] for e in container.sections[2:]]
+    assert codecs.count("product") == 1
+    assert next(e for e in container.sections if e.codec == fmt.PRODUCT).stored_length == 8
+    assert unpack_container(data, verify=True)[0].SerializeToString() == model.SerializeToString()
+    assert unpack_bytes(data) == model.SerializeToString()
+
+
+def test_without_products_the_container_stays_version_1_0():
+    model = scales_model()
+    del model.graph.initializer[2]
+    model.graph.initializer.append(numpy_helper.from_array(np.full(96, 3.0, np.float32), "b_scale"))
+    data, _ = pack_model(model)
+    assert fmt.read_container(data).version == (1, 0)
+
+
+def _rebuild(data: bytes, payload: bytes | None = None) -> bytes:
+    c = fmt.read_container(data)
+    sections = [fmt.Section(e.kind, e.codec, bytes(c.payload(e)), e.decoded_length) for e in c.sections]
+    if payload is not None:
+        i = next(i for i, e in enumerate(c.sections) if e.codec == fmt.PRODUCT)
+        sections[i] = fmt.Section(fmt.KIND_TENSOR, fmt.PRODUCT, payload, sections[i].decoded_length)
+    return fmt.write_container(sections)
+
+
+@pytest.mark.parametrize("scalar, vector, match", [
+    (999, 0, "operand tensor 999"),
+    (0, 0, "not FLOAT with 1 values"),   # the vector as the scalar
+    (1, 1, "not FLOAT with 96 values"),  # the scalar as the vector
+    (1, 2, "itself a product"),          # the product itself
+    (1, 4, None),                        # a valid but different operand: decodes, then fails the SHA-256
+])
+def test_lying_product_operands_are_refused(scalar, vector, match):
+    data, _ = pack_model(scales_model())
+    lied = _rebuild(data, fmt.PRODUCT_PAYLOAD.pack(scalar, vector))
+    if match is None:
+        with pytest.raises(Exception, match="verification failed"):
+            unpack_container(lied, verify=True)
+    else:
+        with pytest.raises(CorruptData, match=match):
+            unpack_container(lied)
+        with pytest.raises(CorruptData, match=match):
+            unpack_bytes(lied)
+
+
+def test_a_product_section_needs_version_1_1_and_eight_bytes():
+    data, _ = pack_model(scales_model())
+    with pytest.raises(CorruptData, match="8 bytes of payload"):
+        fmt.read_container(_rebuild(data, b"\0" * 12))
+    c = fmt.read_container(data)
+    manifest = json.loads(fmt.decode_section(c, c.sections[0]))
+    assert manifest["version"] == [1, 1]
+
+
+def test_a_quantized_cnn_stores_its_bias_scales_as_products():
+    import graphs
+
+    from compressor.passes.quantize import quantize
+
+    model = graphs.depthwise_resnet(c=64)  # 64 channels: each bias scale is a 256-byte section
+    q, _ = quantize(model, calib=graphs.make_inputs(model, 16, 0))
+    data, stats = pack_model(q)
+    products = [t for t in stats["tensors"] if t["encoding"] == "product"]
+    assert products and all(t["name"].endswith("_scale") for t in products)
+    assert unpack_bytes(data) == q.SerializeToString()
