@@ -11,6 +11,8 @@ Per model (see benchmarks/README.md for the why of each):
 * compressor: ``run_pipeline`` (what ``compressor run MODEL --data TEST --calib CALIB`` does) with
   the default recipe; container bytes and ratio, wall time and peak RSS of every phase; the
   container is unpacked and *that* model is what accuracy and latency are measured on.
+* compressor's ``quantize`` alone (default options, the same calibration data; labeled models):
+  bytes, time, peak RSS, integer-kernel coverage, accuracy, latency.
 * ONNX Runtime: ``quantize_dynamic`` and ``quantize_static`` (QDQ, per-channel, MinMax, the same
   calibration data): bytes, time, peak RSS, accuracy, latency.
 * generic compressors: zstd -19 and xz -9 of the float ONNX, of compressor's quantized ONNX (the
@@ -238,6 +240,22 @@ def task_ort(kind: str, model: str, calib: str, out: str) -> dict:
     return {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(common.peak_rss_mb()), "bytes": Path(out).stat().st_size}
 
 
+def task_quantize(model: str, calib: str, out: str) -> dict:
+    """compressor's quantize alone, default options (what ``compressor quantize MODEL --calib CALIB``
+    does): the side-by-side with ORT's quantizers that issue 5 asks for."""
+    from compressor.data import load_dataset
+    from compressor.graph import load_model, save_model
+    from compressor.passes.quantize import quantize
+
+    t0 = time.perf_counter()
+    loaded = load_model(model)
+    quantized, stats = quantize(loaded, calib=load_dataset(calib, loaded))
+    save_model(quantized, out, input_path=model)
+    return {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(common.peak_rss_mb()),
+            "bytes": Path(out).stat().st_size, "coverage": stats["coverage"]["fraction"],
+            "folded_pairs": (stats.get("folding") or {}).get("dq_q_pairs_removed")}
+
+
 def task_generic(files: dict[str, str]) -> dict:
     """zstd -19 and xz -9 of each file (large files on a sample, see common.generic_compress)."""
     return {label: {codec: common.generic_compress(Path(path), codec) for codec in common.CODECS} for label, path in files.items()}
@@ -347,7 +365,7 @@ def task_evaluate(float_model: str, test: str, variants: dict[str, str], mode: s
     return result
 
 
-TASKS = {"build": task_build, "compress": task_compress, "ort": task_ort, "generic": task_generic,
+TASKS = {"build": task_build, "compress": task_compress, "quantize": task_quantize, "ort": task_ort, "generic": task_generic,
          "uniform": task_uniform, "evaluate": task_evaluate}
 
 
@@ -428,6 +446,14 @@ def bench_model(spec: Spec, mode: str) -> dict:
     row["report"] = _report_summary(report)
 
     variants = {"compressor": row["compressor"]["unpacked"]}
+    if spec.labeled:  # the random-weight models would add minutes (vgg16) for no accuracy to compare
+        log(f"{spec.name}: compressor quantize alone")
+        path = out / "compressor_quantize.onnx"
+        try:
+            row["quantize"] = child("quantize", model=str(spec.onnx), calib=str(spec.calib), out=str(path))
+            variants["compressor_quantize"] = str(path)
+        except ChildFailed as e:
+            row["errors"]["compressor_quantize"] = str(e)
     row["ort"] = {}
     for kind in ("dynamic", "static"):
         log(f"{spec.name}: ORT quantize_{kind}")
@@ -565,6 +591,13 @@ def model_table(row: dict) -> str:
     add("compressor's final ONNX (the unpacked container)", cq, ev["compressor"], _latency(ev["compressor"], 1),
         _latency(ev["compressor"], 64), comp["unpack_seconds"])
     add_generic("compressor", "compressor's final ONNX", ev["compressor"])
+    if "compressor_quantize" in ev:
+        q = row["quantize"]
+        add(f"compressor quantize alone (default: static int8, {100 * q['coverage']:.0f} % integer kernels)", q["bytes"],
+            ev["compressor_quantize"], _latency(ev["compressor_quantize"], 1), _latency(ev["compressor_quantize"], 64),
+            q["seconds"], q["peak_rss_mb"])
+    elif "compressor_quantize" in row["errors"]:
+        lines.append(f"| compressor quantize alone | failed: {row['errors']['compressor_quantize']} | | | | | | |")
     for kind in ("dynamic", "static"):
         label = f"ort_{kind}"
         if label not in ev:
