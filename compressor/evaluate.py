@@ -101,6 +101,12 @@ def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
     return float(10.0 * np.log10(signal_power / noise_power))
 
 
+def reported(value) -> float | None:
+    """A measured number as stats report it: 2 decimals, None when absent or not finite (the
+    SNR of an exact copy is inf)."""
+    return None if value is None or not np.isfinite(value) else round(float(value), 2)
+
+
 def score_layout(output: np.ndarray) -> str | None:
     """How an output holds class scores, if it does.
 

@@ -488,7 +488,7 @@ def _prune_search_plan(model, opts, measure: Measure, eval_data: Dataset):
 
 
 def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool):
-    from .passes.share import share
+    from .passes.share import CONV_ROLES, share, shareable_weights
 
     bc, bf = opts["bits_conv"], opts["bits_fc"]
     # Bias correction (recipe share.bias_correction, off by default): the mean output shift
@@ -506,7 +506,9 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
 
     judge = bias_judge if measure.data is not None else None
     ladder = [(bc, bf, None)]
-    has_conv, has_fc = _matrix_kinds(model, opts["min_params"])
+    shareable = shareable_weights(model, opts["exclude"], opts["min_params"])
+    has_conv = any(w.role in CONV_ROLES for w in shareable)
+    has_fc = any(w.role not in CONV_ROLES for w in shareable)
     if adaptive:
         # Fewer bits first, each held to a part of the budget so that quantize keeps room; then
         # the recipe's bits (the Deep Compression setting) and more FC bits with the whole budget.
@@ -520,7 +522,7 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
     seen, attempts = set(), []
     compare = False
     if adaptive and measure.data is not None and not opts["refit"]:
-        search = _per_tensor_share_attempt(model, opts, measure, rows, last_outputs, log, bias_data, judge)
+        search = _per_tensor_share_attempt(model, shareable, opts, measure, rows, last_outputs, log, bias_data, judge)
         if search is not None:
             # The searched widths against the first uniform rung that fits: measurement noise
             # can make either the smaller one (dwresnet: 4/4 bits 33.8 KB, searched 36.9 KB).
@@ -540,15 +542,13 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
     return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive, compare_first=compare)
 
 
-def _per_tensor_share_attempt(model, opts, measure: Measure, rows, last_outputs, log, bias_data=None, bias_judge=None):
+def _per_tensor_share_attempt(model, tensors, opts, measure: Measure, rows, last_outputs, log, bias_data=None, bias_judge=None):
     """The share attempt that chooses bits per tensor (share_budget), or None when the model
     is too slow to search.  The search costs about tensors x widths + 12 runs over the data plus
     one k-means per tensor and width; past SHARE_SEARCH_SECONDS it runs on an evenly spread
     subset (at least MIN_SEARCH_SAMPLES samples; _try then measures its result on all the data)."""
-    from .passes.share import shareable_weights
     from .passes.share_budget import BITS, share_to_budget
 
-    tensors = shareable_weights(model, opts["exclude"], opts["min_params"])
     if not tensors:
         return None
     data = measure.data
@@ -601,14 +601,6 @@ SHARE_SEARCH_BUDGET_SHARE = 0.7
 # the budget they may use.
 LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
 LOW_BITS_BUDGET_SHARE = 0.8
-
-
-def _matrix_kinds(model, min_params: int) -> tuple[bool, bool]:
-    """Whether the model has conv filters / other matrix weights that share would cluster."""
-    from .passes.share import CONV_ROLES
-
-    big = [w for w in graph.weights(model) if w.is_matrix and w.size >= min_params]
-    return any(w.role in CONV_ROLES for w in big), any(w.role not in CONV_ROLES for w in big)
 
 
 def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool, shared: bool = False):

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from .. import graph
 from ..data import Dataset
-from ..evaluate import batch_size_for, capture, fidelity, looks_like_class_scores, run_model
+from ..evaluate import batch_size_for, capture, fidelity, looks_like_class_scores, reported, run_model
 
 
 def correct_biases(before: onnx.ModelProto, after: onnx.ModelProto, data: Dataset,
@@ -101,20 +101,17 @@ def correct_biases(before: onnx.ModelProto, after: onnx.ModelProto, data: Datase
     kept = before_value is not None and after_value is not None and (after_value > before_value or (
         key == "top1_agreement" and after_value == before_value and (with_["snr_db"] or -np.inf) > (without["snr_db"] or -np.inf)))
     stats = {"corrected": corrected if kept else [], "skipped": skipped, "kept": kept, "judged_by": key,
-             "without": {k: _finite(without[k]) for k in ("top1_agreement", "snr_db")},
-             "with": {k: _finite(with_[k]) for k in ("top1_agreement", "snr_db")}}
+             "without": {k: reported(without[k]) for k in ("top1_agreement", "snr_db")},
+             "with": {k: reported(with_[k]) for k in ("top1_agreement", "snr_db")}}
     return (model if kept else graph.copy_model(after)), stats
 
 
 def _plain(score):
     """A judge's score as JSON (tuples of numbers become lists, non-finite numbers null)."""
     if isinstance(score, (tuple, list)):
-        return [_finite(v) for v in score]
-    return _finite(score)
+        return [reported(v) for v in score]
+    return reported(score)
 
-
-def _finite(value):
-    return None if value is None or not np.isfinite(value) else round(float(value), 2)
 
 
 def _plan(model, w: graph.Weight, consumers, weights) -> dict | str:

@@ -181,8 +181,7 @@ def unique_names(selected: Sequence[graph.Weight], skipped: list) -> list[graph.
     return [w for w in selected if counts[w.name] == 1]
 
 
-def feedable_weights(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[graph.Weight]:
-    """The weights that can be fed as inputs of one session (their name is defined once)."""
+def _feedable(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[graph.Weight]:
     counts = _all_value_names(model)
     return [w for w in weights if counts.get(w.name, 0) == 1]
 
@@ -214,7 +213,7 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
     runs_before = evaluator.runs
     sessions = 0
     originals = {w.name: w.array() for w in selected}
-    feedable = {w.name for w in feedable_weights(model, selected)} if strategy != "rebuild" else set()
+    feedable = {w.name for w in _feedable(model, selected)} if strategy != "rebuild" else set()
     curves: dict[str, list[dict]] = {w.name: [] for w in selected}
 
     done = 0
@@ -279,7 +278,8 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
 
 
 class VariantRunner:
-    """Measures the model with the prunable tensors layer-pruned to given ratios, fast.
+    """Measures the model with the selected tensors layer-pruned to given ratios (``measure``)
+    or replaced by any arrays (``measure_arrays``, the share search), fast.
 
     One ORT session where every selected tensor is an input (no model copy, no session build
     per candidate); the pruned arrays are cached per (tensor, zero count), so a candidate that
@@ -296,7 +296,7 @@ class VariantRunner:
         self.selected = list(selected)
         self.originals = {w.name: w.array() for w in self.selected}
         self.cache: dict[tuple[str, int], np.ndarray] = {}
-        feedable = feedable_weights(model, self.selected)
+        feedable = _feedable(model, self.selected)
         self.session = make_session(weights_as_inputs(model, self.selected)) if len(feedable) == len(self.selected) else None
 
     def pruned(self, name: str, ratio: float) -> np.ndarray:
@@ -312,19 +312,28 @@ class VariantRunner:
 
     def measure(self, ratios: dict[str, float]) -> dict:
         if self.session is None:
-            candidate = graph.copy_model(self.model)
-            weights = {weight_key(x): x for x in graph.weights(candidate)}
-            for w in self.selected:
-                ratio = ratios.get(w.name, 0.0)
-                if self._target(ratio, w.size):
-                    weights[weight_key(w)].set_array(self.pruned(w.name, ratio))
-            return self.evaluator.measure_model(candidate)
+            # Only the tensors pruned at all are set in the rebuilt model.
+            return self.measure_arrays({w.name: self.pruned(w.name, ratios.get(w.name, 0.0)) for w in self.selected
+                                        if self._target(ratios.get(w.name, 0.0), w.size)})
         feed = {w.name: self.pruned(w.name, ratios.get(w.name, 0.0)) for w in self.selected}
         # Keep the cache to the arrays of this candidate and its neighbours (bounded memory).
         if len(self.cache) > 4 * len(self.selected):
             keep = {(n, self._target(ratios.get(n, 0.0), self.originals[n].size)) for n in self.originals}
             self.cache = {k: v for k, v in self.cache.items() if k in keep}
-        return self.evaluator.measure_session(self.session, feed)
+        return self.measure_arrays(feed)
+
+    def measure_arrays(self, arrays: dict[str, np.ndarray]) -> dict:
+        """The model with the selected tensors named in `arrays` replaced by those values (the
+        others as they are): fed to the one session, or set in a rebuilt model."""
+        if self.session is None:
+            candidate = graph.copy_model(self.model)
+            weights = {weight_key(x): x for x in graph.weights(candidate)}
+            for w in self.selected:
+                if w.name in arrays:
+                    weights[weight_key(w)].set_array(arrays[w.name])
+            return self.evaluator.measure_model(candidate)
+        return self.evaluator.measure_session(self.session, {w.name: arrays.get(w.name, self.originals[w.name])
+                                                             for w in self.selected})
 
     def global_zero_counts(self, sparsity: float) -> dict[str, int]:
         """Per-tensor zeros of a global magnitude cut at `sparsity` over the selected tensors."""

@@ -113,19 +113,22 @@ def _select(ws: list[graph.Weight], pattern: re.Pattern | None, min_params: int,
     return selected, skipped
 
 
+def _unshareable(arr: np.ndarray) -> str | None:
+    """Why share leaves these values alone (None: it clusters them)."""
+    if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
+        return f"dtype {arr.dtype} not supported"
+    if not np.isfinite(arr.astype(np.float32) if arr.dtype.itemsize <= 2 else arr).all():
+        return "non-finite values"
+    return None
+
+
 def shareable_weights(model: onnx.ModelProto, exclude: str | None = None, min_params: int = 1024) -> list[graph.Weight]:
-    """The weights ``share`` would cluster with these options: float, finite, one definition per name."""
+    """The weights ``share`` would cluster with these options, one definition per name (what a
+    search keyed by name can reproduce)."""
+    from .sensitivity import unique_names
+
     selected, _ = _select(graph.weights(model), _compile_exclude(exclude), min_params)
-    counts: dict[str, int] = {}
-    for w in selected:
-        counts[w.name] = counts.get(w.name, 0) + 1
-    out = []
-    for w in selected:
-        arr = w.array()
-        if counts[w.name] == 1 and (arr.dtype.kind == "f" or arr.dtype.name == "bfloat16") \
-                and np.isfinite(arr.astype(np.float32) if arr.dtype.itemsize <= 2 else arr).all():
-            out.append(w)
-    return out
+    return [w for w in unique_names(selected, []) if _unshareable(w.array()) is None]
 
 
 # --------------------------------------------------------------------------- the pass
@@ -207,12 +210,11 @@ def share(
         inflight: deque = deque()
         for w, bits in plan:
             arr = w.array()
-            if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
-                skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": f"dtype {arr.dtype} not supported"})
-                continue
-            if not np.isfinite(arr.astype(np.float32) if arr.dtype.itemsize <= 2 else arr).all():
-                skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": "non-finite values"})
-                warnings.append(f"{w.name}: NaN or infinite values; left unshared")
+            reason = _unshareable(arr)
+            if reason:
+                skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": reason})
+                if reason == "non-finite values":
+                    warnings.append(f"{w.name}: NaN or infinite values; left unshared")
                 continue
             meta = {"name": w.name, "role": w.role, "shape": list(w.shape), "size": int(w.size), "graph": w.ref.graph_path}
             inflight.append((w, bits, arr, pool.submit(work, arr, bits, meta)))

@@ -27,13 +27,11 @@ import math
 import numpy as np
 import onnx
 
-from .. import graph
 from ..data import Dataset
 from ..errors import CompressorError
-from ..evaluate import make_session
 from ..kmeans import share_array
-from .prune import allocate_ratios, weight_key
-from .sensitivity import Evaluator, feedable_weights, weights_as_inputs
+from .prune import allocate_ratios
+from .sensitivity import Evaluator, VariantRunner
 from .share import shareable_weights, share, tensor_rng
 
 # Widths probed, widest first; the widest is the reference every saving is counted from.
@@ -55,29 +53,18 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
     if not selected:
         raise CompressorError("no tensor to share")
     evaluator = Evaluator(model, data, reference=reference_outputs)
-    originals = {w.name: w.array() for w in selected}
+    runner = VariantRunner(model, evaluator, selected)  # one session, the tensors as inputs
+    originals = runner.originals
     params = {w.name: int(np.count_nonzero(originals[w.name])) for w in selected}
     cache: dict[tuple[str, int], np.ndarray] = {}
 
-    def values(name: str, bits: int | None) -> np.ndarray:
-        if bits is None:
-            return originals[name]
-        if (name, bits) not in cache:
-            cache[(name, bits)] = share_array(originals[name], 2**bits, init=init, seed=tensor_rng(seed, name)).values
-        return cache[(name, bits)]
-
-    feedable = len(feedable_weights(model, selected)) == len(selected)
-    session = make_session(weights_as_inputs(model, selected)) if feedable else None
-
     def run(bits_by_name: dict[str, int]) -> dict:
-        if session is not None:
-            return evaluator.measure_session(session, {w.name: values(w.name, bits_by_name.get(w.name)) for w in selected})
-        candidate = graph.copy_model(model)  # a name defined twice: set the arrays where they live
-        where = {weight_key(x): x for x in graph.weights(candidate)}
-        for w in selected:
-            if w.name in bits_by_name:
-                where[weight_key(w)].set_array(values(w.name, bits_by_name[w.name]))
-        return evaluator.measure_model(candidate)
+        arrays = {}
+        for name, bits in bits_by_name.items():
+            if (name, bits) not in cache:
+                cache[(name, bits)] = share_array(originals[name], 2**bits, init=init, seed=tensor_rng(seed, name)).values
+            arrays[name] = cache[(name, bits)]
+        return runner.measure_arrays(arrays)
 
     # 1. curves
     curves = []
@@ -86,7 +73,7 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
         for bits in BITS:
             metrics = run({w.name: bits})
             points.append({"bits": bits, **{k: metrics.get(k) for k in ("drop", "rel_noise", "snr_db")}})
-            if not (metrics["drop"] <= STOP_FACTOR * budget_points) or not _finite(metrics.get("rel_noise")):
+            if not (metrics["drop"] <= STOP_FACTOR * budget_points) or not _is_number(metrics.get("rel_noise")):
                 break
         curves.append({"name": w.name, "role": w.role, "params": params[w.name], "points": points})
         if progress is not None:
@@ -95,11 +82,11 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
     # 2. + 3. allocation and the allowance search
     knapsack = []
     for c in curves:
-        usable = [p for p in c["points"] if _finite(p["rel_noise"])]
+        usable = [p for p in c["points"] if _is_number(p["rel_noise"])]
         base = usable[0]["rel_noise"] if usable else 0.0
         knapsack.append({"name": c["name"], "params": c["params"], "ratios": [1 - p["bits"] / BITS[0] for p in usable],
                          "drops": [max(p["rel_noise"] - base, 0.0) for p in usable]})
-    measured_bits = {c["name"]: [p["bits"] for p in c["points"] if _finite(p["rel_noise"])] or [BITS[0]] for c in curves}
+    measured_bits = {c["name"]: [p["bits"] for p in c["points"] if _is_number(p["rel_noise"])] or [BITS[0]] for c in curves}
 
     def allocation(allowance: float) -> dict[str, int]:
         ratios = allocate_ratios(knapsack, allowance)
@@ -156,7 +143,7 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
     if not feasible:
         raise CompressorError(f"no per-tensor widths fit {budget_points:g} points (tried {len(tried)})")
     best = max(feasible, key=lambda t: t["saved_bits"])  # first found wins ties
-    session = None
+    runner.close()
     cache.clear()
     shared, stats = share(model, bits_by_name=best["bits"], init=init, seed=seed, exclude=exclude, min_params=min_params,
                           bias_data=bias_data, bias_judge=bias_judge)
@@ -165,5 +152,6 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
     return shared, stats
 
 
-def _finite(value) -> bool:
+def _is_number(value) -> bool:
+    """A measured value that is a finite number (not None, inf or NaN)."""
     return value is not None and math.isfinite(value)

@@ -201,14 +201,10 @@ def _choose_weight_range(reference: sensitivity.Reference, reduced_build, full_b
     it is the one that is safe everywhere).
     """
     snr_reduced, snr_full = reference.snr(reduced_build[0]), reference.snr(full_build[0])
-    measured = {"reduced": _finite(snr_reduced), "full": _finite(snr_full)}
+    measured = {"reduced": evaluate.reported(snr_reduced), "full": evaluate.reported(snr_full)}
     if snr_full > snr_reduced:
         return full_build, False, measured
     return reduced_build, True, measured
-
-
-def _finite(value: float) -> float | None:
-    return round(float(value), 2) if value != float("inf") else None
 
 
 def _weight_range(weight_type: str, symmetric: bool, reduce_range: bool) -> tuple[int, int]:

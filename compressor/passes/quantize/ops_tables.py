@@ -26,9 +26,12 @@ MIN_SMALL_ELEMENTS = 64
 
 
 def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = None):
-    """A WeightUse for the constant at `index` when it is a large finite float table, else None.
+    """A WeightUse for the constant at `index` when it is a finite float table of one of `roles`
+    with at least MIN_TABLE_ELEMENTS values, or (with the small_constants option) a bias or norm
+    parameter with at least MIN_SMALL_ELEMENTS; else None.
 
-    Per channel along `axis` (default: the last, the feature dimension of a [1, T, D] table)."""
+    Large tables: per channel along `axis` (default: the last, the feature dimension of a
+    [1, T, D] table).  Small constants: one scale."""
     w = ctx.weight_at(node, index)
     small = ctx.options.get("small_constants", False)
     if w is None or len(w.shape) < 1:
