@@ -201,7 +201,7 @@ def run_pipeline(
     # ---- prune
     prune_opts = recipe["prune"]
     if prune_opts["enabled"]:
-        model, last_outputs = _stage_prune(model, prune_opts, measure, eval_data, rows, last_outputs, log)
+        model, last_outputs = _stage_prune(model, prune_opts, measure, eval_data, rows, last_outputs, log, calib_data)
     else:
         rows.append(StageRow("prune", False, _model_bytes(model), rows[-1].metrics, note="disabled"))
     stage_models.append(model)
@@ -372,8 +372,9 @@ def _loss_text(measure: Measure, metrics: dict) -> str:
     return text
 
 
-def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, log):
-    from .passes.prune import prune, prune_to_budget, prune_with_ratios
+def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, log, calib_data=None):
+    from .passes.compensate import Compensator
+    from .passes.prune import prunable_weights, prune, prune_to_budget, prune_with_ratios
 
     common = dict(exclude=opts["exclude"], min_params=opts["min_params"], seed=opts["seed"])
     if opts["sparsity"] is not None:
@@ -393,6 +394,13 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
     # If that overshoots (a subset, or noise), the search is rerun with a smaller budget,
     # reusing the sensitivity curves, which are the expensive part.
     curves: dict = {}
+    # Data-aware error compensation (recipe prune.compensate): the kept weights refit on the
+    # calibration inputs, in the search and in the result (see passes/compensate.py).
+    compensator = None
+    if opts["compensate"] and calib_data is not None:
+        compensator = Compensator(model, prunable_weights(model, search_exclude, opts["min_params"])[0], calib_data)
+        if compensator.layers:
+            log(f"prune: kept weights refit on {calib_data.size} calibration samples ({len(compensator.layers)} tensors)")
     # A log that can draw a bar (the CLI's, on a terminal) gets the curves' progress.
     step = getattr(log, "step", None)
     progress = (lambda done, total: step("prune: sensitivity curves", done, total)) if step else None
@@ -402,7 +410,7 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
         pruned, stats = prune_to_budget(model, search_data, points, min_snr_db=prune_snr, ratios=ratios, max_evals=max_evals,
                                         sensitivity_stats=curves.get("stats"), exclude=search_exclude,
                                         min_params=opts["min_params"], seed=opts["seed"], progress=progress,
-                                        reference_outputs=reference)
+                                        reference_outputs=reference, compensate=compensator)
         curves["stats"] = stats.get("sensitivity")
         if plan_note:
             stats["search_plan"] = plan_note
@@ -426,7 +434,7 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
         if "ratios" not in found:
             return attempt(prune_budget / 4)
         ratios_scaled = {name: ratio * factor for name, ratio in found["ratios"].items()}
-        pruned, stats = prune_with_ratios(model, ratios_scaled, search_exclude, opts["min_params"])
+        pruned, stats = prune_with_ratios(model, ratios_scaled, search_exclude, opts["min_params"], compensate=compensator)
         stats["search_plan"] = plan_note
         return pruned, stats
 

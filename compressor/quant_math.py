@@ -69,17 +69,43 @@ def qrange(dtype: str, symmetric: bool = False) -> tuple[int, int]:
     return qmin, qmax
 
 
-def scale_zero_point(rmin, rmax, qmin: int, qmax: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Scale (float32, > 0) and integer zero point mapping [rmin, rmax] (widened to contain 0)."""
+def round_mantissa(values, bits: int, up: bool = False) -> np.ndarray:
+    """Positive float32 values rounded to ``bits`` mantissa bits (up, or to nearest with ties up).
+
+    Per-channel weight scales need far less than float32's 23 bits: with 7 (bfloat16's
+    precision) a scale moves by at most 0.8 % (up) or 0.4 % (nearest), and the two low bytes of
+    every scale become zero, which the container's planes codec then stores for almost nothing.
+    Values that would overflow, and non-positive or non-finite ones, are returned unchanged."""
+    values = np.asarray(values, dtype=np.float32)
+    drop = 23 - int(bits)
+    if drop <= 0:
+        return values
+    bits_ = values.view(np.uint32).astype(np.uint64)
+    bits_ += (1 << drop) - 1 if up else 1 << (drop - 1)
+    rounded = (bits_ & ~np.uint64((1 << drop) - 1)).astype(np.uint32).view(np.float32)
+    keep = ~(np.isfinite(rounded) & (values > 0) & np.isfinite(values))
+    return np.where(keep, values, rounded).astype(np.float32)
+
+
+def scale_zero_point(rmin, rmax, qmin: int, qmax: int, symmetric: bool,
+                     mantissa_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32, > 0) and integer zero point mapping [rmin, rmax] (widened to contain 0).
+
+    With ``mantissa_bits`` the scale is rounded *up* to that many mantissa bits (see
+    round_mantissa) before the zero point is chosen, so the range still fits."""
     rmin = np.minimum(np.asarray(rmin, dtype=np.float64), 0.0)
     rmax = np.maximum(np.asarray(rmax, dtype=np.float64), 0.0)
     if symmetric:
         absmax = np.maximum(-rmin, rmax)
         half = (qmax - qmin) / 2.0
         scale = absmax / half
+        if mantissa_bits is not None:
+            scale = round_mantissa(scale, mantissa_bits, up=True).astype(np.float64)
         zp = np.full(scale.shape, (qmin + qmax + 1) // 2, dtype=np.int64)
     else:
         scale = (rmax - rmin) / float(qmax - qmin)
+        if mantissa_bits is not None:
+            scale = round_mantissa(scale, mantissa_bits, up=True).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             zp = np.where(scale > 0, np.rint(qmin - rmin / np.where(scale > 0, scale, 1.0)), qmin if qmin >= 0 else 0)
         # Both signs present: keep at least one level on each side of the zero point, so a
@@ -158,11 +184,13 @@ def channel_ranges(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndar
     return moved.min(axis=1), moved.max(axis=1)
 
 
-def quantize_array(x, axis: int | None, qmin: int, qmax: int, symmetric: bool, keep_nonzeros: bool = True) -> QuantizedArray:
-    """Min/max quantization of a weight tensor, per tensor (axis None) or per channel."""
+def quantize_array(x, axis: int | None, qmin: int, qmax: int, symmetric: bool, keep_nonzeros: bool = True,
+                   mantissa_bits: int | None = None) -> QuantizedArray:
+    """Min/max quantization of a weight tensor, per tensor (axis None) or per channel
+    (scales rounded up to ``mantissa_bits``, see scale_zero_point)."""
     x = np.asarray(x, dtype=np.float32)
     rmin, rmax = channel_ranges(x, axis)
-    scale, zp = scale_zero_point(rmin, rmax, qmin, qmax, symmetric)
+    scale, zp = scale_zero_point(rmin, rmax, qmin, qmax, symmetric, mantissa_bits)
     q = quantize_values(x, scale, zp, qmin, qmax, axis)
     clamped = 0
     if keep_nonzeros:

@@ -49,6 +49,7 @@ SCHEMA: dict[str, dict[str, tuple[type, tuple | None]]] = {
         "min_params": (int, None),
         "seed": (int, None),
         "max_seconds": (float, None),
+        "compensate": (bool, None),
     },
     "share": {
         "enabled": (bool, None),
@@ -93,7 +94,7 @@ def default_recipe(mode: str) -> dict:
     measured = mode != "none"
     return {
         "prune": {"enabled": measured, "budget": None, "sparsity": None, "scope": "global", "exclude": None, "min_params": 1024, "seed": 0,
-                  "max_seconds": DEFAULT_PRUNE_SECONDS},
+                  "max_seconds": DEFAULT_PRUNE_SECONDS, "compensate": True},
         "share": {"enabled": measured, "bits_conv": 8, "bits_fc": 5, "init": "linear", "refit": False,
                   "bias_correction": False, "exclude": None, "min_params": 1024, "seed": 0},
         "quantize": {"enabled": True, "activations": "static" if measured else "none", "per_channel": True, "symmetric": True, "calibration": "minmax",

@@ -276,3 +276,38 @@ def test_empty_and_nonfinite_batches():
     assert c.minmax() == (0.0, 0.0) and c.percentile() == (0.0, 0.0)
     c.update(np.array([np.inf, np.nan, 1.0, -2.0], dtype=np.float32))
     assert c.minmax() == (-2.0, 1.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(2.0 ** -100, 2.0 ** 100, allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=50),
+       st.integers(1, 22))
+def test_round_mantissa_up_and_nearest(values, bits):
+    x = np.array(values, dtype=np.float32)
+    up = qm.round_mantissa(x, bits, up=True)
+    near = qm.round_mantissa(x, bits)
+    low = np.uint32((1 << (23 - bits)) - 1)
+    assert np.all(up.view(np.uint32) & low == 0) and np.all(near.view(np.uint32) & low == 0)
+    rel_up = (up.astype(np.float64) - x) / x
+    rel_near = np.abs(near.astype(np.float64) - x) / x
+    assert np.all(rel_up >= 0) and np.all(rel_up <= 2.0 ** -bits)
+    assert np.all(rel_near <= 2.0 ** -(bits + 1))
+
+
+def test_round_mantissa_leaves_what_it_cannot_round():
+    x = np.array([0.0, -1.5, np.inf, np.nan, np.finfo(np.float32).max], dtype=np.float32)
+    out = qm.round_mantissa(x, 7, up=True)
+    np.testing.assert_array_equal(out.view(np.uint32), x.view(np.uint32))
+
+
+def test_per_channel_scales_rounded_up_still_cover_the_range():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 40)).astype(np.float32)
+    for symmetric in (True, False):
+        exact = qm.quantize_array(w, 0, -127 if symmetric else -128, 127, symmetric)
+        rounded = qm.quantize_array(w, 0, -127 if symmetric else -128, 127, symmetric, mantissa_bits=7)
+        assert np.all(rounded.scale.view(np.uint32) & np.uint32(0xFFFF) == 0)
+        assert np.all(rounded.scale >= exact.scale)
+        # Nothing clips: every weight but the tiny ones kept off zero (keep_nonzero) is within half a level.
+        levels = np.abs(rounded.dequantize() - w) / rounded.scale[:, None]
+        big = np.abs(w) >= rounded.scale[:, None]
+        assert np.all(levels[big] <= 0.5 + 1e-4) and np.all(levels <= 1.0 + 1e-4)

@@ -135,7 +135,8 @@ def decompress(payload, codec: int, size: int, what: str) -> bytes:
     elif codec == XZ:
         dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
         try:
-            out = dec.decompress(bytes(payload), max_length=size)
+            # One byte over the cap tells "longer than declared" apart, and lets an empty stream reach its end.
+            out = dec.decompress(bytes(payload), max_length=size + 1)
         except lzma.LZMAError as e:
             raise CorruptData(f"{what}: bad xz data ({e})") from None
         if not dec.eof or dec.unused_data:

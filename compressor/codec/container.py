@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import GENERIC_NAMES, STORED, ByteReader, CorruptData, decompress
-from . import sparse
+from . import planes, sparse
 
 MAGIC = b"\x89CMPZ\r\n\x1a"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0  # what the packer writes unless it uses a 1.1 feature (PRODUCT sections)
-SUPPORTED_VERSIONS = ((1, 0), (1, 1))
+FORMAT_MINOR = 0  # what the packer writes unless it uses a later feature (see format_version)
+SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2))
 HEADER_BYTES = 32
 ENTRY_BYTES = 32
 TRAILER_BYTES = 32
@@ -40,7 +40,11 @@ KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_GRAPH: "graph", KIND_TENSOR: "tens
 DICT = 16
 SPARSE = 17
 PRODUCT = 18  # format 1.1: a float32 tensor that is a scalar times another tensor (FORMAT.md §7.3)
-CODEC_NAMES = {**GENERIC_NAMES, DICT: "dict", SPARSE: "sparse", PRODUCT: "product"}
+PLANES = 19  # format 1.2: multi-byte elements regrouped by byte position, then zstd / xz (§7.4)
+CODEC_NAMES = {**GENERIC_NAMES, DICT: "dict", SPARSE: "sparse", PRODUCT: "product", PLANES: "planes"}
+# The first version that has each codec; a container is written as the oldest version that
+# has every codec it uses, so older readers still read what needs nothing newer.
+CODEC_VERSIONS = {PRODUCT: (1, 1), PLANES: (1, 2)}
 PRODUCT_PAYLOAD = struct.Struct("<II")  # tensor index of the scalar, of the vector
 CODEC_IDS = {name: cid for cid, name in CODEC_NAMES.items()}
 
@@ -82,7 +86,7 @@ class SectionEntry:
 def write_container(sections: list[Section]) -> bytes:
     """Serialize sections into a container (deterministic: the same sections give the same bytes).
 
-    The version is 1.1 when a PRODUCT section is present, else 1.0."""
+    The version is the oldest that has every codec used (see format_version)."""
     count = len(sections)
     offset = HEADER_BYTES + ENTRY_BYTES * count
     table = []
@@ -101,7 +105,7 @@ def write_container(sections: list[Section]) -> bytes:
 
 def format_version(sections) -> tuple[int, int]:
     """The version a container with these sections is written as (see write_container)."""
-    return (1, 1) if any(s.codec == PRODUCT for s in sections) else (FORMAT_MAJOR, FORMAT_MINOR)
+    return max([(FORMAT_MAJOR, FORMAT_MINOR)] + [CODEC_VERSIONS.get(s.codec, (1, 0)) for s in sections])
 
 
 @dataclass
@@ -158,8 +162,11 @@ def read_container(data, *, verify_checksums: bool = True) -> Container:
             raise CorruptData(f"{where}: is a {KIND_NAMES[kind]} section, {KIND_NAMES[wanted_kind]} expected")
         if kind != KIND_TENSOR and codec not in GENERIC_NAMES:
             raise CorruptData(f"{where}: codec {CODEC_NAMES[codec]} is only for tensors")
-        if codec == PRODUCT and ((major, minor) < (1, 1) or stored != PRODUCT_PAYLOAD.size):
-            raise CorruptData(f"{where}: a product section needs format 1.1 and {PRODUCT_PAYLOAD.size} bytes of payload")
+        needs = CODEC_VERSIONS.get(codec, (1, 0))
+        if (major, minor) < needs:
+            raise CorruptData(f"{where}: a {CODEC_NAMES[codec]} section needs format {needs[0]}.{needs[1]}")
+        if codec == PRODUCT and stored != PRODUCT_PAYLOAD.size:
+            raise CorruptData(f"{where}: a product section has {PRODUCT_PAYLOAD.size} bytes of payload, not {stored}")
         if offset != expected_offset or stored > size - TRAILER_BYTES - offset:
             raise CorruptData(f"{where}: offset {offset} / length {stored} do not fit the container")
         if codec == STORED and stored != decoded:
@@ -192,6 +199,8 @@ def decode_section_buffer(container: Container, entry: SectionEntry, width: int 
     payload = container.payload(entry)
     if entry.codec in GENERIC_NAMES:
         return decompress(payload, entry.codec, entry.decoded_length, what)
+    if entry.codec == PLANES:
+        return planes.decode(payload, width, entry.decoded_length, what)
     if entry.codec == PRODUCT:
         raise CorruptData(f"{what}: a product section refers to other tensors (decoded with the model, see product_operands)")
     if width not in sparse.ELEMENT_DTYPES or entry.decoded_length % width:
@@ -216,6 +225,9 @@ def section_details(container: Container, entry: SectionEntry) -> dict:
     if entry.codec == PRODUCT:
         scalar, vector = product_operands(container, entry)
         return {"scalar_tensor": scalar, "vector_tensor": vector}
+    if entry.codec == PLANES:
+        head = bytes(container.payload(entry)[:2])
+        return {"width": head[0], "inner": CODEC_NAMES.get(head[1], "?")} if len(head) == 2 else {}
     if entry.codec not in (DICT, SPARSE):
         return {}
     reader = ByteReader(container.payload(entry), f"section {entry.index}")

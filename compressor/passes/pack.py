@@ -7,6 +7,7 @@ candidate is smallest:
 
 * ``sparse``: gaps between non-fill elements + codebook symbols (or raw values), Huffman-coded;
 * ``dict``: codebook + one Huffman-coded symbol per element;
+* ``planes``: multi-byte elements regrouped by byte position, then zstd or xz;
 * ``zstd`` (level 19), ``xz`` (preset 9) or ``stored``.
 
 A JSON *manifest* says which tensor (by its position in ``graph.iter_tensors`` order) and
@@ -36,6 +37,7 @@ from google.protobuf.message import DecodeError
 
 from ..codec import SAMPLE_THRESHOLD, STORED, ZSTD, CorruptData, compress, compress_best, estimate_best
 from ..codec import container as fmt
+from ..codec import planes
 from ..codec.sparse import (
     ELEMENT_DTYPES,
     MAX_CODEBOOK,
@@ -221,11 +223,36 @@ def encode_tensor_data(data: bytes, width: int) -> EncodedTensor:
             candidates[fmt.CODEC_NAMES[codec]] = _candidate(estimate, [], exact=False)
     if generic is not None:
         candidates[fmt.CODEC_NAMES[generic[0]]] = _candidate(len(generic[1]), [])
+    # (generic is None only when a coded layout exists and the sampled generic lost to it.)
+    to_beat = min(len(generic[1]) if generic else math.inf, best_layout.size if best_layout else math.inf)
+    by_planes = _planes_candidate(data, width, to_beat, candidates) if n >= MIN_CODED_ELEMENTS else None
+    if by_planes is not None:
+        return EncodedTensor(fmt.PLANES, by_planes, [], {"inner": fmt.CODEC_NAMES[by_planes[1]]}, candidates)
     if best_layout is not None and (generic is None or best_layout.size < len(generic[1])):
         payload = built.get(id(best_layout)) or best_layout.build()
         codec = fmt.DICT if best_layout.encoding == "dict" else fmt.SPARSE
         return EncodedTensor(codec, payload, best_layout.streams, best_layout.params, candidates)
     return EncodedTensor(generic[0], generic[1], [], {}, candidates)
+
+
+def _planes_candidate(data: bytes, width: int, to_beat: float, candidates: dict) -> bytes | None:
+    """The planes payload (FORMAT.md §7.4) if it is smaller than ``to_beat`` bytes, else None.
+
+    Like the generic codecs, it is measured in full up to 256 KiB and on a sample above."""
+    if width not in planes.WIDTHS:
+        return None
+    shuffled = planes.to_planes(data, width)
+    codec, estimate = estimate_best(shuffled)
+    if codec == STORED:
+        return None
+    exact = len(shuffled) <= SAMPLE_THRESHOLD
+    candidates[f"planes+{fmt.CODEC_NAMES[codec]}"] = _candidate(estimate + 2, [], exact=exact)
+    if estimate + 2 >= (to_beat if exact else to_beat / GENERIC_MARGIN):
+        return None
+    payload = planes.encode(data, width, codec)
+    if not exact:
+        candidates[f"planes+{fmt.CODEC_NAMES[codec]}"] = _candidate(len(payload), [])
+    return payload if len(payload) < to_beat else None
 
 
 def _describe_encoding(codec: int, params: dict) -> str:
@@ -237,6 +264,8 @@ def _describe_encoding(codec: int, params: dict) -> str:
         return f"sparse gap={params['gap_width']}b {values}"
     if codec == fmt.PRODUCT:
         return f"#{params['scalar_tensor']} x #{params['vector_tensor']}"
+    if codec == fmt.PLANES:
+        return f"planes+{params['inner']}"
     return name
 
 

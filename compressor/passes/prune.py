@@ -367,9 +367,9 @@ def _zero_count(values: np.ndarray) -> int:
 
 
 def _prune_weights(selected: list[graph.Weight], output: _OutputModel, scope: str, sparsity: float | None, seed: int,
-                   ratios: dict[str, float] | None = None) -> tuple[list[dict], float | None]:
+                   ratios: dict[str, float] | None = None, compensate=None) -> tuple[list[dict], float | None]:
     """Prune the selected weights (of the input model) into `output`; per-tensor rows and
-    (global scope) the threshold."""
+    (global scope) the threshold.  `compensate(name, pruned)` (layer scope): see compensate.py."""
     rows: list[dict] = []
     threshold = None
     if scope == "global":
@@ -402,10 +402,15 @@ def _prune_weights(selected: list[graph.Weight], output: _OutputModel, scope: st
         else:
             mask = random_mask(values, ratio, np.random.default_rng([seed, _tensor_key(w.name)]))
         zeros_after, new_values = _apply_mask(values, mask, before)
+        refit = compensate is not None and new_values is not None and w.name in compensate
+        if refit:
+            new_values = compensate(w.name, new_values)
         output.store(w, new_values)
         row = _row(w, before, zeros_after)
         if ratios is not None:
             row["ratio"] = ratio
+        if refit:
+            row["compensated"] = True
         rows.append(row)
     return rows, threshold
 
@@ -554,15 +559,17 @@ def prune(model: onnx.ModelProto, sparsity: float, scope: str = "global", exclud
 
 
 def prune_with_ratios(model: onnx.ModelProto, ratios: dict[str, float], exclude: str | None = None,
-                      min_params: int = DEFAULT_MIN_PARAMS, include_embeddings: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """Layer-wise magnitude pruning with one ratio per tensor name (missing names: ratio 0)."""
+                      min_params: int = DEFAULT_MIN_PARAMS, include_embeddings: bool = False,
+                      compensate=None) -> tuple[onnx.ModelProto, dict]:
+    """Layer-wise magnitude pruning with one ratio per tensor name (missing names: ratio 0);
+    `compensate`: a ``compensate.Compensator`` refitting the kept weights."""
     selected, skipped = prunable_weights(model, exclude, min_params, include_embeddings)
     unknown = set(ratios) - {w.name for w in selected}
     if unknown:
         raise UsageError(f"not prunable tensors in ratios: {', '.join(sorted(unknown))}")
     full = {w.name: _check_ratio(ratios.get(w.name, 0.0)) for w in selected}
     output = _OutputModel(model, selected)
-    rows, _ = _prune_weights(selected, output, "layer", None, 0, ratios=full)
+    rows, _ = _prune_weights(selected, output, "layer", None, 0, ratios=full, compensate=compensate)
     model = output.finish()
     return model, _finish_stats(model, "per-tensor", None, 0, rows, skipped, None, [], selected)
 
@@ -792,7 +799,8 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
                     min_params: int = DEFAULT_MIN_PARAMS, seed: int = 0, include_embeddings: bool = False,
                     ratios: Sequence[float] | None = None, max_evals: int = 40, min_snr_db: float | None = None,
                     sensitivity_stats: dict | None = None, batch_size: int | None = None,
-                    progress=None, reference_outputs: list[np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
+                    progress=None, reference_outputs: list[np.ndarray] | None = None,
+                    compensate=None) -> tuple[onnx.ModelProto, dict]:
     """Sensitivity-guided per-tensor ratios within a measured accuracy budget; returns (model, stats).
 
     The loss is the accuracy drop in points on `data` (with labels) or 100 - top-1 agreement
@@ -814,6 +822,9 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
        if it exceeds the budget there (weights as inputs vs constants can round
        differently), the next best is taken.  The unpruned model (loss 0) is the fallback.
 
+    `compensate`: calibration inputs (a Dataset) or a ``compensate.Compensator`` built on them,
+    for the data-aware error compensation (see compensate.py): every pruned candidate, from the curves on, has its kept weights refit,
+    so the search measures (and spends its budget on) what the refit leaves.
     `reference_outputs`: the model's outputs on `data`, when the caller has them (not run again).
     At most `max_evals` candidates are measured in steps 2-5.  The data is used both to
     choose and to verify, so the drop reported is the drop on that data.  `seed` is accepted
@@ -836,9 +847,15 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
         stats["scope"] = "budget"
         return pruned, stats
     evaluator = Evaluator(model, data, batch_size=batch_size, reference=reference_outputs)
+    compensator = compensate
+    if isinstance(compensate, Dataset):
+        from .compensate import Compensator
+
+        compensator = Compensator(model, selected, compensate)
     if sensitivity_stats is None:
         sensitivity_stats = sensitivity(model, data, ratios=ratios or BUDGET_RATIOS, exclude=exclude, min_params=min_params,
-                                        include_embeddings=include_embeddings, evaluator=evaluator, progress=progress)
+                                        include_embeddings=include_embeddings, evaluator=evaluator, progress=progress,
+                                        compensate=compensator)
     if min_snr_db is None and evaluator.mode == "fidelity" and evaluator.baseline.get("top1_agreement") is None:
         min_snr_db = 20.0  # no top-1 to count: keep the outputs close instead
     by_name = {t["name"]: t for t in sensitivity_stats["tensors"]}
@@ -847,7 +864,7 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
                     "drops": [p["drop"] for p in by_name[w.name]["curve"]]} for w in selected]
     noise_curves = [{**c, "drops": [p.get("rel_noise") for p in by_name[c["name"]]["curve"]]} for c in drop_curves]
     has_noise = all(d is not None and math.isfinite(d) for c in noise_curves for d in c["drops"])
-    runner = VariantRunner(model, evaluator, selected)
+    runner = VariantRunner(model, evaluator, selected, compensate=compensator)
     search = _BudgetSearch(runner, drop_curves, budget, min_snr_db, max_evals)
 
     def global_ratios(sparsity: float) -> dict[str, float]:
@@ -871,7 +888,7 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
 
     warnings: list[str] = []
     for zeros, candidate, _ in search.ranked():
-        final, stats = prune_with_ratios(model, candidate, exclude, min_params, include_embeddings)
+        final, stats = prune_with_ratios(model, candidate, exclude, min_params, include_embeddings, compensate=compensator)
         final_metrics = evaluator.measure_model(final)
         if search.feasible(final_metrics):
             break
@@ -892,6 +909,8 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
         "ratios": {r["name"]: r["sparsity"] for r in stats["tensors"]},
         "evaluations": len(search.seen),
         "attempts": search.attempts,
+        "compensated": sorted(compensator.layers) if compensator is not None else [],
+        "not_compensated": dict(sorted(compensator.skipped.items())) if compensator is not None else {},
     }
     stats["sensitivity"] = sensitivity_stats
     return final, stats

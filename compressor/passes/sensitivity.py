@@ -192,7 +192,8 @@ def _feedable(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[g
 def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[float] | str | None = None,
                 exclude: str | None = None, min_params: int = DEFAULT_MIN_PARAMS, include_embeddings: bool = False,
                 batch_size: int | None = None, strategy: str = "per-tensor", evaluator: Evaluator | None = None,
-                progress: Callable[[int, int], None] | None = None) -> dict:
+                progress: Callable[[int, int], None] | None = None,
+                compensate: Callable[[str, np.ndarray], np.ndarray] | None = None) -> dict:
     """Per-tensor pruning curves: each prunable tensor pruned alone at each ratio, measured with ORT.
 
     Returns ``{"metric", "baseline", "ratios", "tensors": [{"name", "role", "params",
@@ -200,6 +201,8 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
     "rel_noise"}]}], "skipped", "strategy", "sessions", "runs"}``.  ``drop`` is in points
     (see ``Evaluator``); ``rel_noise`` is ||out - ref||^2 / ||ref||^2 of the first output.
     progress(done, total) is called after each tensor's curve (for a progress bar).
+    compensate(name, pruned) -> array: applied to each pruned tensor before it is measured
+    (``compensate.Compensator``: the kept weights refit).
     """
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
@@ -223,6 +226,8 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
         values = originals[w.name]
         for r in ratios:
             pruned = np.where(layer_magnitude_mask(values, r), np.zeros((), values.dtype), values)
+            if compensate is not None:
+                pruned = compensate(w.name, pruned)
             metrics = run(pruned)
             curves[w.name].append({"ratio": r, **metrics})
         done += 1
@@ -287,10 +292,12 @@ class VariantRunner:
     twice), each candidate is built as a real model instead.
     """
 
-    def __init__(self, model: onnx.ModelProto, evaluator: Evaluator, selected: Sequence[graph.Weight]):
+    def __init__(self, model: onnx.ModelProto, evaluator: Evaluator, selected: Sequence[graph.Weight],
+                 compensate: Callable[[str, np.ndarray], np.ndarray] | None = None):
         from .prune import target_zeros
 
         self._target = target_zeros
+        self.compensate = compensate  # applied to every pruned array (see sensitivity())
         self.model = model
         self.evaluator = evaluator
         self.selected = list(selected)
@@ -307,7 +314,8 @@ class VariantRunner:
             if k == 0:
                 self.cache[key] = values
             else:
-                self.cache[key] = np.where(layer_magnitude_mask(values, ratio), np.zeros((), values.dtype), values)
+                pruned = np.where(layer_magnitude_mask(values, ratio), np.zeros((), values.dtype), values)
+                self.cache[key] = self.compensate(name, pruned) if self.compensate is not None else pruned
         return self.cache[key]
 
     def measure(self, ratios: dict[str, float]) -> dict:

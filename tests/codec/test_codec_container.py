@@ -95,7 +95,7 @@ def test_truncation_trailing_garbage_and_version(packed):
     assert_refused(b"", "magic")
     assert_refused(data + b"\0", "trailing garbage")
     newer = bytearray(data)
-    struct.pack_into("<H", newer, 8, 2)
+    struct.pack_into("<HH", newer, 8, 2, 0)
     assert_refused(reseal(newer), "unsupported container format version 2.0")
     assert_refused(b"PK\x03\x04" + data[4:], "magic")
 

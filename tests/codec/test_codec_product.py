@@ -40,7 +40,7 @@ def test_a_product_section_round_trips_bit_for_bit_in_both_decoders():
     model = scales_model()
     data, stats = pack_model(model)
     container = fmt.read_container(data)
-    assert container.version == (1, 1)
+    assert container.version >= (1, 1)  # 1.2 if the other tensors went to planes sections
     codecs = [fmt.CODEC_NAMES[e.codec] for e in container.sections[2:]]
     assert codecs.count("product") == 1
     assert next(e for e in container.sections if e.codec == fmt.PRODUCT).stored_length == 8
@@ -48,12 +48,15 @@ def test_a_product_section_round_trips_bit_for_bit_in_both_decoders():
     assert unpack_bytes(data) == model.SerializeToString()
 
 
-def test_without_products_the_container_stays_version_1_0():
+def test_without_products_the_container_needs_no_1_1():
     model = scales_model()
     del model.graph.initializer[2]
     model.graph.initializer.append(numpy_helper.from_array(np.full(96, 3.0, np.float32), "b_scale"))
     data, _ = pack_model(model)
-    assert fmt.read_container(data).version == (1, 0)
+    container = fmt.read_container(data)
+    codecs = {e.codec for e in container.sections}
+    assert fmt.PRODUCT not in codecs
+    assert container.version == ((1, 2) if fmt.PLANES in codecs else (1, 0))
 
 
 def _rebuild(data: bytes, payload: bytes | None = None) -> bytes:
@@ -91,7 +94,11 @@ def test_a_product_section_needs_version_1_1_and_eight_bytes():
         fmt.read_container(_rebuild(data, b"\0" * 12))
     c = fmt.read_container(data)
     manifest = json.loads(fmt.decode_section(c, c.sections[0]))
-    assert manifest["version"] == [1, 1]
+    assert manifest["version"] == list(c.version) and c.version >= (1, 1)
+    older = bytearray(data)
+    older[10:12] = (0).to_bytes(2, "little")
+    with pytest.raises(CorruptData, match="a (product|planes) section needs format 1.[12]"):
+        fmt.read_container(bytes(older), verify_checksums=False)
 
 
 def test_a_quantized_cnn_stores_its_bias_scales_as_products():

@@ -1,0 +1,54 @@
+"""Byte planes: multi-byte elements regrouped by byte position, then zstd or xz (FORMAT.md §7.4).
+
+A float32 tensor of per-channel scales, or an int32 bias, has bytes of very different
+statistics side by side: the exponent byte of the scales takes two or three values, the
+low mantissa byte is noise (or, with rounded scales, always 0), the top bytes of the
+biases are 0x00 or 0xff.  A general-purpose compressor sees them interleaved; laid out
+plane by plane (all first bytes, then all second bytes, ...) each plane is a run of
+similar bytes.  This is the "shuffle" filter of Blosc and HDF5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import GENERIC_NAMES, XZ, ZSTD, ByteReader, CorruptData, compress, decompress
+
+INNER_CODECS = (ZSTD, XZ)
+WIDTHS = (2, 4, 8)
+
+
+def to_planes(data, width: int) -> bytes:
+    """Element bytes regrouped by position: byte 0 of every element, then byte 1, ..."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if width not in WIDTHS or raw.size % width:
+        raise ValueError(f"{raw.size} bytes are not whole {width}-byte elements")
+    return raw.reshape(-1, width).T.tobytes()
+
+
+def from_planes(data, width: int) -> bytes:
+    """Inverse of ``to_planes``."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    return raw.reshape(width, -1).T.tobytes()
+
+
+def encode(data, width: int, codec: int) -> bytes:
+    """The payload of a planes section: width, inner codec, then the compressed planes."""
+    if codec not in INNER_CODECS:
+        raise ValueError(f"inner codec must be zstd or xz, not {GENERIC_NAMES.get(codec, codec)}")
+    return bytes([width, codec]) + compress(to_planes(data, width), codec)
+
+
+def decode(payload, width: int, size: int, what: str) -> bytes:
+    """Decode a planes payload to exactly ``size`` bytes of ``width``-byte elements."""
+    reader = ByteReader(payload, what)
+    declared, codec = reader.u8(f"{what} header"), reader.u8(f"{what} header")
+    if declared != width:
+        raise CorruptData(f"{what}: element width {declared}, the manifest says {width}")
+    if width not in WIDTHS or size % width:
+        raise CorruptData(f"{what}: {size} bytes are not whole {width}-byte elements")
+    if codec not in INNER_CODECS:
+        raise CorruptData(f"{what}: inner codec {codec} is not zstd or xz")
+    planes = decompress(reader.take(reader.remaining), codec, size, what)
+    return from_planes(planes, width)
+
