@@ -67,8 +67,7 @@ class Compensator:
     cover (``skipped`` says why)."""
 
     def __init__(self, model: onnx.ModelProto, weights, data: Dataset, damp: float = DAMP):
-        from ..evaluate import batch_size_for, capture
-        from .share import _layers_for
+        from .share import _layers_for, accumulate_inputs
 
         self.damp = damp
         self.skipped: dict[str, str] = {}
@@ -91,17 +90,7 @@ class Compensator:
             self.originals[w.name] = w.array()
         if not self.layers:
             return
-        inputs = {vi.name for vi in graph.graph_inputs(model)}
-        wanted = sorted({layer.x_name for layer in self.layers.values()})
-        to_capture = [n for n in wanted if n not in inputs]
-        bs = batch_size_for(model)
-        captured = capture(model, to_capture, data, bs) if to_capture else None
-        for feed in data.batches(bs):
-            values = dict(feed)
-            if captured is not None:
-                values.update(next(captured))
-            for layer in self.layers.values():
-                layer.accumulate(values[layer.x_name])
+        accumulate_inputs(model, list(self.layers.values()), data)
         for layer in self.layers.values():
             layer.kept = None  # only the covariance is needed
 

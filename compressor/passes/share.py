@@ -431,8 +431,24 @@ def _layers_for(w: graph.Weight, k: int, known: set[str]) -> list[_Layer] | str:
     return layers
 
 
-def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:
+def accumulate_inputs(model: onnx.ModelProto, layers: list[_Layer], data: Dataset) -> None:
+    """Run `model` over `data` once and accumulate each layer's input covariance (X^T X)."""
     from ..evaluate import batch_size_for, capture
+
+    input_names = {vi.name for vi in graph.graph_inputs(model)}
+    wanted = sorted({l.x_name for l in layers})
+    to_capture = [n for n in wanted if n not in input_names]
+    bs = batch_size_for(model)
+    captured = capture(model, to_capture, data, bs) if to_capture else None
+    for feed in data.batches(bs):
+        values = dict(feed)
+        if captured is not None:
+            values.update(next(captured))
+        for l in layers:
+            l.accumulate(values[l.x_name])
+
+
+def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:
 
     known = {w.name for w in graph.weights(original, include_non_float=True)}
     plans: dict[int, list[_Layer]] = {}
@@ -447,19 +463,7 @@ def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str
         warnings.append("--refit: no shared layer supports the refit (Gemm, MatMul, 2-D Conv); plain k-means kept")
         return info
 
-    input_names = {vi.name for vi in graph.graph_inputs(original)}
-    wanted = sorted({l.x_name for layers in plans.values() for l in layers})
-    to_capture = [n for n in wanted if n not in input_names]
-    bs = batch_size_for(original)
-    captured = capture(original, to_capture, data, bs) if to_capture else None
-    for feed in data.batches(bs):
-        values = dict(feed)
-        if captured is not None:
-            values.update(next(captured))
-        for layers in plans.values():
-            for l in layers:
-                l.accumulate(values[l.x_name])
-
+    accumulate_inputs(original, [l for layers in plans.values() for l in layers], data)
     for i, layers in plans.items():
         w, bits, arr, shared = results[i]
         info[i] = _refit_one(layers, arr, shared)
