@@ -16,6 +16,7 @@ from . import GENERIC_NAMES, XZ, ZSTD, ByteReader, CorruptData, compress, decomp
 
 INNER_CODECS = (ZSTD, XZ)
 WIDTHS = (2, 4, 8)
+HEADER_BYTES = 2  # width, inner codec
 
 
 def to_planes(data, width: int) -> bytes:
@@ -34,9 +35,14 @@ def from_planes(data, width: int) -> bytes:
 
 def encode(data, width: int, codec: int) -> bytes:
     """The payload of a planes section: width, inner codec, then the compressed planes."""
-    if codec not in INNER_CODECS:
-        raise ValueError(f"inner codec must be zstd or xz, not {GENERIC_NAMES.get(codec, codec)}")
-    return bytes([width, codec]) + compress(to_planes(data, width), codec)
+    return header(width, codec) + compress(to_planes(data, width), codec)
+
+
+def header(width: int, codec: int) -> bytes:
+    """The first HEADER_BYTES of a planes payload."""
+    if codec not in INNER_CODECS or width not in WIDTHS:
+        raise ValueError(f"planes need width 2/4/8 and zstd or xz, not {width} / {GENERIC_NAMES.get(codec, codec)}")
+    return bytes([width, codec])
 
 
 def decode(payload, width: int, size: int, what: str) -> bytes:

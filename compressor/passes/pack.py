@@ -227,7 +227,8 @@ def encode_tensor_data(data: bytes, width: int) -> EncodedTensor:
     to_beat = min(len(generic[1]) if generic else math.inf, best_layout.size if best_layout else math.inf)
     by_planes = _planes_candidate(data, width, to_beat, candidates) if n >= MIN_CODED_ELEMENTS else None
     if by_planes is not None:
-        return EncodedTensor(fmt.PLANES, by_planes, [], {"inner": fmt.CODEC_NAMES[by_planes[1]]}, candidates)
+        inner_codec, payload = by_planes
+        return EncodedTensor(fmt.PLANES, payload, [], {"inner": fmt.CODEC_NAMES[inner_codec]}, candidates)
     if best_layout is not None and (generic is None or best_layout.size < len(generic[1])):
         payload = built.get(id(best_layout)) or best_layout.build()
         codec = fmt.DICT if best_layout.encoding == "dict" else fmt.SPARSE
@@ -235,24 +236,31 @@ def encode_tensor_data(data: bytes, width: int) -> EncodedTensor:
     return EncodedTensor(generic[0], generic[1], [], {}, candidates)
 
 
-def _planes_candidate(data: bytes, width: int, to_beat: float, candidates: dict) -> bytes | None:
-    """The planes payload (FORMAT.md §7.4) if it is smaller than ``to_beat`` bytes, else None.
+def _planes_candidate(data: bytes, width: int, to_beat: float, candidates: dict) -> tuple[int, bytes] | None:
+    """(inner codec, planes payload) (FORMAT.md §7.4) if smaller than ``to_beat`` bytes, else None.
 
-    Like the generic codecs, it is measured in full up to 256 KiB and on a sample above."""
+    Like the generic codecs, it is compressed in full up to 256 KiB (once: the winner's bytes
+    are kept) and measured on a sample above, then built only if it could win."""
     if width not in planes.WIDTHS:
         return None
     shuffled = planes.to_planes(data, width)
-    codec, estimate = estimate_best(shuffled)
+    if len(shuffled) <= SAMPLE_THRESHOLD:
+        codec, inner = compress_best(shuffled)
+        size, exact = len(inner) + planes.HEADER_BYTES, True
+    else:
+        codec, estimate = estimate_best(shuffled)
+        inner, size, exact = None, estimate + planes.HEADER_BYTES, False
     if codec == STORED:
         return None
-    exact = len(shuffled) <= SAMPLE_THRESHOLD
-    candidates[f"planes+{fmt.CODEC_NAMES[codec]}"] = _candidate(estimate + 2, [], exact=exact)
-    if estimate + 2 >= (to_beat if exact else to_beat / GENERIC_MARGIN):
+    name = f"planes+{fmt.CODEC_NAMES[codec]}"
+    candidates[name] = _candidate(size, [], exact=exact)
+    if size >= (to_beat if exact else to_beat / GENERIC_MARGIN):
         return None
-    payload = planes.encode(data, width, codec)
-    if not exact:
-        candidates[f"planes+{fmt.CODEC_NAMES[codec]}"] = _candidate(len(payload), [])
-    return payload if len(payload) < to_beat else None
+    if inner is None:
+        inner = compress(shuffled, codec)
+        candidates[name] = _candidate(len(inner) + planes.HEADER_BYTES, [])
+    payload = planes.header(width, codec) + inner
+    return (codec, payload) if len(payload) < to_beat else None
 
 
 def _describe_encoding(codec: int, params: dict) -> str:
