@@ -87,6 +87,24 @@ def round_mantissa(values, bits: int, up: bool = False) -> np.ndarray:
     return np.where(keep, values, rounded).astype(np.float32)
 
 
+def coarsen_bias(q, output_step, fraction: int = 16) -> np.ndarray:
+    """Integer biases rounded to a power-of-two multiple no coarser than ``output_step / fraction``.
+
+    An int32 bias is counted in units of input scale x weight scale, far finer than the
+    output it is added to can show: the accumulator is requantized to the output's scale,
+    ``output_step`` of those units (per channel, or one value for all).  Rounding each bias to
+    a multiple of 2**k <= output_step / fraction moves every output by at most
+    1 / (2 * fraction) of its quantization step, and clears the k low bits that otherwise
+    cost the container about 2 bytes per bias.  A step below 2 leaves the value unchanged."""
+    q = np.asarray(q, dtype=np.int64)
+    allowed = np.broadcast_to(np.asarray(output_step, dtype=np.float64) / fraction, q.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.floor(np.log2(np.where(np.isfinite(allowed) & (allowed >= 2), allowed, 1.0)))
+    step = np.left_shift(np.int64(1), np.clip(k, 0, 30).astype(np.int64))
+    # Round half away from zero: a multiple of a power of two keeps its magnitude's sign.
+    return (np.sign(q) * ((np.abs(q) + step // 2) // step) * step).astype(np.int64)
+
+
 def scale_zero_point(rmin, rmax, qmin: int, qmax: int, symmetric: bool,
                      mantissa_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scale (float32, > 0) and integer zero point mapping [rmin, rmax] (widened to contain 0).

@@ -25,7 +25,7 @@ from . import planes, sparse
 MAGIC = b"\x89CMPZ\r\n\x1a"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0  # what the packer writes unless it uses a later feature (see format_version)
-SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2))
+SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2), (1, 3))
 HEADER_BYTES = 32
 ENTRY_BYTES = 32
 TRAILER_BYTES = 32
@@ -45,6 +45,8 @@ CODEC_NAMES = {**GENERIC_NAMES, DICT: "dict", SPARSE: "sparse", PRODUCT: "produc
 # The first version that has each codec; a container is written as the oldest version that
 # has every codec it uses, so older readers still read what needs nothing newer.
 CODEC_VERSIONS = {PRODUCT: (1, 1), PLANES: (1, 2)}
+# Manifest records sharing one tensor section (FORMAT.md §5.3.1) need this version.
+SHARED_SECTIONS_VERSION = (1, 3)
 PRODUCT_PAYLOAD = struct.Struct("<II")  # tensor index of the scalar, of the vector
 CODEC_IDS = {name: cid for cid, name in CODEC_NAMES.items()}
 
@@ -83,10 +85,12 @@ class SectionEntry:
         return CODEC_NAMES[self.codec]
 
 
-def write_container(sections: list[Section]) -> bytes:
+def write_container(sections: list[Section], version: tuple[int, int] | None = None) -> bytes:
     """Serialize sections into a container (deterministic: the same sections give the same bytes).
 
-    The version is the oldest that has every codec used (see format_version)."""
+    The version is the oldest that has every codec used (see format_version), or ``version``
+    when the caller uses a later feature of the manifest."""
+    version = max(format_version(sections), version or (1, 0))
     count = len(sections)
     offset = HEADER_BYTES + ENTRY_BYTES * count
     table = []
@@ -97,15 +101,15 @@ def write_container(sections: list[Section]) -> bytes:
         offset += len(s.payload)
     total = offset + TRAILER_BYTES
     table_bytes = b"".join(table)
-    head = _HEADER.pack(MAGIC, *format_version(sections), 0, total, count, 0)[:28]
+    head = _HEADER.pack(MAGIC, *version, 0, total, count, 0)[:28]
     header = head + struct.pack("<I", zlib.crc32(table_bytes, zlib.crc32(head)))
     body = b"".join([header, table_bytes, *(s.payload for s in sections)])
     return body + hashlib.sha256(body).digest()
 
 
-def format_version(sections) -> tuple[int, int]:
+def format_version(sections, at_least: tuple[int, int] | None = None) -> tuple[int, int]:
     """The version a container with these sections is written as (see write_container)."""
-    return max([(FORMAT_MAJOR, FORMAT_MINOR)] + [CODEC_VERSIONS.get(s.codec, (1, 0)) for s in sections])
+    return max([(FORMAT_MAJOR, FORMAT_MINOR), at_least or (1, 0)] + [CODEC_VERSIONS.get(s.codec, (1, 0)) for s in sections])
 
 
 @dataclass

@@ -34,7 +34,7 @@ def unpack_command(container: str, output: str, verify: bool, as_json: bool) -> 
         emit_json(info)
         return
     checked = "  verified: bit-identical to the packed model (SHA-256)" if info["verified"] else ""
-    click.echo(f"wrote {output}: {info['model_bytes']:,} bytes, {info['tensors']} tensor sections{checked}")
+    click.echo(f"wrote {output}: {info['model_bytes']:,} bytes, {info['tensors']} tensors restored{checked}")
 
 
 COMMANDS = [pack_command, unpack_command]

@@ -55,6 +55,7 @@ MANIFEST_FORMAT = "cmpz"
 # Tensor data smaller than this stays inside the graph section: compressed together with
 # the graph it shares context with, and without a section-table entry or manifest record.
 MIN_SECTION_BYTES = 256
+MAX_SHARED_FIELD_BYTES = 4096  # fields up to this size may share a section (see _encode_fields)
 MIN_CODED_ELEMENTS = 64  # fewer elements: Huffman tables cost more than they save
 SPARSE_MIN_FILL = 0.25  # try position coding when at least this share equals the fill value
 GENERIC_MARGIN = 1.15  # a sampled general-purpose estimate this far above the best coded size is not built
@@ -347,6 +348,82 @@ def product_values(scalar: float, vector: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ pack
 
 
+@dataclass
+class _Field:
+    """One tensor data field stripped from the graph, to be stored in a tensor section."""
+
+    index: int  # the tensor's position in iter_tensors order
+    tensor: onnx.TensorProto
+    name: str  # the field: raw_data, float_data, ...
+    data: bytes
+    width: int
+    count: int
+    product: tuple[int, int] | None  # (scalar, vector) tensor indices when it is their product
+
+
+def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Section], list[dict], list[dict]]:
+    """Tensor sections, manifest records and stats rows (aligned with ``fields``).
+
+    Each field gets its own section, except that small fields of one data type and field
+    name may share one (FORMAT.md §5.3.1): a CNN's per-channel scales and int32 biases,
+    a few hundred bytes each, compress far better together and save a table entry each.
+    A group is kept only where it is smaller than its members stored apart."""
+    encoded = [EncodedTensor(fmt.PRODUCT, fmt.PRODUCT_PAYLOAD.pack(*f.product),
+                             params={"scalar_tensor": f.product[0], "vector_tensor": f.product[1]})
+               if f.product else encode_tensor_data(f.data, f.width) for f in fields]  # fmt: skip
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(fields):
+        if f.product is None and len(f.data) <= MAX_SHARED_FIELD_BYTES:
+            groups.setdefault((f.tensor.data_type, f.name, f.width), []).append(i)
+    shared_of: dict[int, tuple[list[int], EncodedTensor]] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        together = encode_tensor_data(b"".join(fields[i].data for i in members), fields[members[0]].width)
+        apart = sum(len(encoded[i].payload) + fmt.ENTRY_BYTES for i in members)
+        if len(together.payload) + fmt.ENTRY_BYTES < apart:
+            for i in members:
+                shared_of[i] = (members, together)
+    sections: list[fmt.Section] = []
+    entries: list[dict] = []
+    stats: list[dict | None] = [None] * len(fields)
+    for i, f in enumerate(fields):
+        members, enc = shared_of.get(i, ([i], encoded[i]))
+        if i != members[0]:
+            continue  # written with the group's first member
+        section_index = 2 + len(sections)
+        total = sum(len(fields[j].data) for j in members)
+        sections.append(fmt.Section(fmt.KIND_TENSOR, enc.codec, enc.payload, total))
+        offset = 0
+        for j in members:
+            g = fields[j]
+            entry = {"section": section_index, "tensor": g.index, "name": g.tensor.name, "field": g.name,
+                     "data_type": int(g.tensor.data_type), "dims": [int(d) for d in g.tensor.dims],
+                     "width": g.width, "elements": g.count}  # fmt: skip
+            if len(members) > 1:
+                entry["offset"] = offset
+            entries.append(entry)
+            # A shared section's bytes are attributed to its members in proportion to their size.
+            share = len(enc.payload) * len(g.data) / total
+            values = max(rows[g.index]["elements"], 1)
+            detail = _describe_encoding(enc.codec, enc.params)
+            stats[j] = {
+                **rows[g.index],
+                "field": g.name,
+                "section": section_index,
+                "bytes_before": len(g.data),
+                "bytes_after": round(share) if len(members) > 1 else len(enc.payload),
+                "bits_per_weight": round(8 * share / values, 3),
+                "encoding": fmt.CODEC_NAMES[enc.codec],
+                "detail": f"{detail}, shared by {len(members)}" if len(members) > 1 else detail,
+                "params": enc.params,
+                "streams": [s.as_dict() for s in enc.streams] if j == members[0] else [],
+                "candidates": encoded[j].candidates,
+            }
+            offset += len(g.data)
+    return sections, entries, stats
+
+
 def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
     """Encode a model (with all tensor data in memory) as container bytes; returns (bytes, stats)."""
     for ref in iter_tensors(model):
@@ -360,10 +437,9 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
     stripped.ParseFromString(original)
     refs = list(iter_tensors(model))
     stripped_refs = list(iter_tensors(stripped))
-    sections: list[fmt.Section] = []
-    entries = []
-    tensor_stats = []
     products = find_products([ref.proto for ref in refs])
+    fields: list[_Field] = []
+    rows: list[dict] = []
     for index, (ref, target) in enumerate(zip(refs, stripped_refs)):
         tensor = ref.proto
         dims = [int(d) for d in tensor.dims]
@@ -376,7 +452,7 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
             "shape": dims,
             "elements": _num_values(dims),
         }
-        stripped_any = False
+        rows.append(row)
         for field_name in DATA_FIELDS:
             data = _field_bytes(tensor, field_name)
             layout = field_layout(tensor.data_type, dims, field_name)
@@ -385,53 +461,28 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
             width, count = layout
             if count * width != len(data):
                 continue  # inconsistent with its shape: leave it in the graph, untouched
-            if field_name == "raw_data" and index in products:
-                encoded = EncodedTensor(fmt.PRODUCT, fmt.PRODUCT_PAYLOAD.pack(*products[index]),
-                                        params={"scalar_tensor": products[index][0], "vector_tensor": products[index][1]})
-            else:
-                encoded = encode_tensor_data(data, width)
-            section_index = 2 + len(sections)
-            sections.append(fmt.Section(fmt.KIND_TENSOR, encoded.codec, encoded.payload, len(data)))
             target.proto.ClearField(field_name)
-            entries.append(
-                {
-                    "section": section_index,
-                    "tensor": index,
-                    "name": tensor.name,  # the TensorProto's own name (empty for most Constant values)
-                    "field": field_name,
-                    "data_type": int(tensor.data_type),
-                    "dims": dims,
-                    "width": width,
-                    "elements": count,
-                }
-            )
-            values = max(row["elements"], 1)
-            tensor_stats.append(
-                {
-                    **row,
-                    "field": field_name,
-                    "section": section_index,
-                    "bytes_before": len(data),
-                    "bytes_after": len(encoded.payload),
-                    "bits_per_weight": round(8 * len(encoded.payload) / values, 3),
-                    "encoding": fmt.CODEC_NAMES[encoded.codec],
-                    "detail": _describe_encoding(encoded.codec, encoded.params),
-                    "params": encoded.params,
-                    "streams": [s.as_dict() for s in encoded.streams],
-                    "candidates": encoded.candidates,
-                }
-            )
-            stripped_any = True
-        if not stripped_any:
-            data_bytes = sum(len(_field_bytes(tensor, f) or b"") for f in DATA_FIELDS)
-            tensor_stats.append({**row, "field": None, "section": 1, "bytes_before": data_bytes, "bytes_after": None,
-                                 "bits_per_weight": None, "encoding": "graph", "detail": "in graph section",
-                                 "params": {}, "streams": [], "candidates": {}})  # fmt: skip
+            fields.append(_Field(index, tensor, field_name, data, width, count, products.get(index) if field_name == "raw_data" else None))
+    sections, entries, field_stats = _encode_fields(fields, rows)
+    tensor_stats = []
+    by_tensor: dict[int, list[dict]] = {}
+    for f, stat in zip(fields, field_stats):
+        by_tensor.setdefault(f.index, []).append(stat)
+    for index, ref in enumerate(refs):
+        if index in by_tensor:
+            tensor_stats.extend(by_tensor[index])
+            continue
+        data_bytes = sum(len(_field_bytes(ref.proto, f) or b"") for f in DATA_FIELDS)
+        tensor_stats.append({**rows[index], "field": None, "section": 1, "bytes_before": data_bytes, "bytes_after": None,
+                             "bits_per_weight": None, "encoding": "graph", "detail": "in graph section",
+                             "params": {}, "streams": [], "candidates": {}})  # fmt: skip
     graph_bytes = stripped.SerializeToString()
     graph_codec, graph_payload = compress_best(graph_bytes)
+    shared = len({e["section"] for e in entries}) < len(entries)
+    version = fmt.format_version(sections, fmt.SHARED_SECTIONS_VERSION if shared else None)
     manifest = {
         "format": MANIFEST_FORMAT,
-        "version": list(fmt.format_version(sections)),
+        "version": list(version),
         "model_bytes": len(original),
         "model_sha256": hashlib.sha256(original).hexdigest(),
         "tensors": entries,
@@ -446,7 +497,7 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
         fmt.Section(fmt.KIND_GRAPH, graph_codec, graph_payload, len(graph_bytes)),
         *sections,
     ]
-    data = fmt.write_container(all_sections)
+    data = fmt.write_container(all_sections, version)
     parameters = sum(_num_values(ref.proto.dims) for ref in refs)
     stats = _pack_stats(original, data, all_sections, tensor_stats, graph_codec, len(graph_bytes), parameters)
     return data, stats
@@ -533,8 +584,11 @@ def _check_manifest(manifest, section_count: int, version: tuple[int, int]) -> N
     if not isinstance(sha, str) or len(sha) != 64 or not _is_int(manifest.get("model_bytes")):
         raise CorruptData("manifest: bad model_sha256 / model_bytes")
     tensors = manifest.get("tensors")
-    if not isinstance(tensors, list) or len(tensors) != section_count - 2:
-        raise CorruptData(f"manifest: {len(tensors) if isinstance(tensors, list) else 'no'} tensor records for {section_count - 2} tensor sections")
+    if not isinstance(tensors, list):
+        raise CorruptData("manifest: no tensor records")
+    shared = tuple(version) >= fmt.SHARED_SECTIONS_VERSION
+    if len(tensors) < section_count - 2 or (not shared and len(tensors) != section_count - 2):
+        raise CorruptData(f"manifest: {len(tensors)} tensor records for {section_count - 2} tensor sections")
     seen_fields = set()
     for i, rec in enumerate(tensors):
         if not isinstance(rec, dict):
@@ -547,12 +601,19 @@ def _check_manifest(manifest, section_count: int, version: tuple[int, int]) -> N
             raise CorruptData(f"manifest: tensor record {i}: bad dims")
         if not isinstance(rec.get("name"), str) or rec.get("field") not in DATA_FIELDS:
             raise CorruptData(f"manifest: tensor record {i}: bad name or field")
-        if rec["section"] != i + 2:
-            raise CorruptData(f"manifest: tensor record {i} points at section {rec['section']}, {i + 2} expected")
+        # Records name sections 2, 3, ... in order; from 1.3 on, consecutive records may name
+        # the same section (FORMAT.md §5.3.1) and then say where their bytes start.
+        previous = tensors[i - 1]["section"] if i else 1
+        if rec["section"] not in ((previous, previous + 1) if shared and i else (previous + 1,)):
+            raise CorruptData(f"manifest: tensor record {i} points at section {rec['section']}, {previous + 1} expected")
+        if "offset" in rec and (not shared or not _is_int(rec["offset"]) or rec["offset"] < 0):
+            raise CorruptData(f"manifest: tensor record {i}: bad 'offset'")
         key = (rec["tensor"], rec["field"])
         if key in seen_fields:
             raise CorruptData(f"manifest: tensor {rec['tensor']} field {rec['field']} restored twice")
         seen_fields.add(key)
+    if tensors and tensors[-1]["section"] != section_count - 1:
+        raise CorruptData(f"manifest: the tensor records end at section {tensors[-1]['section']}, the container has {section_count}")
 
 
 @dataclass
@@ -590,6 +651,7 @@ def _plan(data) -> _Plan:
     except RecursionError:
         raise CorruptData("graph section nests subgraphs too deeply") from None
     records = []
+    filled = (None, 0)  # (section, bytes its records so far cover)
     for rec in manifest["tensors"]:
         what = f"manifest: tensor record for section {rec['section']}"
         if rec["tensor"] >= len(refs):
@@ -603,8 +665,16 @@ def _plan(data) -> _Plan:
         entry = container.sections[rec["section"]]
         if layout is None or layout != (rec["width"], rec["elements"]):
             raise CorruptData(f"{what}: {rec['elements']} elements of {rec['width']} bytes do not fit shape {rec['dims']}")
-        if entry.decoded_length != rec["width"] * rec["elements"]:
-            raise CorruptData(f"{what}: section declares {entry.decoded_length} bytes, the shape needs {rec['width'] * rec['elements']}")
+        # The records of a section tile its decoded bytes, in order (FORMAT.md §5.3.1).
+        start = filled[1] if filled[0] == rec["section"] else 0
+        if rec.get("offset", 0) != start:
+            raise CorruptData(f"{what}: offset {rec.get('offset', 0)}, {start} expected")
+        if start and (entry.codec == fmt.PRODUCT or records[-1][1]["width"] != rec["width"]):
+            raise CorruptData(f"{what}: records sharing a section have one width and are not products")
+        filled = (rec["section"], start + rec["width"] * rec["elements"])
+        last_of_section = rec is manifest["tensors"][-1] or manifest["tensors"][len(records) + 1]["section"] != rec["section"]
+        if filled[1] > entry.decoded_length or (last_of_section and filled[1] != entry.decoded_length):
+            raise CorruptData(f"{what}: section declares {entry.decoded_length} bytes, its records need {filled[1]}")
         if entry.codec == fmt.PRODUCT and (rec["data_type"] != T.FLOAT or rec["field"] != "raw_data"):
             raise CorruptData(f"{what}: a product section restores FLOAT raw_data only")
         records.append((tensor, rec, entry))
@@ -617,9 +687,20 @@ def _decode_all(plan: _Plan) -> list:
     buffers: list = [None] * len(plan.records)
     section_of = {rec["tensor"]: i for i, (_, rec, _) in enumerate(plan.records)}
     products = [i for i, (_, _, entry) in enumerate(plan.records) if entry.codec == fmt.PRODUCT]
+    decoded: dict[int, bytes | np.ndarray] = {}  # a shared section is decoded once
     for i, (_, rec, entry) in enumerate(plan.records):
-        if entry.codec != fmt.PRODUCT:
-            buffers[i] = _decode_buffer(plan, rec, entry)
+        if entry.codec == fmt.PRODUCT:
+            continue
+        if rec["section"] not in decoded:
+            decoded = {rec["section"]: _decode_buffer(plan, rec, entry)}
+        whole = decoded[rec["section"]]
+        if rec.get("offset", 0) == 0 and rec["width"] * rec["elements"] == entry.decoded_length:
+            buffers[i] = whole
+        elif isinstance(whole, bytes):
+            buffers[i] = whole[rec["offset"] : rec["offset"] + rec["width"] * rec["elements"]]
+        else:  # an element array: offsets are whole elements (one width per section)
+            first = rec["offset"] // rec["width"]
+            buffers[i] = whole[first : first + rec["elements"]]
     for i in products:
         _, rec, entry = plan.records[i]
         scalar_index, vector_index = fmt.product_operands(plan.container, entry)
@@ -934,6 +1015,11 @@ def describe_container(path: str | os.PathLike) -> dict:
         entry = container.sections[rec["section"]]
         ref = refs[rec["tensor"]] if rec["tensor"] < len(refs) else None
         values = max(_num_values(rec["dims"]), 1)
+        size = rec["width"] * rec["elements"]
+        # A shared section's stored bytes are attributed in proportion to each record's size.
+        stored = entry.stored_length * size / entry.decoded_length if entry.decoded_length else entry.stored_length
+        if entry.codec == fmt.PRODUCT:
+            size, stored = entry.decoded_length, entry.stored_length
         tensors.append(
             {
                 "name": rec["name"],
@@ -945,9 +1031,10 @@ def describe_container(path: str | os.PathLike) -> dict:
                 "section": rec["section"],
                 "encoding": entry.codec_name,
                 "details": fmt.section_details(container, entry),
-                "bytes_before": entry.decoded_length,
-                "bytes_after": entry.stored_length,
-                "bits_per_weight": round(8 * entry.stored_length / values, 3),
+                "bytes_before": size,
+                "bytes_after": round(stored),
+                "bits_per_weight": round(8 * stored / values, 3),
+                "shared": sum(r["section"] == rec["section"] for r in manifest["tensors"]) > 1,
             }
         )
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
@@ -980,7 +1067,8 @@ def format_container_table(desc: dict) -> str:
         "",
     ]
     rows = [
-        [t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", t["encoding"], _detail(t["details"]),
+        [t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", t["encoding"],
+         _detail(t["details"]) + (f"{' ' if t['details'] else ''}(section {t['section']}, shared)" if t["shared"] else ""),
          t["bytes_before"], t["bytes_after"], t["bits_per_weight"]]
         for t in desc["tensors"]
     ]  # fmt: skip

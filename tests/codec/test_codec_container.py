@@ -168,7 +168,7 @@ def rebuild(data: bytes, edit_manifest=None, edit_sections=None) -> bytes:
     sections[0] = fmt.Section(fmt.KIND_MANIFEST, STORED, raw, len(raw))
     if edit_sections:
         edit_sections(sections)
-    return fmt.write_container(sections)
+    return fmt.write_container(sections, c.version)
 
 
 def first_tensor(manifest):
@@ -210,7 +210,7 @@ def test_lying_section_sizes_are_refused_before_allocation(packed):
         s = sections[2]
         sections[2] = fmt.Section(s.kind, s.codec, s.payload, s.decoded_length * 2)
 
-    assert_refused(rebuild(data, edit_sections=larger), "section declares .* the shape needs")
+    assert_refused(rebuild(data, edit_sections=larger), "section declares .* its records need")
 
     def lying_graph(sections):
         s = sections[1]

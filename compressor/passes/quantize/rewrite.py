@@ -74,7 +74,9 @@ class Rewriter:
                 if plan.bias is not None and plan.weights and act_names:
                     use = plan.weights[0]
                     qa = self.store.quantized(use.weight, use.axis)
-                    name = self.store.bias_dq(plan.bias_weight, self.qparams[act_names[0]].scale, qa)
+                    # The output's scale bounds how finely the bias can matter (WeightStore.bias_dq).
+                    out_scale = self.qparams[node.output[plan.outputs[0]]].scale if plan.outputs else None
+                    name = self.store.bias_dq(plan.bias_weight, self.qparams[act_names[0]].scale, qa, out_scale)
                     if name:
                         node.input[plan.bias] = name
                 for i, t in zip(plan.activations, act_names):

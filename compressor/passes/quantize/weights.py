@@ -148,18 +148,24 @@ class WeightStore:
                                  int(np.unique(q[q != 0]).size), {"bn_absorbed": True})
 
     # ---- biases
-    def bias_dq(self, b, x_scale: float, w_qa: qm.QuantizedArray) -> str | None:
-        """int32 bias with scale x_scale * w_scale (per channel when the weight is)."""
+    def bias_dq(self, b, x_scale: float, w_qa: qm.QuantizedArray, out_scale: float | None = None) -> str | None:
+        """int32 bias with scale x_scale * w_scale (per channel when the weight is).
+
+        When the op's output is requantized to ``out_scale``, each bias is rounded to a
+        power-of-two multiple of at most 1/16 of that output step (quant_math.coarsen_bias)."""
         w_scale = np.asarray(w_qa.scale, dtype=np.float32)
         scale = (np.float32(x_scale) * w_scale).astype(np.float32)
-        key = (b.name, float(x_scale), w_scale.tobytes())
+        key = (b.name, float(x_scale), w_scale.tobytes(), out_scale)
         if key in self._bias:
             return self._bias[key]
         values = b.array().astype(np.float64).reshape(-1)
         n = values.size
         if scale.size not in (1, n):
             return None
-        q = np.rint(values / scale.astype(np.float64).reshape(-1))
+        unit = scale.astype(np.float64).reshape(-1)
+        q = np.rint(values / unit)
+        if out_scale is not None and np.all(np.isfinite(q)):
+            q = qm.coarsen_bias(q, float(out_scale) / unit, BIAS_STEP_FRACTION).astype(np.float64)
         clipped = int(np.count_nonzero((q < INT32_MIN) | (q > INT32_MAX)))
         if clipped:
             self.warnings.append(f"{b.name}: {clipped} int32 bias values saturate; bias kept in float")
@@ -182,6 +188,10 @@ class WeightStore:
 # quant_math.round_mantissa): the weights' error grows by at most 0.8 % of a level, and the
 # scales, 10 % of a small quantized CNN's container at full precision, shrink to a third.
 SCALE_MANTISSA_BITS = 7
+
+# An int32 bias feeding a requantized output is rounded to 1/16 of that output's step or
+# finer: outputs move by at most 1/32 of a level, and each bias sheds about 10 of its ~22 bits.
+BIAS_STEP_FRACTION = 16
 
 # Roles whose weights keep an all-zero zero point (see WeightStore._entry).
 KEEP_ZERO_POINT_ROLES = ("gemm_b", "matmul_const", "matmul_const_a")
