@@ -311,3 +311,20 @@ def test_per_channel_scales_rounded_up_still_cover_the_range():
         levels = np.abs(rounded.dequantize() - w) / rounded.scale[:, None]
         big = np.abs(w) >= rounded.scale[:, None]
         assert np.all(levels[big] <= 0.5 + 1e-4) and np.all(levels <= 1.0 + 1e-4)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(-2**30, 2**30), min_size=1, max_size=40), st.floats(0.5, 2.0 ** 20, allow_nan=False))
+def test_coarsen_bias_error_is_within_a_fraction_of_the_output_step(values, output_step):
+    q = np.array(values, dtype=np.int64)
+    out = qm.coarsen_bias(q, output_step, fraction=16)
+    assert np.all(np.abs(out - q) <= output_step / 32)  # at most half of a step <= output_step / 16
+    step = 2 ** int(np.floor(np.log2(output_step / 16))) if output_step >= 32 else 1
+    assert np.all(out % step == 0)
+    assert np.all(np.sign(out) * np.sign(q) >= 0)
+
+
+def test_coarsen_bias_per_channel_and_degenerate_steps():
+    q = np.array([1000, 1000, 1000, -1000])
+    out = qm.coarsen_bias(q, np.array([16 * 64, 16, np.inf, np.nan]), fraction=16)
+    np.testing.assert_array_equal(out, [1024, 1000, 1000, -1000])  # step 64; then 1 (unchanged) for the rest

@@ -282,6 +282,11 @@ def test_static_structure_bias_and_per_channel_axes():
     # int32 bias, scale = input scale x weight scale
     assert c["b1_quantized"].dtype == np.int32
     np.testing.assert_allclose(c["b1_scale"], c["x_scale"] * c["w1_scale"], rtol=1e-6)
+    # ... rounded to a power of two no coarser than 1/16 of the output's step in bias units
+    unrounded = np.rint(consts(model)["b1"] / c["b1_scale"]).astype(np.int64)
+    steps = c["c1_scale"] / c["b1_scale"]
+    assert np.all(np.abs(c["b1_quantized"] - unrounded) <= steps / 32)
+    assert np.any(c["b1_quantized"] != unrounded)  # low bits were cleared somewhere
     statuses = {r["node"]: r["status"] for r in stats["nodes"]}
     assert statuses["conv1"] == statuses["dwconv"] == statuses["res"] == "integer"
     assert statuses["relu1"] == statuses["relu2"] == "activation" and statuses["pool"] == "passthrough"

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.codec import STORED, XZ, ZSTD, CorruptData, compress, decompress
 from compressor.codec import container as fmt
 from compressor.errors import CompressorError
+from compressor.passes import pack
 from compressor.passes.pack import pack_model, unpack_container
 
 
@@ -246,3 +247,96 @@ def test_containers_are_deterministic():
     a, _ = pack_model(small_model())
     b, _ = pack_model(small_model())
     assert a == b
+
+
+# ------------------------------------------------------------------ shared sections (1.3)
+
+
+def shared_model() -> onnx.ModelProto:
+    """Five small per-channel scale vectors and five int32 bias vectors: two shared sections."""
+    rng = np.random.default_rng(3)
+    inits, nodes, f, i = [], [], "x", "n"
+    for k in range(5):
+        scale = (rng.uniform(0.01, 0.02, 64 * (1 + k % 2))).astype(np.float32)
+        scale = (scale.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)  # 7 mantissa bits, like the quantizer's
+        inits.append(numpy_helper.from_array(np.resize(scale, 128), f"s{k}"))
+        inits.append(numpy_helper.from_array((rng.integers(-3000, 3000, 128) // 16 * 16).astype(np.int32), f"b{k}"))
+        nodes += [helper.make_node("Mul", [f, f"s{k}"], [f"f{k}"]), helper.make_node("Add", [i, f"b{k}"], [f"i{k}"])]
+        f, i = f"f{k}", f"i{k}"
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128]), helper.make_tensor_value_info("n", TensorProto.INT32, [128])],
+        [helper.make_tensor_value_info(f, TensorProto.FLOAT, [128]), helper.make_tensor_value_info(i, TensorProto.INT32, [128])],
+        inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def shared_packed():
+    model = shared_model()
+    data, _ = pack_model(model)
+    container = fmt.read_container(data)
+    manifest = json.loads(fmt.decode_section(container, container.sections[0]))
+    assert container.version == fmt.SHARED_SECTIONS_VERSION
+    assert len(manifest["tensors"]) == 10 and len(container.sections) == 4  # 10 fields in 2 sections
+    return model, data
+
+
+def test_shared_sections_roundtrip_and_are_smaller_than_one_section_each(shared_packed, monkeypatch):
+    model, data = shared_packed
+    assert unpack_container(data, verify=True)[0].SerializeToString() == model.SerializeToString()
+    c = fmt.read_container(data)
+    manifest = json.loads(fmt.decode_section(c, c.sections[0]))
+    assert [r.get("offset", 0) for r in manifest["tensors"]] == [0, 512, 1024, 1536, 2048] * 2
+    monkeypatch.setattr(pack, "MAX_SHARED_FIELD_BYTES", 0)  # every field in its own section
+    apart, _ = pack_model(model)
+    assert fmt.read_container(apart).version < fmt.SHARED_SECTIONS_VERSION
+    assert len(data) < len(apart)
+
+
+def test_a_shared_section_longer_than_its_records_is_refused(shared_packed):
+    _, data = shared_packed
+
+    def longer(sections):
+        s = sections[2]
+        sections[2] = fmt.Section(s.kind, s.codec, s.payload, s.decoded_length + 512)
+
+    assert_refused(rebuild(data, edit_sections=longer), "section declares 3072 bytes, its records need 2560")
+
+
+def second_record(m):
+    return m["tensors"][1]
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: second_record(m).update(offset=4), "offset 4, 512 expected"),
+        (lambda m: second_record(m).pop("offset"), "offset 0, 512 expected"),
+        (lambda m: second_record(m).update(offset=-1), "bad 'offset'"),
+        (lambda m: second_record(m).update(offset="512"), "bad 'offset'"),
+        (lambda m: m["tensors"][4].update(offset=2049), "offset 2049, 2048 expected"),
+        (lambda m: m["tensors"].__setitem__(slice(0, 2), [m["tensors"][1], m["tensors"][0]]), "offset 512, 0 expected"),
+        (lambda m: m["tensors"][5].update(section=2, offset=2560), "points at section|its records need"),
+        (lambda m: m.update(version=[1, 2]), "unsupported version|points at section|tensor records"),
+    ],
+)
+def test_lying_shared_records_are_refused(shared_packed, edit, match):
+    _, data = shared_packed
+    assert_refused(rebuild(data, edit_manifest=edit), match)
+
+
+def test_shared_records_are_refused_before_1_3(shared_packed):
+    _, data = shared_packed
+
+    def as_1_2(m):
+        m["version"] = [1, 2]
+
+    c = fmt.read_container(data)
+    sections = [fmt.Section(e.kind, e.codec, bytes(c.payload(e)), e.decoded_length) for e in c.sections]
+    manifest = json.loads(fmt.decode_section(c, c.sections[0]))
+    as_1_2(manifest)
+    raw = json.dumps(manifest).encode()
+    sections[0] = fmt.Section(fmt.KIND_MANIFEST, STORED, raw, len(raw))
+    assert_refused(fmt.write_container(sections, (1, 2)), "tensor records for 2 tensor sections")
