@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -355,10 +356,23 @@ class _Field:
     index: int  # the tensor's position in iter_tensors order
     tensor: onnx.TensorProto
     name: str  # the field: raw_data, float_data, ...
-    data: bytes
+    size: int  # bytes
     width: int
     count: int
-    product: tuple[int, int] | None  # (scalar, vector) tensor indices when it is their product
+    encoded: EncodedTensor  # in a section of its own
+    data: bytes | None  # kept only while it may still share a section (MAX_SHARED_FIELD_BYTES)
+
+
+def _field(index: int, tensor: onnx.TensorProto, name: str, data: bytes, width: int, count: int,
+           product: tuple[int, int] | None) -> _Field:
+    """Encode one field on its own; a product (scalar, vector tensor indices) is stored as such."""
+    if product:
+        encoded = EncodedTensor(fmt.PRODUCT, fmt.PRODUCT_PAYLOAD.pack(*product),
+                                params={"scalar_tensor": product[0], "vector_tensor": product[1]})
+    else:
+        encoded = encode_tensor_data(data, width)
+    keep = data if not product and len(data) <= MAX_SHARED_FIELD_BYTES else None
+    return _Field(index, tensor, name, len(data), width, count, encoded, keep)
 
 
 def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Section], list[dict], list[dict]]:
@@ -368,12 +382,10 @@ def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Sec
     name may share one (FORMAT.md §5.3.1): a CNN's per-channel scales and int32 biases,
     a few hundred bytes each, compress far better together and save a table entry each.
     A group is kept only where it is smaller than its members stored apart."""
-    encoded = [EncodedTensor(fmt.PRODUCT, fmt.PRODUCT_PAYLOAD.pack(*f.product),
-                             params={"scalar_tensor": f.product[0], "vector_tensor": f.product[1]})
-               if f.product else encode_tensor_data(f.data, f.width) for f in fields]  # fmt: skip
+    encoded = [f.encoded for f in fields]
     groups: dict[tuple, list[int]] = {}
     for i, f in enumerate(fields):
-        if f.product is None and len(f.data) <= MAX_SHARED_FIELD_BYTES:
+        if f.data is not None:
             groups.setdefault((f.tensor.data_type, f.name, f.width), []).append(i)
     shared_of: dict[int, tuple[list[int], EncodedTensor]] = {}
     for members in groups.values():
@@ -392,7 +404,7 @@ def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Sec
         if i != members[0]:
             continue  # written with the group's first member
         section_index = 2 + len(sections)
-        total = sum(len(fields[j].data) for j in members)
+        total = sum(fields[j].size for j in members)
         sections.append(fmt.Section(fmt.KIND_TENSOR, enc.codec, enc.payload, total))
         offset = 0
         for j in members:
@@ -404,14 +416,14 @@ def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Sec
                 entry["offset"] = offset
             entries.append(entry)
             # A shared section's bytes are attributed to its members in proportion to their size.
-            share = len(enc.payload) * len(g.data) / total
+            share = len(enc.payload) * g.size / total
             values = max(rows[g.index]["elements"], 1)
             detail = _describe_encoding(enc.codec, enc.params)
             stats[j] = {
                 **rows[g.index],
                 "field": g.name,
                 "section": section_index,
-                "bytes_before": len(g.data),
+                "bytes_before": g.size,
                 "bytes_after": round(share) if len(members) > 1 else len(enc.payload),
                 "bits_per_weight": round(8 * share / values, 3),
                 "encoding": fmt.CODEC_NAMES[enc.codec],
@@ -420,7 +432,7 @@ def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Sec
                 "streams": [s.as_dict() for s in enc.streams] if j == members[0] else [],
                 "candidates": encoded[j].candidates,
             }
-            offset += len(g.data)
+            offset += g.size
     return sections, entries, stats
 
 
@@ -462,7 +474,7 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
             if count * width != len(data):
                 continue  # inconsistent with its shape: leave it in the graph, untouched
             target.proto.ClearField(field_name)
-            fields.append(_Field(index, tensor, field_name, data, width, count, products.get(index) if field_name == "raw_data" else None))
+            fields.append(_field(index, tensor, field_name, data, width, count, products.get(index) if field_name == "raw_data" else None))
     sections, entries, field_stats = _encode_fields(fields, rows)
     tensor_stats = []
     by_tensor: dict[int, list[dict]] = {}
@@ -1011,6 +1023,7 @@ def describe_container(path: str | os.PathLike) -> dict:
             }
         )
     tensors = []
+    records_in = Counter(rec["section"] for rec in manifest["tensors"])
     for rec in manifest["tensors"]:
         entry = container.sections[rec["section"]]
         ref = refs[rec["tensor"]] if rec["tensor"] < len(refs) else None
@@ -1034,7 +1047,7 @@ def describe_container(path: str | os.PathLike) -> dict:
                 "bytes_before": size,
                 "bytes_after": round(stored),
                 "bits_per_weight": round(8 * stored / values, 3),
-                "shared": sum(r["section"] == rec["section"] for r in manifest["tensors"]) > 1,
+                "shared": records_in[rec["section"]] > 1,
             }
         )
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}

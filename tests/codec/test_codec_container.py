@@ -158,8 +158,9 @@ def test_garbage_after_magic_is_refused(tail):
 # ------------------------------------------------------------------ targeted lies
 
 
-def rebuild(data: bytes, edit_manifest=None, edit_sections=None) -> bytes:
-    """Re-encode a container with an edited manifest / section list (valid checksums)."""
+def rebuild(data: bytes, edit_manifest=None, edit_sections=None, version=None) -> bytes:
+    """Re-encode a container with an edited manifest / section list (valid checksums), under
+    its own version or the given (older) one."""
     c = fmt.read_container(data)
     sections = [fmt.Section(e.kind, e.codec, bytes(c.payload(e)), e.decoded_length) for e in c.sections]
     manifest = json.loads(fmt.decode_section(c, c.sections[0]))
@@ -169,7 +170,7 @@ def rebuild(data: bytes, edit_manifest=None, edit_sections=None) -> bytes:
     sections[0] = fmt.Section(fmt.KIND_MANIFEST, STORED, raw, len(raw))
     if edit_sections:
         edit_sections(sections)
-    return fmt.write_container(sections, c.version)
+    return fmt.write_container(sections, version or c.version)
 
 
 def first_tensor(manifest):
@@ -329,14 +330,6 @@ def test_lying_shared_records_are_refused(shared_packed, edit, match):
 
 def test_shared_records_are_refused_before_1_3(shared_packed):
     _, data = shared_packed
-
-    def as_1_2(m):
-        m["version"] = [1, 2]
-
-    c = fmt.read_container(data)
-    sections = [fmt.Section(e.kind, e.codec, bytes(c.payload(e)), e.decoded_length) for e in c.sections]
-    manifest = json.loads(fmt.decode_section(c, c.sections[0]))
-    as_1_2(manifest)
-    raw = json.dumps(manifest).encode()
-    sections[0] = fmt.Section(fmt.KIND_MANIFEST, STORED, raw, len(raw))
-    assert_refused(fmt.write_container(sections, (1, 2)), "tensor records for 2 tensor sections")
+    as_1_2 = rebuild(data, edit_manifest=lambda m: m.update(version=[1, 2]), version=(1, 2))
+    assert fmt.read_container(as_1_2).version == (1, 2)
+    assert_refused(as_1_2, "tensor records for 2 tensor sections")
