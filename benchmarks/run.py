@@ -728,7 +728,7 @@ def render(result: dict) -> str:
     ]
     acc = result.get("acceptance") or []
     if acc:
-        out += ["## Zoo acceptance: default `compressor run --data` >= 10x at <= 1 point drop", "",
+        out += ["## Zoo acceptance: default `compressor run --data TEST --calib CALIB` >= 10x at <= 1 point drop", "",
                 "| model | ratio | float accuracy % | container accuracy % | drop (points) | passed | stages applied |",
                 "|---|---:|---:|---:|---:|---|---|"]
         for a in acc:
