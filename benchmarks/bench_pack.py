@@ -69,7 +69,10 @@ def build_model(quick: bool, int8: bool, seed: int = 0) -> onnx.ModelProto:
         conv_c, spatial, fc = 512, 7, [(512 * 7 * 7, 4096), (4096, 4096), (4096, 1000)]
     inits, nodes = [], []
     conv_w = prune_and_share(rng.standard_normal((conv_c, conv_c, 3, 3), dtype=np.float32) * 0.02, 0.1, 256, rng)
-    inits += [numpy_helper.from_array(conv_w, "conv_w"), numpy_helper.from_array(rng.standard_normal(conv_c).astype(np.float32) * 0.01, "conv_b")]
+    inits += [
+        numpy_helper.from_array(conv_w, "conv_w"),
+        numpy_helper.from_array(rng.standard_normal(conv_c).astype(np.float32) * 0.01, "conv_b"),
+    ]
     nodes += [
         helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["cr"]),
@@ -124,13 +127,25 @@ def main(argv: list[str] | None = None) -> int:
         del model
         raw = onnx_path.read_bytes()
         mb = len(raw) / 1e6
-        print(f"model: {params / 1e6:.1f} M parameters, {mb:.1f} MB ONNX file (built in {build_s:.1f} s)", file=sys.stderr)
+        print(
+            f"model: {params / 1e6:.1f} M parameters, {mb:.1f} MB ONNX file (built in {build_s:.1f} s)", file=sys.stderr
+        )
 
         stats, pack_s = timed(pack_file, onnx_path, cmpz_path)
         _, unpack_s = timed(unpack_file, cmpz_path, back_path, repeat=DECODE_REPEATS)
         identical = back_path.read_bytes() == raw
-        rows = [{"tool": "compressor pack/unpack", "bytes": stats["container_bytes"], "pack_s": pack_s, "unpack_s": unpack_s}]
-        print(f"compressor: {stats['container_bytes']:,} bytes, pack {pack_s:.1f} s, unpack {unpack_s:.1f} s", file=sys.stderr)
+        rows = [
+            {
+                "tool": "compressor pack/unpack",
+                "bytes": stats["container_bytes"],
+                "pack_s": pack_s,
+                "unpack_s": unpack_s,
+            }
+        ]
+        print(
+            f"compressor: {stats['container_bytes']:,} bytes, pack {pack_s:.1f} s, unpack {unpack_s:.1f} s",
+            file=sys.stderr,
+        )
 
         def file_roundtrip(compress, decompress, suffix):
             path = tmp / ("model.onnx" + suffix)
@@ -146,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             return path.stat().st_size, c_s, d_s
 
         size, c_s, d_s = file_roundtrip(
-            lambda b: zstandard.ZstdCompressor(level=19).compress(b), lambda b: zstandard.ZstdDecompressor().decompress(b), ".zst"
+            lambda b: zstandard.ZstdCompressor(level=19).compress(b),
+            lambda b: zstandard.ZstdDecompressor().decompress(b),
+            ".zst",
         )
         rows.append({"tool": "zstd -19 (zstandard)", "bytes": size, "pack_s": c_s, "unpack_s": d_s})
         print(f"zstd -19: {size:,} bytes, {c_s:.1f} s / {d_s:.1f} s", file=sys.stderr)
@@ -175,11 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
-    print(f"\nModel: {params / 1e6:.1f} M parameters, {mb:.1f} MB ONNX ({'int8 fc, ' if args.int8 else ''}90 % pruned, 32/256 shared values)\n")
+    print(
+        f"\nModel: {params / 1e6:.1f} M parameters, {mb:.1f} MB ONNX ({'int8 fc, ' if args.int8 else ''}90 % pruned, 32/256 shared values)\n"
+    )
     print("| tool | bytes | ratio | pack MB/s | unpack MB/s | pack s | unpack s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['tool']} | {r['bytes']:,} | {r['ratio']} | {r['pack_MBps']} | {r['unpack_MBps']} | {r['pack_s']} | {r['unpack_s']} |")
+        print(
+            f"| {r['tool']} | {r['bytes']:,} | {r['ratio']} | {r['pack_MBps']} | {r['unpack_MBps']} | {r['pack_s']} | {r['unpack_s']} |"
+        )
     print(
         f"\nHuffman streams: {entropy['coded_bytes']:,} bytes vs entropy bound {entropy['entropy_bound_bytes']:,.0f} "
         f"(+{entropy['overhead_pct']} %); round trip bit-identical: {identical}; JSON: {args.output}"

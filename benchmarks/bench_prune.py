@@ -48,10 +48,14 @@ def build_model(n_fc: int, fc_dim: int, n_conv: int, conv_ch: int, seed: int = 0
     cur = "x"
     for i in range(n_conv):
         w = rng.laplace(0, 0.02, (conv_ch, conv_ch, 3, 3)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"conv{i}.weight"),
-                  numpy_helper.from_array(rng.normal(0, 0.01, conv_ch).astype(np.float32), f"conv{i}.bias")]
-        nodes += [helper.make_node("Conv", [cur, f"conv{i}.weight", f"conv{i}.bias"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        inits += [
+            numpy_helper.from_array(w, f"conv{i}.weight"),
+            numpy_helper.from_array(rng.normal(0, 0.01, conv_ch).astype(np.float32), f"conv{i}.bias"),
+        ]
+        nodes += [
+            helper.make_node("Conv", [cur, f"conv{i}.weight", f"conv{i}.bias"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
         cur = f"r{i}"
     nodes += [helper.make_node("GlobalAveragePool", [cur], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"])]
     inits.append(numpy_helper.from_array(rng.laplace(0, 0.02, (conv_ch, fc_dim)).astype(np.float32), "proj.weight"))
@@ -62,11 +66,18 @@ def build_model(n_fc: int, fc_dim: int, n_conv: int, conv_ch: int, seed: int = 0
         if i == 0:
             w[: fc_dim // 10] = 0.0  # already pruned rows: they count towards the target
         inits.append(numpy_helper.from_array(w, f"fc{i}.weight"))
-        nodes += [helper.make_node("MatMul", [cur, f"fc{i}.weight"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"h{i + 1}"])]
+        nodes += [
+            helper.make_node("MatMul", [cur, f"fc{i}.weight"], [f"m{i}"]),
+            helper.make_node("Relu", [f"m{i}"], [f"h{i + 1}"]),
+        ]
         cur = f"h{i + 1}"
-    g = helper.make_graph(nodes, "bench_prune",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", conv_ch, 8, 8])],
-                          [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", fc_dim])], inits)
+    g = helper.make_graph(
+        nodes,
+        "bench_prune",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", conv_ch, 8, 8])],
+        [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", fc_dim])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -77,7 +88,12 @@ def child(task: str, model_path: str) -> dict:
     t0 = time.perf_counter()
     model = graph.load_model(model_path, check=False)
     load_s = time.perf_counter() - t0
-    result = {"task": task, "load_s": round(load_s, 2), "rss_after_load_mb": round(rss_mb()), "peak_rss_load_mb": round(peak_rss_mb())}
+    result = {
+        "task": task,
+        "load_s": round(load_s, 2),
+        "rss_after_load_mb": round(rss_mb()),
+        "peak_rss_load_mb": round(peak_rss_mb()),
+    }
     if task in ("global", "layer", "random"):
         t0 = time.perf_counter()
         pruned, stats = prune(model, SPARSITY, scope=task)
@@ -87,7 +103,10 @@ def child(task: str, model_path: str) -> dict:
         if task == "global":
             assert totals["zeros_after"] == target_zeros(SPARSITY, totals["params"]), "global count not exact"
         else:
-            assert all(t["zeros_after"] == max(t["zeros_before"], target_zeros(SPARSITY, t["params"])) for t in stats["tensors"])
+            assert all(
+                t["zeros_after"] == max(t["zeros_before"], target_zeros(SPARSITY, t["params"]))
+                for t in stats["tensors"]
+            )
     elif task == "cli":
         out = Path(model_path).with_name("pruned.onnx")
         t0 = time.perf_counter()
@@ -129,7 +148,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child)))
         return
-    shape = dict(n_fc=1, fc_dim=2048, n_conv=3, conv_ch=256) if args.quick else dict(n_fc=5, fc_dim=4096, n_conv=7, conv_ch=512)
+    shape = (
+        dict(n_fc=1, fc_dim=2048, n_conv=3, conv_ch=256)
+        if args.quick
+        else dict(n_fc=5, fc_dim=4096, n_conv=7, conv_ch=512)
+    )
     with tempfile.TemporaryDirectory(prefix="bench_prune_") as tmp:
         model_path = Path(tmp) / "model.onnx"
         t0 = time.perf_counter()
@@ -137,10 +160,15 @@ def main() -> None:
         params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
         onnx.save_model(model, model_path)
         del model
-        print(f"built {params:,} parameters ({model_path.stat().st_size / 2**20:.0f} MB) in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"built {params:,} parameters ({model_path.stat().st_size / 2**20:.0f} MB) in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         runs = []
         for task in ("global", "layer", "random", "cli", "threshold"):
-            proc = subprocess.run([sys.executable, __file__, "--child", task, str(model_path)], capture_output=True, text=True, cwd=ROOT)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", task, str(model_path)], capture_output=True, text=True, cwd=ROOT
+            )
             if proc.returncode != 0:
                 sys.exit(f"child {task} failed:\n{proc.stderr}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (puts the repository on sys.path too)
 from common import ort_dynamic, ort_static  # noqa: E402
+
 from compressor import graph  # noqa: E402
 from compressor.data import load_dataset  # noqa: E402
 from compressor.evaluate import accuracy, fidelity, latency_ms, make_session, run_model  # noqa: E402
@@ -49,14 +50,19 @@ def variants(name: str, tmp: Path) -> dict[str, tuple[onnx.ModelProto, float]]:
     model = graph.load_model(src)
     calib = load_dataset(SAMPLES / f"{name}_calib.npz", model)
     out: dict[str, tuple[onnx.ModelProto, float]] = {"float": (model, 0.0)}
-    for label, kwargs in (("compressor static", dict(calib=calib)), ("compressor dynamic", dict(activations="dynamic")),
-                          ("compressor weight-only", dict(activations="none"))):
+    for label, kwargs in (
+        ("compressor static", dict(calib=calib)),
+        ("compressor dynamic", dict(activations="dynamic")),
+        ("compressor weight-only", dict(activations="none")),
+    ):
         t = time.perf_counter()
         q, _ = quantize(model, check=False, **kwargs)
         out[label] = (q, time.perf_counter() - t)
-    for label, fn in (("ORT quantize_static", lambda p: ort_static(src, calib.inputs, p, False)),
-                      ("ORT quantize_static reduce_range", lambda p: ort_static(src, calib.inputs, p, True)),
-                      ("ORT quantize_dynamic", lambda p: ort_dynamic(src, p))):
+    for label, fn in (
+        ("ORT quantize_static", lambda p: ort_static(src, calib.inputs, p, False)),
+        ("ORT quantize_static reduce_range", lambda p: ort_static(src, calib.inputs, p, True)),
+        ("ORT quantize_dynamic", lambda p: ort_dynamic(src, p)),
+    ):
         path = tmp / f"{name}_{label.replace(' ', '_')}.onnx"
         t = time.perf_counter()
         fn(path)
@@ -74,11 +80,21 @@ def measure(name: str, rounds: int, tmp: Path) -> list[dict]:
         outputs = run_model(m, test)
         cov = integer_kernel_coverage(m)
         f = fidelity(reference, outputs)
-        rows.append({
-            "model": name, "kind": MODELS[name], "variant": label, "bytes": len(m.SerializeToString()),
-            "accuracy": accuracy(outputs[0], test.labels), "top1_agreement": f["top1_agreement"], "snr_db": f["snr_db"],
-            "coverage": cov["fraction"], "integer_ops": cov["integer"], "float_ops": cov["float"], "quantize_s": round(seconds, 3),
-        })
+        rows.append(
+            {
+                "model": name,
+                "kind": MODELS[name],
+                "variant": label,
+                "bytes": len(m.SerializeToString()),
+                "accuracy": accuracy(outputs[0], test.labels),
+                "top1_agreement": f["top1_agreement"],
+                "snr_db": f["snr_db"],
+                "coverage": cov["fraction"],
+                "integer_ops": cov["integer"],
+                "float_ops": cov["float"],
+                "quantize_s": round(seconds, 3),
+            }
+        )
         sessions[label] = make_session(m, threads=1)
     for batch, repeats in ((1, 200), (64, 30)):
         per_round: dict[str, list[float]] = {label: [] for label in sessions}
@@ -91,13 +107,26 @@ def measure(name: str, rounds: int, tmp: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["model", "variant", "size KB", "accuracy %", "agree %", "SNR dB", "int coverage", "b1 ms", "b64 ms", "quantize s"]
+    head = [
+        "model",
+        "variant",
+        "size KB",
+        "accuracy %",
+        "agree %",
+        "SNR dB",
+        "int coverage",
+        "b1 ms",
+        "b64 ms",
+        "quantize s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cov = "-" if r["coverage"] is None else f"{100 * r['coverage']:.0f}%"
         snr = "inf" if r["snr_db"] == float("inf") else f"{r['snr_db']:.1f}"
-        lines.append(f"| {r['model']} ({r['kind']}) | {r['variant']} | {r['bytes'] / 1024:.1f} | {r['accuracy']:.1f} | "
-                     f"{r['top1_agreement']:.1f} | {snr} | {cov} | {r['latency_ms_b1']:.3f} | {r['latency_ms_b64']:.3f} | {r['quantize_s']:.2f} |")
+        lines.append(
+            f"| {r['model']} ({r['kind']}) | {r['variant']} | {r['bytes'] / 1024:.1f} | {r['accuracy']:.1f} | "
+            f"{r['top1_agreement']:.1f} | {snr} | {cov} | {r['latency_ms_b1']:.3f} | {r['latency_ms_b64']:.3f} | {r['quantize_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -119,8 +148,12 @@ def main() -> None:
     print(markdown(rows))
     result = {
         "machine": {**common.machine_info(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
-        "settings": {"intra_op_num_threads": 1, "latency": "median of per-round medians", "rounds": args.rounds,
-                     "repeats": {"batch1": 200, "batch64": 30}},
+        "settings": {
+            "intra_op_num_threads": 1,
+            "latency": "median of per-round medians",
+            "rounds": args.rounds,
+            "repeats": {"batch1": 200, "batch64": 30},
+        },
         "rows": rows,
     }
     out_path = Path(args.out)

@@ -63,7 +63,8 @@ def build_model(n_fc: int, fc_dim: int, n_conv: int, conv_ch: int, seed: int = 0
         nodes.append(helper.make_node("MatMul", [cur, f"fc{i}.weight"], [f"h{i + 1}"]))
         cur = f"h{i + 1}"
     g = helper.make_graph(
-        nodes, "bench_share",
+        nodes,
+        "bench_share",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", conv_ch, 8, 8])],
         [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", fc_dim])],
         inits,
@@ -76,9 +77,12 @@ def bench_paths(values: np.ndarray, k: int) -> dict:
     (c_e, l_e), t_exact = timed(kmeans_1d, x, k, hist_threshold=1 << 62)
     (c_h, l_h), t_hist = timed(kmeans_1d, x, k, hist_threshold=0)
     return {
-        "values": int(x.size), "k": k,
-        "exact_sort_s": round(t_exact, 3), "histogram_s": round(t_hist, 3),
-        "exact_inertia": inertia(x, c_e, l_e), "histogram_inertia": inertia(x, c_h, l_h),
+        "values": int(x.size),
+        "k": k,
+        "exact_sort_s": round(t_exact, 3),
+        "histogram_s": round(t_hist, 3),
+        "exact_inertia": inertia(x, c_e, l_e),
+        "histogram_inertia": inertia(x, c_h, l_h),
         "histogram_vs_exact_inertia": inertia(x, c_h, l_h) / inertia(x, c_e, l_e),
     }
 
@@ -100,12 +104,22 @@ def bench_sklearn(n: int, k: int, init: str, seed: int = 0) -> dict:
     (pc, pl, pit), t_plain = timed(kmeans_1d, x, k, init=init, accelerate=False, return_iterations=True)
     (ac, al, ait), t_acc = timed(kmeans_1d, x, k, init=init, return_iterations=True)
     return {
-        "values": n, "k": k, "init": init, "sklearn_threads": 1,
-        "sklearn_s": round(t_sk, 3), "sklearn_iterations": int(km.n_iter_), "sklearn_inertia": float(km.inertia_),
-        "plain_s": round(t_plain, 4), "plain_iterations": int(pit), "plain_inertia": inertia(x, pc, pl),
-        "accelerated_s": round(t_acc, 4), "accelerated_iterations": int(ait), "accelerated_inertia": inertia(x, ac, al),
+        "values": n,
+        "k": k,
+        "init": init,
+        "sklearn_threads": 1,
+        "sklearn_s": round(t_sk, 3),
+        "sklearn_iterations": int(km.n_iter_),
+        "sklearn_inertia": float(km.inertia_),
+        "plain_s": round(t_plain, 4),
+        "plain_iterations": int(pit),
+        "plain_inertia": inertia(x, pc, pl),
+        "accelerated_s": round(t_acc, 4),
+        "accelerated_iterations": int(ait),
+        "accelerated_inertia": inertia(x, ac, al),
         "max_centroid_diff_plain_vs_sklearn": float(np.max(np.abs(np.sort(km.cluster_centers_.ravel()) - pc)))
-        if len(pc) == len(km.cluster_centers_) else None,
+        if len(pc) == len(km.cluster_centers_)
+        else None,
         "speedup_plain_vs_sklearn": round(t_sk / t_plain, 1),
     }
 
@@ -120,8 +134,14 @@ def main() -> None:
     n_fc, fc_dim, n_conv, conv_ch = (5, 4096, 7, 512) if not args.quick else (2, 2048, 2, 256)
     # (values, k, init): density init has no empty clusters, so sklearn and our plain Lloyd
     # must reach the same fixed point; with linear init the empty-cluster handling differs.
-    sk_cases = [(20_000, 32, "density"), (20_000, 32, "linear"), (200_000, 32, "density"), (200_000, 32, "linear"),
-                (200_000, 256, "linear"), (1_000_000, 32, "density")]
+    sk_cases = [
+        (20_000, 32, "density"),
+        (20_000, 32, "linear"),
+        (200_000, 32, "density"),
+        (200_000, 32, "linear"),
+        (200_000, 256, "linear"),
+        (1_000_000, 32, "density"),
+    ]
     if args.quick:
         sk_cases = sk_cases[:2]
     if args.no_sklearn:
@@ -129,12 +149,16 @@ def main() -> None:
 
     model, t_build = timed(build_model, n_fc, fc_dim, n_conv, conv_ch)
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    print(f"model: {params / 1e6:.1f} M parameters ({n_fc} MatMul {fc_dim}x{fc_dim}, {n_conv} Conv {conv_ch}x{conv_ch}x3x3), "
-          f"built in {t_build:.1f} s")
+    print(
+        f"model: {params / 1e6:.1f} M parameters ({n_fc} MatMul {fc_dim}x{fc_dim}, {n_conv} Conv {conv_ch}x{conv_ch}x3x3), "
+        f"built in {t_build:.1f} s"
+    )
 
     (shared, stats), t_share = timed(share, model, bits_conv=8, bits_fc=5)
-    print(f"share pass (8 bits conv, 5 bits fc): {t_share:.1f} s for {stats['shared_tensors']} tensors, "
-          f"{stats['shared_params'] / 1e6:.1f} M values")
+    print(
+        f"share pass (8 bits conv, 5 bits fc): {t_share:.1f} s for {stats['shared_tensors']} tensors, "
+        f"{stats['shared_params'] / 1e6:.1f} M values"
+    )
     for t in stats["tensors"]:
         assert t["distinct"] <= 2 ** t["bits"]
 
@@ -154,18 +178,22 @@ def main() -> None:
     conv = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "conv0.weight"))
     paths = [bench_paths(big, 32), bench_paths(big, 256), bench_paths(conv, 256)]
     for p in paths:
-        print(f"k-means on {p['values'] / 1e6:.2f} M values, k={p['k']}: exact sort {p['exact_sort_s']:.2f} s, "
-              f"histogram {p['histogram_s']:.2f} s (inertia ratio hist/exact {p['histogram_vs_exact_inertia']:.5f})")
+        print(
+            f"k-means on {p['values'] / 1e6:.2f} M values, k={p['k']}: exact sort {p['exact_sort_s']:.2f} s, "
+            f"histogram {p['histogram_s']:.2f} s (inertia ratio hist/exact {p['histogram_vs_exact_inertia']:.5f})"
+        )
 
     sk = []
     for n, k, init in sk_cases:
         r = bench_sklearn(n, k, init)
         sk.append(r)
-        print(f"sklearn KMeans vs kmeans_1d, {n} values, k={k}, {init} init: sklearn {r['sklearn_s']:.3f} s "
-              f"({r['sklearn_iterations']} it, inertia {r['sklearn_inertia']:.6g}); ours plain {r['plain_s']:.4f} s "
-              f"({r['plain_iterations']} it, inertia {r['plain_inertia']:.6g}, {r['speedup_plain_vs_sklearn']}x); "
-              f"ours accelerated {r['accelerated_s']:.4f} s ({r['accelerated_iterations']} it, "
-              f"inertia {r['accelerated_inertia']:.6g})")
+        print(
+            f"sklearn KMeans vs kmeans_1d, {n} values, k={k}, {init} init: sklearn {r['sklearn_s']:.3f} s "
+            f"({r['sklearn_iterations']} it, inertia {r['sklearn_inertia']:.6g}); ours plain {r['plain_s']:.4f} s "
+            f"({r['plain_iterations']} it, inertia {r['plain_inertia']:.6g}, {r['speedup_plain_vs_sklearn']}x); "
+            f"ours accelerated {r['accelerated_s']:.4f} s ({r['accelerated_iterations']} it, "
+            f"inertia {r['accelerated_inertia']:.6g})"
+        )
 
     result = {
         "machine": {**machine_info(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},

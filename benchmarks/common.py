@@ -151,8 +151,12 @@ def generic_compress(path: Path, codec: str) -> dict:
         out, s = timed(fn, chunk)
         sample_in, sample_out, seconds = sample_in + len(chunk), sample_out + len(out), seconds + s
     scale = len(raw) / sample_in
-    return {"bytes": int(round(sample_out * scale)), "seconds": round(seconds * scale, 1), "estimated": True,
-            "sample_bytes": sample_in}
+    return {
+        "bytes": int(round(sample_out * scale)),
+        "seconds": round(seconds * scale, 1),
+        "estimated": True,
+        "sample_bytes": sample_in,
+    }
 
 
 # --------------------------------------------------------------------------- ONNX Runtime's quantizer
@@ -178,9 +182,18 @@ def ort_static(src: Path, calib: dict[str, np.ndarray], out: Path, reduce_range:
 
     # Models past protobuf's 2 GB limit need external data; below it one file keeps sizes comparable.
     big = Path(src).stat().st_size > 1_500_000_000
-    quantize_static(str(src), str(out), _reader(calib), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    use_external_data_format=big)
+    quantize_static(
+        str(src),
+        str(out),
+        _reader(calib),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=big,
+    )
 
 
 def ort_dynamic(src: Path, out: Path) -> None:
@@ -220,33 +233,46 @@ def build_vgg16(image: int = 32, classes: int = 1000, seed: int = 0) -> onnx.Mod
             continue
         n += 1
         name = f"features.conv{n}"
-        inits += [numpy_helper.from_array(laplace(rng, (v, c_in, 3, 3), c_in * 9), f"{name}.weight"),
-                  numpy_helper.from_array(rng.laplace(0, 0.01, v).astype(np.float32), f"{name}.bias")]
-        nodes += [helper.make_node("Conv", [cur, f"{name}.weight", f"{name}.bias"], [f"{name}.out"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"])]
+        inits += [
+            numpy_helper.from_array(laplace(rng, (v, c_in, 3, 3), c_in * 9), f"{name}.weight"),
+            numpy_helper.from_array(rng.laplace(0, 0.01, v).astype(np.float32), f"{name}.bias"),
+        ]
+        nodes += [
+            helper.make_node("Conv", [cur, f"{name}.weight", f"{name}.bias"], [f"{name}.out"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"]),
+        ]
         cur, c_in = f"{name}.relu", v
     inits.append(numpy_helper.from_array(np.array([1, 1, 7, 7], np.int64), "avgpool.shape"))
-    nodes += [helper.make_node("Expand", [cur, "avgpool.shape"], ["avgpool"]),
-              helper.make_node("Flatten", ["avgpool"], ["flat"], axis=1)]
+    nodes += [
+        helper.make_node("Expand", [cur, "avgpool.shape"], ["avgpool"]),
+        helper.make_node("Flatten", ["avgpool"], ["flat"], axis=1),
+    ]
     cur = "flat"
     dims = [c_in * 49, 4096, 4096, classes]
     for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
         name = f"classifier.fc{i + 1}"
-        inits += [numpy_helper.from_array(laplace(rng, (fan_out, fan_in), fan_in), f"{name}.weight"),
-                  numpy_helper.from_array(rng.laplace(0, 0.01, fan_out).astype(np.float32), f"{name}.bias")]
+        inits += [
+            numpy_helper.from_array(laplace(rng, (fan_out, fan_in), fan_in), f"{name}.weight"),
+            numpy_helper.from_array(rng.laplace(0, 0.01, fan_out).astype(np.float32), f"{name}.bias"),
+        ]
         out = "logits" if i == len(dims) - 2 else f"{name}.out"
         nodes.append(helper.make_node("Gemm", [cur, f"{name}.weight", f"{name}.bias"], [out], transB=1))
         if out != "logits":
             nodes.append(helper.make_node("Relu", [out], [f"{name}.relu"]))
             cur = f"{name}.relu"
-    g = helper.make_graph(nodes, "vgg16",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, image, image])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    g = helper.make_graph(
+        nodes,
+        "vgg16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, image, image])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="benchmarks/common.py")
 
 
-def build_transformer_encoder(vocab: int = 8192, seq: int = 64, d: int = 256, heads: int = 4, d_ff: int = 1024,
-                              layers: int = 4, seed: int = 0) -> onnx.ModelProto:
+def build_transformer_encoder(
+    vocab: int = 8192, seq: int = 64, d: int = 256, heads: int = 4, d_ff: int = 1024, layers: int = 4, seed: int = 0
+) -> onnx.ModelProto:
     """A BERT-style encoder with random weights: ids[N, seq] (int64) -> hidden states [N, seq, d].
 
     Token Gather + position Add, then per layer: LayerNorm -> Q/K/V MatMuls -> scaled Q.K^T ->
@@ -267,7 +293,11 @@ def build_transformer_encoder(vocab: int = 8192, seq: int = 64, d: int = 256, he
         return name
 
     def linear(x, fan_in, fan_out, name):
-        h = node("MatMul", [x, const(f"{name}.weight", laplace(rng, (fan_in, fan_out), fan_in) / np.float32(np.sqrt(2)))], f"{name}.matmul")
+        h = node(
+            "MatMul",
+            [x, const(f"{name}.weight", laplace(rng, (fan_in, fan_out), fan_in) / np.float32(np.sqrt(2)))],
+            f"{name}.matmul",
+        )
         return node("Add", [h, const(f"{name}.bias", rng.laplace(0, 0.01, fan_out).astype(np.float32))], f"{name}.add")
 
     def layer_norm(x, name):
@@ -275,12 +305,21 @@ def build_transformer_encoder(vocab: int = 8192, seq: int = 64, d: int = 256, he
         b = const(f"{name}.bias", rng.normal(0, 0.05, d).astype(np.float32))
         return node("LayerNormalization", [x, g, b], name, axis=-1, epsilon=1e-5)
 
-    x = node("Gather", [const("embeddings.tokens", rng.normal(0, 1.0, (vocab, d)).astype(np.float32)), "ids"], "embed", axis=0)
+    x = node(
+        "Gather",
+        [const("embeddings.tokens", rng.normal(0, 1.0, (vocab, d)).astype(np.float32)), "ids"],
+        "embed",
+        axis=0,
+    )
     x = node("Add", [x, const("embeddings.positions", rng.normal(0, 0.1, (seq, d)).astype(np.float32))], "embed.pos")
     split = const("attn.split_shape", np.array([0, 0, heads, dh], np.int64))
     merge = const("attn.merge_shape", np.array([0, 0, d], np.int64))
     scale = const("attn.scale", np.array(1 / np.sqrt(dh), np.float32))
-    sqrt2, one, half = const("gelu.sqrt2", np.array(np.sqrt(2), np.float32)), const("gelu.one", np.array(1, np.float32)), const("gelu.half", np.array(0.5, np.float32))
+    sqrt2, one, half = (
+        const("gelu.sqrt2", np.array(np.sqrt(2), np.float32)),
+        const("gelu.one", np.array(1, np.float32)),
+        const("gelu.half", np.array(0.5, np.float32)),
+    )
     for i in range(layers):
         p = f"layer{i}"
         h = layer_norm(x, f"{p}.ln1")
@@ -294,14 +333,20 @@ def build_transformer_encoder(vocab: int = 8192, seq: int = 64, d: int = 256, he
         a = node("Reshape", [node("Transpose", [a], f"{p}.attn.merge_t", perm=[0, 2, 1, 3]), merge], f"{p}.attn.merge")
         x = node("Add", [x, linear(a, d, d, f"{p}.attn.out")], f"{p}.residual1")
         f = linear(layer_norm(x, f"{p}.ln2"), d, d_ff, f"{p}.ffn.fc1")
-        e = node("Add", [node("Erf", [node("Div", [f, sqrt2], f"{p}.gelu.div")], f"{p}.gelu.erf"), one], f"{p}.gelu.add")
+        e = node(
+            "Add", [node("Erf", [node("Div", [f, sqrt2], f"{p}.gelu.div")], f"{p}.gelu.erf"), one], f"{p}.gelu.add"
+        )
         f = node("Mul", [node("Mul", [f, e], f"{p}.gelu.mul"), half], f"{p}.gelu")
         x = node("Add", [x, linear(f, d_ff, d, f"{p}.ffn.fc2")], f"{p}.residual2")
     final = layer_norm(x, "final_ln")
     nodes.append(helper.make_node("Identity", [final], ["hidden"], name="output"))
-    g = helper.make_graph(nodes, "transformer_encoder",
-                          [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", seq])],
-                          [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", seq, d])], inits)
+    g = helper.make_graph(
+        nodes,
+        "transformer_encoder",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", seq])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", seq, d])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="benchmarks/common.py")
 
 

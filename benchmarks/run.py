@@ -67,18 +67,50 @@ class Spec:
 def specs() -> list[Spec]:
     zoo = zoo_module.paths()
     return [
-        Spec("lenet300", "LeNet-300-100 MLP, MNIST (sample model)", "sample",
-             SAMPLES / "lenet300.onnx", SAMPLES / "lenet300_test.npz", SAMPLES / "lenet300_calib.npz", True),
-        Spec("lenet5", "LeNet-5 CNN, MNIST (sample model)", "sample",
-             SAMPLES / "lenet5.onnx", SAMPLES / "lenet5_test.npz", SAMPLES / "lenet5_calib.npz", True),
-        *[Spec(n, d, "zoo", zoo[n]["onnx"], zoo[n]["test"], zoo[n]["calib"], True) for n, d in (
-            ("mlp_pre", "MLP 784-512-256-10 with Sub/Div/Reshape pre-processing in the graph, MNIST (zoo)"),
-            ("transformer", "2-layer transformer over image rows, d=96, MNIST (zoo)"),
-            ("dwresnet", "depthwise-separable ResNet with BatchNorm, MNIST (zoo)"))],
-        Spec("encoder", "4-layer transformer encoder, d=256, vocab 8192, seq 64, random weights", "built",
-             BUILT / "encoder.onnx", BUILT / "encoder_test.npz", BUILT / "encoder_calib.npz", False),
-        Spec("vgg16", "VGG-16 (13 conv + 3 fc, 138 M parameters) on 3x32x32, random weights", "built",
-             BUILT / "vgg16.onnx", BUILT / "vgg16_test.npz", BUILT / "vgg16_calib.npz", False),
+        Spec(
+            "lenet300",
+            "LeNet-300-100 MLP, MNIST (sample model)",
+            "sample",
+            SAMPLES / "lenet300.onnx",
+            SAMPLES / "lenet300_test.npz",
+            SAMPLES / "lenet300_calib.npz",
+            True,
+        ),
+        Spec(
+            "lenet5",
+            "LeNet-5 CNN, MNIST (sample model)",
+            "sample",
+            SAMPLES / "lenet5.onnx",
+            SAMPLES / "lenet5_test.npz",
+            SAMPLES / "lenet5_calib.npz",
+            True,
+        ),
+        *[
+            Spec(n, d, "zoo", zoo[n]["onnx"], zoo[n]["test"], zoo[n]["calib"], True)
+            for n, d in (
+                ("mlp_pre", "MLP 784-512-256-10 with Sub/Div/Reshape pre-processing in the graph, MNIST (zoo)"),
+                ("transformer", "2-layer transformer over image rows, d=96, MNIST (zoo)"),
+                ("dwresnet", "depthwise-separable ResNet with BatchNorm, MNIST (zoo)"),
+            )
+        ],
+        Spec(
+            "encoder",
+            "4-layer transformer encoder, d=256, vocab 8192, seq 64, random weights",
+            "built",
+            BUILT / "encoder.onnx",
+            BUILT / "encoder_test.npz",
+            BUILT / "encoder_calib.npz",
+            False,
+        ),
+        Spec(
+            "vgg16",
+            "VGG-16 (13 conv + 3 fc, 138 M parameters) on 3x32x32, random weights",
+            "built",
+            BUILT / "vgg16.onnx",
+            BUILT / "vgg16_test.npz",
+            BUILT / "vgg16_calib.npz",
+            False,
+        ),
     ]
 
 
@@ -119,7 +151,11 @@ def task_build(name: str) -> dict:
     np.savez(BUILT / f"{name}_test.npz", x=make(n_test))
     np.savez(BUILT / f"{name}_calib.npz", x=make(n_calib))
     os.replace(tmp, path)  # last: the .onnx existing means the data is there too
-    return {"seconds": round(time.perf_counter() - t0, 1), "params": common.param_count(model), "bytes": path.stat().st_size}
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "params": common.param_count(model),
+        "bytes": path.stat().st_size,
+    }
 
 
 class Phases:
@@ -129,8 +165,14 @@ class Phases:
     (VmHWM) is read and reset, so every phase gets its own peak.
     """
 
-    PREFIXES = (("original:", "reference run"), ("prune:", "prune"), ("share:", "share"), ("quantize:", "quantize"),
-                ("measuring the packed size", "packed size per stage"), ("pack:", "pack + verify"))
+    PREFIXES = (
+        ("original:", "reference run"),
+        ("prune:", "prune"),
+        ("share:", "share"),
+        ("quantize:", "quantize"),
+        ("measuring the packed size", "packed size per stage"),
+        ("pack:", "pack + verify"),
+    )
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -147,7 +189,9 @@ class Phases:
 
     def switch(self, phase: str | None) -> None:
         now = time.perf_counter()
-        self.rows.append({"phase": self.current, "seconds": round(now - self.start, 2), "peak_rss_mb": round(common.peak_rss_mb())})
+        self.rows.append(
+            {"phase": self.current, "seconds": round(now - self.start, 2), "peak_rss_mb": round(common.peak_rss_mb())}
+        )
         common.reset_peak_rss()
         self.current, self.start = phase, now
 
@@ -170,15 +214,27 @@ def task_compress(model: str, test: str, calib: str, out_dir: str) -> dict:
     unpack_s = time.perf_counter() - t1
     phases.switch(None)
     report_path.write_text(json.dumps(_jsonable(report), indent=1))
-    return {"seconds": round(seconds, 2), "unpack_seconds": round(unpack_s, 2), "phases": phases.rows,
-            "composition": container_composition(container, unpacked),
-            "peak_rss_mb": max(p["peak_rss_mb"] for p in phases.rows if p["phase"] != "unpack"),
-            "report": str(report_path), "container": str(container), "unpacked": str(unpacked)}
+    return {
+        "seconds": round(seconds, 2),
+        "unpack_seconds": round(unpack_s, 2),
+        "phases": phases.rows,
+        "composition": container_composition(container, unpacked),
+        "peak_rss_mb": max(p["peak_rss_mb"] for p in phases.rows if p["phase"] != "unpack"),
+        "report": str(report_path),
+        "container": str(container),
+        "unpacked": str(unpacked),
+    }
 
 
-COMPOSITION = ("int8 weights", "float matrix weights", "scales and zero points", "int32 biases",
-               "other tensors (BN, LayerNorm, biases, embeddings)", "graph section (with the small tensors in it)",
-               "manifest, header, table, SHA-256")
+COMPOSITION = (
+    "int8 weights",
+    "float matrix weights",
+    "scales and zero points",
+    "int32 biases",
+    "other tensors (BN, LayerNorm, biases, embeddings)",
+    "graph section (with the small tensors in it)",
+    "manifest, header, table, SHA-256",
+)
 
 
 def container_composition(container: Path, unpacked: Path) -> dict:
@@ -237,7 +293,11 @@ def task_ort(kind: str, model: str, calib: str, out: str) -> dict:
         common.ort_static(Path(model), inputs, Path(out))
     else:
         common.ort_dynamic(Path(model), Path(out))
-    return {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(common.peak_rss_mb()), "bytes": Path(out).stat().st_size}
+    return {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "peak_rss_mb": round(common.peak_rss_mb()),
+        "bytes": Path(out).stat().st_size,
+    }
 
 
 def task_quantize(model: str, calib: str, out: str) -> dict:
@@ -251,14 +311,21 @@ def task_quantize(model: str, calib: str, out: str) -> dict:
     loaded = load_model(model)
     quantized, stats = quantize(loaded, calib=load_dataset(calib, loaded))
     save_model(quantized, out, input_path=model)
-    return {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(common.peak_rss_mb()),
-            "bytes": Path(out).stat().st_size, "coverage": stats["coverage"]["fraction"],
-            "folded_pairs": (stats.get("folding") or {}).get("dq_q_pairs_removed")}
+    return {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "peak_rss_mb": round(common.peak_rss_mb()),
+        "bytes": Path(out).stat().st_size,
+        "coverage": stats["coverage"]["fraction"],
+        "folded_pairs": (stats.get("folding") or {}).get("dq_q_pairs_removed"),
+    }
 
 
 def task_generic(files: dict[str, str]) -> dict:
     """zstd -19 and xz -9 of each file (large files on a sample, see common.generic_compress)."""
-    return {label: {codec: common.generic_compress(Path(path), codec) for codec in common.CODECS} for label, path in files.items()}
+    return {
+        label: {codec: common.generic_compress(Path(path), codec) for codec in common.CODECS}
+        for label, path in files.items()
+    }
 
 
 def uniform_symbols(w, bits: int):
@@ -311,10 +378,14 @@ def task_uniform(model_path: str, test: str, bits: list[int]) -> dict:
                 w.set_array(deq)
         outputs = run_model(m, data)
         fid = fidelity(reference, outputs)
-        result[f"{b}bit"] = {"entropy_bytes": round(bound, 1), "bits_per_weight": round(8 * bound / params, 3) if params else None,
-                             "accuracy": accuracy(outputs[0], data.labels) if data.labels is not None else None,
-                             "top1_agreement": fid["top1_agreement"], "snr_db": fid["snr_db"],
-                             "seconds": round(time.perf_counter() - t0, 2)}
+        result[f"{b}bit"] = {
+            "entropy_bytes": round(bound, 1),
+            "bits_per_weight": round(8 * bound / params, 3) if params else None,
+            "accuracy": accuracy(outputs[0], data.labels) if data.labels is not None else None,
+            "top1_agreement": fid["top1_agreement"],
+            "snr_db": fid["snr_db"],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         del m
     return result
 
@@ -322,11 +393,10 @@ def task_uniform(model_path: str, test: str, bits: list[int]) -> dict:
 def task_evaluate(float_model: str, test: str, variants: dict[str, str], mode: str) -> dict:
     """Accuracy, fidelity to the float model and latency of the float model and each variant file."""
     import numpy as np
+    import onnx
 
     from compressor.data import load_dataset
     from compressor.evaluate import accuracy, fidelity, latency_ms, make_session, run_model
-
-    import onnx
 
     data = load_dataset(test, onnx.load(float_model, load_external_data=False))
     files = {"float": float_model, **variants}
@@ -337,8 +407,11 @@ def task_evaluate(float_model: str, test: str, variants: dict[str, str], mode: s
         if reference is None:
             reference = outputs
         fid = fidelity(reference, outputs)
-        result[label].update(accuracy=accuracy(outputs[0], data.labels) if data.labels is not None else None,
-                             top1_agreement=fid["top1_agreement"], snr_db=fid["snr_db"])
+        result[label].update(
+            accuracy=accuracy(outputs[0], data.labels) if data.labels is not None else None,
+            top1_agreement=fid["top1_agreement"],
+            snr_db=fid["snr_db"],
+        )
     # Latency: one intra-op and one inter-op thread, so that the numbers do not depend on what
     # else the machine runs and int8 vs float kernels are compared core for core.
     sessions = {label: make_session(path, threads=1) for label, path in files.items()}
@@ -360,13 +433,26 @@ def task_evaluate(float_model: str, test: str, variants: dict[str, str], mode: s
                 per_round[label].append(latency_ms(s, data, batch, repeats=repeats[label], warmup=1))
         for label in sessions:
             result[label][f"latency_ms_b{batch}"] = statistics.median(per_round[label])
-    result["_latency"] = {"rounds": rounds, "target_s": target, "skipped": {str(k): v for k, v in skipped.items()},
-                          "threads": 1, "samples": int(data.size), "numpy": np.__version__}
+    result["_latency"] = {
+        "rounds": rounds,
+        "target_s": target,
+        "skipped": {str(k): v for k, v in skipped.items()},
+        "threads": 1,
+        "samples": int(data.size),
+        "numpy": np.__version__,
+    }
     return result
 
 
-TASKS = {"build": task_build, "compress": task_compress, "quantize": task_quantize, "ort": task_ort, "generic": task_generic,
-         "uniform": task_uniform, "evaluate": task_evaluate}
+TASKS = {
+    "build": task_build,
+    "compress": task_compress,
+    "quantize": task_quantize,
+    "ort": task_ort,
+    "generic": task_generic,
+    "uniform": task_uniform,
+    "evaluate": task_evaluate,
+}
 
 
 def _jsonable(obj):
@@ -398,12 +484,17 @@ class ChildFailed(RuntimeError):
 def child(task: str, **kwargs) -> dict:
     """Run a task in a fresh interpreter; its stderr goes to ours, its result comes back as JSON."""
     env = dict(os.environ, PYTHONHASHSEED="0")
-    proc = subprocess.run([sys.executable, __file__, "--child", task, json.dumps(kwargs, default=str)],
-                          stdout=subprocess.PIPE, text=True, env=env, cwd=common.ROOT)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", task, json.dumps(kwargs, default=str)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=common.ROOT,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         raise ChildFailed(f"{task} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len(MARK):])
+    return json.loads(lines[-1][len(MARK) :])
 
 
 def log(message: str) -> None:
@@ -422,7 +513,10 @@ def ensure_model(spec: Spec) -> str | None:
         except ImportError:
             return "torch is not installed (pip install -e '.[train]')"
         log("training the zoo (benchmarks/zoo.py, in its own process: it pins torch to one thread)")
-        if subprocess.run([sys.executable, str(HERE / "zoo.py")], cwd=common.ROOT).returncode != 0 or not zoo_module.cached():
+        if (
+            subprocess.run([sys.executable, str(HERE / "zoo.py")], cwd=common.ROOT).returncode != 0
+            or not zoo_module.cached()
+        ):
             return "training the zoo failed"
         return None
     if not spec.onnx.is_file():
@@ -437,11 +531,19 @@ def bench_model(spec: Spec, mode: str) -> dict:
     out = WORK / spec.name
     out.mkdir(parents=True, exist_ok=True)
     float_bytes = spec.onnx.stat().st_size
-    row: dict = {"model": spec.name, "description": spec.description, "source": spec.source, "labeled": spec.labeled,
-                 "float_bytes": float_bytes, "errors": {}}
+    row: dict = {
+        "model": spec.name,
+        "description": spec.description,
+        "source": spec.source,
+        "labeled": spec.labeled,
+        "float_bytes": float_bytes,
+        "errors": {},
+    }
 
     log(f"{spec.name}: compressor run")
-    row["compressor"] = child("compress", model=str(spec.onnx), test=str(spec.test), calib=str(spec.calib), out_dir=str(out))
+    row["compressor"] = child(
+        "compress", model=str(spec.onnx), test=str(spec.test), calib=str(spec.calib), out_dir=str(out)
+    )
     report = json.loads(Path(row["compressor"]["report"]).read_text())
     row["report"] = _report_summary(report)
 
@@ -485,10 +587,31 @@ def _report_summary(report: dict) -> dict:
         "applied": report["applied"],
         "original_bytes": report["original_bytes"],
         "container": report["container"],
-        "stages": [{k: s.get(k) for k in ("stage", "applied", "bytes", "packed_bytes", "accuracy", "accuracy_drop", "top1_agreement",
-                                          "snr_db", "seconds", "setting", "note")}
-                   | {"attempts": [{k: a.get(k) for k in ("option", "accuracy", "top1_agreement", "snr_db", "error")} for a in s.get("attempts") or []]}
-                   for s in report["stages"]],
+        "stages": [
+            {
+                k: s.get(k)
+                for k in (
+                    "stage",
+                    "applied",
+                    "bytes",
+                    "packed_bytes",
+                    "accuracy",
+                    "accuracy_drop",
+                    "top1_agreement",
+                    "snr_db",
+                    "seconds",
+                    "setting",
+                    "note",
+                )
+            }
+            | {
+                "attempts": [
+                    {k: a.get(k) for k in ("option", "accuracy", "top1_agreement", "snr_db", "error")}
+                    for a in s.get("attempts") or []
+                ]
+            }
+            for s in report["stages"]
+        ],
         "entropy": pack.get("entropy"),
         "sections": pack.get("sections"),
         "bits_per_weight": pack.get("bits_per_weight"),
@@ -565,15 +688,18 @@ def model_table(row: dict) -> str:
     container = rep["container"]["bytes"]
     bound = container - ent["coded_bytes"] + ent["entropy_bound_bytes"] if ent.get("entropy_bound_bytes") else None
     lines = [
-        "| artifact | bytes | ratio | accuracy % (drop) | b1 ms | b64 ms | time s | peak RSS MB |" if row["labeled"] else
-        "| artifact | bytes | ratio | fidelity to float | b1 ms | b64 ms | time s | peak RSS MB |",
+        "| artifact | bytes | ratio | accuracy % (drop) | b1 ms | b64 ms | time s | peak RSS MB |"
+        if row["labeled"]
+        else "| artifact | bytes | ratio | fidelity to float | b1 ms | b64 ms | time s | peak RSS MB |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
 
     def add(name, n, metrics, b1="-", b64="-", secs=None, rss=None, approx=False):
         size = ("~" if approx else "") + _kb(n)
-        lines.append(f"| {name} | {size} | {('~' if approx else '') + _ratio(fb, n)} | {_quality(row, metrics)} | {b1} | {b64} | "
-                     f"{_secs(secs)} | {_num(rss, '{:.0f}')} |")
+        lines.append(
+            f"| {name} | {size} | {('~' if approx else '') + _ratio(fb, n)} | {_quality(row, metrics)} | {b1} | {b64} | "
+            f"{_secs(secs)} | {_num(rss, '{:.0f}')} |"
+        )
 
     def add_generic(label, title, metrics):
         for codec in common.CODECS:
@@ -585,17 +711,31 @@ def model_table(row: dict) -> str:
     add_generic("float", "float ONNX", ev["float"])
     add("**compressor container (.cmpz)**", container, ev["compressor"], secs=comp["seconds"], rss=comp["peak_rss_mb"])
     if bound:
-        lines.append(f"| &nbsp;&nbsp;entropy bound of the container (Huffman streams at their entropy; "
-                     f"coding overhead {ent['overhead_pct']} %) | {_kb(bound)} | {_ratio(fb, bound)} | | | | | |")
+        lines.append(
+            f"| &nbsp;&nbsp;entropy bound of the container (Huffman streams at their entropy; "
+            f"coding overhead {ent['overhead_pct']} %) | {_kb(bound)} | {_ratio(fb, bound)} | | | | | |"
+        )
     cq = Path(comp["unpacked"]).stat().st_size if Path(comp["unpacked"]).exists() else None
-    add("compressor's final ONNX (the unpacked container)", cq, ev["compressor"], _latency(ev["compressor"], 1),
-        _latency(ev["compressor"], 64), comp["unpack_seconds"])
+    add(
+        "compressor's final ONNX (the unpacked container)",
+        cq,
+        ev["compressor"],
+        _latency(ev["compressor"], 1),
+        _latency(ev["compressor"], 64),
+        comp["unpack_seconds"],
+    )
     add_generic("compressor", "compressor's final ONNX", ev["compressor"])
     if "compressor_quantize" in ev:
         q = row["quantize"]
-        add(f"compressor quantize alone (default: static int8, {100 * q['coverage']:.0f} % integer kernels)", q["bytes"],
-            ev["compressor_quantize"], _latency(ev["compressor_quantize"], 1), _latency(ev["compressor_quantize"], 64),
-            q["seconds"], q["peak_rss_mb"])
+        add(
+            f"compressor quantize alone (default: static int8, {100 * q['coverage']:.0f} % integer kernels)",
+            q["bytes"],
+            ev["compressor_quantize"],
+            _latency(ev["compressor_quantize"], 1),
+            _latency(ev["compressor_quantize"], 64),
+            q["seconds"],
+            q["peak_rss_mb"],
+        )
     elif "compressor_quantize" in row["errors"]:
         lines.append(f"| compressor quantize alone | failed: {row['errors']['compressor_quantize']} | | | | | | |")
     for kind in ("dynamic", "static"):
@@ -604,14 +744,28 @@ def model_table(row: dict) -> str:
             lines.append(f"| ORT quantize_{kind} | failed: {row['errors'].get(label, '?')} | | | | | | |")
             continue
         o = row["ort"][kind]
-        add(f"ORT quantize_{kind}", o["bytes"], ev[label], _latency(ev[label], 1), _latency(ev[label], 64), o["seconds"], o["peak_rss_mb"])
+        add(
+            f"ORT quantize_{kind}",
+            o["bytes"],
+            ev[label],
+            _latency(ev[label], 1),
+            _latency(ev[label], 64),
+            o["seconds"],
+            o["peak_rss_mb"],
+        )
         add_generic(label, f"ORT quantize_{kind}", ev[label])
     uni = row["uniform"]
     for b in (8, 5):
         u = uni[f"{b}bit"]
-        add(f"uniform {b}-bit weights, entropy bound (weights only: {uni['params']:,} matrix parameters)", u["entropy_bytes"], u)
-    lines.append(f"| &nbsp;&nbsp;the container's bytes for the same weights | {_kb(rep['matrix_container_bytes'])} | "
-                 f"{_ratio(uni['float_bytes'], rep['matrix_container_bytes'])} of their float bytes | | | | | |")
+        add(
+            f"uniform {b}-bit weights, entropy bound (weights only: {uni['params']:,} matrix parameters)",
+            u["entropy_bytes"],
+            u,
+        )
+    lines.append(
+        f"| &nbsp;&nbsp;the container's bytes for the same weights | {_kb(rep['matrix_container_bytes'])} | "
+        f"{_ratio(uni['float_bytes'], rep['matrix_container_bytes'])} of their float bytes | | | | | |"
+    )
     return "\n".join(lines)
 
 
@@ -620,8 +774,10 @@ def stage_table(row: dict) -> str:
     rep, comp = row["report"], row["compressor"]
     phases = {p["phase"]: p for p in comp["phases"]}
     quality = "accuracy %" if row["labeled"] else "agreement %"
-    lines = [f"| stage | applied | setting / note | ONNX bytes | packed bytes | {quality} | SNR dB | time s | peak RSS MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| stage | applied | setting / note | ONNX bytes | packed bytes | {quality} | SNR dB | time s | peak RSS MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in rep["stages"]:
         name = s["stage"]
         phase = phases.get({"original": "reference run", "pack": "pack + verify"}.get(name, name), {})
@@ -631,13 +787,18 @@ def stage_table(row: dict) -> str:
             note += " (backed off to this setting)"
         elif s["note"]:
             note = f"{note}; {s['note']}" if note else s["note"]
-        lines.append(f"| {name} | {'yes' if s['applied'] else 'no'} | {note} | {s['bytes']:,} | {_num(s['packed_bytes'], '{:,}')} | "
-                     f"{_num(q, '{:.2f}')} | {_num(s['snr_db'])} | {_secs(phase.get('seconds'))} | {_num(phase.get('peak_rss_mb'), '{:.0f}')} |")
+        lines.append(
+            f"| {name} | {'yes' if s['applied'] else 'no'} | {note} | {s['bytes']:,} | {_num(s['packed_bytes'], '{:,}')} | "
+            f"{_num(q, '{:.2f}')} | {_num(s['snr_db'])} | {_secs(phase.get('seconds'))} | {_num(phase.get('peak_rss_mb'), '{:.0f}')} |"
+        )
     for extra in ("load", "packed size per stage", "unpack"):
         p = phases.get(extra)
         if p:
-            what = {"load": "load model and data", "packed size per stage": "pack every stage's model (report column)",
-                    "unpack": "unpack the container to ONNX (benchmark, not part of run)"}[extra]
+            what = {
+                "load": "load model and data",
+                "packed size per stage": "pack every stage's model (report column)",
+                "unpack": "unpack the container to ONNX (benchmark, not part of run)",
+            }[extra]
             lines.append(f"| ({what}) | | | | | | | {_secs(p['seconds'])} | {p['peak_rss_mb']} |")
     return "\n".join(lines)
 
@@ -653,8 +814,20 @@ def composition_line(row: dict) -> str:
 
 def headline_table(rows: list[dict]) -> str:
     """One line per model: ratio vs float with the quality beside it, for each contender."""
-    head = ["model", "matrix params", "float", "compressor .cmpz", "entropy bound", "ORT static", "ORT static + xz", "ORT dynamic",
-            "ORT dynamic + xz", "float + xz", "compressor ONNX + xz", "uniform 5-bit H"]
+    head = [
+        "model",
+        "matrix params",
+        "float",
+        "compressor .cmpz",
+        "entropy bound",
+        "ORT static",
+        "ORT static + xz",
+        "ORT dynamic",
+        "ORT dynamic + xz",
+        "float + xz",
+        "compressor ONNX + xz",
+        "uniform 5-bit H",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---|---:|---|---|---|---|---|---|---|"]
     for row in rows:
         if "eval" not in row:
@@ -665,26 +838,37 @@ def headline_table(rows: list[dict]) -> str:
         container = rep["container"]["bytes"]
         bound = container - ent["coded_bytes"] + ent["entropy_bound_bytes"] if ent.get("entropy_bound_bytes") else None
 
-        def cell(n, metrics, approx=False):
+        def cell(n, metrics, approx=False, fb=fb, row=row):
             if n is None or metrics is None:
                 return "-"
             return f"{'~' if approx else ''}{fb / n:.1f}x · {_quality(row, metrics)}"
 
-        def gen_cell(label, metrics):
+        def gen_cell(label, metrics, row=row):
             n, est = _gen(row, label, "xz -9")
             return cell(n, metrics, est)
 
         ort = {k: (row["ort"].get(k) or {}).get("bytes") for k in ("static", "dynamic")}
         u5 = row["uniform"]["5bit"]
         u5_total = u5["entropy_bytes"]
-        lines.append(" | ".join([
-            f"| {row['model']}", f"{row['uniform']['params'] / 1e6:.2f} M", f"{_kb(fb)} · {_quality(row, ev['float'])}",
-            f"**{cell(container, ev['compressor'])}**", _ratio(fb, bound),
-            cell(ort["static"], ev.get("ort_static")), gen_cell("ort_static", ev.get("ort_static")),
-            cell(ort["dynamic"], ev.get("ort_dynamic")), gen_cell("ort_dynamic", ev.get("ort_dynamic")),
-            gen_cell("float", ev["float"]), gen_cell("compressor", ev["compressor"]),
-            f"{fb / u5_total:.1f}x · {_quality(row, u5)}",
-        ]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {row['model']}",
+                    f"{row['uniform']['params'] / 1e6:.2f} M",
+                    f"{_kb(fb)} · {_quality(row, ev['float'])}",
+                    f"**{cell(container, ev['compressor'])}**",
+                    _ratio(fb, bound),
+                    cell(ort["static"], ev.get("ort_static")),
+                    gen_cell("ort_static", ev.get("ort_static")),
+                    cell(ort["dynamic"], ev.get("ort_dynamic")),
+                    gen_cell("ort_dynamic", ev.get("ort_dynamic")),
+                    gen_cell("float", ev["float"]),
+                    gen_cell("compressor", ev["compressor"]),
+                    f"{fb / u5_total:.1f}x · {_quality(row, u5)}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -697,11 +881,22 @@ def acceptance(rows: list[dict]) -> list[dict]:
         ev = row["eval"]
         ratio = row["float_bytes"] / row["report"]["container"]["bytes"]
         drop = ev["float"]["accuracy"] - ev["compressor"]["accuracy"]
-        out.append({"model": row["model"], "ratio": round(ratio, 2), "accuracy_drop": round(drop, 2),
-                    "float_accuracy": ev["float"]["accuracy"], "container_accuracy": ev["compressor"]["accuracy"],
-                    "passed": ratio >= 10 and drop <= 1.0 + 1e-9, "applied": row["report"]["applied"],
-                    "skipped_or_backed_off": [f"{s['stage']}: {s['note']}" for s in row["report"]["stages"]
-                                              if not s["applied"] or "fell back" in (s["note"] or "")]})
+        out.append(
+            {
+                "model": row["model"],
+                "ratio": round(ratio, 2),
+                "accuracy_drop": round(drop, 2),
+                "float_accuracy": ev["float"]["accuracy"],
+                "container_accuracy": ev["compressor"]["accuracy"],
+                "passed": ratio >= 10 and drop <= 1.0 + 1e-9,
+                "applied": row["report"]["applied"],
+                "skipped_or_backed_off": [
+                    f"{s['stage']}: {s['note']}"
+                    for s in row["report"]["stages"]
+                    if not s["applied"] or "fell back" in (s["note"] or "")
+                ],
+            }
+        )
     return out
 
 
@@ -728,12 +923,17 @@ def render(result: dict) -> str:
     ]
     acc = result.get("acceptance") or []
     if acc:
-        out += ["## Zoo acceptance: default `compressor run --data TEST --calib CALIB` >= 10x at <= 1 point drop", "",
-                "| model | ratio | float accuracy % | container accuracy % | drop (points) | passed | stages applied |",
-                "|---|---:|---:|---:|---:|---|---|"]
+        out += [
+            "## Zoo acceptance: default `compressor run --data TEST --calib CALIB` >= 10x at <= 1 point drop",
+            "",
+            "| model | ratio | float accuracy % | container accuracy % | drop (points) | passed | stages applied |",
+            "|---|---:|---:|---:|---:|---|---|",
+        ]
         for a in acc:
-            out.append(f"| {a['model']} | {a['ratio']:.1f}x | {a['float_accuracy']:.1f} | {a['container_accuracy']:.1f} | "
-                       f"{a['accuracy_drop']:.1f} | {'yes' if a['passed'] else '**no**'} | {'; '.join(a['applied'])} |")
+            out.append(
+                f"| {a['model']} | {a['ratio']:.1f}x | {a['float_accuracy']:.1f} | {a['container_accuracy']:.1f} | "
+                f"{a['accuracy_drop']:.1f} | {'yes' if a['passed'] else '**no**'} | {'; '.join(a['applied'])} |"
+            )
         out.append("")
     for row in rows:
         out += [f"## {row['model']}: {row['description']}", ""]
@@ -752,21 +952,29 @@ def render(result: dict) -> str:
 def code_version() -> dict:
     """The commit measured, and whether compressor/ had uncommitted changes (then the numbers
     are of the working tree, not of that commit)."""
+
     def git(*args):
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=common.ROOT, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, cwd=common.ROOT, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     from compressor import __version__
 
-    return {"version": __version__, "commit": git("rev-parse", "--short", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--", "compressor"))}
+    return {
+        "version": __version__,
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--", "compressor")),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the sample models only (unless --models), fewer latency rounds")
+    ap.add_argument(
+        "--quick", action="store_true", help="the sample models only (unless --models), fewer latency rounds"
+    )
     ap.add_argument("--models", help="comma-separated subset of: " + ", ".join(s.name for s in specs()))
     ap.add_argument("--skip", help="comma-separated models to leave out (e.g. vgg16: ~25 of the ~35 minutes)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for latest.md / latest.json")
@@ -821,8 +1029,14 @@ def main(argv: list[str] | None = None) -> int:
         "compressor": version,
         "seconds": round(time.perf_counter() - started, 1),
         "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
-        "settings": {"latency_rounds": ROUNDS[mode], "latency_target_s": TARGET_S[mode], "b64_max_s": B64_MAX_S,
-                     "intra_op_threads": 1, "inter_op_threads": 1, "generic_sample_above_bytes": common.SAMPLE_ABOVE},
+        "settings": {
+            "latency_rounds": ROUNDS[mode],
+            "latency_target_s": TARGET_S[mode],
+            "b64_max_s": B64_MAX_S,
+            "intra_op_threads": 1,
+            "inter_op_threads": 1,
+            "generic_sample_above_bytes": common.SAMPLE_ABOVE,
+        },
         "models": rows,
     }
     result["acceptance"] = acceptance([r for r in rows if "eval" in r])

@@ -74,7 +74,9 @@ def cached(zoo: Path = ZOO) -> bool:
 
 
 def paths(zoo: Path = ZOO) -> dict[str, dict[str, Path]]:
-    return {n: {"onnx": zoo / f"{n}.onnx", "test": zoo / f"{n}_test.npz", "calib": zoo / f"{n}_calib.npz"} for n in NAMES}
+    return {
+        n: {"onnx": zoo / f"{n}.onnx", "test": zoo / f"{n}_test.npz", "calib": zoo / f"{n}_calib.npz"} for n in NAMES
+    }
 
 
 def build(zoo: Path = ZOO, force: bool = False, log=print) -> dict:
@@ -139,7 +141,7 @@ def _train_all(zoo: Path, log) -> dict:
                 return t.reshape(n, s, self.heads, self.dh).transpose(1, 2)
 
             q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-            p = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (self.dh ** -0.5), dim=-1)
+            p = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (self.dh**-0.5), dim=-1)
             return self.out(torch.matmul(p, v).transpose(1, 2).reshape(n, s, d))
 
     class EncoderLayer(nn.Module):
@@ -186,8 +188,9 @@ def _train_all(zoo: Path, log) -> dict:
         def __init__(self):
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-            self.blocks = nn.Sequential(DWBlock(32, 32, 1), DWBlock(32, 64, 2), DWBlock(64, 64, 1),
-                                        DWBlock(64, 128, 2), DWBlock(128, 128, 1))
+            self.blocks = nn.Sequential(
+                DWBlock(32, 32, 1), DWBlock(32, 64, 2), DWBlock(64, 64, 1), DWBlock(64, 128, 2), DWBlock(128, 128, 1)
+            )
             self.fc = nn.Linear(128, 10)
 
         def forward(self, x):  # [N, 1, 28, 28]
@@ -215,8 +218,13 @@ def _train_all(zoo: Path, log) -> dict:
         acc = _check(onnx_path, model, xte, y_te, torch)
         seconds = time.perf_counter() - t0
         params = sum(p.numel() for p in model.parameters())
-        meta["models"][name] = {"accuracy": acc, "params": params, "epochs": epochs, "train_seconds": round(seconds, 1),
-                                "onnx_bytes": onnx_path.stat().st_size}
+        meta["models"][name] = {
+            "accuracy": acc,
+            "params": params,
+            "epochs": epochs,
+            "train_seconds": round(seconds, 1),
+            "onnx_bytes": onnx_path.stat().st_size,
+        }
         log(f"zoo: {name}: {params:,} parameters, {acc:.1f} % test accuracy, trained in {seconds:.0f} s")
     (zoo / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -263,9 +271,18 @@ def _export(model, example, path: Path, torch) -> None:
     warnings.filterwarnings("ignore", message=".*constant folding be turned off.*")
     # TrainingMode.PRESERVE exports an eval-mode model as is: BatchNormalization stays a node
     # (TrainingMode.EVAL would fold it into the preceding Conv).
-    torch.onnx.export(model, (example,), str(path), input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, opset_version=OPSET, do_constant_folding=True,
-                      training=torch.onnx.TrainingMode.PRESERVE, dynamo=False)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        dynamo=False,
+    )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 

@@ -14,7 +14,6 @@ import csv
 import glob
 import io
 import json
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,8 +21,19 @@ from .commands.common import to_json
 from .errors import CompressorError, UsageError
 from .graph import atomic_write_bytes
 
-SUMMARY_FIELDS = ["model", "status", "original_bytes", "container_bytes", "ratio", "accuracy_before", "accuracy_after",
-                  "accuracy_drop", "top1_agreement", "mode", "error"]
+SUMMARY_FIELDS = [
+    "model",
+    "status",
+    "original_bytes",
+    "container_bytes",
+    "ratio",
+    "accuracy_before",
+    "accuracy_after",
+    "accuracy_drop",
+    "top1_agreement",
+    "mode",
+    "error",
+]
 
 
 def expand_models(patterns) -> list[Path]:
@@ -90,7 +100,9 @@ def _one(args) -> dict:
     except CompressorError as e:
         entry.update(status="failed", error=str(e))
     except Exception as e:  # one bad model must not stop the zoo
-        entry.update(status="failed", error=f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        entry.update(
+            status="failed", error=f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
     if report is None:
         report = {"model": str(model), "error": entry["error"]}
     report["batch_status"] = entry["status"]

@@ -9,9 +9,9 @@ never across kinds (float -> int is an error).  Loaded with ``allow_pickle=False
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -55,12 +55,16 @@ class Dataset:
         for start in range(0, self.size, batch_size):
             yield {**self.constants, **{k: v[start : start + batch_size] for k, v in self.inputs.items()}}
 
-    def select(self, index) -> "Dataset":
+    def select(self, index) -> Dataset:
         """The samples at `index` (a slice or an integer array), same layout and constants."""
-        return Dataset({k: v[index] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[index],
-                       self.constants, self.per_sample)
+        return Dataset(
+            {k: v[index] for k, v in self.inputs.items()},
+            None if self.labels is None else self.labels[index],
+            self.constants,
+            self.per_sample,
+        )
 
-    def take(self, n: int) -> "Dataset":
+    def take(self, n: int) -> Dataset:
         return self.select(slice(0, n))
 
     def feed_values(self, name: str) -> np.ndarray | None:
@@ -78,7 +82,9 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         with np.load(p, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise CompressorError(f"cannot read data file {path}: {str(e).splitlines()[0] if str(e) else 'not a valid .npz'}")
+        raise CompressorError(
+            f"cannot read data file {path}: {str(e).splitlines()[0] if str(e) else 'not a valid .npz'}"
+        )
 
 
 def _elem_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
@@ -103,7 +109,9 @@ def load_dataset(path: str | Path, model: onnx.ModelProto) -> Dataset:
         elif len(inputs) == 1 and "x" in arrays:
             arr = arrays["x"]
         else:
-            raise CompressorError(f"data file {path} has no array for model input {vi.name!r} (has: {', '.join(sorted(arrays)) or 'nothing'})")
+            raise CompressorError(
+                f"data file {path} has no array for model input {vi.name!r} (has: {', '.join(sorted(arrays)) or 'nothing'})"
+            )
         want = _elem_dtype(vi)
         if arr.dtype.kind != want.kind and not (arr.dtype.kind in "iu" and want.kind in "iu"):
             raise CompressorError(f"input {vi.name!r}: data has dtype {arr.dtype}, the model expects {want}")
@@ -121,8 +129,10 @@ def load_dataset(path: str | Path, model: onnx.ModelProto) -> Dataset:
         elif arr.ndim == len(dims) + 1:
             layout, per_sample_dims = "per-sample", arr.shape[1:]
         else:
-            raise CompressorError(f"input {vi.name!r}: data has shape {arr.shape}, the model expects rank {len(dims)} "
-                                  f"(batched) or {len(dims) + 1} (one feed per sample)")
+            raise CompressorError(
+                f"input {vi.name!r}: data has shape {arr.shape}, the model expects rank {len(dims)} "
+                f"(batched) or {len(dims) + 1} (one feed per sample)"
+            )
         if arr.ndim == 0:
             raise CompressorError(f"input {vi.name!r}: data must have a batch dimension")
         if dims is not None:
@@ -131,8 +141,14 @@ def load_dataset(path: str | Path, model: onnx.ModelProto) -> Dataset:
             for axis, d in enumerate(dims):
                 if axis >= first and d.HasField("dim_value") and d.dim_value > 0 and shape[axis] != d.dim_value:
                     want_shape = tuple(dd.dim_value if dd.HasField("dim_value") else dd.dim_param or "?" for dd in dims)
-                    how = "" if layout == "batched" else " for each sample (an array of one more dimension holds one feed per sample)"
-                    raise CompressorError(f"input {vi.name!r}: data has shape {arr.shape}, the model expects {want_shape}{how}")
+                    how = (
+                        ""
+                        if layout == "batched"
+                        else " for each sample (an array of one more dimension holds one feed per sample)"
+                    )
+                    raise CompressorError(
+                        f"input {vi.name!r}: data has shape {arr.shape}, the model expects {want_shape}{how}"
+                    )
         layouts[vi.name] = layout
         result[vi.name] = arr
     if len(set(layouts.values())) > 1:

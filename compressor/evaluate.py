@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -17,7 +17,9 @@ from .errors import CompressorError
 DEFAULT_BATCH = 256
 
 
-def make_session(model: onnx.ModelProto | str | bytes, threads: int = 0, optimized_path: str | None = None, level: str = "all"):
+def make_session(
+    model: onnx.ModelProto | str | bytes, threads: int = 0, optimized_path: str | None = None, level: str = "all"
+):
     """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path."""
     import onnxruntime as ort
 
@@ -45,7 +47,9 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = DEFAULT_BATCH) -> int:
     return fixed_batch_size(model) or wanted
 
 
-def run_batches(session, data: Dataset, batch_size: int, output_names: Sequence[str] | None = None) -> Iterator[list[np.ndarray]]:
+def run_batches(
+    session, data: Dataset, batch_size: int, output_names: Sequence[str] | None = None
+) -> Iterator[list[np.ndarray]]:
     """Run the session batch by batch; yields the list of outputs for each batch."""
     for feed in data.batches(batch_size):
         try:
@@ -66,8 +70,10 @@ def run_model(model: onnx.ModelProto | object, data: Dataset, batch_size: int | 
     if not chunks:
         return []
     # Batches are joined along axis 0; scalar outputs (one per run) are stacked.
-    return [np.concatenate([c[i] for c in chunks], axis=0) if chunks[0][i].ndim else np.stack([c[i] for c in chunks])
-            for i in range(len(chunks[0]))]
+    return [
+        np.concatenate([c[i] for c in chunks], axis=0) if chunks[0][i].ndim else np.stack([c[i] for c in chunks])
+        for i in range(len(chunks[0]))
+    ]
 
 
 def top1(output: np.ndarray) -> np.ndarray:
@@ -182,7 +188,12 @@ def latency_ms(session, data: Dataset, batch_size: int, repeats: int = 20, warmu
     return float(statistics.median(times))
 
 
-def evaluate(model: onnx.ModelProto, data: Dataset, reference_outputs: list[np.ndarray] | None = None, batch_size: int | None = None) -> dict:
+def evaluate(
+    model: onnx.ModelProto,
+    data: Dataset,
+    reference_outputs: list[np.ndarray] | None = None,
+    batch_size: int | None = None,
+) -> dict:
     """Accuracy (with labels) and fidelity (with reference outputs) of a model on a dataset."""
     outputs = run_model(model, data, batch_size)
     result: dict = {"samples": data.size}
@@ -205,7 +216,9 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return m
 
 
-def capture(model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def capture(
+    model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
     """Yield, batch by batch, the values of intermediate tensors `names` (never all in memory)."""
     names = list(dict.fromkeys(names))
     session = make_session(with_outputs(model, names))

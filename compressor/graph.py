@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from .errors import CompressorError, UsageError
 
@@ -350,8 +350,9 @@ def set_tensor_values(proto: onnx.TensorProto, values: np.ndarray) -> None:
 _BIAS_PRODUCERS = ("MatMul", "Gemm", "Conv")
 
 
-def _output_last_dim(producer: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
-                     shapes: dict[str, tuple[int | None, ...]]) -> int | None:
+def _output_last_dim(
+    producer: onnx.NodeProto, producers: dict[str, onnx.NodeProto], shapes: dict[str, tuple[int | None, ...]]
+) -> int | None:
     """Static size of the last axis of `producer`'s first output, when it can be told."""
     out = producer.output[0] if producer.output else ""
     if shapes.get(out) and shapes[out][-1] is not None:
@@ -369,8 +370,13 @@ def _output_last_dim(producer: onnx.NodeProto, producers: dict[str, onnx.NodePro
     return None  # Conv: the last axis is spatial, known only from value_info
 
 
-def _is_add_bias(node: onnx.NodeProto, index: int, shape: tuple[int, ...],
-                 producers: dict[str, onnx.NodeProto], shapes: dict[str, tuple[int | None, ...]]) -> bool:
+def _is_add_bias(
+    node: onnx.NodeProto,
+    index: int,
+    shape: tuple[int, ...],
+    producers: dict[str, onnx.NodeProto],
+    shapes: dict[str, tuple[int | None, ...]],
+) -> bool:
     """A 1-D constant added to a MatMul/Gemm/Conv output along its last axis: a bias."""
     if node.op_type != "Add" or len(node.input) != 2 or len(shape) != 1 or index not in (0, 1):
         return False
@@ -380,9 +386,13 @@ def _is_add_bias(node: onnx.NodeProto, index: int, shape: tuple[int, ...],
     return _output_last_dim(producer, producers, shapes) == shape[0]
 
 
-def role_of(node: onnx.NodeProto, index: int, shape: tuple[int, ...],
-            producers: dict[str, onnx.NodeProto] | None = None,
-            shapes: dict[str, tuple[int | None, ...]] | None = None) -> tuple[str, int | None, int | None, int]:
+def role_of(
+    node: onnx.NodeProto,
+    index: int,
+    shape: tuple[int, ...],
+    producers: dict[str, onnx.NodeProto] | None = None,
+    shapes: dict[str, tuple[int | None, ...]] | None = None,
+) -> tuple[str, int | None, int | None, int]:
     """Role, output axis, input axis and group of a tensor used as input `index` of `node`.
 
     `producers` (value name -> node, the graph's and its enclosing graphs') and `shapes`
@@ -460,8 +470,13 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
     order: list[int] = []
     role_infos: dict[int, tuple] = {}  # id(Consumer) -> role_of(...) of that use
 
-    def visit(graph: onnx.GraphProto, path: str, scope: dict[str, Weight],
-              outer_producers: dict[str, onnx.NodeProto], outer_shapes: dict[str, tuple[int | None, ...]]) -> None:
+    def visit(
+        graph: onnx.GraphProto,
+        path: str,
+        scope: dict[str, Weight],
+        outer_producers: dict[str, onnx.NodeProto],
+        outer_shapes: dict[str, tuple[int | None, ...]],
+    ) -> None:
         local = dict(scope)
         # Names defined in this graph shadow outer ones.
         for inp in graph.input:

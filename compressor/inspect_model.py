@@ -39,7 +39,11 @@ def describe_model(model: onnx.ModelProto, file_bytes: int | None = None) -> dic
         )
     bytes_by_dtype: dict[str, int] = collections.Counter()
     for ref in graph.iter_tensors(model):
-        dt = onnx.helper.tensor_dtype_to_np_dtype(ref.proto.data_type) if ref.proto.data_type != onnx.TensorProto.STRING else np.dtype(object)
+        dt = (
+            onnx.helper.tensor_dtype_to_np_dtype(ref.proto.data_type)
+            if ref.proto.data_type != onnx.TensorProto.STRING
+            else np.dtype(object)
+        )
         n = int(np.prod(ref.proto.dims, dtype=np.int64)) if ref.proto.dims else 1
         bytes_by_dtype[str(dt)] += n * (dt.itemsize if dt != np.dtype(object) else 0)
     ops: dict[str, int] = collections.Counter()

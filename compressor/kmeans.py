@@ -90,7 +90,7 @@ class Support:
     cum_q: np.ndarray  # float64, len m + 1: prefix sums of counts * points**2
 
     @classmethod
-    def build(cls, points: np.ndarray, counts: np.ndarray, sums: np.ndarray | None = None) -> "Support":
+    def build(cls, points: np.ndarray, counts: np.ndarray, sums: np.ndarray | None = None) -> Support:
         counts = counts.astype(np.int64, copy=False)
         if sums is None:
             sums = points * counts
@@ -233,8 +233,14 @@ def objective(support: Support, centroids: np.ndarray, stats=None) -> float:
     return float(np.sum(centroids * (centroids * n - 2.0 * s)))
 
 
-def lloyd(support: Support, centroids: np.ndarray, k: int | None = None, max_iter: int = DEFAULT_MAX_ITER,
-          max_reseed: int = DEFAULT_MAX_RESEED, accelerate: bool = True) -> tuple[np.ndarray, int]:
+def lloyd(
+    support: Support,
+    centroids: np.ndarray,
+    k: int | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    max_reseed: int = DEFAULT_MAX_RESEED,
+    accelerate: bool = True,
+) -> tuple[np.ndarray, int]:
     """Lloyd iterations on a weighted sorted support; returns (sorted centroids, iterations).
 
     Stops when the cluster boundaries no longer change (an exact fixed point).  Up to
@@ -335,9 +341,19 @@ def _cluster_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray
     return sums[used] / cnt[used]
 
 
-def kmeans_1d(values, k: int, init: str = "linear", seed: int | np.random.Generator = 0, max_iter: int = DEFAULT_MAX_ITER,
-              hist_threshold: int = HIST_THRESHOLD, bins: int | None = None, max_reseed: int = DEFAULT_MAX_RESEED,
-              refine_steps: int = 1, accelerate: bool = True, return_iterations: bool = False):
+def kmeans_1d(
+    values,
+    k: int,
+    init: str = "linear",
+    seed: int | np.random.Generator = 0,
+    max_iter: int = DEFAULT_MAX_ITER,
+    hist_threshold: int = HIST_THRESHOLD,
+    bins: int | None = None,
+    max_reseed: int = DEFAULT_MAX_RESEED,
+    refine_steps: int = 1,
+    accelerate: bool = True,
+    return_iterations: bool = False,
+):
     """Cluster 1-D values into at most k centroids.
 
     Returns ``(centroids, labels)``: centroids sorted ascending (float64), labels (int32, the
@@ -398,7 +414,10 @@ def kmeans_1d(values, k: int, init: str = "linear", seed: int | np.random.Genera
 
 def inertia(values, centroids: np.ndarray, labels: np.ndarray) -> float:
     """Sum of squared distances of the values to their centroids."""
-    d = np.asarray(values, dtype=np.float64).ravel() - np.asarray(centroids, dtype=np.float64)[np.asarray(labels).ravel()]
+    d = (
+        np.asarray(values, dtype=np.float64).ravel()
+        - np.asarray(centroids, dtype=np.float64)[np.asarray(labels).ravel()]
+    )
     return float(np.dot(d, d))
 
 
@@ -439,7 +458,9 @@ class SharedArray:
     iterations: int = 0
 
 
-def share_array(array: np.ndarray, k: int, init: str = "linear", seed: int | np.random.Generator = 0, **kwargs) -> SharedArray:
+def share_array(
+    array: np.ndarray, k: int, init: str = "linear", seed: int | np.random.Generator = 0, **kwargs
+) -> SharedArray:
     """Replace the non-zero values of ``array`` by at most ``k`` centroids; zeros stay as they are.
 
     Clusters in float64, then casts the codebook to the array's dtype (``cast_codebook``:

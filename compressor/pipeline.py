@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -92,8 +92,12 @@ class Measure:
         if self.data.labels is not None:
             self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)
         self.last_outputs = self.reference_outputs
-        return {"accuracy": self.reference_accuracy, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None,
-                "top1_agreement": 100.0 if looks_like_scores else None, "snr_db": None}
+        return {
+            "accuracy": self.reference_accuracy,
+            "accuracy_drop": 0.0 if self.reference_accuracy is not None else None,
+            "top1_agreement": 100.0 if looks_like_scores else None,
+            "snr_db": None,
+        }
 
     def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
         if self.data is None:
@@ -180,7 +184,7 @@ def run_pipeline(
     if max_accuracy_drop is not None and mode == "none":
         raise UsageError("--max-accuracy-drop needs --data (or --calib) to measure against")
     eval_data = data if data is not None else calib
-    calib_data = (calib if calib is not None else data)
+    calib_data = calib if calib is not None else data
     if calib_data is not None and calib_data.size > MAX_CALIB_SAMPLES:
         calib_data = calib_data.take(MAX_CALIB_SAMPLES)
 
@@ -215,7 +219,9 @@ def run_pipeline(
     # min_params, seed) keep the fallback ladder.
     explicit_share = {k for k in (overrides or {}).get("share", {}) if k in ("bits_conv", "bits_fc", "init", "refit")}
     if share_opts["enabled"]:
-        model, last_outputs = _stage_share(model, share_opts, measure, calib_data, rows, last_outputs, log, adaptive=not explicit_share)
+        model, last_outputs = _stage_share(
+            model, share_opts, measure, calib_data, rows, last_outputs, log, adaptive=not explicit_share
+        )
         shared_model = model if rows[-1].applied else None
     else:
         rows.append(StageRow("share", False, _model_bytes(model), rows[-1].metrics, note="disabled"))
@@ -223,10 +229,23 @@ def run_pipeline(
 
     # ---- quantize
     quant_opts = recipe["quantize"]
-    explicit_quant = {k for k in (overrides or {}).get("quantize", {}) if k in ("activations", "per_channel", "symmetric", "calibration")}
+    explicit_quant = {
+        k
+        for k in (overrides or {}).get("quantize", {})
+        if k in ("activations", "per_channel", "symmetric", "calibration")
+    }
     if quant_opts["enabled"]:
-        model, last_outputs = _stage_quantize(model, quant_opts, measure, calib_data, rows, last_outputs, log, adaptive=not explicit_quant,
-                                              shared=shared_model is not None)
+        model, last_outputs = _stage_quantize(
+            model,
+            quant_opts,
+            measure,
+            calib_data,
+            rows,
+            last_outputs,
+            log,
+            adaptive=not explicit_quant,
+            shared=shared_model is not None,
+        )
     else:
         rows.append(StageRow("quantize", False, _model_bytes(model), rows[-1].metrics, note="disabled"))
     stage_models.append(model)
@@ -239,7 +258,9 @@ def run_pipeline(
         loss = measure.loss(final_metrics)
         if loss is not None and loss > max_accuracy_drop + 1e-9:
             what = "accuracy drop" if mode == "accuracy" else "top-1 disagreement"
-            gate_result.update(passed=False, reason=f"{what} {loss:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop:g}")
+            gate_result.update(
+                passed=False, reason=f"{what} {loss:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop:g}"
+            )
 
     # ---- pack
     container = None
@@ -252,13 +273,42 @@ def run_pipeline(
         pack_stats, verified = _pack_and_verify(model, out_path, eval_data, last_outputs, final_packing)
         container = {"path": str(out_path), "bytes": Path(out_path).stat().st_size, "verified": verified}
         container["ratio"] = original_bytes / container["bytes"]
-        rows.append(StageRow("pack", True, container["bytes"], final_metrics, time.perf_counter() - t0,
-                             note="unpacked model reproduces the last stage's outputs exactly" if verified == "outputs" else "tensors verified bit-identical"))
+        rows.append(
+            StageRow(
+                "pack",
+                True,
+                container["bytes"],
+                final_metrics,
+                time.perf_counter() - t0,
+                note="unpacked model reproduces the last stage's outputs exactly"
+                if verified == "outputs"
+                else "tensors verified bit-identical",
+            )
+        )
     elif not recipe["pack"]["enabled"] and out_path is not None and gate_result["passed"]:
         graph.save_model(model, out_path, input_path=model_path)
-        container = {"path": str(out_path), "bytes": Path(out_path).stat().st_size, "verified": None, "ratio": original_bytes / Path(out_path).stat().st_size}
+        container = {
+            "path": str(out_path),
+            "bytes": Path(out_path).stat().st_size,
+            "verified": None,
+            "ratio": original_bytes / Path(out_path).stat().st_size,
+        }
 
-    report = build_report(model_path, original, original_bytes, mode, budget, measure, rows, model, pack_stats, container, gate_result, recipe, shared_model)
+    report = build_report(
+        model_path,
+        original,
+        original_bytes,
+        mode,
+        budget,
+        measure,
+        rows,
+        model,
+        pack_stats,
+        container,
+        gate_result,
+        recipe,
+        shared_model,
+    )
     report["seconds"] = time.perf_counter() - started
     if not gate_result["passed"]:
         raise GateFailedWithReport(gate_result["reason"], report)
@@ -302,8 +352,17 @@ class GateFailedWithReport(GateFailed):
 # --------------------------------------------------------------------------- stages
 
 
-def _try(stage: str, attempts: list[tuple], measure: Measure,
-         rows: list[StageRow], model: onnx.ModelProto, last_outputs, log: Log, adaptive: bool, compare_first: bool = False):
+def _try(
+    stage: str,
+    attempts: list[tuple],
+    measure: Measure,
+    rows: list[StageRow],
+    model: onnx.ModelProto,
+    last_outputs,
+    log: Log,
+    adaptive: bool,
+    compare_first: bool = False,
+):
     """Apply the first attempt whose result stays within the budget (or the first, if not adaptive).
 
     An attempt is (label, build) or (label, build, budget): a smaller budget for that one.  With
@@ -320,8 +379,20 @@ def _try(stage: str, attempts: list[tuple], measure: Measure,
         if not adaptive and measure.loss(metrics) is not None:
             # The user fixed this stage; if it overshot, later stages may not add to it.
             measure.allowance = max(measure.allowance, measure.loss(metrics))
-        rows.append(StageRow(stage, True, _model_bytes(candidate), metrics, time.perf_counter() - t0,
-                             options={"setting": label}, attempts=tried, stats=stats, note=note, packed_bytes=packed_size))
+        rows.append(
+            StageRow(
+                stage,
+                True,
+                _model_bytes(candidate),
+                metrics,
+                time.perf_counter() - t0,
+                options={"setting": label},
+                attempts=tried,
+                stats=stats,
+                note=note,
+                packed_bytes=packed_size,
+            )
+        )
         return candidate, outputs if outputs is not None else last_outputs
 
     def packed(candidate) -> int:
@@ -354,14 +425,40 @@ def _try(stage: str, attempts: list[tuple], measure: Measure,
             size = packed(candidate)
             log(f"{stage}: {kept[1]} packs to {kept[0]:,} bytes, {label} to {size:,}")
             if kept[0] <= size:
-                return applied(*kept[1:], note=f"smaller than {label} ({kept[0]:,} vs {size:,} bytes packed)", packed_size=kept[0])
-            return applied(label, candidate, stats, metrics, outputs, note=f"smaller than {kept[1]} ({size:,} vs {kept[0]:,} bytes packed)",
-                           packed_size=size)
-        return applied(label, candidate, stats, metrics, outputs, note="" if len(tried) == 1 else f"fell back to {label}")
+                return applied(
+                    *kept[1:], note=f"smaller than {label} ({kept[0]:,} vs {size:,} bytes packed)", packed_size=kept[0]
+                )
+            return applied(
+                label,
+                candidate,
+                stats,
+                metrics,
+                outputs,
+                note=f"smaller than {kept[1]} ({size:,} vs {kept[0]:,} bytes packed)",
+                packed_size=size,
+            )
+        return applied(
+            label, candidate, stats, metrics, outputs, note="" if len(tried) == 1 else f"fell back to {label}"
+        )
     if kept is not None:
         return applied(*kept[1:], note="", packed_size=kept[0])
-    rows.append(StageRow(stage, False, _model_bytes(model), rows[-1].metrics, time.perf_counter() - t0,
-                         attempts=tried, note=("skipped: every setting tried exceeded the budget" if not any("error" in t for t in tried) else "skipped: no setting fit the budget (see attempts)") if tried else "skipped"))
+    rows.append(
+        StageRow(
+            stage,
+            False,
+            _model_bytes(model),
+            rows[-1].metrics,
+            time.perf_counter() - t0,
+            attempts=tried,
+            note=(
+                "skipped: every setting tried exceeded the budget"
+                if not any("error" in t for t in tried)
+                else "skipped: no setting fit the budget (see attempts)"
+            )
+            if tried
+            else "skipped",
+        )
+    )
     return model, last_outputs
 
 
@@ -380,10 +477,23 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
 
     common = dict(exclude=opts["exclude"], min_params=opts["min_params"], seed=opts["seed"])
     if opts["sparsity"] is not None:
-        attempts = [(f"{opts['scope']} sparsity {opts['sparsity']:g}", lambda: prune(model, opts["sparsity"], scope=opts["scope"], **common))]
+        attempts = [
+            (
+                f"{opts['scope']} sparsity {opts['sparsity']:g}",
+                lambda: prune(model, opts["sparsity"], scope=opts["scope"], **common),
+            )
+        ]
         return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=False)
     if eval_data is None:
-        rows.append(StageRow("prune", False, _model_bytes(model), rows[-1].metrics, note="skipped: pruning needs data to choose ratios"))
+        rows.append(
+            StageRow(
+                "prune",
+                False,
+                _model_bytes(model),
+                rows[-1].metrics,
+                note="skipped: pruning needs data to choose ratios",
+            )
+        )
         return model, last_outputs
     prune_budget = opts["budget"] if opts["budget"] is not None else measure.budget * PRUNE_BUDGET_SHARE
     # Noise powers of independent stages add up: giving pruning the same share of the noise
@@ -402,25 +512,40 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
     if opts["compensate"] and calib_data is not None:
         compensator = Compensator(model, prunable_weights(model, search_exclude, opts["min_params"])[0], calib_data)
         if compensator.layers:
-            log(f"prune: kept weights refit on {calib_data.size} calibration samples ({len(compensator.layers)} tensors)")
+            log(
+                f"prune: kept weights refit on {calib_data.size} calibration samples ({len(compensator.layers)} tensors)"
+            )
     # A log that can draw a bar (the CLI's, on a terminal) gets the curves' progress.
     step = getattr(log, "step", None)
     progress = (lambda done, total: step("prune: sensitivity curves", done, total)) if step else None
 
     def attempt(points: float):
         reference = last_outputs if search_data is eval_data else None  # the original's outputs, measured already
-        pruned, stats = prune_to_budget(model, search_data, points, min_snr_db=prune_snr, ratios=ratios, max_evals=max_evals,
-                                        sensitivity_stats=curves.get("stats"), exclude=search_exclude,
-                                        min_params=opts["min_params"], seed=opts["seed"], progress=progress,
-                                        reference_outputs=reference, compensate=compensator)
+        pruned, stats = prune_to_budget(
+            model,
+            search_data,
+            points,
+            min_snr_db=prune_snr,
+            ratios=ratios,
+            max_evals=max_evals,
+            sensitivity_stats=curves.get("stats"),
+            exclude=search_exclude,
+            min_params=opts["min_params"],
+            seed=opts["seed"],
+            progress=progress,
+            reference_outputs=reference,
+            compensate=compensator,
+        )
         curves["stats"] = stats.get("sensitivity")
         if plan_note:
             stats["search_plan"] = plan_note
         return pruned, stats
 
     if search_data.size >= eval_data.size:
-        attempts = [(f"sensitivity-guided, budget {b:g} points", lambda b=b: attempt(b))
-                    for b in (prune_budget, prune_budget / 2, prune_budget / 4)]
+        attempts = [
+            (f"sensitivity-guided, budget {b:g} points", lambda b=b: attempt(b))
+            for b in (prune_budget, prune_budget / 2, prune_budget / 4)
+        ]
         return _try("prune", attempts, measure, rows, model, last_outputs, log, adaptive=True)
     # On a subset one sample is worth 100/n points, so a halved budget usually allows the same
     # number of errors and finds the same ratios.  The fallbacks scale the ratios found instead:
@@ -436,7 +561,9 @@ def _stage_prune(model, opts, measure: Measure, eval_data, rows, last_outputs, l
         if "ratios" not in found:
             return attempt(prune_budget / 4)
         ratios_scaled = {name: ratio * factor for name, ratio in found["ratios"].items()}
-        pruned, stats = prune_with_ratios(model, ratios_scaled, search_exclude, opts["min_params"], compensate=compensator)
+        pruned, stats = prune_with_ratios(
+            model, ratios_scaled, search_exclude, opts["min_params"], compensate=compensator
+        )
         stats["search_plan"] = plan_note
         return pruned, stats
 
@@ -474,8 +601,10 @@ def _prune_search_plan(model, opts, measure: Measure, eval_data: Dataset):
         return eval_data, None, evals, "", opts["exclude"]
     ratios, evals = COARSE_RATIOS, 20
     samples = min(eval_data.size, max(MIN_SEARCH_SAMPLES, int(allowance / max(estimate(ratios, evals, 1), 1e-9))))
-    note = (f"{len(selected)} tensors; full search estimated at {estimate(BUDGET_RATIOS, 40, eval_data.size):.0f} s > "
-            f"max_seconds {allowance:g}: coarse ladder, {samples} of {eval_data.size} samples for the search")
+    note = (
+        f"{len(selected)} tensors; full search estimated at {estimate(BUDGET_RATIOS, 40, eval_data.size):.0f} s > "
+        f"max_seconds {allowance:g}: coarse ladder, {samples} of {eval_data.size} samples for the search"
+    )
     exclude = opts["exclude"]
     if estimate(ratios, evals, samples) > allowance:
         # Still too slow: probe only the largest tensors (they hold most of the zeros to win);
@@ -544,15 +673,30 @@ def _stage_share(model, opts, measure: Measure, calib_data, rows, last_outputs, 
         seen.add((bits_conv, bits_fc))
         refit = calib_data if opts["refit"] else None
         kinds = [f"{bits_conv} bits conv"] * has_conv + [f"{bits_fc} bits fc"] * has_fc
-        attempts.append((f"k-means {' / '.join(kinds or [f'{bits_conv} bits conv', f'{bits_fc} bits fc'])}",
-                         lambda bits_conv=bits_conv, bits_fc=bits_fc, refit=refit: share(
-                             model, bits_conv=bits_conv, bits_fc=bits_fc, init=opts["init"], seed=opts["seed"],
-                             exclude=opts["exclude"], min_params=opts["min_params"], refit_data=refit,
-                             bias_data=bias_data, bias_judge=judge), budget))
+        attempts.append(
+            (
+                f"k-means {' / '.join(kinds or [f'{bits_conv} bits conv', f'{bits_fc} bits fc'])}",
+                lambda bits_conv=bits_conv, bits_fc=bits_fc, refit=refit: share(
+                    model,
+                    bits_conv=bits_conv,
+                    bits_fc=bits_fc,
+                    init=opts["init"],
+                    seed=opts["seed"],
+                    exclude=opts["exclude"],
+                    min_params=opts["min_params"],
+                    refit_data=refit,
+                    bias_data=bias_data,
+                    bias_judge=judge,
+                ),
+                budget,
+            )
+        )
     return _try("share", attempts, measure, rows, model, last_outputs, log, adaptive, compare_first=compare)
 
 
-def _per_tensor_share_attempt(model, tensors, opts, measure: Measure, rows, last_outputs, log, bias_data=None, bias_judge=None):
+def _per_tensor_share_attempt(
+    model, tensors, opts, measure: Measure, rows, last_outputs, log, bias_data=None, bias_judge=None
+):
     """The share attempt that chooses bits per tensor (share_budget), or None when the model
     is too slow to search.  The search costs about tensors x widths + 12 runs over the data plus
     one k-means per tensor and width; past SHARE_SEARCH_SECONDS it runs on an evenly spread
@@ -593,9 +737,20 @@ def _per_tensor_share_attempt(model, tensors, opts, measure: Measure, rows, last
         snr = -10 * math.log10(allowed)
 
     def attempt():
-        return share_to_budget(model, data, points, min_snr_db=snr, init=opts["init"], seed=opts["seed"],
-                               exclude=opts["exclude"], min_params=opts["min_params"], progress=progress,
-                               reference_outputs=reference, bias_data=bias_data, bias_judge=bias_judge)
+        return share_to_budget(
+            model,
+            data,
+            points,
+            min_snr_db=snr,
+            init=opts["init"],
+            seed=opts["seed"],
+            exclude=opts["exclude"],
+            min_params=opts["min_params"],
+            progress=progress,
+            reference_outputs=reference,
+            bias_data=bias_data,
+            bias_judge=bias_judge,
+        )
 
     return (f"k-means bits per tensor, searched within {points:.2g} points{where}", attempt, reserve)
 
@@ -613,15 +768,22 @@ LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
 LOW_BITS_BUDGET_SHARE = 0.8
 
 
-def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool, shared: bool = False):
+def _stage_quantize(
+    model, opts, measure: Measure, calib_data, rows, last_outputs, log, adaptive: bool, shared: bool = False
+):
     from .passes.quantize import quantize
     from .passes.quantize.ops_tables import SMALL_ROLES
 
     activations = opts["activations"]
     if activations == "static" and calib_data is None:
         activations = "none"
-    common = dict(per_channel=opts["per_channel"], symmetric=opts["symmetric"], calibration=opts["calibration"], exclude=opts["exclude"],
-                  small_constants=opts["small_constants"])
+    common = dict(
+        per_channel=opts["per_channel"],
+        symmetric=opts["symmetric"],
+        calibration=opts["calibration"],
+        exclude=opts["exclude"],
+        small_constants=opts["small_constants"],
+    )
     # After share, 7-bit weights: with 8 bits the shared tensors are more accurate on a
     # per-channel grid than on their codebook's, so quantize drops the codebooks, and the
     # container grows (mlp_pre: 121 KB with 7 bits, 148 KB with 8, same accuracy).  Without
@@ -632,7 +794,11 @@ def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_output
         settings += [a for a in ("static", "none") if a != activations and (a != "static" or calib_data is not None)]
         # weight-only is the gentlest; never try a harsher mode after a gentler one
         settings = settings[: settings.index("none") + 1] if "none" in settings else settings
-    labels = {"static": "int8 weights + static int8 activations", "dynamic": "int8 weights + dynamic activations", "none": "int8 weights only"}
+    labels = {
+        "static": "int8 weights + static int8 activations",
+        "dynamic": "int8 weights + dynamic activations",
+        "none": "int8 weights only",
+    }
     attempts = []
     first: dict = {}
 
@@ -650,19 +816,34 @@ def _stage_quantize(model, opts, measure: Measure, calib_data, rows, last_output
         if i == 0:
             attempts.append((labels[a], lambda a=a, common=common: first_attempt(a, common)))
         else:
-            attempts.append((labels[a], lambda a=a, common=common: quantize(model, calib=calib_data if a == "static" else None, activations=a, **common)))
+            attempts.append(
+                (
+                    labels[a],
+                    lambda a=a, common=common: quantize(
+                        model, calib=calib_data if a == "static" else None, activations=a, **common
+                    ),
+                )
+            )
         if adaptive and i == 0 and common["small_constants"]:
             # int8 biases and norm parameters are the first thing to give back: the same
             # setting with them in float, then the rest of the ladder without them.
             common = {**common, "small_constants": False}
-            attempts.append((f"{labels[a]}, small constants float", lambda a=a, common=common: without_small_constants(a, common)))
+            attempts.append(
+                (f"{labels[a]}, small constants float", lambda a=a, common=common: without_small_constants(a, common))
+            )
         if adaptive and a == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
             # Mixed precision before giving up on activations: a few layers usually carry most
             # of the error, so keep in float each layer whose quantization alone takes the
             # output below the threshold (measured on the calibration data).
             for floor in LAYER_SNR_FLOORS_DB:
-                attempts.append((f"{labels[a]}, layers under {floor:g} dB alone kept float",
-                                 lambda floor=floor, common=common: quantize(model, calib=calib_data, activations="static", min_layer_snr=floor, **common)))
+                attempts.append(
+                    (
+                        f"{labels[a]}, layers under {floor:g} dB alone kept float",
+                        lambda floor=floor, common=common: quantize(
+                            model, calib=calib_data, activations="static", min_layer_snr=floor, **common
+                        ),
+                    )
+                )
     return _try("quantize", attempts, measure, rows, model, last_outputs, log, adaptive)
 
 
@@ -703,8 +884,9 @@ def _bits_of(values: np.ndarray) -> int | None:
     return int(np.ceil(np.log2(distinct))) if distinct > 1 else 1
 
 
-def _per_layer(original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: dict | None,
-               quantized_names: dict[str, str]) -> list[dict]:
+def _per_layer(
+    original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: dict | None, quantized_names: dict[str, str]
+) -> list[dict]:
     """Per matrix weight of the original: what the final model holds for it, and its container bytes.
 
     `quantized_names` maps a weight to the int8 tensor quantize made of it (from its stats); other
@@ -746,23 +928,40 @@ def _quantized_names(rows: list[StageRow]) -> dict[str, str]:
     return names
 
 
-def build_report(model_path, original, original_bytes, mode, budget, measure: Measure, rows: list[StageRow],
-                 final_model, pack_stats, container, gate_result, recipe, shared_model=None) -> dict:
+def build_report(
+    model_path,
+    original,
+    original_bytes,
+    mode,
+    budget,
+    measure: Measure,
+    rows: list[StageRow],
+    final_model,
+    pack_stats,
+    container,
+    gate_result,
+    recipe,
+    shared_model=None,
+) -> dict:
     stages = []
     for r in rows:
-        stages.append({
-            "stage": r.stage,
-            "applied": r.applied,
-            "bytes": int(r.bytes),
-            "ratio": original_bytes / r.bytes if r.bytes else None,
-            "packed_bytes": r.packed_bytes if r.stage != "pack" else int(r.bytes),
-            "packed_ratio": (original_bytes / (r.packed_bytes if r.stage != "pack" else r.bytes)) if (r.packed_bytes or r.stage == "pack") else None,
-            **{k: r.metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")},
-            "seconds": round(r.seconds, 3),
-            "setting": r.options.get("setting"),
-            "note": r.note,
-            "attempts": r.attempts,
-        })
+        stages.append(
+            {
+                "stage": r.stage,
+                "applied": r.applied,
+                "bytes": int(r.bytes),
+                "ratio": original_bytes / r.bytes if r.bytes else None,
+                "packed_bytes": r.packed_bytes if r.stage != "pack" else int(r.bytes),
+                "packed_ratio": (original_bytes / (r.packed_bytes if r.stage != "pack" else r.bytes))
+                if (r.packed_bytes or r.stage == "pack")
+                else None,
+                **{k: r.metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")},
+                "seconds": round(r.seconds, 3),
+                "setting": r.options.get("setting"),
+                "note": r.note,
+                "attempts": r.attempts,
+            }
+        )
     applied = [s["stage"] + (f" ({s['setting']})" if s["setting"] else "") for s in stages[1:] if s["applied"]]
     report = {
         "compressor_version": __version__,
@@ -784,8 +983,10 @@ def build_report(model_path, original, original_bytes, mode, budget, measure: Me
         "prune_search": next((r.stats.get("search_plan") for r in rows if r.stage == "prune" and r.stats), None),
     }
     if mode == "none":
-        report["note"] = ("no data given: nothing was measured; only data-free steps were applied "
-                          "(int8 per-channel weight-only quantization and lossless packing)")
+        report["note"] = (
+            "no data given: nothing was measured; only data-free steps were applied "
+            "(int8 per-channel weight-only quantization and lossless packing)"
+        )
     return report
 
 

@@ -44,7 +44,6 @@ DEFAULT_PERCENTILE = 99.999
 MAX_CODEBOOK = 256
 
 
-
 def sortable(values: np.ndarray) -> np.ndarray:
     """`values` with 2-byte floats widened to float32 (exact) before np.sort / np.unique.
 
@@ -54,6 +53,7 @@ def sortable(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f" and values.dtype.itemsize == 2 or values.dtype.name == "bfloat16":
         return values.astype(np.float32)
     return values
+
 
 def qrange(dtype: str, symmetric: bool = False) -> tuple[int, int]:
     """Integer range used for a type; symmetric signed types drop the most negative value."""
@@ -105,8 +105,9 @@ def coarsen_bias(q, output_step, fraction: int = 16) -> np.ndarray:
     return (np.sign(q) * ((np.abs(q) + step // 2) // step) * step).astype(np.int64)
 
 
-def scale_zero_point(rmin, rmax, qmin: int, qmax: int, symmetric: bool,
-                     mantissa_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def scale_zero_point(
+    rmin, rmax, qmin: int, qmax: int, symmetric: bool, mantissa_bits: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale (float32, > 0) and integer zero point mapping [rmin, rmax] (widened to contain 0).
 
     With ``mantissa_bits`` the scale is rounded *up* to that many mantissa bits (see
@@ -162,7 +163,9 @@ def dequantize_values(q, scale, zero_point, axis: int | None = None) -> np.ndarr
     return ((q - z).astype(np.float32) * s).astype(np.float32)
 
 
-def keep_nonzero(x: np.ndarray, q: np.ndarray, zp, qmin: int, qmax: int, axis: int | None = None) -> tuple[np.ndarray, int]:
+def keep_nonzero(
+    x: np.ndarray, q: np.ndarray, zp, qmin: int, qmax: int, axis: int | None = None
+) -> tuple[np.ndarray, int]:
     """Move non-zero values that quantized to the zero point one level towards their sign."""
     z = np.broadcast_to(_expand(np.asarray(zp, dtype=np.int64), q.ndim, axis), q.shape)
     tiny = (q == z) & (x != 0)
@@ -202,8 +205,15 @@ def channel_ranges(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndar
     return moved.min(axis=1), moved.max(axis=1)
 
 
-def quantize_array(x, axis: int | None, qmin: int, qmax: int, symmetric: bool, keep_nonzeros: bool = True,
-                   mantissa_bits: int | None = None) -> QuantizedArray:
+def quantize_array(
+    x,
+    axis: int | None,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    keep_nonzeros: bool = True,
+    mantissa_bits: int | None = None,
+) -> QuantizedArray:
     """Min/max quantization of a weight tensor, per tensor (axis None) or per channel
     (scales rounded up to ``mantissa_bits``, see scale_zero_point)."""
     x = np.asarray(x, dtype=np.float32)
@@ -242,8 +252,16 @@ def _codebook_levels(values: np.ndarray, scale: float, zp: int, qmin: int, qmax:
     return q
 
 
-def choose_codebook_scale(values: np.ndarray, counts: np.ndarray, qmin: int, qmax: int, symmetric: bool,
-                          candidates: int = 160, low: float = 0.9, high: float = 1.25) -> tuple[float, int, np.ndarray, int]:
+def choose_codebook_scale(
+    values: np.ndarray,
+    counts: np.ndarray,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    candidates: int = 160,
+    low: float = 0.9,
+    high: float = 1.25,
+) -> tuple[float, int, np.ndarray, int]:
     """One scale and zero point for a codebook: fewest merged centroids, then least error.
 
     The min/max scale ``s0`` (the largest centroid on the last level) is always a candidate;
@@ -264,7 +282,11 @@ def choose_codebook_scale(values: np.ndarray, counts: np.ndarray, qmin: int, qma
         if symmetric:
             zp = base_zp
         else:
-            zp = int(np.clip(np.rint(qmin - min(values.min(), 0.0) / s), qmin + (values.min() < 0), qmax - (values.max() > 0)))
+            zp = int(
+                np.clip(
+                    np.rint(qmin - min(values.min(), 0.0) / s), qmin + (values.min() < 0), qmax - (values.max() > 0)
+                )
+            )
         levels = _codebook_levels(values, s, zp, qmin, qmax)
         merges = int(values.size - np.unique(levels).size)
         err = float(np.sum(counts * ((levels - zp) * s - values) ** 2))
@@ -285,8 +307,13 @@ def quantize_codebook(x, qmin: int, qmax: int, symmetric: bool, book: tuple[np.n
     idx = np.searchsorted(values, x[nz].astype(np.float64))
     q[nz] = levels[idx]
     return QuantizedArray(
-        q, np.asarray(scale, dtype=np.float32), np.asarray(zp, dtype=np.int64), None,
-        codebook_size=int(values.size), merged_centroids=merges, symbols=int(np.unique(q[nz]).size),
+        q,
+        np.asarray(scale, dtype=np.float32),
+        np.asarray(zp, dtype=np.int64),
+        None,
+        codebook_size=int(values.size),
+        merged_centroids=merges,
+        symbols=int(np.unique(q[nz]).size),
     )
 
 
@@ -343,7 +370,7 @@ class RangeCollector:
                 setattr(self, name, merged)
             self.limit *= 2.0
 
-    def merge(self, other: "RangeCollector") -> "RangeCollector":
+    def merge(self, other: RangeCollector) -> RangeCollector:
         """A collector holding both sets of samples (for tensors that share parameters)."""
         out = RangeCollector(self.bins)
         out.min, out.max = min(self.min, other.min), max(self.max, other.max)

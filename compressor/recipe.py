@@ -93,12 +93,37 @@ def default_recipe(mode: str) -> dict:
     """The defaults for mode 'accuracy' (labels), 'fidelity' (unlabeled inputs) or 'none' (no data)."""
     measured = mode != "none"
     return {
-        "prune": {"enabled": measured, "budget": None, "sparsity": None, "scope": "global", "exclude": None, "min_params": 1024, "seed": 0,
-                  "max_seconds": DEFAULT_PRUNE_SECONDS, "compensate": True},
-        "share": {"enabled": measured, "bits_conv": 8, "bits_fc": 5, "init": "linear", "refit": False,
-                  "bias_correction": False, "exclude": None, "min_params": 1024, "seed": 0},
-        "quantize": {"enabled": True, "activations": "static" if measured else "none", "per_channel": True, "symmetric": True, "calibration": "minmax",
-                     "small_constants": measured, "exclude": None},
+        "prune": {
+            "enabled": measured,
+            "budget": None,
+            "sparsity": None,
+            "scope": "global",
+            "exclude": None,
+            "min_params": 1024,
+            "seed": 0,
+            "max_seconds": DEFAULT_PRUNE_SECONDS,
+            "compensate": True,
+        },
+        "share": {
+            "enabled": measured,
+            "bits_conv": 8,
+            "bits_fc": 5,
+            "init": "linear",
+            "refit": False,
+            "bias_correction": False,
+            "exclude": None,
+            "min_params": 1024,
+            "seed": 0,
+        },
+        "quantize": {
+            "enabled": True,
+            "activations": "static" if measured else "none",
+            "per_channel": True,
+            "symmetric": True,
+            "calibration": "minmax",
+            "small_constants": measured,
+            "exclude": None,
+        },
         "pack": {"enabled": True},
         "gate": {"max_accuracy_drop": None, "budget": DEFAULT_BUDGET_POINTS, "min_snr_db": DEFAULT_MIN_SNR_DB},
     }

@@ -14,8 +14,17 @@ import io
 from .commands.common import format_table, to_json
 from .errors import UsageError
 
-
-STAGE_HEADERS = ["stage", "onnx bytes", "ratio", "packed bytes", "packed ratio", "accuracy %", "agreement %", "SNR dB", "setting"]
+STAGE_HEADERS = [
+    "stage",
+    "onnx bytes",
+    "ratio",
+    "packed bytes",
+    "packed ratio",
+    "accuracy %",
+    "agreement %",
+    "SNR dB",
+    "setting",
+]
 
 
 def _pct(v):
@@ -25,17 +34,19 @@ def _pct(v):
 def stage_rows(report: dict) -> list[list]:
     rows = []
     for s in report["stages"]:
-        rows.append([
-            s["stage"] + ("" if s["applied"] else " (skipped)"),
-            s["bytes"],
-            None if s["ratio"] is None else f"{s['ratio']:.1f}x",
-            s.get("packed_bytes"),
-            None if s.get("packed_ratio") is None else f"{s['packed_ratio']:.1f}x",
-            _pct(s["accuracy"]),
-            _pct(s["top1_agreement"]),
-            None if s["snr_db"] is None or isinstance(s["snr_db"], str) else round(s["snr_db"], 1),
-            s["setting"] or s["note"] or "",
-        ])
+        rows.append(
+            [
+                s["stage"] + ("" if s["applied"] else " (skipped)"),
+                s["bytes"],
+                None if s["ratio"] is None else f"{s['ratio']:.1f}x",
+                s.get("packed_bytes"),
+                None if s.get("packed_ratio") is None else f"{s['packed_ratio']:.1f}x",
+                _pct(s["accuracy"]),
+                _pct(s["top1_agreement"]),
+                None if s["snr_db"] is None or isinstance(s["snr_db"], str) else round(s["snr_db"], 1),
+                s["setting"] or s["note"] or "",
+            ]
+        )
     return rows
 
 
@@ -45,7 +56,7 @@ def format_report(report: dict) -> str:
         budget = f"budget {report['budget_points']:g} points"
         if report["mode"] == "fidelity":
             has_top1 = report["stages"][0].get("top1_agreement") is not None
-            budget = (f"{budget} of top-1 agreement" if has_top1 else "")
+            budget = f"{budget} of top-1 agreement" if has_top1 else ""
             if report.get("min_snr_db") is not None:
                 budget += (", " if budget else "") + f"output SNR >= {report['min_snr_db']:g} dB"
         else:
@@ -58,7 +69,17 @@ def format_report(report: dict) -> str:
     layers = report.get("layers") or []
     if layers:
         out.append("")
-        rows = [[l["name"], l["params"], _pct(100 * l.get("sparsity", 0.0)), l.get("bits"), l.get("container_bytes"), l.get("entropy_bound_bytes")] for l in layers]
+        rows = [
+            [
+                layer["name"],
+                layer["params"],
+                _pct(100 * layer.get("sparsity", 0.0)),
+                layer.get("bits"),
+                layer.get("container_bytes"),
+                layer.get("entropy_bound_bytes"),
+            ]
+            for layer in layers
+        ]
         out.append(format_table(rows, ["layer", "params", "sparsity %", "bits", "container B", "entropy bound B"]))
     c = report.get("container")
     out.append("")
@@ -66,7 +87,10 @@ def format_report(report: dict) -> str:
         out.append(f"container: {c['path']}  {c['bytes']:,} bytes on disk, {c['ratio']:.1f}x smaller than the original")
     gate = report.get("gate") or {}
     if gate.get("max_accuracy_drop") is not None:
-        out.append(f"gate --max-accuracy-drop {gate['max_accuracy_drop']:g}: " + ("passed" if gate["passed"] else f"FAILED: {gate['reason']}"))
+        out.append(
+            f"gate --max-accuracy-drop {gate['max_accuracy_drop']:g}: "
+            + ("passed" if gate["passed"] else f"FAILED: {gate['reason']}")
+        )
     return "\n".join(out)
 
 
@@ -103,10 +127,15 @@ def _figures(report: dict) -> list[tuple[str, str]]:
     layers = report.get("layers") or []
     if layers:
         fig, ax = plt.subplots(figsize=(7, 3))
-        names = [l["name"][-24:] for l in layers]
-        ax.bar(range(len(layers)), [100 * l.get("sparsity", 0) for l in layers], color="#228833", label="sparsity %")
+        names = [layer["name"][-24:] for layer in layers]
+        ax.bar(
+            range(len(layers)),
+            [100 * layer.get("sparsity", 0) for layer in layers],
+            color="#228833",
+            label="sparsity %",
+        )
         ax2 = ax.twinx()
-        ax2.plot(range(len(layers)), [l.get("bits") or 0 for l in layers], "o-", color="#aa3377", label="bits")
+        ax2.plot(range(len(layers)), [layer.get("bits") or 0 for layer in layers], "o-", color="#aa3377", label="bits")
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("sparsity %")
@@ -118,7 +147,9 @@ def _figures(report: dict) -> list[tuple[str, str]]:
     fig, ax = plt.subplots(figsize=(7, 3))
     xs = list(range(len(stages)))
     ax.bar([x - 0.2 for x in xs], [s["bytes"] for s in stages], width=0.4, color="#66ccee", label="ONNX file")
-    ax.bar([x + 0.2 for x in xs], [s.get("packed_bytes") or 0 for s in stages], width=0.4, color="#ee6677", label="packed")
+    ax.bar(
+        [x + 0.2 for x in xs], [s.get("packed_bytes") or 0 for s in stages], width=0.4, color="#ee6677", label="packed"
+    )
     ax.set_xticks(xs)
     ax.set_xticklabels([s["stage"] for s in stages])
     ax.legend()
@@ -133,9 +164,13 @@ def _figures(report: dict) -> list[tuple[str, str]]:
 def render_html(report: dict) -> str:
     headers = STAGE_HEADERS
     table = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row) + "</tr>" for row in stage_rows(report)
+        "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row) + "</tr>"
+        for row in stage_rows(report)
     )
-    figs = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b64}'/>" for t, b64 in _figures(report))
+    figs = "".join(
+        f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b64}'/>"
+        for t, b64 in _figures(report)
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>compressor report</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"

@@ -95,7 +95,7 @@ def load_splits():
     y = y.astype(np.int64)
     rng = np.random.default_rng(SEED)
     perm = rng.permutation(len(X))
-    tr, te = perm[:N_TRAIN], perm[N_TRAIN:N_TRAIN + N_TEST]
+    tr, te = perm[:N_TRAIN], perm[N_TRAIN : N_TRAIN + N_TEST]
     calib_idx = rng.choice(N_TRAIN, size=N_CALIB, replace=False)
     x_tr, y_tr = X[tr], y[tr]
     return x_tr, y_tr, X[te], y[te], x_tr[np.sort(calib_idx)]
@@ -114,9 +114,7 @@ def augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     scale = 1 + (torch.rand(b, generator=g) * 2 - 1) * 0.1
     shift = (torch.rand(b, 2, generator=g) * 2 - 1) * (2.5 / 14)  # +-2.5 px
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(img.shape), align_corners=False)
     out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.reshape(shape)
@@ -133,7 +131,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float
         perm = torch.randperm(len(xt), generator=g)
         total = 0.0
         for i in range(0, len(xt), BATCH):
-            idx = perm[i:i + BATCH]
+            idx = perm[i : i + BATCH]
             opt.zero_grad()
             with torch.no_grad():
                 xb = augment(xt[idx], g)

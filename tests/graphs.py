@@ -55,15 +55,28 @@ def constant_and_if_net(seed=0):
     const = n("Constant", [], ["cw"], value=numpy_helper.from_array(laplace_weights(rng, (16, 8, 3, 3)), "cw"))
 
     def branch(name, weight, inits):
-        return helper.make_graph([n("MatMul", ["h", weight], [f"{name}_y"])], name, [], [vi(f"{name}_y", ["N", 64])], inits)
+        return helper.make_graph(
+            [n("MatMul", ["h", weight], [f"{name}_y"])], name, [], [vi(f"{name}_y", ["N", 64])], inits
+        )
 
     then_g = branch("then", "then_w", [numpy_helper.from_array(laplace_weights(rng, (64, 64)), "then_w")])
     else_g = branch("else", "outer_w", [])
-    nodes = [const, n("Conv", ["x", "cw"], ["c"]), n("GlobalAveragePool", ["c"], ["g"]), n("Flatten", ["g"], ["f"]),
-             n("MatMul", ["f", "proj"], ["h0"]), n("MatMul", ["h0", "outer_w"], ["h"]), n("ReduceSum", ["h"], ["s"], keepdims=0),
-             n("Greater", ["s", "zero"], ["cond"]), n("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
-    inits = [numpy_helper.from_array(laplace_weights(rng, (16, 64)), "proj"), numpy_helper.from_array(laplace_weights(rng, (64, 64)), "outer_w"),
-             numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    nodes = [
+        const,
+        n("Conv", ["x", "cw"], ["c"]),
+        n("GlobalAveragePool", ["c"], ["g"]),
+        n("Flatten", ["g"], ["f"]),
+        n("MatMul", ["f", "proj"], ["h0"]),
+        n("MatMul", ["h0", "outer_w"], ["h"]),
+        n("ReduceSum", ["h"], ["s"], keepdims=0),
+        n("Greater", ["s", "zero"], ["cond"]),
+        n("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+    ]
+    inits = [
+        numpy_helper.from_array(laplace_weights(rng, (16, 64)), "proj"),
+        numpy_helper.from_array(laplace_weights(rng, (64, 64)), "outer_w"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"),
+    ]
     return make_model(nodes, [vi("x", ["N", 8, 6, 6])], [vi("y", ["N", 64])], inits)
 
 
@@ -148,7 +161,9 @@ def _vi(name: str, shape, elem: int = FLOAT) -> onnx.ValueInfoProto:
 def _finish(g: onnx.GraphProto, opset: int) -> onnx.ModelProto:
     # make_model_gen_version picks the IR version that goes with the opset (make_model would
     # stamp the newest IR, which old runtimes and opset-9 style graphs do not expect).
-    model = helper.make_model_gen_version(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests/graphs.py")
+    model = helper.make_model_gen_version(
+        g, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests/graphs.py"
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -211,9 +226,15 @@ def conv_net() -> onnx.ModelProto:
 
 
 def _batchnorm(b: _Builder, x: str, c: int, prefix: str) -> str:
-    params = [b.const(f"{prefix}.{name}", values.astype(np.float32)) for name, values in (
-        ("scale", 1 + b.rng.normal(0, 0.1, c)), ("bias", b.rng.normal(0, 0.1, c)),
-        ("mean", b.rng.normal(0, 0.1, c)), ("var", 1 + b.rng.random(c)))]
+    params = [
+        b.const(f"{prefix}.{name}", values.astype(np.float32))
+        for name, values in (
+            ("scale", 1 + b.rng.normal(0, 0.1, c)),
+            ("bias", b.rng.normal(0, 0.1, c)),
+            ("mean", b.rng.normal(0, 0.1, c)),
+            ("var", 1 + b.rng.random(c)),
+        )
+    ]
     return b.node("BatchNormalization", [x] + params, name=prefix, epsilon=1e-5)
 
 
@@ -253,7 +274,9 @@ def constant_weights_conv() -> onnx.ModelProto:
 # --------------------------------------------------------------------------- transformer
 
 
-def transformer_encoder(vocab: int = 100, seq: int = 8, d: int = 64, heads: int = 4, d_ff: int = 128) -> onnx.ModelProto:
+def transformer_encoder(
+    vocab: int = 100, seq: int = 8, d: int = 64, heads: int = 4, d_ff: int = 128
+) -> onnx.ModelProto:
     """ids[N,8] (int64) -> token Gather + position Add -> LayerNorm -> self-attention (Q/K/V MatMuls,
     Q.K^T and P.V between activations, Softmax) -> output MatMul + residual -> LayerNorm ->
     FFN with erf-GELU -> residual -> mean over tokens -> classifier logits[N,10]."""
@@ -347,11 +370,17 @@ def streaming_vad_model() -> onnx.ModelProto:
     seq = b.node("Transpose", [frames], perm=[1, 0, 2])  # [T/16, N, 16]
     w = b.weight("gru.W", (1, 96, 16), 16)
     r = b.weight("gru.R", (1, 96, 32), 32)
-    _, h = b.node("GRU", [seq, w, r, "", "", "state"], ["", "state_out"], name="gru", hidden_size=32, linear_before_reset=1)
+    _, h = b.node(
+        "GRU", [seq, w, r, "", "", "state"], ["", "state_out"], name="gru", hidden_size=32, linear_before_reset=1
+    )
     last = b.node("Squeeze", [h, b.const("squeeze_axes", np.array([0], np.int64))])
     logit = b.linear(last, 32, 1, "head")
     b.node("Sigmoid", [logit], ["prob"])
-    inputs = [_vi("x", ["N", "T"]), _vi("state", [1, "N", 32]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    inputs = [
+        _vi("x", ["N", "T"]),
+        _vi("state", [1, "N", 32]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+    ]
     return b.model("streaming_vad", inputs, [_vi("prob", ["N", 1]), _vi("state_out", [1, "N", 32])])
 
 
@@ -380,8 +409,9 @@ def if_subgraph_model() -> onnx.ModelProto:
         return sb.graph(name, [], [_vi(f"{name}_out", ["N", 10])])
 
     b.node("If", [cond], ["logits"], name="if", then_branch=branch("then", True), else_branch=branch("else", False))
-    return b.model("if_subgraph_model", [_vi("x", ["N", 32]), _vi("flag", ["N"], TensorProto.BOOL)],
-                   [_vi("logits", ["N", 10])])
+    return b.model(
+        "if_subgraph_model", [_vi("x", ["N", 32]), _vi("flag", ["N"], TensorProto.BOOL)], [_vi("logits", ["N", 10])]
+    )
 
 
 # --------------------------------------------------------------------------- already quantized
@@ -412,8 +442,11 @@ def quantized_qdq_model() -> onnx.ModelProto:
             scale = np.array(np.abs(w).max() / 127.0, np.float32)
             q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
         zp = np.zeros(scale.shape, np.int8)
-        ins = [b.const(f"{name}.weight_quantized", q), b.const(f"{name}.weight_scale", scale),
-               b.const(f"{name}.weight_zero_point", zp)]
+        ins = [
+            b.const(f"{name}.weight_quantized", q),
+            b.const(f"{name}.weight_scale", scale),
+            b.const(f"{name}.weight_zero_point", zp),
+        ]
         return b.node("DequantizeLinear", ins, name=f"{name}.weight_dq", **({"axis": 1} if per_channel else {}))
 
     h = qdq_activation("x", "x", 4.0 / 127)
@@ -435,12 +468,20 @@ def integer_input_model() -> onnx.ModelProto:
     fb = b.node("Cast", ["b"], to=FLOAT, name="cast_b")
     h = b.node("Concat", [fa, fb], axis=1)
     # integer features are in [0, 16): centre them so the first layer sees O(1) values
-    h = b.node("Div", [b.node("Sub", [h, b.const("center", np.array(7.5, np.float32))]),
-                       b.const("spread", np.array(4.6, np.float32))])
+    h = b.node(
+        "Div",
+        [
+            b.node("Sub", [h, b.const("center", np.array(7.5, np.float32))]),
+            b.const("spread", np.array(4.6, np.float32)),
+        ],
+    )
     h = b.node("Relu", [b.linear(h, 16, 64, "fc1")])
     b.linear(h, 64, 10, "fc2", out="logits")
-    return b.model("integer_input_model", [_vi("a", ["N", 8], TensorProto.INT32), _vi("b", ["N", 8], TensorProto.INT64)],
-                   [_vi("logits", ["N", 10])])
+    return b.model(
+        "integer_input_model",
+        [_vi("a", ["N", 8], TensorProto.INT32), _vi("b", ["N", 8], TensorProto.INT64)],
+        [_vi("logits", ["N", 10])],
+    )
 
 
 def fp16_model() -> onnx.ModelProto:
@@ -455,7 +496,9 @@ def fp16_model() -> onnx.ModelProto:
 
     h = b.node("Relu", [linear16("x", 64, 64, "fc1")])
     linear16(h, 64, 10, "fc2", out="logits")
-    return b.model("fp16_model", [_vi("x", ["N", 64], TensorProto.FLOAT16)], [_vi("logits", ["N", 10], TensorProto.FLOAT16)])
+    return b.model(
+        "fp16_model", [_vi("x", ["N", 64], TensorProto.FLOAT16)], [_vi("logits", ["N", 10], TensorProto.FLOAT16)]
+    )
 
 
 def opset_model(opset: int) -> onnx.ModelProto:
@@ -478,8 +521,11 @@ def opset_model(opset: int) -> onnx.ModelProto:
     if opset < 11:
         h = b.node("Clip", [h], name="relu6", min=0.0, max=6.0)
     else:
-        h = b.node("Clip", [h, b.const("relu6.min", np.array(0, np.float32)), b.const("relu6.max", np.array(6, np.float32))],
-                   name="relu6")
+        h = b.node(
+            "Clip",
+            [h, b.const("relu6.min", np.array(0, np.float32)), b.const("relu6.max", np.array(6, np.float32))],
+            name="relu6",
+        )
     halves = ["split.a", "split.b"]
     if opset < 13:
         b.node("Split", [h], halves, name="split", axis=1, split=[8, 8])
@@ -546,8 +592,12 @@ def make_inputs(model: onnx.ModelProto, n: int = 8, seed: int = 0) -> Dataset:
         # Per-sample layout: sample i is one whole feed (batch 1, 64 audio samples, zero
         # state); the sample rate is a constant fed to every run.
         audio = rng.standard_normal((n, 1, 64)).astype(np.float32)
-        return Dataset({"x": audio, "state": np.zeros((n, 1, 1, 32), np.float32)}, None,
-                       constants={"sr": np.array(16000, np.int64)}, per_sample=True)
+        return Dataset(
+            {"x": audio, "state": np.zeros((n, 1, 1, 32), np.float32)},
+            None,
+            constants={"sr": np.array(16000, np.int64)},
+            per_sample=True,
+        )
     ranges = _index_ranges(model)
     inputs: dict[str, np.ndarray] = {}
     for vi in graph_inputs(model):
@@ -568,6 +618,12 @@ def external_data_model(tmpdir) -> str:
     """Save `mlp()` with its tensors in `mlp.onnx.data` beside `mlp.onnx` in tmpdir; return the .onnx path."""
     folder = Path(tmpdir)
     path = folder / "mlp.onnx"
-    onnx.save_model(mlp(), os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="mlp.onnx.data", size_threshold=0)
+    onnx.save_model(
+        mlp(),
+        os.fspath(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="mlp.onnx.data",
+        size_threshold=0,
+    )
     return os.fspath(path)

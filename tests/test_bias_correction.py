@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import onnx
-import pytest
 from onnx import helper, numpy_helper
 
-import graphs
-
-from compressor import graph
 from compressor.data import Dataset
 from compressor.evaluate import capture
 from compressor.passes.bias_correction import correct_biases
@@ -31,13 +28,24 @@ def channel_means(model, name, data, axis=1):
 def mlp_matmul_add(seed=0):
     """x -> MatMul(W1) + b1 -> Relu -> Gemm(W2, transB=1) without C: the two linear forms."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (32, 64)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 64).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.normal(0, 0.2, (10, 64)).astype(np.float32), "w2")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"), helper.make_node("Add", ["m", "b1"], ["h"], name="fc1_bias"),
-             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2", transB=1)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, (32, 64)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 64).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (10, 64)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"),
+        helper.make_node("Add", ["m", "b1"], ["h"], name="fc1_bias"),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2", transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -53,8 +61,9 @@ def test_the_first_conv_layers_output_mean_is_restored_up_to_its_padding():
     model = graphs.conv_net()
     data = positive_inputs(model)
     shared, _ = share(model, bits_conv=2, bits_fc=2, min_params=0)
-    fixed, stats = correct_biases(model, shared, data, ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"],
-                                  judge=keep(shared))
+    fixed, stats = correct_biases(
+        model, shared, data, ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"], judge=keep(shared)
+    )
     assert {c["name"] for c in stats["corrected"]} == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
     out = next(n.output[0] for n in model.graph.node if n.name == "conv1")
     want = channel_means(model, out, data)
@@ -72,9 +81,11 @@ def test_matmul_bias_add_and_a_gemm_without_c_are_corrected():
     consts = {t.name: numpy_helper.to_array(t) for t in fixed.graph.initializer}
     gemm = next(n for n in fixed.graph.node if n.op_type == "Gemm")
     assert len(gemm.input) == 3 and consts[gemm.input[2]].shape == (10,)  # a C input was added
-    np.testing.assert_allclose(channel_means(fixed, "m", data, -1) + consts["b1"],
-                               channel_means(model, "m", data, -1) + numpy_helper.to_array(model.graph.initializer[1]),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        channel_means(fixed, "m", data, -1) + consts["b1"],
+        channel_means(model, "m", data, -1) + numpy_helper.to_array(model.graph.initializer[1]),
+        atol=1e-4,
+    )
     assert [n.op_type for n in shared.graph.node] == [n.op_type for n in fixed.graph.node]  # no node added
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import graphs
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import graphs
 from compressor import evaluate, graph
 from compressor.passes.compensate import Compensator, refit_kept
 from compressor.passes.prune import layer_magnitude_mask, prunable_weights, prune_to_budget, prune_with_ratios
@@ -83,4 +82,6 @@ def test_the_budget_search_with_compensation_stays_within_its_budget():
     pruned, stats = prune_to_budget(model, data, 2.0, min_params=0, compensate=graphs.make_inputs(model, 64, 3))
     budget = stats["budget"]
     assert budget["compensated"] and budget["final"]["drop"] <= 2.0 + 1e-9
-    assert evaluate.fidelity(evaluate.run_model(model, data), evaluate.run_model(pruned, data))["top1_agreement"] >= 98.0
+    assert (
+        evaluate.fidelity(evaluate.run_model(model, data), evaluate.run_model(pruned, data))["top1_agreement"] >= 98.0
+    )

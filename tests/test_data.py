@@ -3,10 +3,10 @@ clear errors for wrong names / dtypes / shapes, no pickles, batching."""
 
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import pytest
 
-import graphs
 from compressor.data import Dataset, fixed_batch_size, load_dataset, read_npz
 from compressor.errors import CompressorError, UsageError
 
@@ -148,7 +148,11 @@ def test_batches_cover_every_sample_once_in_order_for_every_input():
 def test_take_keeps_inputs_and_labels_aligned():
     data = Dataset({"x": np.arange(20).reshape(10, 2)}, np.arange(10) * 2)
     first = data.take(3)
-    assert first.size == 3 and first.inputs["x"].tolist() == [[0, 1], [2, 3], [4, 5]] and first.labels.tolist() == [0, 2, 4]
+    assert (
+        first.size == 3
+        and first.inputs["x"].tolist() == [[0, 1], [2, 3], [4, 5]]
+        and first.labels.tolist() == [0, 2, 4]
+    )
     assert Dataset({"x": np.zeros((5, 1))}, None).take(2).labels is None
 
 
@@ -187,8 +191,12 @@ def test_per_sample_layout_and_constants_for_a_model_whose_batch_axis_is_not_fir
     from compressor.evaluate import make_session
 
     session = make_session(model)
-    by_hand = np.concatenate([session.run(None, {"x": audio[i], "state": np.zeros((1, 1, 32), np.float32),
-                                                 "sr": np.array(16000)})[0] for i in range(6)])
+    by_hand = np.concatenate(
+        [
+            session.run(None, {"x": audio[i], "state": np.zeros((1, 1, 32), np.float32), "sr": np.array(16000)})[0]
+            for i in range(6)
+        ]
+    )
     assert np.array_equal(prob, by_hand)
     assert data.select(np.array([0, 3])).size == 2 and data.take(3).per_sample
 
@@ -196,11 +204,22 @@ def test_per_sample_layout_and_constants_for_a_model_whose_batch_axis_is_not_fir
 def test_mixed_layouts_and_wrong_per_sample_shapes_are_refused(tmp_path):
     model = graphs.streaming_vad_model()
     with pytest.raises(CompressorError, match="mixes batched and per-sample"):
-        load_dataset(save(tmp_path, x=np.zeros((6, 1, 64), np.float32), state=np.zeros((1, 6, 32), np.float32),
-                          sr=np.array(16000)), model)
+        load_dataset(
+            save(
+                tmp_path, x=np.zeros((6, 1, 64), np.float32), state=np.zeros((1, 6, 32), np.float32), sr=np.array(16000)
+            ),
+            model,
+        )
     with pytest.raises(CompressorError, match="for each sample"):
-        load_dataset(save(tmp_path, x=np.zeros((6, 1, 64), np.float32), state=np.zeros((6, 1, 1, 16), np.float32),
-                          sr=np.array(16000)), model)
+        load_dataset(
+            save(
+                tmp_path,
+                x=np.zeros((6, 1, 64), np.float32),
+                state=np.zeros((6, 1, 1, 16), np.float32),
+                sr=np.array(16000),
+            ),
+            model,
+        )
 
 
 def test_the_pipeline_runs_on_per_sample_data(tmp_path):
@@ -212,8 +231,12 @@ def test_the_pipeline_runs_on_per_sample_data(tmp_path):
 
     onnx.save(model, path)
     rng = np.random.default_rng(1)
-    data = save(tmp_path, x=rng.standard_normal((16, 1, 64)).astype(np.float32),
-                state=np.zeros((16, 1, 1, 32), np.float32), sr=np.array(16000))
+    data = save(
+        tmp_path,
+        x=rng.standard_normal((16, 1, 64)).astype(np.float32),
+        state=np.zeros((16, 1, 1, 32), np.float32),
+        sr=np.array(16000),
+    )
     report = run_pipeline(str(path), str(tmp_path / "vad.cmpz"), data_path=str(data))
     assert report["mode"] == "fidelity" and report["min_snr_db"] == 20.0  # [N, 1] probabilities: no top-1
     assert report["stages"][-1]["snr_db"] >= 20.0

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
+import graphs
 import numpy as np
 import pytest
 from onnx import TensorProto
 
-import graphs
 from compressor import graph
 from compressor.data import Dataset
 from compressor.errors import CompressorError

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import graphs
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import graphs
 from compressor import graph
 from compressor.errors import CompressorError, UsageError
 
@@ -25,6 +25,7 @@ def files_in(folder: Path) -> list[str]:
 def same_model(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     """Same graph and the same tensor values (a model loaded from external data stores its
     tensors with an explicit data_location, so the bytes of the protos differ)."""
+
     def strip(m):
         m2 = onnx.ModelProto()
         m2.CopyFrom(m)
@@ -184,8 +185,12 @@ def test_external_data_that_does_not_fit_its_file_is_an_error(tmp_path, changes,
 
 def _checker_failure() -> bytes:
     # Well-formed protobuf, but a node reads a value nobody defines: onnx's checker says no.
-    g = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"])], "g", [],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["nowhere"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -217,7 +222,13 @@ def test_missing_paths_and_folders_are_usage_errors(tmp_path):
 
 def test_iter_tensors_finds_constants_and_subgraph_tensors():
     refs = list(graph.iter_tensors(graphs.constant_weights_conv()))
-    assert {r.name for r in refs if r.kind == "constant"} == {"c1.weight", "c1.bias", "c2.weight", "fc.weight", "fc.bias"}
+    assert {r.name for r in refs if r.kind == "constant"} == {
+        "c1.weight",
+        "c1.bias",
+        "c2.weight",
+        "fc.weight",
+        "fc.bias",
+    }
     assert all(r.node is not None and r.node.op_type == "Constant" for r in refs if r.kind == "constant")
 
     refs = list(graph.iter_tensors(graphs.if_subgraph_model()))
@@ -238,41 +249,135 @@ def test_iter_graphs_names_subgraphs_by_node():
 
 # Every float tensor of every zoo graph and the role weights() gives it.
 ROLES = {
-    "mlp": {"fc1.weight": "gemm_b", "fc1.bias": "bias", "fc2.weight": "gemm_b", "fc2.bias": "bias",
-            "fc3.weight": "gemm_b", "fc3.bias": "bias"},
-    "mlp_matmul_shared": {"shared.weight": "matmul_const", "block0.bias": "bias", "block1.bias": "bias",
-                          "head.weight": "matmul_const", "head.bias": "bias"},
-    "mlp_with_preprocessing": {"pre.mean": "elementwise", "pre.std": "elementwise",  # act on the input, not a MatMul
-                               "fc1.weight": "matmul_const", "fc1.bias": "bias", "fc2.weight": "matmul_const",
-                               "fc2.bias": "bias", "fc3.weight": "matmul_const", "fc3.bias": "bias"},
-    "conv_net": {"conv1.weight": "conv_filter", "conv1.bias": "bias", "conv2.weight": "conv_filter", "conv2.bias": "bias",
-                 "fc1.weight": "gemm_b", "fc1.bias": "bias", "fc2.weight": "gemm_b", "fc2.bias": "bias"},
-    "depthwise_resnet": {"stem.weight": "conv_filter", "stem.bias": "bias", "dw.weight": "conv_filter",
-                         "dw_bn.scale": "batchnorm", "dw_bn.bias": "batchnorm", "dw_bn.mean": "batchnorm",
-                         "dw_bn.var": "batchnorm", "pw.weight": "conv_filter", "pw.bias": "bias",
-                         "fc.weight": "gemm_b", "fc.bias": "bias"},
-    "transformer_encoder": {"tok_emb": "embedding", "pos_emb": "elementwise", "ln1.weight": "norm", "ln1.bias": "norm",
-                            "attn.q.weight": "matmul_const", "attn.q.bias": "bias", "attn.k.weight": "matmul_const",
-                            "attn.k.bias": "bias", "attn.v.weight": "matmul_const", "attn.v.bias": "bias",
-                            "attn.scale": "elementwise", "attn.out.weight": "matmul_const", "attn.out.bias": "bias",
-                            "ln2.weight": "norm", "ln2.bias": "norm", "ffn.fc1.weight": "matmul_const",
-                            "ffn.fc1.bias": "bias", "gelu.sqrt2": "elementwise", "gelu.one": "elementwise",
-                            "gelu.half": "elementwise", "ffn.fc2.weight": "matmul_const", "ffn.fc2.bias": "bias",
-                            "classifier.weight": "matmul_const", "classifier.bias": "bias"},
-    "gru_model": {"rnn.W": "rnn_w", "rnn.R": "rnn_r", "rnn.B": "rnn_b", "head.weight": "matmul_const", "head.bias": "bias"},
-    "streaming_vad_model": {"sr_ref": "elementwise", "gru.W": "rnn_w", "gru.R": "rnn_r", "head.weight": "matmul_const",
-                            "head.bias": "bias"},
-    "lstm_model": {"rnn.W": "rnn_w", "rnn.R": "rnn_r", "rnn.B": "rnn_b", "head.weight": "matmul_const", "head.bias": "bias"},
-    "constant_weights_conv": {"c1.weight": "conv_filter", "c1.bias": "bias", "c2.weight": "conv_filter",
-                              "fc.weight": "matmul_const", "fc.bias": "bias"},
-    "if_subgraph_model": {"trunk.weight": "matmul_const", "trunk.bias": "bias", "half": "other",
-                          "head.weight": "matmul_const", "then.weight": "matmul_const", "then.bias": "bias",
-                          "else.weight": "matmul_const", "else.bias": "bias"},
+    "mlp": {
+        "fc1.weight": "gemm_b",
+        "fc1.bias": "bias",
+        "fc2.weight": "gemm_b",
+        "fc2.bias": "bias",
+        "fc3.weight": "gemm_b",
+        "fc3.bias": "bias",
+    },
+    "mlp_matmul_shared": {
+        "shared.weight": "matmul_const",
+        "block0.bias": "bias",
+        "block1.bias": "bias",
+        "head.weight": "matmul_const",
+        "head.bias": "bias",
+    },
+    "mlp_with_preprocessing": {
+        "pre.mean": "elementwise",
+        "pre.std": "elementwise",  # act on the input, not a MatMul
+        "fc1.weight": "matmul_const",
+        "fc1.bias": "bias",
+        "fc2.weight": "matmul_const",
+        "fc2.bias": "bias",
+        "fc3.weight": "matmul_const",
+        "fc3.bias": "bias",
+    },
+    "conv_net": {
+        "conv1.weight": "conv_filter",
+        "conv1.bias": "bias",
+        "conv2.weight": "conv_filter",
+        "conv2.bias": "bias",
+        "fc1.weight": "gemm_b",
+        "fc1.bias": "bias",
+        "fc2.weight": "gemm_b",
+        "fc2.bias": "bias",
+    },
+    "depthwise_resnet": {
+        "stem.weight": "conv_filter",
+        "stem.bias": "bias",
+        "dw.weight": "conv_filter",
+        "dw_bn.scale": "batchnorm",
+        "dw_bn.bias": "batchnorm",
+        "dw_bn.mean": "batchnorm",
+        "dw_bn.var": "batchnorm",
+        "pw.weight": "conv_filter",
+        "pw.bias": "bias",
+        "fc.weight": "gemm_b",
+        "fc.bias": "bias",
+    },
+    "transformer_encoder": {
+        "tok_emb": "embedding",
+        "pos_emb": "elementwise",
+        "ln1.weight": "norm",
+        "ln1.bias": "norm",
+        "attn.q.weight": "matmul_const",
+        "attn.q.bias": "bias",
+        "attn.k.weight": "matmul_const",
+        "attn.k.bias": "bias",
+        "attn.v.weight": "matmul_const",
+        "attn.v.bias": "bias",
+        "attn.scale": "elementwise",
+        "attn.out.weight": "matmul_const",
+        "attn.out.bias": "bias",
+        "ln2.weight": "norm",
+        "ln2.bias": "norm",
+        "ffn.fc1.weight": "matmul_const",
+        "ffn.fc1.bias": "bias",
+        "gelu.sqrt2": "elementwise",
+        "gelu.one": "elementwise",
+        "gelu.half": "elementwise",
+        "ffn.fc2.weight": "matmul_const",
+        "ffn.fc2.bias": "bias",
+        "classifier.weight": "matmul_const",
+        "classifier.bias": "bias",
+    },
+    "gru_model": {
+        "rnn.W": "rnn_w",
+        "rnn.R": "rnn_r",
+        "rnn.B": "rnn_b",
+        "head.weight": "matmul_const",
+        "head.bias": "bias",
+    },
+    "streaming_vad_model": {
+        "sr_ref": "elementwise",
+        "gru.W": "rnn_w",
+        "gru.R": "rnn_r",
+        "head.weight": "matmul_const",
+        "head.bias": "bias",
+    },
+    "lstm_model": {
+        "rnn.W": "rnn_w",
+        "rnn.R": "rnn_r",
+        "rnn.B": "rnn_b",
+        "head.weight": "matmul_const",
+        "head.bias": "bias",
+    },
+    "constant_weights_conv": {
+        "c1.weight": "conv_filter",
+        "c1.bias": "bias",
+        "c2.weight": "conv_filter",
+        "fc.weight": "matmul_const",
+        "fc.bias": "bias",
+    },
+    "if_subgraph_model": {
+        "trunk.weight": "matmul_const",
+        "trunk.bias": "bias",
+        "half": "other",
+        "head.weight": "matmul_const",
+        "then.weight": "matmul_const",
+        "then.bias": "bias",
+        "else.weight": "matmul_const",
+        "else.bias": "bias",
+    },
     # int8 weights are not float: only the scales and the float biases are listed
-    "quantized_qdq_model": {"x.scale": "quant_param", "fc1.weight_scale": "quant_param", "fc1.bias": "bias",
-                            "fc1.out.scale": "quant_param", "fc2.weight_scale": "quant_param", "fc2.bias": "bias"},
-    "integer_input_model": {"center": "elementwise", "spread": "elementwise", "fc1.weight": "matmul_const",
-                            "fc1.bias": "bias", "fc2.weight": "matmul_const", "fc2.bias": "bias"},
+    "quantized_qdq_model": {
+        "x.scale": "quant_param",
+        "fc1.weight_scale": "quant_param",
+        "fc1.bias": "bias",
+        "fc1.out.scale": "quant_param",
+        "fc2.weight_scale": "quant_param",
+        "fc2.bias": "bias",
+    },
+    "integer_input_model": {
+        "center": "elementwise",
+        "spread": "elementwise",
+        "fc1.weight": "matmul_const",
+        "fc1.bias": "bias",
+        "fc2.weight": "matmul_const",
+        "fc2.bias": "bias",
+    },
     "fp16_model": {"fc1.weight": "matmul_const", "fc1.bias": "bias", "fc2.weight": "matmul_const", "fc2.bias": "bias"},
 }
 
@@ -296,7 +401,10 @@ def test_weight_roles_on_every_zoo_graph(name):
 def test_weight_roles_at_every_opset(opset):
     roles = {w.name: w.role for w in graph.weights(graphs.opset_model(opset))}
     assert {k: v for k, v in roles.items() if v in graph.MATRIX_ROLES} == {
-        "conv.weight": "conv_filter", "fc1.weight": "gemm_b", "fc2.weight": "gemm_b"}
+        "conv.weight": "conv_filter",
+        "fc1.weight": "gemm_b",
+        "fc2.weight": "gemm_b",
+    }
     assert roles["conv.bias"] == roles["fc1.bias"] == "bias" and roles["bn.var"] == "batchnorm"
     assert ("relu6.min" in roles) == (opset >= 11)  # Clip's bounds became inputs at opset 11
 
@@ -315,10 +423,13 @@ def test_conv_filters_axes_and_depthwise_group():
 
 def _gemm(trans_b: int) -> onnx.ModelProto:
     w = np.ones((32, 48) if trans_b else (48, 32), np.float32)
-    g = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=trans_b)], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 48])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
-                          [numpy_helper.from_array(w, "w")])
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=trans_b)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(w, "w")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -378,10 +489,13 @@ def test_integer_tensors_are_weights_only_on_request():
 def _add_after(producer_nodes, bias: np.ndarray, swap=False, extra_nodes=(), inits=()):
     """x[N,16] -> producer_nodes -> 'h'; Add(h, b) (or Add(b, h)) -> y."""
     add = helper.make_node("Add", ["b", "h"] if swap else ["h", "b"], ["y"], name="add")
-    g = helper.make_graph(list(producer_nodes) + [add] + list(extra_nodes), "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(bias, "b"), *inits])
+    g = helper.make_graph(
+        list(producer_nodes) + [add] + list(extra_nodes),
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(bias, "b"), *inits],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -393,8 +507,9 @@ MATMUL = helper.make_node("MatMul", ["x", "w"], ["h"], name="mm")
 def test_a_1d_constant_added_to_a_matmul_output_is_a_bias(swap):
     w = by_name(_add_after([MATMUL], np.zeros(8, np.float32), swap=swap, inits=[W16x8]))["b"]
     assert (w.role, w.out_axis, w.is_matrix) == ("bias", 0, False)
-    assert graph.role_of(w.consumers[0].node, w.consumers[0].input_index, w.shape) == ("elementwise", None, None, 1), \
+    assert graph.role_of(w.consumers[0].node, w.consumers[0].input_index, w.shape) == ("elementwise", None, None, 1), (
         "without the graph's context role_of cannot tell"
+    )
 
 
 def test_bias_after_gemm_uses_trans_b_for_the_output_width():
@@ -416,7 +531,10 @@ def test_bias_after_conv_needs_a_known_last_dim():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 7])
     conv = helper.make_node("Conv", ["x", "w"], ["h"], kernel_shape=[1, 1])
     add = helper.make_node("Add", ["h", "b"], ["y"])
-    inits = [numpy_helper.from_array(np.ones((4, 2, 1, 1), np.float32), "w"), numpy_helper.from_array(np.zeros(7, np.float32), "b")]
+    inits = [
+        numpy_helper.from_array(np.ones((4, 2, 1, 1), np.float32), "w"),
+        numpy_helper.from_array(np.zeros(7, np.float32), "b"),
+    ]
     g = helper.make_graph([conv, add], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     assert by_name(model)["b"].role == "elementwise"  # the width of h is not known from the filter

@@ -39,7 +39,9 @@ def test_matches_sklearn_lloyd_from_the_same_start():
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # sklearn's OpenMP threads crawl on a busy machine
-        ref = KMeans(16, init=c0.reshape(-1, 1), n_init=1, algorithm="lloyd", tol=0, max_iter=2000).fit(x.reshape(-1, 1))
+        ref = KMeans(16, init=c0.reshape(-1, 1), n_init=1, algorithm="lloyd", tol=0, max_iter=2000).fit(
+            x.reshape(-1, 1)
+        )
     ours, _ = lloyd(support_exact(x), c0, 16, max_iter=2000, accelerate=False)
     np.testing.assert_allclose(ours, np.sort(ref.cluster_centers_.ravel()), rtol=0, atol=1e-12)
 

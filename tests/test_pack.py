@@ -16,7 +16,13 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.cli import main
 from compressor.codec import container as fmt
 from compressor.errors import CompressorError
-from compressor.passes.pack import describe_container, format_container_table, pack_model, unpack_bytes, unpack_container
+from compressor.passes.pack import (
+    describe_container,
+    format_container_table,
+    pack_model,
+    unpack_bytes,
+    unpack_container,
+)
 
 OPSET = [helper.make_opsetid("", 17)]
 RNG = np.random.default_rng(0)
@@ -115,7 +121,9 @@ def conv_model_with_constants() -> onnx.ModelProto:
     rng = np.random.default_rng(3)
     w = prune_and_share(rng.normal(size=(16, 3, 3, 3)).astype(np.float32), keep=0.3, k=256)
     nodes = [
-        helper.make_node("Constant", [], ["bias"], value=numpy_helper.from_array(rng.normal(size=16).astype(np.float32))),
+        helper.make_node(
+            "Constant", [], ["bias"], value=numpy_helper.from_array(rng.normal(size=16).astype(np.float32))
+        ),
         helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [2], [1, -1])),
         helper.make_node("Constant", [], ["scale"], value_float=0.5),
         helper.make_node("Conv", ["x", "w", "bias"], ["c"], pads=[1, 1, 1, 1]),
@@ -145,7 +153,10 @@ def if_model() -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)],
         "if",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
     )
     return helper.make_model(graph, opset_imports=OPSET)
@@ -217,7 +228,20 @@ def test_subgraph_and_constant_tensors_get_their_own_sections():
     assert coded["else_w"]["kind"] == "constant" and coded["else_w"]["graph_path"] == "If_0/else_branch"
 
 
-DTYPES = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.uint32, np.uint64, np.bool_]
+DTYPES = [
+    np.float32,
+    np.float16,
+    np.float64,
+    np.int8,
+    np.uint8,
+    np.int16,
+    np.uint16,
+    np.int32,
+    np.int64,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+]
 
 
 def every_dtype_model() -> onnx.ModelProto:
@@ -228,7 +252,12 @@ def every_dtype_model() -> onnx.ModelProto:
         values = (rng.random((33, 17)) < 0.3) * rng.integers(1, 9, (33, 17))
         values = values.astype(dt)
         inits.append(numpy_helper.from_array(values, f"raw_{np.dtype(dt).name}"))
-        typed = helper.make_tensor(f"typed_{np.dtype(dt).name}", helper.np_dtype_to_tensor_dtype(np.dtype(dt)), values.shape, values.ravel().tolist())
+        typed = helper.make_tensor(
+            f"typed_{np.dtype(dt).name}",
+            helper.np_dtype_to_tensor_dtype(np.dtype(dt)),
+            values.shape,
+            values.ravel().tolist(),
+        )
         inits.append(typed)
     nasty = rng.normal(size=500).astype(np.float32)
     nasty[:5] = [np.nan, -0.0, np.inf, -np.inf, 1e-45]
@@ -238,8 +267,14 @@ def every_dtype_model() -> onnx.ModelProto:
     inits.append(numpy_helper.from_array(np.zeros((64, 64), np.float32), "all_zero"))
     inits.append(numpy_helper.from_array(np.full((64, 64), 7, np.int64), "all_seven"))
     inits.append(numpy_helper.from_array(np.array([b"abc", b"", b"\xff\x00"] * 100, dtype=object), "strings"))
-    inits.append(helper.make_tensor("bf16", TensorProto.BFLOAT16, [300], rng.normal(size=300).astype(np.float32).tolist()))
-    inits.append(helper.make_tensor("c64", TensorProto.COMPLEX64, [100], (rng.normal(size=100) + 1j * rng.normal(size=100)).tolist()))
+    inits.append(
+        helper.make_tensor("bf16", TensorProto.BFLOAT16, [300], rng.normal(size=300).astype(np.float32).tolist())
+    )
+    inits.append(
+        helper.make_tensor(
+            "c64", TensorProto.COMPLEX64, [100], (rng.normal(size=100) + 1j * rng.normal(size=100)).tolist()
+        )
+    )
     inits.append(numpy_helper.from_array(rng.integers(-8, 8, 999).astype(np.int8), "odd_length"))
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "dtypes",
@@ -266,7 +301,9 @@ def test_external_data_models_pack_from_disk(tmp_path):
     src.parent.mkdir()
     on_disk = onnx.ModelProto()
     on_disk.CopyFrom(model)  # onnx.save moves the data of the proto it saves out to the file
-    onnx.save(on_disk, src, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(
+        on_disk, src, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0
+    )
     assert (src.parent / "weights.bin").exists()
     assert main(["pack", str(src), "-o", str(tmp_path / "m.cmpz"), "--json"]) == 0
     assert main(["unpack", str(tmp_path / "m.cmpz"), "-o", str(tmp_path / "back.onnx"), "--verify"]) == 0

@@ -9,9 +9,9 @@ import pytest
 from compressor.cli import main
 from compressor.data import load_dataset
 from compressor.evaluate import accuracy, run_model
-from compressor.passes.pack import unpack_file
 from compressor.graph import load_model
-from compressor.pipeline import GateFailedWithReport, run_pipeline
+from compressor.passes.pack import unpack_file
+from compressor.pipeline import run_pipeline
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 LENET300 = SAMPLES / "lenet300.onnx"
@@ -30,8 +30,9 @@ def _unpacked_accuracy(container: Path, tmp_path: Path, data_path: Path) -> floa
 def lenet5_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "lenet5.cmpz"
-    report = run_pipeline(str(LENET5), str(out), data_path=str(SAMPLES / "lenet5_test.npz"),
-                          calib_path=str(SAMPLES / "lenet5_calib.npz"))
+    report = run_pipeline(
+        str(LENET5), str(out), data_path=str(SAMPLES / "lenet5_test.npz"), calib_path=str(SAMPLES / "lenet5_calib.npz")
+    )
     return tmp, out, report
 
 
@@ -64,15 +65,19 @@ def test_share_searches_bits_per_tensor_and_keeps_the_smaller_of_it_and_the_firs
 
 
 def test_share_ladder_names_only_the_kinds_of_weights_the_model_has(tmp_path):
-    report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet300_test.npz"),
-                          overrides={"quantize": {"enabled": False}})
+    report = run_pipeline(
+        str(LENET300),
+        str(tmp_path / "m.cmpz"),
+        data_path=str(SAMPLES / "lenet300_test.npz"),
+        overrides={"quantize": {"enabled": False}},
+    )
     tried = [a["option"] for a in report["stages"][2]["attempts"]]
     assert tried[1] == "k-means 4 bits fc" and not any("conv" in t for t in tried)
 
 
 def test_report_has_per_layer_rows_and_the_entropy_bound(lenet5_run):
     _, _, report = lenet5_run
-    layers = {l["name"]: l for l in report["layers"]}
+    layers = {layer["name"]: layer for layer in report["layers"]}
     fc1 = layers["fc1.weight"]
     assert fc1["sparsity"] > 0.5 and fc1["bits"] <= 5
     # Huffman streams cost at least their entropy, and not much more.
@@ -87,15 +92,34 @@ def test_report_has_per_layer_rows_and_the_entropy_bound(lenet5_run):
 def test_same_input_same_options_give_identical_containers(lenet5_run, tmp_path):
     _, first, _ = lenet5_run
     again = tmp_path / "again.cmpz"
-    run_pipeline(str(LENET5), str(again), data_path=str(SAMPLES / "lenet5_test.npz"),
-                 calib_path=str(SAMPLES / "lenet5_calib.npz"))
+    run_pipeline(
+        str(LENET5),
+        str(again),
+        data_path=str(SAMPLES / "lenet5_test.npz"),
+        calib_path=str(SAMPLES / "lenet5_calib.npz"),
+    )
     assert again.read_bytes() == first.read_bytes()
 
 
 def test_gate_fails_with_exit_3_writes_the_report_and_no_container(tmp_path, capsys):
     out, rep = tmp_path / "x.cmpz", tmp_path / "x.json"
-    code = main(["run", str(LENET300), "-o", str(out), "--data", str(SAMPLES / "lenet300_test.npz"),
-                 "--sparsity", "0.99", "--max-accuracy-drop", "0.5", "--report", str(rep), "-q"])
+    code = main(
+        [
+            "run",
+            str(LENET300),
+            "-o",
+            str(out),
+            "--data",
+            str(SAMPLES / "lenet300_test.npz"),
+            "--sparsity",
+            "0.99",
+            "--max-accuracy-drop",
+            "0.5",
+            "--report",
+            str(rep),
+            "-q",
+        ]
+    )
     assert code == 3
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [rep]  # no temp files either
@@ -133,39 +157,73 @@ def test_fidelity_mode_gates_snr_when_outputs_are_not_class_scores(tmp_path):
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(size=(64, 1)).astype(np.float32) / 8, "w")  # a regressor
     w1 = numpy_helper.from_array(rng.normal(size=(32, 64)).astype(np.float32) / 6, "w1")
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-                           helper.make_node("MatMul", ["r", "w"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], [w1, w])
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [w1, w],
+    )
     path = tmp_path / "reg.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     np.savez(tmp_path / "in.npz", x=rng.normal(size=(256, 32)).astype(np.float32))
-    report = run_pipeline(str(path), str(tmp_path / "reg.cmpz"), data_path=str(tmp_path / "in.npz"),
-                          overrides={"prune": {"min_params": 0}, "share": {"min_params": 0}})
+    report = run_pipeline(
+        str(path),
+        str(tmp_path / "reg.cmpz"),
+        data_path=str(tmp_path / "in.npz"),
+        overrides={"prune": {"min_params": 0}, "share": {"min_params": 0}},
+    )
     assert report["min_snr_db"] == 20.0
     assert report["stages"][-1]["snr_db"] >= 20.0
 
 
 def test_overrides_and_disabled_stages(tmp_path):
-    report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet300_test.npz"),
-                          overrides={"prune": {"sparsity": 0.8, "scope": "layer"}, "share": {"enabled": False},
-                                     "quantize": {"activations": "none"}})
+    report = run_pipeline(
+        str(LENET300),
+        str(tmp_path / "m.cmpz"),
+        data_path=str(SAMPLES / "lenet300_test.npz"),
+        overrides={
+            "prune": {"sparsity": 0.8, "scope": "layer"},
+            "share": {"enabled": False},
+            "quantize": {"activations": "none"},
+        },
+    )
     stages = {s["stage"]: s for s in report["stages"]}
     assert stages["prune"]["setting"] == "layer sparsity 0.8"
     assert stages["share"]["applied"] is False and stages["share"]["note"] == "disabled"
     assert stages["quantize"]["setting"] == "int8 weights only"
-    assert all(abs(l["sparsity"] - 0.8) < 0.01 for l in report["layers"] if l["params"] >= 1024)
+    assert all(abs(layer["sparsity"] - 0.8) < 0.01 for layer in report["layers"] if layer["params"] >= 1024)
 
 
 def test_recipe_file_and_cli_errors(tmp_path, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text("[share]\nbits_fc = 4\n[prune]\nsparsity = 0.9\n")
     out, rep = tmp_path / "m.cmpz", tmp_path / "m.json"
-    assert main(["run", str(LENET300), "-o", str(out), "--recipe", str(recipe), "--data",
-                 str(SAMPLES / "lenet300_test.npz"), "--report", str(rep), "--json"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(LENET300),
+                "-o",
+                str(out),
+                "--recipe",
+                str(recipe),
+                "--data",
+                str(SAMPLES / "lenet300_test.npz"),
+                "--report",
+                str(rep),
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(rep.read_text())
-    assert max(l["bits"] for l in printed["layers"] if l["params"] >= 1024) <= 4
+    assert max(layer["bits"] for layer in printed["layers"] if layer["params"] >= 1024) <= 4
     recipe.write_text("[share]\nbits_fcc = 4\n")
     assert main(["run", str(LENET300), "-o", str(out), "--recipe", str(recipe)]) == 2
     err = capsys.readouterr().err
@@ -184,11 +242,15 @@ def test_html_report_is_one_self_contained_file(tmp_path):
     html = tmp_path / "r.html"
     assert main(["run", str(LENET300), "-o", str(tmp_path / "m.cmpz"), "--html", str(html), "-q"]) == 0
     text = html.read_text()
-    assert text.count("data:image/png;base64,") == 3 and "<script" not in text and "http" not in text.split("<details>")[0]
+    assert (
+        text.count("data:image/png;base64,") == 3 and "<script" not in text and "http" not in text.split("<details>")[0]
+    )
 
 
-@pytest.mark.parametrize("eval_seconds, plan", [(0.01, "131 of 1000 samples"), (0.03, "43 of 1000 samples"),
-                                                 (0.1, "only the 1 largest tensors")])
+@pytest.mark.parametrize(
+    "eval_seconds, plan",
+    [(0.01, "131 of 1000 samples"), (0.03, "43 of 1000 samples"), (0.1, "only the 1 largest tensors")],
+)
 def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path, monkeypatch, eval_seconds, plan):
     # The plan is sized on the measured time of one evaluation; the test pins that time, so the
     # plan (and the result) do not depend on how fast this machine is.  0.05 s cannot hold the
@@ -203,8 +265,12 @@ def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path, monkeypatch
         return metrics
 
     monkeypatch.setattr(Measure, "start", pinned_start)
-    report = run_pipeline(str(LENET5), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet5_test.npz"),
-                          overrides={"prune": {"max_seconds": 0.05}, "share": {"enabled": False}, "quantize": {"enabled": False}})
+    report = run_pipeline(
+        str(LENET5),
+        str(tmp_path / "m.cmpz"),
+        data_path=str(SAMPLES / "lenet5_test.npz"),
+        overrides={"prune": {"max_seconds": 0.05}, "share": {"enabled": False}, "quantize": {"enabled": False}},
+    )
     prune_row = report["stages"][1]
     assert prune_row["applied"], prune_row
     assert prune_row["accuracy_drop"] <= 1.0
@@ -222,8 +288,13 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
             super().step(label, done, total)
 
     bar = Recording(lines=True, bar=True)
-    run_pipeline(str(LENET5), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet5_test.npz"), log=bar,
-                 overrides={"share": {"enabled": False}, "quantize": {"enabled": False}})
+    run_pipeline(
+        str(LENET5),
+        str(tmp_path / "m.cmpz"),
+        data_path=str(SAMPLES / "lenet5_test.npz"),
+        log=bar,
+        overrides={"share": {"enabled": False}, "quantize": {"enabled": False}},
+    )
     total = steps[-1][2]
     assert total >= 1 and [d for _, d, _ in steps[:total]] == list(range(1, total + 1))
     err = capsys.readouterr().err
@@ -243,13 +314,24 @@ def test_quantize_gives_back_the_small_constants_first_when_they_cost_too_much(t
     rng = np.random.default_rng(0)
     bias = rng.normal(0, 1, 128)
     bias[0] = -500.0
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 128)).astype(np.float32), "w1"),
-             numpy_helper.from_array(bias.astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.normal(0, 0.3, (128, 10)).astype(np.float32), "w2")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"]), helper.make_node("Add", ["m", "b1"], ["h"]),
-             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (16, 128)).astype(np.float32), "w1"),
+        numpy_helper.from_array(bias.astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (128, 10)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m"]),
+        helper.make_node("Add", ["m", "b1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
@@ -258,11 +340,18 @@ def test_quantize_gives_back_the_small_constants_first_when_they_cost_too_much(t
 
     y = np.argmax(run_model(model, Dataset({"x": x}, None))[0], axis=1)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    report = run_pipeline(str(path), str(tmp_path / "m.cmpz"), data_path=str(tmp_path / "d.npz"),
-                          overrides={"prune": {"enabled": False}, "share": {"enabled": False}})
+    report = run_pipeline(
+        str(path),
+        str(tmp_path / "m.cmpz"),
+        data_path=str(tmp_path / "d.npz"),
+        overrides={"prune": {"enabled": False}, "share": {"enabled": False}},
+    )
     row = report["stages"][3]
     tried = [a["option"] for a in row["attempts"]]
-    assert tried[:2] == ["int8 weights + static int8 activations", "int8 weights + static int8 activations, small constants float"]
+    assert tried[:2] == [
+        "int8 weights + static int8 activations",
+        "int8 weights + static int8 activations, small constants float",
+    ]
     assert row["attempts"][0]["accuracy_drop"] > 1.0
     assert row["applied"] and row["setting"] == tried[1] and row["accuracy_drop"] <= 1.0
 
@@ -280,8 +369,12 @@ def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
         return metrics
 
     monkeypatch.setattr(Measure, "start", slow_start)
-    report = run_pipeline(str(LENET5), str(tmp_path / "m.cmpz"), data_path=str(SAMPLES / "lenet5_test.npz"),
-                          overrides={"prune": {"enabled": False}, "quantize": {"enabled": False}})
+    report = run_pipeline(
+        str(LENET5),
+        str(tmp_path / "m.cmpz"),
+        data_path=str(SAMPLES / "lenet5_test.npz"),
+        overrides={"prune": {"enabled": False}, "quantize": {"enabled": False}},
+    )
     share_row = report["stages"][2]
     first = share_row["attempts"][0]
     import re

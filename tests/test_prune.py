@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from graphs import constant_and_if_net, make_model, vi
+from graphs import laplace_weights as _w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-
-from graphs import constant_and_if_net, make_model, vi
-from graphs import laplace_weights as _w
 
 from compressor import graph
 from compressor.cli import main
@@ -179,7 +178,9 @@ def random_data(model, n=16, seed=0) -> Dataset:
     for v in graph.graph_inputs(model):
         shape = [n if not d.dim_value else d.dim_value for d in v.type.tensor_type.shape.dim]
         dtype = helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-        inputs[v.name] = (rng.integers(0, 8, size=shape) if np.dtype(dtype).kind in "iu" else rng.normal(size=shape)).astype(dtype)
+        inputs[v.name] = (
+            rng.integers(0, 8, size=shape) if np.dtype(dtype).kind in "iu" else rng.normal(size=shape)
+        ).astype(dtype)
     return Dataset(inputs, None)
 
 
@@ -213,7 +214,9 @@ def check_pruned(original, pruned, stats, sparsity, scope):
         old, new = before[r["name"]].astype(np.float32), after[r["name"]].astype(np.float32)
         assert new.dtype == old.dtype and new.shape == old.shape
         assert np.all((new == old) | (new == 0)), "pruning only writes zeros"
-        assert r["zeros_after"] == int(np.count_nonzero(new == 0)) and r["zeros_before"] == int(np.count_nonzero(old == 0))
+        assert r["zeros_after"] == int(np.count_nonzero(new == 0)) and r["zeros_before"] == int(
+            np.count_nonzero(old == 0)
+        )
         if scope in ("layer", "random"):
             assert r["zeros_after"] == max(r["zeros_before"], target_zeros(sparsity, r["params"]))
         if scope == "layer":
@@ -235,23 +238,38 @@ def check_pruned(original, pruned, stats, sparsity, scope):
 def shared_matmul_net(seed=0):
     """One weight used by two MatMuls (and reached once through an Identity)."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.1, (64, 64)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 64).astype(np.float32), "b")]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.1, (64, 64)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 64).astype(np.float32), "b"),
+    ]
     n = helper.make_node
-    nodes = [n("MatMul", ["x", "w"], ["h"]), n("Add", ["h", "b"], ["hb"]), n("Relu", ["hb"], ["r"]),
-             n("Identity", ["w"], ["w_alias"]), n("MatMul", ["r", "w_alias"], ["y"])]
+    nodes = [
+        n("MatMul", ["x", "w"], ["h"]),
+        n("Add", ["h", "b"], ["hb"]),
+        n("Relu", ["hb"], ["r"]),
+        n("Identity", ["w"], ["w_alias"]),
+        n("MatMul", ["r", "w_alias"], ["y"]),
+    ]
     return make_model(nodes, [vi("x", ["N", 64])], [vi("y", ["N", 64])], inits)
 
 
 def embedding_net(seed=0):
     """Gather embedding (tied with the output MatMul) + a Gemm."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.1, (100, 32)).astype(np.float32), "emb"),
-             numpy_helper.from_array(rng.normal(0, 0.1, (32, 32)).astype(np.float32), "fc"),
-             numpy_helper.from_array(rng.normal(0, 0.1, (100, 32)).astype(np.float32), "emb_only")]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.1, (100, 32)).astype(np.float32), "emb"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (32, 32)).astype(np.float32), "fc"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (100, 32)).astype(np.float32), "emb_only"),
+    ]
     n = helper.make_node
-    nodes = [n("Gather", ["emb", "ids"], ["e"]), n("Gather", ["emb_only", "ids"], ["e2"]), n("Add", ["e", "e2"], ["s"]),
-             n("Gemm", ["s", "fc"], ["h"]), n("Transpose", ["emb"], ["embT"]), n("MatMul", ["h", "embT"], ["logits"])]
+    nodes = [
+        n("Gather", ["emb", "ids"], ["e"]),
+        n("Gather", ["emb_only", "ids"], ["e2"]),
+        n("Add", ["e", "e2"], ["s"]),
+        n("Gemm", ["s", "fc"], ["h"]),
+        n("Transpose", ["emb"], ["embT"]),
+        n("MatMul", ["h", "embT"], ["logits"]),
+    ]
     return make_model(nodes, [vi("ids", ["N"], TensorProto.INT64)], [vi("logits", ["N", 100])], inits)
 
 
@@ -448,16 +466,44 @@ def test_cli_prune_json_and_table(tmp_path, capsys, lenet300_path):
     assert stats["scope"] == "global" and stats["macs"]["total_macs"] == 266200
     pruned = graph.load_model(out)  # runs the checker
     make_session(pruned)
-    assert main(["prune", str(lenet300_path), "-o", str(tmp_path / "q.onnx"), "--scope", "layer", "--sparsity", "0.5",
-                 "--exclude", "fc2"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(lenet300_path),
+                "-o",
+                str(tmp_path / "q.onnx"),
+                "--scope",
+                "layer",
+                "--sparsity",
+                "0.5",
+                "--exclude",
+                "fc2",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "fc1.weight" in text and "matches --exclude" in text and "50.00" in text
 
 
 def test_cli_prune_budget_json(tmp_path, capsys, lenet300_path):
     out = tmp_path / "b.onnx"
-    code = main(["prune", str(lenet300_path), "-o", str(out), "--budget", "1", "--data", str(SAMPLES / "lenet300_test.npz"),
-                 "--max-evals", "10", "--json"])
+    code = main(
+        [
+            "prune",
+            str(lenet300_path),
+            "-o",
+            str(out),
+            "--budget",
+            "1",
+            "--data",
+            str(SAMPLES / "lenet300_test.npz"),
+            "--max-evals",
+            "10",
+            "--json",
+        ]
+    )
     assert code == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["scope"] == "budget" and stats["budget"]["final"]["drop"] <= 1.0 + 1e-9
@@ -465,15 +511,18 @@ def test_cli_prune_budget_json(tmp_path, capsys, lenet300_path):
     assert out.exists()
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["--sparsity", "1"], 2, "sparsity must be in [0, 1)"),
-    (["--sparsity", "-0.1"], 2, "sparsity"),
-    (["--sparsity", "0.5", "--scope", "channel"], 2, "channel"),
-    (["--budget", "1"], 2, "--budget needs --data"),
-    (["--budget", "1", "--sparsity", "0.5", "--data", "d.npz"], 2, "not both"),
-    (["--budget", "-1", "--data", "d.npz"], 2, "non-negative"),
-    (["--sparsity", "0.5", "--exclude", "("], 2, "regular expression"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--sparsity", "1"], 2, "sparsity must be in [0, 1)"),
+        (["--sparsity", "-0.1"], 2, "sparsity"),
+        (["--sparsity", "0.5", "--scope", "channel"], 2, "channel"),
+        (["--budget", "1"], 2, "--budget needs --data"),
+        (["--budget", "1", "--sparsity", "0.5", "--data", "d.npz"], 2, "not both"),
+        (["--budget", "-1", "--data", "d.npz"], 2, "non-negative"),
+        (["--sparsity", "0.5", "--exclude", "("], 2, "regular expression"),
+    ],
+)
 def test_cli_prune_usage_errors_write_nothing(tmp_path, capsys, lenet300_path, args, code, message):
     out = tmp_path / "p.onnx"
     assert main(["prune", str(lenet300_path), "-o", str(out), *args]) == code
@@ -514,61 +563,101 @@ def transformer_encoder(d=64, heads=4, seq=6, vocab=50, seed=0):
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(_w(rng, (vocab, d)), "tok_emb")]
     inits += [numpy_helper.from_array(_w(rng, (d, d)), name) for name in ("wq", "wk", "wv", "wo")]
-    inits += [numpy_helper.from_array(_w(rng, (d, 4 * d)), "w_ff1"), numpy_helper.from_array(_w(rng, (4 * d,)), "b_ff1"),
-              numpy_helper.from_array(_w(rng, (4 * d, d)), "w_ff2"),
-              numpy_helper.from_array(np.ones(d, np.float32), "ln_g"), numpy_helper.from_array(np.zeros(d, np.float32), "ln_b"),
-              numpy_helper.from_array(np.array([0, 0, heads, d // heads], np.int64), "split_shape"),
-              numpy_helper.from_array(np.array([0, 0, d], np.int64), "merge_shape"),
-              numpy_helper.from_array(np.array(1 / np.sqrt(d // heads), np.float32), "scale")]
+    inits += [
+        numpy_helper.from_array(_w(rng, (d, 4 * d)), "w_ff1"),
+        numpy_helper.from_array(_w(rng, (4 * d,)), "b_ff1"),
+        numpy_helper.from_array(_w(rng, (4 * d, d)), "w_ff2"),
+        numpy_helper.from_array(np.ones(d, np.float32), "ln_g"),
+        numpy_helper.from_array(np.zeros(d, np.float32), "ln_b"),
+        numpy_helper.from_array(np.array([0, 0, heads, d // heads], np.int64), "split_shape"),
+        numpy_helper.from_array(np.array([0, 0, d], np.int64), "merge_shape"),
+        numpy_helper.from_array(np.array(1 / np.sqrt(d // heads), np.float32), "scale"),
+    ]
     n = helper.make_node
     nodes = [n("Gather", ["tok_emb", "ids"], ["x"])]
     nodes += [n("MatMul", ["x", w], [o]) for w, o in (("wq", "q0"), ("wk", "k0"), ("wv", "v0"))]
     for t in ("q", "k", "v"):
-        nodes += [n("Reshape", [f"{t}0", "split_shape"], [f"{t}1"]), n("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 1, 3])]
-    nodes += [n("Transpose", ["k2"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q2", "kt"], ["s0"]), n("Mul", ["s0", "scale"], ["s1"]),
-              n("Softmax", ["s1"], ["p"], axis=-1), n("MatMul", ["p", "v2"], ["a0"]), n("Transpose", ["a0"], ["a1"], perm=[0, 2, 1, 3]),
-              n("Reshape", ["a1", "merge_shape"], ["a2"]), n("MatMul", ["a2", "wo"], ["a3"]), n("Add", ["x", "a3"], ["r0"]),
-              n("LayerNormalization", ["r0", "ln_g", "ln_b"], ["h0"], axis=-1), n("MatMul", ["h0", "w_ff1"], ["f0"]),
-              n("Add", ["f0", "b_ff1"], ["f0b"]), n("Relu", ["f0b"], ["f1"]), n("MatMul", ["f1", "w_ff2"], ["f2"]),
-              n("Add", ["h0", "f2"], ["y"])]
+        nodes += [
+            n("Reshape", [f"{t}0", "split_shape"], [f"{t}1"]),
+            n("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        n("Transpose", ["k2"], ["kt"], perm=[0, 1, 3, 2]),
+        n("MatMul", ["q2", "kt"], ["s0"]),
+        n("Mul", ["s0", "scale"], ["s1"]),
+        n("Softmax", ["s1"], ["p"], axis=-1),
+        n("MatMul", ["p", "v2"], ["a0"]),
+        n("Transpose", ["a0"], ["a1"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["a1", "merge_shape"], ["a2"]),
+        n("MatMul", ["a2", "wo"], ["a3"]),
+        n("Add", ["x", "a3"], ["r0"]),
+        n("LayerNormalization", ["r0", "ln_g", "ln_b"], ["h0"], axis=-1),
+        n("MatMul", ["h0", "w_ff1"], ["f0"]),
+        n("Add", ["f0", "b_ff1"], ["f0b"]),
+        n("Relu", ["f0b"], ["f1"]),
+        n("MatMul", ["f1", "w_ff2"], ["f2"]),
+        n("Add", ["h0", "f2"], ["y"]),
+    ]
     return make_model(nodes, [vi("ids", ["N", seq], TensorProto.INT64)], [vi("y", ["N", seq, d])], inits)
 
 
 def depthwise_resnet(c=32, seed=0):
     """Stem conv, depthwise conv (group=c) + BatchNorm, pointwise conv, residual Add, Gemm head."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(_w(rng, (c, 3, 3, 3)), "stem"), numpy_helper.from_array(_w(rng, (c, 1, 3, 3)), "dw"),
-             numpy_helper.from_array(_w(rng, (c, c, 1, 1)), "pw"), numpy_helper.from_array(_w(rng, (c,)), "pw_bias"),
-             numpy_helper.from_array(_w(rng, (10, c)), "fc"), numpy_helper.from_array(_w(rng, (10,)), "fc_bias")]
-    for name, val in (("bn_s", 1 + rng.normal(0, 0.1, c)), ("bn_b", rng.normal(0, 0.1, c)), ("bn_m", rng.normal(0, 0.1, c)),
-                      ("bn_v", 1 + rng.random(c))):
+    inits = [
+        numpy_helper.from_array(_w(rng, (c, 3, 3, 3)), "stem"),
+        numpy_helper.from_array(_w(rng, (c, 1, 3, 3)), "dw"),
+        numpy_helper.from_array(_w(rng, (c, c, 1, 1)), "pw"),
+        numpy_helper.from_array(_w(rng, (c,)), "pw_bias"),
+        numpy_helper.from_array(_w(rng, (10, c)), "fc"),
+        numpy_helper.from_array(_w(rng, (10,)), "fc_bias"),
+    ]
+    for name, val in (
+        ("bn_s", 1 + rng.normal(0, 0.1, c)),
+        ("bn_b", rng.normal(0, 0.1, c)),
+        ("bn_m", rng.normal(0, 0.1, c)),
+        ("bn_v", 1 + rng.random(c)),
+    ):
         inits.append(numpy_helper.from_array(val.astype(np.float32), name))
     n = helper.make_node
-    nodes = [n("Conv", ["x", "stem"], ["s"], pads=[1, 1, 1, 1]), n("Conv", ["s", "dw"], ["d"], group=c, pads=[1, 1, 1, 1]),
-             n("BatchNormalization", ["d", "bn_s", "bn_b", "bn_m", "bn_v"], ["b"]), n("Relu", ["b"], ["r"]),
-             n("Conv", ["r", "pw", "pw_bias"], ["p"]), n("Add", ["s", "p"], ["res"]), n("GlobalAveragePool", ["res"], ["g"]),
-             n("Flatten", ["g"], ["f"]), n("Gemm", ["f", "fc", "fc_bias"], ["y"], transB=1)]
+    nodes = [
+        n("Conv", ["x", "stem"], ["s"], pads=[1, 1, 1, 1]),
+        n("Conv", ["s", "dw"], ["d"], group=c, pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["d", "bn_s", "bn_b", "bn_m", "bn_v"], ["b"]),
+        n("Relu", ["b"], ["r"]),
+        n("Conv", ["r", "pw", "pw_bias"], ["p"]),
+        n("Add", ["s", "p"], ["res"]),
+        n("GlobalAveragePool", ["res"], ["g"]),
+        n("Flatten", ["g"], ["f"]),
+        n("Gemm", ["f", "fc", "fc_bias"], ["y"], transB=1),
+    ]
     return make_model(nodes, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 10])], inits)
 
 
 def recurrent_net(op="GRU", d_in=24, hidden=32, seq=5, seed=0):
     rng = np.random.default_rng(seed)
     gates = {"GRU": 3, "LSTM": 4, "RNN": 1}[op]
-    inits = [numpy_helper.from_array(_w(rng, (1, gates * hidden, d_in)), "W"),
-             numpy_helper.from_array(_w(rng, (1, gates * hidden, hidden)), "R"),
-             numpy_helper.from_array(_w(rng, (1, 2 * gates * hidden)), "B")]
+    inits = [
+        numpy_helper.from_array(_w(rng, (1, gates * hidden, d_in)), "W"),
+        numpy_helper.from_array(_w(rng, (1, gates * hidden, hidden)), "R"),
+        numpy_helper.from_array(_w(rng, (1, 2 * gates * hidden)), "B"),
+    ]
     outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
     node = helper.make_node(op, ["x", "W", "R", "B"], outputs, hidden_size=hidden)
-    outs = [vi("Y", [seq, 1, "N", hidden]), vi("Y_h", [1, "N", hidden])] + ([vi("Y_c", [1, "N", hidden])] if op == "LSTM" else [])
+    outs = [vi("Y", [seq, 1, "N", hidden]), vi("Y_h", [1, "N", hidden])] + (
+        [vi("Y_c", [1, "N", hidden])] if op == "LSTM" else []
+    )
     return make_model([node], [vi("x", [seq, "N", d_in])], outs, inits)
 
 
 def qdq_net(seed=0):
     """int8 weight + DequantizeLinear: nothing float to prune."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.integers(-127, 128, (64, 64)).astype(np.int8), "w_q"),
-             numpy_helper.from_array(np.array(0.01, np.float32), "w_scale"),
-             numpy_helper.from_array(np.array(0, np.int8), "w_zp")]
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (64, 64)).astype(np.int8), "w_q"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+    ]
     n = helper.make_node
     nodes = [n("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"]), n("MatMul", ["x", "w"], ["y"])]
     return make_model(nodes, [vi("x", ["N", 64])], [vi("y", ["N", 64])], inits)
@@ -618,8 +707,19 @@ def test_zoo_sensitivity_and_budget_without_labels():
     check_pruned(model, out, stats, None, "budget")
 
 
-SHARED_ZOO = ["mlp", "mlp_matmul_shared", "mlp_with_preprocessing", "conv_net", "depthwise_resnet", "transformer_encoder",
-              "gru_model", "lstm_model", "constant_weights_conv", "if_subgraph_model", "quantized_qdq_model"]
+SHARED_ZOO = [
+    "mlp",
+    "mlp_matmul_shared",
+    "mlp_with_preprocessing",
+    "conv_net",
+    "depthwise_resnet",
+    "transformer_encoder",
+    "gru_model",
+    "lstm_model",
+    "constant_weights_conv",
+    "if_subgraph_model",
+    "quantized_qdq_model",
+]
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
@@ -632,7 +732,9 @@ def test_shared_graph_zoo(name, scope):
     model = build()
     out, stats = prune(model, 0.75, scope=scope, min_params=64)
     if name == "quantized_qdq_model":
-        assert stats["tensors"] == [] or all(r["role"] in ("conv_filter", "gemm_b", "matmul_const") for r in stats["tensors"])
+        assert stats["tensors"] == [] or all(
+            r["role"] in ("conv_filter", "gemm_b", "matmul_const") for r in stats["tensors"]
+        )
     check_pruned(model, out, stats, 0.75, scope)
     data = graphs.make_inputs(model, 4, 0) if hasattr(graphs, "make_inputs") else None
     if data is not None:
@@ -645,8 +747,9 @@ def test_a_matrix_weight_with_a_non_matrix_use_is_skipped_with_its_reason():
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(size=(64, 64)).astype(np.float32), "w")
     n = helper.make_node
-    model = make_model([n("MatMul", ["x", "w"], ["h"]), n("Add", ["h", "w"], ["y"])],
-                       [vi("x", [64, 64])], [vi("y", [64, 64])], [w])
+    model = make_model(
+        [n("MatMul", ["x", "w"], ["h"]), n("Add", ["h", "w"], ["y"])], [vi("x", [64, 64])], [vi("y", [64, 64])], [w]
+    )
     out, stats = prune(model, 0.5, min_params=16)
     assert stats["tensors"] == []
     assert stats["skipped"] == [{"name": "w", "role": "mixed", "params": 4096, "reason": "mixed uses (Add, MatMul)"}]
@@ -657,8 +760,12 @@ def test_other_float_dtypes_keep_their_dtype(dtype):
     rng = np.random.default_rng(0)
     onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     w = numpy_helper.from_array(rng.normal(size=(64, 64)).astype(dtype), "w")
-    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", ["N", 64], onnx_type)],
-                       [vi("y", ["N", 64], onnx_type)], [w])
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [vi("x", ["N", 64], onnx_type)],
+        [vi("y", ["N", 64], onnx_type)],
+        [w],
+    )
     out, stats = prune(model, 0.7, min_params=16)
     assert stats["tensors"][0]["zeros_after"] == target_zeros(0.7, 4096)
     tensor = out.graph.initializer[0]

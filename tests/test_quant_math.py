@@ -4,7 +4,6 @@ ONNX Runtime only as the oracle for QuantizeLinear's rounding)."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +17,8 @@ def ort_quantize(x: np.ndarray, scale: float, zp: int, dtype: str) -> np.ndarray
 
     zp_arr = np.asarray(zp, dtype=dtype)
     g = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])], "q",
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])],
+        "q",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
         [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(zp_arr.dtype), [x.size])],
         [numpy_helper.from_array(np.asarray(scale, dtype=np.float32), "s"), numpy_helper.from_array(zp_arr, "z")],
@@ -47,8 +47,11 @@ def test_rounding_matches_quantizelinear_half_to_even():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=40),
-       st.floats(1e-3, 10.0), st.integers(0, 255))
+@given(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=40),
+    st.floats(1e-3, 10.0),
+    st.integers(0, 255),
+)
 def test_rounding_matches_ort_property(values, scale, zp):
     x = np.asarray(values, dtype=np.float32)
     scale = float(np.float32(scale))
@@ -147,7 +150,6 @@ def test_codebook_centroids_land_on_distinct_levels(k):
         plain = qm.quantize_array(w, None, qmin, qmax, True)
         plain_merges = book[0].size - np.unique(plain.q[w != 0]).size
         assert qa.merged_centroids <= plain_merges
-
 
 
 def test_codebook_separated_centroids_never_merge():
@@ -279,8 +281,10 @@ def test_empty_and_nonfinite_batches():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(2.0 ** -100, 2.0 ** 100, allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=50),
-       st.integers(1, 22))
+@given(
+    st.lists(st.floats(2.0**-100, 2.0**100, allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=50),
+    st.integers(1, 22),
+)
 def test_round_mantissa_up_and_nearest(values, bits):
     x = np.array(values, dtype=np.float32)
     up = qm.round_mantissa(x, bits, up=True)
@@ -289,7 +293,7 @@ def test_round_mantissa_up_and_nearest(values, bits):
     assert np.all(up.view(np.uint32) & low == 0) and np.all(near.view(np.uint32) & low == 0)
     rel_up = (up.astype(np.float64) - x) / x
     rel_near = np.abs(near.astype(np.float64) - x) / x
-    assert np.all(rel_up >= 0) and np.all(rel_up <= 2.0 ** -bits)
+    assert np.all(rel_up >= 0) and np.all(rel_up <= 2.0**-bits)
     assert np.all(rel_near <= 2.0 ** -(bits + 1))
 
 
@@ -314,7 +318,7 @@ def test_per_channel_scales_rounded_up_still_cover_the_range():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(-2**30, 2**30), min_size=1, max_size=40), st.floats(0.5, 2.0 ** 20, allow_nan=False))
+@given(st.lists(st.integers(-(2**30), 2**30), min_size=1, max_size=40), st.floats(0.5, 2.0**20, allow_nan=False))
 def test_coarsen_bias_error_is_within_a_fraction_of_the_output_step(values, output_step):
     q = np.array(values, dtype=np.int64)
     out = qm.coarsen_bias(q, output_step, fraction=16)

@@ -111,27 +111,46 @@ def check_quantized_graph(model, stats):
 
 def conv_bn_relu_pool(seed=0, opset=17, c=8):
     rng = np.random.default_rng(seed)
-    inits = [init("w1", rng.normal(0, 0.3, (c, 3, 3, 3))), init("b1", rng.normal(0, 0.1, c)),
-             init("dw", rng.normal(0, 0.3, (c, 1, 3, 3))),
-             init("g", rng.uniform(0.5, 1.5, c)), init("be", rng.normal(0, 0.1, c)), init("mu", rng.normal(0, 0.1, c)),
-             init("var", rng.uniform(0.5, 2, c)), init("fc", rng.normal(0, 0.3, (c * 4 * 4, 5))), init("fcb", rng.normal(0, 0.1, 5))]
+    inits = [
+        init("w1", rng.normal(0, 0.3, (c, 3, 3, 3))),
+        init("b1", rng.normal(0, 0.1, c)),
+        init("dw", rng.normal(0, 0.3, (c, 1, 3, 3))),
+        init("g", rng.uniform(0.5, 1.5, c)),
+        init("be", rng.normal(0, 0.1, c)),
+        init("mu", rng.normal(0, 0.1, c)),
+        init("var", rng.uniform(0.5, 2, c)),
+        init("fc", rng.normal(0, 0.3, (c * 4 * 4, 5))),
+        init("fcb", rng.normal(0, 0.1, 5)),
+    ]
     n = helper.make_node
-    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"), n("Relu", ["c1"], ["r1"], name="relu1"),
-             n("Conv", ["r1", "dw"], ["c2"], pads=[1] * 4, group=c, name="dwconv"),
-             n("BatchNormalization", ["c2", "g", "be", "mu", "var"], ["bn"], name="bn"), n("Relu", ["bn"], ["r2"], name="relu2"),
-             n("Add", ["r1", "r2"], ["res"], name="res"),
-             n("MaxPool", ["res"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"), n("Flatten", ["p"], ["f"], name="flatten"),
-             n("Gemm", ["f", "fc", "fcb"], ["y"], name="fc")]
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, name="conv1"),
+        n("Relu", ["c1"], ["r1"], name="relu1"),
+        n("Conv", ["r1", "dw"], ["c2"], pads=[1] * 4, group=c, name="dwconv"),
+        n("BatchNormalization", ["c2", "g", "be", "mu", "var"], ["bn"], name="bn"),
+        n("Relu", ["bn"], ["r2"], name="relu2"),
+        n("Add", ["r1", "r2"], ["res"], name="res"),
+        n("MaxPool", ["res"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        n("Flatten", ["p"], ["f"], name="flatten"),
+        n("Gemm", ["f", "fc", "fcb"], ["y"], name="fc"),
+    ]
     return make_model(nodes, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])], inits, opset)
 
 
 def tiny_mlp(seed=0, opset=17):
     rng = np.random.default_rng(seed)
-    inits = [init("w1", rng.normal(0, 0.3, (16, 32))), init("b1", rng.normal(0, 0.1, 32)),
-             init("w2", rng.normal(0, 0.3, (32, 4))), init("b2", rng.normal(0, 0.1, 4))]
+    inits = [
+        init("w1", rng.normal(0, 0.3, (16, 32))),
+        init("b1", rng.normal(0, 0.1, 32)),
+        init("w2", rng.normal(0, 0.3, (32, 4))),
+        init("b2", rng.normal(0, 0.1, 4)),
+    ]
     n = helper.make_node
-    nodes = [n("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"), n("Relu", ["h"], ["r"], name="relu"),
-             n("Gemm", ["r", "w2", "b2"], ["y"], name="fc2")]
+    nodes = [
+        n("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        n("Relu", ["h"], ["r"], name="relu"),
+        n("Gemm", ["r", "w2", "b2"], ["y"], name="fc2"),
+    ]
     return make_model(nodes, [vi("x", ["N", 16])], [vi("y", ["N", 4])], inits, opset)
 
 
@@ -139,13 +158,26 @@ def mlp_with_preprocessing(seed=0):
     """(x - mean) / std -> Reshape -> MatMul -> Relu -> MatMul (shared weight) -> MatMul (Constant weight via Identity)."""
     rng = np.random.default_rng(seed)
     n = helper.make_node
-    inits = [init("mean", 0.5), init("std", 2.0), numpy_helper.from_array(np.array([-1, 16], np.int64), "shape"),
-             init("w", rng.normal(0, 0.3, (16, 16)))]
-    const = n("Constant", [], ["cw"], value=numpy_helper.from_array(rng.normal(0, 0.3, (16, 4)).astype(np.float32), "cw"))
-    nodes = [n("Sub", ["x", "mean"], ["xs"]), n("Div", ["xs", "std"], ["xn"]), n("Reshape", ["xn", "shape"], ["xr"]),
-             n("MatMul", ["xr", "w"], ["h1"], name="mm1"), n("Relu", ["h1"], ["r1"], name="relu"),
-             n("MatMul", ["r1", "w"], ["h2"], name="mm2"), const, n("Identity", ["cw"], ["cwi"]),
-             n("MatMul", ["h2", "cwi"], ["y"], name="mm3")]
+    inits = [
+        init("mean", 0.5),
+        init("std", 2.0),
+        numpy_helper.from_array(np.array([-1, 16], np.int64), "shape"),
+        init("w", rng.normal(0, 0.3, (16, 16))),
+    ]
+    const = n(
+        "Constant", [], ["cw"], value=numpy_helper.from_array(rng.normal(0, 0.3, (16, 4)).astype(np.float32), "cw")
+    )
+    nodes = [
+        n("Sub", ["x", "mean"], ["xs"]),
+        n("Div", ["xs", "std"], ["xn"]),
+        n("Reshape", ["xn", "shape"], ["xr"]),
+        n("MatMul", ["xr", "w"], ["h1"], name="mm1"),
+        n("Relu", ["h1"], ["r1"], name="relu"),
+        n("MatMul", ["r1", "w"], ["h2"], name="mm2"),
+        const,
+        n("Identity", ["cw"], ["cwi"]),
+        n("MatMul", ["h2", "cwi"], ["y"], name="mm3"),
+    ]
     return make_model(nodes, [vi("x", ["N", 4, 4])], [vi("y", ["N", 4])], inits)
 
 
@@ -153,29 +185,56 @@ def transformer_block(seed=0, d=32, heads=4, seq=8):
     """Self-attention (Q/K/V MatMul + bias, QK^T, softmax, AV), residual, LayerNorm, ReLU MLP, mean pool, Gemm."""
     rng = np.random.default_rng(seed)
     n = helper.make_node
-    inits = [numpy_helper.from_array(np.array([0, 0, heads, d // heads], np.int64), "split"),
-             numpy_helper.from_array(np.array([0, 0, d], np.int64), "merge"), init("scale", 1 / np.sqrt(d // heads)),
-             init("ln_g", np.ones(d)), init("ln_b", np.zeros(d)), init("cls", rng.normal(0, 0.3, (d, 5))), init("cls_b", np.zeros(5))]
+    inits = [
+        numpy_helper.from_array(np.array([0, 0, heads, d // heads], np.int64), "split"),
+        numpy_helper.from_array(np.array([0, 0, d], np.int64), "merge"),
+        init("scale", 1 / np.sqrt(d // heads)),
+        init("ln_g", np.ones(d)),
+        init("ln_b", np.zeros(d)),
+        init("cls", rng.normal(0, 0.3, (d, 5))),
+        init("cls_b", np.zeros(5)),
+    ]
     nodes = []
 
     def linear(x, name, din, dout):
-        inits.extend([init(name + "_w", rng.normal(0, 1 / np.sqrt(din), (din, dout))), init(name + "_b", rng.normal(0, 0.02, dout))])
-        nodes.extend([n("MatMul", [x, name + "_w"], [name + "_mm"], name=name), n("Add", [name + "_mm", name + "_b"], [name], name=name + "_add")])
+        inits.extend(
+            [
+                init(name + "_w", rng.normal(0, 1 / np.sqrt(din), (din, dout))),
+                init(name + "_b", rng.normal(0, 0.02, dout)),
+            ]
+        )
+        nodes.extend(
+            [
+                n("MatMul", [x, name + "_w"], [name + "_mm"], name=name),
+                n("Add", [name + "_mm", name + "_b"], [name], name=name + "_add"),
+            ]
+        )
         return name
 
     for t, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
         linear("x", t, d, d)
         nodes += [n("Reshape", [t, "split"], [t + "_r"]), n("Transpose", [t + "_r"], [t + "_t"], perm=perm)]
-    nodes += [n("MatMul", ["q_t", "k_t"], ["scores"], name="qk"), n("Mul", ["scores", "scale"], ["scaled"]),
-              n("Softmax", ["scaled"], ["attn"], axis=-1), n("MatMul", ["attn", "v_t"], ["ctx"], name="av"),
-              n("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]), n("Reshape", ["ctx_t", "merge"], ["ctx_r"])]
+    nodes += [
+        n("MatMul", ["q_t", "k_t"], ["scores"], name="qk"),
+        n("Mul", ["scores", "scale"], ["scaled"]),
+        n("Softmax", ["scaled"], ["attn"], axis=-1),
+        n("MatMul", ["attn", "v_t"], ["ctx"], name="av"),
+        n("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["ctx_t", "merge"], ["ctx_r"]),
+    ]
     linear("ctx_r", "o", d, d)
-    nodes += [n("Add", ["x", "o"], ["res1"], name="res1"), n("LayerNormalization", ["res1", "ln_g", "ln_b"], ["ln"], axis=-1)]
+    nodes += [
+        n("Add", ["x", "o"], ["res1"], name="res1"),
+        n("LayerNormalization", ["res1", "ln_g", "ln_b"], ["ln"], axis=-1),
+    ]
     linear("ln", "ff1", d, 4 * d)
     nodes.append(n("Relu", ["ff1"], ["ff1_relu"]))
     linear("ff1_relu", "ff2", 4 * d, d)
-    nodes += [n("Add", ["ln", "ff2"], ["res2"], name="res2"), n("ReduceMean", ["res2"], ["pooled"], axes=[1], keepdims=0),
-              n("Gemm", ["pooled", "cls", "cls_b"], ["y"], name="head")]
+    nodes += [
+        n("Add", ["ln", "ff2"], ["res2"], name="res2"),
+        n("ReduceMean", ["res2"], ["pooled"], axes=[1], keepdims=0),
+        n("Gemm", ["pooled", "cls", "cls_b"], ["y"], name="head"),
+    ]
     return make_model(nodes, [vi("x", ["N", seq, d])], [vi("y", ["N", 5])], inits, opset=17)
 
 
@@ -184,11 +243,18 @@ def rnn_net(kind="GRU", seed=0, hidden=8, d_in=4, seq=5):
     g = 3 if kind == "GRU" else 4
     n = helper.make_node
     outs = ["Y", "Y_h"] + (["Y_c"] if kind == "LSTM" else [])
-    inits = [init("W", rng.normal(0, 0.3, (1, g * hidden, d_in))), init("R", rng.normal(0, 0.3, (1, g * hidden, hidden))),
-             init("B", rng.normal(0, 0.1, (1, 2 * g * hidden))), init("fc", rng.normal(0, 0.3, (hidden, 3))),
-             numpy_helper.from_array(np.array([0], np.int64), "ax")]
-    nodes = [n(kind, ["x", "W", "R", "B"], outs, hidden_size=hidden, name="rnn"), n("Squeeze", ["Y_h", "ax"], ["h"]),
-             n("MatMul", ["h", "fc"], ["y"], name="fc")]
+    inits = [
+        init("W", rng.normal(0, 0.3, (1, g * hidden, d_in))),
+        init("R", rng.normal(0, 0.3, (1, g * hidden, hidden))),
+        init("B", rng.normal(0, 0.1, (1, 2 * g * hidden))),
+        init("fc", rng.normal(0, 0.3, (hidden, 3))),
+        numpy_helper.from_array(np.array([0], np.int64), "ax"),
+    ]
+    nodes = [
+        n(kind, ["x", "W", "R", "B"], outs, hidden_size=hidden, name="rnn"),
+        n("Squeeze", ["Y_h", "ax"], ["h"]),
+        n("MatMul", ["h", "fc"], ["y"], name="fc"),
+    ]
     return make_model(nodes, [vi("x", [seq, 16, d_in])], [vi("y", [16, 3])], inits, opset=14)
 
 
@@ -199,16 +265,30 @@ def if_net(seed=0):
     def branch(name, weight):
         return helper.make_graph([n("MatMul", ["h", weight], [name + "_y"])], name, [], [vi(name + "_y", ["N", 3])])
 
-    inits = [init("w1", rng.normal(0, 0.3, (4, 6))), init("w_then", rng.normal(0, 0.3, (6, 3))),
-             init("w_else", rng.normal(0, 0.3, (6, 3))), init("zero", 0.0)]
-    nodes = [n("MatMul", ["x", "w1"], ["h"], name="mm1"), n("ReduceSum", ["h"], ["s"], keepdims=0), n("Greater", ["s", "zero"], ["cond"]),
-             n("If", ["cond"], ["y"], then_branch=branch("then", "w_then"), else_branch=branch("else", "w_else"), name="if")]
+    inits = [
+        init("w1", rng.normal(0, 0.3, (4, 6))),
+        init("w_then", rng.normal(0, 0.3, (6, 3))),
+        init("w_else", rng.normal(0, 0.3, (6, 3))),
+        init("zero", 0.0),
+    ]
+    nodes = [
+        n("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        n("ReduceSum", ["h"], ["s"], keepdims=0),
+        n("Greater", ["s", "zero"], ["cond"]),
+        n("If", ["cond"], ["y"], then_branch=branch("then", "w_then"), else_branch=branch("else", "w_else"), name="if"),
+    ]
     return make_model(nodes, [vi("x", ["N", 4])], [vi("y", ["N", 3])], inits, opset=13)
 
 
-LOCAL_GRAPHS = {"depthwise_bn_residual": conv_bn_relu_pool, "mlp_with_preprocessing": mlp_with_preprocessing,
-                "transformer": transformer_block, "gru": lambda: rnn_net("GRU"), "lstm": lambda: rnn_net("LSTM"),
-                "if_subgraph": if_net, "opset11_conv": lambda: conv_bn_relu_pool(opset=11)}
+LOCAL_GRAPHS = {
+    "depthwise_bn_residual": conv_bn_relu_pool,
+    "mlp_with_preprocessing": mlp_with_preprocessing,
+    "transformer": transformer_block,
+    "gru": lambda: rnn_net("GRU"),
+    "lstm": lambda: rnn_net("LSTM"),
+    "if_subgraph": if_net,
+    "opset11_conv": lambda: conv_bn_relu_pool(opset=11),
+}
 
 
 # --------------------------------------------------------------------------- fold
@@ -219,13 +299,20 @@ def test_fold_removes_equal_pairs_clamps_and_moves_passthrough_ops():
     z = numpy_helper.from_array(np.array(0, np.uint8), "z")
     s2 = init("s2", 0.07)
     n = helper.make_node
-    nodes = [n("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q0"), n("DequantizeLinear", ["xq", "s", "z"], ["a"], name="dq0"),
-             n("QuantizeLinear", ["a", "s", "z"], ["aq"], name="q1"), n("DequantizeLinear", ["aq", "s", "z"], ["b"], name="dq1"),
-             n("Relu", ["b"], ["br"], name="relu"), n("QuantizeLinear", ["br", "s", "z"], ["bq"], name="q2"),
-             n("DequantizeLinear", ["bq", "s", "z"], ["c"], name="dq2"),
-             n("MaxPool", ["c"], ["m"], kernel_shape=[2, 2], name="pool"), n("QuantizeLinear", ["m", "s", "z"], ["mq"], name="q3"),
-             n("DequantizeLinear", ["mq", "s", "z"], ["d"], name="dq3"),
-             n("QuantizeLinear", ["d", "s2", "z"], ["dq"], name="q4"), n("DequantizeLinear", ["dq", "s2", "z"], ["y"], name="dq4")]
+    nodes = [
+        n("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q0"),
+        n("DequantizeLinear", ["xq", "s", "z"], ["a"], name="dq0"),
+        n("QuantizeLinear", ["a", "s", "z"], ["aq"], name="q1"),
+        n("DequantizeLinear", ["aq", "s", "z"], ["b"], name="dq1"),
+        n("Relu", ["b"], ["br"], name="relu"),
+        n("QuantizeLinear", ["br", "s", "z"], ["bq"], name="q2"),
+        n("DequantizeLinear", ["bq", "s", "z"], ["c"], name="dq2"),
+        n("MaxPool", ["c"], ["m"], kernel_shape=[2, 2], name="pool"),
+        n("QuantizeLinear", ["m", "s", "z"], ["mq"], name="q3"),
+        n("DequantizeLinear", ["mq", "s", "z"], ["d"], name="dq3"),
+        n("QuantizeLinear", ["d", "s2", "z"], ["dq"], name="q4"),
+        n("DequantizeLinear", ["dq", "s2", "z"], ["y"], name="dq4"),
+    ]
     model = make_model(nodes, [vi("x", [1, 2, 4, 4])], [vi("y", [1, 2, 3, 3])], [s, z, s2])
     data = random_data(model, n=1)
     before = run_model(make_session(model, level="none"), data)[0]
@@ -242,8 +329,13 @@ def test_fold_removes_equal_pairs_clamps_and_moves_passthrough_ops():
 def test_fold_keeps_relu_when_zero_point_cannot_clamp():
     s, z = init("s", 0.05), numpy_helper.from_array(np.array(128, np.uint8), "z")
     n = helper.make_node
-    nodes = [n("QuantizeLinear", ["x", "s", "z"], ["xq"]), n("DequantizeLinear", ["xq", "s", "z"], ["a"]),
-             n("Relu", ["a"], ["r"]), n("QuantizeLinear", ["r", "s", "z"], ["rq"]), n("DequantizeLinear", ["rq", "s", "z"], ["y"])]
+    nodes = [
+        n("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        n("DequantizeLinear", ["xq", "s", "z"], ["a"]),
+        n("Relu", ["a"], ["r"]),
+        n("QuantizeLinear", ["r", "s", "z"], ["rq"]),
+        n("DequantizeLinear", ["rq", "s", "z"], ["y"]),
+    ]
     model = make_model(nodes, [vi("x", [4])], [vi("y", [4])], [s, z])
     counts = fold_mod.fold(model)
     assert counts["dq_q_pairs_removed"] == 0 and "Relu" in [x.op_type for x in model.graph.node]
@@ -319,8 +411,17 @@ def test_relu_range_gives_zero_point_zero_and_float_output_gemm():
     assert stats["coverage"]["integer"] == {"QGemm": 2}
 
 
-@pytest.mark.parametrize("options", [dict(calibration="percentile"), dict(calibration="entropy"), dict(per_channel=False),
-                                     dict(symmetric=False), dict(reduce_range=False), dict(activation_type="int8")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(calibration="percentile"),
+        dict(calibration="entropy"),
+        dict(per_channel=False),
+        dict(symmetric=False),
+        dict(reduce_range=False),
+        dict(activation_type="int8"),
+    ],
+)
 def test_static_options_run(options):
     model = conv_bn_relu_pool(seed=2)
     calib = random_data(model, 48)
@@ -397,7 +498,10 @@ def test_weight_only_and_dynamic_modes():
     q, stats = quantize(model, activations="dynamic")
     check_quantized_graph(q, stats)
     assert {r["node"]: r["status"] for r in stats["nodes"]}["fc"] == "dynamic"
-    assert "DynamicQuantizeMatMul" in stats["coverage"]["integer"] or "MatMulIntegerToFloat" in stats["coverage"]["integer"]
+    assert (
+        "DynamicQuantizeMatMul" in stats["coverage"]["integer"]
+        or "MatMulIntegerToFloat" in stats["coverage"]["integer"]
+    )
     assert fidelity(ref, run_model(q, data))["snr_db"] > 25
     with pytest.raises(Exception, match="calib"):
         quantize(model, activations="static")
@@ -406,8 +510,12 @@ def test_weight_only_and_dynamic_modes():
 def test_dynamic_gemm_transb_alpha_beta():
     rng = np.random.default_rng(0)
     n = helper.make_node
-    model = make_model([n("Gemm", ["x", "w", "b"], ["y"], transB=1, alpha=0.5, beta=2.0, name="g")],
-                       [vi("x", ["N", 8])], [vi("y", ["N", 6])], [init("w", rng.normal(size=(6, 8))), init("b", rng.normal(size=6))])
+    model = make_model(
+        [n("Gemm", ["x", "w", "b"], ["y"], transB=1, alpha=0.5, beta=2.0, name="g")],
+        [vi("x", ["N", 8])],
+        [vi("y", ["N", 6])],
+        [init("w", rng.normal(size=(6, 8))), init("b", rng.normal(size=6))],
+    )
     data = random_data(model, 16)
     q, stats = quantize(model, activations="dynamic")
     assert fidelity(run_model(model, data), run_model(q, data))["snr_db"] > 30
@@ -554,8 +662,19 @@ def test_static_fidelity_and_coverage_on_local_graphs(name):
 # --------------------------------------------------------------------------- tests/graphs.py
 
 
-GRAPH_BUILDERS = ["mlp", "mlp_matmul_shared", "mlp_with_preprocessing", "conv_net", "depthwise_resnet", "transformer_encoder",
-                  "gru_model", "lstm_model", "constant_weights_conv", "if_subgraph_model", "quantized_qdq_model"]
+GRAPH_BUILDERS = [
+    "mlp",
+    "mlp_matmul_shared",
+    "mlp_with_preprocessing",
+    "conv_net",
+    "depthwise_resnet",
+    "transformer_encoder",
+    "gru_model",
+    "lstm_model",
+    "constant_weights_conv",
+    "if_subgraph_model",
+    "quantized_qdq_model",
+]
 
 
 def _builder(name):
@@ -622,8 +741,15 @@ def _ort_static(model_path: Path, calib: np.ndarray, out: Path) -> None:
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(model_path),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
@@ -679,7 +805,9 @@ def test_small_constants_become_per_tensor_int8_only_when_asked():
     data = Dataset({"ids": rng.integers(0, 100, size=(64, 8)).astype(np.int64)}, None)
     ref = run_model(model, data)[0]
     assert evaluate_snr(ref, run_model(small, data)[0]) > evaluate_snr(ref, run_model(plain, data)[0]) - 1.5
-    assert small.ByteSize() < plain.ByteSize() - 11 * 64  # 11 tensors of 64 values: 3 bytes saved per value, less the nodes
+    assert (
+        small.ByteSize() < plain.ByteSize() - 11 * 64
+    )  # 11 tensors of 64 values: 3 bytes saved per value, less the nodes
 
 
 # --------------------------------------------------------------------------- CLI
@@ -693,8 +821,22 @@ def test_cli_quantize(tmp_path, capsys):
     np.savez(tmp_path / "calib.npz", x=data.inputs["x"])
     labels = np.argmax(run_model(model, data)[0], axis=1)
     np.savez(tmp_path / "test.npz", x=data.inputs["x"], y=labels)
-    assert main(["quantize", str(src), "-o", str(dst), "--calib", str(tmp_path / "calib.npz"),
-                 "--data", str(tmp_path / "test.npz"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(src),
+                "-o",
+                str(dst),
+                "--calib",
+                str(tmp_path / "calib.npz"),
+                "--data",
+                str(tmp_path / "test.npz"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     stats = json.loads(capsys.readouterr().out)
     assert stats["mode"] == "static" and stats["coverage"]["fraction"] == 1.0
     assert stats["eval"]["accuracy"] >= 80 and stats["float_eval"]["accuracy"] == 100.0
@@ -711,14 +853,21 @@ def test_cli_quantize(tmp_path, capsys):
 def embedding_net(seed=0, vocab=64, seq=32, d=32):
     """Token ids -> Gather(embedding) + positional table -> MatMul + bias: the tables of a transformer."""
     rng = np.random.default_rng(seed)
-    inits = [init("emb", rng.normal(size=(vocab, d))), init("pos", rng.normal(size=(1, seq, d)) * 0.1),
-             init("w", rng.normal(size=(d, 8)) / np.sqrt(d)), init("b", rng.normal(size=8) * 0.1),
-             init("mask", np.where(rng.random((1, seq, d)) < 0.5, 0.0, -np.inf))]
-    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
-             helper.make_node("Add", ["e", "pos"], ["h"], name="add_pos"),
-             helper.make_node("Add", ["h", "mask"], ["hm"], name="add_mask"),
-             helper.make_node("Relu", ["hm"], ["r"]),
-             helper.make_node("MatMul", ["r", "w"], ["m"], name="proj"), helper.make_node("Add", ["m", "b"], ["y"], name="add_bias")]
+    inits = [
+        init("emb", rng.normal(size=(vocab, d))),
+        init("pos", rng.normal(size=(1, seq, d)) * 0.1),
+        init("w", rng.normal(size=(d, 8)) / np.sqrt(d)),
+        init("b", rng.normal(size=8) * 0.1),
+        init("mask", np.where(rng.random((1, seq, d)) < 0.5, 0.0, -np.inf)),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+        helper.make_node("Add", ["e", "pos"], ["h"], name="add_pos"),
+        helper.make_node("Add", ["h", "mask"], ["hm"], name="add_mask"),
+        helper.make_node("Relu", ["hm"], ["r"]),
+        helper.make_node("MatMul", ["r", "w"], ["m"], name="proj"),
+        helper.make_node("Add", ["m", "b"], ["y"], name="add_bias"),
+    ]
     return make_model(nodes, [vi("ids", ["N", seq], TensorProto.INT64)], [vi("y", ["N", seq, 8])], inits)
 
 

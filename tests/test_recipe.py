@@ -13,7 +13,11 @@ def write(tmp_path, text):
 
 
 def test_valid_recipe_merges_over_defaults(tmp_path):
-    r = read_recipe(write(tmp_path, "[prune]\nsparsity = 0.8\nscope = 'layer'\n[share]\nbits_fc = 4\n[gate]\nmax_accuracy_drop = 1\n"))
+    r = read_recipe(
+        write(
+            tmp_path, "[prune]\nsparsity = 0.8\nscope = 'layer'\n[share]\nbits_fc = 4\n[gate]\nmax_accuracy_drop = 1\n"
+        )
+    )
     merged = merge(default_recipe("accuracy"), r)
     assert merged["prune"]["sparsity"] == 0.8 and merged["prune"]["scope"] == "layer"
     assert merged["share"]["bits_fc"] == 4 and merged["share"]["bits_conv"] == 8

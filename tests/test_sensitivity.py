@@ -47,15 +47,28 @@ def constant_and_if_net(seed=0):
     const = n("Constant", [], ["cw"], value=numpy_helper.from_array(w((16, 8, 3, 3)), "cw"))
 
     def branch(name, weight, inits):
-        return helper.make_graph([n("MatMul", ["h", weight], [f"{name}_y"])], name, [], [vi(f"{name}_y", ["N", 64])], inits)
+        return helper.make_graph(
+            [n("MatMul", ["h", weight], [f"{name}_y"])], name, [], [vi(f"{name}_y", ["N", 64])], inits
+        )
 
     then_g = branch("then", "then_w", [numpy_helper.from_array(w((64, 64)), "then_w")])
     else_g = branch("else", "outer_w", [])
-    nodes = [const, n("Conv", ["x", "cw"], ["c"]), n("GlobalAveragePool", ["c"], ["g"]), n("Flatten", ["g"], ["f"]),
-             n("MatMul", ["f", "proj"], ["h0"]), n("MatMul", ["h0", "outer_w"], ["h"]), n("ReduceSum", ["h"], ["s"], keepdims=0),
-             n("Greater", ["s", "zero"], ["cond"]), n("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
-    inits = [numpy_helper.from_array(w((16, 64)), "proj"), numpy_helper.from_array(w((64, 64)), "outer_w"),
-             numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    nodes = [
+        const,
+        n("Conv", ["x", "cw"], ["c"]),
+        n("GlobalAveragePool", ["c"], ["g"]),
+        n("Flatten", ["g"], ["f"]),
+        n("MatMul", ["f", "proj"], ["h0"]),
+        n("MatMul", ["h0", "outer_w"], ["h"]),
+        n("ReduceSum", ["h"], ["s"], keepdims=0),
+        n("Greater", ["s", "zero"], ["cond"]),
+        n("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+    ]
+    inits = [
+        numpy_helper.from_array(w((16, 64)), "proj"),
+        numpy_helper.from_array(w((64, 64)), "outer_w"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"),
+    ]
     g = helper.make_graph(nodes, "g", [vi("x", ["N", 8, 6, 6])], [vi("y", ["N", 64])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -177,12 +190,15 @@ def test_cli_sensitivity_table_json_and_file(tmp_path, capsys):
     assert printed["ratios"] == [0.5] and len(printed["tensors"]) == 2
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["--ratios", "0.5,1.2"], 2, "ratio"),
-    (["--ratios", "x"], 2, "not a number"),
-    (["--data", "lenet5_test.npz"], 1, "model expects"),
-    (["--data", "missing.npz"], 2, "no such data file"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--ratios", "0.5,1.2"], 2, "ratio"),
+        (["--ratios", "x"], 2, "not a number"),
+        (["--data", "lenet5_test.npz"], 1, "model expects"),
+        (["--data", "missing.npz"], 2, "no such data file"),
+    ],
+)
 def test_cli_sensitivity_errors(capsys, args, code, message):
     args = [a if not a.endswith(".npz") else str(SAMPLES / a) for a in args]
     if "--data" not in args:

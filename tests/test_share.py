@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
-
 from graphs import constant_and_if_net, make_model, vi
 from graphs import laplace_weights as _w
+from onnx import helper, numpy_helper
 
 from compressor import graph
 from compressor.cli import main
@@ -35,10 +34,16 @@ def mlp(dims=(64, 128, 32), seed=0, dtype=np.float32, sparsity=0.0):
         if sparsity:
             w[np.abs(w) < np.quantile(np.abs(w), sparsity)] = 0.0
     onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    inits = [numpy_helper.from_array(w1.astype(dtype), "w1"), numpy_helper.from_array(rng.normal(0, 0.1, dims[1]).astype(dtype), "b1"),
-             numpy_helper.from_array(w2.astype(dtype), "w2")]
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    inits = [
+        numpy_helper.from_array(w1.astype(dtype), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, dims[1]).astype(dtype), "b1"),
+        numpy_helper.from_array(w2.astype(dtype), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
     return make_model(nodes, [vi("x", ["N", dims[0]], onnx_type)], [vi("y", ["N", dims[2]], onnx_type)], inits)
 
 
@@ -113,7 +118,9 @@ def test_defaults_bits_by_role_min_params_exclude_and_overrides():
     assert {t["name"]: t["bits"] for t in stats["tensors"]} == {"w1": 5, "w2": 5}
     _, stats = share(model, min_params=5000)
     assert [t["name"] for t in stats["tensors"]] == ["w1"]  # 8192 values; w2 has 4096
-    assert stats["skipped"] == [{"name": "w2", "role": "matmul_const", "size": 4096, "reason": "fewer than 5000 values"}]
+    assert stats["skipped"] == [
+        {"name": "w2", "role": "matmul_const", "size": 4096, "reason": "fewer than 5000 values"}
+    ]
     _, stats = share(model, min_params=5000, bits_by_name={"w2": 3})  # naming a tensor overrides min_params
     assert {t["name"]: t["bits"] for t in stats["tensors"]} == {"w1": 5, "w2": 3}
     _, stats = share(model, exclude="^w1$")
@@ -161,7 +168,11 @@ def _one_layer(kind, rng):
         node = helper.make_node("MatMul", ["x", "w"], ["y"])
         return make_model([node], [vi("x", ["N", 5, 40])], [vi("y", ["N", 5, 30])], [numpy_helper.from_array(w, "w")])
     w = rng.laplace(0, 0.1, (8, 3, 3, 3)).astype(np.float32)
-    attrs = dict(strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2]) if kind == "conv" else dict(auto_pad="SAME_UPPER", strides=[2, 2])
+    attrs = (
+        dict(strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2])
+        if kind == "conv"
+        else dict(auto_pad="SAME_UPPER", strides=[2, 2])
+    )
     node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
     return make_model([node], [vi("x", ["N", 3, 11, 12])], [vi("y", None)], [numpy_helper.from_array(w, "w")])
 
@@ -190,8 +201,11 @@ def shared_matmul_net(seed=3):
     """One 48x48 weight used by two MatMuls."""
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.laplace(0, 0.2, (48, 48)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
-             helper.make_node("MatMul", ["t", "w"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["t"]),
+        helper.make_node("MatMul", ["t", "w"], ["y"]),
+    ]
     return make_model(nodes, [vi("x", ["N", 48])], [vi("y", ["N", 48])], [w])
 
 
@@ -227,7 +241,10 @@ def test_sample_models_lose_at_most_one_point_at_8_5_bits(name):
     out, stats = share(model)
     check_shared(model, out, stats)
     assert {t["name"]: t["bits"] for t in stats["tensors"]} == (
-        {"fc1.weight": 5, "fc2.weight": 5} if name == "lenet300" else {"conv2.weight": 8, "fc1.weight": 5, "fc2.weight": 5})
+        {"fc1.weight": 5, "fc2.weight": 5}
+        if name == "lenet300"
+        else {"conv2.weight": 8, "fc1.weight": 5, "fc2.weight": 5}
+    )
     assert evaluate(out, test)["accuracy"] >= base - 1.0
 
 
@@ -252,7 +269,17 @@ def test_lenet300_refit_lowers_layer_error_and_keeps_accuracy():
 def test_cli_json_table_and_determinism(tmp_path, capsys):
     src = SAMPLES / "lenet300.onnx"
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
-    args = ["--bits", "fc2.weight=4", "--init", "random", "--seed", "7", "--refit", "--data", str(SAMPLES / "lenet300_calib.npz")]
+    args = [
+        "--bits",
+        "fc2.weight=4",
+        "--init",
+        "random",
+        "--seed",
+        "7",
+        "--refit",
+        "--data",
+        str(SAMPLES / "lenet300_calib.npz"),
+    ]
     assert main(["share", str(src), "-o", str(a), "--json", *args]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert {t["name"]: t["bits"] for t in stats["tensors"]} == {"fc1.weight": 5, "fc2.weight": 4}
@@ -298,48 +325,91 @@ def test_cli_nothing_to_share_warns_and_writes_the_model_unchanged(tmp_path, cap
 def transformer_block(d=64, heads=4, seq=6, seed=0):
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(_w(rng, (d, d)), n) for n in ("wq", "wk", "wv", "wo")]
-    inits += [numpy_helper.from_array(_w(rng, (d, 4 * d)), "w_ff1"), numpy_helper.from_array(_w(rng, (4 * d, d)), "w_ff2"),
-              numpy_helper.from_array(np.ones(d, np.float32), "ln_g"), numpy_helper.from_array(np.zeros(d, np.float32), "ln_b"),
-              numpy_helper.from_array(np.array([0, 0, heads, d // heads], np.int64), "split_shape"),
-              numpy_helper.from_array(np.array([0, 0, d], np.int64), "merge_shape"),
-              numpy_helper.from_array(np.array(1 / np.sqrt(d // heads), np.float32), "scale")]
+    inits += [
+        numpy_helper.from_array(_w(rng, (d, 4 * d)), "w_ff1"),
+        numpy_helper.from_array(_w(rng, (4 * d, d)), "w_ff2"),
+        numpy_helper.from_array(np.ones(d, np.float32), "ln_g"),
+        numpy_helper.from_array(np.zeros(d, np.float32), "ln_b"),
+        numpy_helper.from_array(np.array([0, 0, heads, d // heads], np.int64), "split_shape"),
+        numpy_helper.from_array(np.array([0, 0, d], np.int64), "merge_shape"),
+        numpy_helper.from_array(np.array(1 / np.sqrt(d // heads), np.float32), "scale"),
+    ]
     n = helper.make_node
     nodes = [n("MatMul", ["x", w], [o]) for w, o in (("wq", "q0"), ("wk", "k0"), ("wv", "v0"))]
     for t in ("q", "k", "v"):
-        nodes += [n("Reshape", [f"{t}0", "split_shape"], [f"{t}1"]), n("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 1, 3])]
-    nodes += [n("Transpose", ["k2"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q2", "kt"], ["s0"]), n("Mul", ["s0", "scale"], ["s1"]),
-              n("Softmax", ["s1"], ["p"], axis=-1), n("MatMul", ["p", "v2"], ["a0"]), n("Transpose", ["a0"], ["a1"], perm=[0, 2, 1, 3]),
-              n("Reshape", ["a1", "merge_shape"], ["a2"]), n("MatMul", ["a2", "wo"], ["a3"]), n("Add", ["x", "a3"], ["r0"]),
-              n("LayerNormalization", ["r0", "ln_g", "ln_b"], ["h0"], axis=-1), n("MatMul", ["h0", "w_ff1"], ["f0"]),
-              n("Relu", ["f0"], ["f1"]), n("MatMul", ["f1", "w_ff2"], ["f2"]), n("Add", ["h0", "f2"], ["y"])]
+        nodes += [
+            n("Reshape", [f"{t}0", "split_shape"], [f"{t}1"]),
+            n("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        n("Transpose", ["k2"], ["kt"], perm=[0, 1, 3, 2]),
+        n("MatMul", ["q2", "kt"], ["s0"]),
+        n("Mul", ["s0", "scale"], ["s1"]),
+        n("Softmax", ["s1"], ["p"], axis=-1),
+        n("MatMul", ["p", "v2"], ["a0"]),
+        n("Transpose", ["a0"], ["a1"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["a1", "merge_shape"], ["a2"]),
+        n("MatMul", ["a2", "wo"], ["a3"]),
+        n("Add", ["x", "a3"], ["r0"]),
+        n("LayerNormalization", ["r0", "ln_g", "ln_b"], ["h0"], axis=-1),
+        n("MatMul", ["h0", "w_ff1"], ["f0"]),
+        n("Relu", ["f0"], ["f1"]),
+        n("MatMul", ["f1", "w_ff2"], ["f2"]),
+        n("Add", ["h0", "f2"], ["y"]),
+    ]
     return make_model(nodes, [vi("x", ["N", seq, d])], [vi("y", ["N", seq, d])], inits)
 
 
 def depthwise_bn_net(c=32, seed=0):
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(_w(rng, (c, 3, 3, 3)), "stem"), numpy_helper.from_array(_w(rng, (c, 1, 3, 3)), "dw"),
-             numpy_helper.from_array(_w(rng, (c, c, 1, 1)), "pw"), numpy_helper.from_array(_w(rng, (10, c)), "fc")]
-    for name, val in (("bn_s", 1 + rng.normal(0, 0.1, c)), ("bn_b", rng.normal(0, 0.1, c)), ("bn_m", rng.normal(0, 0.1, c)),
-                      ("bn_v", 1 + rng.random(c))):
+    inits = [
+        numpy_helper.from_array(_w(rng, (c, 3, 3, 3)), "stem"),
+        numpy_helper.from_array(_w(rng, (c, 1, 3, 3)), "dw"),
+        numpy_helper.from_array(_w(rng, (c, c, 1, 1)), "pw"),
+        numpy_helper.from_array(_w(rng, (10, c)), "fc"),
+    ]
+    for name, val in (
+        ("bn_s", 1 + rng.normal(0, 0.1, c)),
+        ("bn_b", rng.normal(0, 0.1, c)),
+        ("bn_m", rng.normal(0, 0.1, c)),
+        ("bn_v", 1 + rng.random(c)),
+    ):
         inits.append(numpy_helper.from_array(val.astype(np.float32), name))
     n = helper.make_node
-    nodes = [n("Conv", ["x", "stem"], ["s"], pads=[1, 1, 1, 1]), n("Conv", ["s", "dw"], ["d"], group=c, pads=[1, 1, 1, 1]),
-             n("BatchNormalization", ["d", "bn_s", "bn_b", "bn_m", "bn_v"], ["b"]), n("Relu", ["b"], ["r"]),
-             n("Conv", ["r", "pw"], ["p"]), n("Add", ["s", "p"], ["res"]), n("GlobalAveragePool", ["res"], ["g"]),
-             n("Flatten", ["g"], ["f"]), n("Gemm", ["f", "fc"], ["y"], transB=1)]
+    nodes = [
+        n("Conv", ["x", "stem"], ["s"], pads=[1, 1, 1, 1]),
+        n("Conv", ["s", "dw"], ["d"], group=c, pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["d", "bn_s", "bn_b", "bn_m", "bn_v"], ["b"]),
+        n("Relu", ["b"], ["r"]),
+        n("Conv", ["r", "pw"], ["p"]),
+        n("Add", ["s", "p"], ["res"]),
+        n("GlobalAveragePool", ["res"], ["g"]),
+        n("Flatten", ["g"], ["f"]),
+        n("Gemm", ["f", "fc"], ["y"], transB=1),
+    ]
     return make_model(nodes, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 10])], inits)
 
 
 def gru_net(d_in=24, hidden=48, seq=5, seed=0):
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(_w(rng, (1, 3 * hidden, d_in)), "W"), numpy_helper.from_array(_w(rng, (1, 3 * hidden, hidden)), "R"),
-             numpy_helper.from_array(_w(rng, (1, 6 * hidden)), "B")]
+    inits = [
+        numpy_helper.from_array(_w(rng, (1, 3 * hidden, d_in)), "W"),
+        numpy_helper.from_array(_w(rng, (1, 3 * hidden, hidden)), "R"),
+        numpy_helper.from_array(_w(rng, (1, 6 * hidden)), "B"),
+    ]
     node = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden)
-    return make_model([node], [vi("x", [seq, "N", d_in])], [vi("Y", [seq, 1, "N", hidden]), vi("Y_h", [1, "N", hidden])], inits)
+    return make_model(
+        [node], [vi("x", [seq, "N", d_in])], [vi("Y", [seq, 1, "N", hidden]), vi("Y_h", [1, "N", hidden])], inits
+    )
 
 
-ZOO = {"transformer": transformer_block, "depthwise_bn": depthwise_bn_net, "gru": gru_net, "constant_if": constant_and_if_net,
-       "shared": shared_matmul_net}
+ZOO = {
+    "transformer": transformer_block,
+    "depthwise_bn": depthwise_bn_net,
+    "gru": gru_net,
+    "constant_if": constant_and_if_net,
+    "shared": shared_matmul_net,
+}
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -353,11 +423,13 @@ def test_zoo_graphs_follow_the_contract_and_run(name):
     for r, g in zip(ref, got):
         assert g.shape == r.shape and np.isfinite(g).all()
     names = {t["name"]: t["role"] for t in stats["tensors"]}
-    expected = {"transformer": {"wq": "matmul_const", "w_ff1": "matmul_const"},
-                "depthwise_bn": {"dw": "conv_filter", "pw": "conv_filter", "fc": "gemm_b"},
-                "gru": {"W": "rnn_w", "R": "rnn_r"},
-                "constant_if": {"cw": "conv_filter", "outer_w": "matmul_const", "then_w": "matmul_const"},
-                "shared": {"w": "matmul_const"}}[name]
+    expected = {
+        "transformer": {"wq": "matmul_const", "w_ff1": "matmul_const"},
+        "depthwise_bn": {"dw": "conv_filter", "pw": "conv_filter", "fc": "gemm_b"},
+        "gru": {"W": "rnn_w", "R": "rnn_r"},
+        "constant_if": {"cw": "conv_filter", "outer_w": "matmul_const", "then_w": "matmul_const"},
+        "shared": {"w": "matmul_const"},
+    }[name]
     assert expected.items() <= names.items()
     if name == "constant_if":  # the subgraph weight is reported with its graph
         assert [t.get("graph") for t in stats["tensors"] if t["name"] == "then_w"] == ["If_8/then_branch"]
@@ -376,7 +448,15 @@ def test_zoo_refit_applies_where_it_can_and_says_why_not():
             if "output_rel_error_kmeans" in r:
                 assert r["output_rel_error_refit"] <= r["output_rel_error_kmeans"] or not r["applied"]
             reasons[t["name"]] = r.get("reason") if not r["applied"] else "applied"
-    assert reasons["wq"] == reasons["w_ff2"] == reasons["stem"] == reasons["pw"] == reasons["fc"] == reasons["cw"] == "applied"
+    assert (
+        reasons["wq"]
+        == reasons["w_ff2"]
+        == reasons["stem"]
+        == reasons["pw"]
+        == reasons["fc"]
+        == reasons["cw"]
+        == "applied"
+    )
     assert reasons["w"] == "applied"  # one weight, two MatMuls: both layers' errors in one system
     assert "grouped" in reasons["dw"]
     assert "GRU" in reasons["W"] and "GRU" in reasons["R"]
@@ -384,8 +464,19 @@ def test_zoo_refit_applies_where_it_can_and_says_why_not():
 
 
 # tests/graphs.py (shared test-graph builders, written in parallel): every builder it offers.
-GRAPH_BUILDERS = ["mlp", "mlp_matmul_shared", "mlp_with_preprocessing", "conv_net", "depthwise_resnet", "transformer_encoder",
-                  "gru_model", "lstm_model", "constant_weights_conv", "if_subgraph_model", "quantized_qdq_model"]
+GRAPH_BUILDERS = [
+    "mlp",
+    "mlp_matmul_shared",
+    "mlp_with_preprocessing",
+    "conv_net",
+    "depthwise_resnet",
+    "transformer_encoder",
+    "gru_model",
+    "lstm_model",
+    "constant_weights_conv",
+    "if_subgraph_model",
+    "quantized_qdq_model",
+]
 
 
 @pytest.mark.parametrize("builder", GRAPH_BUILDERS)

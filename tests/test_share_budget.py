@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import pytest
-
-import graphs
 
 from compressor import graph
 from compressor.data import Dataset

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 
+import graphs
 import numpy as np
 import pytest
 
-import graphs
 from compressor import graph
 from compressor.evaluate import fidelity, make_session, run_model
 from compressor.passes.pack import pack_model, unpack_container

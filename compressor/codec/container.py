@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import GENERIC_NAMES, STORED, ByteReader, CorruptData, decompress
-from . import planes, sparse
+from . import GENERIC_NAMES, STORED, ByteReader, CorruptData, decompress, planes, sparse
 
 MAGIC = b"\x89CMPZ\r\n\x1a"
 FORMAT_MAJOR = 1
@@ -109,7 +108,9 @@ def write_container(sections: list[Section], version: tuple[int, int] | None = N
 
 def format_version(sections, at_least: tuple[int, int] | None = None) -> tuple[int, int]:
     """The version a container with these sections is written as (see write_container)."""
-    return max([(FORMAT_MAJOR, FORMAT_MINOR), at_least or (1, 0)] + [CODEC_VERSIONS.get(s.codec, (1, 0)) for s in sections])
+    return max(
+        [(FORMAT_MAJOR, FORMAT_MINOR), at_least or (1, 0)] + [CODEC_VERSIONS.get(s.codec, (1, 0)) for s in sections]
+    )
 
 
 @dataclass
@@ -145,7 +146,9 @@ def read_container(data, *, verify_checksums: bool = True) -> Container:
         raise CorruptData(f"truncated container ({size} of {declared} bytes)")
     if declared < size:
         raise CorruptData(f"trailing garbage after the container ({size - declared} bytes after byte {declared})")
-    if verify_checksums and hashlib.sha256(view[: size - TRAILER_BYTES]).digest() != bytes(view[size - TRAILER_BYTES :]):
+    if verify_checksums and hashlib.sha256(view[: size - TRAILER_BYTES]).digest() != bytes(
+        view[size - TRAILER_BYTES :]
+    ):
         raise CorruptData("checksum mismatch (SHA-256): the container is corrupted")
     if flags != 0:
         raise CorruptData(f"unknown header flags {flags:#x}")
@@ -206,7 +209,9 @@ def decode_section_buffer(container: Container, entry: SectionEntry, width: int 
     if entry.codec == PLANES:
         return planes.decode(payload, width, entry.decoded_length, what)
     if entry.codec == PRODUCT:
-        raise CorruptData(f"{what}: a product section refers to other tensors (decoded with the model, see product_operands)")
+        raise CorruptData(
+            f"{what}: a product section refers to other tensors (decoded with the model, see product_operands)"
+        )
     if width not in sparse.ELEMENT_DTYPES or entry.decoded_length % width:
         raise CorruptData(f"{what}: {entry.decoded_length} bytes are not a whole number of {width}-byte elements")
     elements = entry.decoded_length // width

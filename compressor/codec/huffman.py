@@ -368,6 +368,9 @@ def _decode_lanes(payload, lane_bits, count, lengths, max_len, what) -> np.ndarr
         if step == rows - 2:
             short_end = pos.copy()
     ends = starts + lane_bits
-    if not (np.array_equal(pos[:full_lanes], ends[:full_lanes]) and np.array_equal(short_end[full_lanes:], ends[full_lanes:])):
+    if not (
+        np.array_equal(pos[:full_lanes], ends[:full_lanes])
+        and np.array_equal(short_end[full_lanes:], ends[full_lanes:])
+    ):
         raise CorruptData(f"{what}: a lane does not end where its length says")
     return out.reshape(-1)[:count]

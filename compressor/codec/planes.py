@@ -57,4 +57,3 @@ def decode(payload, width: int, size: int, what: str) -> bytes:
         raise CorruptData(f"{what}: inner codec {codec} is not zstd or xz")
     planes = decompress(reader.take(reader.remaining), codec, size, what)
     return from_planes(planes, width)
-

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ByteReader, CorruptData, GENERIC_NAMES, compress_best, decompress
-from . import huffman
+from . import GENERIC_NAMES, ByteReader, CorruptData, compress_best, decompress, huffman
 
 ELEMENT_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 MAX_GAP_WIDTH = 15  # 2**15 gap symbols = huffman.MAX_ALPHABET
@@ -193,7 +192,9 @@ class Layout:
         return data
 
 
-def dict_layout(elements: np.ndarray, values: np.ndarray, counts: np.ndarray, symbols: np.ndarray | None = None) -> Layout:
+def dict_layout(
+    elements: np.ndarray, values: np.ndarray, counts: np.ndarray, symbols: np.ndarray | None = None
+) -> Layout:
     """Codebook ``values`` (sorted, with their ``counts``) + Huffman-coded symbols of every element.
 
     ``symbols`` may be left out: they are then looked up only if this layout is built.
@@ -258,7 +259,13 @@ def sparse_layouts(
                 "sparse",
                 size,
                 [gap_info, sym_info],
-                {"gap_width": gap_width, "values": "codebook", "codebook_size": k, "fill": int(fill), "nonzeros": int(positions.size)},
+                {
+                    "gap_width": gap_width,
+                    "values": "codebook",
+                    "codebook_size": k,
+                    "fill": int(fill),
+                    "nonzeros": int(positions.size),
+                },
                 lambda width=gap_width: _build_sparse_codebook(elements, fill, positions, codebook, width),
             )
         )

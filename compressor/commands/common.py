@@ -43,9 +43,14 @@ def format_table(rows: list[list], headers: list[str]) -> str:
     for r in cells:
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
-    numeric = [all(isinstance(r[i], (int, float, np.integer, np.floating)) or r[i] is None for r in rows) if rows else False for i in range(len(headers))]
+    numeric = [
+        all(isinstance(r[i], (int, float, np.integer, np.floating)) or r[i] is None for r in rows) if rows else False
+        for i in range(len(headers))
+    ]
+
     def line(vals):
         return "  ".join(v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i]) for i, v in enumerate(vals)).rstrip()
+
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line(r) for r in cells]
     return "\n".join(out)

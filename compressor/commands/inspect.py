@@ -46,7 +46,16 @@ def inspect_command(model: str, as_json: bool) -> None:
         click.echo(f"{kind}: " + ", ".join(f"{io['name']} {io['dtype']}{io['shape']}" for io in desc[kind]))
     click.echo("")
     rows = [
-        [w["name"], w["role"], ",".join(w["ops"]), "x".join(map(str, w["shape"])), w["params"], w["bytes"], w["sparsity"], w["distinct_values"]]
+        [
+            w["name"],
+            w["role"],
+            ",".join(w["ops"]),
+            "x".join(map(str, w["shape"])),
+            w["params"],
+            w["bytes"],
+            w["sparsity"],
+            w["distinct_values"],
+        ]
         for w in desc["weights"]
     ]
     click.echo(format_table(rows, ["weight", "role", "op", "shape", "params", "bytes", "sparsity", "distinct"]))
@@ -59,7 +68,12 @@ def inspect_command(model: str, as_json: bool) -> None:
     click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in desc["ops"].items()))
     if desc["macs"]:
         click.echo("")
-        click.echo(format_table([[m["node"], m["op"], m["weight"], m["macs"]] for m in desc["macs"]], ["node", "op", "weight", "MACs (batch 1)"]))
+        click.echo(
+            format_table(
+                [[m["node"], m["op"], m["weight"], m["macs"]] for m in desc["macs"]],
+                ["node", "op", "weight", "MACs (batch 1)"],
+            )
+        )
         click.echo(f"total MACs (batch 1): {t['macs']:,}")
 
 

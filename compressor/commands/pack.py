@@ -25,7 +25,11 @@ def pack_command(model: str, output: str, as_json: bool) -> None:
 @click.command("unpack")
 @click.argument("container", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The ONNX model to write.")
-@click.option("--verify", is_flag=True, help="Check that the unpacked model is bit-identical to the packed one (SHA-256 recorded at pack time).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check that the unpacked model is bit-identical to the packed one (SHA-256 recorded at pack time).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def unpack_command(container: str, output: str, verify: bool, as_json: bool) -> None:
     """Unpack CONTAINER back into the exact ONNX model it was packed from."""

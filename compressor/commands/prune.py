@@ -20,16 +20,20 @@ def _refuse_same_file(model: str, output: str) -> None:
 
 
 def _print_prune_table(stats: dict, output: str) -> None:
-    rows = [[t["name"], t["role"], t["params"], t["zeros_before"], t["zeros_after"], t["sparsity"] * 100.0]
-            for t in stats["tensors"]]
+    rows = [
+        [t["name"], t["role"], t["params"], t["zeros_before"], t["zeros_after"], t["sparsity"] * 100.0]
+        for t in stats["tensors"]
+    ]
     if rows:
         click.echo(format_table(rows, ["tensor", "role", "params", "zeros before", "zeros after", "sparsity %"]))
     for s in stats["skipped"]:
         click.echo(f"skipped {s['name']} ({s['role']}, {s['params']} values): {s['reason']}")
     macs = stats["macs"]
     if macs["total_macs"]:
-        click.echo(f"MACs at batch 1: {macs['total_macs']:,} -> {macs['total_nonzero_macs']:,} nonzero "
-                   f"({macs['total_nonzero_macs'] / macs['total_macs'] * 100:.1f}%)")
+        click.echo(
+            f"MACs at batch 1: {macs['total_macs']:,} -> {macs['total_nonzero_macs']:,} nonzero "
+            f"({macs['total_nonzero_macs'] / macs['total_macs'] * 100:.1f}%)"
+        )
     budget = stats.get("budget")
     if budget:
         final = budget["final"]
@@ -41,30 +45,54 @@ def _print_prune_table(stats: dict, output: str) -> None:
             measured = f"top-1 agreement with the original {final['top1_agreement']:.2f}%"
         else:
             measured = f"output SNR {final['snr_db']:.1f} dB"
-        click.echo(f"budget {budget['budget_points']:g} points: {measured}, {what} {final['drop']:.2f} points "
-                   f"({budget['evaluations']} candidates measured)")
+        click.echo(
+            f"budget {budget['budget_points']:g} points: {measured}, {what} {final['drop']:.2f} points "
+            f"({budget['evaluations']} candidates measured)"
+        )
     totals = stats["totals"]
-    click.echo(f"pruned {totals['pruned_tensors']} tensors: {totals['zeros_after']:,} of {totals['params']:,} values zero "
-               f"({totals['sparsity'] * 100:.2f}%) -> {output}")
+    click.echo(
+        f"pruned {totals['pruned_tensors']} tensors: {totals['zeros_after']:,} of {totals['params']:,} values zero "
+        f"({totals['sparsity'] * 100:.2f}%) -> {output}"
+    )
 
 
 @click.command("prune")
 @click.argument("model", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
-@click.option("--sparsity", type=float, default=None, help="Fraction of the prunable weights to zero, in [0, 1) (default 0.5 without --budget).")
-@click.option("--scope", type=click.Choice(["global", "layer", "random"]), default="global", show_default=True,
-              help="global: one magnitude threshold over all tensors; layer: the same ratio per tensor; random: seeded baseline.")
+@click.option(
+    "--sparsity",
+    type=float,
+    default=None,
+    help="Fraction of the prunable weights to zero, in [0, 1) (default 0.5 without --budget).",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["global", "layer", "random"]),
+    default="global",
+    show_default=True,
+    help="global: one magnitude threshold over all tensors; layer: the same ratio per tensor; random: seeded baseline.",
+)
 @click.option("--exclude", default=None, metavar="REGEX", help="Leave tensors whose name matches REGEX unpruned.")
-@click.option("--min-params", type=int, default=1024, show_default=True, help="Only prune tensors with at least this many values.")
+@click.option(
+    "--min-params", type=int, default=1024, show_default=True, help="Only prune tensors with at least this many values."
+)
 @click.option("--include-embeddings", is_flag=True, help="Also prune embeddings used by Gather.")
-@click.option("--budget", type=float, default=None, metavar="POINTS",
-              help="Choose per-tensor ratios from sensitivity curves, keeping the measured accuracy drop within POINTS.")
+@click.option(
+    "--budget",
+    type=float,
+    default=None,
+    metavar="POINTS",
+    help="Choose per-tensor ratios from sensitivity curves, keeping the measured accuracy drop within POINTS.",
+)
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help=".npz inputs (and labels 'y') for --budget.")
-@click.option("--max-evals", type=int, default=40, show_default=True, help="Candidate models measured by the --budget search.")
+@click.option(
+    "--max-evals", type=int, default=40, show_default=True, help="Candidate models measured by the --budget search."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --scope random.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
-def prune_command(model, output, sparsity, scope, exclude, min_params, include_embeddings, budget, data_path, max_evals,
-                  seed, as_json) -> None:
+def prune_command(
+    model, output, sparsity, scope, exclude, min_params, include_embeddings, budget, data_path, max_evals, seed, as_json
+) -> None:
     """Zero the smallest-magnitude weights of MODEL and write OUT (same graph, names and dtypes)."""
     from ..passes.prune import _check_sparsity, prune, prune_to_budget
 
@@ -86,11 +114,26 @@ def prune_command(model, output, sparsity, scope, exclude, min_params, include_e
     loaded = load_model(model)
     if budget is not None:
         data = load_dataset(data_path, loaded)
-        new_model, stats = prune_to_budget(loaded, data, budget, exclude=exclude, min_params=min_params, seed=seed,
-                                           include_embeddings=include_embeddings, max_evals=max_evals)
+        new_model, stats = prune_to_budget(
+            loaded,
+            data,
+            budget,
+            exclude=exclude,
+            min_params=min_params,
+            seed=seed,
+            include_embeddings=include_embeddings,
+            max_evals=max_evals,
+        )
     else:
-        new_model, stats = prune(loaded, sparsity, scope=scope, exclude=exclude, min_params=min_params, seed=seed,
-                                 include_embeddings=include_embeddings)
+        new_model, stats = prune(
+            loaded,
+            sparsity,
+            scope=scope,
+            exclude=exclude,
+            min_params=min_params,
+            seed=seed,
+            include_embeddings=include_embeddings,
+        )
     save_model(new_model, output, input_path=model)
     report_pass(stats, as_json, lambda: _print_prune_table(stats, output))
 
@@ -99,12 +142,15 @@ def _print_sensitivity_table(stats: dict) -> None:
     metric = stats["metric"]
     base = stats["baseline"]
     if metric == "accuracy":
-        click.echo(f"accuracy on {stats['samples']} samples, original {base['accuracy']:.2f}%; "
-                   "cells: accuracy % with the tensor alone pruned to each ratio")
+        click.echo(
+            f"accuracy on {stats['samples']} samples, original {base['accuracy']:.2f}%; "
+            "cells: accuracy % with the tensor alone pruned to each ratio"
+        )
         key = "accuracy"
     elif base.get("top1_agreement") is not None:
-        click.echo(f"no labels: top-1 agreement with the original on {stats['samples']} samples, % "
-                   "(output SNR in dB below)")
+        click.echo(
+            f"no labels: top-1 agreement with the original on {stats['samples']} samples, % (output SNR in dB below)"
+        )
         key = "top1_agreement"
     else:
         click.echo(f"no labels and no top-1: output SNR (dB) against the original on {stats['samples']} samples")
@@ -122,10 +168,16 @@ def _print_sensitivity_table(stats: dict) -> None:
 
 @click.command("sensitivity")
 @click.argument("model", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help=".npz inputs (and labels 'y').")
-@click.option("--ratios", default=None, metavar="R1,R2,...", help="Pruning ratios to probe (default 0.3,0.5,0.7,0.8,0.9,0.95).")
+@click.option(
+    "--data", "data_path", required=True, type=click.Path(dir_okay=False), help=".npz inputs (and labels 'y')."
+)
+@click.option(
+    "--ratios", default=None, metavar="R1,R2,...", help="Pruning ratios to probe (default 0.3,0.5,0.7,0.8,0.9,0.95)."
+)
 @click.option("--exclude", default=None, metavar="REGEX", help="Skip tensors whose name matches REGEX.")
-@click.option("--min-params", type=int, default=1024, show_default=True, help="Only probe tensors with at least this many values.")
+@click.option(
+    "--min-params", type=int, default=1024, show_default=True, help="Only probe tensors with at least this many values."
+)
 @click.option("--include-embeddings", is_flag=True, help="Also probe embeddings used by Gather.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Also write the JSON to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as one JSON object on stdout.")
@@ -138,8 +190,9 @@ def sensitivity_command(model, data_path, ratios, exclude, min_params, include_e
         raise UsageError(f"output folder does not exist: {os.path.dirname(os.path.abspath(output))}")
     loaded = load_model(model)
     data = load_dataset(data_path, loaded)
-    stats = sensitivity(loaded, data, ratios=ladder, exclude=exclude, min_params=min_params,
-                        include_embeddings=include_embeddings)
+    stats = sensitivity(
+        loaded, data, ratios=ladder, exclude=exclude, min_params=min_params, include_embeddings=include_embeddings
+    )
     if not stats["tensors"]:
         warn("nothing to probe: no weight tensor qualifies")
     if output:

@@ -15,29 +15,88 @@ from .common import format_table, human_bytes, report_pass, warn
 
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the quantized model.")
-@click.option("--calib", "calib_path", type=click.Path(dir_okay=False), help=".npz calibration inputs (enables static activations).")
-@click.option("--activations", type=click.Choice(["static", "dynamic", "none"]), default=None,
-              help="Activation quantization [default: static with --calib, else none (weight-only)].")
-@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel or per tensor.")
-@click.option("--symmetric/--asymmetric", default=True, show_default=True, help="Weight zero point 0 (symmetric) or fitted.")
-@click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True,
-              help="How activation ranges are taken from the calibration data.")
-@click.option("--percentile", type=float, default=99.999, show_default=True, help="Percentile for --calibration percentile.")
-@click.option("--exclude", default=None, metavar="REGEX", help="Keep nodes whose name (or output) matches REGEX in float.")
-@click.option("--min-layer-snr", type=float, default=None, metavar="DB",
-              help="Keep in float any layer whose quantization alone drops the output SNR below DB (static; one ORT run per layer).")
-@click.option("--reduce-range/--full-range", default=None,
-              help="7-bit weights ([-64, 64]; ORT's u8s8 kernels saturate with 8 bits on x86 CPUs without VNNI) or 8-bit "
-                   "(VNNI / ARM).  [default: with --calib, whichever gives the higher output SNR on it here; else 7-bit]")
-@click.option("--small-constants/--float-small-constants", default=False, show_default=True,
-              help="Also store biases of float ops and LayerNorm parameters (64+ values) as per-tensor int8 "
-                   "(smaller, slightly less exact; run does it under its budget).")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the quantized model."
+)
+@click.option(
+    "--calib",
+    "calib_path",
+    type=click.Path(dir_okay=False),
+    help=".npz calibration inputs (enables static activations).",
+)
+@click.option(
+    "--activations",
+    type=click.Choice(["static", "dynamic", "none"]),
+    default=None,
+    help="Activation quantization [default: static with --calib, else none (weight-only)].",
+)
+@click.option(
+    "--per-channel/--per-tensor",
+    default=True,
+    show_default=True,
+    help="Weight scales per output channel or per tensor.",
+)
+@click.option(
+    "--symmetric/--asymmetric", default=True, show_default=True, help="Weight zero point 0 (symmetric) or fitted."
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+    help="How activation ranges are taken from the calibration data.",
+)
+@click.option(
+    "--percentile", type=float, default=99.999, show_default=True, help="Percentile for --calibration percentile."
+)
+@click.option(
+    "--exclude", default=None, metavar="REGEX", help="Keep nodes whose name (or output) matches REGEX in float."
+)
+@click.option(
+    "--min-layer-snr",
+    type=float,
+    default=None,
+    metavar="DB",
+    help="Keep in float any layer whose quantization alone drops the output SNR below DB (static; one ORT run per layer).",
+)
+@click.option(
+    "--reduce-range/--full-range",
+    default=None,
+    help="7-bit weights ([-64, 64]; ORT's u8s8 kernels saturate with 8 bits on x86 CPUs without VNNI) or 8-bit "
+    "(VNNI / ARM).  [default: with --calib, whichever gives the higher output SNR on it here; else 7-bit]",
+)
+@click.option(
+    "--small-constants/--float-small-constants",
+    default=False,
+    show_default=True,
+    help="Also store biases of float ops and LayerNorm parameters (64+ values) as per-tensor int8 "
+    "(smaller, slightly less exact; run does it under its budget).",
+)
 @click.option("--no-attention", is_flag=True, help="Leave MatMuls between two activations (attention) in float.")
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help=".npz test data: accuracy / fidelity next to the float model.")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False),
+    help=".npz test data: accuracy / fidelity next to the float model.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
-def quantize_command(model, output, calib_path, activations, per_channel, symmetric, calibration, percentile, exclude,
-                     min_layer_snr, reduce_range, small_constants, no_attention, data_path, as_json) -> None:
+def quantize_command(
+    model,
+    output,
+    calib_path,
+    activations,
+    per_channel,
+    symmetric,
+    calibration,
+    percentile,
+    exclude,
+    min_layer_snr,
+    reduce_range,
+    small_constants,
+    no_attention,
+    data_path,
+    as_json,
+) -> None:
     """Quantize MODEL to int8 (QuantizeLinear/DequantizeLinear) and write OUT."""
     from ..evaluate import accuracy, evaluate, run_model
     from ..passes.quantize import quantize
@@ -53,17 +112,29 @@ def quantize_command(model, output, calib_path, activations, per_channel, symmet
     loaded = load_model(model)
     calib = load_dataset(calib_path, loaded) if calib_path and activations in (None, "static") else None
     data = load_dataset(data_path, loaded) if data_path else None
-    new_model, stats = quantize(loaded, calib=calib, activations=activations, per_channel=per_channel, symmetric=symmetric,
-                                calibration=calibration, percentile=percentile, exclude=exclude, min_layer_snr=min_layer_snr,
-                                reduce_range=reduce_range, small_constants=small_constants,
-                                quantize_attention=not no_attention)
+    new_model, stats = quantize(
+        loaded,
+        calib=calib,
+        activations=activations,
+        per_channel=per_channel,
+        symmetric=symmetric,
+        calibration=calibration,
+        percentile=percentile,
+        exclude=exclude,
+        min_layer_snr=min_layer_snr,
+        reduce_range=reduce_range,
+        small_constants=small_constants,
+        quantize_attention=not no_attention,
+    )
     save_model(new_model, output, input_path=model)
     stats["output"] = output
     stats["file_bytes"] = os.path.getsize(output)
     if data is not None:
         reference = run_model(loaded, data)
-        stats["float_eval"] = {"samples": data.size,
-                               "accuracy": accuracy(reference[0], data.labels) if data.labels is not None else None}
+        stats["float_eval"] = {
+            "samples": data.size,
+            "accuracy": accuracy(reference[0], data.labels) if data.labels is not None else None,
+        }
         stats["eval"] = evaluate(new_model, data, reference_outputs=reference)
     report_pass(stats, as_json, lambda: _print_report(stats))
 
@@ -72,8 +143,18 @@ def _print_report(stats: dict) -> None:
     rows = [[r["node"], r["op"], r["status"], r["reason"] or ""] for r in stats["nodes"]]
     if rows:
         click.echo(format_table(rows, ["node", "op", "status", "note"]))
-    wrows = [[w["name"], w["scheme"], w["symbols"], w["codebook_size"], w["merged_centroids"], w["clamped_nonzero"], w["rel_error"]]
-             for w in stats["weights"]]
+    wrows = [
+        [
+            w["name"],
+            w["scheme"],
+            w["symbols"],
+            w["codebook_size"],
+            w["merged_centroids"],
+            w["clamped_nonzero"],
+            w["rel_error"],
+        ]
+        for w in stats["weights"]
+    ]
     if wrows:
         click.echo("")
         click.echo(format_table(wrows, ["weight", "scheme", "symbols", "codebook", "merged", "clamped", "rel_err"]))
@@ -81,13 +162,17 @@ def _print_report(stats: dict) -> None:
     fold = stats.get("folding")
     if fold:
         moved = ", ".join(f"{k} {v}" for k, v in fold["moved_to_integers"].items()) or "none"
-        click.echo(f"Q/DQ folding: {fold['dq_q_pairs_removed']} DQ->Q pairs removed ({fold['clamps_removed']} Relu/Clip folded; "
-                   f"ops moved to integers: {moved})")
+        click.echo(
+            f"Q/DQ folding: {fold['dq_q_pairs_removed']} DQ->Q pairs removed ({fold['clamps_removed']} Relu/Clip folded; "
+            f"ops moved to integers: {moved})"
+        )
     if stats.get("weight_range_snr_db"):
         m = stats["weight_range_snr_db"]
         show = lambda v: "exact" if v is None else f"{v:.1f} dB"
-        click.echo(f"weight range: {'7-bit' if stats['reduce_range'] else '8-bit'} (calibration output SNR: "
-                   f"7-bit {show(m['reduced'])}, 8-bit {show(m['full'])})")
+        click.echo(
+            f"weight range: {'7-bit' if stats['reduce_range'] else '8-bit'} (calibration output SNR: "
+            f"7-bit {show(m['reduced'])}, 8-bit {show(m['full'])})"
+        )
     if stats.get("kept_float_low_snr"):
         click.echo(f"kept in float (per-layer SNR below threshold): {', '.join(stats['kept_float_low_snr'])}")
     cov = stats.get("coverage")
@@ -103,7 +188,9 @@ def _print_report(stats: dict) -> None:
         agree = "-" if q.get("top1_agreement") is None else f"{q['top1_agreement']:.2f}%"
         snr = "-" if q.get("snr_db") is None else f"{q['snr_db']:.1f} dB"
         click.echo(f"fidelity to float: top-1 agreement {agree}, SNR {snr}")
-    click.echo(f"{stats['mode']} quantization: {human_bytes(stats['bytes_before'])} -> {human_bytes(stats['file_bytes'])} -> {stats['output']}")
+    click.echo(
+        f"{stats['mode']} quantization: {human_bytes(stats['bytes_before'])} -> {human_bytes(stats['file_bytes'])} -> {stats['output']}"
+    )
 
 
 COMMANDS = [quantize_command]

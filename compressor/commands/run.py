@@ -16,7 +16,9 @@ from ..report import format_report, render_html
 from .common import emit_json, to_json
 
 
-def _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed) -> dict:
+def _overrides(
+    recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
+) -> dict:
     overrides = read_recipe(recipe_path) if recipe_path else {}
     cli = {
         "prune": {"sparsity": sparsity, "scope": scope, "budget": budget, "seed": seed},
@@ -69,22 +71,43 @@ def _progress(quiet: bool, verbose: bool) -> Progress:
 
 
 def stage_options(f):
-    for decorator in reversed([
-        click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="TOML recipe (stages and their options)."),
-        click.option("--sparsity", type=float, help="Prune to this fixed sparsity instead of the data-guided budget."),
-        click.option("--scope", type=click.Choice(["global", "layer", "random"]), help="Pruning scope with --sparsity."),
-        click.option("--budget", type=float, help="Points of accuracy (or agreement) that pruning may spend."),
-        click.option("--bits-conv", type=int, help="k-means bits for conv filters, fixed (default: searched per tensor "
-                                                   "and tried uniform, the smaller within budget; see README)."),
-        click.option("--bits-fc", type=int, help="k-means bits for fully-connected/MatMul weights, fixed (default: searched)."),
-        click.option("--activations", type=click.Choice(["static", "dynamic", "none"]), help="Activation quantization."),
-        click.option("--no-prune", is_flag=True, help="Skip pruning."),
-        click.option("--no-share", is_flag=True, help="Skip weight sharing."),
-        click.option("--no-quantize", is_flag=True, help="Skip quantization."),
-        click.option("--seed", type=int, help="Seed for every randomised step."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
-        click.option("--verbose", "-v", is_flag=True, help="Progress output even when stderr is not a terminal."),
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "--recipe",
+                "recipe_path",
+                type=click.Path(dir_okay=False),
+                help="TOML recipe (stages and their options).",
+            ),
+            click.option(
+                "--sparsity", type=float, help="Prune to this fixed sparsity instead of the data-guided budget."
+            ),
+            click.option(
+                "--scope", type=click.Choice(["global", "layer", "random"]), help="Pruning scope with --sparsity."
+            ),
+            click.option("--budget", type=float, help="Points of accuracy (or agreement) that pruning may spend."),
+            click.option(
+                "--bits-conv",
+                type=int,
+                help="k-means bits for conv filters, fixed (default: searched per tensor "
+                "and tried uniform, the smaller within budget; see README).",
+            ),
+            click.option(
+                "--bits-fc",
+                type=int,
+                help="k-means bits for fully-connected/MatMul weights, fixed (default: searched).",
+            ),
+            click.option(
+                "--activations", type=click.Choice(["static", "dynamic", "none"]), help="Activation quantization."
+            ),
+            click.option("--no-prune", is_flag=True, help="Skip pruning."),
+            click.option("--no-share", is_flag=True, help="Skip weight sharing."),
+            click.option("--no-quantize", is_flag=True, help="Skip quantization."),
+            click.option("--seed", type=int, help="Seed for every randomised step."),
+            click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+            click.option("--verbose", "-v", is_flag=True, help="Progress output even when stderr is not a terminal."),
+        ]
+    ):
         f = decorator(f)
     return f
 
@@ -92,23 +115,52 @@ def stage_options(f):
 @click.command("run")
 @click.argument("model", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The container to write (.cmpz).")
-@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Evaluation data (.npz; with y: accuracy budget).")
+@click.option(
+    "--data", "data_path", type=click.Path(dir_okay=False), help="Evaluation data (.npz; with y: accuracy budget)."
+)
 @click.option("--calib", "calib_path", type=click.Path(dir_okay=False), help="Calibration inputs (.npz).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
-@click.option("--max-accuracy-drop", type=float, help="Fail (exit 3, no container) if the measured drop exceeds this many points.")
+@click.option(
+    "--max-accuracy-drop", type=float, help="Fail (exit 3, no container) if the measured drop exceeds this many points."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @stage_options
-def run_command(model, output, data_path, calib_path, report_path, html_path, max_accuracy_drop, as_json, recipe_path,
-                sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed, quiet, verbose):
+def run_command(
+    model,
+    output,
+    data_path,
+    calib_path,
+    report_path,
+    html_path,
+    max_accuracy_drop,
+    as_json,
+    recipe_path,
+    sparsity,
+    scope,
+    budget,
+    bits_conv,
+    bits_fc,
+    activations,
+    no_prune,
+    no_share,
+    no_quantize,
+    seed,
+    quiet,
+    verbose,
+):
     """Compress MODEL with the whole pipeline and write a container plus a report."""
-    overrides = _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed)
+    overrides = _overrides(
+        recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
+    )
     for path in (report_path, html_path):
         if path and model != "-" and os.path.exists(path) and os.path.samefile(path, model):
             raise UsageError(f"refusing to overwrite the input model {model} with a report")
     failure = None
     try:
-        report = run_pipeline(model, output, overrides, data_path, calib_path, max_accuracy_drop, log=_progress(quiet, verbose))
+        report = run_pipeline(
+            model, output, overrides, data_path, calib_path, max_accuracy_drop, log=_progress(quiet, verbose)
+        )
     except GateFailedWithReport as e:
         report, failure = e.report, e
     if report_path:
@@ -125,16 +177,54 @@ def run_command(model, output, data_path, calib_path, report_path, html_path, ma
 
 @click.command("batch")
 @click.argument("models", nargs=-1, required=True)
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for containers, reports and the summary.")
-@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), help="Folder with <model>_test.npz / <model>.npz and <model>_calib.npz.")
-@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True, help="Models compressed in parallel processes.")
+@click.option(
+    "-o",
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for containers, reports and the summary.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder with <model>_test.npz / <model>.npz and <model>_calib.npz.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Models compressed in parallel processes.",
+)
 @click.option("--max-accuracy-drop", type=float, help="Per-model gate (exit 3 for that model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @stage_options
-def batch_command(models, output_dir, data_dir, jobs, max_accuracy_drop, as_json, recipe_path,
-                  sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed, quiet, verbose):
+def batch_command(
+    models,
+    output_dir,
+    data_dir,
+    jobs,
+    max_accuracy_drop,
+    as_json,
+    recipe_path,
+    sparsity,
+    scope,
+    budget,
+    bits_conv,
+    bits_fc,
+    activations,
+    no_prune,
+    no_share,
+    no_quantize,
+    seed,
+    quiet,
+    verbose,
+):
     """Compress every model of MODELS (files, folders or globs) into OUTPUT_DIR; resumable."""
-    overrides = _overrides(recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed)
+    overrides = _overrides(
+        recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
+    )
     summary = run_batch(models, output_dir, overrides, data_dir, jobs, max_accuracy_drop, log=_progress(quiet, verbose))
     if as_json:
         emit_json(summary)
@@ -142,7 +232,9 @@ def batch_command(models, output_dir, data_dir, jobs, max_accuracy_drop, as_json
         for m in summary["models"]:
             ratio = f"{m['ratio']:.1f}x" if m.get("ratio") else "-"
             click.echo(f"{m['status']:8} {ratio:>7}  {m['model']}" + (f"  ({m['error']})" if m.get("error") else ""))
-        click.echo(f"{summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} already done -> {output_dir}/summary.json")
+        click.echo(
+            f"{summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} already done -> {output_dir}/summary.json"
+        )
     if summary["failed"]:
         n, total = summary["failed"], len(summary["models"])
         if any(m["status"] == "failed" for m in summary["models"]):

@@ -34,8 +34,9 @@ from ..data import Dataset
 from ..evaluate import batch_size_for, capture, fidelity, looks_like_class_scores, reported, run_model
 
 
-def correct_biases(before: onnx.ModelProto, after: onnx.ModelProto, data: Dataset,
-                   names: list[str], judge=None) -> tuple[onnx.ModelProto, dict]:
+def correct_biases(
+    before: onnx.ModelProto, after: onnx.ModelProto, data: Dataset, names: list[str], judge=None
+) -> tuple[onnx.ModelProto, dict]:
     """`after` (a copy of `before` whose tensors `names` changed) with the biases of their layers
     corrected for the mean output shift on `data`; returns (model, stats). Never mutates its inputs.
 
@@ -79,8 +80,13 @@ def correct_biases(before: onnx.ModelProto, after: onnx.ModelProto, data: Datase
         else:
             values = bias.array()
             bias.set_array((values.astype(np.float64) - shift / p["scale"]).astype(values.dtype))
-        corrected.append({"name": p["weight"], "layer": p["node"].name or p["node"].output[0],
-                          "max_shift": float(np.max(np.abs(shift))) if shift.size else 0.0})
+        corrected.append(
+            {
+                "name": p["weight"],
+                "layer": p["node"].name or p["node"].output[0],
+                "max_shift": float(np.max(np.abs(shift))) if shift.size else 0.0,
+            }
+        )
     if not corrected:
         return graph.copy_model(after), {"corrected": [], "skipped": skipped}
     # The shifts are computed from the inputs of the model before the change; when the change
@@ -89,20 +95,45 @@ def correct_biases(before: onnx.ModelProto, after: onnx.ModelProto, data: Datase
     if judge is not None:
         score_without, score_with = judge(after), judge(model)
         kept = score_with > score_without
-        stats = {"corrected": corrected if kept else [], "skipped": skipped, "kept": kept, "judged_by": "caller",
-                 "without": _plain(score_without), "with": _plain(score_with)}
+        stats = {
+            "corrected": corrected if kept else [],
+            "skipped": skipped,
+            "kept": kept,
+            "judged_by": "caller",
+            "without": _plain(score_without),
+            "with": _plain(score_with),
+        }
         return (model if kept else graph.copy_model(after)), stats
     reference = run_model(before, data)
     without, with_ = fidelity(reference, run_model(after, data)), fidelity(reference, run_model(model, data))
     # Class scores are judged by top-1 agreement (logit SNR can rise while decisions flip: the
     # 2-bit MLP gained 0.3 dB and lost 3.7 points), other outputs by SNR; ties keep the change out.
-    key = "top1_agreement" if looks_like_class_scores(reference[0]) and without["top1_agreement"] is not None else "snr_db"
+    key = (
+        "top1_agreement"
+        if looks_like_class_scores(reference[0]) and without["top1_agreement"] is not None
+        else "snr_db"
+    )
     before_value, after_value = without[key], with_[key]
-    kept = before_value is not None and after_value is not None and (after_value > before_value or (
-        key == "top1_agreement" and after_value == before_value and (with_["snr_db"] or -np.inf) > (without["snr_db"] or -np.inf)))
-    stats = {"corrected": corrected if kept else [], "skipped": skipped, "kept": kept, "judged_by": key,
-             "without": {k: reported(without[k]) for k in ("top1_agreement", "snr_db")},
-             "with": {k: reported(with_[k]) for k in ("top1_agreement", "snr_db")}}
+    kept = (
+        before_value is not None
+        and after_value is not None
+        and (
+            after_value > before_value
+            or (
+                key == "top1_agreement"
+                and after_value == before_value
+                and (with_["snr_db"] or -np.inf) > (without["snr_db"] or -np.inf)
+            )
+        )
+    )
+    stats = {
+        "corrected": corrected if kept else [],
+        "skipped": skipped,
+        "kept": kept,
+        "judged_by": key,
+        "without": {k: reported(without[k]) for k in ("top1_agreement", "snr_db")},
+        "with": {k: reported(with_[k]) for k in ("top1_agreement", "snr_db")},
+    }
     return (model if kept else graph.copy_model(after)), stats
 
 
@@ -111,7 +142,6 @@ def _plain(score):
     if isinstance(score, (tuple, list)):
         return [reported(v) for v in score]
     return reported(score)
-
 
 
 def _plan(model, w: graph.Weight, consumers, weights) -> dict | str:
@@ -127,8 +157,15 @@ def _plan(model, w: graph.Weight, consumers, weights) -> dict | str:
         bias = _own_bias(node, 2, weights)
         if isinstance(bias, str):
             return bias
-        return {"weight": w.name, "node": node, "input": node.input[0], "axis": 1, "bias": bias, "scale": 1.0,
-                "shift": lambda d, m, group=group: _conv_shift(d, m, group)}
+        return {
+            "weight": w.name,
+            "node": node,
+            "input": node.input[0],
+            "axis": 1,
+            "bias": bias,
+            "scale": 1.0,
+            "shift": lambda d, m, group=group: _conv_shift(d, m, group),
+        }
     if node.op_type == "Gemm" and index == 1 and len(w.shape) == 2:
         alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
         if beta == 0.0:
@@ -137,9 +174,15 @@ def _plan(model, w: graph.Weight, consumers, weights) -> dict | str:
         if isinstance(bias, str):
             return bias
         trans_b = bool(attrs.get("transB", 0))
-        return {"weight": w.name, "node": node, "input": node.input[0], "axis": 0 if attrs.get("transA", 0) else 1,
-                "bias": bias, "scale": beta,
-                "shift": lambda d, m, trans_b=trans_b, alpha=alpha: _linear_shift(d.T if trans_b else d, m, alpha)}
+        return {
+            "weight": w.name,
+            "node": node,
+            "input": node.input[0],
+            "axis": 0 if attrs.get("transA", 0) else 1,
+            "bias": bias,
+            "scale": beta,
+            "shift": lambda d, m, trans_b=trans_b, alpha=alpha: _linear_shift(d.T if trans_b else d, m, alpha),
+        }
     if node.op_type == "MatMul" and index == 1 and len(w.shape) == 2:
         users = consumers.get(node.output[0], [])
         if len(users) != 1 or users[0][0].op_type != "Add":
@@ -149,8 +192,15 @@ def _plan(model, w: graph.Weight, consumers, weights) -> dict | str:
         bias = weights.get(other)
         if bias is None or bias.shape != (w.shape[1],) or len(bias.consumers) != 1:
             return "MatMul without a bias Add after it"
-        return {"weight": w.name, "node": node, "input": node.input[0], "axis": -1, "bias": bias, "scale": 1.0,
-                "shift": lambda d, m: _linear_shift(d, m, 1.0)}
+        return {
+            "weight": w.name,
+            "node": node,
+            "input": node.input[0],
+            "axis": -1,
+            "bias": bias,
+            "scale": 1.0,
+            "shift": lambda d, m: _linear_shift(d, m, 1.0),
+        }
     return f"{node.op_type} input {index}: no bias to correct"
 
 
@@ -207,8 +257,11 @@ def _input_means(model: onnx.ModelProto, names: list[str], axes: list[int], data
 
 
 def _unique_name(model: onnx.ModelProto, base: str) -> str:
-    taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output} \
+    taken = (
+        {t.name for t in model.graph.initializer}
+        | {o for n in model.graph.node for o in n.output}
         | {i.name for i in model.graph.input}
+    )
     name, i = base, 1
     while name in taken:
         name, i = f"{base}_{i}", i + 1

@@ -83,7 +83,7 @@ class Compensator:
                 self.skipped[w.name] = "several consumers"
                 continue
             d_in = layers[0].d_in
-            if (w.size // d_in) * d_in ** 3 / 3 > MAX_FLOPS:
+            if (w.size // d_in) * d_in**3 / 3 > MAX_FLOPS:
                 self.skipped[w.name] = f"refit too expensive ({d_in} inputs per channel)"
                 continue
             self.layers[w.name] = layers[0]

@@ -36,9 +36,8 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from ..codec import SAMPLE_THRESHOLD, STORED, ZSTD, CorruptData, compress, compress_best, estimate_best
+from ..codec import SAMPLE_THRESHOLD, STORED, ZSTD, CorruptData, compress, compress_best, estimate_best, planes
 from ..codec import container as fmt
-from ..codec import planes
 from ..codec.sparse import (
     ELEMENT_DTYPES,
     MAX_CODEBOOK,
@@ -82,7 +81,13 @@ RAW_LAYOUT = {
     **{t: (1, 1) for t in FLOAT8},
 }  # fmt: skip
 # Typed fields: numpy dtype of one field element, and the data types each field may hold.
-FIELD_DTYPE = {"float_data": "<f4", "int32_data": "<i4", "int64_data": "<i8", "double_data": "<f8", "uint64_data": "<u8"}
+FIELD_DTYPE = {
+    "float_data": "<f4",
+    "int32_data": "<i4",
+    "int64_data": "<i8",
+    "double_data": "<f8",
+    "uint64_data": "<u8",
+}
 INT32_FIELD_TYPES = _types("INT32", "INT16", "INT8", "UINT16", "UINT8", "BOOL", "FLOAT16", "BFLOAT16") | FLOAT8
 FIELD_TYPES = {
     "float_data": {T.FLOAT: 1, T.COMPLEX64: 2},
@@ -305,7 +310,12 @@ def find_products(tensors: list[onnx.TensorProto]) -> dict[int, tuple[int, int]]
             continue
         if values.size == 1:
             scalars.setdefault(values.tobytes(), i)
-        elif len(tensor.dims) == 1 and 4 * values.size >= MIN_SECTION_BYTES and np.all(np.isfinite(values)) and np.all(values > 0):
+        elif (
+            len(tensor.dims) == 1
+            and 4 * values.size >= MIN_SECTION_BYTES
+            and np.all(np.isfinite(values))
+            and np.all(values > 0)
+        ):
             groups.setdefault(values.size, []).append((i, values))
     if not scalars:
         return {}
@@ -332,8 +342,14 @@ def find_products(tensors: list[onnx.TensorProto]) -> dict[int, tuple[int, int]]
                     continue
                 lo = np.searchsorted(sorted_values, ratios[bi] * (1 - 1e-6))
                 hi = np.searchsorted(sorted_values, ratios[bi] * (1 + 1e-6), side="right")
-                match = next((k for k in range(lo, hi)
-                              if np.array_equal(product_values(sorted_values[k], b).view("<u4"), t.view("<u4"))), None)
+                match = next(
+                    (
+                        k
+                        for k in range(lo, hi)
+                        if np.array_equal(product_values(sorted_values[k], b).view("<u4"), t.view("<u4"))
+                    ),
+                    None,
+                )
                 if match is not None:
                     found[t_index] = (scalar_index[match], b_index)
                     operands.add(b_index)
@@ -363,12 +379,22 @@ class _Field:
     data: bytes | None  # kept only while it may still share a section (MAX_SHARED_FIELD_BYTES)
 
 
-def _field(index: int, tensor: onnx.TensorProto, name: str, data: bytes, width: int, count: int,
-           product: tuple[int, int] | None) -> _Field:
+def _field(
+    index: int,
+    tensor: onnx.TensorProto,
+    name: str,
+    data: bytes,
+    width: int,
+    count: int,
+    product: tuple[int, int] | None,
+) -> _Field:
     """Encode one field on its own; a product (scalar, vector tensor indices) is stored as such."""
     if product:
-        encoded = EncodedTensor(fmt.PRODUCT, fmt.PRODUCT_PAYLOAD.pack(*product),
-                                params={"scalar_tensor": product[0], "vector_tensor": product[1]})
+        encoded = EncodedTensor(
+            fmt.PRODUCT,
+            fmt.PRODUCT_PAYLOAD.pack(*product),
+            params={"scalar_tensor": product[0], "vector_tensor": product[1]},
+        )
     else:
         encoded = encode_tensor_data(data, width)
     keep = data if not product and len(data) <= MAX_SHARED_FIELD_BYTES else None
@@ -399,7 +425,7 @@ def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Sec
     sections: list[fmt.Section] = []
     entries: list[dict] = []
     stats: list[dict | None] = [None] * len(fields)
-    for i, f in enumerate(fields):
+    for i in range(len(fields)):
         members, enc = shared_of.get(i, ([i], encoded[i]))
         if i != members[0]:
             continue  # written with the group's first member
@@ -440,7 +466,9 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
     """Encode a model (with all tensor data in memory) as container bytes; returns (bytes, stats)."""
     for ref in iter_tensors(model):
         if ref.proto.data_location == T.EXTERNAL:
-            raise CompressorError(f"tensor {ref.name!r} has external data that is not loaded (load the model with compressor.graph.load_model)")
+            raise CompressorError(
+                f"tensor {ref.name!r} has external data that is not loaded (load the model with compressor.graph.load_model)"
+            )
     try:
         original = model.SerializeToString()
     except (ValueError, OverflowError):
@@ -474,7 +502,17 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
             if count * width != len(data):
                 continue  # inconsistent with its shape: leave it in the graph, untouched
             target.proto.ClearField(field_name)
-            fields.append(_field(index, tensor, field_name, data, width, count, products.get(index) if field_name == "raw_data" else None))
+            fields.append(
+                _field(
+                    index,
+                    tensor,
+                    field_name,
+                    data,
+                    width,
+                    count,
+                    products.get(index) if field_name == "raw_data" else None,
+                )
+            )
     sections, entries, field_stats = _encode_fields(fields, rows)
     tensor_stats = []
     by_tensor: dict[int, list[dict]] = {}
@@ -544,7 +582,9 @@ def _pack_stats(original: bytes, data: bytes, sections, tensor_stats, graph_code
             "overhead_pct": round(100 * (coded - bound) / bound, 2) if bound else None,
             "other_tensor_bytes": other,
             # The container against a bound where every Huffman stream is at its entropy.
-            "container_over_bound_pct": round(100 * (coded - bound) / (len(data) - coded + bound), 2) if bound else None,
+            "container_over_bound_pct": round(100 * (coded - bound) / (len(data) - coded + bound), 2)
+            if bound
+            else None,
         },
         "tensors": tensor_stats,
     }
@@ -591,7 +631,9 @@ def _check_manifest(manifest, section_count: int, version: tuple[int, int]) -> N
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise CorruptData("manifest: not a cmpz manifest")
     if manifest.get("version") != list(version):
-        raise CorruptData(f"manifest: unsupported version {manifest.get('version')!r} (the header says {version[0]}.{version[1]})")
+        raise CorruptData(
+            f"manifest: unsupported version {manifest.get('version')!r} (the header says {version[0]}.{version[1]})"
+        )
     sha = manifest.get("model_sha256")
     if not isinstance(sha, str) or len(sha) != 64 or not _is_int(manifest.get("model_bytes")):
         raise CorruptData("manifest: bad model_sha256 / model_bytes")
@@ -617,7 +659,9 @@ def _check_manifest(manifest, section_count: int, version: tuple[int, int]) -> N
         # the same section (FORMAT.md §5.3.1) and then say where their bytes start.
         previous = tensors[i - 1]["section"] if i else 1
         if rec["section"] not in ((previous, previous + 1) if shared and i else (previous + 1,)):
-            raise CorruptData(f"manifest: tensor record {i} points at section {rec['section']}, {previous + 1} expected")
+            raise CorruptData(
+                f"manifest: tensor record {i} points at section {rec['section']}, {previous + 1} expected"
+            )
         if "offset" in rec and (not shared or not _is_int(rec["offset"]) or rec["offset"] < 0):
             raise CorruptData(f"manifest: tensor record {i}: bad 'offset'")
         key = (rec["tensor"], rec["field"])
@@ -625,7 +669,9 @@ def _check_manifest(manifest, section_count: int, version: tuple[int, int]) -> N
             raise CorruptData(f"manifest: tensor {rec['tensor']} field {rec['field']} restored twice")
         seen_fields.add(key)
     if tensors and tensors[-1]["section"] != section_count - 1:
-        raise CorruptData(f"manifest: the tensor records end at section {tensors[-1]['section']}, the container has {section_count}")
+        raise CorruptData(
+            f"manifest: the tensor records end at section {tensors[-1]['section']}, the container has {section_count}"
+        )
 
 
 @dataclass
@@ -676,7 +722,9 @@ def _plan(data) -> _Plan:
         layout = field_layout(rec["data_type"], rec["dims"], rec["field"])
         entry = container.sections[rec["section"]]
         if layout is None or layout != (rec["width"], rec["elements"]):
-            raise CorruptData(f"{what}: {rec['elements']} elements of {rec['width']} bytes do not fit shape {rec['dims']}")
+            raise CorruptData(
+                f"{what}: {rec['elements']} elements of {rec['width']} bytes do not fit shape {rec['dims']}"
+            )
         # The records of a section tile its decoded bytes, in order (FORMAT.md §5.3.1).
         start = filled[1] if filled[0] == rec["section"] else 0
         if rec.get("offset", 0) != start:
@@ -684,7 +732,9 @@ def _plan(data) -> _Plan:
         if start and (entry.codec == fmt.PRODUCT or records[-1][1]["width"] != rec["width"]):
             raise CorruptData(f"{what}: records sharing a section have one width and are not products")
         filled = (rec["section"], start + rec["width"] * rec["elements"])
-        last_of_section = rec is manifest["tensors"][-1] or manifest["tensors"][len(records) + 1]["section"] != rec["section"]
+        last_of_section = (
+            rec is manifest["tensors"][-1] or manifest["tensors"][len(records) + 1]["section"] != rec["section"]
+        )
         if filled[1] > entry.decoded_length or (last_of_section and filled[1] != entry.decoded_length):
             raise CorruptData(f"{what}: section declares {entry.decoded_length} bytes, its records need {filled[1]}")
         if entry.codec == fmt.PRODUCT and (rec["data_type"] != T.FLOAT or rec["field"] != "raw_data"):
@@ -756,7 +806,12 @@ def _decode_buffer(plan: _Plan, rec: dict, entry) -> bytes | np.ndarray:
 
 def _info(plan: _Plan) -> dict:
     m = plan.manifest
-    return {"tensors": len(plan.records), "model_bytes": m["model_bytes"], "model_sha256": m["model_sha256"], "verified": False}
+    return {
+        "tensors": len(plan.records),
+        "model_bytes": m["model_bytes"],
+        "model_sha256": m["model_sha256"],
+        "verified": False,
+    }
 
 
 def unpack_container(data, *, verify: bool = False) -> tuple[onnx.ModelProto, dict]:
@@ -825,7 +880,9 @@ def _nbytes(chunk) -> int:
     return chunk.nbytes if isinstance(chunk, (np.ndarray, memoryview)) else len(chunk)
 
 
-def _splice(buf: bytes, start: int, end: int, kind: str, payloads: dict, marker_at: list, chunks: list, found: set) -> int:
+def _splice(
+    buf: bytes, start: int, end: int, kind: str, payloads: dict, marker_at: list, chunks: list, found: set
+) -> int:
     """Append the re-encoded message buf[start:end] to ``chunks``; return its new length."""
     view = memoryview(buf)
     total = 0
@@ -860,7 +917,9 @@ def _splice(buf: bytes, start: int, end: int, kind: str, payloads: dict, marker_
             inner.append(payloads[marker])
             new_length = _nbytes(payloads[marker])
         elif number in _SUBMESSAGES[kind]:
-            new_length = _splice(buf, data_start, data_end, _SUBMESSAGES[kind][number], payloads, marker_at, inner, found)
+            new_length = _splice(
+                buf, data_start, data_end, _SUBMESSAGES[kind][number], payloads, marker_at, inner, found
+            )
         else:
             raise _SpliceFailed(f"marker inside field {number} of a {kind}")
         if field_start > run:
@@ -1038,7 +1097,9 @@ def describe_container(path: str | os.PathLike) -> dict:
                 "name": rec["name"],
                 "kind": ref.kind if ref else None,
                 "graph_path": ref.graph_path if ref else None,
-                "dtype": T.DataType.Name(rec["data_type"]) if rec["data_type"] in T.DataType.values() else str(rec["data_type"]),
+                "dtype": T.DataType.Name(rec["data_type"])
+                if rec["data_type"] in T.DataType.values()
+                else str(rec["data_type"]),
                 "shape": rec["dims"],
                 "field": rec["field"],
                 "section": rec["section"],
@@ -1089,7 +1150,11 @@ def format_container_table(desc: dict) -> str:
     lines.append("")
     lines.append(
         _table(
-            [[s["index"], s["kind"], s["codec"], s["stored_bytes"], s["decoded_bytes"], s["crc32"]] for s in desc["sections"] if s["kind"] != "tensor"],
+            [
+                [s["index"], s["kind"], s["codec"], s["stored_bytes"], s["decoded_bytes"], s["crc32"]]
+                for s in desc["sections"]
+                if s["kind"] != "tensor"
+            ],
             ["section", "kind", "codec", "stored", "decoded", "crc32"],
         )
     )
@@ -1118,7 +1183,9 @@ def format_pack_table(stats: dict) -> str:
     in_graph = [t for t in stats["tensors"] if t["encoding"] == "graph"]
     lines = [_table(rows, ["tensor", "shape", "encoding", "bytes", "packed", "bits/w", "huffman over H %"])]
     if in_graph:
-        lines.append(f"({len(in_graph)} small tensors, {sum(t['bytes_before'] for t in in_graph):,} bytes, travel inside the graph section)")
+        lines.append(
+            f"({len(in_graph)} small tensors, {sum(t['bytes_before'] for t in in_graph):,} bytes, travel inside the graph section)"
+        )
     s, e = stats["sections"], stats["entropy"]
     lines += [
         "",

@@ -51,8 +51,8 @@ import math
 import re
 import sys
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -214,7 +214,9 @@ def random_masks(arrays: Sequence[np.ndarray], sparsity: float, seed: int = 0) -
     return [random_mask(a, sparsity, np.random.default_rng([seed, i])) for i, a in enumerate(arrays)]
 
 
-def magnitude_masks(arrays: Sequence[np.ndarray], sparsity: float, scope: str = "global", seed: int = 0) -> list[np.ndarray]:
+def magnitude_masks(
+    arrays: Sequence[np.ndarray], sparsity: float, scope: str = "global", seed: int = 0
+) -> list[np.ndarray]:
     """Pruning masks (True = zero after pruning) for a list of arrays, without ONNX."""
     if scope == "global":
         return global_magnitude_masks(arrays, sparsity)
@@ -258,8 +260,12 @@ def _embedding_ok(w: graph.Weight) -> bool:
     return w.role == "mixed" and bool(w.consumers) and all(c.node.op_type in _MIXED_OK_OPS for c in w.consumers)
 
 
-def prunable_weights(model: onnx.ModelProto, exclude: str | None = None, min_params: int = DEFAULT_MIN_PARAMS,
-                     include_embeddings: bool = False) -> tuple[list[graph.Weight], list[Skipped]]:
+def prunable_weights(
+    model: onnx.ModelProto,
+    exclude: str | None = None,
+    min_params: int = DEFAULT_MIN_PARAMS,
+    include_embeddings: bool = False,
+) -> tuple[list[graph.Weight], list[Skipped]]:
     """The weights prune acts on, in model order, and the matrix-like ones it leaves (with why).
 
     Biases, norm parameters, scales, shapes and other non-matrix tensors are not listed as
@@ -366,8 +372,15 @@ def _zero_count(values: np.ndarray) -> int:
     return int(np.count_nonzero(values == 0))
 
 
-def _prune_weights(selected: list[graph.Weight], output: _OutputModel, scope: str, sparsity: float | None, seed: int,
-                   ratios: dict[str, float] | None = None, compensate=None) -> tuple[list[dict], float | None]:
+def _prune_weights(
+    selected: list[graph.Weight],
+    output: _OutputModel,
+    scope: str,
+    sparsity: float | None,
+    seed: int,
+    ratios: dict[str, float] | None = None,
+    compensate=None,
+) -> tuple[list[dict], float | None]:
     """Prune the selected weights (of the input model) into `output`; per-tensor rows and
     (global scope) the threshold.  `compensate(name, pruned)` (layer scope): see compensate.py."""
     rows: list[dict] = []
@@ -514,7 +527,9 @@ def _finish_stats(model, scope, sparsity, seed, rows, skipped, threshold, warnin
             "model_float_params": model_params,
             "model_sparsity": zeros_after / model_params if model_params else 0.0,
         },
-        "macs": mac_stats(model, densities, [w.name for w in selected if w.ref.kind == "initializer" and not w.ref.graph_path]),
+        "macs": mac_stats(
+            model, densities, [w.name for w in selected if w.ref.kind == "initializer" and not w.ref.graph_path]
+        ),
         "warnings": warnings,
     }
     return stats
@@ -526,8 +541,15 @@ def _check_scope(scope: str) -> str:
     return scope
 
 
-def prune(model: onnx.ModelProto, sparsity: float, scope: str = "global", exclude: str | None = None,
-          min_params: int = DEFAULT_MIN_PARAMS, seed: int = 0, include_embeddings: bool = False) -> tuple[onnx.ModelProto, dict]:
+def prune(
+    model: onnx.ModelProto,
+    sparsity: float,
+    scope: str = "global",
+    exclude: str | None = None,
+    min_params: int = DEFAULT_MIN_PARAMS,
+    seed: int = 0,
+    include_embeddings: bool = False,
+) -> tuple[onnx.ModelProto, dict]:
     """Magnitude (or random) pruning to `sparsity` over the prunable weights; returns (new model, stats).
 
     The input model is not modified.  With nothing prunable the model is returned unchanged
@@ -538,8 +560,10 @@ def prune(model: onnx.ModelProto, sparsity: float, scope: str = "global", exclud
     selected, skipped = prunable_weights(model, exclude, min_params, include_embeddings)
     warnings: list[str] = []
     if not selected:
-        warnings.append("nothing to prune: no weight tensor qualifies (matrix weights with at least "
-                        f"{min_params} values, not excluded); the model is unchanged")
+        warnings.append(
+            "nothing to prune: no weight tensor qualifies (matrix weights with at least "
+            f"{min_params} values, not excluded); the model is unchanged"
+        )
         model = graph.copy_model(model)
         return model, _finish_stats(model, scope, sparsity, seed, [], skipped, None, warnings, [])
     output = _OutputModel(model, selected)
@@ -548,19 +572,28 @@ def prune(model: onnx.ModelProto, sparsity: float, scope: str = "global", exclud
     total = sum(r["params"] for r in rows)
     before = sum(r["zeros_before"] for r in rows)
     if scope == "global" and before > target_zeros(sparsity, total):
-        warnings.append(f"the pruned tensors already have sparsity {before / total:.4f} > requested {sparsity:g}; "
-                        "existing zeros are kept")
+        warnings.append(
+            f"the pruned tensors already have sparsity {before / total:.4f} > requested {sparsity:g}; "
+            "existing zeros are kept"
+        )
     elif scope != "global":
         over = [r["name"] for r in rows if r["zeros_before"] > target_zeros(sparsity, r["params"])]
         if over:
-            warnings.append(f"{len(over)} tensor(s) already sparser than {sparsity:g} keep their zeros: {', '.join(over[:5])}"
-                            + (" ..." if len(over) > 5 else ""))
+            warnings.append(
+                f"{len(over)} tensor(s) already sparser than {sparsity:g} keep their zeros: {', '.join(over[:5])}"
+                + (" ..." if len(over) > 5 else "")
+            )
     return model, _finish_stats(model, scope, sparsity, seed, rows, skipped, threshold, warnings, selected)
 
 
-def prune_with_ratios(model: onnx.ModelProto, ratios: dict[str, float], exclude: str | None = None,
-                      min_params: int = DEFAULT_MIN_PARAMS, include_embeddings: bool = False,
-                      compensate=None) -> tuple[onnx.ModelProto, dict]:
+def prune_with_ratios(
+    model: onnx.ModelProto,
+    ratios: dict[str, float],
+    exclude: str | None = None,
+    min_params: int = DEFAULT_MIN_PARAMS,
+    include_embeddings: bool = False,
+    compensate=None,
+) -> tuple[onnx.ModelProto, dict]:
     """Layer-wise magnitude pruning with one ratio per tensor name (missing names: ratio 0);
     `compensate`: a ``compensate.Compensator`` refitting the kept weights."""
     selected, skipped = prunable_weights(model, exclude, min_params, include_embeddings)
@@ -632,7 +665,7 @@ def allocate_ratios(curves: list[dict], allowance: float) -> dict[str, float]:
         free = max((r for d, r in hull if d <= 0.0), default=0.0)
         ratios[c["name"]] = max(ratios[c["name"]], free)
     left = max(0.0, float(allowance))
-    for slope, _, name, d0, r0, d1, r1 in sorted(segments, key=lambda s: (-s[0], s[1])):
+    for _slope, _, name, d0, r0, d1, r1 in sorted(segments, key=lambda s: (-s[0], s[1])):
         if left <= 0:
             break
         cost = d1 - d0
@@ -701,9 +734,16 @@ class _BudgetSearch:
         self.seen[key] = metrics
         zeros = sum(key)
         self.candidates.append((zeros, dict(ratios), metrics))
-        self.attempts.append({"phase": phase, "zeros": zeros, "sparsity": zeros / self.total if self.total else 0.0,
-                              **_public_metrics(metrics), "within_budget": metrics["within_budget"],
-                              "ratios": {n: round(r, 4) for n, r in ratios.items()}})
+        self.attempts.append(
+            {
+                "phase": phase,
+                "zeros": zeros,
+                "sparsity": zeros / self.total if self.total else 0.0,
+                **_public_metrics(metrics),
+                "within_budget": metrics["within_budget"],
+                "ratios": {n: round(r, 4) for n, r in ratios.items()},
+            }
+        )
         return metrics
 
     def ranked(self) -> list[tuple[int, dict[str, float], dict]]:
@@ -726,8 +766,9 @@ def _search_global(search: _BudgetSearch, global_ratios, evals: int) -> None:
             hi = mid
 
 
-def _search_allowance(search: _BudgetSearch, curves: list[dict], start: float, evals: int, phase: str,
-                      geometric: bool, resolution: float) -> None:
+def _search_allowance(
+    search: _BudgetSearch, curves: list[dict], start: float, evals: int, phase: str, geometric: bool, resolution: float
+) -> None:
     """The largest allowance whose ``allocate_ratios`` allocation measures within the budget:
     grow (x2) while feasible, shrink (/2, or /4 on the linear scale) while not, then bisect."""
     total_cost = sum(max(_monotone_costs(c["drops"]), default=0.0) for c in curves)
@@ -795,12 +836,23 @@ def _refine(search: _BudgetSearch, start: dict[str, float]) -> None:
         _, current, current_metrics = best
 
 
-def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: float, exclude: str | None = None,
-                    min_params: int = DEFAULT_MIN_PARAMS, seed: int = 0, include_embeddings: bool = False,
-                    ratios: Sequence[float] | None = None, max_evals: int = 40, min_snr_db: float | None = None,
-                    sensitivity_stats: dict | None = None, batch_size: int | None = None,
-                    progress=None, reference_outputs: list[np.ndarray] | None = None,
-                    compensate=None) -> tuple[onnx.ModelProto, dict]:
+def prune_to_budget(
+    model: onnx.ModelProto,
+    data: Dataset | str,
+    budget_points: float,
+    exclude: str | None = None,
+    min_params: int = DEFAULT_MIN_PARAMS,
+    seed: int = 0,
+    include_embeddings: bool = False,
+    ratios: Sequence[float] | None = None,
+    max_evals: int = 40,
+    min_snr_db: float | None = None,
+    sensitivity_stats: dict | None = None,
+    batch_size: int | None = None,
+    progress=None,
+    reference_outputs: list[np.ndarray] | None = None,
+    compensate=None,
+) -> tuple[onnx.ModelProto, dict]:
     """Sensitivity-guided per-tensor ratios within a measured accuracy budget; returns (model, stats).
 
     The loss is the accuracy drop in points on `data` (with labels) or 100 - top-1 agreement
@@ -832,8 +884,12 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
     """
     from .sensitivity import BUDGET_RATIOS, Evaluator, VariantRunner, sensitivity, unique_names
 
-    if isinstance(budget_points, bool) or not isinstance(budget_points, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(budget_points)) or budget_points < 0:
+    if (
+        isinstance(budget_points, bool)
+        or not isinstance(budget_points, (int, float, np.integer, np.floating))
+        or not math.isfinite(float(budget_points))
+        or budget_points < 0
+    ):
         raise UsageError(f"budget must be a non-negative number of points, got {budget_points!r}")
     budget = float(budget_points)
     if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or max_evals < 1:
@@ -853,15 +909,30 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
 
         compensator = Compensator(model, selected, compensate)
     if sensitivity_stats is None:
-        sensitivity_stats = sensitivity(model, data, ratios=ratios or BUDGET_RATIOS, exclude=exclude, min_params=min_params,
-                                        include_embeddings=include_embeddings, evaluator=evaluator, progress=progress,
-                                        compensate=compensator)
+        sensitivity_stats = sensitivity(
+            model,
+            data,
+            ratios=ratios or BUDGET_RATIOS,
+            exclude=exclude,
+            min_params=min_params,
+            include_embeddings=include_embeddings,
+            evaluator=evaluator,
+            progress=progress,
+            compensate=compensator,
+        )
     if min_snr_db is None and evaluator.mode == "fidelity" and evaluator.baseline.get("top1_agreement") is None:
         min_snr_db = 20.0  # no top-1 to count: keep the outputs close instead
     by_name = {t["name"]: t for t in sensitivity_stats["tensors"]}
     selected = [w for w in selected if w.name in by_name]
-    drop_curves = [{"name": w.name, "params": w.size, "ratios": [p["ratio"] for p in by_name[w.name]["curve"]],
-                    "drops": [p["drop"] for p in by_name[w.name]["curve"]]} for w in selected]
+    drop_curves = [
+        {
+            "name": w.name,
+            "params": w.size,
+            "ratios": [p["ratio"] for p in by_name[w.name]["curve"]],
+            "drops": [p["drop"] for p in by_name[w.name]["curve"]],
+        }
+        for w in selected
+    ]
     noise_curves = [{**c, "drops": [p.get("rel_noise") for p in by_name[c["name"]]["curve"]]} for c in drop_curves]
     has_noise = all(d is not None and math.isfinite(d) for c in noise_curves for d in c["drops"])
     runner = VariantRunner(model, evaluator, selected, compensate=compensator)
@@ -879,8 +950,15 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
         start = best[0][2].get("rel_noise") if best else None
         start = start if start and math.isfinite(start) and start > 0 else 0.01
         _search_allowance(search, noise_curves, start, phase_evals, "noise allocation", geometric=True, resolution=0.05)
-    _search_allowance(search, drop_curves, budget, phase_evals, "drop allocation", geometric=False,
-                      resolution=max(0.02 * budget, 1e-3))
+    _search_allowance(
+        search,
+        drop_curves,
+        budget,
+        phase_evals,
+        "drop allocation",
+        geometric=False,
+        resolution=max(0.02 * budget, 1e-3),
+    )
     best = search.ranked()
     if best:
         _refine(search, best[0][1])
@@ -888,12 +966,16 @@ def prune_to_budget(model: onnx.ModelProto, data: Dataset | str, budget_points: 
 
     warnings: list[str] = []
     for zeros, candidate, _ in search.ranked():
-        final, stats = prune_with_ratios(model, candidate, exclude, min_params, include_embeddings, compensate=compensator)
+        final, stats = prune_with_ratios(
+            model, candidate, exclude, min_params, include_embeddings, compensate=compensator
+        )
         final_metrics = evaluator.measure_model(final)
         if search.feasible(final_metrics):
             break
-        warnings.append(f"candidate with {zeros} zeros measured {final_metrics['drop']:.2f} points as a real model; "
-                        "taking the next one")
+        warnings.append(
+            f"candidate with {zeros} zeros measured {final_metrics['drop']:.2f} points as a real model; "
+            "taking the next one"
+        )
     else:
         final, stats = prune_with_ratios(model, {}, exclude, min_params, include_embeddings)
         final_metrics = evaluator.measure_model(final)

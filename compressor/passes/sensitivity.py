@@ -23,7 +23,7 @@ model fall back to rebuilding the pruned model per ratio.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -73,8 +73,13 @@ class Evaluator:
     points: baseline accuracy - accuracy (labels) or 100 - top-1 agreement (no labels).
     """
 
-    def __init__(self, model: onnx.ModelProto, data: Dataset, batch_size: int | None = None,
-                 reference: list[np.ndarray] | None = None):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        data: Dataset,
+        batch_size: int | None = None,
+        reference: list[np.ndarray] | None = None,
+    ):
         """`reference`: the model's outputs on `data`, when the caller already has them."""
         self.model = model
         self.data = data
@@ -94,8 +99,10 @@ class Evaluator:
             except Exception as e:  # ORT raises several types
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise CompressorError(f"ONNX Runtime failed to run the model: {msg}")
-        return [np.concatenate([c[i] for c in chunks], axis=0) if chunks[0][i].ndim else chunks[0][i]
-                for i in range(len(chunks[0]))]
+        return [
+            np.concatenate([c[i] for c in chunks], axis=0) if chunks[0][i].ndim else chunks[0][i]
+            for i in range(len(chunks[0]))
+        ]
 
     def _score(self, outputs: list[np.ndarray]) -> dict:
         fid = fidelity(self.reference, outputs)
@@ -104,8 +111,13 @@ class Evaluator:
             drop = self.baseline_accuracy - acc
         else:
             drop = 0.0 if fid["top1_agreement"] is None else 100.0 - fid["top1_agreement"]
-        return {"accuracy": acc, "top1_agreement": fid["top1_agreement"], "snr_db": fid["snr_db"], "drop": drop,
-                "rel_noise": self._relative_noise(outputs[0])}
+        return {
+            "accuracy": acc,
+            "top1_agreement": fid["top1_agreement"],
+            "snr_db": fid["snr_db"],
+            "drop": drop,
+            "rel_noise": self._relative_noise(outputs[0]),
+        }
 
     def _relative_noise(self, output: np.ndarray) -> float | None:
         """||out - ref||^2 / ||ref||^2 of the first output: smooth, and close to additive over
@@ -189,11 +201,19 @@ def _feedable(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[g
 # --------------------------------------------------------------------------- sensitivity
 
 
-def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[float] | str | None = None,
-                exclude: str | None = None, min_params: int = DEFAULT_MIN_PARAMS, include_embeddings: bool = False,
-                batch_size: int | None = None, strategy: str = "per-tensor", evaluator: Evaluator | None = None,
-                progress: Callable[[int, int], None] | None = None,
-                compensate: Callable[[str, np.ndarray], np.ndarray] | None = None) -> dict:
+def sensitivity(
+    model: onnx.ModelProto,
+    data: Dataset | str,
+    ratios: Sequence[float] | str | None = None,
+    exclude: str | None = None,
+    min_params: int = DEFAULT_MIN_PARAMS,
+    include_embeddings: bool = False,
+    batch_size: int | None = None,
+    strategy: str = "per-tensor",
+    evaluator: Evaluator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    compensate: Callable[[str, np.ndarray], np.ndarray] | None = None,
+) -> dict:
     """Per-tensor pruning curves: each prunable tensor pruned alone at each ratio, measured with ORT.
 
     Returns ``{"metric", "baseline", "ratios", "tensors": [{"name", "role", "params",
@@ -247,7 +267,7 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
                 continue
             session = make_session(weights_as_inputs(model, [w]))
             sessions += 1
-            probe(w, lambda pruned, w=w: evaluator.measure_session(session, {w.name: pruned}))
+            probe(w, lambda pruned, w=w, session=session: evaluator.measure_session(session, {w.name: pruned}))
     for w in selected:
         if w.name in feedable:
             continue
@@ -264,8 +284,16 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | str, ratios: Sequence[fl
     tensors = []
     for w in selected:
         zeros = int(np.count_nonzero(originals[w.name] == 0))
-        tensors.append({"name": w.name, "role": w.role, "shape": list(w.shape), "params": w.size,
-                        "sparsity_before": zeros / w.size if w.size else 0.0, "curve": curves[w.name]})
+        tensors.append(
+            {
+                "name": w.name,
+                "role": w.role,
+                "shape": list(w.shape),
+                "params": w.size,
+                "sparsity_before": zeros / w.size if w.size else 0.0,
+                "curve": curves[w.name],
+            }
+        )
     return {
         "metric": evaluator.mode,
         "samples": data.size,
@@ -292,8 +320,13 @@ class VariantRunner:
     twice), each candidate is built as a real model instead.
     """
 
-    def __init__(self, model: onnx.ModelProto, evaluator: Evaluator, selected: Sequence[graph.Weight],
-                 compensate: Callable[[str, np.ndarray], np.ndarray] | None = None):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        evaluator: Evaluator,
+        selected: Sequence[graph.Weight],
+        compensate: Callable[[str, np.ndarray], np.ndarray] | None = None,
+    ):
         from .prune import target_zeros
 
         self._target = target_zeros
@@ -304,7 +337,9 @@ class VariantRunner:
         self.originals = {w.name: w.array() for w in self.selected}
         self.cache: dict[tuple[str, int], np.ndarray] = {}
         feedable = _feedable(model, self.selected)
-        self.session = make_session(weights_as_inputs(model, self.selected)) if len(feedable) == len(self.selected) else None
+        self.session = (
+            make_session(weights_as_inputs(model, self.selected)) if len(feedable) == len(self.selected) else None
+        )
 
     def pruned(self, name: str, ratio: float) -> np.ndarray:
         values = self.originals[name]
@@ -321,8 +356,13 @@ class VariantRunner:
     def measure(self, ratios: dict[str, float]) -> dict:
         if self.session is None:
             # Only the tensors pruned at all are set in the rebuilt model.
-            return self.measure_arrays({w.name: self.pruned(w.name, ratios.get(w.name, 0.0)) for w in self.selected
-                                        if self._target(ratios.get(w.name, 0.0), w.size)})
+            return self.measure_arrays(
+                {
+                    w.name: self.pruned(w.name, ratios.get(w.name, 0.0))
+                    for w in self.selected
+                    if self._target(ratios.get(w.name, 0.0), w.size)
+                }
+            )
         feed = {w.name: self.pruned(w.name, ratios.get(w.name, 0.0)) for w in self.selected}
         # Keep the cache to the arrays of this candidate and its neighbours (bounded memory).
         if len(self.cache) > 4 * len(self.selected):
@@ -340,8 +380,9 @@ class VariantRunner:
                 if w.name in arrays:
                     weights[weight_key(w)].set_array(arrays[w.name])
             return self.evaluator.measure_model(candidate)
-        return self.evaluator.measure_session(self.session, {w.name: arrays.get(w.name, self.originals[w.name])
-                                                             for w in self.selected})
+        return self.evaluator.measure_session(
+            self.session, {w.name: arrays.get(w.name, self.originals[w.name]) for w in self.selected}
+        )
 
     def global_zero_counts(self, sparsity: float) -> dict[str, int]:
         """Per-tensor zeros of a global magnitude cut at `sparsity` over the selected tensors."""

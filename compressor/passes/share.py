@@ -45,8 +45,8 @@ import os
 import re
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -176,8 +176,10 @@ def share(
             raise UsageError(f"--bits {name}={bits_by_name[name]}: the model has no weight tensor named {name!r}{hint}")
         roles = {w.role for w in by_name[name]}
         if not any(w.is_matrix for w in by_name[name]):
-            raise UsageError(f"--bits {name}: tensor has role {', '.join(sorted(roles))}; only matrix weights "
-                             f"(conv filters, Gemm/MatMul weights, recurrent W/R) are shared")
+            raise UsageError(
+                f"--bits {name}: tensor has role {', '.join(sorted(roles))}; only matrix weights "
+                f"(conv filters, Gemm/MatMul weights, recurrent W/R) are shared"
+            )
 
     selected, skipped = _select(ws, pattern, min_params, set(bits_by_name))
     plan = [(w, bits_by_name.get(w.name, bits_conv if w.role in CONV_ROLES else bits_fc)) for w in selected]
@@ -216,7 +218,13 @@ def share(
                 if reason == "non-finite values":
                     warnings.append(f"{w.name}: NaN or infinite values; left unshared")
                 continue
-            meta = {"name": w.name, "role": w.role, "shape": list(w.shape), "size": int(w.size), "graph": w.ref.graph_path}
+            meta = {
+                "name": w.name,
+                "role": w.role,
+                "shape": list(w.shape),
+                "size": int(w.size),
+                "graph": w.ref.graph_path,
+            }
             inflight.append((w, bits, arr, pool.submit(work, arr, bits, meta)))
             if len(inflight) >= workers:
                 finish(*inflight.popleft())
@@ -232,17 +240,27 @@ def share(
             elif info:
                 info.pop("_shared", None)
             w.set_array(shared.values)
-            meta = {"name": w.name, "role": w.role, "shape": list(w.shape), "size": int(w.size), "graph": w.ref.graph_path}
+            meta = {
+                "name": w.name,
+                "role": w.role,
+                "shape": list(w.shape),
+                "size": int(w.size),
+                "graph": w.ref.graph_path,
+            }
             entries.append(_tensor_stats(meta, bits, arr, shared, info))
 
     if not entries:
         matrix = [w for w in ws if w.is_matrix]
         if not matrix:
-            warnings.append("nothing to share: the model has no conv, Gemm, MatMul or recurrent weights; output unchanged")
+            warnings.append(
+                "nothing to share: the model has no conv, Gemm, MatMul or recurrent weights; output unchanged"
+            )
         else:
             reasons = sorted({sk["reason"] for sk in skipped})
-            warnings.append(f"nothing to share: none of the {len(matrix)} matrix weights qualifies ({'; '.join(reasons)}); "
-                            "output unchanged")
+            warnings.append(
+                f"nothing to share: none of the {len(matrix)} matrix weights qualifies ({'; '.join(reasons)}); "
+                "output unchanged"
+            )
         model = graph.copy_model(original)
 
     correction = None
@@ -307,8 +325,16 @@ def _tensor_stats(meta: dict, bits: int, arr: np.ndarray, shared: SharedArray, r
 class _Layer:
     """One consumer of a shared weight, seen as Y = X_mat @ W_mat (for the refit)."""
 
-    def __init__(self, kind: str, x_name: str, d_in: int, transpose_w: bool = False, trans_a: bool = False,
-                 scale: float = 1.0, conv: dict | None = None):
+    def __init__(
+        self,
+        kind: str,
+        x_name: str,
+        d_in: int,
+        transpose_w: bool = False,
+        trans_a: bool = False,
+        scale: float = 1.0,
+        conv: dict | None = None,
+    ):
         self.kind, self.x_name, self.d_in = kind, x_name, d_in
         self.transpose_w, self.trans_a, self.scale, self.conv = transpose_w, trans_a, scale, conv
         self.C = np.zeros((d_in, d_in))
@@ -413,8 +439,16 @@ def _layers_for(w: graph.Weight, k: int, known: set[str]) -> list[_Layer] | str:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             tb = bool(attrs.get("transB", 0))
             d_in = w.shape[1] if tb else w.shape[0]
-            layers.append(_Layer("gemm", x_name, d_in, transpose_w=tb, trans_a=bool(attrs.get("transA", 0)),
-                                 scale=float(attrs.get("alpha", 1.0)) ** 2))
+            layers.append(
+                _Layer(
+                    "gemm",
+                    x_name,
+                    d_in,
+                    transpose_w=tb,
+                    trans_a=bool(attrs.get("transA", 0)),
+                    scale=float(attrs.get("alpha", 1.0)) ** 2,
+                )
+            )
         elif node.op_type == "MatMul" and len(w.shape) == 2:
             layers.append(_Layer("matmul", x_name, w.shape[0]))
         elif node.op_type == "Conv":
@@ -425,7 +459,7 @@ def _layers_for(w: graph.Weight, k: int, known: set[str]) -> list[_Layer] | str:
         else:
             return f"refit supports Gemm, MatMul and Conv (not {node.op_type} with a {len(w.shape)}-D weight)"
     d_out = w.size // layers[0].d_in
-    flops = float(k) * sum(l.d_in for l in layers) * layers[0].d_in * d_out
+    flops = float(k) * sum(layer.d_in for layer in layers) * layers[0].d_in * d_out
     if flops > REFIT_MAX_FLOPS:
         return f"too expensive ({flops / 1e9:.0f} GFLOP > {REFIT_MAX_FLOPS / 1e9:.0f})"
     return layers
@@ -436,7 +470,7 @@ def accumulate_inputs(model: onnx.ModelProto, layers: list[_Layer], data: Datase
     from ..evaluate import batch_size_for, capture
 
     input_names = {vi.name for vi in graph.graph_inputs(model)}
-    wanted = sorted({l.x_name for l in layers})
+    wanted = sorted({layer.x_name for layer in layers})
     to_capture = [n for n in wanted if n not in input_names]
     bs = batch_size_for(model)
     captured = capture(model, to_capture, data, bs) if to_capture else None
@@ -444,8 +478,8 @@ def accumulate_inputs(model: onnx.ModelProto, layers: list[_Layer], data: Datase
         values = dict(feed)
         if captured is not None:
             values.update(next(captured))
-        for l in layers:
-            l.accumulate(values[l.x_name])
+        for layer in layers:
+            layer.accumulate(values[layer.x_name])
 
 
 def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:
@@ -453,7 +487,7 @@ def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str
     known = {w.name for w in graph.weights(original, include_non_float=True)}
     plans: dict[int, list[_Layer]] = {}
     info: dict[int, dict] = {}
-    for i, (w, bits, arr, shared) in enumerate(results):
+    for i, (w, _bits, _arr, shared) in enumerate(results):
         layers = _layers_for(w, len(shared.codebook), known)
         if isinstance(layers, str):
             info[i] = {"applied": False, "reason": layers}
@@ -463,14 +497,16 @@ def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str
         warnings.append("--refit: no shared layer supports the refit (Gemm, MatMul, 2-D Conv); plain k-means kept")
         return info
 
-    accumulate_inputs(original, [l for layers in plans.values() for l in layers], data)
+    accumulate_inputs(original, [layer for layers in plans.values() for layer in layers], data)
     for i, layers in plans.items():
         w, bits, arr, shared = results[i]
         info[i] = _refit_one(layers, arr, shared)
     return info
 
 
-def refit_system(layers: list[_Layer], w: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+def refit_system(
+    layers: list[_Layer], w: np.ndarray, labels: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, float, int]:
     """H, g and const of the output error v^T H v - 2 g^T v + const (summed over the layers), and r."""
     H = np.zeros((k, k))
     g = np.zeros(k)

@@ -32,7 +32,7 @@ from ..errors import CompressorError
 from ..kmeans import share_array
 from .prune import allocate_ratios
 from .sensitivity import Evaluator, VariantRunner
-from .share import shareable_weights, share, tensor_rng
+from .share import share, shareable_weights, tensor_rng
 
 # Widths probed, widest first; the widest is the reference every saving is counted from.
 BITS = (8, 6, 5, 4, 3, 2)
@@ -40,10 +40,22 @@ STOP_FACTOR = 2.0  # a curve stops past this many budgets of drop
 RESOLUTION = 0.05  # the allowance search stops when its bracket is this close (ratio - 1)
 
 
-def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float, *, min_snr_db: float | None = None,
-                    init: str = "linear", seed: int = 0, exclude: str | None = None, min_params: int = 1024,
-                    max_evals: int = 12, progress=None, reference_outputs: list[np.ndarray] | None = None,
-                    bias_data: Dataset | None = None, bias_judge=None) -> tuple[onnx.ModelProto, dict]:
+def share_to_budget(
+    model: onnx.ModelProto,
+    data: Dataset,
+    budget_points: float,
+    *,
+    min_snr_db: float | None = None,
+    init: str = "linear",
+    seed: int = 0,
+    exclude: str | None = None,
+    min_params: int = 1024,
+    max_evals: int = 12,
+    progress=None,
+    reference_outputs: list[np.ndarray] | None = None,
+    bias_data: Dataset | None = None,
+    bias_judge=None,
+) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
     `reference_outputs`: the model's outputs on `data` if already computed.  `bias_data`: bias
@@ -62,7 +74,9 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
         arrays = {}
         for name, bits in bits_by_name.items():
             if (name, bits) not in cache:
-                cache[(name, bits)] = share_array(originals[name], 2**bits, init=init, seed=tensor_rng(seed, name)).values
+                cache[(name, bits)] = share_array(
+                    originals[name], 2**bits, init=init, seed=tensor_rng(seed, name)
+                ).values
             arrays[name] = cache[(name, bits)]
         return runner.measure_arrays(arrays)
 
@@ -84,9 +98,17 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
     for c in curves:
         usable = [p for p in c["points"] if _is_number(p["rel_noise"])]
         base = usable[0]["rel_noise"] if usable else 0.0
-        knapsack.append({"name": c["name"], "params": c["params"], "ratios": [1 - p["bits"] / BITS[0] for p in usable],
-                         "drops": [max(p["rel_noise"] - base, 0.0) for p in usable]})
-    measured_bits = {c["name"]: [p["bits"] for p in c["points"] if _is_number(p["rel_noise"])] or [BITS[0]] for c in curves}
+        knapsack.append(
+            {
+                "name": c["name"],
+                "params": c["params"],
+                "ratios": [1 - p["bits"] / BITS[0] for p in usable],
+                "drops": [max(p["rel_noise"] - base, 0.0) for p in usable],
+            }
+        )
+    measured_bits = {
+        c["name"]: [p["bits"] for p in c["points"] if _is_number(p["rel_noise"])] or [BITS[0]] for c in curves
+    }
 
     def allocation(allowance: float) -> dict[str, int]:
         ratios = allocate_ratios(knapsack, allowance)
@@ -109,10 +131,18 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
                 return None
             metrics = run(bits_by_name)
             ok = metrics["drop"] <= budget_points + 1e-9 and (
-                min_snr_db is None or metrics.get("snr_db") is None or metrics["snr_db"] >= min_snr_db)
+                min_snr_db is None or metrics.get("snr_db") is None or metrics["snr_db"] >= min_snr_db
+            )
             seen[key] = {**metrics, "within_budget": ok}
-            tried.append({"bits": dict(bits_by_name), "saved_bits": saved(bits_by_name), "drop": metrics["drop"],
-                          "snr_db": metrics.get("snr_db"), "within_budget": ok})
+            tried.append(
+                {
+                    "bits": dict(bits_by_name),
+                    "saved_bits": saved(bits_by_name),
+                    "drop": metrics["drop"],
+                    "snr_db": metrics.get("snr_db"),
+                    "within_budget": ok,
+                }
+            )
         return seen[key]
 
     total = sum(max(d["drops"], default=0.0) for d in knapsack)
@@ -145,10 +175,24 @@ def share_to_budget(model: onnx.ModelProto, data: Dataset, budget_points: float,
     best = max(feasible, key=lambda t: t["saved_bits"])  # first found wins ties
     runner.close()
     cache.clear()
-    shared, stats = share(model, bits_by_name=best["bits"], init=init, seed=seed, exclude=exclude, min_params=min_params,
-                          bias_data=bias_data, bias_judge=bias_judge)
-    stats["budget_search"] = {"budget_points": budget_points, "widths": list(BITS), "curves": curves, "tried": tried,
-                              "evaluations": evaluator.runs, "chosen": best["bits"]}
+    shared, stats = share(
+        model,
+        bits_by_name=best["bits"],
+        init=init,
+        seed=seed,
+        exclude=exclude,
+        min_params=min_params,
+        bias_data=bias_data,
+        bias_judge=bias_judge,
+    )
+    stats["budget_search"] = {
+        "budget_points": budget_points,
+        "widths": list(BITS),
+        "curves": curves,
+        "tried": tried,
+        "evaluations": evaluator.runs,
+        "chosen": best["bits"],
+    }
     return shared, stats
 
 

@@ -259,7 +259,9 @@ def shared_model() -> onnx.ModelProto:
     inits, nodes, f, i = [], [], "x", "n"
     for k in range(5):
         scale = (rng.uniform(0.01, 0.02, 64 * (1 + k % 2))).astype(np.float32)
-        scale = (scale.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)  # 7 mantissa bits, like the quantizer's
+        scale = (scale.view(np.uint32) & np.uint32(0xFFFF0000)).view(
+            np.float32
+        )  # 7 mantissa bits, like the quantizer's
         inits.append(numpy_helper.from_array(np.resize(scale, 128), f"s{k}"))
         inits.append(numpy_helper.from_array((rng.integers(-3000, 3000, 128) // 16 * 16).astype(np.int32), f"b{k}"))
         nodes += [helper.make_node("Mul", [f, f"s{k}"], [f"f{k}"]), helper.make_node("Add", [i, f"b{k}"], [f"i{k}"])]

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compressor.codec import ByteReader, CorruptData
-from compressor.codec import huffman
+from compressor.codec import ByteReader, CorruptData, huffman
 
 
 def unlimited_huffman_cost(counts) -> int:

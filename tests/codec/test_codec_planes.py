@@ -15,8 +15,12 @@ from compressor.passes.pack import encode_tensor_data, pack_model, unpack_bytes,
 
 
 @settings(max_examples=60, deadline=None)
-@given(width=st.sampled_from(planes.WIDTHS), count=st.integers(0, 300), codec=st.sampled_from(planes.INNER_CODECS),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    width=st.sampled_from(planes.WIDTHS),
+    count=st.integers(0, 300),
+    codec=st.sampled_from(planes.INNER_CODECS),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_planes_round_trip(width, count, codec, seed):
     data = np.random.default_rng(seed).integers(0, 256, width * count, dtype=np.uint8).tobytes()
     assert planes.from_planes(planes.to_planes(data, width), width) == data
@@ -30,13 +34,16 @@ def test_planes_are_byte_positions():
     assert planes.to_planes(data, 4) == bytes([1, 5, 2, 6, 3, 7, 4, 8])
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda p: bytes([2]) + p[1:], "element width 2"),
-    (lambda p: p[:1] + bytes([0]) + p[2:], "inner codec 0"),
-    (lambda p: p[:1] + bytes([9]) + p[2:], "inner codec 9"),
-    (lambda p: p[:1], "truncated"),
-    (lambda p: p[:-3], "zstd"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda p: bytes([2]) + p[1:], "element width 2"),
+        (lambda p: p[:1] + bytes([0]) + p[2:], "inner codec 0"),
+        (lambda p: p[:1] + bytes([9]) + p[2:], "inner codec 9"),
+        (lambda p: p[:1], "truncated"),
+        (lambda p: p[:-3], "zstd"),
+    ],
+)
 def test_lying_planes_payloads_are_refused(mutate, match):
     data = np.arange(100, dtype="<f4").tobytes()
     payload = planes.encode(data, 4, ZSTD)
@@ -55,7 +62,9 @@ def rounded_scales(n=512, seed=0) -> np.ndarray:
 def test_the_packer_picks_planes_where_they_win_and_not_elsewhere():
     encoded = encode_tensor_data(rounded_scales().tobytes(), 4)
     assert encoded.codec == fmt.PLANES and encoded.params["inner"] in ("zstd", "xz")
-    assert len(encoded.payload) < min(c["bytes"] for name, c in encoded.candidates.items() if not name.startswith("planes"))
+    assert len(encoded.payload) < min(
+        c["bytes"] for name, c in encoded.candidates.items() if not name.startswith("planes")
+    )
     # Bytes (width 1) never go to planes; neither does a tensor a codebook codes better.
     assert encode_tensor_data(np.arange(1000, dtype=np.uint8).tobytes(), 1).codec != fmt.PLANES
     few = np.random.default_rng(1).choice(np.float32([0.5, -1.0, 2.0]), 4000)
@@ -64,10 +73,13 @@ def test_the_packer_picks_planes_where_they_win_and_not_elsewhere():
 
 def scales_model() -> onnx.ModelProto:
     scales = rounded_scales()
-    g = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [scales.size])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [scales.size])],
-                          [numpy_helper.from_array(scales, "s")])
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [scales.size])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [scales.size])],
+        [numpy_helper.from_array(scales, "s")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 

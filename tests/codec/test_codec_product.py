@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from compressor.codec import CorruptData
 from compressor.codec import container as fmt
-from compressor.passes.pack import find_products, pack_model, unpack_bytes, unpack_container, product_values
+from compressor.passes.pack import find_products, pack_model, product_values, unpack_bytes, unpack_container
 
 
 def scales_model(n=96, seed=0) -> onnx.ModelProto:
@@ -19,15 +19,29 @@ def scales_model(n=96, seed=0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     w_scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
     x_scale = np.float32(0.0173)
-    inits = [numpy_helper.from_array(w_scale, "w_scale"), numpy_helper.from_array(np.array(x_scale), "x_scale"),
-             numpy_helper.from_array(product_values(x_scale, w_scale), "b_scale"),
-             numpy_helper.from_array((product_values(x_scale, w_scale) * np.float32(1.0000001)).astype(np.float32), "near_miss"),
-             numpy_helper.from_array(rng.uniform(1, 2, n).astype(np.float32), "other")]
-    nodes = [helper.make_node("Mul", ["x", "w_scale"], ["a"]), helper.make_node("Mul", ["a", "b_scale"], ["b"]),
-             helper.make_node("Mul", ["b", "x_scale"], ["c"]), helper.make_node("Add", ["c", "near_miss"], ["d"]),
-             helper.make_node("Add", ["d", "other"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [n])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [n])], inits)
+    inits = [
+        numpy_helper.from_array(w_scale, "w_scale"),
+        numpy_helper.from_array(np.array(x_scale), "x_scale"),
+        numpy_helper.from_array(product_values(x_scale, w_scale), "b_scale"),
+        numpy_helper.from_array(
+            (product_values(x_scale, w_scale) * np.float32(1.0000001)).astype(np.float32), "near_miss"
+        ),
+        numpy_helper.from_array(rng.uniform(1, 2, n).astype(np.float32), "other"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "w_scale"], ["a"]),
+        helper.make_node("Mul", ["a", "b_scale"], ["b"]),
+        helper.make_node("Mul", ["b", "x_scale"], ["c"]),
+        helper.make_node("Add", ["c", "near_miss"], ["d"]),
+        helper.make_node("Add", ["d", "other"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [n])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [n])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -56,7 +70,9 @@ def test_without_products_the_container_needs_no_1_1():
     container = fmt.read_container(data)
     codecs = {e.codec for e in container.sections}
     assert fmt.PRODUCT not in codecs
-    shared = len(json.loads(fmt.decode_section(container, container.sections[0]))["tensors"]) > len(container.sections) - 2
+    shared = (
+        len(json.loads(fmt.decode_section(container, container.sections[0]))["tensors"]) > len(container.sections) - 2
+    )
     # The oldest version with every feature used: planes 1.2, shared sections 1.3.
     assert container.version == max((1, 0), (1, 2) if fmt.PLANES in codecs else (1, 0), (1, 3) if shared else (1, 0))
 
@@ -70,13 +86,16 @@ def _rebuild(data: bytes, payload: bytes | None = None) -> bytes:
     return fmt.write_container(sections, c.version)
 
 
-@pytest.mark.parametrize("scalar, vector, match", [
-    (999, 0, "operand tensor 999"),
-    (0, 0, "not FLOAT with 1 values"),   # the vector as the scalar
-    (1, 1, "not FLOAT with 96 values"),  # the scalar as the vector
-    (1, 2, "itself a product"),          # the product itself
-    (1, 4, None),                        # a valid but different operand: decodes, then fails the SHA-256
-])
+@pytest.mark.parametrize(
+    "scalar, vector, match",
+    [
+        (999, 0, "operand tensor 999"),
+        (0, 0, "not FLOAT with 1 values"),  # the vector as the scalar
+        (1, 1, "not FLOAT with 96 values"),  # the scalar as the vector
+        (1, 2, "itself a product"),  # the product itself
+        (1, 4, None),  # a valid but different operand: decodes, then fails the SHA-256
+    ],
+)
 def test_lying_product_operands_are_refused(scalar, vector, match):
     data, _ = pack_model(scales_model())
     lied = _rebuild(data, fmt.PRODUCT_PAYLOAD.pack(scalar, vector))

@@ -5,8 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compressor.codec import ByteReader, CorruptData
-from compressor.codec import sparse
+from compressor.codec import ByteReader, CorruptData, sparse
 
 
 def test_fillers_follow_deep_compression():
@@ -90,7 +89,9 @@ def test_sparse_beats_dense_codebook_on_skewed_streams():
     rng = np.random.default_rng(2)
     w = np.where(rng.random(100_000) < 0.05, rng.integers(1, 33, 100_000), 0).astype(np.uint8)
     dense, *_ = layouts_for(w)
-    best_sparse = min((lay for lay in layouts_for(w) if lay.encoding == "sparse" and lay.size), key=lambda lay: lay.size)
+    best_sparse = min(
+        (lay for lay in layouts_for(w) if lay.encoding == "sparse" and lay.size), key=lambda lay: lay.size
+    )
     # Huffman spends >= 1 bit on each zero of the dense stream; positions avoid that.
     dense_overhead = dense.streams[0].as_dict()["overhead_pct"]
     assert dense_overhead > 50
@@ -129,7 +130,9 @@ def test_layouts_roundtrip_hypothesis(elements):
 def test_sparse_decoder_refuses_positions_past_the_end():
     elements = np.zeros(1000, dtype=np.uint8)
     elements[[10, 500, 999]] = 3
-    (layout,) = [lay for lay in layouts_for(elements) if lay.encoding == "sparse" and lay.params["values"] == "codebook"]
+    (layout,) = [
+        lay for lay in layouts_for(elements) if lay.encoding == "sparse" and lay.params["values"] == "codebook"
+    ]
     payload = layout.builder()
     with pytest.raises(CorruptData):
         sparse.decode_sparse(ByteReader(payload, "t"), 1, 500, "t")

@@ -65,12 +65,24 @@ def _check_options(activations, calibration, activation_type, exclude, percentil
         raise UsageError(f"--exclude: invalid regular expression {exclude!r}: {e}")
 
 
-def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: str | None = None,
-             per_channel: bool = True, symmetric: bool = True, calibration: str = "minmax", exclude=None,
-             min_layer_snr: float | None = None, activation_type: str = "uint8",
-             percentile: float = qm.DEFAULT_PERCENTILE, quantize_attention: bool = True,
-             weight_type: str = "int8", reduce_range: bool | None = None, activation_range: tuple[int, int] | None = None,
-             small_constants: bool = False, check: bool = True) -> tuple[onnx.ModelProto, dict]:
+def quantize(
+    model: onnx.ModelProto,
+    calib: Dataset | None = None,
+    activations: str | None = None,
+    per_channel: bool = True,
+    symmetric: bool = True,
+    calibration: str = "minmax",
+    exclude=None,
+    min_layer_snr: float | None = None,
+    activation_type: str = "uint8",
+    percentile: float = qm.DEFAULT_PERCENTILE,
+    quantize_attention: bool = True,
+    weight_type: str = "int8",
+    reduce_range: bool | None = None,
+    activation_range: tuple[int, int] | None = None,
+    small_constants: bool = False,
+    check: bool = True,
+) -> tuple[onnx.ModelProto, dict]:
     """Quantize `model` to 8 bits (see the module docstring). Never mutates `model`.
 
     calib: a Dataset of calibration inputs (static mode).  activations: "static" | "dynamic" |
@@ -95,16 +107,22 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
         raise UsageError("static activation quantization needs calibration data (--calib CALIB.npz)")
     model = graph.copy_model(model)
     stats: dict = {
-        "mode": mode, "weight_type": weight_type, "activation_type": activation_type if mode == "static" else ("uint8" if mode == "dynamic" else None),
-        "per_channel": per_channel, "symmetric": symmetric, "calibration": calibration if mode == "static" else None,
-        "bytes_before": model.ByteSize(), "warnings": [],
+        "mode": mode,
+        "weight_type": weight_type,
+        "activation_type": activation_type if mode == "static" else ("uint8" if mode == "dynamic" else None),
+        "per_channel": per_channel,
+        "symmetric": symmetric,
+        "calibration": calibration if mode == "static" else None,
+        "bytes_before": model.ByteSize(),
+        "warnings": [],
     }
     warnings = stats["warnings"]
     already = prepare.quantized_ops(model)
     if already:
         warnings.append(f"model is already quantized ({', '.join(already)}): left as it is")
-        stats.update({"already_quantized": already, "nodes": [], "weights": [], "folding": None,
-                      "bytes_after": model.ByteSize()})
+        stats.update(
+            {"already_quantized": already, "nodes": [], "weights": [], "folding": None, "bytes_after": model.ByteSize()}
+        )
         if check:
             stats["coverage"] = integer_kernel_coverage(model)
         return model, stats
@@ -118,10 +136,22 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
     n_bn, factors = prepare.fold_batchnorm(model)
     stats["batchnorm_folded"] = n_bn
     float_model = graph.copy_model(model)
-    options = {"quantize_attention": quantize_attention, "activation_symmetric": False, "small_constants": bool(small_constants)}
+    options = {
+        "quantize_attention": quantize_attention,
+        "activation_symmetric": False,
+        "small_constants": bool(small_constants),
+    }
     w_range = _weight_range(weight_type, symmetric, True if reduce_range is None else reduce_range)
-    config = dict(mode=mode, per_channel=per_channel, symmetric=symmetric, options=options,
-                  exclude=exclude_re, factors=factors, weight_type=weight_type, weight_range=w_range)
+    config = dict(
+        mode=mode,
+        per_channel=per_channel,
+        symmetric=symmetric,
+        options=options,
+        exclude=exclude_re,
+        factors=factors,
+        weight_type=weight_type,
+        weight_range=w_range,
+    )
 
     qparams = None
     skip: set[str] = set()
@@ -134,20 +164,26 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
         if min_layer_snr is not None:
             names = [p.name for p in plans if p.kind == "integer"]
             reference = sensitivity.Reference(float_model, calib)
-            snrs = sensitivity.layer_snrs(reference, names, lambda n: _build(float_model, qparams, only={n}, **config)[0])
+            snrs = sensitivity.layer_snrs(
+                reference, names, lambda n: _build(float_model, qparams, only={n}, **config)[0]
+            )
             skip = {n for n, v in snrs.items() if v < float(min_layer_snr)}
             stats["layer_snr_db"] = snrs
             if skip:
                 # Parameters again without the skipped layers (groups change when a Relu's producer stays float).
                 plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=skip)
-                qparams = compute_params(build_groups(plans), collectors, calibration, activation_type, False, percentile, activation_range)
+                qparams = compute_params(
+                    build_groups(plans), collectors, calibration, activation_type, False, percentile, activation_range
+                )
     built = _build(float_model, qparams, skip=skip, **config)
     stats["reduce_range"] = reduce_range is not False
     if reduce_range is None and mode == "static":
         full_config = {**config, "weight_range": _weight_range(weight_type, symmetric, False)}
         built, stats["reduce_range"], stats["weight_range_snr_db"] = _choose_weight_range(
-            reference or sensitivity.Reference(float_model, calib), built,
-            _build(float_model, qparams, skip=skip, **full_config))
+            reference or sensitivity.Reference(float_model, calib),
+            built,
+            _build(float_model, qparams, skip=skip, **full_config),
+        )
     model, rows, store, fold_counts = built
     removed = cleanup.remove_unused(model)
     stats["kept_float_low_snr"] = sorted(skip)
@@ -166,8 +202,21 @@ def quantize(model: onnx.ModelProto, calib: Dataset | None = None, activations: 
     return model, stats
 
 
-def _build(float_model, qparams, *, mode, per_channel, symmetric, options, exclude, factors, weight_type, weight_range,
-           skip=frozenset(), only=None):
+def _build(
+    float_model,
+    qparams,
+    *,
+    mode,
+    per_channel,
+    symmetric,
+    options,
+    exclude,
+    factors,
+    weight_type,
+    weight_range,
+    skip=frozenset(),
+    only=None,
+):
     """Plans + rewrite + fold on a fresh copy of the prepared float model."""
     model = graph.copy_model(float_model)
     plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
@@ -233,7 +282,9 @@ def _prepare_opset(model, mode, per_channel, stats):
         return converted, per_channel
     floor = 11 if mode == "dynamic" else 10
     if per_channel and opset >= floor:
-        stats["warnings"].append(f"opset {opset} could not be converted to 13 ({why}): per-tensor weights instead of per-channel")
+        stats["warnings"].append(
+            f"opset {opset} could not be converted to 13 ({why}): per-tensor weights instead of per-channel"
+        )
         return model, False
     raise CompressorError(f"opset {opset} is too old to quantize and conversion to 13 failed: {why}")
 

@@ -16,7 +16,9 @@ from ...data import Dataset
 CALIB_BATCH = 64
 
 
-def collect(model: onnx.ModelProto, names, data: Dataset, batch_size: int | None = None) -> dict[str, qm.RangeCollector]:
+def collect(
+    model: onnx.ModelProto, names, data: Dataset, batch_size: int | None = None
+) -> dict[str, qm.RangeCollector]:
     names = list(dict.fromkeys(names))
     stats = {n: qm.RangeCollector() for n in names}
     inputs = {vi.name for vi in graph.graph_inputs(model)}

@@ -23,8 +23,13 @@ def remove_unused(model: onnx.ModelProto) -> int:
     removed = 0
     while True:
         used = _used_names(model)
-        dead = [n for n in g.node if n.op_type in ("Constant", "Identity", "DequantizeLinear", "QuantizeLinear")
-                and n.output and not any(o in used for o in n.output)]
+        dead = [
+            n
+            for n in g.node
+            if n.op_type in ("Constant", "Identity", "DequantizeLinear", "QuantizeLinear")
+            and n.output
+            and not any(o in used for o in n.output)
+        ]
         for n in dead:
             g.node.remove(n)
         if not dead:

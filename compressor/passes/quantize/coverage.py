@@ -11,10 +11,31 @@ import onnx
 
 from ... import evaluate, graph
 
-INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
-               "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention", "NhwcQLinearConv")
-FLOAT_OPS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv", "NhwcConv",
-             "ConvTranspose", "FusedMatMulActivation", "TransposeMatMul")
+INTEGER_OPS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulInteger",
+    "ConvInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "QAttention",
+    "NhwcQLinearConv",
+)
+FLOAT_OPS = (
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "FusedConv",
+    "FusedGemm",
+    "FusedMatMul",
+    "NhwcFusedConv",
+    "NhwcConv",
+    "ConvTranspose",
+    "FusedMatMulActivation",
+    "TransposeMatMul",
+)
 
 
 def optimized_graph(model: onnx.ModelProto) -> onnx.ModelProto:

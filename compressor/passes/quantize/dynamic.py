@@ -49,7 +49,11 @@ def apply(model: onnx.ModelProto, plans: list[Plan], store: WeightStore, scope: 
         x = node.input[0]
         if x not in dql:
             dql[x] = (scope.new(f"{x}_quantized"), scope.new(f"{x}_scale"), scope.new(f"{x}_zero_point"))
-            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(dql[x]), name=scope.new(f"{x}_DynamicQuantizeLinear")))
+            nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear", [x], list(dql[x]), name=scope.new(f"{x}_DynamicQuantizeLinear")
+                )
+            )
         xq, xs, xz = dql[x]
         scale_name = names["scale"]
         alpha = float(next((a.f for a in node.attribute if a.name == "alpha"), 1.0)) if is_gemm else 1.0
@@ -66,7 +70,12 @@ def apply(model: onnx.ModelProto, plans: list[Plan], store: WeightStore, scope: 
         mul_out = scope.new(f"{base}_MatMul_output") if has_bias else out
         nodes += [
             helper.make_node("Mul", [xs, scale_name], [prod_scale], name=scope.new(f"{base}_scales_Mul")),
-            helper.make_node("MatMulInteger", [xq, names["q"], xz, names["zero_point"]], [mm], name=scope.new(f"{base}_MatMulInteger")),
+            helper.make_node(
+                "MatMulInteger",
+                [xq, names["q"], xz, names["zero_point"]],
+                [mm],
+                name=scope.new(f"{base}_MatMulInteger"),
+            ),
             helper.make_node("Cast", [mm], [cast], to=TensorProto.FLOAT, name=scope.new(f"{base}_Cast")),
             helper.make_node("Mul", [cast, prod_scale], [mul_out], name=scope.new(f"{base}_Mul")),
         ]
@@ -79,7 +88,9 @@ def apply(model: onnx.ModelProto, plans: list[Plan], store: WeightStore, scope: 
                     b_scaled = scope.new(f"{base}_beta")
                     inits.append(numpy_helper.from_array(np.asarray(beta, dtype=np.float32), b_scaled))
                     bias_mul = scope.new(f"{bias}_times_beta")
-                    nodes.append(helper.make_node("Mul", [bias, b_scaled], [bias_mul], name=scope.new(f"{base}_beta_Mul")))
+                    nodes.append(
+                        helper.make_node("Mul", [bias, b_scaled], [bias_mul], name=scope.new(f"{base}_beta_Mul"))
+                    )
                     bias = bias_mul
                 else:
                     bias = scope.new(f"{bias}_times_beta")

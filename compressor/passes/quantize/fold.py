@@ -24,10 +24,22 @@ from ... import graph
 from ... import quant_math as qm
 from .names import read_in_subgraphs
 
-MOVABLE = {"MaxPool": [0], "Reshape": [0], "Transpose": [0], "Flatten": [0], "Squeeze": [0], "Unsqueeze": [0],
-           "Identity": [0], "Concat": None}
-QTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT16: "int16",
-          onnx.TensorProto.UINT16: "uint16"}
+MOVABLE = {
+    "MaxPool": [0],
+    "Reshape": [0],
+    "Transpose": [0],
+    "Flatten": [0],
+    "Squeeze": [0],
+    "Unsqueeze": [0],
+    "Identity": [0],
+    "Concat": None,
+}
+QTYPES = {
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.UINT16: "uint16",
+}
 
 
 class _Graph:

@@ -27,8 +27,16 @@ def conv(node, ctx):
     bias = ctx.weight_at(node, 2) if len(node.input) > 2 and node.input[2] else None
     if bias is not None and bias.shape != (w.shape[0],):
         bias = None
-    return Plan(node, "integer", activations=[0], weights=[WeightUse(1, 0 if ctx.per_channel else None, w)],
-                bias=None if bias is None else 2, bias_weight=bias, outputs=[0], note=note)
+    return Plan(
+        node,
+        "integer",
+        activations=[0],
+        weights=[WeightUse(1, 0 if ctx.per_channel else None, w)],
+        bias=None if bias is None else 2,
+        bias_weight=bias,
+        outputs=[0],
+        note=note,
+    )
 
 
 @register("ConvTranspose")
@@ -36,5 +44,9 @@ def conv_transpose(node, ctx):
     w = ctx.weight_at(node, 1)
     if w is None or w.role != "convtranspose_filter":
         return Skip("filter is not a constant float32 tensor")
-    return Plan(node, "weight_only", weights=[WeightUse(1, w.out_axis if ctx.per_channel else None, w)],
-                note="float ConvTranspose with int8 weights")
+    return Plan(
+        node,
+        "weight_only",
+        weights=[WeightUse(1, w.out_axis if ctx.per_channel else None, w)],
+        note="float ConvTranspose with int8 weights",
+    )

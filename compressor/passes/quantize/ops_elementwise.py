@@ -17,7 +17,9 @@ def binary(node, ctx):
     if any(ctx.is_constant(name) for name in node.input):
         uses = [u for u in (table_use(node, ctx, i, ("elementwise",)) for i in range(len(node.input))) if u is not None]
         if uses and all(ctx.is_float(name) for name in node.input):
-            return Plan(node, "weight_only", weights=uses, note="constant table: int8 behind DequantizeLinear, float op")
+            return Plan(
+                node, "weight_only", weights=uses, note="constant table: int8 behind DequantizeLinear, float op"
+            )
         return Skip("constant operand: left in float")
     if not all(ctx.is_float(name) for name in node.input):
         return Skip("not a float32 operation")

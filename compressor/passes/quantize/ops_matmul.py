@@ -24,8 +24,16 @@ def gemm(node, ctx):
     if c is not None and (c.size != b.shape[b.out_axis] or float(ctx.attr(node, "beta", 1.0)) != 1.0):
         c = None
     dynamic = int(ctx.attr(node, "transA", 0)) == 0
-    return Plan(node, "integer", activations=[0], weights=[WeightUse(1, b.out_axis if ctx.per_channel else None, b)],
-                bias=None if c is None else 2, bias_weight=c, outputs=[0], dynamic=dynamic)
+    return Plan(
+        node,
+        "integer",
+        activations=[0],
+        weights=[WeightUse(1, b.out_axis if ctx.per_channel else None, b)],
+        bias=None if c is None else 2,
+        bias_weight=c,
+        outputs=[0],
+        dynamic=dynamic,
+    )
 
 
 @register("MatMul")

@@ -35,8 +35,13 @@ def max_pool(node, ctx):
 def concat(node, ctx):
     if not all(ctx.is_quantized(name) for name in node.input):
         return Skip("not all inputs are quantized")
-    return Plan(node, "passthrough", activations=list(range(len(node.input))), outputs=[0],
-                note="inputs share the output's parameters")
+    return Plan(
+        node,
+        "passthrough",
+        activations=list(range(len(node.input))),
+        outputs=[0],
+        note="inputs share the output's parameters",
+    )
 
 
 @register("Relu", "Clip")

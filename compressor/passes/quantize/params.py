@@ -78,12 +78,18 @@ def tensor_range(stats: qm.RangeCollector, method: str, percentile: float) -> tu
     raise ValueError(f"unknown calibration method {method!r}")
 
 
-def compute_params(groups: Groups, stats: dict[str, qm.RangeCollector], method: str, dtype: str,
-                   symmetric: bool, percentile: float = qm.DEFAULT_PERCENTILE,
-                   qrange: tuple[int, int] | None = None) -> dict[str, QParams]:
+def compute_params(
+    groups: Groups,
+    stats: dict[str, qm.RangeCollector],
+    method: str,
+    dtype: str,
+    symmetric: bool,
+    percentile: float = qm.DEFAULT_PERCENTILE,
+    qrange: tuple[int, int] | None = None,
+) -> dict[str, QParams]:
     qmin, qmax = qrange or qm.qrange(dtype, symmetric)
     result: dict[str, QParams] = {}
-    for root, members in groups.members().items():
+    for members in groups.members().values():
         ranged = [m for m in members if m not in groups.clipped] or members
         lo, hi = np.inf, -np.inf
         for m in ranged:

@@ -109,8 +109,14 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or (node.output[0] if node.output else f"{node.op_type}_{index}")
 
 
-def make_plans(model: onnx.ModelProto, mode: str, per_channel: bool, options: dict,
-               exclude: re.Pattern | None = None, skip_names: set[str] = frozenset()) -> tuple[list[Plan], list[dict]]:
+def make_plans(
+    model: onnx.ModelProto,
+    mode: str,
+    per_channel: bool,
+    options: dict,
+    exclude: re.Pattern | None = None,
+    skip_names: set[str] = frozenset(),
+) -> tuple[list[Plan], list[dict]]:
     """Plans for the nodes that will be quantized, and a report row for every node looked at."""
     ctx = PlanContext(model, mode, per_channel, options)
     plans: list[Plan] = []
@@ -121,14 +127,18 @@ def make_plans(model: onnx.ModelProto, mode: str, per_channel: bool, options: di
         if handler is None:
             continue
         if label in skip_names:
-            rows.append({"node": label, "op": node.op_type, "status": "float", "reason": "kept in float (low per-layer SNR)"})
+            rows.append(
+                {"node": label, "op": node.op_type, "status": "float", "reason": "kept in float (low per-layer SNR)"}
+            )
             continue
         if exclude is not None and (exclude.search(label) or any(exclude.search(o) for o in node.output if o)):
             rows.append({"node": label, "op": node.op_type, "status": "float", "reason": "excluded by --exclude"})
             continue
         result = handler(node, ctx)
         if isinstance(result, Skip):
-            if not result.reason.startswith("input is not quantized") and not result.reason.startswith("not all inputs"):
+            if not result.reason.startswith("input is not quantized") and not result.reason.startswith(
+                "not all inputs"
+            ):
                 rows.append({"node": label, "op": node.op_type, "status": "float", "reason": result.reason})
             continue
         plan = result

@@ -21,8 +21,8 @@ Kinds of plan:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import onnx
 

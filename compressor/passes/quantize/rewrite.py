@@ -24,7 +24,9 @@ NP_TYPES = {"uint8": np.uint8, "int8": np.int8}
 
 
 class Rewriter:
-    def __init__(self, model: onnx.ModelProto, scope: NameScope, store: WeightStore, qparams: dict[str, QParams] | None):
+    def __init__(
+        self, model: onnx.ModelProto, scope: NameScope, store: WeightStore, qparams: dict[str, QParams] | None
+    ):
         self.model = model
         self.scope = scope
         self.store = store

@@ -6,7 +6,7 @@ falls below the threshold are kept in float.  One ORT session per candidate laye
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

@@ -23,15 +23,24 @@ INT32_MIN, INT32_MAX = qm.INT_RANGES["int32"]
 
 
 class WeightStore:
-    def __init__(self, scope: NameScope, symmetric: bool, bn_factors: dict | None = None,
-                 weight_type: str = "int8", integer_range: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        scope: NameScope,
+        symmetric: bool,
+        bn_factors: dict | None = None,
+        weight_type: str = "int8",
+        integer_range: tuple[int, int] | None = None,
+    ):
         self.scope = scope
         self.symmetric = symmetric
         self.weight_type = weight_type
         self.np_type = np.dtype(weight_type)
         # Weights read by integer kernels may use a reduced range (see quantize's reduce_range);
         # weights dequantized for float kernels always use the full range.
-        self.ranges = {False: qm.qrange(weight_type, symmetric), True: integer_range or qm.qrange(weight_type, symmetric)}
+        self.ranges = {
+            False: qm.qrange(weight_type, symmetric),
+            True: integer_range or qm.qrange(weight_type, symmetric),
+        }
         self.bn_factors = bn_factors or {}  # weight name -> (unfolded array, per-channel factor)
         self.initializers: list[onnx.TensorProto] = []
         self.nodes: list[onnx.NodeProto] = []
@@ -49,8 +58,11 @@ class WeightStore:
             out = self.scope.new(f"{w.name}_dequantized")
             attrs = {"axis": qa.axis} if qa.axis is not None else {}
             inputs = [names["q"], names["scale"]] + ([names["zero_point"]] if names["zero_point"] else [])
-            self.nodes.append(helper.make_node("DequantizeLinear", inputs, [out],
-                                               name=self.scope.new(f"{w.name}_DequantizeLinear"), **attrs))
+            self.nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", inputs, [out], name=self.scope.new(f"{w.name}_DequantizeLinear"), **attrs
+                )
+            )
             entry["dq"] = out
         return entry["dq"]
 
@@ -82,8 +94,12 @@ class WeightStore:
         self.initializers.append(numpy_helper.from_array(qa.q.astype(self.np_type), names["q"]))
         self.initializers.append(numpy_helper.from_array(np.asarray(qa.scale, dtype=np.float32), names["scale"]))
         if names["zero_point"]:
-            self.initializers.append(numpy_helper.from_array(np.asarray(qa.zero_point, dtype=self.np_type), names["zero_point"]))
-        row.update({"name": w.name, "role": w.role, "shape": list(array.shape), "transposed": transpose, "tensor": names["q"]})
+            self.initializers.append(
+                numpy_helper.from_array(np.asarray(qa.zero_point, dtype=self.np_type), names["zero_point"])
+            )
+        row.update(
+            {"name": w.name, "role": w.role, "shape": list(array.shape), "transposed": transpose, "tensor": names["q"]}
+        )
         self.rows[key] = row
         self._done[key] = {"names": names, "qa": qa, "dq": None}
         return self._done[key]
@@ -98,8 +114,10 @@ class WeightStore:
         if book is not None and book[0].size > levels:
             # More centroids than levels: merges are unavoidable, and per-channel scales are
             # more accurate while still giving at most `levels` < k symbols.
-            self.warnings.append(f"{name}: codebook of {book[0].size} values > {levels} non-zero levels in "
-                                 f"[{qmin}, {qmax}]: quantized per {'channel' if axis is not None else 'tensor'}")
+            self.warnings.append(
+                f"{name}: codebook of {book[0].size} values > {levels} non-zero levels in "
+                f"[{qmin}, {qmax}]: quantized per {'channel' if axis is not None else 'tensor'}"
+            )
             book = None
         if book is not None:
             qa = qm.quantize_codebook(source, qmin, qmax, self.symmetric, book)
@@ -114,22 +132,39 @@ class WeightStore:
                 # way, so errors add up instead of cancelling; with many centroids (6-7 bits)
                 # per-channel scales can be several times more accurate, and still give at most
                 # `levels` symbols.  Keep the codebook unless it costs over 1.5x the error (at 4-5 bits the two are even; at 6-7 bits the shared scale costs 2x).
-                per_channel = qm.quantize_array(array, axis, qmin, qmax, self.symmetric, mantissa_bits=SCALE_MANTISSA_BITS)
-                if _rel_error(qa.dequantize(), array) > CODEBOOK_ERROR_FACTOR * _rel_error(per_channel.dequantize(), array):
-                    self.warnings.append(f"{name}: codebook of {k} values quantized per channel (a shared scale would "
-                                         f"cost over {CODEBOOK_ERROR_FACTOR:g}x the error)")
+                per_channel = qm.quantize_array(
+                    array, axis, qmin, qmax, self.symmetric, mantissa_bits=SCALE_MANTISSA_BITS
+                )
+                if _rel_error(qa.dequantize(), array) > CODEBOOK_ERROR_FACTOR * _rel_error(
+                    per_channel.dequantize(), array
+                ):
+                    self.warnings.append(
+                        f"{name}: codebook of {k} values quantized per channel (a shared scale would "
+                        f"cost over {CODEBOOK_ERROR_FACTOR:g}x the error)"
+                    )
                     book = None
         if book is None:
-            qa = qm.quantize_array(array, axis, qmin, qmax, self.symmetric,
-                                   mantissa_bits=SCALE_MANTISSA_BITS if axis is not None else None)
+            qa = qm.quantize_array(
+                array, axis, qmin, qmax, self.symmetric, mantissa_bits=SCALE_MANTISSA_BITS if axis is not None else None
+            )
             scheme = "per_channel" if axis is not None else "per_tensor"
         err = _rel_error(qa.dequantize(), array)
-        row = {"scheme": scheme, "axis": qa.axis, "range": [qmin, qmax], "codebook_size": k, "symbols": qa.symbols,
-               "merged_centroids": qa.merged_centroids, "clamped_nonzero": qa.clamped_nonzero,
-               "zeros": int(np.count_nonzero(array == 0)), "rel_error": err}
+        row = {
+            "scheme": scheme,
+            "axis": qa.axis,
+            "range": [qmin, qmax],
+            "codebook_size": k,
+            "symbols": qa.symbols,
+            "merged_centroids": qa.merged_centroids,
+            "clamped_nonzero": qa.clamped_nonzero,
+            "zeros": int(np.count_nonzero(array == 0)),
+            "rel_error": err,
+        }
         if qa.merged_centroids:
-            self.warnings.append(f"{name}: {qa.merged_centroids} of {qa.codebook_size} codebook values share an int8 level "
-                                 f"with another (range [{qmin}, {qmax}])")
+            self.warnings.append(
+                f"{name}: {qa.merged_centroids} of {qa.codebook_size} codebook values share an int8 level "
+                f"with another (range [{qmin}, {qmax}])"
+            )
         return qa, row
 
     def _absorb(self, qa: qm.QuantizedArray, factor: np.ndarray, axis: int | None) -> qm.QuantizedArray | None:
@@ -144,8 +179,17 @@ class WeightStore:
         q = qa.q * sign.reshape(shape)  # symmetric: zero point 0, range [-127, 127] is sign-symmetric
         scale = qm.round_mantissa((float(qa.scale) * np.abs(factor)).astype(np.float32), SCALE_MANTISSA_BITS)
         zp = np.zeros(scale.shape, dtype=np.int64)
-        return qm.QuantizedArray(q, scale, zp, axis, qa.clamped_nonzero, qa.codebook_size, qa.merged_centroids,
-                                 int(np.unique(q[q != 0]).size), {"bn_absorbed": True})
+        return qm.QuantizedArray(
+            q,
+            scale,
+            zp,
+            axis,
+            qa.clamped_nonzero,
+            qa.codebook_size,
+            qa.merged_centroids,
+            int(np.unique(q[q != 0]).size),
+            {"bn_absorbed": True},
+        )
 
     # ---- biases
     def bias_dq(self, b, x_scale: float, w_qa: qm.QuantizedArray, out_scale: float | None = None) -> str | None:
@@ -173,10 +217,16 @@ class WeightStore:
         # No zero point: DequantizeLinear's default is 0, the only value an int32 bias has.
         names = [self.scope.new(b.name + "_quantized"), self.scope.new(b.name + "_scale")]
         self.initializers.append(numpy_helper.from_array(q.astype(np.int32), names[0]))
-        self.initializers.append(numpy_helper.from_array(scale.reshape(-1) if scale.size > 1 else scale.reshape(()), names[1]))
+        self.initializers.append(
+            numpy_helper.from_array(scale.reshape(-1) if scale.size > 1 else scale.reshape(()), names[1])
+        )
         out = self.scope.new(b.name + "_dequantized")
         attrs = {"axis": 0} if scale.size > 1 else {}
-        self.nodes.append(helper.make_node("DequantizeLinear", names, [out], name=self.scope.new(b.name + "_DequantizeLinear"), **attrs))
+        self.nodes.append(
+            helper.make_node(
+                "DequantizeLinear", names, [out], name=self.scope.new(b.name + "_DequantizeLinear"), **attrs
+            )
+        )
         self._bias[key] = out
         return out
 
