@@ -17,9 +17,9 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .commands.common import to_json
 from .errors import CompressorError, UsageError
 from .graph import atomic_write_bytes
+from .present import to_json
 
 SUMMARY_FIELDS = [
     "model",

@@ -11,8 +11,8 @@ import base64
 import html
 import io
 
-from .commands.common import format_table, to_json
 from .errors import UsageError
+from .present import format_table, to_json
 
 STAGE_HEADERS = [
     "stage",

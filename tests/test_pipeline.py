@@ -255,7 +255,7 @@ def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path, monkeypatch
     # The plan is sized on the measured time of one evaluation; the test pins that time, so the
     # plan (and the result) do not depend on how fast this machine is.  0.05 s cannot hold the
     # full search, so it runs coarse, on a subset, and at the slowest over the largest tensor only.
-    from compressor.pipeline import Measure
+    from compressor.measure import Measure
 
     start = Measure.start
 
@@ -359,7 +359,7 @@ def test_quantize_gives_back_the_small_constants_first_when_they_cost_too_much(t
 def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
     # The search is sized on the measured time of one evaluation; pinned here (as in the prune
     # test above) to 10 s for 1000 samples, it cannot run on all of them within 60 s.
-    from compressor.pipeline import Measure
+    from compressor.measure import Measure
 
     start = Measure.start
 

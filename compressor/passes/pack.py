@@ -1127,7 +1127,7 @@ def describe_container(path: str | os.PathLike) -> dict:
 
 
 def _table(rows: list[list], headers: list[str]) -> str:
-    from ..commands.common import format_table  # the CLI's table style
+    from ..present import format_table
 
     return format_table(rows, headers)
 
