@@ -43,6 +43,10 @@ budget; see its docstring.
 Stats (JSON-able): per tensor name, role, shape, params, zeros before/after, sparsity;
 totals; nonzero MACs per Conv/Gemm/MatMul node (``graph.node_macs`` scaled by the density
 of the node's pruned weight).
+
+Where things live: the pure-numpy mask math in ``magnitude.py`` and the selection of tensors
+in ``selection.py`` (both re-exported here); every measurement of the budget search goes
+through the judge, ``compressor.measure``.
 """
 
 from __future__ import annotations
