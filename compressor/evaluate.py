@@ -21,6 +21,8 @@ def make_session(
     model: onnx.ModelProto | str | bytes, threads: int = 0, optimized_path: str | None = None, level: str = "all"
 ):
     """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path."""
+    # Imported on first use: loading ORT is slow, and commands that never run a model (pack,
+    # inspect, quantize without calibration) should not pay for it.
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -48,10 +50,17 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = DEFAULT_BATCH) -> int:
 
 
 def run_batches(
-    session, data: Dataset, batch_size: int, output_names: Sequence[str] | None = None
+    session,
+    data: Dataset,
+    batch_size: int,
+    output_names: Sequence[str] | None = None,
+    extra_feed: dict[str, np.ndarray] | None = None,
 ) -> Iterator[list[np.ndarray]]:
-    """Run the session batch by batch; yields the list of outputs for each batch."""
+    """Run the session batch by batch; yields the list of outputs for each batch.
+    `extra_feed`: more inputs fed with every batch (weights fed as inputs, see measure.py)."""
     for feed in data.batches(batch_size):
+        if extra_feed:
+            feed.update(extra_feed)
         try:
             yield session.run(list(output_names) if output_names else None, feed)
         except Exception as e:
@@ -59,13 +68,19 @@ def run_batches(
             raise CompressorError(f"ONNX Runtime failed to run the model: {msg}")
 
 
-def run_model(model: onnx.ModelProto | object, data: Dataset, batch_size: int | None = None) -> list[np.ndarray]:
-    """All outputs of the model over the whole dataset, concatenated along the batch axis."""
+def run_model(
+    model: onnx.ModelProto | object,
+    data: Dataset,
+    batch_size: int | None = None,
+    extra_feed: dict[str, np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """All outputs of the model (or session) over the whole dataset, concatenated along the batch
+    axis; `extra_feed` is fed with every batch."""
     session = model if hasattr(model, "run") else make_session(model)
     if batch_size is None:
         batch_size = batch_size_for(model) if isinstance(model, onnx.ModelProto) else DEFAULT_BATCH
     chunks: list[list[np.ndarray]] = []
-    for outs in run_batches(session, data, batch_size):
+    for outs in run_batches(session, data, batch_size, extra_feed=extra_feed):
         chunks.append(outs)
     if not chunks:
         return []

@@ -1,32 +1,105 @@
-"""The judge: measures a candidate model against the original on the evaluation data.
+"""The judge: measures candidates of a model against the original on the evaluation data.
 
-Every search and the run's stage ladders ask it the same questions: what did this candidate
-lose (points of accuracy or of top-1 agreement, and output SNR), and is that within the budget.
+Every search (sensitivity curves, prune's and share's budget searches) and the run's stage
+ladders ask it the same questions: what did this candidate lose (points of accuracy or of
+top-1 agreement, output SNR, relative output noise), and is that within the budget.
+
+* ``Judge``: the reference outputs on the data, the scores of a candidate's outputs, the loss
+  in points (``loss_points``) and the budget check (``within_budget``).  ``Measure`` is the
+  run's name for it.
+* ``VariantRunner``: candidates that differ from the model only in some weights, run fast
+  (one ONNX Runtime session with those weights fed as inputs, see ``variants``).
+* ``Trials``: a search's measured candidates, each measured once, at most ``max_evals``.
+* ``search_allowance``: the largest allowance whose candidate fits (grow, shrink, then bisect).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
+from . import graph
 from .data import Dataset
-from .evaluate import accuracy, fidelity, looks_like_class_scores, run_model
+from .evaluate import (
+    DEFAULT_BATCH,
+    accuracy,
+    batch_size_for,
+    fidelity,
+    looks_like_class_scores,
+    make_session,
+    run_model,
+)
+from .variants import feedable, weights_as_inputs, with_arrays
+
+# Output SNR floor (dB) for outputs that have no top-1 to count (regressors, detectors, ...).
+DEFAULT_MIN_SNR_DB = 20.0
+# Slack on the budget comparison: a loss equal to the budget up to float rounding fits.
+BUDGET_SLACK = 1e-9
+# Keys of the run's metrics (``Judge.__call__``) and of the searches' (``Judge.measure_*``).
+RUN_KEYS = ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")
+SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise")
+
+
+# --------------------------------------------------------------------------- pure rules
+
+
+def loss_points(mode: str, accuracy_drop: float | None, top1_agreement: float | None) -> float | None:
+    """The budgeted loss in points: the accuracy drop ("accuracy"), 100 - top-1 agreement
+    ("fidelity"; 0 when the output has no top-1, the SNR floor guards it), None ("none")."""
+    if mode == "accuracy":
+        return accuracy_drop
+    if mode == "fidelity":
+        return 0.0 if top1_agreement is None else 100.0 - top1_agreement
+    return None
+
+
+def within_budget(loss: float, snr_db: float | None, budget: float, min_snr_db: float | None = None) -> bool:
+    """Loss within `budget` points and, when a floor is given, the SNR at least `min_snr_db`
+    (an SNR of None, no float output, passes).  NaN never fits."""
+    if not (loss <= budget + BUDGET_SLACK):
+        return False
+    return min_snr_db is None or snr_db is None or snr_db >= min_snr_db
+
+
+def relative_noise(reference: np.ndarray, output: np.ndarray) -> float | None:
+    """||out - ref||^2 / ||ref||^2: smooth, and close to additive over small independent
+    perturbations of different layers (what the budget allocations use); None when not float."""
+    if reference.dtype.kind != "f" or reference.shape != output.shape:
+        return None
+    ref64 = reference.astype(np.float64).ravel()
+    signal = float(np.dot(ref64, ref64))
+    diff = ref64 - output.astype(np.float64).ravel()
+    noise = float(np.dot(diff, diff))
+    if not math.isfinite(noise):
+        return math.inf
+    return noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
+
+
+# --------------------------------------------------------------------------- the judge
 
 
 @dataclass
-class Measure:
-    """Measures a candidate model against the original on the evaluation data."""
+class Judge:
+    """Measures candidate models against the original's outputs on `data`.
+
+    The run builds it from the recipe (`mode`, `budget`, `min_snr_db`) and calls ``start`` with
+    the original; a search builds it with ``Judge.of_model`` (mode from the data's labels).
+    `batch_size`: None runs each model at its own (``evaluate.batch_size_for``).
+    """
 
     data: Dataset | None
     mode: str  # "accuracy" | "fidelity" | "none"
-    budget: float
-    min_snr_db: float
+    budget: float = 0.0
+    min_snr_db: float = DEFAULT_MIN_SNR_DB
     explicit_snr: bool = False  # the recipe set gate.min_snr_db: apply it to every output
     reference_outputs: list[np.ndarray] | None = None
     reference_accuracy: float | None = None
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         self.last_outputs: list[np.ndarray] | None = None
@@ -36,13 +109,87 @@ class Measure:
         # stages are judged on not making things worse rather than skipped wholesale.
         self.allowance = 0.0
         self.eval_seconds = 0.0
+        self.runs = 0  # candidates measured by measure_model / measure_session
+        self._baseline: dict | None = None
+        # Batch size for sessions (a model with weights as inputs can look fixed-batch): the original's.
+        self._session_batch = self.batch_size
+
+    @classmethod
+    def of_model(
+        cls,
+        model: onnx.ModelProto,
+        data: Dataset,
+        batch_size: int | None = None,
+        reference: list[np.ndarray] | None = None,
+    ) -> Judge:
+        """A search's judge: loss in accuracy points with labels, else in top-1 disagreement.
+        `reference`: the model's outputs on `data`, when the caller already has them."""
+        judge = cls(
+            data,
+            "accuracy" if data.labels is not None else "fidelity",
+            batch_size=batch_size or batch_size_for(model, DEFAULT_BATCH),
+        )
+        judge.reference_outputs = reference if reference is not None else judge.outputs(make_session(model))
+        if data.labels is not None:
+            judge.reference_accuracy = accuracy(judge.reference_outputs[0], data.labels)
+        return judge
+
+    # ---- running
+
+    def outputs(self, model, extra_feed: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """All outputs of a model (or an ORT session, then fed `extra_feed` too) on the data."""
+        batch_size = self.batch_size
+        if batch_size is None and not isinstance(model, onnx.ModelProto):
+            batch_size = self._session_batch or DEFAULT_BATCH
+        return run_model(model, self.data, batch_size, extra_feed)
+
+    # ---- scoring
+
+    def scores(self, outputs: list[np.ndarray]) -> dict:
+        """Every measure of `outputs` against the reference: accuracy, accuracy_drop,
+        top1_agreement, snr_db, drop (the loss in points) and rel_noise (first output)."""
+        fid = fidelity(self.reference_outputs, outputs)
+        acc = accuracy(outputs[0], self.data.labels) if self.data.labels is not None else None
+        accuracy_drop = (self.reference_accuracy - acc) if acc is not None else None
+        return {
+            "accuracy": acc,
+            "accuracy_drop": accuracy_drop,
+            "top1_agreement": fid["top1_agreement"],
+            "snr_db": fid["snr_db"],
+            "drop": loss_points(self.mode, accuracy_drop, fid["top1_agreement"]),
+            "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
+        }
+
+    @property
+    def baseline(self) -> dict:
+        """The search metrics of the reference itself (drop 0, SNR inf)."""
+        if self._baseline is None:
+            self._baseline = _pick(self.scores(self.reference_outputs), SEARCH_KEYS)
+        return self._baseline
+
+    def measure_session(self, session, extra_feed: dict[str, np.ndarray] | None = None) -> dict:
+        """The search metrics (``SEARCH_KEYS``) of a session fed `extra_feed` with every batch."""
+        self.runs += 1
+        return _pick(self.scores(self.outputs(session, extra_feed or {})), SEARCH_KEYS)
+
+    def measure_model(self, model: onnx.ModelProto) -> dict:
+        return self.measure_session(make_session(model))
+
+    def fits(self, metrics: dict, budget: float, min_snr_db: float | None = None) -> bool:
+        """Search metrics within `budget` points (and the SNR floor, when given)."""
+        return within_budget(metrics["drop"], metrics.get("snr_db"), budget, min_snr_db)
+
+    # ---- the run's surface
 
     def start(self, model: onnx.ModelProto) -> dict:
+        """Measure the original: its outputs become the reference; returns the run's metrics."""
         if self.data is None:
             return {"accuracy": None, "accuracy_drop": None, "top1_agreement": None, "snr_db": None}
+        self._session_batch = self.batch_size or batch_size_for(model, DEFAULT_BATCH)
         t0 = time.perf_counter()
-        self.reference_outputs = run_model(model, self.data)
+        self.reference_outputs = self.outputs(model)
         self.eval_seconds = time.perf_counter() - t0  # sizes the pruning search (see _prune_search_plan)
+        self._baseline = None
         # Class scores ([N, C] logits or probabilities) are budgeted by top-1 agreement alone:
         # logit SNR falls fast under pruning while the decisions hold (LeNet-5 pruned to a
         # 0.3-point drop has 4 dB).  Detectors, regressors, embeddings and sequences have no
@@ -61,35 +208,145 @@ class Measure:
         }
 
     def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
+        """The run's metrics (``RUN_KEYS``) of a candidate model, and its outputs."""
         if self.data is None:
             return {"accuracy": None, "accuracy_drop": None, "top1_agreement": None, "snr_db": None}, None
-        outputs = run_model(model, self.data)
-        fid = fidelity(self.reference_outputs, outputs)
-        acc = accuracy(outputs[0], self.data.labels) if self.data.labels is not None else None
-        metrics = {
-            "accuracy": acc,
-            "accuracy_drop": (self.reference_accuracy - acc) if acc is not None else None,
-            "top1_agreement": fid["top1_agreement"],
-            "snr_db": fid["snr_db"],
-        }
-        return metrics, outputs
+        outputs = self.outputs(model)
+        return _pick(self.scores(outputs), RUN_KEYS), outputs
 
     def loss(self, metrics: dict) -> float | None:
-        """The budgeted loss in points: accuracy drop, or 100 - top-1 agreement."""
-        if self.mode == "accuracy":
-            return metrics["accuracy_drop"]
-        if self.mode == "fidelity":
-            if metrics["top1_agreement"] is None:
-                return 0.0
-            return 100.0 - metrics["top1_agreement"]
-        return None
+        """The budgeted loss in points of the run's metrics: accuracy drop, or 100 - top-1 agreement."""
+        return loss_points(self.mode, metrics["accuracy_drop"], metrics["top1_agreement"])
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:
+        """The run's metrics within `budget` (default the run's), never below the allowance,
+        and (for outputs the SNR floor gates) above the floor."""
         if self.mode == "none":
             return True
         budget = max(self.budget if budget is None else budget, self.allowance)
-        if self.loss(metrics) > budget + 1e-9:
-            return False
-        if self.snr_gated and metrics["snr_db"] is not None and metrics["snr_db"] < self.min_snr_db:
-            return False
-        return True
+        floor = self.min_snr_db if self.snr_gated else None
+        return within_budget(self.loss(metrics), metrics["snr_db"], budget, floor)
+
+
+Measure = Judge  # the run's name for the judge
+
+
+def _pick(metrics: dict, keys: Sequence[str]) -> dict:
+    return {k: metrics[k] for k in keys}
+
+
+# --------------------------------------------------------------------------- variants
+
+
+class VariantRunner:
+    """Measures the model with some of the `selected` weights replaced by given arrays, fast.
+
+    One ORT session where every selected weight is an input (no model copy, no session build
+    per candidate).  When some weight cannot be fed (a name defined twice), or with
+    ``rebuild=True``, each candidate is built as a real model instead.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        judge: Judge,
+        selected: Sequence[graph.Weight],
+        originals: dict[str, np.ndarray] | None = None,
+        rebuild: bool = False,
+    ):
+        """`originals`: the selected weights' arrays by name, when the caller holds them already."""
+        self.model = model
+        self.judge = judge
+        self.selected = list(selected)
+        self.originals = originals if originals is not None else {w.name: w.array() for w in self.selected}
+        fast = not rebuild and len(feedable(model, self.selected)) == len(self.selected)
+        self.session = make_session(weights_as_inputs(model, self.selected)) if fast else None
+
+    def measure_arrays(self, arrays: dict[str, np.ndarray]) -> dict:
+        """The search metrics of the model with the selected weights named in `arrays` replaced
+        by those values (the others as they are)."""
+        if self.session is None:
+            return self.judge.measure_model(with_arrays(self.model, self.selected, arrays))
+        return self.judge.measure_session(
+            self.session, {w.name: arrays.get(w.name, self.originals[w.name]) for w in self.selected}
+        )
+
+    def close(self) -> None:
+        self.session = None
+
+
+# --------------------------------------------------------------------------- searches
+
+
+class Trials:
+    """A search's measured candidates, by key: each measured once, at most `max_evals` of them.
+
+    ``measure(key, run, record)`` returns the metrics (with ``"within_budget"`` from `fits`),
+    cached, or None once the evaluations are spent; `record(metrics)` is called for each new one.
+    """
+
+    def __init__(self, fits: Callable[[dict], bool], max_evals: int):
+        self.fits = fits
+        self.max_evals = max_evals
+        self.seen: dict[Hashable, dict] = {}
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.seen) >= self.max_evals
+
+    def measure(
+        self, key: Hashable, run: Callable[[], dict], record: Callable[[dict], None] | None = None
+    ) -> dict | None:
+        if key in self.seen:
+            return self.seen[key]
+        if self.exhausted:
+            return None
+        metrics = dict(run())
+        metrics["within_budget"] = self.fits(metrics)
+        self.seen[key] = metrics
+        if record is not None:
+            record(metrics)
+        return metrics
+
+
+def search_allowance(
+    fits: Callable[[float], bool | None],
+    start: float,
+    grow: Callable[[float], float | None],
+    shrink: Callable[[float], float | None],
+    geometric: bool,
+    resolution: float,
+    max_steps: int | None = None,
+) -> tuple[float | None, float | None]:
+    """The largest allowance `a` with ``fits(a)``, for a `fits` that is (roughly) true below
+    some allowance and false above it; returns (largest fitting, smallest failing) tried.
+
+    From `start`: while every allowance tried fits, the next is ``grow(a)``; while none does,
+    ``shrink(a)`` (None from either stops the search: nothing more to gain, or nothing fits);
+    then bisection between the two, geometric (while the fitting one is > 0) or linear, until
+    they are `resolution` apart (as a ratio - 1, or a difference).  ``fits(a)`` returning None
+    (out of evaluations) stops the search, as does `max_steps` calls of it.
+    """
+    lo = hi = None  # largest fitting / smallest failing allowance so far
+    allowance = start
+    steps = 0
+    while max_steps is None or steps < max_steps:
+        steps += 1
+        ok = fits(allowance)
+        if ok is None:
+            break
+        if ok:
+            lo = allowance
+        else:
+            hi = allowance
+        if hi is None:
+            allowance = grow(allowance)
+        elif lo is None:
+            allowance = shrink(allowance)
+        elif geometric and lo > 0:
+            allowance = None if hi / lo < 1.0 + resolution else math.sqrt(lo * hi)
+        else:
+            allowance = None if hi - lo <= resolution else (lo + hi) / 2.0
+        if allowance is None:
+            break
+    return lo, hi

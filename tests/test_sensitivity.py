@@ -14,15 +14,10 @@ from compressor.cli import main
 from compressor.data import Dataset, load_dataset
 from compressor.errors import UsageError
 from compressor.evaluate import accuracy, make_session, run_model
-from compressor.passes.prune import layer_magnitude_mask, prunable_weights, prune_with_ratios
-from compressor.passes.sensitivity import (
-    DEFAULT_RATIOS,
-    Evaluator,
-    VariantRunner,
-    parse_ratios,
-    sensitivity,
-    weights_as_inputs,
-)
+from compressor.measure import Judge, VariantRunner
+from compressor.passes.prune import _PrunedVariants, layer_magnitude_mask, prunable_weights, prune_with_ratios
+from compressor.passes.sensitivity import DEFAULT_RATIOS, parse_ratios, sensitivity
+from compressor.variants import weights_as_inputs
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 
@@ -150,13 +145,13 @@ def test_weights_as_inputs_reproduces_the_model():
 
 def test_variant_runner_matches_real_models_and_global_counts():
     model, data = sample("lenet300", "calib")
-    evaluator = Evaluator(model, data)
+    judge = Judge.of_model(model, data)
     selected, _ = prunable_weights(model)
-    runner = VariantRunner(model, evaluator, selected)
+    runner = _PrunedVariants(VariantRunner(model, judge, selected))
     ratios = {"fc1.weight": 0.8, "fc2.weight": 0.4}
     fast = runner.measure(ratios)
     real, _ = prune_with_ratios(model, ratios)
-    slow = evaluator.measure_model(real)
+    slow = judge.measure_model(real)
     assert fast["top1_agreement"] == pytest.approx(slow["top1_agreement"])
     assert fast["rel_noise"] == pytest.approx(slow["rel_noise"], rel=1e-4)
     counts = runner.global_zero_counts(0.9)

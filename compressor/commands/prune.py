@@ -11,6 +11,10 @@ import click
 from ..data import load_dataset
 from ..errors import UsageError
 from ..graph import atomic_write_bytes, load_model, save_model
+from ..passes.magnitude import check_sparsity
+from ..passes.prune import prune, prune_to_budget
+from ..passes.selection import DEFAULT_MIN_PARAMS
+from ..passes.sensitivity import parse_ratios, sensitivity
 from .common import emit_json, format_table, report_pass, to_json, warn
 
 
@@ -74,7 +78,11 @@ def _print_prune_table(stats: dict, output: str) -> None:
 )
 @click.option("--exclude", default=None, metavar="REGEX", help="Leave tensors whose name matches REGEX unpruned.")
 @click.option(
-    "--min-params", type=int, default=1024, show_default=True, help="Only prune tensors with at least this many values."
+    "--min-params",
+    type=int,
+    default=DEFAULT_MIN_PARAMS,
+    show_default=True,
+    help="Only prune tensors with at least this many values.",
 )
 @click.option("--include-embeddings", is_flag=True, help="Also prune embeddings used by Gather.")
 @click.option(
@@ -94,8 +102,6 @@ def prune_command(
     model, output, sparsity, scope, exclude, min_params, include_embeddings, budget, data_path, max_evals, seed, as_json
 ) -> None:
     """Zero the smallest-magnitude weights of MODEL and write OUT (same graph, names and dtypes)."""
-    from ..passes.prune import _check_sparsity, prune, prune_to_budget
-
     if budget is not None:
         if sparsity is not None:
             raise UsageError("give either --sparsity or --budget, not both")
@@ -109,7 +115,7 @@ def prune_command(
         if data_path:
             warn("--data is only used with --budget; ignored")
         sparsity = 0.5 if sparsity is None else sparsity
-        _check_sparsity(sparsity)  # before reading the model: a usage error is a usage error
+        check_sparsity(sparsity)  # before reading the model: a usage error is a usage error
     _refuse_same_file(model, output)
     loaded = load_model(model)
     if budget is not None:
@@ -176,15 +182,17 @@ def _print_sensitivity_table(stats: dict) -> None:
 )
 @click.option("--exclude", default=None, metavar="REGEX", help="Skip tensors whose name matches REGEX.")
 @click.option(
-    "--min-params", type=int, default=1024, show_default=True, help="Only probe tensors with at least this many values."
+    "--min-params",
+    type=int,
+    default=DEFAULT_MIN_PARAMS,
+    show_default=True,
+    help="Only probe tensors with at least this many values.",
 )
 @click.option("--include-embeddings", is_flag=True, help="Also probe embeddings used by Gather.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Also write the JSON to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as one JSON object on stdout.")
 def sensitivity_command(model, data_path, ratios, exclude, min_params, include_embeddings, output, as_json) -> None:
     """Prune each weight tensor of MODEL alone at a ladder of ratios and measure the accuracy (or fidelity)."""
-    from ..passes.sensitivity import parse_ratios, sensitivity
-
     ladder = parse_ratios(ratios)
     if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         raise UsageError(f"output folder does not exist: {os.path.dirname(os.path.abspath(output))}")

@@ -10,6 +10,8 @@ from ..data import load_dataset
 from ..errors import UsageError
 from ..graph import load_model, save_model
 from ..kmeans import INITS
+from ..passes.selection import DEFAULT_MIN_PARAMS
+from ..passes.share import share
 from .common import format_table, report_pass, warn
 
 
@@ -57,7 +59,11 @@ def _parse_bits(items: tuple[str, ...]) -> dict[str, int]:
 )
 @click.option("--exclude", default=None, metavar="REGEX", help="Leave tensors whose name matches REGEX unshared.")
 @click.option(
-    "--min-params", type=int, default=1024, show_default=True, help="Only share tensors with at least this many values."
+    "--min-params",
+    type=int,
+    default=DEFAULT_MIN_PARAMS,
+    show_default=True,
+    help="Only share tensors with at least this many values.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init random.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
@@ -77,8 +83,6 @@ def share_command(
     as_json,
 ) -> None:
     """Cluster each weight tensor of MODEL into a small codebook (k-means) and write OUT."""
-    from ..passes.share import share
-
     if (refit or bias_correction) and not data_path:
         raise UsageError("--refit and --bias-correction need --data DATA.npz (calibration inputs)")
     if data_path and not (refit or bias_correction):

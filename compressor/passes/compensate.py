@@ -25,6 +25,7 @@ import onnx
 
 from .. import graph
 from ..data import Dataset
+from .layers import accumulate_inputs, layers_for
 
 DAMP = 0.01
 # Largest refit (channels x d_in^3 / 3 multiply-adds) applied to a tensor: the search refits
@@ -67,15 +68,13 @@ class Compensator:
     cover (``skipped`` says why)."""
 
     def __init__(self, model: onnx.ModelProto, weights, data: Dataset, damp: float = DAMP):
-        from .share import _layers_for, accumulate_inputs
-
         self.damp = damp
         self.skipped: dict[str, str] = {}
         self.layers = {}
         self.originals: dict[str, np.ndarray] = {}
         known = {w.name for w in graph.weights(model, include_non_float=True)}
         for w in weights:
-            layers = _layers_for(w, 1, known)
+            layers = layers_for(w, 1, known)
             if isinstance(layers, str):
                 self.skipped[w.name] = layers
                 continue

@@ -43,16 +43,18 @@ budget; see its docstring.
 Stats (JSON-able): per tensor name, role, shape, params, zeros before/after, sparsity;
 totals; nonzero MACs per Conv/Gemm/MatMul node (``graph.node_macs`` scaled by the density
 of the node's pruned weight).
+
+Where things live: the pure-numpy mask math in ``magnitude.py`` and the selection of tensors
+in ``selection.py`` (both re-exported here); every measurement of the budget search goes
+through the judge, ``compressor.measure``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import sys
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -61,262 +63,36 @@ from google.protobuf.message import Message
 from .. import graph
 from ..data import Dataset, load_dataset
 from ..errors import UsageError
-
-SCOPES = ("global", "layer", "random")
-DEFAULT_MIN_PARAMS = 1024
-EMBEDDING_ROLES = ("embedding",)
-# Uses of a tied embedding (Gather + the output projection, possibly through a Transpose)
-# that --include-embeddings prunes: zeroing values is the same change for every one of them.
-_MIXED_OK_OPS = {"Gather", "MatMul", "Gemm", "Transpose"}
-
-
-# =========================================================================== pure numpy
-
-
-def magnitudes(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """|values| flattened, as float32 (the ranking key); written into `out` when given."""
-    flat = np.asarray(values).reshape(-1)
-    if flat.dtype not in (np.float16, np.float32, np.float64):
-        flat = flat.astype(np.float32)  # bfloat16 and friends: exact in float32
-    if out is None:
-        return np.abs(flat).astype(np.float32, copy=False)
-    return np.abs(flat, out=out, casting="same_kind")
-
-
-def target_zeros(sparsity: float, size: int) -> int:
-    """How many zeros a ratio asks for: round(S * n) (Python's round, as documented)."""
-    return int(round(sparsity * size))
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Exactly k smallest scores: every score < threshold, plus the first `ties` equal to it."""
-
-    threshold: float
-    ties: int
-    k: int
-
-
-def find_cut(scores: np.ndarray, k: int) -> Cut:
-    """The cut selecting the k smallest entries of a flat float array (partitions `scores` in place)."""
-    n = scores.size
-    if k <= 0 or n == 0:
-        return Cut(-math.inf, 0, 0)
-    k = min(k, n)
-    scores.partition(k - 1)
-    threshold = scores[k - 1]
-    # After partition, everything strictly below the threshold sits in scores[:k-1].
-    below = int(np.count_nonzero(scores[: k - 1] < threshold))
-    return Cut(float(threshold), k - below, k)
-
-
-class CutApplier:
-    """Turns a Cut into masks, array after array, in the order the cut was computed over.
-
-    The ties at the threshold go to the first positions in that order, so the total is exactly k.
-    """
-
-    def __init__(self, cut: Cut):
-        self.cut = cut
-        self.ties_left = cut.ties
-
-    def mask(self, scores: np.ndarray) -> np.ndarray:
-        """Boolean mask (flat) of the selected entries of one array's scores."""
-        t = np.float32(self.cut.threshold) if scores.dtype == np.float32 else self.cut.threshold
-        selected = scores < t
-        if self.ties_left > 0:
-            equal = np.flatnonzero(scores == t)
-            take = equal[: self.ties_left]
-            selected[take] = True
-            self.ties_left -= take.size
-        return selected
-
-
-def smallest_k_masks(scores: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
-    """Masks (each the shape of its array) of the k smallest scores over all arrays jointly.
-
-    Ties are broken by position in the concatenation of the flattened arrays.
-    """
-    total = sum(int(s.size) for s in scores)
-    buffer = np.empty(total, dtype=np.float32)
-    offset = 0
-    for s in scores:
-        buffer[offset : offset + s.size] = np.asarray(s, dtype=np.float32).reshape(-1)
-        offset += s.size
-    cut = find_cut(buffer, k)
-    del buffer
-    applier = CutApplier(cut)
-    return [applier.mask(np.asarray(s, dtype=np.float32).reshape(-1)).reshape(np.shape(s)) for s in scores]
-
-
-def _check_sparsity(sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.integer, np.floating)):
-        raise UsageError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    s = float(sparsity)
-    if not (0.0 <= s < 1.0):  # also rejects NaN
-        raise UsageError(f"sparsity must be in [0, 1), got {sparsity}")
-    return s
-
-
-def _check_ratio(ratio) -> float:
-    """A per-tensor ratio: like a sparsity, but 1.0 (an all-zero tensor) is allowed."""
-    try:
-        r = float(ratio)
-    except (TypeError, ValueError):
-        raise UsageError(f"ratio must be a number in [0, 1], got {ratio!r}")
-    if not (0.0 <= r <= 1.0):
-        raise UsageError(f"ratio must be in [0, 1], got {ratio}")
-    return r
-
-
-def global_magnitude_masks(arrays: Sequence[np.ndarray], sparsity: float) -> list[np.ndarray]:
-    """One threshold over all arrays: exactly round(S * total) True (pruned) entries, or the
-    existing zeros when there are more of them."""
-    sparsity = _check_sparsity(sparsity)
-    total = sum(int(a.size) for a in arrays)
-    masks = smallest_k_masks([magnitudes(a).reshape(np.shape(a)) for a in arrays], target_zeros(sparsity, total))
-    return [m | (np.asarray(a) == 0) for m, a in zip(masks, arrays)]
-
-
-def layer_magnitude_mask(values: np.ndarray, ratio: float) -> np.ndarray:
-    """Exactly round(ratio * n) smallest-|w| entries of one array (ties by flat index), plus existing zeros."""
-    ratio = _check_ratio(ratio)
-    scores = magnitudes(values)
-    applier = CutApplier(find_cut(scores.copy(), target_zeros(ratio, scores.size)))
-    return (applier.mask(scores) | (scores == 0)).reshape(np.shape(values))
-
-
-def layer_magnitude_masks(arrays: Sequence[np.ndarray], sparsity: float | Sequence[float]) -> list[np.ndarray]:
-    """The same ratio (or one ratio per array) in every array."""
-    ratios = [_check_sparsity(sparsity)] * len(arrays) if np.isscalar(sparsity) else list(sparsity)
-    if len(ratios) != len(arrays):
-        raise ValueError("one ratio per array expected")
-    return [layer_magnitude_mask(a, r) for a, r in zip(arrays, ratios)]
-
-
-def random_mask(values: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
-    """round(ratio * n) zeros at random positions: existing zeros plus random nonzero positions."""
-    ratio = _check_sparsity(ratio)
-    flat = np.asarray(values).reshape(-1)
-    mask = flat == 0
-    missing = target_zeros(ratio, flat.size) - int(np.count_nonzero(mask))
-    if missing > 0:
-        nonzero = np.flatnonzero(~mask)
-        # A uniform random subset of `missing` positions: the smallest of i.i.d. random keys
-        # (argpartition, linear time; 3-4x faster than Generator.choice without replacement).
-        keys = rng.random(nonzero.size)
-        mask[nonzero[np.argpartition(keys, missing - 1)[:missing]]] = True
-    return mask.reshape(np.shape(values))
-
-
-def random_masks(arrays: Sequence[np.ndarray], sparsity: float, seed: int = 0) -> list[np.ndarray]:
-    """Random masks at the same ratio per array; array i uses the generator seeded with (seed, i)."""
-    return [random_mask(a, sparsity, np.random.default_rng([seed, i])) for i, a in enumerate(arrays)]
-
-
-def magnitude_masks(
-    arrays: Sequence[np.ndarray], sparsity: float, scope: str = "global", seed: int = 0
-) -> list[np.ndarray]:
-    """Pruning masks (True = zero after pruning) for a list of arrays, without ONNX."""
-    if scope == "global":
-        return global_magnitude_masks(arrays, sparsity)
-    if scope == "layer":
-        return layer_magnitude_masks(arrays, sparsity)
-    if scope == "random":
-        return random_masks(arrays, sparsity, seed)
-    raise UsageError(f"unknown scope {scope!r} (choose from {', '.join(SCOPES)})")
-
-
-# =========================================================================== selection
-
-
-@dataclass
-class Skipped:
-    name: str
-    role: str
-    params: int
-    reason: str
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "role": self.role, "params": self.params, "reason": self.reason}
-
-
-def _compile_exclude(exclude: str | None):
-    if not exclude:
-        return None
-    try:
-        return re.compile(exclude)
-    except re.error as e:
-        raise UsageError(f"--exclude: invalid regular expression {exclude!r}: {e}")
-
-
-def _consumer_roles(w: graph.Weight) -> set[str]:
-    return {c.role for c in w.consumers}  # graph.role_of, computed with each use's context
-
-
-def _embedding_ok(w: graph.Weight) -> bool:
-    if w.role == "embedding":
-        return True
-    return w.role == "mixed" and bool(w.consumers) and all(c.node.op_type in _MIXED_OK_OPS for c in w.consumers)
-
-
-def prunable_weights(
-    model: onnx.ModelProto,
-    exclude: str | None = None,
-    min_params: int = DEFAULT_MIN_PARAMS,
-    include_embeddings: bool = False,
-) -> tuple[list[graph.Weight], list[Skipped]]:
-    """The weights prune acts on, in model order, and the matrix-like ones it leaves (with why).
-
-    Biases, norm parameters, scales, shapes and other non-matrix tensors are not listed as
-    skipped: they are never candidates.
-    """
-    if min_params is None:
-        min_params = DEFAULT_MIN_PARAMS
-    if isinstance(min_params, bool) or not isinstance(min_params, (int, np.integer)) or min_params < 0:
-        raise UsageError(f"min_params must be a non-negative integer, got {min_params!r}")
-    pattern = _compile_exclude(exclude)
-    selected: list[graph.Weight] = []
-    skipped: list[Skipped] = []
-    for w in graph.weights(model):
-        roles = _consumer_roles(w) if w.role == "mixed" else {w.role}
-        embedding = bool(roles & set(EMBEDDING_ROLES))
-        if not w.is_matrix and not embedding:
-            if roles & set(graph.MATRIX_ROLES):  # e.g. a MatMul weight also added elsewhere: say why it stays
-                skipped.append(Skipped(w.name, w.role, w.size, f"mixed uses ({', '.join(w.ops)})"))
-            continue
-        if embedding:
-            if not include_embeddings:
-                skipped.append(Skipped(w.name, w.role, w.size, "embedding (use --include-embeddings)"))
-                continue
-            if not _embedding_ok(w):
-                skipped.append(Skipped(w.name, w.role, w.size, f"mixed uses ({', '.join(w.ops)})"))
-                continue
-        if pattern is not None and pattern.search(w.name):
-            skipped.append(Skipped(w.name, w.role, w.size, "matches --exclude"))
-            continue
-        if w.size < min_params:
-            skipped.append(Skipped(w.name, w.role, w.size, f"fewer than --min-params {min_params} values"))
-            continue
-        values = w.array()
-        if values.dtype.kind == "f" or values.dtype.name == "bfloat16":
-            if not np.all(np.isfinite(values.astype(np.float32, copy=False))):
-                skipped.append(Skipped(w.name, w.role, w.size, "non-finite values (NaN/inf)"))
-                continue
-        selected.append(w)
-    return selected, skipped
-
+from ..measure import DEFAULT_MIN_SNR_DB, Judge, Trials, VariantRunner, search_allowance
+from ..variants import weight_key
+from .compensate import Compensator
+from .magnitude import (  # noqa: F401  (re-exported: prune's pure-numpy layer, see magnitude.py)
+    SCOPES,
+    Cut,
+    CutApplier,
+    check_ratio,
+    check_scope,
+    check_sparsity,
+    find_cut,
+    global_magnitude_masks,
+    layer_magnitude_mask,
+    layer_magnitude_masks,
+    layer_pruned,
+    magnitude_masks,
+    magnitudes,
+    random_mask,
+    random_masks,
+    smallest_k_masks,
+    target_zeros,
+)
+from .selection import DEFAULT_MIN_PARAMS, EMBEDDING_ROLES, Skipped, prunable_weights, unique_names  # noqa: F401
+from .sensitivity import BUDGET_RATIOS, sensitivity
 
 # =========================================================================== the pass
 
 
 def _tensor_key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
-
-
-def weight_key(w: graph.Weight) -> tuple[str, str, str]:
-    """Where a weight lives: (graph path, "initializer"/"constant", name), unique in a model."""
-    return (w.ref.graph_path, w.ref.kind, w.name)
 
 
 class _OutputModel:
@@ -535,12 +311,6 @@ def _finish_stats(model, scope, sparsity, seed, rows, skipped, threshold, warnin
     return stats
 
 
-def _check_scope(scope: str) -> str:
-    if scope not in SCOPES:
-        raise UsageError(f"unknown scope {scope!r} (choose from {', '.join(SCOPES)})")
-    return scope
-
-
 def prune(
     model: onnx.ModelProto,
     sparsity: float,
@@ -555,8 +325,8 @@ def prune(
     The input model is not modified.  With nothing prunable the model is returned unchanged
     (a copy) and ``stats["warnings"]`` says why.
     """
-    sparsity = _check_sparsity(sparsity)
-    scope = _check_scope(scope)
+    sparsity = check_sparsity(sparsity)
+    scope = check_scope(scope)
     selected, skipped = prunable_weights(model, exclude, min_params, include_embeddings)
     warnings: list[str] = []
     if not selected:
@@ -600,7 +370,7 @@ def prune_with_ratios(
     unknown = set(ratios) - {w.name for w in selected}
     if unknown:
         raise UsageError(f"not prunable tensors in ratios: {', '.join(sorted(unknown))}")
-    full = {w.name: _check_ratio(ratios.get(w.name, 0.0)) for w in selected}
+    full = {w.name: check_ratio(ratios.get(w.name, 0.0)) for w in selected}
     output = _OutputModel(model, selected)
     rows, _ = _prune_weights(selected, output, "layer", None, 0, ratios=full, compensate=compensate)
     model = output.finish()
@@ -693,18 +463,81 @@ MOVES_PER_STEP = 4
 DROP_NOISE = 0.05
 
 
-class _BudgetSearch:
-    """Measured candidates of the budget search (cached by zero counts), with their ratios."""
+class _PrunedVariants:
+    """The budget search's candidates: the selected tensors layer-pruned to given ratios,
+    measured by the judge's ``VariantRunner`` (one session, the tensors as inputs).
 
-    def __init__(self, runner, curves, budget, min_snr_db, max_evals):
+    The pruned arrays are cached per (tensor, zero count), so a candidate that changes one
+    tensor prunes only that one; `compensate` is applied to every pruned array."""
+
+    def __init__(self, runner: VariantRunner, compensate=None):
         self.runner = runner
+        self.compensate = compensate
+        self.originals = runner.originals
+        self.cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def pruned(self, name: str, ratio: float) -> np.ndarray:
+        values = self.originals[name]
+        k = target_zeros(ratio, values.size)
+        key = (name, k)
+        if key not in self.cache:
+            if k == 0:
+                self.cache[key] = values
+            else:
+                pruned = layer_pruned(values, ratio)
+                self.cache[key] = self.compensate(name, pruned) if self.compensate is not None else pruned
+        return self.cache[key]
+
+    def measure(self, ratios: dict[str, float]) -> dict:
+        selected = self.runner.selected
+        if self.runner.session is None:
+            # Only the tensors pruned at all are set in the rebuilt model.
+            return self.runner.measure_arrays(
+                {
+                    w.name: self.pruned(w.name, ratios.get(w.name, 0.0))
+                    for w in selected
+                    if target_zeros(ratios.get(w.name, 0.0), w.size)
+                }
+            )
+        feed = {w.name: self.pruned(w.name, ratios.get(w.name, 0.0)) for w in selected}
+        # Keep the cache to the arrays of this candidate and its neighbours (bounded memory).
+        if len(self.cache) > 4 * len(selected):
+            keep = {(n, target_zeros(ratios.get(n, 0.0), self.originals[n].size)) for n in self.originals}
+            self.cache = {k: v for k, v in self.cache.items() if k in keep}
+        return self.runner.measure_arrays(feed)
+
+    def global_zero_counts(self, sparsity: float) -> dict[str, int]:
+        """Per-tensor zeros of a global magnitude cut at `sparsity` over the selected tensors."""
+        selected = self.runner.selected
+        total = sum(v.size for v in self.originals.values())
+        buffer = np.empty(total, dtype=np.float32)
+        offset = 0
+        for w in selected:
+            magnitudes(self.originals[w.name], out=buffer[offset : offset + w.size])
+            offset += w.size
+        applier = CutApplier(find_cut(buffer, target_zeros(sparsity, total)))
+        del buffer
+        counts = {}
+        for w in selected:
+            values = self.originals[w.name]
+            counts[w.name] = int(np.count_nonzero(applier.mask(magnitudes(values)) | (values.reshape(-1) == 0)))
+        return counts
+
+    def close(self) -> None:
+        self.cache.clear()
+        self.runner.close()
+
+
+class _BudgetSearch:
+    """Measured candidates of the budget search (the judge's ``Trials``, keyed by zero
+    counts), with their ratios and the attempts as the stats report them."""
+
+    def __init__(self, variants: _PrunedVariants, judge: Judge, curves, budget, min_snr_db, max_evals):
+        self.variants = variants
         self.curves = {c["name"]: c for c in curves}
         self.params = {c["name"]: c["params"] for c in curves}
         self.total = sum(self.params.values())
-        self.budget = budget
-        self.min_snr_db = min_snr_db
-        self.max_evals = max_evals
-        self.seen: dict[tuple, dict] = {}
+        self.trials = Trials(lambda metrics: judge.fits(metrics, budget, min_snr_db), max_evals)
         self.candidates: list[tuple[int, dict[str, float], dict]] = []  # (zeros, ratios, metrics)
         self.attempts: list[dict] = []
 
@@ -712,39 +545,29 @@ class _BudgetSearch:
         # Candidates are identified by their zero counts (all the masks depend on).
         return tuple(target_zeros(min(ratios.get(n, 0.0), 1.0), p) for n, p in self.params.items())
 
-    def feasible(self, metrics: dict) -> bool:
-        if not (metrics["drop"] <= self.budget + 1e-9):
-            return False
-        snr = metrics.get("snr_db")
-        return self.min_snr_db is None or snr is None or snr >= self.min_snr_db
-
     @property
     def exhausted(self) -> bool:
-        return len(self.seen) >= self.max_evals
+        return self.trials.exhausted
 
     def measure(self, ratios: dict[str, float], phase: str) -> dict | None:
         """Metrics (with "within_budget") of a candidate; None once the evaluations are spent."""
         key = self.key(ratios)
-        if key in self.seen:
-            return self.seen[key]
-        if self.exhausted:
-            return None
-        metrics = dict(self.runner.measure(ratios))
-        metrics["within_budget"] = self.feasible(metrics)
-        self.seen[key] = metrics
-        zeros = sum(key)
-        self.candidates.append((zeros, dict(ratios), metrics))
-        self.attempts.append(
-            {
-                "phase": phase,
-                "zeros": zeros,
-                "sparsity": zeros / self.total if self.total else 0.0,
-                **_public_metrics(metrics),
-                "within_budget": metrics["within_budget"],
-                "ratios": {n: round(r, 4) for n, r in ratios.items()},
-            }
-        )
-        return metrics
+
+        def record(metrics: dict) -> None:
+            zeros = sum(key)
+            self.candidates.append((zeros, dict(ratios), metrics))
+            self.attempts.append(
+                {
+                    "phase": phase,
+                    "zeros": zeros,
+                    "sparsity": zeros / self.total if self.total else 0.0,
+                    **_public_metrics(metrics),
+                    "within_budget": metrics["within_budget"],
+                    "ratios": {n: round(r, 4) for n, r in ratios.items()},
+                }
+            )
+
+        return self.trials.measure(key, lambda: self.variants.measure(ratios), record)
 
     def ranked(self) -> list[tuple[int, dict[str, float], dict]]:
         """Candidates within the budget, most zeros first (first found wins ties)."""
@@ -752,15 +575,19 @@ class _BudgetSearch:
         return sorted(ok, key=lambda c: -c[0])
 
 
+def _fits(metrics: dict | None) -> bool | None:
+    return None if metrics is None else metrics["within_budget"]
+
+
 def _search_global(search: _BudgetSearch, global_ratios, evals: int) -> None:
     """Bisection on one global-threshold sparsity (Deep Compression's setting)."""
     lo, hi = 0.0, MAX_RATIO
     for _ in range(evals):
         mid = (lo + hi) / 2.0
-        metrics = search.measure(global_ratios(mid), "global")
-        if metrics is None:
+        fits = _fits(search.measure(global_ratios(mid), "global"))
+        if fits is None:
             return
-        if metrics["within_budget"]:
+        if fits:
             lo = mid
         else:
             hi = mid
@@ -772,28 +599,17 @@ def _search_allowance(
     """The largest allowance whose ``allocate_ratios`` allocation measures within the budget:
     grow (x2) while feasible, shrink (/2, or /4 on the linear scale) while not, then bisect."""
     total_cost = sum(max(_monotone_costs(c["drops"]), default=0.0) for c in curves)
-    lo = hi = None  # largest feasible / smallest infeasible allowance so far
-    allowance = start
-    for _ in range(evals):
-        metrics = search.measure(allocate_ratios(curves, allowance), phase)
-        if metrics is None:
-            return
-        if metrics["within_budget"]:
-            lo = allowance
-        else:
-            hi = allowance
-        if hi is None:
-            if allowance > total_cost:
-                return  # every tensor is at the top of its curve already
-            allowance = max(allowance * 2.0, resolution)
-        elif lo is None:
-            if allowance <= resolution:
-                return  # even (almost) free ratios do not fit
-            allowance = allowance / (2.0 if geometric else 4.0)
-        else:
-            if (hi / lo < 1.0 + resolution) if geometric and lo > 0 else (hi - lo <= resolution):
-                return
-            allowance = math.sqrt(lo * hi) if geometric and lo > 0 else (lo + hi) / 2.0
+    search_allowance(
+        lambda allowance: _fits(search.measure(allocate_ratios(curves, allowance), phase)),
+        start,
+        # every tensor at the top of its curve already: nothing more to gain
+        grow=lambda allowance: None if allowance > total_cost else max(allowance * 2.0, resolution),
+        # even (almost) free ratios do not fit
+        shrink=lambda allowance: None if allowance <= resolution else allowance / (2.0 if geometric else 4.0),
+        geometric=geometric,
+        resolution=resolution,
+        max_steps=evals,
+    )
 
 
 def _refine(search: _BudgetSearch, start: dict[str, float]) -> None:
@@ -852,12 +668,13 @@ def prune_to_budget(
     progress=None,
     reference_outputs: list[np.ndarray] | None = None,
     compensate=None,
+    judge: Judge | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Sensitivity-guided per-tensor ratios within a measured accuracy budget; returns (model, stats).
 
     The loss is the accuracy drop in points on `data` (with labels) or 100 - top-1 agreement
     with the original model (without labels; plus an output SNR floor `min_snr_db` when
-    given, or 20 dB when the output has no top-1).  Every candidate below is *measured*
+    given, or ``measure.DEFAULT_MIN_SNR_DB`` when the output has no top-1).  Every candidate below is *measured*
     (one ORT pass over `data`, the pruned tensors fed as inputs of one session):
 
     1. Sensitivity curves: each tensor pruned alone on a ladder of ratios (``sensitivity()``,
@@ -878,12 +695,12 @@ def prune_to_budget(
     for the data-aware error compensation (see compensate.py): every pruned candidate, from the curves on, has its kept weights refit,
     so the search measures (and spends its budget on) what the refit leaves.
     `reference_outputs`: the model's outputs on `data`, when the caller has them (not run again).
+    `judge`: the ``measure.Judge`` to measure with (its reference: the model's outputs on `data`);
+    by default ``Judge.of_model(model, data, batch_size, reference_outputs)``.
     At most `max_evals` candidates are measured in steps 2-5.  The data is used both to
     choose and to verify, so the drop reported is the drop on that data.  `seed` is accepted
     for symmetry with ``prune`` (nothing here is random).
     """
-    from .sensitivity import BUDGET_RATIOS, Evaluator, VariantRunner, sensitivity, unique_names
-
     if (
         isinstance(budget_points, bool)
         or not isinstance(budget_points, (int, float, np.integer, np.floating))
@@ -902,11 +719,10 @@ def prune_to_budget(
         pruned, stats = prune(model, 0.0, exclude=exclude, min_params=min_params, include_embeddings=include_embeddings)
         stats["scope"] = "budget"
         return pruned, stats
-    evaluator = Evaluator(model, data, batch_size=batch_size, reference=reference_outputs)
+    if judge is None:
+        judge = Judge.of_model(model, data, batch_size=batch_size, reference=reference_outputs)
     compensator = compensate
     if isinstance(compensate, Dataset):
-        from .compensate import Compensator
-
         compensator = Compensator(model, selected, compensate)
     if sensitivity_stats is None:
         sensitivity_stats = sensitivity(
@@ -916,12 +732,12 @@ def prune_to_budget(
             exclude=exclude,
             min_params=min_params,
             include_embeddings=include_embeddings,
-            evaluator=evaluator,
+            evaluator=judge,
             progress=progress,
             compensate=compensator,
         )
-    if min_snr_db is None and evaluator.mode == "fidelity" and evaluator.baseline.get("top1_agreement") is None:
-        min_snr_db = 20.0  # no top-1 to count: keep the outputs close instead
+    if min_snr_db is None and judge.mode == "fidelity" and judge.baseline.get("top1_agreement") is None:
+        min_snr_db = DEFAULT_MIN_SNR_DB  # no top-1 to count: keep the outputs close instead
     by_name = {t["name"]: t for t in sensitivity_stats["tensors"]}
     selected = [w for w in selected if w.name in by_name]
     drop_curves = [
@@ -935,12 +751,12 @@ def prune_to_budget(
     ]
     noise_curves = [{**c, "drops": [p.get("rel_noise") for p in by_name[c["name"]]["curve"]]} for c in drop_curves]
     has_noise = all(d is not None and math.isfinite(d) for c in noise_curves for d in c["drops"])
-    runner = VariantRunner(model, evaluator, selected, compensate=compensator)
-    search = _BudgetSearch(runner, drop_curves, budget, min_snr_db, max_evals)
+    variants = _PrunedVariants(VariantRunner(model, judge, selected), compensator)
+    search = _BudgetSearch(variants, judge, drop_curves, budget, min_snr_db, max_evals)
 
     def global_ratios(sparsity: float) -> dict[str, float]:
         # A global cut expressed as per-tensor ratios: its per-tensor zero counts.
-        zeros = runner.global_zero_counts(sparsity)
+        zeros = variants.global_zero_counts(sparsity)
         return {w.name: zeros[w.name] / w.size for w in selected}
 
     phase_evals = max(1, max_evals // 5)
@@ -962,15 +778,15 @@ def prune_to_budget(
     best = search.ranked()
     if best:
         _refine(search, best[0][1])
-    runner.close()
+    variants.close()
 
     warnings: list[str] = []
     for zeros, candidate, _ in search.ranked():
         final, stats = prune_with_ratios(
             model, candidate, exclude, min_params, include_embeddings, compensate=compensator
         )
-        final_metrics = evaluator.measure_model(final)
-        if search.feasible(final_metrics):
+        final_metrics = judge.measure_model(final)
+        if judge.fits(final_metrics, budget, min_snr_db):
             break
         warnings.append(
             f"candidate with {zeros} zeros measured {final_metrics['drop']:.2f} points as a real model; "
@@ -978,18 +794,18 @@ def prune_to_budget(
         )
     else:
         final, stats = prune_with_ratios(model, {}, exclude, min_params, include_embeddings)
-        final_metrics = evaluator.measure_model(final)
+        final_metrics = judge.measure_model(final)
         warnings.append(f"no pruned candidate stayed within {budget:g} points; the model is unchanged")
     stats["scope"] = "budget"
     stats["warnings"] = stats.get("warnings", []) + warnings
     stats["budget"] = {
         "budget_points": budget,
-        "metric": evaluator.mode,
+        "metric": judge.mode,
         "min_snr_db": min_snr_db,
-        "baseline": evaluator.baseline,
+        "baseline": judge.baseline,
         "final": _public_metrics(final_metrics),
         "ratios": {r["name"]: r["sparsity"] for r in stats["tensors"]},
-        "evaluations": len(search.seen),
+        "evaluations": len(search.trials.seen),
         "attempts": search.attempts,
         "compensated": sorted(compensator.layers) if compensator is not None else [],
         "not_compensated": dict(sorted(compensator.skipped.items())) if compensator is not None else {},

@@ -27,7 +27,7 @@ With ``C = R^T R`` (R = the r <= d_in calibration rows themselves when there are
 else a Cholesky factor of C, r = d_in), ``H = U^T U`` and ``g = U^T vec(R W)`` where column
 ``c`` of ``U`` is ``vec(R @ M_c)``: k matrix products of cost r·d_in·d_out each, done over
 blocks of output columns to bound memory.  Layers where the bound ``k·d_in²·d_out`` exceeds
-``REFIT_MAX_FLOPS`` keep plain k-means and say so in the stats.
+``layers.REFIT_MAX_FLOPS`` keep plain k-means and say so in the stats.
 The refit values are kept only when they lower the calibration output error (checked on
 the same quadratic form, after the cast to the tensor's dtype).
 
@@ -45,7 +45,6 @@ import os
 import re
 import zlib
 from collections import deque
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -55,12 +54,13 @@ from .. import graph
 from ..data import Dataset, load_dataset
 from ..errors import UsageError
 from ..kmeans import INITS, SharedArray, cast_codebook, share_array
+from .bias_correction import correct_biases
+from .layers import Layer, accumulate_inputs, layers_for
+from .selection import DEFAULT_MIN_PARAMS, check_min_params, compile_exclude, unique_names
 
 CONV_ROLES = ("conv_filter", "convtranspose_filter")
 FC_ROLES = ("gemm_b", "matmul_const", "rnn_w", "rnn_r")
 MIN_BITS, MAX_BITS = 1, 16
-# Refit cost cap: k · d_in · d_in · d_out multiply-adds per layer (~ a few seconds).
-REFIT_MAX_FLOPS = 2e10
 # Tensors clustered concurrently (threads; see share()).
 MAX_WORKERS = 2
 # Memory for one block of the k cluster products R @ M_c.
@@ -71,20 +71,12 @@ REFIT_BLOCK_BYTES = 128 << 20
 
 
 def _check_bits(label: str, bits) -> int:
+    """`label`: the option, named as in the recipe (bits_conv, bits_fc, bits_by_name[...])."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
         raise UsageError(f"{label}: bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
     if not MIN_BITS <= int(bits) <= MAX_BITS:
         raise UsageError(f"{label}: bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
     return int(bits)
-
-
-def _compile_exclude(exclude) -> re.Pattern | None:
-    if exclude is None or exclude == "":
-        return None
-    try:
-        return re.compile(exclude)
-    except re.error as e:
-        raise UsageError(f"--exclude: invalid regular expression {exclude!r}: {e}")
 
 
 def tensor_rng(seed: int, name: str) -> np.random.Generator:
@@ -122,12 +114,12 @@ def _unshareable(arr: np.ndarray) -> str | None:
     return None
 
 
-def shareable_weights(model: onnx.ModelProto, exclude: str | None = None, min_params: int = 1024) -> list[graph.Weight]:
+def shareable_weights(
+    model: onnx.ModelProto, exclude: str | None = None, min_params: int = DEFAULT_MIN_PARAMS
+) -> list[graph.Weight]:
     """The weights ``share`` would cluster with these options, one definition per name (what a
     search keyed by name can reproduce)."""
-    from .sensitivity import unique_names
-
-    selected, _ = _select(graph.weights(model), _compile_exclude(exclude), min_params)
+    selected, _ = _select(graph.weights(model), compile_exclude(exclude), min_params)
     return [w for w in unique_names(selected, []) if _unshareable(w.array()) is None]
 
 
@@ -142,7 +134,7 @@ def share(
     init: str = "linear",
     seed: int = 0,
     exclude: str | None = None,
-    min_params: int = 1024,
+    min_params: int = DEFAULT_MIN_PARAMS,
     refit_data: Dataset | str | None = None,
     bias_data: Dataset | str | None = None,
     bias_judge=None,
@@ -152,16 +144,15 @@ def share(
     ``bias_data`` (calibration inputs): afterwards, lower each shared layer's bias by the mean
     output shift sharing caused (``bias_correction``; kept if it brings the outputs closer to
     the original's on that data, or if ``bias_judge(model)`` scores it higher)."""
-    bits_conv = _check_bits("--bits-conv", bits_conv)
-    bits_fc = _check_bits("--bits-fc", bits_fc)
-    bits_by_name = {str(k): _check_bits(f"--bits {k}", v) for k, v in (bits_by_name or {}).items()}
+    bits_conv = _check_bits("bits_conv", bits_conv)
+    bits_fc = _check_bits("bits_fc", bits_fc)
+    bits_by_name = {str(k): _check_bits(f"bits_by_name[{k!r}]", v) for k, v in (bits_by_name or {}).items()}
     if init not in INITS:
-        raise UsageError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
-    if isinstance(min_params, bool) or not isinstance(min_params, (int, np.integer)) or min_params < 0:
-        raise UsageError(f"--min-params must be a non-negative integer, got {min_params!r}")
+        raise UsageError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    check_min_params(min_params)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise UsageError(f"--seed must be an integer, got {seed!r}")
-    pattern = _compile_exclude(exclude)
+        raise UsageError(f"seed must be an integer, got {seed!r}")
+    pattern = compile_exclude(exclude)
 
     original = model
     model = graph.copy_model(model)
@@ -173,11 +164,11 @@ def share(
         if name not in by_name:
             known = sorted({w.name for w in ws if w.is_matrix})
             hint = f" (matrix weights: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''})" if known else ""
-            raise UsageError(f"--bits {name}={bits_by_name[name]}: the model has no weight tensor named {name!r}{hint}")
+            raise UsageError(f"bits_by_name[{name!r}]: the model has no weight tensor named {name!r}{hint}")
         roles = {w.role for w in by_name[name]}
         if not any(w.is_matrix for w in by_name[name]):
             raise UsageError(
-                f"--bits {name}: tensor has role {', '.join(sorted(roles))}; only matrix weights "
+                f"bits_by_name[{name!r}]: tensor has role {', '.join(sorted(roles))}; only matrix weights "
                 f"(conv filters, Gemm/MatMul weights, recurrent W/R) are shared"
             )
 
@@ -265,8 +256,6 @@ def share(
 
     correction = None
     if bias_data is not None and entries:
-        from .bias_correction import correct_biases
-
         if not isinstance(bias_data, Dataset):
             bias_data = load_dataset(bias_data, original)
         model, correction = correct_biases(original, model, bias_data, [e["name"] for e in entries], judge=bias_judge)
@@ -322,173 +311,12 @@ def _tensor_stats(meta: dict, bits: int, arr: np.ndarray, shared: SharedArray, r
 # --------------------------------------------------------------------------- refit
 
 
-class _Layer:
-    """One consumer of a shared weight, seen as Y = X_mat @ W_mat (for the refit)."""
-
-    def __init__(
-        self,
-        kind: str,
-        x_name: str,
-        d_in: int,
-        transpose_w: bool = False,
-        trans_a: bool = False,
-        scale: float = 1.0,
-        conv: dict | None = None,
-    ):
-        self.kind, self.x_name, self.d_in = kind, x_name, d_in
-        self.transpose_w, self.trans_a, self.scale, self.conv = transpose_w, trans_a, scale, conv
-        self.C = np.zeros((d_in, d_in))
-        self.rows = 0
-        self.kept: list[np.ndarray] | None = []  # the rows themselves, while there are at most d_in
-
-    def matrix(self, a: np.ndarray) -> np.ndarray:
-        """The weight (or labels) as the d_in x d_out matrix of this layer."""
-        if self.kind == "conv":
-            return a.reshape(a.shape[0], -1).T
-        return a.T if self.transpose_w else a
-
-    def rows_of(self, x: np.ndarray) -> Iterable[np.ndarray]:
-        x = np.asarray(x)
-        if self.kind == "conv":
-            step = max(1, (1 << 22) // max(1, int(np.prod(x.shape[1:]))))
-            for s in range(0, x.shape[0], step):
-                yield _im2col(x[s : s + step].astype(np.float64), **self.conv)
-        elif self.kind == "gemm":
-            x = x.astype(np.float64)
-            yield x.T if self.trans_a else x
-        else:
-            yield x.astype(np.float64).reshape(-1, self.d_in)
-
-    def accumulate(self, x: np.ndarray) -> None:
-        for rows in self.rows_of(x):
-            self.C += rows.T @ rows
-            self.rows += rows.shape[0]
-            if self.kept is not None:
-                self.kept = self.kept + [rows] if self.rows <= self.d_in else None
-
-    def factor(self) -> np.ndarray:
-        """R (r x d_in) with R^T R = scale * C (up to a 1e-10 ridge when r = d_in).
-
-        With at most d_in calibration rows, R is the rows themselves (exact, r small);
-        otherwise a Cholesky factor of C (cheap and robust; no eigendecomposition).
-        """
-        if self.kept is not None:
-            return np.concatenate(self.kept, axis=0) * np.sqrt(self.scale)
-        C = self.C * self.scale
-        ridge = 1e-10 * max(float(np.trace(C)) / self.d_in, 1e-300)
-        return np.linalg.cholesky(C + ridge * np.eye(self.d_in)).T
-
-
-def _conv_params(node: onnx.NodeProto, w_shape: tuple[int, ...]) -> dict | str:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if len(w_shape) != 4:
-        return "refit supports 2-D convolutions only"
-    if int(attrs.get("group", 1)) != 1:
-        return "refit does not support grouped/depthwise convolutions"
-    kshape = tuple(int(v) for v in attrs.get("kernel_shape", w_shape[2:]))
-    if kshape != tuple(w_shape[2:]):
-        return "kernel_shape does not match the filter"
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-    return {
-        "kshape": kshape,
-        "strides": tuple(int(v) for v in attrs.get("strides", (1, 1))),
-        "dilations": tuple(int(v) for v in attrs.get("dilations", (1, 1))),
-        "pads": tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0))),
-        "auto_pad": auto_pad,
-    }
-
-
-def _im2col(x: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -> np.ndarray:
-    """Patches of an (N, C, H, W) input as rows of length C·kh·kw, in the filter's (C, kh, kw) order."""
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
-    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads_hw = []
-        for size, s, e in ((h, sh, eh), (w, sw, ew)):
-            total = max((-(-size // s) - 1) * s + e - size, 0)
-            small = total // 2
-            pads_hw.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
-        (pt, pb), (pl, pr) = pads_hw
-    elif auto_pad == "VALID":
-        pt = pl = pb = pr = 0
-    else:
-        pt, pl, pb, pr = pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
-
-
-def _layers_for(w: graph.Weight, k: int, known: set[str]) -> list[_Layer] | str:
-    """The refit view of every consumer of w, or the reason the refit does not apply."""
-    if not w.consumers:
-        return "no consumers"
-    layers = []
-    for cons in w.consumers:
-        node, idx = cons.node, cons.input_index
-        if cons.graph_path:
-            return "consumer inside a subgraph"
-        if idx != 1 or not node.input or not node.input[0]:
-            return f"{node.op_type} input {idx} not supported"
-        x_name = node.input[0]
-        if x_name in known:
-            return f"{node.op_type} input is a constant"
-        if node.op_type == "Gemm" and len(w.shape) == 2:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            tb = bool(attrs.get("transB", 0))
-            d_in = w.shape[1] if tb else w.shape[0]
-            layers.append(
-                _Layer(
-                    "gemm",
-                    x_name,
-                    d_in,
-                    transpose_w=tb,
-                    trans_a=bool(attrs.get("transA", 0)),
-                    scale=float(attrs.get("alpha", 1.0)) ** 2,
-                )
-            )
-        elif node.op_type == "MatMul" and len(w.shape) == 2:
-            layers.append(_Layer("matmul", x_name, w.shape[0]))
-        elif node.op_type == "Conv":
-            conv = _conv_params(node, w.shape)
-            if isinstance(conv, str):
-                return conv
-            layers.append(_Layer("conv", x_name, int(np.prod(w.shape[1:])), conv=conv))
-        else:
-            return f"refit supports Gemm, MatMul and Conv (not {node.op_type} with a {len(w.shape)}-D weight)"
-    d_out = w.size // layers[0].d_in
-    flops = float(k) * sum(layer.d_in for layer in layers) * layers[0].d_in * d_out
-    if flops > REFIT_MAX_FLOPS:
-        return f"too expensive ({flops / 1e9:.0f} GFLOP > {REFIT_MAX_FLOPS / 1e9:.0f})"
-    return layers
-
-
-def accumulate_inputs(model: onnx.ModelProto, layers: list[_Layer], data: Dataset) -> None:
-    """Run `model` over `data` once and accumulate each layer's input covariance (X^T X)."""
-    from ..evaluate import batch_size_for, capture
-
-    input_names = {vi.name for vi in graph.graph_inputs(model)}
-    wanted = sorted({layer.x_name for layer in layers})
-    to_capture = [n for n in wanted if n not in input_names]
-    bs = batch_size_for(model)
-    captured = capture(model, to_capture, data, bs) if to_capture else None
-    for feed in data.batches(bs):
-        values = dict(feed)
-        if captured is not None:
-            values.update(next(captured))
-        for layer in layers:
-            layer.accumulate(values[layer.x_name])
-
-
 def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:
-
     known = {w.name for w in graph.weights(original, include_non_float=True)}
-    plans: dict[int, list[_Layer]] = {}
+    plans: dict[int, list[Layer]] = {}
     info: dict[int, dict] = {}
     for i, (w, _bits, _arr, shared) in enumerate(results):
-        layers = _layers_for(w, len(shared.codebook), known)
+        layers = layers_for(w, len(shared.codebook), known)
         if isinstance(layers, str):
             info[i] = {"applied": False, "reason": layers}
         else:
@@ -505,7 +333,7 @@ def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str
 
 
 def refit_system(
-    layers: list[_Layer], w: np.ndarray, labels: np.ndarray, k: int
+    layers: list[Layer], w: np.ndarray, labels: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """H, g and const of the output error v^T H v - 2 g^T v + const (summed over the layers), and r."""
     H = np.zeros((k, k))
@@ -538,7 +366,7 @@ def refit_system(
     return H, g, const, rank
 
 
-def _refit_one(layers: list[_Layer], arr: np.ndarray, shared: SharedArray) -> dict:
+def _refit_one(layers: list[Layer], arr: np.ndarray, shared: SharedArray) -> dict:
     k = len(shared.codebook)
     H, g, const, rank = refit_system(layers, arr, shared.labels, k)
     v_km = shared.codebook.astype(np.float64)

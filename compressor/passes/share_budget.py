@@ -30,8 +30,9 @@ import onnx
 from ..data import Dataset
 from ..errors import CompressorError
 from ..kmeans import share_array
+from ..measure import Judge, Trials, VariantRunner, search_allowance
 from .prune import allocate_ratios
-from .sensitivity import Evaluator, VariantRunner
+from .selection import DEFAULT_MIN_PARAMS
 from .share import share, shareable_weights, tensor_rng
 
 # Widths probed, widest first; the widest is the reference every saving is counted from.
@@ -49,23 +50,27 @@ def share_to_budget(
     init: str = "linear",
     seed: int = 0,
     exclude: str | None = None,
-    min_params: int = 1024,
+    min_params: int = DEFAULT_MIN_PARAMS,
     max_evals: int = 12,
     progress=None,
     reference_outputs: list[np.ndarray] | None = None,
     bias_data: Dataset | None = None,
     bias_judge=None,
+    judge: Judge | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
     `reference_outputs`: the model's outputs on `data` if already computed.  `bias_data`: bias
     correction of the model built (the search measures without it, so it only gains).  Raises
-    CompressorError when no allocation (not even every tensor at 8 bits) fits."""
+    CompressorError when no allocation (not even every tensor at 8 bits) fits.  `judge`: the
+    ``measure.Judge`` to measure with (default ``Judge.of_model(model, data, reference=...)``)."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
-    evaluator = Evaluator(model, data, reference=reference_outputs)
-    runner = VariantRunner(model, evaluator, selected)  # one session, the tensors as inputs
+    if judge is None:
+        judge = Judge.of_model(model, data, reference=reference_outputs)
+    runs_before = judge.runs
+    runner = VariantRunner(model, judge, selected)  # one session, the tensors as inputs
     originals = runner.originals
     params = {w.name: int(np.count_nonzero(originals[w.name])) for w in selected}
     cache: dict[tuple[str, int], np.ndarray] = {}
@@ -121,54 +126,38 @@ def share_to_budget(
     def saved(bits_by_name: dict[str, int]) -> int:
         return sum(params[n] * (BITS[0] - b) for n, b in bits_by_name.items())
 
-    seen: dict[tuple, dict] = {}
+    trials = Trials(lambda metrics: judge.fits(metrics, budget_points, min_snr_db), max_evals)
     tried = []
 
-    def measure(bits_by_name: dict[str, int]) -> dict | None:
-        key = tuple(bits_by_name[w.name] for w in selected)
-        if key not in seen:
-            if len(seen) >= max_evals:
-                return None
-            metrics = run(bits_by_name)
-            ok = metrics["drop"] <= budget_points + 1e-9 and (
-                min_snr_db is None or metrics.get("snr_db") is None or metrics["snr_db"] >= min_snr_db
-            )
-            seen[key] = {**metrics, "within_budget": ok}
+    def fits(allowance: float) -> bool | None:
+        bits_by_name = allocation(allowance)
+
+        def record(metrics: dict) -> None:
             tried.append(
                 {
                     "bits": dict(bits_by_name),
                     "saved_bits": saved(bits_by_name),
                     "drop": metrics["drop"],
                     "snr_db": metrics.get("snr_db"),
-                    "within_budget": ok,
+                    "within_budget": metrics["within_budget"],
                 }
             )
-        return seen[key]
+
+        key = tuple(bits_by_name[w.name] for w in selected)
+        metrics = trials.measure(key, lambda: run(bits_by_name), record)
+        return None if metrics is None else metrics["within_budget"]
 
     total = sum(max(d["drops"], default=0.0) for d in knapsack)
     positive = [d for k in knapsack for d in k["drops"] if d > 0]
-    allowance = max(min(positive), total / 8) if positive else 0.0
-    lo = hi = None
-    while True:
-        metrics = measure(allocation(allowance))
-        if metrics is None:
-            break
-        if metrics["within_budget"]:
-            lo = allowance
-        else:
-            hi = allowance
-        if hi is None:
-            if allowance >= total or total == 0:
-                break  # every tensor at its narrowest measured width already
-            allowance = min(allowance * 2, total)
-        elif lo is None:
-            if not positive or allowance <= min(positive) / 4:
-                break
-            allowance /= 2
-        else:
-            if hi / lo < 1 + RESOLUTION:
-                break
-            allowance = math.sqrt(lo * hi)
+    search_allowance(
+        fits,
+        max(min(positive), total / 8) if positive else 0.0,
+        # every tensor at its narrowest measured width already
+        grow=lambda allowance: None if allowance >= total or total == 0 else min(allowance * 2, total),
+        shrink=lambda allowance: None if not positive or allowance <= min(positive) / 4 else allowance / 2,
+        geometric=True,
+        resolution=RESOLUTION,
+    )
     feasible = [t for t in tried if t["within_budget"]]
     if not feasible:
         raise CompressorError(f"no per-tensor widths fit {budget_points:g} points (tried {len(tried)})")
@@ -190,7 +179,7 @@ def share_to_budget(
         "widths": list(BITS),
         "curves": curves,
         "tried": tried,
-        "evaluations": evaluator.runs,
+        "evaluations": judge.runs - runs_before,
         "chosen": best["bits"],
     }
     return shared, stats

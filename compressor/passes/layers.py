@@ -1,0 +1,180 @@
+"""Layers seen as Y = X @ W for a data-aware refit of their weight W: which consumers of a
+weight qualify (``layers_for``: Gemm, MatMul, non-grouped 2-D Conv via im2col, in the main
+graph) and the covariance C = X^T X of their inputs on calibration data (``accumulate_inputs``).
+Used by share's centroid refit and by compensate's refit of the weights pruning keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+
+from .. import graph
+from ..data import Dataset
+from ..evaluate import batch_size_for, capture
+
+# Refit cost cap: k · d_in · d_in · d_out multiply-adds per layer (~ a few seconds).
+REFIT_MAX_FLOPS = 2e10
+
+
+class Layer:
+    """One consumer of a shared weight, seen as Y = X_mat @ W_mat (for the refit)."""
+
+    def __init__(
+        self,
+        kind: str,
+        x_name: str,
+        d_in: int,
+        transpose_w: bool = False,
+        trans_a: bool = False,
+        scale: float = 1.0,
+        conv: dict | None = None,
+    ):
+        self.kind, self.x_name, self.d_in = kind, x_name, d_in
+        self.transpose_w, self.trans_a, self.scale, self.conv = transpose_w, trans_a, scale, conv
+        self.C = np.zeros((d_in, d_in))
+        self.rows = 0
+        self.kept: list[np.ndarray] | None = []  # the rows themselves, while there are at most d_in
+
+    def matrix(self, a: np.ndarray) -> np.ndarray:
+        """The weight (or labels) as the d_in x d_out matrix of this layer."""
+        if self.kind == "conv":
+            return a.reshape(a.shape[0], -1).T
+        return a.T if self.transpose_w else a
+
+    def rows_of(self, x: np.ndarray) -> Iterable[np.ndarray]:
+        x = np.asarray(x)
+        if self.kind == "conv":
+            step = max(1, (1 << 22) // max(1, int(np.prod(x.shape[1:]))))
+            for s in range(0, x.shape[0], step):
+                yield im2col(x[s : s + step].astype(np.float64), **self.conv)
+        elif self.kind == "gemm":
+            x = x.astype(np.float64)
+            yield x.T if self.trans_a else x
+        else:
+            yield x.astype(np.float64).reshape(-1, self.d_in)
+
+    def accumulate(self, x: np.ndarray) -> None:
+        for rows in self.rows_of(x):
+            self.C += rows.T @ rows
+            self.rows += rows.shape[0]
+            if self.kept is not None:
+                self.kept = self.kept + [rows] if self.rows <= self.d_in else None
+
+    def factor(self) -> np.ndarray:
+        """R (r x d_in) with R^T R = scale * C (up to a 1e-10 ridge when r = d_in).
+
+        With at most d_in calibration rows, R is the rows themselves (exact, r small);
+        otherwise a Cholesky factor of C (cheap and robust; no eigendecomposition).
+        """
+        if self.kept is not None:
+            return np.concatenate(self.kept, axis=0) * np.sqrt(self.scale)
+        C = self.C * self.scale
+        ridge = 1e-10 * max(float(np.trace(C)) / self.d_in, 1e-300)
+        return np.linalg.cholesky(C + ridge * np.eye(self.d_in)).T
+
+
+def conv_params(node: onnx.NodeProto, w_shape: tuple[int, ...]) -> dict | str:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if len(w_shape) != 4:
+        return "refit supports 2-D convolutions only"
+    if int(attrs.get("group", 1)) != 1:
+        return "refit does not support grouped/depthwise convolutions"
+    kshape = tuple(int(v) for v in attrs.get("kernel_shape", w_shape[2:]))
+    if kshape != tuple(w_shape[2:]):
+        return "kernel_shape does not match the filter"
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    return {
+        "kshape": kshape,
+        "strides": tuple(int(v) for v in attrs.get("strides", (1, 1))),
+        "dilations": tuple(int(v) for v in attrs.get("dilations", (1, 1))),
+        "pads": tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0))),
+        "auto_pad": auto_pad,
+    }
+
+
+def im2col(x: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -> np.ndarray:
+    """Patches of an (N, C, H, W) input as rows of length C·kh·kw, in the filter's (C, kh, kw) order."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads_hw = []
+        for size, s, e in ((h, sh, eh), (w, sw, ew)):
+            total = max((-(-size // s) - 1) * s + e - size, 0)
+            small = total // 2
+            pads_hw.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
+        (pt, pb), (pl, pr) = pads_hw
+    elif auto_pad == "VALID":
+        pt = pl = pb = pr = 0
+    else:
+        pt, pl, pb, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+
+
+def layers_for(w: graph.Weight, k: int, known: set[str], max_flops: float | None = None) -> list[Layer] | str:
+    """The refit view of every consumer of w (clustered into k values), or the reason the refit
+    does not apply: one consumer in a subgraph, another op, or a refit costing more than
+    `max_flops` (default ``REFIT_MAX_FLOPS``)."""
+    if not w.consumers:
+        return "no consumers"
+    layers = []
+    for cons in w.consumers:
+        node, idx = cons.node, cons.input_index
+        if cons.graph_path:
+            return "consumer inside a subgraph"
+        if idx != 1 or not node.input or not node.input[0]:
+            return f"{node.op_type} input {idx} not supported"
+        x_name = node.input[0]
+        if x_name in known:
+            return f"{node.op_type} input is a constant"
+        if node.op_type == "Gemm" and len(w.shape) == 2:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            tb = bool(attrs.get("transB", 0))
+            d_in = w.shape[1] if tb else w.shape[0]
+            layers.append(
+                Layer(
+                    "gemm",
+                    x_name,
+                    d_in,
+                    transpose_w=tb,
+                    trans_a=bool(attrs.get("transA", 0)),
+                    scale=float(attrs.get("alpha", 1.0)) ** 2,
+                )
+            )
+        elif node.op_type == "MatMul" and len(w.shape) == 2:
+            layers.append(Layer("matmul", x_name, w.shape[0]))
+        elif node.op_type == "Conv":
+            conv = conv_params(node, w.shape)
+            if isinstance(conv, str):
+                return conv
+            layers.append(Layer("conv", x_name, int(np.prod(w.shape[1:])), conv=conv))
+        else:
+            return f"refit supports Gemm, MatMul and Conv (not {node.op_type} with a {len(w.shape)}-D weight)"
+    d_out = w.size // layers[0].d_in
+    flops = float(k) * sum(layer.d_in for layer in layers) * layers[0].d_in * d_out
+    max_flops = REFIT_MAX_FLOPS if max_flops is None else max_flops
+    if flops > max_flops:
+        return f"too expensive ({flops / 1e9:.0f} GFLOP > {max_flops / 1e9:.0f})"
+    return layers
+
+
+def accumulate_inputs(model: onnx.ModelProto, layers: list[Layer], data: Dataset) -> None:
+    """Run `model` over `data` once and accumulate each layer's input covariance (X^T X)."""
+    input_names = {vi.name for vi in graph.graph_inputs(model)}
+    wanted = sorted({layer.x_name for layer in layers})
+    to_capture = [n for n in wanted if n not in input_names]
+    bs = batch_size_for(model)
+    captured = capture(model, to_capture, data, bs) if to_capture else None
+    for feed in data.batches(bs):
+        values = dict(feed)
+        if captured is not None:
+            values.update(next(captured))
+        for layer in layers:
+            layer.accumulate(values[layer.x_name])
