@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -162,3 +165,37 @@ def test_the_chosen_encoding_decodes_through_the_registry(width, count, distinct
     assert (decoded if isinstance(decoded, bytes) else decoded.tobytes()) == data
     sizes = [c["bytes"] for c in encoded.candidates.values() if not c.get("estimated")]
     assert len(encoded.payload) == min(sizes)
+
+
+def _imports(path) -> set[str]:
+    """Absolute names of the modules a compressor source file imports."""
+    package = ".".join(path.relative_to(ROOT.parent).parent.parts)  # what "from ." means in this file
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = f"{base}.{node.module}" if node.level and node.module else (node.module or base)
+            names.add(module)
+    return names
+
+
+ROOT = Path(__file__).resolve().parents[2] / "compressor"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ROOT / "container" / "format.py",
+        *sorted((ROOT / "container" / "coders").glob("*.py")),
+        *sorted((ROOT / "codec").glob("*.py")),
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_format_and_the_codecs_import_no_model_code(path):
+    allowed = ("compressor.errors", "compressor.codec", "compressor.container.coders", "compressor.container.format")
+    for name in _imports(path):
+        assert not name.startswith(("onnx", "google")), f"{path.name} imports {name}"
+        if name.startswith("compressor"):
+            assert name.startswith(allowed), f"{path.name} imports {name}"

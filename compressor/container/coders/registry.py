@@ -34,7 +34,7 @@ class DecodeContext(Protocol):
 
 @dataclass
 class EncodeRequest:
-    """One field's bytes to encode; coders share analyses of them through cached properties."""
+    """One field's bytes to encode; coders share analyses of them through ``analysis``."""
 
     data: bytes
     width: int
