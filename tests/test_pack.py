@@ -14,15 +14,15 @@ import zstandard
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.cli import main
-from compressor.codec import container as fmt
-from compressor.errors import CompressorError
-from compressor.passes.pack import (
+from compressor.container import (
     describe_container,
     format_container_table,
     pack_model,
     unpack_bytes,
     unpack_container,
 )
+from compressor.container.coders import registry
+from compressor.errors import CompressorError
 
 OPSET = [helper.make_opsetid("", 17)]
 RNG = np.random.default_rng(0)
@@ -362,7 +362,7 @@ def test_cli_pack_unpack_inspect(tmp_path, capsys):
     assert (tmp_path / "back.onnx").read_bytes() == src.read_bytes()
     assert main(["inspect", str(out), "--json"]) == 0
     desc = json.loads(capsys.readouterr().out)
-    assert desc["container_bytes"] == out.stat().st_size and desc["tensors"][0]["encoding"] in fmt.CODEC_IDS
+    assert desc["container_bytes"] == out.stat().st_size and desc["tensors"][0]["encoding"] in registry.names().values()
     assert "encoding" in format_container_table(describe_container(out))
     assert main(["inspect", str(out)]) == 0
     assert "manifest" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Byte-level codecs of the .cmpz container (see FORMAT.md).
+"""Pure byte codecs and their math, used by the .cmpz container (see FORMAT.md).
 
 This package module holds what every codec shares:
 
@@ -9,8 +9,10 @@ This package module holds what every codec shares:
 * The general-purpose byte codecs (stored, zstd, xz) with decompression capped at the
   declared size, and ``compress_best`` which keeps the smallest of them.
 
-``huffman`` codes symbol streams, ``sparse`` lays out sparse / codebook tensors, and
-``container`` reads and writes the whole file.  None of them imports onnx.
+``huffman`` codes symbol streams, ``sparse`` lays out sparse / codebook tensors and
+``planes`` regroups bytes by position.  None of them imports onnx or anything of
+compressor but its errors; the container format itself (header, section table, which
+codec id means what) is ``compressor.container``.
 """
 
 from __future__ import annotations

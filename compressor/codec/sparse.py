@@ -33,6 +33,7 @@ MAX_GAP_WIDTH = 15  # 2**15 gap symbols = huffman.MAX_ALPHABET
 MAX_CODEBOOK = 4096  # what pack builds; the format allows up to huffman.MAX_ALPHABET
 VALUES_CODEBOOK = 0
 VALUES_RAW = 1
+SPARSE_MIN_FILL = 0.25  # try position coding when at least this share equals the fill value
 DICT_HEADER_BYTES = 8
 SPARSE_HEADER_BYTES = 12  # + width bytes of fill value
 
@@ -292,6 +293,47 @@ def sparse_layouts(
     return layouts
 
 
+@dataclass
+class ElementAnalysis:
+    """What the dict and sparse layouts of one tensor are built from (``analyse``)."""
+
+    dict_layout: Layout | None  # codebook + symbols of every element, if few distinct values
+    fill: int  # the value position coding skips
+    positions: np.ndarray | None  # indices of the elements that differ from ``fill`` (None: not worth it)
+    entry_codebook: Codebook | None  # codebook of those elements' values (None: too many)
+
+
+def analyse(elements: np.ndarray) -> ElementAnalysis:
+    """Find the codebook and the fill value of ``elements`` once, for both layouts.
+
+    Mostly zeros: only the non-zeros are analysed and the dense codebook is theirs plus 0.
+    Otherwise the dense codebook is found and, when one value fills at least
+    ``SPARSE_MIN_FILL`` of the tensor, position coding is tried around it (e.g. a
+    non-zero zero-point).
+    """
+    n = elements.size
+    layout, fill, positions, entry_codebook = None, 0, None, None
+    zeros = n - int(np.count_nonzero(elements))
+    if zeros >= SPARSE_MIN_FILL * n:
+        positions = np.flatnonzero(elements)
+        entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
+        if entry_codebook is not None:
+            values, counts, _ = with_fill(entry_codebook, 0, zeros)
+            layout = dict_layout(elements, values, counts)
+        elif positions.size == 0:
+            layout = dict_layout(elements, elements[:1].copy(), np.array([n], dtype=np.int64))
+    else:
+        dense = find_codebook(elements, limit=MAX_CODEBOOK)
+        if dense is not None:
+            layout = dict_layout(elements, dense.values, dense.counts, dense.symbols)
+            most = int(np.argmax(dense.counts))
+            if dense.counts[most] >= SPARSE_MIN_FILL * n and dense.size > 1:
+                fill = int(dense.values[most])
+                positions = np.flatnonzero(elements != elements.dtype.type(fill))
+                entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
+    return ElementAnalysis(layout, fill, positions, entry_codebook)
+
+
 def _sparse_header(width: int, gap_width: int, value_mode: int, entries: int, fill: int, dtype) -> bytes:
     return struct.pack("<BBBBQ", width, gap_width, value_mode, 0, entries) + np.array(fill, dtype=dtype).tobytes()
 
@@ -348,6 +390,17 @@ def _read_codebook(reader: ByteReader, dtype, what: str) -> np.ndarray:
     if not 1 <= size <= huffman.MAX_ALPHABET:
         raise CorruptData(f"{what}: codebook of {size} values")
     return reader.array(dtype, size, f"{what} codebook")
+
+
+def decode_elements(decoder, payload, width: int, size: int, what: str) -> np.ndarray:
+    """Decode a whole dict or sparse payload (``decoder`` is decode_dict or decode_sparse)
+    into ``size`` bytes of ``width``-byte elements, as a contiguous array."""
+    if width not in ELEMENT_DTYPES or size % width:
+        raise CorruptData(f"{what}: {size} bytes are not a whole number of {width}-byte elements")
+    reader = ByteReader(payload, what)
+    values = decoder(reader, width, size // width, what)
+    reader.expect_end()
+    return np.ascontiguousarray(values, dtype=ELEMENT_DTYPES[width])
 
 
 def decode_dict(reader: ByteReader, width: int, elements: int, what: str) -> np.ndarray:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..container import MAGIC, describe_container, format_container_table
 from ..graph import load_model
 from ..inspect_model import describe_model
 from .common import emit_json, format_table, human_bytes
@@ -13,10 +14,6 @@ from .common import emit_json, format_table, human_bytes
 
 def _is_container(path: str) -> bool:
     if path == "-":
-        return False
-    try:
-        from ..codec.container import MAGIC  # noqa: WPS433 (optional until pack lands)
-    except ImportError:
         return False
     try:
         with open(path, "rb") as f:
@@ -31,8 +28,6 @@ def _is_container(path: str) -> bool:
 def inspect_command(model: str, as_json: bool) -> None:
     """Show the weights, ops, MACs and sizes of MODEL (an .onnx file or a .cmpz container)."""
     if _is_container(model):
-        from ..passes.pack import describe_container, format_container_table
-
         desc = describe_container(model)
         emit_json(desc) if as_json else click.echo(format_container_table(desc))
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..passes.pack import format_pack_table, pack_file, unpack_file
+from ..container import format_pack_table, pack_file, unpack_file
 from .common import emit_json
 
 

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.codec import STORED, XZ, ZSTD, CorruptData, compress, decompress
-from compressor.codec import container as fmt
+from compressor.container import format as fmt
+from compressor.container import pack, pack_model, unpack_container
+from compressor.container.coders import registry
 from compressor.errors import CompressorError
-from compressor.passes import pack
-from compressor.passes.pack import pack_model, unpack_container
 
 
 def small_model() -> onnx.ModelProto:
@@ -55,7 +55,7 @@ def small_model() -> onnx.ModelProto:
 def packed():
     model = small_model()
     data, stats = pack_model(model)
-    codecs = {fmt.CODEC_NAMES[e.codec] for e in fmt.read_container(data).sections}
+    codecs = {registry.name_of(e.codec) for e in fmt.read_container(data).sections}
     assert {"sparse", "dict"} <= codecs
     return model.SerializeToString(), data
 

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from compressor.codec import XZ, ZSTD, CorruptData, planes
-from compressor.codec import container as fmt
-from compressor.passes.pack import encode_tensor_data, pack_model, unpack_bytes, unpack_container
+from compressor.container import encode_tensor_data, pack_model, unpack_bytes, unpack_container
+from compressor.container import format as fmt
+from compressor.container.coders import dictionary
+from compressor.container.coders import planes as planes_coder
 
 
 @settings(max_examples=60, deadline=None)
@@ -61,14 +63,14 @@ def rounded_scales(n=512, seed=0) -> np.ndarray:
 
 def test_the_packer_picks_planes_where_they_win_and_not_elsewhere():
     encoded = encode_tensor_data(rounded_scales().tobytes(), 4)
-    assert encoded.codec == fmt.PLANES and encoded.params["inner"] in ("zstd", "xz")
+    assert encoded.codec == planes_coder.ID and encoded.params["inner"] in ("zstd", "xz")
     assert len(encoded.payload) < min(
         c["bytes"] for name, c in encoded.candidates.items() if not name.startswith("planes")
     )
     # Bytes (width 1) never go to planes; neither does a tensor a codebook codes better.
-    assert encode_tensor_data(np.arange(1000, dtype=np.uint8).tobytes(), 1).codec != fmt.PLANES
+    assert encode_tensor_data(np.arange(1000, dtype=np.uint8).tobytes(), 1).codec != planes_coder.ID
     few = np.random.default_rng(1).choice(np.float32([0.5, -1.0, 2.0]), 4000)
-    assert encode_tensor_data(few.tobytes(), 4).codec == fmt.DICT
+    assert encode_tensor_data(few.tobytes(), 4).codec == dictionary.ID
 
 
 def scales_model() -> onnx.ModelProto:
@@ -88,7 +90,7 @@ def test_a_container_with_planes_is_version_1_2_and_round_trips():
     data, _ = pack_model(model)
     container = fmt.read_container(data)
     assert container.version == (1, 2)
-    assert [e.codec for e in container.sections[2:]] == [fmt.PLANES]
+    assert [e.codec for e in container.sections[2:]] == [planes_coder.ID]
     assert unpack_container(data, verify=True)[0].SerializeToString() == model.SerializeToString()
     assert unpack_bytes(data) == model.SerializeToString()
     # The same sections under an older version number are refused before anything is decoded.

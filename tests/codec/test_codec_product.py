@@ -10,8 +10,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from compressor.codec import CorruptData
-from compressor.codec import container as fmt
-from compressor.passes.pack import find_products, pack_model, product_values, unpack_bytes, unpack_container
+from compressor.container import find_products, pack_model, product_values, unpack_bytes, unpack_container
+from compressor.container import format as fmt
+from compressor.container.coders import planes, product, registry
 
 
 def scales_model(n=96, seed=0) -> onnx.ModelProto:
@@ -55,9 +56,9 @@ def test_a_product_section_round_trips_bit_for_bit_in_both_decoders():
     data, stats = pack_model(model)
     container = fmt.read_container(data)
     assert container.version >= (1, 1)  # 1.2 if the other tensors went to planes sections
-    codecs = [fmt.CODEC_NAMES[e.codec] for e in container.sections[2:]]
+    codecs = [registry.name_of(e.codec) for e in container.sections[2:]]
     assert codecs.count("product") == 1
-    assert next(e for e in container.sections if e.codec == fmt.PRODUCT).stored_length == 8
+    assert next(e for e in container.sections if e.codec == product.ID).stored_length == 8
     assert unpack_container(data, verify=True)[0].SerializeToString() == model.SerializeToString()
     assert unpack_bytes(data) == model.SerializeToString()
 
@@ -69,20 +70,20 @@ def test_without_products_the_container_needs_no_1_1():
     data, _ = pack_model(model)
     container = fmt.read_container(data)
     codecs = {e.codec for e in container.sections}
-    assert fmt.PRODUCT not in codecs
+    assert product.ID not in codecs
     shared = (
         len(json.loads(fmt.decode_section(container, container.sections[0]))["tensors"]) > len(container.sections) - 2
     )
     # The oldest version with every feature used: planes 1.2, shared sections 1.3.
-    assert container.version == max((1, 0), (1, 2) if fmt.PLANES in codecs else (1, 0), (1, 3) if shared else (1, 0))
+    assert container.version == max((1, 0), (1, 2) if planes.ID in codecs else (1, 0), (1, 3) if shared else (1, 0))
 
 
 def _rebuild(data: bytes, payload: bytes | None = None) -> bytes:
     c = fmt.read_container(data)
     sections = [fmt.Section(e.kind, e.codec, bytes(c.payload(e)), e.decoded_length) for e in c.sections]
     if payload is not None:
-        i = next(i for i, e in enumerate(c.sections) if e.codec == fmt.PRODUCT)
-        sections[i] = fmt.Section(fmt.KIND_TENSOR, fmt.PRODUCT, payload, sections[i].decoded_length)
+        i = next(i for i, e in enumerate(c.sections) if e.codec == product.ID)
+        sections[i] = fmt.Section(fmt.KIND_TENSOR, product.ID, payload, sections[i].decoded_length)
     return fmt.write_container(sections, c.version)
 
 
@@ -98,7 +99,7 @@ def _rebuild(data: bytes, payload: bytes | None = None) -> bytes:
 )
 def test_lying_product_operands_are_refused(scalar, vector, match):
     data, _ = pack_model(scales_model())
-    lied = _rebuild(data, fmt.PRODUCT_PAYLOAD.pack(scalar, vector))
+    lied = _rebuild(data, product.PAYLOAD.pack(scalar, vector))
     if match is None:
         with pytest.raises(Exception, match="verification failed"):
             unpack_container(lied, verify=True)

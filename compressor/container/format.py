@@ -2,8 +2,9 @@
 
 This module knows bytes only: it writes a list of sections into a container and reads
 one back, refusing anything malformed with ``CorruptData`` (a one-line CompressorError)
-before allocating for it.  What the sections mean (manifest, graph, tensors) is the
-business of ``compressor.passes.pack``.
+before allocating for it.  Section codecs are looked up in the coder registry
+(``coders.registry``); what the sections mean (manifest, graph, tensors) is the business
+of the ONNX side of ``compressor.container`` (pack, unpack, describe).
 
 Layout::
 
@@ -17,9 +18,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-import numpy as np
-
-from . import GENERIC_NAMES, STORED, ByteReader, CorruptData, decompress, planes, sparse
+from ..codec import CorruptData
+from .coders import registry
 
 MAGIC = b"\x89CMPZ\r\n\x1a"
 FORMAT_MAJOR = 1
@@ -35,19 +35,11 @@ KIND_GRAPH = 2
 KIND_TENSOR = 3
 KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_GRAPH: "graph", KIND_TENSOR: "tensor"}
 
-# Section codecs: the general-purpose ones (0-2) and the tensor layouts of codec.sparse.
-DICT = 16
-SPARSE = 17
-PRODUCT = 18  # format 1.1: a float32 tensor that is a scalar times another tensor (FORMAT.md §7.3)
-PLANES = 19  # format 1.2: multi-byte elements regrouped by byte position, then zstd / xz (§7.4)
-CODEC_NAMES = {**GENERIC_NAMES, DICT: "dict", SPARSE: "sparse", PRODUCT: "product", PLANES: "planes"}
-# The first version that has each codec; a container is written as the oldest version that
-# has every codec it uses, so older readers still read what needs nothing newer.
-CODEC_VERSIONS = {PRODUCT: (1, 1), PLANES: (1, 2)}
+# Section codecs are the registered coders (coders/): each says the first version that has
+# it, and a container is written as the oldest version that has every codec it uses, so
+# older readers still read what needs nothing newer.
 # Manifest records sharing one tensor section (FORMAT.md §5.3.1) need this version.
 SHARED_SECTIONS_VERSION = (1, 3)
-PRODUCT_PAYLOAD = struct.Struct("<II")  # tensor index of the scalar, of the vector
-CODEC_IDS = {name: cid for cid, name in CODEC_NAMES.items()}
 
 _HEADER = struct.Struct("<8sHHIQII")  # magic, major, minor, flags, container_length, section_count, crc32
 _ENTRY = struct.Struct("<BBHIQQQ")  # kind, codec, reserved, crc32, offset, stored_length, decoded_length
@@ -81,7 +73,7 @@ class SectionEntry:
 
     @property
     def codec_name(self) -> str:
-        return CODEC_NAMES[self.codec]
+        return registry.name_of(self.codec)
 
 
 def write_container(sections: list[Section], version: tuple[int, int] | None = None) -> bytes:
@@ -94,7 +86,7 @@ def write_container(sections: list[Section], version: tuple[int, int] | None = N
     offset = HEADER_BYTES + ENTRY_BYTES * count
     table = []
     for s in sections:
-        if s.codec not in CODEC_NAMES or s.kind not in KIND_NAMES:
+        if not registry.known(s.codec) or s.kind not in KIND_NAMES:
             raise ValueError(f"bad section kind/codec {s.kind}/{s.codec}")
         table.append(_ENTRY.pack(s.kind, s.codec, 0, zlib.crc32(s.payload), offset, len(s.payload), s.decoded_length))
         offset += len(s.payload)
@@ -108,9 +100,7 @@ def write_container(sections: list[Section], version: tuple[int, int] | None = N
 
 def format_version(sections, at_least: tuple[int, int] | None = None) -> tuple[int, int]:
     """The version a container with these sections is written as (see write_container)."""
-    return max(
-        [(FORMAT_MAJOR, FORMAT_MINOR), at_least or (1, 0)] + [CODEC_VERSIONS.get(s.codec, (1, 0)) for s in sections]
-    )
+    return max([(FORMAT_MAJOR, FORMAT_MINOR), at_least or (1, 0)] + [registry.min_version(s.codec) for s in sections])
 
 
 @dataclass
@@ -162,22 +152,25 @@ def read_container(data, *, verify_checksums: bool = True) -> Container:
     for i in range(count):
         kind, codec, reserved, crc, offset, stored, decoded = _ENTRY.unpack_from(view, HEADER_BYTES + ENTRY_BYTES * i)
         where = f"section {i}"
-        if kind not in KIND_NAMES or codec not in CODEC_NAMES or reserved != 0:
+        if kind not in KIND_NAMES or not registry.known(codec) or reserved != 0:
             raise CorruptData(f"{where}: unknown kind {kind} or codec {codec}")
+        coder = registry.get(codec)
         wanted_kind = KIND_MANIFEST if i == 0 else KIND_GRAPH if i == 1 else KIND_TENSOR
         if kind != wanted_kind:
             raise CorruptData(f"{where}: is a {KIND_NAMES[kind]} section, {KIND_NAMES[wanted_kind]} expected")
-        if kind != KIND_TENSOR and codec not in GENERIC_NAMES:
-            raise CorruptData(f"{where}: codec {CODEC_NAMES[codec]} is only for tensors")
-        needs = CODEC_VERSIONS.get(codec, (1, 0))
+        if kind != KIND_TENSOR and not coder.generic:
+            raise CorruptData(f"{where}: codec {coder.name} is only for tensors")
+        needs = coder.min_version
         if (major, minor) < needs:
-            raise CorruptData(f"{where}: a {CODEC_NAMES[codec]} section needs format {needs[0]}.{needs[1]}")
-        if codec == PRODUCT and stored != PRODUCT_PAYLOAD.size:
-            raise CorruptData(f"{where}: a product section has {PRODUCT_PAYLOAD.size} bytes of payload, not {stored}")
+            raise CorruptData(f"{where}: a {coder.name} section needs format {needs[0]}.{needs[1]}")
+        if coder.payload_bytes is not None and stored != coder.payload_bytes:
+            raise CorruptData(
+                f"{where}: a {coder.name} section has {coder.payload_bytes} bytes of payload, not {stored}"
+            )
         if offset != expected_offset or stored > size - TRAILER_BYTES - offset:
             raise CorruptData(f"{where}: offset {offset} / length {stored} do not fit the container")
-        if codec == STORED and stored != decoded:
-            raise CorruptData(f"{where}: stored section of {stored} bytes declares {decoded}")
+        if coder.stored_is_decoded and stored != decoded:
+            raise CorruptData(f"{where}: {coder.name} section of {stored} bytes declares {decoded}")
         expected_offset = offset + stored
         sections.append(SectionEntry(i, kind, codec, crc, offset, stored, decoded))
     if expected_offset != size - TRAILER_BYTES:
@@ -200,58 +193,15 @@ def decode_section(container: Container, entry: SectionEntry, width: int = 1) ->
     return decoded if isinstance(decoded, bytes) else decoded.tobytes()
 
 
-def decode_section_buffer(container: Container, entry: SectionEntry, width: int = 1):
-    """Like ``decode_section`` but tensor layouts come back as a numpy array (no copy to bytes)."""
+def decode_section_buffer(container: Container, entry: SectionEntry, width: int = 1, context=None):
+    """Like ``decode_section`` but tensor layouts come back as a numpy array (no copy to bytes).
+
+    ``context`` (a coders.registry.DecodeContext) gives the values of other tensors to a
+    coder that refers to them (a product)."""
     what = f"section {entry.index} ({entry.kind_name}, {entry.codec_name})"
-    payload = container.payload(entry)
-    if entry.codec in GENERIC_NAMES:
-        return decompress(payload, entry.codec, entry.decoded_length, what)
-    if entry.codec == PLANES:
-        return planes.decode(payload, width, entry.decoded_length, what)
-    if entry.codec == PRODUCT:
-        raise CorruptData(
-            f"{what}: a product section refers to other tensors (decoded with the model, see product_operands)"
-        )
-    if width not in sparse.ELEMENT_DTYPES or entry.decoded_length % width:
-        raise CorruptData(f"{what}: {entry.decoded_length} bytes are not a whole number of {width}-byte elements")
-    elements = entry.decoded_length // width
-    reader = ByteReader(payload, what)
-    if entry.codec == DICT:
-        values = sparse.decode_dict(reader, width, elements, what)
-    else:
-        values = sparse.decode_sparse(reader, width, elements, what)
-    reader.expect_end()
-    return np.ascontiguousarray(values, dtype=sparse.ELEMENT_DTYPES[width])
-
-
-def product_operands(container: Container, entry: SectionEntry) -> tuple[int, int]:
-    """(tensor index of the scalar, tensor index of the vector) of a PRODUCT section."""
-    return PRODUCT_PAYLOAD.unpack(bytes(container.payload(entry)))
+    return registry.get(entry.codec).decode(container.payload(entry), entry.decoded_length, width, what, context)
 
 
 def section_details(container: Container, entry: SectionEntry) -> dict:
-    """What a tensor section's header says (width, gap width, codebook size), without decoding it."""
-    if entry.codec == PRODUCT:
-        scalar, vector = product_operands(container, entry)
-        return {"scalar_tensor": scalar, "vector_tensor": vector}
-    if entry.codec == PLANES:
-        head = bytes(container.payload(entry)[:2])
-        return {"width": head[0], "inner": CODEC_NAMES.get(head[1], "?")} if len(head) == 2 else {}
-    if entry.codec not in (DICT, SPARSE):
-        return {}
-    reader = ByteReader(container.payload(entry), f"section {entry.index}")
-    try:
-        width = reader.u8()
-        if entry.codec == DICT:
-            reader.u8(), reader.u16()
-            return {"width": width, "codebook_size": reader.u32()}
-        gap_width, value_mode, _ = reader.u8(), reader.u8(), reader.u8()
-        entries = reader.u64()
-        return {
-            "width": width,
-            "gap_width": gap_width,
-            "values": "codebook" if value_mode == sparse.VALUES_CODEBOOK else "raw",
-            "entries": entries,
-        }
-    except CorruptData:
-        return {}
+    """What a tensor section's header says (width, gap width, codebook size, ...), without decoding it."""
+    return registry.get(entry.codec).details(container.payload(entry))

@@ -1,0 +1,25 @@
+"""The section codecs of the .cmpz format, one module each, behind a registry.
+
+Importing this package registers the built-in coders: stored / zstd / xz (``generic``),
+``dictionary``, ``sparse``, ``product`` and ``planes``.  A new coder is one more module
+that calls ``registry.register`` (and is imported here, or by whoever uses it).
+"""
+
+from __future__ import annotations
+
+from . import dictionary, generic, planes, product, sparse
+from .choice import encode_tensor_data
+from .registry import Coder, EncodedTensor, get, register
+
+__all__ = [
+    "Coder",
+    "EncodedTensor",
+    "dictionary",
+    "encode_tensor_data",
+    "generic",
+    "get",
+    "planes",
+    "product",
+    "register",
+    "sparse",
+]

@@ -1,0 +1,303 @@
+"""unpack: a .cmpz container -> the exact ONNX model it was packed from.
+
+Unpacking puts every stripped field back, so the model's ``SerializeToString()`` is
+byte-identical to the original's (the manifest keeps its SHA-256, which ``verify``
+checks).  ``unpack_file`` writes that serialization without loading big tensors into
+protobuf: it splices the decoded arrays into the serialized graph (``splice``), which is
+what makes unpacking faster than ``xz -d``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from ..codec import CorruptData
+from ..errors import CompressorError, UsageError
+from ..graph import EXTERNAL_DATA_THRESHOLD, iter_tensors, make_temp_file, save_model
+from . import format as fmt
+from .coders import registry
+from .layout import MAX_GRAPH_BYTES, dtype_name, field_layout, field_present, num_values, set_field
+from .manifest import read_manifest
+from .splice import SpliceFailed, marker, nbytes, spliced_chunks
+
+T = onnx.TensorProto
+
+MAX_DECODED_BYTES = 1 << 36  # a sanity cap on everything a container may declare (64 GiB)
+
+
+def read_container_file(path: str | os.PathLike) -> bytes:
+    """A container file's bytes (UsageError if there is no such file)."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no such file: {path}")
+    if p.is_dir():
+        raise UsageError(f"is a directory, not a container: {path}")
+    return p.read_bytes()
+
+
+def parse_graph(container: fmt.Container) -> onnx.ModelProto:
+    """The graph section as a ModelProto (its tensor sections' fields still empty)."""
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(fmt.decode_section(container, container.sections[1]))
+    except (DecodeError, RuntimeError, ValueError):
+        raise CorruptData("graph section is not a valid ONNX ModelProto") from None
+    return model
+
+
+@dataclass
+class _Plan:
+    """A checked container: its graph (tensor fields still empty) and what goes where."""
+
+    container: fmt.Container
+    manifest: dict
+    model: onnx.ModelProto
+    records: list  # (TensorProto in model, manifest record, SectionEntry)
+    tensors: list  # every TensorProto of the model, in the order of FORMAT.md §5.2.1
+
+
+def _plan(data) -> _Plan:
+    """Check everything that can be checked before decoding any tensor.
+
+    Declared sizes are checked against each other, the graph (name, type, shape of each
+    target tensor) and the file; nothing large is allocated before that.
+    """
+    container = fmt.read_container(data)
+    manifest = read_manifest(container)
+    graph_entry = container.sections[1]
+    if graph_entry.decoded_length > MAX_GRAPH_BYTES:
+        raise CorruptData(f"graph section declares {graph_entry.decoded_length} bytes (protobuf limit 2 GiB)")
+    declared = sum(s.decoded_length for s in container.sections)
+    if declared > MAX_DECODED_BYTES:
+        raise CorruptData(f"container declares {declared} decoded bytes (limit {MAX_DECODED_BYTES})")
+    model = parse_graph(container)
+    try:
+        refs = list(iter_tensors(model))
+    except RecursionError:
+        raise CorruptData("graph section nests subgraphs too deeply") from None
+    records = []
+    filled = (None, 0)  # (section, bytes its records so far cover)
+    for rec in manifest["tensors"]:
+        what = f"manifest: tensor record for section {rec['section']}"
+        if rec["tensor"] >= len(refs):
+            raise CorruptData(f"{what}: tensor index {rec['tensor']} but the graph has {len(refs)} tensors")
+        tensor = refs[rec["tensor"]].proto
+        if tensor.name != rec["name"] or tensor.data_type != rec["data_type"] or list(tensor.dims) != rec["dims"]:
+            raise CorruptData(f"{what}: name/type/shape do not match tensor {rec['tensor']} of the graph")
+        if field_present(tensor, rec["field"]) or tensor.data_location == T.EXTERNAL:
+            raise CorruptData(f"{what}: the graph already holds data for {rec['name']!r}")
+        layout = field_layout(rec["data_type"], rec["dims"], rec["field"])
+        entry = container.sections[rec["section"]]
+        coder = registry.get(entry.codec)
+        if layout is None or layout != (rec["width"], rec["elements"]):
+            raise CorruptData(
+                f"{what}: {rec['elements']} elements of {rec['width']} bytes do not fit shape {rec['dims']}"
+            )
+        # The records of a section tile its decoded bytes, in order (FORMAT.md §5.3.1).
+        start = filled[1] if filled[0] == rec["section"] else 0
+        if rec.get("offset", 0) != start:
+            raise CorruptData(f"{what}: offset {rec.get('offset', 0)}, {start} expected")
+        if start and (not coder.shareable or records[-1][1]["width"] != rec["width"]):
+            raise CorruptData(f"{what}: records sharing a section have one width and are not products")
+        filled = (rec["section"], start + rec["width"] * rec["elements"])
+        last_of_section = (
+            rec is manifest["tensors"][-1] or manifest["tensors"][len(records) + 1]["section"] != rec["section"]
+        )
+        if filled[1] > entry.decoded_length or (last_of_section and filled[1] != entry.decoded_length):
+            raise CorruptData(f"{what}: section declares {entry.decoded_length} bytes, its records need {filled[1]}")
+        if coder.restores is not None and (rec["data_type"], rec["field"]) != coder.restores:
+            data_type, field_name = coder.restores
+            raise CorruptData(f"{what}: a {coder.name} section restores {dtype_name(data_type)} {field_name} only")
+        records.append((tensor, rec, entry))
+    return _Plan(container, manifest, model, records, [r.proto for r in refs])
+
+
+class _Operands:
+    """The DecodeContext of a section that refers to other tensors: their float32 values,
+    from their own (already decoded) sections or from the graph (FORMAT.md §7.3)."""
+
+    def __init__(self, plan: _Plan, section_of: dict, buffers: list, what: str):
+        self.plan, self.section_of, self.buffers, self.what = plan, section_of, buffers, what
+
+    def float32_values(self, index: int, elements: int) -> np.ndarray:
+        plan, what = self.plan, self.what
+        if index >= len(plan.tensors):
+            raise CorruptData(f"{what}: operand tensor {index}, but the graph has {len(plan.tensors)} tensors")
+        tensor = plan.tensors[index]
+        if tensor.data_type != T.FLOAT or num_values(tensor.dims) != elements:
+            raise CorruptData(f"{what}: operand tensor {index} is not FLOAT with {elements} values")
+        if index in self.section_of:
+            j = self.section_of[index]
+            coder = registry.get(plan.records[j][2].codec)
+            if coder.refers_to_tensors:
+                raise CorruptData(f"{what}: operand tensor {index} is itself a {coder.name}")
+            buffer = self.buffers[j]
+            data = buffer if isinstance(buffer, bytes) else buffer.tobytes()
+        elif tensor.HasField("raw_data") and tensor.data_location != T.EXTERNAL:
+            data = tensor.raw_data
+        elif len(tensor.float_data):
+            data = np.array(tensor.float_data, dtype="<f4").tobytes()
+        else:
+            raise CorruptData(f"{what}: operand tensor {index} has no data")
+        if len(data) != 4 * elements:
+            raise CorruptData(f"{what}: operand tensor {index} holds {len(data)} bytes, {4 * elements} expected")
+        return np.frombuffer(data, dtype="<f4")
+
+
+def _decode_all(plan: _Plan) -> list:
+    """Every record's decoded field (bytes or an element array).  Sections whose coder refers
+    to other tensors (products) come last: they read the others' values."""
+    buffers: list = [None] * len(plan.records)
+    section_of = {rec["tensor"]: i for i, (_, rec, _) in enumerate(plan.records)}
+    deferred = [i for i, (_, _, entry) in enumerate(plan.records) if registry.get(entry.codec).refers_to_tensors]
+    decoded: dict[int, bytes | np.ndarray] = {}  # a shared section is decoded once
+    for i, (_, rec, entry) in enumerate(plan.records):
+        if registry.get(entry.codec).refers_to_tensors:
+            continue
+        if rec["section"] not in decoded:
+            decoded = {rec["section"]: _decode_buffer(plan, rec, entry)}
+        whole = decoded[rec["section"]]
+        if rec.get("offset", 0) == 0 and rec["width"] * rec["elements"] == entry.decoded_length:
+            buffers[i] = whole
+        elif isinstance(whole, bytes):
+            buffers[i] = whole[rec["offset"] : rec["offset"] + rec["width"] * rec["elements"]]
+        else:  # an element array: offsets are whole elements (one width per section)
+            first = rec["offset"] // rec["width"]
+            buffers[i] = whole[first : first + rec["elements"]]
+    for i in deferred:
+        _, rec, entry = plan.records[i]
+        context = _Operands(plan, section_of, buffers, f"section {rec['section']} ({entry.codec_name})")
+        buffers[i] = _decode_buffer(plan, rec, entry, context)
+    return buffers
+
+
+def _decode_buffer(plan: _Plan, rec: dict, entry, context=None) -> bytes | np.ndarray:
+    try:
+        return fmt.decode_section_buffer(plan.container, entry, rec["width"], context)
+    except MemoryError:
+        raise CompressorError(f"not enough memory to decode tensor {rec['name']!r}") from None
+
+
+def _info(plan: _Plan) -> dict:
+    m = plan.manifest
+    return {
+        "tensors": len(plan.records),
+        "model_bytes": m["model_bytes"],
+        "model_sha256": m["model_sha256"],
+        "verified": False,
+    }
+
+
+def serialize_model(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when it is too large for one protobuf message."""
+    try:
+        return model.SerializeToString()
+    except (ValueError, OverflowError):  # over protobuf's 2 GiB limit
+        return None
+
+
+def _verify(chunks: list | None, info: dict) -> None:
+    if chunks is None or any(c is None for c in chunks):
+        raise CompressorError("cannot verify: the unpacked model is larger than protobuf's 2 GiB limit")
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    size = sum(nbytes(c) for c in chunks)
+    if size != info["model_bytes"] or digest.hexdigest() != info["model_sha256"]:
+        raise CompressorError("verification failed: the unpacked model differs from the packed one (SHA-256)")
+
+
+def unpack_container(data, *, verify: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Decode container bytes into the original model; returns (model, info).
+
+    With ``verify`` the model's serialization is hashed and compared with the SHA-256
+    the manifest recorded at pack time.
+    """
+    plan = _plan(data)
+    for (tensor, rec, _), buffer in zip(plan.records, _decode_all(plan)):
+        set_field(tensor, rec["field"], buffer if isinstance(buffer, bytes) else buffer.tobytes())
+    info = _info(plan)
+    if verify:
+        _verify([serialize_model(plan.model)], info)
+        info["verified"] = True
+    return plan.model, info
+
+
+def _unpack_chunks(plan: _Plan) -> list:
+    """The unpacked model's serialization as a list of byte chunks (see splice)."""
+    payloads = {}
+    for i, ((tensor, rec, _), buffer) in enumerate(zip(plan.records, _decode_all(plan))):
+        if rec["field"] == "raw_data":
+            key = marker(i)
+            payloads[key] = buffer if isinstance(buffer, bytes) else buffer.view(np.uint8)
+            tensor.raw_data = key
+        else:
+            set_field(tensor, rec["field"], buffer if isinstance(buffer, bytes) else buffer.tobytes())
+    return spliced_chunks(plan.model.SerializeToString(), payloads)
+
+
+def unpack_bytes(data) -> bytes:
+    """The unpacked model's serialization, built by splicing (what unpack_file writes)."""
+    plan = _plan(data)
+    try:
+        chunks = _unpack_chunks(plan)
+    except SpliceFailed:
+        return unpack_container(data)[0].SerializeToString()
+    return b"".join(chunks)
+
+
+def _write_chunks(path: Path, chunks: list) -> None:
+    """Atomic write (temp file in the same folder, then rename), chunk by chunk."""
+    fd, tmp = make_temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk if not isinstance(chunk, np.ndarray) else memoryview(chunk))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def unpack_file(container_path: str | os.PathLike, out_path: str | os.PathLike, *, verify: bool = False) -> dict:
+    """Unpack a container file into an ONNX file (written atomically; nothing is left on failure)."""
+    out = Path(out_path)
+    if out.exists() and Path(container_path).exists() and os.path.samefile(out, container_path):
+        raise UsageError(f"refusing to overwrite the container {out} (choose another -o)")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"output folder does not exist: {out.resolve().parent}")
+    data = read_container_file(container_path)
+    info = None
+    if _plan_size(data) < EXTERNAL_DATA_THRESHOLD:
+        plan = _plan(data)
+        info = _info(plan)
+        try:
+            chunks = _unpack_chunks(plan)
+        except SpliceFailed:
+            chunks = None
+        if chunks is not None:
+            if verify:
+                _verify(chunks, info)
+                info["verified"] = True
+            _write_chunks(out, chunks)
+            return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
+    # Large models (external data on save) or an unexpected graph layout: plain protobuf path.
+    model, info = unpack_container(data, verify=verify)
+    save_model(model, out, input_path=container_path)
+    return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
+
+
+def _plan_size(data) -> int:
+    """The model size the manifest declares (0 if it cannot be read: _plan reports why)."""
+    try:
+        return int(read_manifest(fmt.read_container(data, verify_checksums=False))["model_bytes"])
+    except CompressorError:
+        return 0
