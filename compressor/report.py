@@ -284,7 +284,7 @@ def _png(fig) -> str:
 
 
 def _figures(report: dict) -> list[tuple[str, str]]:
-    try:
+    try:  # matplotlib is an optional extra (compressor[report]), needed only here
         import matplotlib
 
         matplotlib.use("Agg")
