@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -32,6 +33,17 @@ UNIT_INTERVAL: Check = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 POSITIVE: Check = (lambda v: v > 0, "> 0")
 BITS: Check = (lambda v: 1 <= v <= 8, "between 1 and 8")
+
+
+def _is_regex(value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+REGEX: Check = (_is_regex, "a valid regular expression")
 
 
 def _option(default, *, choices: tuple | None = None, check: Check | None = None):
@@ -57,7 +69,7 @@ class PruneOptions(_Section):
     budget: float | None = _option(None, check=NON_NEGATIVE)  # points; None: a share of the gate's budget
     sparsity: float | None = _option(None, check=UNIT_INTERVAL)  # a fixed ratio instead of the search
     scope: str = _option("global", choices=("global", "layer", "random"))
-    exclude: str | None = None
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
     min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
     seed: int = 0
     max_seconds: float = _option(DEFAULT_PRUNE_SECONDS, check=POSITIVE)
@@ -73,7 +85,7 @@ class ShareOptions(_Section):
     init: str = _option("linear", choices=("linear", "density", "random"))
     refit: bool = False
     bias_correction: bool = False
-    exclude: str | None = None
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
     min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
     seed: int = 0
     given: frozenset[str] = _given()
@@ -93,7 +105,7 @@ class QuantizeOptions(_Section):
     symmetric: bool = True
     calibration: str = _option("minmax", choices=("minmax", "percentile", "entropy"))
     small_constants: bool = True
-    exclude: str | None = None
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
     given: frozenset[str] = _given()
 
     @property

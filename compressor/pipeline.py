@@ -137,18 +137,18 @@ def run_pipeline(
         container = {"path": str(out_path), "bytes": size, "verified": None, "ratio": original_bytes / size}
 
     run = RunResult(
-        model_path,
-        original,
-        original_bytes,
-        mode,
-        budget,
-        measure,
-        model,
-        pack_stats,
-        container,
-        gate_result,
-        recipe.as_dict(),
-        shared_model,
+        model_path=model_path,
+        original=original,
+        original_bytes=original_bytes,
+        mode=mode,
+        budget=budget,
+        measure=measure,
+        final_model=model,
+        pack_stats=pack_stats,
+        container=container,
+        gate=gate_result,
+        recipe=recipe.as_dict(),
+        shared_model=shared_model,
     )
     report = build_report(run, rows)
     report["seconds"] = time.perf_counter() - started

@@ -41,6 +41,7 @@ def test_valid_recipe_merges_over_defaults(tmp_path):
         ("[quantize]\nper_channel = 1\n", "quantize.per_channel"),
         ("[squash]\nx = 1\n", "squash"),
         ("[gate]\nbudget = nan\n", "gate.budget"),
+        ("[quantize]\nexclude = '('\n", "quantize.exclude"),
         ("[gate]\nmin_snr_db = inf\n", "gate.min_snr_db"),
         ("[prune]\nmax_seconds = 0\n", "prune.max_seconds"),
         ("[gate]\nmax_accuracy_drop = -1\n", "gate.max_accuracy_drop"),
