@@ -36,7 +36,7 @@ from common import ort_dynamic, ort_static  # noqa: E402
 from compressor import graph  # noqa: E402
 from compressor.data import load_dataset  # noqa: E402
 from compressor.evaluate import accuracy, fidelity, latency_ms, make_session, run_model  # noqa: E402
-from compressor.passes.quantize import integer_kernel_coverage, quantize  # noqa: E402
+from compressor.passes.quantize import QuantizeSettings, integer_kernel_coverage, quantize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
@@ -50,13 +50,13 @@ def variants(name: str, tmp: Path) -> dict[str, tuple[onnx.ModelProto, float]]:
     model = graph.load_model(src)
     calib = load_dataset(SAMPLES / f"{name}_calib.npz", model)
     out: dict[str, tuple[onnx.ModelProto, float]] = {"float": (model, 0.0)}
-    for label, kwargs in (
-        ("compressor static", dict(calib=calib)),
-        ("compressor dynamic", dict(activations="dynamic")),
-        ("compressor weight-only", dict(activations="none")),
+    for label, calib_data, activations in (
+        ("compressor static", calib, None),
+        ("compressor dynamic", None, "dynamic"),
+        ("compressor weight-only", None, "none"),
     ):
         t = time.perf_counter()
-        q, _ = quantize(model, check=False, **kwargs)
+        q, _ = quantize(model, calib_data, QuantizeSettings(activations=activations, check=False))
         out[label] = (q, time.perf_counter() - t)
     for label, fn in (
         ("ORT quantize_static", lambda p: ort_static(src, calib.inputs, p, False)),

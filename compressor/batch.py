@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import CompressorError, UsageError
 from .graph import atomic_write_bytes
+from .pipeline import GateFailedWithReport, run_pipeline
 from .present import to_json
 
 SUMMARY_FIELDS = [
@@ -85,8 +86,6 @@ def _find_data(model: Path, data_dir: str | None) -> tuple[str | None, str | Non
 
 def _one(args) -> dict:
     model, name, out_dir, overrides, data_dir, gate = args
-    from .pipeline import GateFailedWithReport, run_pipeline
-
     container = Path(out_dir) / f"{name}.cmpz"
     report_path = Path(out_dir) / f"{name}.report.json"
     data, calib = _find_data(model, data_dir)

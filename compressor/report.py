@@ -1,8 +1,8 @@
-"""Render a `compressor run` report: terminal tables and a self-contained HTML page.
+"""The report of a `compressor run`: built as a dict (the JSON of ``--report``, keys documented
+in README.md) from the stage rows, and rendered as terminal tables or a self-contained HTML page.
 
-The JSON report (``--report``) is the dict built by ``pipeline.build_report``; its keys are
-documented in README.md.  HTML plots use matplotlib (``pip install compressor[report]``),
-embedded as base64 PNGs so the page is one file.
+HTML plots use matplotlib (``pip install compressor[report]``), embedded as base64 PNGs so the
+page is one file.
 """
 
 from __future__ import annotations
@@ -10,9 +10,189 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import dataclass, field
 
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from . import __version__, graph
 from .errors import UsageError
+from .measure import Measure
 from .present import format_table, to_json
+from .quant_math import sortable
+
+# The HTML histogram's resolution, and at most this many centroids drawn over it.
+HIST_BINS = 120
+MAX_PLOTTED_CENTROIDS = 256
+NO_DATA_NOTE = (
+    "no data given: nothing was measured; only data-free steps were applied "
+    "(int8 per-channel weight-only quantization and lossless packing)"
+)
+
+
+@dataclass
+class StageRow:
+    """One row of the report's stage table: what a stage did to the model and what it cost."""
+
+    stage: str
+    applied: bool
+    bytes: int
+    metrics: dict
+    seconds: float = 0.0
+    options: dict = field(default_factory=dict)
+    note: str = ""
+    attempts: list = field(default_factory=list)
+    stats: dict | None = None
+    packed_bytes: int | None = None  # what this stage's model packs to (the container it would give)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What build_report needs of a run besides its stage rows."""
+
+    model_path: str
+    original: onnx.ModelProto
+    original_bytes: int
+    mode: str
+    budget: float
+    measure: Measure
+    final_model: onnx.ModelProto
+    pack_stats: dict | None
+    container: dict | None
+    gate: dict
+    recipe: dict
+    shared_model: onnx.ModelProto | None = None  # the model after share, when share was applied
+
+
+def build_report(run: RunResult, rows: list[StageRow]) -> dict:
+    """The report dict (timing in "seconds" is added by the caller)."""
+    stages = [_stage_entry(r, run.original_bytes) for r in rows]
+    applied = [s["stage"] + (f" ({s['setting']})" if s["setting"] else "") for s in stages[1:] if s["applied"]]
+    measure, mode = run.measure, run.mode
+    report = {
+        "compressor_version": __version__,
+        "model": str(run.model_path),
+        "mode": mode,
+        "measured": mode != "none",
+        "samples": measure.data.size if measure.data is not None else 0,
+        "budget_points": run.budget if mode != "none" else None,
+        "min_snr_db": measure.min_snr_db if measure.snr_gated else None,
+        "original_bytes": int(run.original_bytes),
+        "stages": stages,
+        "applied": applied,
+        "layers": per_layer(run.original, run.final_model, run.pack_stats, quantized_names(rows)),
+        "container": run.container,
+        "gate": run.gate,
+        "recipe": run.recipe,
+        "pack": _pack_summary(run.pack_stats),
+        "plots": plot_data(run.original, run.shared_model),
+        "prune_search": next((r.stats.get("search_plan") for r in rows if r.stage == "prune" and r.stats), None),
+    }
+    if mode == "none":
+        report["note"] = NO_DATA_NOTE
+    return report
+
+
+def _stage_entry(r: StageRow, original_bytes: int) -> dict:
+    packed = r.packed_bytes if r.stage != "pack" else int(r.bytes)
+    return {
+        "stage": r.stage,
+        "applied": r.applied,
+        "bytes": int(r.bytes),
+        "ratio": original_bytes / r.bytes if r.bytes else None,
+        "packed_bytes": packed,
+        "packed_ratio": original_bytes / packed if (r.packed_bytes or r.stage == "pack") else None,
+        **{k: r.metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")},
+        "seconds": round(r.seconds, 3),
+        "setting": r.options.get("setting"),
+        "note": r.note,
+        "attempts": r.attempts,
+    }
+
+
+def _bits_of(values: np.ndarray) -> int | None:
+    nonzero = values[values != 0]
+    distinct = np.unique(sortable(nonzero)).size
+    if distinct == 0:
+        return 0
+    return int(np.ceil(np.log2(distinct))) if distinct > 1 else 1
+
+
+def per_layer(
+    original: onnx.ModelProto, final: onnx.ModelProto, pack_stats: dict | None, held_as: dict[str, str]
+) -> list[dict]:
+    """Per matrix weight of the original: what the final model holds for it, and its container bytes.
+
+    `held_as` maps a weight to the int8 tensor quantize made of it (quantized_names); other
+    weights are still held under their own name.
+    """
+    tensors = {r.name: r.proto for r in graph.iter_tensors(final)}
+    packed = {t.get("name"): t for t in (pack_stats or {}).get("tensors", [])}
+    layers = []
+    for w in graph.weights(original):
+        if not w.is_matrix:
+            continue
+        name = held_as.get(w.name, w.name)
+        row = {"name": w.name, "role": w.role, "shape": list(w.shape), "params": w.size}
+        if name in tensors:
+            values = numpy_helper.to_array(tensors[name])
+            row["sparsity"] = float(np.count_nonzero(values == 0) / values.size) if values.size else 0.0
+            row["distinct_nonzero"] = int(np.unique(sortable(values[values != 0])).size)
+            row["bits"] = _bits_of(values)
+        p = packed.get(name)
+        if p:
+            row["container_bytes"] = p.get("bytes_after")
+            bound = sum(st.get("entropy_bound_bytes", 0) for st in p.get("streams", []))
+            row["entropy_bound_bytes"] = round(bound, 1) if p.get("streams") else None
+            row["encoding"] = p.get("encoding")
+        layers.append(row)
+    return layers
+
+
+def quantized_names(rows: list[StageRow]) -> dict[str, str]:
+    """Weight name -> its int8 tensor, from the applied quantize stage's stats (untransposed first)."""
+    names: dict[str, str] = {}
+    for r in rows:
+        if r.stage == "quantize" and r.applied and r.stats:
+            for w in sorted(r.stats.get("weights", []), key=lambda w: bool(w.get("transposed"))):
+                if w.get("tensor"):
+                    names.setdefault(w["name"], w["tensor"])
+    return names
+
+
+def _pack_summary(pack_stats: dict | None) -> dict | None:
+    if not pack_stats:
+        return None
+    return {k: v for k, v in pack_stats.items() if k != "tensors"}
+
+
+def plot_data(original: onnx.ModelProto, shared_model: onnx.ModelProto | None) -> dict:
+    """Small arrays for the HTML plots: the histogram of the largest matrix weight's non-zero
+    values and its k-means centroids, both from the shared model (from the original when share
+    was not applied; then there are no centroids).  "source" says which model was drawn."""
+    matrices = [w for w in graph.weights(original) if w.is_matrix]
+    if not matrices:
+        return {}
+    biggest = max(matrices, key=lambda w: w.size)
+    shared = graph.weight_by_name(shared_model).get(biggest.name) if shared_model is not None else None
+    drawn = shared if shared is not None else biggest
+    values = drawn.array().astype(np.float32).ravel()
+    nonzero = values[values != 0]
+    counts, edges = np.histogram(nonzero, bins=HIST_BINS)
+    centroids = []
+    if shared is not None:
+        shared_values = shared.array()
+        shared_nonzero = shared_values[shared_values != 0]
+        centroids = np.unique(sortable(shared_nonzero)).astype(float).tolist()[:MAX_PLOTTED_CENTROIDS]
+    return {
+        "layer": biggest.name,
+        "source": "shared" if shared is not None else "original",
+        "hist_counts": counts.tolist(),
+        "hist_edges": edges.tolist(),
+        "centroids": centroids,
+    }
+
 
 STAGE_HEADERS = [
     "stage",
@@ -104,7 +284,7 @@ def _png(fig) -> str:
 
 
 def _figures(report: dict) -> list[tuple[str, str]]:
-    try:
+    try:  # matplotlib is an optional extra (compressor[report]), needed only here
         import matplotlib
 
         matplotlib.use("Agg")
@@ -119,7 +299,10 @@ def _figures(report: dict) -> list[tuple[str, str]]:
         ax.bar(edges[:-1], plots["hist_counts"], width=edges[1] - edges[0], align="edge", color="#4477aa")
         for c in plots.get("centroids", []):
             ax.axvline(c, color="#cc3311", lw=0.6, alpha=0.7)
-        ax.set_title(f"weights of {plots['layer']} (non-zero) and k-means centroids")
+        if plots.get("source") == "shared":
+            ax.set_title(f"non-zero weights of {plots['layer']} after share, and its k-means centroids")
+        else:
+            ax.set_title(f"non-zero weights of {plots['layer']} in the original model (share not applied)")
         ax.set_xlabel("weight value")
         ax.set_ylabel("count")
         figs.append(("Weight distribution and centroids", _png(fig)))

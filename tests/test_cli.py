@@ -85,3 +85,15 @@ def test_eval_with_mismatched_data_fails_cleanly(gemm_model, tmp_path, capsys):
 def test_missing_option_is_usage_error(gemm_model, capsys):
     path, *_ = gemm_model
     assert main(["eval", str(path)]) == 2
+
+
+def test_run_quiet_silences_progress_but_prints_the_result(gemm_model, tmp_path, capsys):
+    model, data, _, _ = gemm_model
+    model, out = str(model), tmp_path / "m.cmpz"
+    # --verbose would print progress lines; --quiet wins and leaves stderr empty.
+    assert main(["run", model, "-o", str(out), "--data", str(data), "-q", "-v"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "stage" in captured.out and "container:" in captured.out and str(out) in captured.out
+    assert main(["run", model, "-o", str(out), "--no-prune", "--no-share", "--verbose"]) == 0
+    assert "pack: writing the container" in capsys.readouterr().err

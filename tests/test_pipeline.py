@@ -48,6 +48,20 @@ def test_default_pipeline_is_10x_within_one_point_measured_on_the_unpacked_conta
     assert all(s["applied"] for s in report["stages"])
 
 
+def test_plot_data_is_the_histogram_of_the_shared_weights_with_their_centroids(lenet5_run):
+    _, _, report = lenet5_run
+    plots = report["plots"]
+    biggest = max(report["layers"], key=lambda layer: layer["params"])
+    assert plots["layer"] == biggest["name"] and plots["source"] == "shared"
+    # drawn from the shared model: only non-zero values, each one of the centroids
+    centroids = plots["centroids"]
+    assert sum(plots["hist_counts"]) < biggest["params"] and len(centroids) <= 2**8
+    assert plots["hist_edges"][0] == pytest.approx(min(centroids)) and plots["hist_edges"][-1] == pytest.approx(
+        max(centroids)
+    )
+    assert sum(c > 0 for c in plots["hist_counts"]) <= len(centroids)
+
+
 def test_share_searches_bits_per_tensor_and_keeps_the_smaller_of_it_and_the_first_uniform_rung_that_fits(lenet5_run):
     _, _, report = lenet5_run
     share_row = report["stages"][2]

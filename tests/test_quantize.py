@@ -22,8 +22,8 @@ from compressor.cli import main
 from compressor.data import Dataset, load_dataset
 from compressor.evaluate import accuracy, fidelity, make_session, run_model
 from compressor.evaluate import snr_db as evaluate_snr
+from compressor.passes.quantize import QuantizeSettings, integer_kernel_coverage, prepare, quantize
 from compressor.passes.quantize import fold as fold_mod
-from compressor.passes.quantize import integer_kernel_coverage, prepare, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
@@ -394,8 +394,8 @@ def test_does_not_mutate_input_and_is_deterministic():
     model = tiny_mlp()
     before = model.SerializeToString()
     calib = random_data(model, 32)
-    a, _ = quantize(model, calib=calib, check=False)
-    b, _ = quantize(model, calib=calib, check=False)
+    a, _ = quantize(model, calib, QuantizeSettings(check=False))
+    b, _ = quantize(model, calib, QuantizeSettings(check=False))
     assert model.SerializeToString() == before
     assert a.SerializeToString() == b.SerializeToString()
 
@@ -425,7 +425,7 @@ def test_relu_range_gives_zero_point_zero_and_float_output_gemm():
 def test_static_options_run(options):
     model = conv_bn_relu_pool(seed=2)
     calib = random_data(model, 48)
-    q, stats = quantize(model, calib=calib, **options)
+    q, stats = quantize(model, calib, QuantizeSettings(**options))
     check_quantized_graph(q, stats)
     data = random_data(model, 32, seed=3)
     # entropy (KL) clips tails on purpose: the random graph's output SNR pays for it
@@ -438,7 +438,7 @@ def test_reduce_range_avoids_u8s8_saturation():
     """ORT's u8s8 kernels on x86 without VNNI saturate int16 pair sums; 7-bit weights cannot."""
     model = tiny_mlp(seed=4)
     calib = random_data(model, 64)
-    q, stats = quantize(model, calib=calib, reduce_range=True)
+    q, stats = quantize(model, calib, QuantizeSettings(reduce_range=True))
     assert stats["reduce_range"] is True and "weight_range_snr_db" not in stats
     assert all(w["range"] == [-64, 64] for w in stats["weights"])
     data = random_data(model, 64, seed=5)
@@ -458,28 +458,28 @@ def test_default_weight_range_is_the_one_measured_better_here():
     assert stats["reduce_range"] is (reduced >= full)
     expected = [-64, 64] if stats["reduce_range"] else [-127, 127]
     assert all(w["range"] == expected for w in stats["weights"] if w["scheme"] != "weight_only")
-    explicit, _ = quantize(model, calib=calib, reduce_range=stats["reduce_range"])
+    explicit, _ = quantize(model, calib, QuantizeSettings(reduce_range=stats["reduce_range"]))
     assert explicit.SerializeToString() == q.SerializeToString()
     # without calibration data nothing is measured: the range that is safe on every CPU
-    _, dyn = quantize(model, activations="dynamic")
+    _, dyn = quantize(model, None, QuantizeSettings(activations="dynamic"))
     assert dyn["reduce_range"] is True and "weight_range_snr_db" not in dyn
 
 
 def test_exclude_and_min_layer_snr_keep_layers_float():
     model = tiny_mlp()
     calib = random_data(model, 32)
-    q, stats = quantize(model, calib=calib, exclude="^fc2$")
+    q, stats = quantize(model, calib, QuantizeSettings(exclude="^fc2$"))
     fc2 = next(n for n in q.graph.node if n.name == "fc2")
     assert fc2.input[1] == "w2"  # float weight
     assert {"node": "fc2", "op": "Gemm", "status": "float", "reason": "excluded by --exclude"} in stats["nodes"]
-    q, stats = quantize(model, calib=calib, min_layer_snr=1000.0)
+    q, stats = quantize(model, calib, QuantizeSettings(min_layer_snr=1000.0))
     assert stats["kept_float_low_snr"] == ["fc1", "fc2"]
     assert set(stats["layer_snr_db"]) == {"fc1", "fc2"}
     assert not any(n.op_type == "QuantizeLinear" for n in q.graph.node)
-    q, stats = quantize(model, calib=calib, min_layer_snr=0.0)
+    q, stats = quantize(model, calib, QuantizeSettings(min_layer_snr=0.0))
     assert stats["kept_float_low_snr"] == []
     with pytest.raises(Exception, match="regular expression"):
-        quantize(model, calib=calib, exclude="(")
+        quantize(model, calib, QuantizeSettings(exclude="("))
 
 
 # --------------------------------------------------------------------------- weight-only, dynamic, special graphs
@@ -495,7 +495,7 @@ def test_weight_only_and_dynamic_modes():
     assert all(w["range"] == [-127, 127] for w in stats["weights"])  # float kernels: full 8 bits
     assert fidelity(ref, run_model(q, data))["snr_db"] > 30
     assert stats["bytes_after"] < stats["bytes_before"] / 1.8  # tiny model: names and scales weigh
-    q, stats = quantize(model, activations="dynamic")
+    q, stats = quantize(model, None, QuantizeSettings(activations="dynamic"))
     check_quantized_graph(q, stats)
     assert {r["node"]: r["status"] for r in stats["nodes"]}["fc"] == "dynamic"
     assert (
@@ -504,7 +504,7 @@ def test_weight_only_and_dynamic_modes():
     )
     assert fidelity(ref, run_model(q, data))["snr_db"] > 25
     with pytest.raises(Exception, match="calib"):
-        quantize(model, activations="static")
+        quantize(model, None, QuantizeSettings(activations="static"))
 
 
 def test_dynamic_gemm_transb_alpha_beta():
@@ -517,7 +517,7 @@ def test_dynamic_gemm_transb_alpha_beta():
         [init("w", rng.normal(size=(6, 8))), init("b", rng.normal(size=6))],
     )
     data = random_data(model, 16)
-    q, stats = quantize(model, activations="dynamic")
+    q, stats = quantize(model, None, QuantizeSettings(activations="dynamic"))
     assert fidelity(run_model(model, data), run_model(q, data))["snr_db"] > 30
     assert stats["coverage"]["fraction"] == 1.0
 
@@ -530,7 +530,7 @@ def test_opset_11_is_upgraded_or_falls_back(monkeypatch):
     check_quantized_graph(q, stats)
     monkeypatch.setattr(prepare, "upgrade_opset", lambda m, target=13: (None, "converter failed"))
     for mode in ("static", "dynamic", "none"):
-        q, stats = quantize(model, calib=calib if mode == "static" else None, activations=mode)
+        q, stats = quantize(model, calib if mode == "static" else None, QuantizeSettings(activations=mode))
         assert stats["per_channel"] is False and any("per-tensor" in w for w in stats["warnings"])
         assert graph.opset_version(q) == 11
         make_session(q)
@@ -565,7 +565,7 @@ def test_codebooks_stay_codebooks_and_zeros_stay_zero():
             w.set_array(_shared(w.array(), 16, rng))
     calib = random_data(model, 32)
     for mode in ("static", "none", "dynamic"):
-        q, stats = quantize(shared, calib=calib if mode == "static" else None, activations=mode)
+        q, stats = quantize(shared, calib if mode == "static" else None, QuantizeSettings(activations=mode))
         c = consts(q)
         for row in stats["weights"]:
             original = numpy_helper.to_array(next(t for t in shared.graph.initializer if t.name == row["name"]))
@@ -586,7 +586,7 @@ def test_codebook_larger_than_the_levels_goes_per_channel():
         if w.name == "w1":
             w.set_array(_shared(w.array(), 200, rng, zeros=0.0))  # ~190 centroids > 128 levels of [-64, 64]
             k = np.unique(w.array()).size
-    q, stats = quantize(model, calib=random_data(model, 16), reduce_range=True)
+    q, stats = quantize(model, random_data(model, 16), QuantizeSettings(reduce_range=True))
     row = next(r for r in stats["weights"] if r["name"] == "w1")
     assert k > 128 and row["scheme"] == "per_channel" and row["codebook_size"] == k and row["symbols"] <= 128
     assert any(f"w1: codebook of {k} values > 128 non-zero levels" in m for m in stats["warnings"])
@@ -626,7 +626,7 @@ def test_every_mode_runs_on_local_graphs(name):
     calib, data = _local_data(model, 32, 0), _local_data(model, 32, 1)
     ref = run_model(model, data, batch_size=1 << 20)
     for mode in ("static", "dynamic", "none"):
-        q, stats = quantize(model, calib=calib if mode == "static" else None, activations=mode)
+        q, stats = quantize(model, calib if mode == "static" else None, QuantizeSettings(activations=mode))
         check_quantized_graph(q, stats)
         out = run_model(q, data, batch_size=1 << 20)
         assert fidelity(ref, out)["snr_db"] > 15, (mode, fidelity(ref, out))
@@ -653,7 +653,7 @@ def test_static_fidelity_and_coverage_on_local_graphs(name):
     statuses = {r["node"]: (r["status"], r["reason"]) for r in stats["nodes"]}
     if name == "transformer":  # attention MatMuls are quantized, and said so
         assert statuses["qk"] == statuses["av"] == ("integer", "activation x activation")
-        q2, stats2 = quantize(model, calib=random_data(model, 64, 0), quantize_attention=False)
+        q2, stats2 = quantize(model, random_data(model, 64, 0), QuantizeSettings(quantize_attention=False))
         assert {r["node"]: r["status"] for r in stats2["nodes"]}["qk"] == "float"
     if name == "depthwise_bn_residual":
         assert statuses["dwconv"] == ("integer", "depthwise") and stats["batchnorm_folded"] == 1
@@ -691,7 +691,7 @@ def test_every_mode_runs_on_every_test_graph(name):
     data = as_dataset(graphs.make_inputs(model, 16, 1))
     ref = run_model(model, data)
     for mode in ("static", "dynamic", "none"):
-        q, stats = quantize(model, calib=calib if mode == "static" else None, activations=mode)
+        q, stats = quantize(model, calib if mode == "static" else None, QuantizeSettings(activations=mode))
         check_quantized_graph(q, stats) if name != "quantized_qdq_model" else make_session(q)
         out = run_model(q, data)
         assert [o.shape for o in out] == [r.shape for r in ref]
@@ -789,7 +789,7 @@ def test_small_constants_become_per_tensor_int8_only_when_asked():
     rng = np.random.default_rng(3)
     calib = Dataset({"ids": rng.integers(0, 100, size=(32, 8)).astype(np.int64)}, None)
     plain, plain_stats = quantize(model, calib=calib)
-    small, stats = quantize(model, calib=calib, small_constants=True)
+    small, stats = quantize(model, calib, QuantizeSettings(small_constants=True))
     small_ones = ["ln1.weight", "ln1.bias", "ln2.weight", "attn.q.bias", "ffn.fc1.bias", "ffn.fc2.bias"]
     c_plain, c_small = consts(plain), consts(small)
     assert all(c_plain[n].dtype == np.float32 for n in small_ones)
@@ -876,7 +876,7 @@ def test_embedding_and_positional_tables_become_int8_and_small_or_infinite_const
     model = embedding_net()
     rng = np.random.default_rng(1)
     calib = Dataset({"ids": rng.integers(0, 64, size=(32, 32)).astype(np.int64)}, None)
-    q, stats = quantize(model, calib=calib if mode == "static" else None, activations=mode)
+    q, stats = quantize(model, calib if mode == "static" else None, QuantizeSettings(activations=mode))
     status = {r["node"]: r["status"] for r in stats["nodes"]}
     assert status["embed"] == "weight_only" and status["add_pos"] == "weight_only"
     assert status.get("add_mask", "float") == "float"  # -inf entries: no int8 grid holds them

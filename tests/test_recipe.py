@@ -1,9 +1,12 @@
 """Recipes: validation names the bad key; defaults depend on the data available."""
 
+import math
+
 import pytest
 
 from compressor.errors import UsageError
-from compressor.recipe import default_recipe, merge, read_recipe
+from compressor.options import Recipe, check_value, validate_overrides
+from compressor.recipe import read_recipe
 
 
 def write(tmp_path, text):
@@ -18,10 +21,13 @@ def test_valid_recipe_merges_over_defaults(tmp_path):
             tmp_path, "[prune]\nsparsity = 0.8\nscope = 'layer'\n[share]\nbits_fc = 4\n[gate]\nmax_accuracy_drop = 1\n"
         )
     )
-    merged = merge(default_recipe("accuracy"), r)
-    assert merged["prune"]["sparsity"] == 0.8 and merged["prune"]["scope"] == "layer"
-    assert merged["share"]["bits_fc"] == 4 and merged["share"]["bits_conv"] == 8
-    assert merged["gate"]["max_accuracy_drop"] == 1.0
+    merged = Recipe.for_mode("accuracy", r)
+    assert merged.prune.sparsity == 0.8 and merged.prune.scope == "layer"
+    assert merged.share.bits_fc == 4 and merged.share.bits_conv == 8
+    assert merged.gate.max_accuracy_drop == 1.0 and isinstance(merged.gate.max_accuracy_drop, float)
+    assert merged.as_dict()["share"]["bits_fc"] == 4
+    # the keys the user gave fix a stage's lossy settings (no fallback ladder)
+    assert not merged.share.adaptive and merged.quantize.adaptive and not merged.gate.explicit_snr
 
 
 @pytest.mark.parametrize(
@@ -34,6 +40,11 @@ def test_valid_recipe_merges_over_defaults(tmp_path):
         ("[share]\nbits_conv = 0\n", "share.bits_conv"),
         ("[quantize]\nper_channel = 1\n", "quantize.per_channel"),
         ("[squash]\nx = 1\n", "squash"),
+        ("[gate]\nbudget = nan\n", "gate.budget"),
+        ("[quantize]\nexclude = '('\n", "quantize.exclude"),
+        ("[gate]\nmin_snr_db = inf\n", "gate.min_snr_db"),
+        ("[prune]\nmax_seconds = 0\n", "prune.max_seconds"),
+        ("[gate]\nmax_accuracy_drop = -1\n", "gate.max_accuracy_drop"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, key):
@@ -49,7 +60,33 @@ def test_syntax_error_and_missing_file(tmp_path):
 
 
 def test_no_data_defaults_are_data_free():
-    r = default_recipe("none")
-    assert not r["prune"]["enabled"] and not r["share"]["enabled"]
-    assert r["quantize"]["enabled"] and r["quantize"]["activations"] == "none"
-    assert default_recipe("accuracy")["quantize"]["activations"] == "static"
+    r = Recipe.for_mode("none")
+    assert not r.prune.enabled and not r.share.enabled
+    assert r.quantize.enabled and r.quantize.activations == "none" and not r.quantize.small_constants
+    assert Recipe.for_mode("accuracy").quantize.activations == "static"
+
+
+def test_report_recipe_is_one_dict_per_stage_with_every_option():
+    d = Recipe.for_mode("fidelity", {"gate": {"min_snr_db": 30}}).as_dict()
+    assert list(d) == ["prune", "share", "quantize", "pack", "gate"]
+    assert d["prune"] == {
+        "enabled": True,
+        "budget": None,
+        "sparsity": None,
+        "scope": "global",
+        "exclude": None,
+        "min_params": 1024,
+        "seed": 0,
+        "max_seconds": 120.0,
+        "compensate": True,
+    }
+    assert d["gate"] == {"max_accuracy_drop": None, "budget": 1.0, "min_snr_db": 30.0}
+    assert "given" not in d["share"]
+
+
+def test_errors_name_the_option_not_a_flag():
+    with pytest.raises(UsageError, match=r"^recipe: 'prune\.sparsity' must be in \[0, 1\), got 1\.5$"):
+        validate_overrides({"prune": {"sparsity": 1.5}})
+    with pytest.raises(UsageError, match=r"'gate\.max_accuracy_drop' must be a finite number"):
+        check_value("gate", "max_accuracy_drop", math.nan)
+    assert check_value("gate", "budget", 2) == 2.0 and isinstance(check_value("gate", "budget", 2), float)

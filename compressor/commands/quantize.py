@@ -9,7 +9,9 @@ import click
 
 from ..data import load_dataset
 from ..errors import UsageError
+from ..evaluate import accuracy, evaluate, run_model
 from ..graph import load_model, save_model
+from ..passes.quantize import QuantizeSettings, quantize
 from .common import format_table, human_bytes, report_pass, warn
 
 
@@ -98,9 +100,6 @@ def quantize_command(
     as_json,
 ) -> None:
     """Quantize MODEL to int8 (QuantizeLinear/DequantizeLinear) and write OUT."""
-    from ..evaluate import accuracy, evaluate, run_model
-    from ..passes.quantize import quantize
-
     if activations == "static" and not calib_path:
         raise UsageError("--activations static needs --calib CALIB.npz")
     if calib_path and activations in ("dynamic", "none"):
@@ -112,9 +111,7 @@ def quantize_command(
     loaded = load_model(model)
     calib = load_dataset(calib_path, loaded) if calib_path and activations in (None, "static") else None
     data = load_dataset(data_path, loaded) if data_path else None
-    new_model, stats = quantize(
-        loaded,
-        calib=calib,
+    settings = QuantizeSettings(
         activations=activations,
         per_channel=per_channel,
         symmetric=symmetric,
@@ -126,6 +123,7 @@ def quantize_command(
         small_constants=small_constants,
         quantize_attention=not no_attention,
     )
+    new_model, stats = quantize(loaded, calib, settings)
     save_model(new_model, output, input_path=model)
     stats["output"] = output
     stats["file_bytes"] = os.path.getsize(output)

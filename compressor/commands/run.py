@@ -10,8 +10,9 @@ import click
 from ..batch import run_batch
 from ..errors import CompressorError, GateFailed, UsageError
 from ..graph import atomic_write_bytes
+from ..options import validate_overrides
 from ..pipeline import GateFailedWithReport, run_pipeline
-from ..recipe import read_recipe, validate_overrides
+from ..recipe import read_recipe
 from ..report import format_report, render_html
 from .common import emit_json, to_json
 
@@ -167,9 +168,10 @@ def run_command(
         atomic_write_bytes(report_path, to_json(report).encode())
     if html_path:
         atomic_write_bytes(html_path, render_html(report).encode())
+    # --quiet silences the progress only: the result is what the user ran the command for.
     if as_json:
         emit_json(report)
-    elif not quiet:
+    else:
         click.echo(format_report(report))
     if failure is not None:
         raise GateFailed(str(failure))

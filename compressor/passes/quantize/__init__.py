@@ -1,8 +1,8 @@
 """quantize: 8-bit linear quantization as QuantizeLinear / DequantizeLinear (QDQ), calibrated,
 with Q/DQ folding — a model ONNX Runtime runs with integer kernels.
 
-    quantize(model, calib=None, activations=None|"static"|"dynamic"|"none", per_channel=True,
-             symmetric=True, calibration="minmax", exclude=None, ...) -> (model, stats)
+    quantize(model, calib=None, QuantizeSettings(activations=None|"static"|"dynamic"|"none",
+             per_channel=True, symmetric=True, calibration="minmax", exclude=None, ...)) -> (model, stats)
     integer_kernel_coverage(model) -> dict
 
 Modes: ``static`` (needs ``calib``): int8 weights + uint8 activations whose ranges come
@@ -35,16 +35,20 @@ from .params import build_groups, compute_params
 from .plan import make_plans
 from .registry import HANDLERS
 from .rewrite import Rewriter
+from .settings import DEFAULT_SETTINGS, QuantizeSettings
 from .weights import WeightStore
 
-__all__ = ["quantize", "integer_kernel_coverage", "HANDLERS"]
+__all__ = ["quantize", "QuantizeSettings", "integer_kernel_coverage", "HANDLERS"]
 
 MODES = ("static", "dynamic", "none")
 METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_TYPES = ("uint8", "int8")
 
 
-def _check_options(activations, calibration, activation_type, exclude, percentile, min_layer_snr):
+def _check_options(settings: QuantizeSettings) -> re.Pattern | None:
+    """Checks the settings; returns the compiled exclude pattern."""
+    activations, calibration, activation_type = settings.activations, settings.calibration, settings.activation_type
+    exclude, percentile, min_layer_snr = settings.exclude, settings.percentile, settings.min_layer_snr
     if activations is not None and activations not in MODES:
         raise UsageError(f"activations must be one of {', '.join(MODES)}, got {activations!r}")
     if calibration not in METHODS:
@@ -66,53 +70,36 @@ def _check_options(activations, calibration, activation_type, exclude, percentil
 
 
 def quantize(
-    model: onnx.ModelProto,
-    calib: Dataset | None = None,
-    activations: str | None = None,
-    per_channel: bool = True,
-    symmetric: bool = True,
-    calibration: str = "minmax",
-    exclude=None,
-    min_layer_snr: float | None = None,
-    activation_type: str = "uint8",
-    percentile: float = qm.DEFAULT_PERCENTILE,
-    quantize_attention: bool = True,
-    weight_type: str = "int8",
-    reduce_range: bool | None = None,
-    activation_range: tuple[int, int] | None = None,
-    small_constants: bool = False,
-    check: bool = True,
+    model: onnx.ModelProto, calib: Dataset | None = None, settings: QuantizeSettings = DEFAULT_SETTINGS
 ) -> tuple[onnx.ModelProto, dict]:
-    """Quantize `model` to 8 bits (see the module docstring). Never mutates `model`.
+    """Quantize `model` to 8 bits (see the module docstring and QuantizeSettings). Never mutates `model`.
 
-    calib: a Dataset of calibration inputs (static mode).  activations: "static" | "dynamic" |
-    "none" (default: static with calib, else none).  per_channel / symmetric: weight scales per
-    output channel, weight zero point 0.  calibration: "minmax" | "percentile" | "entropy" for
-    activation ranges (percentile: `percentile`).  exclude: regex on node names (or first
-    output) kept in float.  min_layer_snr: keep in float any layer whose quantization alone
-    brings the output SNR on the calibration data below this many dB.  activation_type:
-    "uint8" (default; what ORT fuses on x86) or "int8".  reduce_range: 7-bit weights for
-    integer kernels (see _weight_range); None (default) chooses by measurement in static mode
-    (see _choose_weight_range) and reduces the range otherwise.  quantize_attention: quantize MatMuls between two
-    activations.  small_constants: also store biases of float ops and normalisation
-    parameters (at least 64 values) as per-tensor int8 (see ops_tables).  weight_type / activation_range: integer type of weights and an explicit
-    activation integer range (experiments).  check: load the result in ORT and measure its
+    calib: a Dataset of calibration inputs (static mode).  settings.activations: "static" |
+    "dynamic" | "none" (default: static with calib, else none).  calibration: "minmax" |
+    "percentile" | "entropy" for activation ranges (percentile: `percentile`).  exclude: regex on
+    node names (or first output) kept in float.  min_layer_snr: keep in float any layer whose
+    quantization alone brings the output SNR on the calibration data below this many dB.
+    reduce_range: 7-bit weights for integer kernels (see _weight_range); None (default) chooses
+    by measurement in static mode (see _choose_weight_range) and reduces the range otherwise.
+    small_constants: also store biases of float ops and normalisation parameters (at least 64
+    values) as per-tensor int8 (see ops_tables).  check: load the result in ORT and measure its
     integer-kernel coverage.
     """
-    exclude_re = _check_options(activations, calibration, activation_type, exclude, percentile, min_layer_snr)
-    if weight_type not in ("int8", "uint8"):
-        raise UsageError(f"weight type must be int8 or uint8, got {weight_type!r}")
-    mode = activations or ("static" if calib is not None else "none")
+    per_channel = settings.per_channel  # may fall back to per tensor (opset)
+    exclude_re = _check_options(settings)
+    if settings.weight_type not in ("int8", "uint8"):
+        raise UsageError(f"weight type must be int8 or uint8, got {settings.weight_type!r}")
+    mode = settings.activations or ("static" if calib is not None else "none")
     if mode == "static" and calib is None:
         raise UsageError("static activation quantization needs calibration data (--calib CALIB.npz)")
     model = graph.copy_model(model)
     stats: dict = {
         "mode": mode,
-        "weight_type": weight_type,
-        "activation_type": activation_type if mode == "static" else ("uint8" if mode == "dynamic" else None),
+        "weight_type": settings.weight_type,
+        "activation_type": settings.activation_type if mode == "static" else ("uint8" if mode == "dynamic" else None),
         "per_channel": per_channel,
-        "symmetric": symmetric,
-        "calibration": calibration if mode == "static" else None,
+        "symmetric": settings.symmetric,
+        "calibration": settings.calibration if mode == "static" else None,
         "bytes_before": model.ByteSize(),
         "warnings": [],
     }
@@ -123,7 +110,7 @@ def quantize(
         stats.update(
             {"already_quantized": already, "nodes": [], "weights": [], "folding": None, "bytes_after": model.ByteSize()}
         )
-        if check:
+        if settings.check:
             stats["coverage"] = integer_kernel_coverage(model)
         return model, stats
 
@@ -137,19 +124,21 @@ def quantize(
     stats["batchnorm_folded"] = n_bn
     float_model = graph.copy_model(model)
     options = {
-        "quantize_attention": quantize_attention,
+        "quantize_attention": settings.quantize_attention,
         "activation_symmetric": False,
-        "small_constants": bool(small_constants),
+        "small_constants": bool(settings.small_constants),
     }
-    w_range = _weight_range(weight_type, symmetric, True if reduce_range is None else reduce_range)
+    w_range = _weight_range(
+        settings.weight_type, settings.symmetric, True if settings.reduce_range is None else settings.reduce_range
+    )
     config = dict(
         mode=mode,
         per_channel=per_channel,
-        symmetric=symmetric,
+        symmetric=settings.symmetric,
         options=options,
         exclude=exclude_re,
         factors=factors,
-        weight_type=weight_type,
+        weight_type=settings.weight_type,
         weight_range=w_range,
     )
 
@@ -160,25 +149,39 @@ def quantize(
         plans, _ = make_plans(model, mode, per_channel, options, exclude_re)
         groups = build_groups(plans)
         collectors = calibrate.collect(float_model, list(groups.parent), calib)
-        qparams = compute_params(groups, collectors, calibration, activation_type, False, percentile, activation_range)
-        if min_layer_snr is not None:
+        qparams = compute_params(
+            groups,
+            collectors,
+            settings.calibration,
+            settings.activation_type,
+            False,
+            settings.percentile,
+            settings.activation_range,
+        )
+        if settings.min_layer_snr is not None:
             names = [p.name for p in plans if p.kind == "integer"]
             reference = sensitivity.Reference(float_model, calib)
             snrs = sensitivity.layer_snrs(
                 reference, names, lambda n: _build(float_model, qparams, only={n}, **config)[0]
             )
-            skip = {n for n, v in snrs.items() if v < float(min_layer_snr)}
+            skip = {n for n, v in snrs.items() if v < float(settings.min_layer_snr)}
             stats["layer_snr_db"] = snrs
             if skip:
                 # Parameters again without the skipped layers (groups change when a Relu's producer stays float).
                 plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=skip)
                 qparams = compute_params(
-                    build_groups(plans), collectors, calibration, activation_type, False, percentile, activation_range
+                    build_groups(plans),
+                    collectors,
+                    settings.calibration,
+                    settings.activation_type,
+                    False,
+                    settings.percentile,
+                    settings.activation_range,
                 )
     built = _build(float_model, qparams, skip=skip, **config)
-    stats["reduce_range"] = reduce_range is not False
-    if reduce_range is None and mode == "static":
-        full_config = {**config, "weight_range": _weight_range(weight_type, symmetric, False)}
+    stats["reduce_range"] = settings.reduce_range is not False
+    if settings.reduce_range is None and mode == "static":
+        full_config = {**config, "weight_range": _weight_range(settings.weight_type, settings.symmetric, False)}
         built, stats["reduce_range"], stats["weight_range_snr_db"] = _choose_weight_range(
             reference or sensitivity.Reference(float_model, calib),
             built,
@@ -196,7 +199,7 @@ def quantize(
         warnings.append("per-channel needs opset 13: weights are per tensor")
     _summarise(stats)
     stats["bytes_after"] = model.ByteSize()
-    if check:
+    if settings.check:
         evaluate.make_session(model)  # raises CompressorError when ORT cannot load it
         stats["coverage"] = integer_kernel_coverage(model)
     return model, stats

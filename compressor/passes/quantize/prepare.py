@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import numpy_helper, version_converter
 
 from ... import graph
 from .names import read_in_subgraphs
@@ -47,8 +47,6 @@ def quantized_ops(model: onnx.ModelProto) -> list[str]:
 
 def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> tuple[onnx.ModelProto | None, str]:
     """(converted model, '') or (None, reason)."""
-    from onnx import version_converter
-
     try:
         converted = version_converter.convert_version(model, target)
         onnx.checker.check_model(converted)

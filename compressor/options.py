@@ -1,0 +1,223 @@
+"""Typed, frozen options of a run: one dataclass per stage and the gate, and the recipe of them all.
+
+Each dataclass is the one table of its options: the field's type, its default (the one for a run
+with data; `defaults_for` says what changes without data), and its check.  Values are validated
+once, where they enter (a TOML recipe or the CLI), by `check_value`; errors name the option as
+the recipe spells it ("recipe: 'prune.sparsity' must be in [0, 1)"), whichever way it was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+from .passes.prune import DEFAULT_MIN_PARAMS
+
+# Points of top-1 accuracy (labeled data) or of top-1 agreement (unlabeled inputs) the whole run
+# may spend, and the output SNR floor that protects models whose outputs are not class scores.
+DEFAULT_BUDGET_POINTS = 1.0
+DEFAULT_MIN_SNR_DB = 20.0
+# Time the data-guided pruning search may take (sensitivity curves + budget search); bigger
+# models get a coarser ladder and a subset of the data for the search (see stages/prune.py).
+DEFAULT_PRUNE_SECONDS = 120.0
+
+Check = tuple[Callable[[typing.Any], bool], str]  # (is the value acceptable, what it must be)
+
+UNIT_INTERVAL: Check = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
+POSITIVE: Check = (lambda v: v > 0, "> 0")
+BITS: Check = (lambda v: 1 <= v <= 8, "between 1 and 8")
+
+
+def _is_regex(value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+REGEX: Check = (_is_regex, "a valid regular expression")
+
+
+def _option(default, *, choices: tuple | None = None, check: Check | None = None):
+    return field(default=default, metadata={"choices": choices, "check": check})
+
+
+def _given():
+    # The keys the user gave (a stage may treat them as fixed) travel with the options but are
+    # not options themselves: not in as_dict, not settable from a recipe.
+    return field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
+
+
+class _Section:
+    """as_dict: the options as the report's recipe shows them (one dict per stage)."""
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("internal")}
+
+
+@dataclass(frozen=True)
+class PruneOptions(_Section):
+    enabled: bool = True
+    budget: float | None = _option(None, check=NON_NEGATIVE)  # points; None: a share of the gate's budget
+    sparsity: float | None = _option(None, check=UNIT_INTERVAL)  # a fixed ratio instead of the search
+    scope: str = _option("global", choices=("global", "layer", "random"))
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
+    min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
+    seed: int = 0
+    max_seconds: float = _option(DEFAULT_PRUNE_SECONDS, check=POSITIVE)
+    compensate: bool = True
+    given: frozenset[str] = _given()
+
+
+@dataclass(frozen=True)
+class ShareOptions(_Section):
+    enabled: bool = True
+    bits_conv: int = _option(8, check=BITS)
+    bits_fc: int = _option(5, check=BITS)
+    init: str = _option("linear", choices=("linear", "density", "random"))
+    refit: bool = False
+    bias_correction: bool = False
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
+    min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
+    seed: int = 0
+    given: frozenset[str] = _given()
+
+    @property
+    def adaptive(self) -> bool:
+        """A stage whose lossy settings the user fixed runs as asked; scoping keys (exclude,
+        min_params, seed) keep the fallback ladder."""
+        return not self.given & {"bits_conv", "bits_fc", "init", "refit"}
+
+
+@dataclass(frozen=True)
+class QuantizeOptions(_Section):
+    enabled: bool = True
+    activations: str = _option("static", choices=("static", "dynamic", "none"))
+    per_channel: bool = True
+    symmetric: bool = True
+    calibration: str = _option("minmax", choices=("minmax", "percentile", "entropy"))
+    small_constants: bool = True
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
+    given: frozenset[str] = _given()
+
+    @property
+    def adaptive(self) -> bool:
+        return not self.given & {"activations", "per_channel", "symmetric", "calibration"}
+
+
+@dataclass(frozen=True)
+class PackOptions(_Section):
+    enabled: bool = True
+    given: frozenset[str] = _given()
+
+
+@dataclass(frozen=True)
+class GateOptions(_Section):
+    max_accuracy_drop: float | None = _option(None, check=NON_NEGATIVE)
+    budget: float = _option(DEFAULT_BUDGET_POINTS, check=NON_NEGATIVE)
+    min_snr_db: float = DEFAULT_MIN_SNR_DB
+    given: frozenset[str] = _given()
+
+    @property
+    def explicit_snr(self) -> bool:
+        """The recipe set the SNR floor: it applies to every output (see Measure)."""
+        return "min_snr_db" in self.given
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "prune": PruneOptions,
+    "share": ShareOptions,
+    "quantize": QuantizeOptions,
+    "pack": PackOptions,
+    "gate": GateOptions,
+}
+STAGES = ("prune", "share", "quantize", "pack")
+
+
+def defaults_for(mode: str) -> dict[str, dict]:
+    """The defaults that depend on the data: mode 'accuracy' (labels), 'fidelity' (unlabeled
+    inputs) or 'none'.  Without data only data-free steps that cannot wreck a model run: int8
+    per-channel weight-only quantization and lossless packing."""
+    measured = mode != "none"
+    return {
+        "prune": {"enabled": measured},
+        "share": {"enabled": measured},
+        "quantize": {"activations": "static" if measured else "none", "small_constants": measured},
+    }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    prune: PruneOptions = PruneOptions()
+    share: ShareOptions = ShareOptions()
+    quantize: QuantizeOptions = QuantizeOptions()
+    pack: PackOptions = PackOptions()
+    gate: GateOptions = GateOptions()
+
+    @classmethod
+    def for_mode(cls, mode: str, overrides: Mapping[str, Mapping] | None = None) -> Recipe:
+        """The defaults for `mode` with `overrides` ({section: {key: value}}, checked here) on top."""
+        overrides = validate_overrides(overrides or {})
+        defaults = defaults_for(mode)
+        sections = {}
+        for name, options in SECTIONS.items():
+            given = overrides.get(name, {})
+            sections[name] = options(**{**defaults.get(name, {}), **given, "given": frozenset(given)})
+        return cls(**sections)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name).as_dict() for name in SECTIONS}
+
+
+def _fields(section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section]) if not f.metadata.get("internal")}
+
+
+def _base_type(section: str, key: str) -> type:
+    hint = typing.get_type_hints(SECTIONS[section])[key]
+    if isinstance(hint, types.UnionType):
+        return next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
+
+
+def check_value(section: str, key: str, value):
+    """`value` for option `section.key`, checked (ints given for floats become floats)."""
+    known = _fields(section)
+    if key not in known:
+        raise UsageError(f"recipe: unknown key '{section}.{key}' (known: {', '.join(known)})")
+    if value is None:
+        return None
+    want = _base_type(section, key)
+    name = f"recipe: '{section}.{key}'"
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if want is int and isinstance(value, bool) or not isinstance(value, want):
+        raise UsageError(f"{name} must be {want.__name__}, got {value!r}")
+    if want is float and not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value}")
+    choices, check = known[key].metadata.get("choices"), known[key].metadata.get("check")
+    if choices is not None and value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    if check is not None and not check[0](value):
+        raise UsageError(f"{name} must be {check[1]}, got {value}")
+    return value
+
+
+def validate_overrides(raw: Mapping) -> dict:
+    """{section: {key: value}} with every section, key and value checked; only the keys given."""
+    result: dict = {}
+    for section, table in raw.items():
+        if section not in SECTIONS:
+            raise UsageError(f"recipe: unknown section '{section}' (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, Mapping):
+            raise UsageError(f"recipe: '{section}' must be a table")
+        result[section] = {key: check_value(section, key, value) for key, value in table.items()}
+    return result

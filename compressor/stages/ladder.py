@@ -1,0 +1,187 @@
+"""The ladder runner: a stage is a list of attempts, tried in order until one fits the budget.
+
+Every stage policy (stages/prune.py, share.py, quantize.py) builds its attempts and hands them
+to `run_ladder`, which measures each candidate with the run's judge and returns the stage's
+row of the report with the model it keeps.  Nothing here knows which stage it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from ..data import Dataset
+from ..errors import CompressorError
+from ..measure import Measure
+from ..report import StageRow
+
+# A search on an evenly spread subset of the data (to fit its time allowance) never uses fewer
+# samples than this: below it one sample is too many points to tell settings apart.
+MIN_SEARCH_SAMPLES = 32
+
+Log = Callable[[str], None]
+Build = Callable[[], tuple[onnx.ModelProto, dict]]  # -> (candidate model, the pass's stats)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    row: StageRow
+    model: onnx.ModelProto  # the model after the stage (its input when nothing was applied)
+    outputs: list | None  # that model's outputs on the evaluation data (None: not measured)
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage policy sees of the run."""
+
+    model: onnx.ModelProto  # the stage's input
+    measure: Measure  # the judge
+    eval_data: Dataset | None
+    calib_data: Dataset | None
+    outputs: list | None  # the input model's outputs on the evaluation data
+    rows: Sequence[StageRow]  # the rows of the stages before (rows[-1].metrics: what was spent so far)
+    log: Log
+    packed_size: Callable[[onnx.ModelProto], int]  # bytes of the container a model packs to
+
+    @property
+    def previous(self) -> StageRow:
+        return self.rows[-1]
+
+    def skipped(self, stage: str, note: str) -> StageResult:
+        """The stage leaves the model as it is."""
+        row = StageRow(stage, False, model_bytes(self.model), self.previous.metrics, note=note)
+        return StageResult(row, self.model, self.outputs)
+
+
+@dataclass(frozen=True)
+class MustShrink:
+    """A candidate not smaller (ONNX bytes) than the stage's input is rejected, with these words."""
+
+    error: str  # in the report's attempts
+    log: str  # in the progress
+
+
+@dataclass(frozen=True)
+class Attempt:
+    label: str
+    build: Build
+    budget: float | None = None  # a smaller budget than the run's for this attempt
+
+
+@dataclass(frozen=True)
+class Ladder:
+    stage: str
+    attempts: Sequence[Attempt]
+    adaptive: bool  # False: the user fixed the stage; the first attempt is applied whatever it costs
+    compare_first: bool = False  # the first attempt, if it fits, against the next that fits: smaller packed wins
+    must_shrink: MustShrink | None = None
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    # The size of the .onnx file this model saves to (no external data below 2 GB).
+    return model.ByteSize()
+
+
+def loss_text(measure: Measure, metrics: dict) -> str:
+    loss = measure.loss(metrics)
+    snr = metrics.get("snr_db")
+    text = f"loss {loss:.2f} points" if loss is not None else "unmeasured"
+    if snr is not None:
+        text += f", SNR {snr:.1f} dB"
+    return text
+
+
+@dataclass(frozen=True)
+class _Fit:
+    label: str
+    model: onnx.ModelProto
+    stats: dict | None
+    metrics: dict
+    outputs: list | None
+
+
+def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
+    """Apply the first attempt whose result stays within the budget (or the first, if not adaptive).
+
+    With `compare_first` the first attempt, if it fits, is kept aside and weighed against the
+    first of the others that fits: the one that packs smaller wins.
+    """
+    stage, measure, log = ladder.stage, ctx.measure, ctx.log
+    tried: list[dict] = []
+    kept: tuple[int, _Fit] | None = None  # the first attempt and its packed size, if it fit
+    t0 = time.perf_counter()
+
+    def applied(fit: _Fit, note: str, packed_size: int | None = None) -> StageResult:
+        loss = measure.loss(fit.metrics)
+        if not ladder.adaptive and loss is not None:
+            # The user fixed this stage; if it overshot, later stages may not add to it.
+            measure.allowance = max(measure.allowance, loss)
+        row = StageRow(
+            stage,
+            True,
+            model_bytes(fit.model),
+            fit.metrics,
+            time.perf_counter() - t0,
+            options={"setting": fit.label},
+            attempts=tried,
+            stats=fit.stats,
+            note=note,
+            packed_bytes=packed_size,
+        )
+        return StageResult(row, fit.model, fit.outputs if fit.outputs is not None else ctx.outputs)
+
+    def packed(candidate: onnx.ModelProto) -> int:
+        size = ctx.packed_size(candidate)
+        tried[-1]["packed_bytes"] = size
+        return size
+
+    for i, attempt in enumerate(ladder.attempts):
+        label = attempt.label
+        log(f"{stage}: {label}")
+        try:
+            candidate, stats = attempt.build()
+        except CompressorError as e:
+            tried.append({"option": label, "error": str(e)})
+            log(f"{stage}: {label} failed: {e}")
+            continue
+        if ladder.must_shrink is not None and model_bytes(candidate) >= model_bytes(ctx.model):
+            tried.append({"option": label, "error": ladder.must_shrink.error})
+            log(f"{stage}: {label} {ladder.must_shrink.log}")
+            continue
+        metrics, outputs = measure(candidate)
+        tried.append({"option": label, **metrics})
+        if ladder.adaptive and not measure.within(metrics, attempt.budget):
+            log(f"{stage}: {label} exceeds the budget ({loss_text(measure, metrics)}), backing off")
+            continue
+        fit = _Fit(label, candidate, stats, metrics, outputs)
+        if ladder.compare_first and i == 0:
+            kept = (packed(candidate), fit)
+            continue
+        if kept is not None:
+            size, first = packed(candidate), kept[1]
+            log(f"{stage}: {first.label} packs to {kept[0]:,} bytes, {label} to {size:,}")
+            if kept[0] <= size:
+                return applied(first, f"smaller than {label} ({kept[0]:,} vs {size:,} bytes packed)", kept[0])
+            return applied(fit, f"smaller than {first.label} ({size:,} vs {kept[0]:,} bytes packed)", size)
+        return applied(fit, "" if len(tried) == 1 else f"fell back to {label}")
+    if kept is not None:
+        return applied(kept[1], "", kept[0])
+    if not tried:
+        note = "skipped"
+    elif not any("error" in t for t in tried):
+        note = "skipped: every setting tried exceeded the budget"
+    else:
+        note = "skipped: no setting fit the budget (see attempts)"
+    row = StageRow(
+        stage,
+        False,
+        model_bytes(ctx.model),
+        ctx.previous.metrics,
+        time.perf_counter() - t0,
+        attempts=tried,
+        note=note,
+    )
+    return StageResult(row, ctx.model, ctx.outputs)

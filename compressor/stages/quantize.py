@@ -1,0 +1,101 @@
+"""The quantize stage: int8 QDQ.  Its ladder goes from the recipe's activations to gentler
+modes (static -> weight-only), giving back int8 small constants first and trying mixed
+precision (sensitive layers kept float) before giving up on static activations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import CompressorError
+from ..options import QuantizeOptions
+from ..passes.quantize import QuantizeSettings, quantize
+from ..passes.quantize.ops_tables import SMALL_ROLES
+from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, run_ladder
+
+NAME = "quantize"
+
+# Per-layer output-SNR floors of the mixed-precision rungs.  The rungs build and run one model
+# per layer, which takes many minutes on models of hundreds of MB: only up to this size.
+LAYER_SNR_FLOORS_DB = (35.0, 45.0)
+MIXED_PRECISION_MAX_BYTES = 64 << 20
+
+LABELS = {
+    "static": "int8 weights + static int8 activations",
+    "dynamic": "int8 weights + dynamic activations",
+    "none": "int8 weights only",
+}
+# Everything stayed float (subgraphs, sensitive layers): Q/DQ pairs would only add bytes.
+NOTHING_QUANTIZED = MustShrink("no size gain: nothing was quantized", "quantized nothing, trying the next setting")
+
+
+def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
+    model, calib_data = ctx.model, ctx.calib_data
+    adaptive = opts.adaptive
+    shared = any(r.stage == "share" and r.applied for r in ctx.rows)
+    activations = opts.activations
+    if activations == "static" and calib_data is None:
+        activations = "none"
+    # After share, 7-bit weights: with 8 bits the shared tensors are more accurate on a
+    # per-channel grid than on their codebook's, so quantize would drop the codebooks and the
+    # container would grow.  Without codebooks, quantize measures which range is better here.
+    settings = QuantizeSettings(
+        per_channel=opts.per_channel,
+        symmetric=opts.symmetric,
+        calibration=opts.calibration,
+        exclude=opts.exclude,
+        small_constants=opts.small_constants,
+        reduce_range=True if shared else None,
+    )
+    modes = [activations]
+    if adaptive:
+        modes += [a for a in ("static", "none") if a != activations and (a != "static" or calib_data is not None)]
+        # weight-only is the gentlest; never try a harsher mode after a gentler one
+        modes = modes[: modes.index("none") + 1] if "none" in modes else modes
+    first: dict = {}
+
+    def build(mode: str, settings: QuantizeSettings):
+        return quantize(model, calib_data if mode == "static" else None, replace(settings, activations=mode))
+
+    def first_attempt(mode: str, settings: QuantizeSettings):
+        quantized, stats = build(mode, settings)
+        first["small"] = any(w.get("role") in SMALL_ROLES + ("elementwise",) for w in stats["weights"])
+        return quantized, stats
+
+    def without_small_constants(mode: str, settings: QuantizeSettings):
+        if not first.get("small", True):
+            raise CompressorError("no small constants were quantized: nothing to give back")
+        return build(mode, settings)
+
+    attempts = []
+    for i, mode in enumerate(modes):
+        attempts.append(
+            Attempt(
+                LABELS[mode],
+                (lambda m=mode, s=settings: first_attempt(m, s))
+                if i == 0
+                else (lambda m=mode, s=settings: build(m, s)),
+            )
+        )
+        if adaptive and i == 0 and settings.small_constants:
+            # int8 biases and norm parameters are the first thing to give back: the same
+            # setting with them in float, then the rest of the ladder without them.
+            settings = replace(settings, small_constants=False)
+            attempts.append(
+                Attempt(
+                    f"{LABELS[mode]}, small constants float",
+                    lambda m=mode, s=settings: without_small_constants(m, s),
+                )
+            )
+        if adaptive and mode == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
+            # Mixed precision before giving up on activations: a few layers usually carry most
+            # of the error, so keep in float each layer whose quantization alone takes the
+            # output below the floor (measured on the calibration data).
+            for floor in LAYER_SNR_FLOORS_DB:
+                mixed = replace(settings, min_layer_snr=floor)
+                attempts.append(
+                    Attempt(
+                        f"{LABELS[mode]}, layers under {floor:g} dB alone kept float",
+                        lambda s=mixed: build("static", s),
+                    )
+                )
+    return run_ladder(Ladder(NAME, attempts, adaptive, must_shrink=NOTHING_QUANTIZED), ctx)

@@ -1,0 +1,162 @@
+"""The share stage: k-means weight sharing.  Its ladder starts with the per-tensor width search
+(passes.share_budget), weighed by packed size against the first uniform rung that fits; then
+uniform widths, fewest bits first, up to the recipe's and more fc bits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..graph import Weight
+from ..options import ShareOptions
+from ..passes.share import CONV_ROLES, share, shareable_weights
+from ..passes.share_budget import BITS, share_to_budget
+from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
+
+NAME = "share"
+
+# Longest the per-tensor bit search may be estimated to take (else on a subset, or not at all),
+# and the k-means cost it assumes per value and width (a measured upper bound).
+SHARE_SEARCH_SECONDS = 60.0
+KMEANS_SECONDS_PER_VALUE = 1.5e-7
+# Runs over the data the search makes besides one per tensor and width (its budget bisection).
+SHARE_SEARCH_EXTRA_RUNS = 12
+# The search spends what it is given, and quantize's noise compounds with narrow codebooks:
+# it may take the total loss to this share of the budget.
+SHARE_SEARCH_BUDGET_SHARE = 0.7
+# The ladder's rungs below the recipe's bits (conv, fc), tried first so that the smallest that
+# fits wins, and the part of the budget they may use, so that quantize keeps room.
+LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
+LOW_BITS_BUDGET_SHARE = 0.8
+
+
+def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
+    model, measure = ctx.model, ctx.measure
+    adaptive = opts.adaptive
+    bc, bf = opts.bits_conv, opts.bits_fc
+    # Bias correction (recipe share.bias_correction, off by default): the mean output shift
+    # sharing causes, taken back through each layer's bias; it seldom pays in the default ladder.
+    bias_data = ctx.calib_data if opts.bias_correction else None
+    judge = _bias_judge(ctx) if measure.data is not None else None
+    ladder = [(bc, bf, None)]
+    shareable = shareable_weights(model, opts.exclude, opts.min_params)
+    has_conv = any(w.role in CONV_ROLES for w in shareable)
+    has_fc = any(w.role not in CONV_ROLES for w in shareable)
+    if adaptive:
+        # Fewer bits first, each held to a part of the budget so that quantize keeps room; then
+        # the recipe's bits (the Deep Compression setting) and more FC bits with the whole budget.
+        low = [(min(bc, c), min(bf, f)) for c, f in LOW_BITS_RUNGS]
+        low = [(c if has_conv else bc, f if has_fc else bf) for c, f in low]
+        reserve = measure.budget * LOW_BITS_BUDGET_SHARE
+        ladder = [(c, f, reserve) for c, f in low if (c, f) != (bc, bf)] + ladder
+        ladder += [(max(bc, 8), b, None) for b in range(bf + 1, 9)]
+    seen, attempts = set(), []
+    compare = False
+    if adaptive and measure.data is not None and not opts.refit:
+        search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge)
+        if search is not None:
+            # The searched widths against the first uniform rung that fits: measurement noise
+            # can make either the smaller one.
+            attempts.append(search)
+            compare = True
+    refit = ctx.calib_data if opts.refit else None
+    for bits_conv, bits_fc, budget in ladder:
+        if (bits_conv, bits_fc) in seen:
+            continue
+        seen.add((bits_conv, bits_fc))
+        kinds = [f"{bits_conv} bits conv"] * has_conv + [f"{bits_fc} bits fc"] * has_fc
+        attempts.append(
+            Attempt(
+                f"k-means {' / '.join(kinds or [f'{bits_conv} bits conv', f'{bits_fc} bits fc'])}",
+                lambda bits_conv=bits_conv, bits_fc=bits_fc: share(
+                    model,
+                    bits_conv=bits_conv,
+                    bits_fc=bits_fc,
+                    init=opts.init,
+                    seed=opts.seed,
+                    exclude=opts.exclude,
+                    min_params=opts.min_params,
+                    refit_data=refit,
+                    bias_data=bias_data,
+                    bias_judge=judge,
+                ),
+                budget,
+            )
+        )
+    return run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
+
+
+def _bias_judge(ctx: StageContext):
+    """Scores a bias-corrected candidate on the budget's own measure: the calibration set alone
+    is too small to tell whether a correction helps."""
+    measure = ctx.measure
+
+    def score(candidate):
+        metrics, _ = measure(candidate)
+        loss = measure.loss(metrics)
+        snr = metrics.get("snr_db")
+        return (-(loss if loss is not None else 0.0), snr if snr is not None and math.isfinite(snr) else math.inf)
+
+    return score
+
+
+def per_tensor_attempt(
+    tensors: list[Weight], opts: ShareOptions, ctx: StageContext, bias_data=None, bias_judge=None
+) -> Attempt | None:
+    """The attempt that chooses bits per tensor (share_budget), or None when the model is too
+    slow to search.  The search costs about tensors x widths + SHARE_SEARCH_EXTRA_RUNS runs over
+    the data plus one k-means per tensor and width; past SHARE_SEARCH_SECONDS it runs on an
+    evenly spread subset (at least MIN_SEARCH_SAMPLES samples; the ladder then measures its
+    result on all the data)."""
+    if not tensors:
+        return None
+    model, measure, log = ctx.model, ctx.measure, ctx.log
+    data = measure.data
+    runs = len(tensors) * len(BITS) + SHARE_SEARCH_EXTRA_RUNS
+    kmeans_seconds = KMEANS_SECONDS_PER_VALUE * len(BITS) * sum(w.size for w in tensors)
+    per_sample = measure.eval_seconds / max(data.size, 1)
+    estimate = kmeans_seconds + runs * per_sample * data.size
+    reference, where = ctx.outputs, ""
+    if estimate > SHARE_SEARCH_SECONDS:
+        samples = int((SHARE_SEARCH_SECONDS - kmeans_seconds) / max(runs * per_sample, 1e-12))
+        if samples < MIN_SEARCH_SAMPLES:
+            log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} s > {SHARE_SEARCH_SECONDS:g} s)")
+            return None
+        data = data.select((np.arange(samples) * (data.size / samples)).astype(np.int64))
+        reference, where = None, f" on {samples} of {measure.data.size} samples"
+    reserve = measure.budget * SHARE_SEARCH_BUDGET_SHARE
+    spent = measure.loss(ctx.previous.metrics) or 0.0
+    points = max(reserve - max(spent, 0.0), 0.0)
+    step = getattr(log, "step", None)
+    progress = (lambda done, total: step("share: bit curves", done, total)) if step else None
+    snr = None
+    if measure.snr_gated:
+        # Noise powers add up: what the search may add on top of what the earlier stages
+        # spent, within the same share of the noise allowance as of the points.
+        allowed = SHARE_SEARCH_BUDGET_SHARE * 10 ** (-measure.min_snr_db / 10)
+        spent_snr = ctx.previous.metrics.get("snr_db")
+        if spent_snr is not None and math.isfinite(spent_snr):
+            allowed -= 10 ** (-spent_snr / 10)
+        if allowed <= 0:
+            log("share: per-tensor bit search skipped (the earlier stages spent the SNR allowance)")
+            return None
+        snr = -10 * math.log10(allowed)
+
+    def searched():
+        return share_to_budget(
+            model,
+            data,
+            points,
+            min_snr_db=snr,
+            init=opts.init,
+            seed=opts.seed,
+            exclude=opts.exclude,
+            min_params=opts.min_params,
+            progress=progress,
+            reference_outputs=reference,
+            bias_data=bias_data,
+            bias_judge=bias_judge,
+        )
+
+    return Attempt(f"k-means bits per tensor, searched within {points:.2g} points{where}", searched, reserve)
