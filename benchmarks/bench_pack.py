@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_info, timed  # noqa: E402  (puts the repository on sys.path too)
 
-from compressor.passes.pack import pack_file, unpack_file  # noqa: E402
+from compressor.container import pack_file, unpack_file  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pack.json"
 

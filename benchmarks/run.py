@@ -198,7 +198,7 @@ class Phases:
 
 def task_compress(model: str, test: str, calib: str, out_dir: str) -> dict:
     """compressor's default pipeline, then unpack the container to the ONNX file it encodes."""
-    from compressor.passes.pack import unpack_file
+    from compressor.container import unpack_file
     from compressor.pipeline import run_pipeline
 
     out = Path(out_dir)
@@ -248,7 +248,7 @@ def container_composition(container: Path, unpacked: Path) -> dict:
     import onnx
 
     from compressor import graph
-    from compressor.passes.pack import describe_container
+    from compressor.container import describe_container
 
     desc = describe_container(container)
     model = onnx.load(str(unpacked))

@@ -188,7 +188,7 @@ class Judge:
         self._session_batch = self.batch_size or batch_size_for(model, DEFAULT_BATCH)
         t0 = time.perf_counter()
         self.reference_outputs = self.outputs(model)
-        self.eval_seconds = time.perf_counter() - t0  # sizes the pruning search (see _prune_search_plan)
+        self.eval_seconds = time.perf_counter() - t0  # sizes the pruning search (see stages.prune.search_plan)
         self._baseline = None
         # Class scores ([N, C] logits or probabilities) are budgeted by top-1 agreement alone:
         # logit SNR falls fast under pruning while the decisions hold (LeNet-5 pruned to a

@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .passes.prune import DEFAULT_MIN_PARAMS
+from .measure import DEFAULT_MIN_SNR_DB
+from .passes.selection import DEFAULT_MIN_PARAMS
 
 # Points of top-1 accuracy (labeled data) or of top-1 agreement (unlabeled inputs) the whole run
-# may spend, and the output SNR floor that protects models whose outputs are not class scores.
+# may spend (the output SNR floor, DEFAULT_MIN_SNR_DB, is the judge's).
 DEFAULT_BUDGET_POINTS = 1.0
-DEFAULT_MIN_SNR_DB = 20.0
 # Time the data-guided pruning search may take (sensitivity curves + budget search); bigger
 # models get a coarser ladder and a subset of the data for the search (see stages/prune.py).
 DEFAULT_PRUNE_SECONDS = 120.0

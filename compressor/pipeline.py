@@ -28,12 +28,12 @@ import numpy as np
 import onnx
 
 from . import graph
+from .container import pack_model, unpack_container
 from .data import Dataset, load_dataset
 from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import make_session, run_model
 from .measure import Measure
 from .options import Recipe, check_value
-from .passes.pack import pack_model, unpack_container
 from .report import RunResult, StageRow, build_report
 from .stages import STAGES, StageContext
 from .stages.ladder import model_bytes

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from compressor import evaluate, graph
 from compressor.passes.compensate import Compensator, refit_kept
-from compressor.passes.prune import layer_magnitude_mask, prunable_weights, prune_to_budget, prune_with_ratios
+from compressor.passes.prune import layer_magnitude_mask, prunable_weights, prune_with_ratios
+from compressor.search.prune_budget import prune_to_budget
 
 
 @settings(max_examples=40, deadline=None)

@@ -17,7 +17,18 @@ PACKAGE = Path(__file__).resolve().parent.parent / "compressor"
 # Top to bottom.  A module may import its own layer or any layer below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("compressor.cli", "compressor.__main__", "compressor.commands", "compressor.commands.*")),
-    ("run", ("compressor.pipeline", "compressor.batch", "compressor.stages", "compressor.stages.*", "compressor.report")),
+    (
+        "run",
+        (
+            "compressor.pipeline",
+            "compressor.batch",
+            "compressor.stages",
+            "compressor.stages.*",
+            "compressor.report",
+            "compressor.options",
+            "compressor.recipe",
+        ),
+    ),
     ("search", ("compressor.search", "compressor.search.*")),
     ("judge", ("compressor.measure",)),
     ("passes", ("compressor.passes", "compressor.passes.*")),
@@ -25,11 +36,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "model",
         (
             "compressor.graph",
+            "compressor.variants",
             "compressor.data",
             "compressor.evaluate",
             "compressor.inspect_model",
-            "compressor.options",
-            "compressor.recipe",
             "compressor.container",
             "compressor.container.*",
         ),

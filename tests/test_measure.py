@@ -25,8 +25,8 @@ from compressor.measure import (
     within_budget,
 )
 from compressor.passes.magnitude import layer_pruned
-from compressor.passes.prune import prune_to_budget
 from compressor.passes.selection import prunable_weights
+from compressor.search.prune_budget import prune_to_budget
 from compressor.variants import with_arrays
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"

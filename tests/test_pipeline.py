@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from compressor.cli import main
+from compressor.container import unpack_file
 from compressor.data import load_dataset
 from compressor.evaluate import accuracy, run_model
 from compressor.graph import load_model
-from compressor.passes.pack import unpack_file
 from compressor.pipeline import run_pipeline
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

@@ -20,17 +20,16 @@ from compressor.data import Dataset, load_dataset
 from compressor.errors import UsageError
 from compressor.evaluate import make_session, run_model
 from compressor.passes.prune import (
-    allocate_ratios,
     find_cut,
     global_magnitude_masks,
     layer_magnitude_mask,
     layer_magnitude_masks,
     magnitude_masks,
     prune,
-    prune_to_budget,
     random_masks,
     target_zeros,
 )
+from compressor.search.prune_budget import allocate_ratios, prune_to_budget
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 
@@ -426,7 +425,7 @@ def test_budget_without_labels_uses_top1_agreement():
 
 
 def test_budget_zero_keeps_predictions_and_reuses_given_curves():
-    from compressor.passes.sensitivity import sensitivity
+    from compressor.search.sensitivity import sensitivity
 
     model = shared_matmul_net()
     data = random_data(model, n=64)

@@ -15,8 +15,9 @@ from compressor.data import Dataset, load_dataset
 from compressor.errors import UsageError
 from compressor.evaluate import accuracy, make_session, run_model
 from compressor.measure import Judge, VariantRunner
-from compressor.passes.prune import _PrunedVariants, layer_magnitude_mask, prunable_weights, prune_with_ratios
-from compressor.passes.sensitivity import DEFAULT_RATIOS, parse_ratios, sensitivity
+from compressor.passes.prune import layer_magnitude_mask, prunable_weights, prune_with_ratios
+from compressor.search.prune_budget import _PrunedVariants
+from compressor.search.sensitivity import DEFAULT_RATIOS, parse_ratios, sensitivity
 from compressor.variants import weights_as_inputs
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"

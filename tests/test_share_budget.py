@@ -11,7 +11,7 @@ from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.evaluate import accuracy, run_model
 from compressor.passes.share import share
-from compressor.passes.share_budget import BITS, share_to_budget
+from compressor.search.share_budget import BITS, share_to_budget
 
 
 def labeled(model, n=256, seed=0) -> Dataset:

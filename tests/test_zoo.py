@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from compressor import graph
+from compressor.container import pack_model, unpack_container
 from compressor.evaluate import fidelity, make_session, run_model
-from compressor.passes.pack import pack_model, unpack_container
 from compressor.passes.prune import prune
 from compressor.passes.quantize import quantize
 from compressor.passes.share import share

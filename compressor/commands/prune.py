@@ -12,9 +12,10 @@ from ..data import load_dataset
 from ..errors import UsageError
 from ..graph import atomic_write_bytes, load_model, save_model
 from ..passes.magnitude import check_sparsity
-from ..passes.prune import prune, prune_to_budget
+from ..passes.prune import prune
 from ..passes.selection import DEFAULT_MIN_PARAMS
-from ..passes.sensitivity import parse_ratios, sensitivity
+from ..search.prune_budget import prune_to_budget
+from ..search.sensitivity import parse_ratios, sensitivity
 from .common import emit_json, format_table, report_pass, to_json, warn
 
 

@@ -13,8 +13,9 @@ from ..data import Dataset
 from ..measure import Measure
 from ..options import PruneOptions
 from ..passes.compensate import Compensator
-from ..passes.prune import prunable_weights, prune, prune_to_budget, prune_with_ratios
-from ..passes.sensitivity import BUDGET_RATIOS
+from ..passes.prune import prunable_weights, prune, prune_with_ratios
+from ..search.prune_budget import prune_to_budget
+from ..search.sensitivity import BUDGET_RATIOS
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 
 NAME = "prune"

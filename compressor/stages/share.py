@@ -1,5 +1,5 @@
 """The share stage: k-means weight sharing.  Its ladder starts with the per-tensor width search
-(passes.share_budget), weighed by packed size against the first uniform rung that fits; then
+(search.share_budget), weighed by packed size against the first uniform rung that fits; then
 uniform widths, fewest bits first, up to the recipe's and more fc bits."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 from ..graph import Weight
 from ..options import ShareOptions
 from ..passes.share import CONV_ROLES, share, shareable_weights
-from ..passes.share_budget import BITS, share_to_budget
+from ..search.share_budget import BITS, share_to_budget
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 
 NAME = "share"

@@ -17,7 +17,7 @@ differ far more than that (a depthwise ResNet's pointwise filters keep their acc
    tensor has its own seeded generator).
 
 Cost: about tensors x widths + ``max_evals`` runs over the data; the caller decides whether
-a model is small enough for it (run: ``pipeline._stage_share``).
+a model is small enough for it (run: ``stages.share``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from ..data import Dataset
 from ..errors import CompressorError
 from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
-from .prune import allocate_ratios
-from .selection import DEFAULT_MIN_PARAMS
-from .share import share, shareable_weights, tensor_rng
+from ..passes.selection import DEFAULT_MIN_PARAMS
+from ..passes.share import share, shareable_weights, tensor_rng
+from .prune_budget import allocate_ratios
 
 # Widths probed, widest first; the widest is the reference every saving is counted from.
 BITS = (8, 6, 5, 4, 3, 2)

@@ -31,9 +31,9 @@ from .. import graph
 from ..data import Dataset, load_dataset
 from ..errors import UsageError
 from ..measure import Judge, VariantRunner
+from ..passes.magnitude import layer_pruned
+from ..passes.selection import DEFAULT_MIN_PARAMS, prunable_weights, unique_names
 from ..variants import feedable
-from .magnitude import layer_pruned
-from .selection import DEFAULT_MIN_PARAMS, prunable_weights, unique_names
 
 DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 # prune --budget probes a finer ladder: per-tensor ratios can only come from it.
