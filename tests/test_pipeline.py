@@ -141,7 +141,7 @@ def test_without_data_only_data_free_steps_run_and_the_report_says_so(tmp_path):
 
 def test_unlabeled_data_budgets_top1_agreement(tmp_path):
     test = np.load(SAMPLES / "lenet300_test.npz")
-    np.savez(tmp_path / "inputs.npz", x=test["x"][:200])
+    np.savez(tmp_path / "inputs.npz", x=test["x"][:300])  # 300 samples: still more than one batch
     report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(tmp_path / "inputs.npz"))
     assert report["mode"] == "fidelity"
     assert report["stages"][-1]["top1_agreement"] >= 99.0 - 1e-9
