@@ -78,11 +78,11 @@ def test_share_searches_bits_per_tensor_and_keeps_the_smaller_of_it_and_the_firs
     assert share_row["setting"] == smallest["option"] and share_row["accuracy_drop"] == smallest["accuracy_drop"]
 
 
-def test_share_ladder_names_only_the_kinds_of_weights_the_model_has(tmp_path):
+def test_share_ladder_names_only_the_kinds_of_weights_the_model_has(tmp_path, sample_subset):
     report = run_pipeline(
         str(LENET300),
         str(tmp_path / "m.cmpz"),
-        data_path=str(SAMPLES / "lenet300_test.npz"),
+        data_path=str(sample_subset("lenet300_test", 200)),
         overrides={"quantize": {"enabled": False}},
     )
     tried = [a["option"] for a in report["stages"][2]["attempts"]]
@@ -155,7 +155,7 @@ def test_without_data_only_data_free_steps_run_and_the_report_says_so(tmp_path):
 
 def test_unlabeled_data_budgets_top1_agreement(tmp_path):
     test = np.load(SAMPLES / "lenet300_test.npz")
-    np.savez(tmp_path / "inputs.npz", x=test["x"])
+    np.savez(tmp_path / "inputs.npz", x=test["x"][:300])  # 300 samples: still more than one batch
     report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(tmp_path / "inputs.npz"))
     assert report["mode"] == "fidelity"
     assert report["stages"][-1]["top1_agreement"] >= 99.0 - 1e-9
@@ -291,7 +291,7 @@ def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path, monkeypatch
     assert "coarse ladder" in report["prune_search"] and plan in report["prune_search"]
 
 
-def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys, sample_subset):
     from compressor.commands.run import Progress
 
     steps = []
@@ -305,7 +305,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
     run_pipeline(
         str(LENET5),
         str(tmp_path / "m.cmpz"),
-        data_path=str(SAMPLES / "lenet5_test.npz"),
+        data_path=str(sample_subset("lenet5_test", 200)),
         log=bar,
         overrides={"share": {"enabled": False}, "quantize": {"enabled": False}},
     )

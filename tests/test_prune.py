@@ -391,10 +391,11 @@ def test_budget_on_lenet5_beats_every_global_ratio_within_the_same_drop():
     assert stats["budget"]["metric"] == "accuracy" and stats["budget"]["evaluations"] <= 20
     feasible_global = []
     reference = stats["budget"]["baseline"]["accuracy"]
-    for s in np.arange(0.70, 0.905, 0.01):
+    for s in np.arange(0.70, 0.905, 0.01)[::-1]:  # from the top: zeros grow with the ratio, the first fit has most
         g, g_stats = prune(model, float(s))
         if measured_drop(model, g, data, reference) <= 1.0 + 1e-9:
             feasible_global.append(g_stats["totals"]["zeros_after"])
+            break
     assert feasible_global, "some global ratio fits the budget"
     assert stats["totals"]["zeros_after"] > max(feasible_global)
     assert stats["totals"]["sparsity"] > 0.85  # 0.88 when written; the best global ratio is ~0.78
