@@ -149,15 +149,19 @@ def quantize(
         plans, _ = make_plans(model, mode, per_channel, options, exclude_re)
         groups = build_groups(plans)
         collectors = calibrate.collect(float_model, list(groups.parent), calib)
-        qparams = compute_params(
-            groups,
-            collectors,
-            settings.calibration,
-            settings.activation_type,
-            False,
-            settings.percentile,
-            settings.activation_range,
-        )
+
+        def params_of(groups):
+            return compute_params(
+                groups,
+                collectors,
+                settings.calibration,
+                settings.activation_type,
+                False,
+                settings.percentile,
+                settings.activation_range,
+            )
+
+        qparams = params_of(groups)
         if settings.min_layer_snr is not None:
             names = [p.name for p in plans if p.kind == "integer"]
             reference = sensitivity.Reference(float_model, calib)
@@ -169,15 +173,7 @@ def quantize(
             if skip:
                 # Parameters again without the skipped layers (groups change when a Relu's producer stays float).
                 plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=skip)
-                qparams = compute_params(
-                    build_groups(plans),
-                    collectors,
-                    settings.calibration,
-                    settings.activation_type,
-                    False,
-                    settings.percentile,
-                    settings.activation_range,
-                )
+                qparams = params_of(build_groups(plans))
     built = _build(float_model, qparams, skip=skip, **config)
     stats["reduce_range"] = settings.reduce_range is not False
     if settings.reduce_range is None and mode == "static":
