@@ -1,0 +1,443 @@
+"""Context-modelled static rANS coding of symbol streams, vectorised over lanes with numpy.
+
+Huffman spends a whole number of bits per symbol and codes every symbol with the same
+table, so it can at best reach the zero-order entropy.  This coder spends fractional bits
+(range ANS, Duda 2013) and conditions each symbol's probabilities on the symbol before it:
+quantized and shared weights are strongly correlated along a row (pruned input columns,
+runs of equal cluster indices), so the conditional entropy is below the zero-order one.
+
+* Context: the previous symbol of the stream.  The ``contexts - 1`` most frequent symbols
+  each get a frequency table of their own; every other symbol, and the start of a lane,
+  shares the last one... except that a lane starts in context 0 (the most frequent
+  symbol's).  The encoder picks the number of contexts and the precision that minimise
+  the estimated size (tables included), so short streams fall back to one table.
+* Lanes: the stream is cut into ``lanes`` contiguous blocks of ``lane_symbols`` symbols
+  (the last one may be shorter).  Every lane is its own rANS stream (32-bit state, 16-bit
+  words), and all lanes advance together, one symbol per lane per numpy step; the previous
+  symbol of a lane is the one decoded in the step before, so contexts cost nothing extra.
+  The lanes' words are interleaved in one word stream: at each step the lanes that
+  renormalise read (decoder) / wrote (encoder) one word each, in lane order.
+* Frequencies: each context's table sums to ``2**precision``; a used symbol may have
+  frequency 0 in a context where it never occurs.
+
+Stream layout (FORMAT.md), all integers little-endian::
+
+    u64 symbol_count | u32 alphabet_size | u8 precision | u8 contexts | u16 reserved=0 | u32 lane_symbols
+    precision == 0:  u32 the one symbol (a constant or empty stream has no payload)
+    precision >= 1:  ceil(alphabet_size/8) bytes: bitmap of the used symbols (LSB first), U >= 2 of them
+                     (contexts - 1) x u16: the symbols with a context of their own, context 0 first
+                     frequency table, bit-packed MSB first, contexts x U entries in context-major order:
+                       ceil(5*contexts*U / 8) bytes: each entry's bit length L (0 = frequency 0)
+                       ceil(sum(L-1) / 8) bytes: each entry's low L-1 bits (the top bit is implied)
+                     lanes x u32 final lane states, u64 word_count, word_count x u16 words
+    where lanes = ceil(symbol_count / lane_symbols); padding bits are zero.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from . import ByteReader, CorruptData
+
+MAX_ALPHABET = 1 << 15
+MAX_PRECISION = 16  # frequencies sum to at most 2**16, so one 16-bit word always renormalises
+MAX_CONTEXTS = 16
+STATE_LOW = 1 << 16  # rANS state interval [2**16, 2**32)
+WORD_BITS = 16
+LENGTH_BITS = 5  # a frequency <= 2**16 has a bit length <= 17
+HEADER_BYTES = 20
+# Each lane costs its 4-byte final state (about 2 bytes more than the information it
+# carries) but each numpy step advances all lanes, so long streams use many lanes.
+MIN_LANE_SYMBOLS = 4096
+MAX_LANES = 8192
+CONTEXT_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)
+
+_HEADER = struct.Struct("<QIBBHI")
+
+
+# ------------------------------------------------------------------ bit packing
+
+
+def _pack_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
+    """``values[i]`` in ``widths[i]`` bits (MSB first), concatenated and zero-padded to bytes."""
+    values = np.asarray(values, dtype=np.int64)
+    widths = np.asarray(widths, dtype=np.int64)
+    top = int(widths.max(initial=0))
+    if top == 0:
+        return b""
+    columns = np.arange(top, dtype=np.int64)
+    bits = (values[:, None] >> (top - 1 - columns)[None, :]) & 1
+    keep = columns[None, :] >= (top - widths)[:, None]
+    return np.packbits(bits[keep].astype(np.uint8)).tobytes()
+
+
+def _unpack_bits(data: np.ndarray, widths: np.ndarray, what: str) -> np.ndarray:
+    """Inverse of _pack_bits for known widths (``data`` holds exactly the padded bytes)."""
+    widths = np.asarray(widths, dtype=np.int64)
+    total = int(widths.sum())
+    bits = np.unpackbits(np.asarray(data, dtype=np.uint8))
+    if np.any(bits[total:]):
+        raise CorruptData(f"{what}: padding bits are not zero")
+    owner = np.repeat(np.arange(widths.size), widths)
+    ends = np.cumsum(widths)
+    exponent = ends[owner] - 1 - np.arange(total)
+    weights = bits[:total].astype(np.int64) << exponent
+    return np.bincount(owner, weights=weights, minlength=widths.size).astype(np.int64)
+
+
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """Bit length of non-negative integers < 2**20 (0 for 0)."""
+    values = np.asarray(values, dtype=np.int64)
+    lengths = np.zeros(values.shape, dtype=np.int64)
+    for bit in range(20):
+        lengths += values >= (1 << bit)
+    return lengths
+
+
+# ------------------------------------------------------------------ models
+
+
+def normalize_counts(counts: np.ndarray, total_frequency: int) -> np.ndarray:
+    """Frequencies summing to ``total_frequency``, >= 1 wherever the count is, near-proportional.
+
+    Floors of the proportional shares (at least 1), then the remainder goes to (or is taken
+    from) the symbols with the largest count per frequency, one unit each per round.  Only
+    integer arithmetic and correctly rounded divisions, so the result is the same everywhere.
+    A row of zero counts gets the whole total on its first entry (a context that never occurs).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    freq = np.zeros_like(counts)
+    for row in range(counts.shape[0]):
+        c = counts[row]
+        total = int(c.sum())
+        if total == 0:
+            freq[row, 0] = total_frequency
+            continue
+        used = c > 0
+        if int(np.count_nonzero(used)) > total_frequency:
+            raise ValueError("more symbols than the precision can represent")
+        f = np.where(used, np.maximum(1, (c * total_frequency) // total), 0)
+        missing = total_frequency - int(f.sum())
+        while missing > 0:
+            gain = np.where(used, c / np.maximum(f, 1), -1.0)
+            take = np.argsort(-gain, kind="stable")[: min(missing, int(np.count_nonzero(used)))]
+            f[take] += 1
+            missing -= take.size
+        while missing < 0:
+            shrinkable = f > 1
+            loss = np.where(shrinkable, c / np.maximum(f - 1, 1), np.inf)
+            take = np.argsort(loss, kind="stable")[: min(-missing, int(np.count_nonzero(shrinkable)))]
+            f[take] -= 1
+            missing += take.size
+        freq[row] = f
+    return freq
+
+
+def _cost_bits(counts: np.ndarray, freq: np.ndarray, precision: int) -> float:
+    """Estimated payload bits of coding ``counts`` with ``freq`` (ideal rANS cost)."""
+    used = counts > 0
+    return float(np.sum(counts[used] * (precision - np.log2(freq[used]))))
+
+
+def _table_bits(freq: np.ndarray) -> int:
+    lengths = _bit_length(freq)
+    return int(LENGTH_BITS * freq.size + np.maximum(lengths - 1, 0).sum())
+
+
+def _context_counts(joint: np.ndarray, contexts: int) -> np.ndarray:
+    """Merge the rows of ``joint`` (counts by previous-symbol rank) into ``contexts`` rows."""
+    if contexts >= joint.shape[0]:
+        return joint
+    return np.vstack([joint[: contexts - 1], joint[contexts - 1 :].sum(axis=0, keepdims=True)])
+
+
+def lane_symbols_for(count: int) -> int:
+    return int(max(MIN_LANE_SYMBOLS, math.ceil(count / MAX_LANES)))
+
+
+# ------------------------------------------------------------------ encode
+
+
+def encode(
+    symbols: np.ndarray,
+    alphabet_size: int,
+    contexts: int | None = None,
+    precision: int | None = None,
+    lane_symbols: int | None = None,
+) -> bytes:
+    """rANS-code a stream of symbols in [0, alphabet_size) into the stream layout above.
+
+    ``contexts`` and ``precision`` default to the pair that minimises the estimated size;
+    ``lane_symbols`` to ``lane_symbols_for(count)``.  The output depends only on the inputs.
+    """
+    symbols = np.asarray(symbols).ravel()
+    if not 1 <= alphabet_size <= MAX_ALPHABET:
+        raise ValueError(f"alphabet size {alphabet_size} out of range")
+    if symbols.size and (symbols.min() < 0 or symbols.max() >= alphabet_size):
+        raise ValueError("symbol outside the alphabet")
+    symbols = symbols.astype(np.int32)
+    count = int(symbols.size)
+    counts = np.bincount(symbols, minlength=alphabet_size)
+    used = np.flatnonzero(counts)
+    if used.size <= 1:
+        symbol = int(used[0]) if used.size else 0
+        return _HEADER.pack(count, alphabet_size, 0, 0, 0, 0) + struct.pack("<I", symbol)
+    lane_symbols = min(count, lane_symbols_for(count) if lane_symbols is None else int(lane_symbols))
+    if lane_symbols < 1:
+        raise ValueError(f"lane_symbols {lane_symbols} out of range")
+    lanes = -(-count // lane_symbols)
+
+    # Symbols as indices into the used ones; ranks by frequency (ties by symbol) name contexts.
+    index_of = np.zeros(alphabet_size, dtype=np.int32)
+    index_of[used] = np.arange(used.size)
+    by_rank = used[np.argsort(-counts[used], kind="stable")]
+    joint_rows = min(MAX_CONTEXTS, used.size)
+    rank_of = np.full(alphabet_size, joint_rows - 1, dtype=np.int32)
+    rank_of[by_rank[: joint_rows - 1]] = np.arange(joint_rows - 1)
+    # key = rank of the previous symbol (0 at a lane start) * U + this symbol's used index
+    key = np.empty(count, dtype=np.int32)
+    key[0] = 0
+    np.take(rank_of, symbols[:-1], out=key[1:])
+    key[::lane_symbols] = 0
+    key *= used.size
+    key += index_of[symbols]
+    joint = np.bincount(key, minlength=joint_rows * used.size)
+    del key
+    joint = joint.reshape(joint_rows, used.size)
+
+    fixed = 32 + 8 * ((alphabet_size + 7) // 8 + 4 * lanes + 8) + 8 * HEADER_BYTES
+    best = None
+    context_options = [contexts] if contexts is not None else [c for c in CONTEXT_CHOICES if c <= used.size]
+    for n_contexts in context_options:
+        if not 1 <= n_contexts <= min(MAX_CONTEXTS, used.size):
+            raise ValueError(f"contexts {n_contexts} out of range for {used.size} used symbols")
+        ctx_counts = _context_counts(joint, n_contexts)
+        needed = max(1, math.ceil(math.log2(max(int(np.count_nonzero(ctx_counts, axis=1).max()), 1))))
+        precision_options = [precision] if precision is not None else range(max(needed, 1), MAX_PRECISION + 1)
+        for bits in precision_options:
+            if not needed <= bits <= MAX_PRECISION:
+                raise ValueError(f"precision {bits} cannot represent {used.size} symbols")
+            freq = normalize_counts(ctx_counts, 1 << bits)
+            size = fixed + 16 * (n_contexts - 1) + _table_bits(freq) + _cost_bits(ctx_counts, freq, bits)
+            if best is None or size < best[0]:
+                best = (size, n_contexts, bits, freq)
+    _, n_contexts, bits, freq = best
+
+    context_symbols = by_rank[: n_contexts - 1]
+    states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, alphabet_size)
+
+    bitmap = np.zeros(((alphabet_size + 7) // 8) * 8, dtype=np.uint8)
+    bitmap[used] = 1
+    lengths = _bit_length(freq.ravel())
+    mantissa_widths = np.maximum(lengths - 1, 0)
+    mantissas = freq.ravel() - np.where(lengths > 0, 1 << np.maximum(lengths - 1, 0), 0)
+    return b"".join(
+        [
+            _HEADER.pack(count, alphabet_size, bits, n_contexts, 0, lane_symbols),
+            np.packbits(bitmap, bitorder="little").tobytes(),
+            context_symbols.astype("<u2").tobytes(),
+            _pack_bits(lengths, np.full(lengths.size, LENGTH_BITS)),
+            _pack_bits(mantissas, mantissa_widths),
+            states.astype("<u4").tobytes(),
+            struct.pack("<Q", words.size),
+            words.astype("<u2").tobytes(),
+        ]
+    )
+
+
+def _coding_tables(used_count, context_symbols, freq, alphabet_index) -> tuple[np.ndarray, np.ndarray]:
+    """context_base[s]: row offset of the context that symbol s opens (symbols as used indices)."""
+    context_of = np.full(used_count, context_symbols.size, dtype=np.int64)
+    context_of[alphabet_index[context_symbols]] = np.arange(context_symbols.size)
+    cumulative = np.zeros_like(freq)
+    np.cumsum(freq[:, :-1], axis=1, out=cumulative[:, 1:])
+    return context_of, cumulative
+
+
+def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, alphabet_size):
+    count = symbols.size
+    used_count = freq.shape[1]
+    lanes = -(-count // lane_symbols)
+    last_lane = count - (lanes - 1) * lane_symbols
+    context_of, cumulative = _coding_tables(used_count, context_symbols, freq, index_of)
+    # Key of (context, symbol) -> flat table index; a symbol's successor context via context_of.
+    freq_flat = freq.ravel()
+    cum_flat = cumulative.ravel()
+    grid = np.zeros(lanes * lane_symbols, dtype=np.int32)
+    grid[:count] = index_of[symbols]
+    grid = np.ascontiguousarray(grid.reshape(lanes, lane_symbols).T)  # grid[k, j]: step k of lane j
+    context_row = context_of * used_count  # symbol (used index) -> first key of the context it opens
+    state = np.full(lanes, STATE_LOW, dtype=np.int64)
+    emitted = []
+    key = np.empty(lanes, dtype=np.int64)
+    f = np.empty(lanes, dtype=np.int64)
+    c = np.empty(lanes, dtype=np.int64)
+    limit = np.empty(lanes, dtype=np.int64)
+    over = np.empty(lanes, dtype=bool)
+    quotient = np.empty(lanes, dtype=np.int64)
+    remainder = np.empty(lanes, dtype=np.int64)
+    shift = 32 - bits
+    for step in range(lane_symbols - 1, -1, -1):
+        active = lanes if step < last_lane else lanes - 1
+        x = state[:active]
+        k, fa, ca, lim, ov = key[:active], f[:active], c[:active], limit[:active], over[:active]
+        q, r = quotient[:active], remainder[:active]
+        if step:
+            context_row.take(grid[step - 1, :active], out=k)
+            k += grid[step, :active]
+        else:
+            k[:] = grid[0, :active]
+        freq_flat.take(k, out=fa)
+        cum_flat.take(k, out=ca)
+        np.left_shift(fa, shift, out=lim)
+        np.greater_equal(x, lim, out=ov)
+        if ov.any():
+            where = np.flatnonzero(ov)
+            emitted.append((x[where] & 0xFFFF).astype(np.uint16))
+            x[where] >>= WORD_BITS
+        np.divmod(x, fa, out=(q, r))
+        np.left_shift(q, bits, out=x)
+        x += r
+        x += ca
+    words = np.concatenate(emitted[::-1]) if emitted else np.zeros(0, dtype=np.uint16)
+    return state, words
+
+
+# ------------------------------------------------------------------ decode
+
+
+def decode(reader, expected_count: int, alphabet_size: int, what: str = "rans stream") -> np.ndarray:
+    """Decode one stream (at a ByteReader's position, or all of a bytes-like); returns uint16 symbols.
+
+    Every declared size is checked before anything is allocated, the tables must be
+    consistent, every step's words must exist, and every lane must end in the encoder's
+    initial state after consuming exactly the stored words; anything else raises CorruptData.
+    """
+    whole = not isinstance(reader, ByteReader)
+    if whole:
+        reader = ByteReader(reader, what)
+    count = reader.u64(f"{what} header")
+    alphabet = reader.u32(f"{what} header")
+    bits = reader.u8(f"{what} header")
+    n_contexts = reader.u8(f"{what} header")
+    reserved = reader.u16(f"{what} header")
+    lane_symbols = reader.u32(f"{what} header")
+    if count != expected_count:
+        raise CorruptData(f"{what}: {count} symbols declared, {expected_count} expected")
+    if alphabet != alphabet_size or not 1 <= alphabet <= MAX_ALPHABET:
+        raise CorruptData(f"{what}: alphabet of {alphabet} symbols, {alphabet_size} expected")
+    if reserved != 0 or bits > MAX_PRECISION:
+        raise CorruptData(f"{what}: bad header (precision {bits}, reserved {reserved})")
+    if bits == 0:
+        if n_contexts != 0 or lane_symbols != 0:
+            raise CorruptData(f"{what}: constant stream with contexts or lanes")
+        symbol = reader.u32(f"{what} symbol")
+        if symbol >= alphabet:
+            raise CorruptData(f"{what}: constant symbol {symbol} outside the alphabet")
+        out = np.full(count, symbol, dtype=np.uint16)
+    else:
+        out = _decode_body(reader, count, alphabet, bits, n_contexts, lane_symbols, what)
+    if whole:
+        reader.expect_end()
+    return out
+
+
+def _decode_body(reader, count, alphabet, bits, n_contexts, lane_symbols, what) -> np.ndarray:
+    if count == 0 or not 1 <= lane_symbols <= count:
+        raise CorruptData(f"{what}: bad lane size {lane_symbols} for {count} symbols")
+    bitmap = np.unpackbits(reader.array(np.uint8, (alphabet + 7) // 8, f"{what} symbol bitmap"), bitorder="little")
+    if np.any(bitmap[alphabet:]):
+        raise CorruptData(f"{what}: symbol bitmap padding is not zero")
+    used = np.flatnonzero(bitmap)
+    if used.size < 2 or not 1 <= n_contexts <= min(MAX_CONTEXTS, used.size):
+        raise CorruptData(f"{what}: {n_contexts} contexts for {used.size} used symbols")
+    context_symbols = reader.array(np.uint16, n_contexts - 1, f"{what} contexts").astype(np.int64)
+    if np.any(context_symbols >= alphabet) or not np.all(bitmap[context_symbols]):
+        raise CorruptData(f"{what}: a context symbol is not used")
+    if np.unique(context_symbols).size != context_symbols.size:
+        raise CorruptData(f"{what}: repeated context symbol")
+    entries = n_contexts * used.size
+    length_bytes = reader.array(np.uint8, (LENGTH_BITS * entries + 7) // 8, f"{what} frequency lengths")
+    lengths = _unpack_bits(length_bytes, np.full(entries, LENGTH_BITS), f"{what} frequency lengths")
+    if np.any(lengths > MAX_PRECISION + 1):
+        raise CorruptData(f"{what}: a frequency is longer than the precision")
+    widths = np.maximum(lengths - 1, 0)
+    mantissa_bytes = reader.array(np.uint8, (int(widths.sum()) + 7) // 8, f"{what} frequencies")
+    mantissas = _unpack_bits(mantissa_bytes, widths, f"{what} frequencies")
+    freq = (np.where(lengths > 0, 1 << widths, 0) + mantissas).reshape(n_contexts, used.size)
+    if np.any(freq.sum(axis=1) != 1 << bits):
+        raise CorruptData(f"{what}: a frequency table does not sum to 2**{bits}")
+    lanes = -(-count // lane_symbols)
+    states = reader.array(np.uint32, lanes, f"{what} lane states").astype(np.int64)
+    if np.any(states < STATE_LOW):
+        raise CorruptData(f"{what}: a lane state is below 2**16")
+    word_count = reader.u64(f"{what} word count")
+    # Each lane reads at most one word per symbol.
+    if word_count > count:
+        raise CorruptData(f"{what}: {word_count} words for {count} symbols")
+    words = reader.array(np.uint16, word_count, f"{what} words").astype(np.int64)
+    index_of = np.zeros(alphabet, dtype=np.int64)
+    index_of[used] = np.arange(used.size)
+    decoded = _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols, freq, bits, what)
+    return used.astype(np.uint16)[decoded]
+
+
+def _slot_tables(context_of, freq, bits):
+    """Per (context, slot): the symbol, its frequency, slot - cumulative, and the next context's row."""
+    n_contexts, used_count = freq.shape
+    total = 1 << bits
+    symbol = np.empty(n_contexts * total, dtype=np.uint16)
+    for row in range(n_contexts):
+        symbol[row * total : (row + 1) * total] = np.repeat(np.arange(used_count), freq[row])
+    cumulative = np.zeros_like(freq)
+    np.cumsum(freq[:, :-1], axis=1, out=cumulative[:, 1:])
+    rows = np.repeat(np.arange(n_contexts), total)
+    slot = np.tile(np.arange(total, dtype=np.int64), n_contexts)
+    frequency = freq[rows, symbol]
+    delta = slot - cumulative[rows, symbol]
+    next_row = context_of[symbol] * total
+    return symbol, frequency, delta, next_row
+
+
+def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols, freq, bits, what):
+    lanes = states.size
+    last_lane = count - (lanes - 1) * lane_symbols
+    context_of = np.full(freq.shape[1], context_symbols.size, dtype=np.int64)
+    context_of[index_of[context_symbols]] = np.arange(context_symbols.size)
+    symbol_t, freq_t, delta_t, next_t = _slot_tables(context_of, freq, bits)
+    out = np.empty((lane_symbols, lanes), dtype=np.uint16)
+    x = states.copy()
+    base = np.zeros(lanes, dtype=np.int64)  # a lane starts in context 0
+    index = np.empty(lanes, dtype=np.int64)
+    f = np.empty(lanes, dtype=np.int64)
+    d = np.empty(lanes, dtype=np.int64)
+    low = np.empty(lanes, dtype=bool)
+    mask = (1 << bits) - 1
+    position = 0
+    word_count = words.size
+    for step in range(lane_symbols):
+        if step == last_lane:  # the last lane is shorter: drop it
+            x, base, index, f, d, low = x[:-1], base[:-1], index[:-1], f[:-1], d[:-1], low[:-1]
+        np.bitwise_and(x, mask, out=index)
+        index += base
+        symbol_t.take(index, out=out[step, : x.size])
+        freq_t.take(index, out=f)
+        delta_t.take(index, out=d)
+        next_t.take(index, out=base)
+        x >>= bits
+        x *= f
+        x += d
+        np.less(x, STATE_LOW, out=low)
+        refill = int(np.count_nonzero(low))
+        if refill:
+            if position + refill > word_count:
+                raise CorruptData(f"{what}: words run out")
+            where = np.flatnonzero(low)
+            x[where] = (x[where] << WORD_BITS) | words[position : position + refill]
+            position += refill
+    if position != word_count or np.any(x != STATE_LOW):
+        raise CorruptData(f"{what}: lanes do not end in the initial state after all words")
+    return out.T.reshape(-1)[:count]
