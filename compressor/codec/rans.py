@@ -49,9 +49,13 @@ STATE_LOW = 1 << 16  # rANS state interval [2**16, 2**32)
 WORD_BITS = 16
 LENGTH_BITS = 5  # a frequency <= 2**16 has a bit length <= 17
 HEADER_BYTES = 20
-# Each lane costs its 4-byte final state (about 2 bytes more than the information it
-# carries) but each numpy step advances all lanes, so long streams use many lanes.
-MIN_LANE_SYMBOLS = 4096
+# Each lane costs about 3 bytes (its 4-byte final state carries little information, and
+# its last word is partly empty) but each numpy step advances all lanes at once.  Lanes
+# aim at LANE_PAYLOAD_BYTES of payload each (overhead well under 1 %), within
+# [MIN_LANE_SYMBOLS, MAX_LANE_SYMBOLS] symbols, and long streams use up to MAX_LANES lanes.
+LANE_PAYLOAD_BYTES = 512
+MIN_LANE_SYMBOLS = 1024
+MAX_LANE_SYMBOLS = 16384
 MAX_LANES = 8192
 CONTEXT_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)
 
@@ -154,8 +158,31 @@ def _context_counts(joint: np.ndarray, contexts: int) -> np.ndarray:
     return np.vstack([joint[: contexts - 1], joint[contexts - 1 :].sum(axis=0, keepdims=True)])
 
 
-def lane_symbols_for(count: int) -> int:
-    return int(max(MIN_LANE_SYMBOLS, math.ceil(count / MAX_LANES)))
+def _joint_counts(symbols, index_of, by_rank, lane_symbols) -> np.ndarray:
+    """Counts by (rank of the previous symbol, clipped to MAX_CONTEXTS - 1; 0 at a lane start) x symbol."""
+    used_count = by_rank.size
+    rows = min(MAX_CONTEXTS, used_count)
+    rank_of = np.full(index_of.size, rows - 1, dtype=np.int32)
+    rank_of[by_rank[: rows - 1]] = np.arange(rows - 1)
+    key = np.empty(symbols.size, dtype=np.int32)
+    np.take(rank_of, symbols[:-1], out=key[1:])
+    key[::lane_symbols] = 0
+    key *= used_count
+    key += index_of[symbols]
+    return np.bincount(key, minlength=rows * used_count).reshape(rows, used_count)
+
+
+def _precision_needed(context_counts: np.ndarray) -> int:
+    widest = int(np.count_nonzero(context_counts, axis=1).max())
+    return max(1, (widest - 1).bit_length())
+
+
+def lane_symbols_for(count: int, payload_bits: float) -> int:
+    """Symbols per lane for a stream of ``count`` symbols costing about ``payload_bits``."""
+    per_symbol = max(payload_bits / max(count, 1), 1e-3)
+    target = math.ceil(LANE_PAYLOAD_BYTES * 8 / per_symbol)
+    lane = min(MAX_LANE_SYMBOLS, max(MIN_LANE_SYMBOLS, target))
+    return int(min(max(count, 1), max(lane, math.ceil(count / MAX_LANES))))
 
 
 # ------------------------------------------------------------------ encode
@@ -171,7 +198,7 @@ def encode(
     """rANS-code a stream of symbols in [0, alphabet_size) into the stream layout above.
 
     ``contexts`` and ``precision`` default to the pair that minimises the estimated size;
-    ``lane_symbols`` to ``lane_symbols_for(count)``.  The output depends only on the inputs.
+    ``lane_symbols`` to ``lane_symbols_for`` the estimated size.  The output depends only on the inputs.
     """
     symbols = np.asarray(symbols).ravel()
     if not 1 <= alphabet_size <= MAX_ALPHABET:
@@ -185,46 +212,37 @@ def encode(
     if used.size <= 1:
         symbol = int(used[0]) if used.size else 0
         return _HEADER.pack(count, alphabet_size, 0, 0, 0, 0) + struct.pack("<I", symbol)
-    lane_symbols = min(count, lane_symbols_for(count) if lane_symbols is None else int(lane_symbols))
-    if lane_symbols < 1:
-        raise ValueError(f"lane_symbols {lane_symbols} out of range")
-    lanes = -(-count // lane_symbols)
-
     # Symbols as indices into the used ones; ranks by frequency (ties by symbol) name contexts.
     index_of = np.zeros(alphabet_size, dtype=np.int32)
     index_of[used] = np.arange(used.size)
     by_rank = used[np.argsort(-counts[used], kind="stable")]
-    joint_rows = min(MAX_CONTEXTS, used.size)
-    rank_of = np.full(alphabet_size, joint_rows - 1, dtype=np.int32)
-    rank_of[by_rank[: joint_rows - 1]] = np.arange(joint_rows - 1)
-    # key = rank of the previous symbol (0 at a lane start) * U + this symbol's used index
-    key = np.empty(count, dtype=np.int32)
-    key[0] = 0
-    np.take(rank_of, symbols[:-1], out=key[1:])
-    key[::lane_symbols] = 0
-    key *= used.size
-    key += index_of[symbols]
-    joint = np.bincount(key, minlength=joint_rows * used.size)
-    del key
-    joint = joint.reshape(joint_rows, used.size)
 
-    fixed = 32 + 8 * ((alphabet_size + 7) // 8 + 4 * lanes + 8) + 8 * HEADER_BYTES
+    # Choose contexts and precision on the counts of the whole stream (lane starts barely
+    # matter), then the lanes from the estimated size, then the final tables.
+    joint = _joint_counts(symbols, index_of, by_rank, count)
     best = None
     context_options = [contexts] if contexts is not None else [c for c in CONTEXT_CHOICES if c <= used.size]
     for n_contexts in context_options:
         if not 1 <= n_contexts <= min(MAX_CONTEXTS, used.size):
             raise ValueError(f"contexts {n_contexts} out of range for {used.size} used symbols")
         ctx_counts = _context_counts(joint, n_contexts)
-        needed = max(1, math.ceil(math.log2(max(int(np.count_nonzero(ctx_counts, axis=1).max()), 1))))
-        precision_options = [precision] if precision is not None else range(max(needed, 1), MAX_PRECISION + 1)
+        needed = _precision_needed(ctx_counts)
+        precision_options = [precision] if precision is not None else range(needed, MAX_PRECISION + 1)
         for bits in precision_options:
             if not needed <= bits <= MAX_PRECISION:
                 raise ValueError(f"precision {bits} cannot represent {used.size} symbols")
             freq = normalize_counts(ctx_counts, 1 << bits)
-            size = fixed + 16 * (n_contexts - 1) + _table_bits(freq) + _cost_bits(ctx_counts, freq, bits)
+            payload = _cost_bits(ctx_counts, freq, bits)
+            size = 16 * (n_contexts - 1) + _table_bits(freq) + payload
             if best is None or size < best[0]:
-                best = (size, n_contexts, bits, freq)
-    _, n_contexts, bits, freq = best
+                best = (size, n_contexts, bits, payload)
+    _, n_contexts, bits, payload = best
+    lane_symbols = lane_symbols_for(count, payload) if lane_symbols is None else min(count, int(lane_symbols))
+    if lane_symbols < 1:
+        raise ValueError(f"lane_symbols {lane_symbols} out of range")
+    ctx_counts = _context_counts(_joint_counts(symbols, index_of, by_rank, lane_symbols), n_contexts)
+    bits = max(bits, _precision_needed(ctx_counts))
+    freq = normalize_counts(ctx_counts, 1 << bits)
 
     context_symbols = by_rank[: n_contexts - 1]
     states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, alphabet_size)
