@@ -58,6 +58,11 @@ MIN_LANE_SYMBOLS = 1024
 MAX_LANE_SYMBOLS = 16384
 MAX_LANES = 8192
 CONTEXT_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)
+# The encoder prefers precisions up to 14 bits: closer to the 16-bit state bound rANS
+# codes less exactly, and the decoder's tables (contexts x 2**precision) outgrow the cache.
+PREFERRED_PRECISION = 14
+NEAR_TIE = 0.002
+PAIR_ALPHABET = 1024  # up to here, joint counts come from one bincount of symbol pairs
 
 _HEADER = struct.Struct("<QIBBHI")
 
@@ -158,18 +163,43 @@ def _context_counts(joint: np.ndarray, contexts: int) -> np.ndarray:
     return np.vstack([joint[: contexts - 1], joint[contexts - 1 :].sum(axis=0, keepdims=True)])
 
 
-def _joint_counts(symbols, index_of, by_rank, lane_symbols) -> np.ndarray:
-    """Counts by (rank of the previous symbol, clipped to MAX_CONTEXTS - 1; 0 at a lane start) x symbol."""
+def _joint_counts(symbols, index_of, by_rank) -> np.ndarray:
+    """Counts by (rank of the previous symbol, clipped to MAX_CONTEXTS - 1) x symbol (used index)."""
     used_count = by_rank.size
+    alphabet = index_of.size
     rows = min(MAX_CONTEXTS, used_count)
-    rank_of = np.full(index_of.size, rows - 1, dtype=np.int32)
+    rank_of = np.full(alphabet, rows - 1, dtype=np.int64)
     rank_of[by_rank[: rows - 1]] = np.arange(rows - 1)
-    key = np.empty(symbols.size, dtype=np.int32)
-    np.take(rank_of, symbols[:-1], out=key[1:])
-    key[::lane_symbols] = 0
-    key *= used_count
-    key += index_of[symbols]
-    return np.bincount(key, minlength=rows * used_count).reshape(rows, used_count)
+    if alphabet <= PAIR_ALPHABET:
+        # One pass over the stream: counts of (previous, current) pairs, then merged by rank.
+        pair = symbols[:-1] * np.int64(alphabet)
+        pair += symbols[1:]
+        pairs = np.bincount(pair, minlength=alphabet * alphabet).reshape(alphabet, alphabet)
+        del pair
+        by_previous = np.zeros((rows, alphabet), dtype=np.int64)
+        np.add.at(by_previous, rank_of, pairs)
+        joint = by_previous[:, np.sort(by_rank)]
+        joint[0, index_of[symbols[0]]] += 1  # the first symbol has no predecessor: context 0
+    else:
+        key = np.empty(symbols.size, dtype=np.int64)
+        key[0] = 0  # the first symbol has no predecessor: context 0
+        np.take(rank_of, symbols[:-1], out=key[1:])
+        key *= used_count
+        key += index_of[symbols]
+        joint = np.bincount(key, minlength=rows * used_count).reshape(rows, used_count)
+    return joint
+
+
+def _restart_lanes(joint, symbols, index_of, by_rank, lane_symbols) -> np.ndarray:
+    """``joint`` of the whole stream with every lane start moved to context 0."""
+    rows = joint.shape[0]
+    rank_of = np.full(index_of.size, rows - 1, dtype=np.int64)
+    rank_of[by_rank[: rows - 1]] = np.arange(rows - 1)
+    joint = joint.copy()
+    starts = np.arange(lane_symbols, symbols.size, lane_symbols)
+    np.add.at(joint, (rank_of[symbols[starts - 1]], index_of[symbols[starts]]), -1)
+    np.add.at(joint, (np.zeros(starts.size, dtype=np.int64), index_of[symbols[starts]]), 1)
+    return joint
 
 
 def _precision_needed(context_counts: np.ndarray) -> int:
@@ -219,28 +249,32 @@ def encode(
 
     # Choose contexts and precision on the counts of the whole stream (lane starts barely
     # matter), then the lanes from the estimated size, then the final tables.
-    joint = _joint_counts(symbols, index_of, by_rank, count)
-    best = None
+    joint = _joint_counts(symbols, index_of, by_rank)
+    candidates = []
     context_options = [contexts] if contexts is not None else [c for c in CONTEXT_CHOICES if c <= used.size]
     for n_contexts in context_options:
         if not 1 <= n_contexts <= min(MAX_CONTEXTS, used.size):
             raise ValueError(f"contexts {n_contexts} out of range for {used.size} used symbols")
         ctx_counts = _context_counts(joint, n_contexts)
         needed = _precision_needed(ctx_counts)
-        precision_options = [precision] if precision is not None else range(needed, MAX_PRECISION + 1)
+        precision_options = (
+            [precision] if precision is not None else range(needed, max(needed, PREFERRED_PRECISION) + 1)
+        )
         for bits in precision_options:
             if not needed <= bits <= MAX_PRECISION:
                 raise ValueError(f"precision {bits} cannot represent {used.size} symbols")
             freq = normalize_counts(ctx_counts, 1 << bits)
             payload = _cost_bits(ctx_counts, freq, bits)
             size = 16 * (n_contexts - 1) + _table_bits(freq) + payload
-            if best is None or size < best[0]:
-                best = (size, n_contexts, bits, payload)
-    _, n_contexts, bits, payload = best
+            candidates.append((size, n_contexts, bits, payload))
+    # The fewest contexts, then the lowest precision, within a hair of the smallest estimate:
+    # smaller decoding tables are faster, and near-ties are noise of the counts.
+    smallest = min(c[0] for c in candidates)
+    _, n_contexts, bits, payload = next(c for c in candidates if c[0] <= smallest * (1 + NEAR_TIE))
     lane_symbols = lane_symbols_for(count, payload) if lane_symbols is None else min(count, int(lane_symbols))
     if lane_symbols < 1:
         raise ValueError(f"lane_symbols {lane_symbols} out of range")
-    ctx_counts = _context_counts(_joint_counts(symbols, index_of, by_rank, lane_symbols), n_contexts)
+    ctx_counts = _context_counts(_restart_lanes(joint, symbols, index_of, by_rank, lane_symbols), n_contexts)
     bits = max(bits, _precision_needed(ctx_counts))
     freq = normalize_counts(ctx_counts, 1 << bits)
 
