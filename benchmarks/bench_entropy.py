@@ -204,7 +204,8 @@ def main() -> None:
         coded, rans_enc = timed(rans.encode, symbols, alphabet)
         decoded, rans_dec = timed(rans.decode, coded, count, alphabet, repeat=2)
         assert np.array_equal(decoded, symbols), name
-        contexts, precision = coded[13], coded[12]
+        header = rans.describe(coded)
+        contexts, precision = header["contexts"], header["precision"]
         totals["n"] += count
         totals["h0"] += h0
         totals["huf"] += len(huf)

@@ -338,12 +338,12 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, 
         k, fa, ca, lim, ov = key[:active], f[:active], c[:active], limit[:active], over[:active]
         q, r = quotient[:active], remainder[:active]
         if step:
-            context_row.take(grid[step - 1, :active], out=k)
+            context_row.take(grid[step - 1, :active], out=k, mode="clip")
             k += grid[step, :active]
         else:
             k[:] = grid[0, :active]
-        freq_flat.take(k, out=fa)
-        cum_flat.take(k, out=ca)
+        freq_flat.take(k, out=fa, mode="clip")
+        cum_flat.take(k, out=ca, mode="clip")
         np.left_shift(fa, shift, out=lim)
         np.greater_equal(x, lim, out=ov)
         if ov.any():
@@ -395,6 +395,26 @@ def decode(reader, expected_count: int, alphabet_size: int, what: str = "rans st
     if whole:
         reader.expect_end()
     return out
+
+
+def describe(data) -> dict:
+    """The header of a stream as a dict (symbols, alphabet, precision, contexts, lane_symbols, lanes)."""
+    reader = data if isinstance(data, ByteReader) else ByteReader(data, "rans stream")
+    count = reader.u64("rans header")
+    alphabet = reader.u32("rans header")
+    bits = reader.u8("rans header")
+    contexts = reader.u8("rans header")
+    reader.u16("rans header")
+    lane_symbols = reader.u32("rans header")
+    lanes = -(-count // lane_symbols) if bits and lane_symbols else 0
+    return {
+        "symbols": count,
+        "alphabet": alphabet,
+        "precision": bits,
+        "contexts": contexts,
+        "lane_symbols": lane_symbols,
+        "lanes": lanes,
+    }
 
 
 def _decode_body(reader, count, alphabet, bits, n_contexts, lane_symbols, what) -> np.ndarray:
@@ -475,10 +495,11 @@ def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols,
             x, base, index, f, d, low = x[:-1], base[:-1], index[:-1], f[:-1], d[:-1], low[:-1]
         np.bitwise_and(x, mask, out=index)
         index += base
-        symbol_t.take(index, out=out[step, : x.size])
-        freq_t.take(index, out=f)
-        delta_t.take(index, out=d)
-        next_t.take(index, out=base)
+        # mode="clip" skips numpy's buffered bounds check: base + slot is always in range.
+        symbol_t.take(index, out=out[step, : x.size], mode="clip")
+        freq_t.take(index, out=f, mode="clip")
+        delta_t.take(index, out=d, mode="clip")
+        next_t.take(index, out=base, mode="clip")
         x >>= bits
         x *= f
         x += d

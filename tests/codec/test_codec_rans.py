@@ -1,5 +1,6 @@
 """Context-modelled rANS: round trips, determinism, sizes against the entropy, hostile streams."""
 
+import functools
 import struct
 
 import numpy as np
@@ -40,7 +41,7 @@ def streams(draw):
     return symbols, alphabet, lane_symbols
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_roundtrip_of_arbitrary_streams(case):
     symbols, alphabet, lane_symbols = case
@@ -71,6 +72,20 @@ def test_every_context_count_and_precision_round_trips(contexts, precision):
     rng = np.random.default_rng(contexts * 100 + precision)
     symbols = np.minimum(rng.geometric(0.5, 20_000) - 1, 5)
     roundtrip(symbols, 6, contexts=contexts, precision=precision)
+
+
+def test_describe_reads_the_header():
+    symbols = np.tile([0, 1, 1, 2], 5000)
+    header = rans.describe(rans.encode(symbols, 3, contexts=2, precision=10, lane_symbols=3000))
+    assert header == {
+        "symbols": 20000,
+        "alphabet": 3,
+        "precision": 10,
+        "contexts": 2,
+        "lane_symbols": 3000,
+        "lanes": 7,
+    }
+    assert rans.describe(rans.encode(np.zeros(5, np.int64), 3))["precision"] == 0
 
 
 def test_constant_and_empty_streams_have_no_payload():
@@ -129,11 +144,12 @@ def test_encode_rejects_symbols_outside_the_alphabet():
 # ------------------------------------------------------------------ hostile input
 
 
+@functools.cache
 def sample_stream() -> tuple[bytes, np.ndarray]:
     rng = np.random.default_rng(11)
-    symbols = np.minimum(rng.geometric(0.3, 3000) - 1, 9)
+    symbols = np.minimum(rng.geometric(0.3, 1500) - 1, 9)
     symbols[1::3] = symbols[0::3]
-    return rans.encode(symbols, 10, lane_symbols=700), symbols
+    return rans.encode(symbols, 10, lane_symbols=350), symbols
 
 
 def decode_or_corrupt(data: bytes, count: int, alphabet: int = 10):
@@ -166,15 +182,15 @@ def test_every_truncation_raises_corrupt_data():
 def test_lying_lane_sizes_and_counts_raise_corrupt_data():
     data, symbols = sample_stream()
     count, alphabet, bits, contexts, _, _ = struct.unpack_from("<QIBBHI", data)
-    for lane_symbols in (0, 1, 699, 701, count, count + 1, 2**32 - 1):
+    for lane_symbols in (0, 1, 349, 351, count, count + 1, 2**32 - 1):
         header = struct.pack("<QIBBHI", count, alphabet, bits, contexts, 0, lane_symbols)
         assert decode_or_corrupt(header + data[rans.HEADER_BYTES :], count) is None
     for bits2, contexts2 in ((0, contexts), (17, contexts), (bits, 0), (bits, 11), (bits, 17)):
-        header = struct.pack("<QIBBHI", count, alphabet, bits2, contexts2, 0, 700)
+        header = struct.pack("<QIBBHI", count, alphabet, bits2, contexts2, 0, 350)
         assert decode_or_corrupt(header + data[rans.HEADER_BYTES :], count) is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_corrupted_bytes_raise_corrupt_data_or_decode_something(draw):
     data, symbols = sample_stream()
