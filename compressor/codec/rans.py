@@ -63,6 +63,7 @@ CONTEXT_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)
 PREFERRED_PRECISION = 14
 NEAR_TIE = 0.002
 PAIR_ALPHABET = 1024  # up to here, joint counts come from one bincount of symbol pairs
+COUNT_CHUNK = 1 << 22
 
 _HEADER = struct.Struct("<QIBBHI")
 
@@ -172,21 +173,30 @@ def _joint_counts(symbols, index_of, by_rank) -> np.ndarray:
     rank_of[by_rank[: rows - 1]] = np.arange(rows - 1)
     if alphabet <= PAIR_ALPHABET:
         # One pass over the stream: counts of (previous, current) pairs, then merged by rank.
-        pair = symbols[:-1] * np.int64(alphabet)
-        pair += symbols[1:]
-        pairs = np.bincount(pair, minlength=alphabet * alphabet).reshape(alphabet, alphabet)
-        del pair
+        pairs = np.zeros(alphabet * alphabet, dtype=np.int64)
+        pair_count = symbols.size - 1
+        for start in range(0, pair_count, COUNT_CHUNK):  # chunks bound the temporary arrays
+            stop = min(start + COUNT_CHUNK, pair_count)
+            pair = symbols[start:stop].astype(np.int64) * alphabet
+            pair += symbols[start + 1 : stop + 1]
+            pairs += np.bincount(pair, minlength=alphabet * alphabet)
+        pairs = pairs.reshape(alphabet, alphabet)
         by_previous = np.zeros((rows, alphabet), dtype=np.int64)
         np.add.at(by_previous, rank_of, pairs)
         joint = by_previous[:, np.sort(by_rank)]
         joint[0, index_of[symbols[0]]] += 1  # the first symbol has no predecessor: context 0
     else:
-        key = np.empty(symbols.size, dtype=np.int64)
-        key[0] = 0  # the first symbol has no predecessor: context 0
-        np.take(rank_of, symbols[:-1], out=key[1:])
-        key *= used_count
-        key += index_of[symbols]
-        joint = np.bincount(key, minlength=rows * used_count).reshape(rows, used_count)
+        joint = np.zeros(rows * used_count, dtype=np.int64)
+        for start in range(0, symbols.size, COUNT_CHUNK):
+            chunk = symbols[start : start + COUNT_CHUNK]
+            key = np.empty(chunk.size, dtype=np.int64)
+            # the first symbol has no predecessor: context 0
+            key[0] = rank_of[symbols[start - 1]] if start else 0
+            np.take(rank_of, chunk[:-1], out=key[1:])
+            key *= used_count
+            key += index_of[chunk]
+            joint += np.bincount(key, minlength=rows * used_count)
+        joint = joint.reshape(rows, used_count)
     return joint
 
 
@@ -233,9 +243,11 @@ def encode(
     symbols = np.asarray(symbols).ravel()
     if not 1 <= alphabet_size <= MAX_ALPHABET:
         raise ValueError(f"alphabet size {alphabet_size} out of range")
+    if symbols.size and symbols.dtype.kind not in "iub":
+        raise ValueError(f"symbols must be integers, not {symbols.dtype}")
     if symbols.size and (symbols.min() < 0 or symbols.max() >= alphabet_size):
         raise ValueError("symbol outside the alphabet")
-    symbols = symbols.astype(np.int32)
+    symbols = symbols.astype(np.uint16, copy=False)  # alphabet <= 2**15
     count = int(symbols.size)
     counts = np.bincount(symbols, minlength=alphabet_size)
     used = np.flatnonzero(counts)
@@ -318,8 +330,8 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, 
     # Key of (context, symbol) -> flat table index; a symbol's successor context via context_of.
     freq_flat = freq.ravel()
     cum_flat = cumulative.ravel()
-    grid = np.zeros(lanes * lane_symbols, dtype=np.int32)
-    grid[:count] = index_of[symbols]
+    grid = np.zeros(lanes * lane_symbols, dtype=np.uint16)  # used indices < 2**15
+    grid[:count] = index_of.astype(np.uint16)[symbols]
     grid = np.ascontiguousarray(grid.reshape(lanes, lane_symbols).T)  # grid[k, j]: step k of lane j
     context_row = context_of * used_count  # symbol (used index) -> first key of the context it opens
     state = np.full(lanes, STATE_LOW, dtype=np.int64)
