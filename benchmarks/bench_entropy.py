@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import timed  # noqa: E402  (puts the repository on sys.path too)
 
-from compressor.codec import ByteReader, huffman, rans  # noqa: E402
+from compressor.codec import ByteReader, huffman, rans, sparse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
@@ -66,7 +66,7 @@ def int8_streams(path: Path, prefix: str) -> list[tuple[str, np.ndarray, int]]:
         if array.dtype != np.int8 or array.size < 64:
             continue
         values, symbols = np.unique(array.view(np.uint8).ravel(), return_inverse=True)
-        out.append((f"{prefix}/{tensor.name}", symbols.astype(np.int64), int(values.size)))
+        out.append((f"{prefix}/{tensor.name}", symbols.astype(np.uint16), int(values.size)))
     return out
 
 
@@ -96,8 +96,22 @@ def synthetic_streams(large: bool) -> list[tuple[str, np.ndarray, int]]:
     out = []
     for name, array in arrays.items():
         values, symbols = np.unique(array.view(np.uint8).ravel(), return_inverse=True)
-        out.append((name, symbols.astype(np.int32), int(values.size)))
+        out.append((name, symbols.astype(np.uint16), int(values.size)))
     return out
+
+
+def pack_layout_bytes(symbols: np.ndarray) -> int:
+    """Bytes of the smaller Huffman-based layout pack can give these elements: dict, or sparse
+    (gaps + codebook values) around the most frequent one.  The symbols stand for the elements
+    (any distinct values keep the same layouts' sizes)."""
+    elements = symbols.astype(np.uint16)
+    codebook = sparse.find_codebook(elements)
+    sizes = [sparse.dict_layout(elements, codebook.values, codebook.counts, codebook.symbols).size]
+    fill = int(codebook.values[np.argmax(codebook.counts)])
+    positions = np.flatnonzero(elements != fill)
+    rest = sparse.find_codebook(elements[positions]) if positions.size else None
+    sizes += [layout.size for layout in sparse.sparse_layouts(elements, fill, positions, rest, raw=False)]
+    return min(sizes)
 
 
 def context_ids(symbols: np.ndarray, contexts: int) -> np.ndarray:
@@ -189,13 +203,16 @@ def main() -> None:
             streams += int8_streams(run_sample(name, Path(tmp)), name)
     streams += synthetic_streams(args.large)
 
-    header = "| stream | symbols | K | H0 bytes | huffman | rans | ctx/prec | rans/H0 | huf enc/dec | rans enc/dec |"
-    rule = "|---|---:|---:|---:|---:|---:|---|---:|---|---|"
+    header = (
+        "| stream | symbols | K | H0 bytes | huffman | rans | ctx/prec | rans/H0 | huf enc/dec | rans enc/dec "
+        "| pack best layout | rans dict layout |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|---:|"
     c_header = (
         "| stream | rans | constriction H0-model | enc/dec | constriction ctx-model | enc/dec (dec extrapolated) |"
     )
     lines, c_lines = [header, rule], [c_header, "|---|---:|---:|---|---:|---|"]
-    totals = dict(n=0, h0=0.0, huf=0, rans=0)
+    totals = dict(n=0, h0=0.0, huf=0, rans=0, pack=0, rans_dict=0)
     for name, symbols, alphabet in streams:
         count = symbols.size
         h0 = huffman.entropy_bits(np.bincount(symbols, minlength=alphabet)) / 8
@@ -210,10 +227,14 @@ def main() -> None:
         totals["h0"] += h0
         totals["huf"] += len(huf)
         totals["rans"] += len(coded)
+        # The dict layout with a rANS stream: 8-byte header, K one-byte values, the stream.
+        pack, rans_dict = pack_layout_bytes(symbols), sparse.DICT_HEADER_BYTES + alphabet + len(coded)
+        totals["pack"] += pack
+        totals["rans_dict"] += rans_dict
         lines.append(
             f"| {name} | {count:,} | {alphabet} | {h0:,.0f} | {len(huf):,} | {len(coded):,} | {contexts}/{precision} "
             f"| {len(coded) / max(h0, 1):.3f} | {rate(count, huf_enc)}/{rate(count, huf_dec)} "
-            f"| {rate(count, rans_enc)}/{rate(count, rans_dec)} |"
+            f"| {rate(count, rans_enc)}/{rate(count, rans_dec)} | {pack:,} | {rans_dict:,} |"
         )
         if use_constriction and count <= 20_000_000:
             c = measure_constriction(symbols, alphabet, max(int(contexts), 1))
@@ -228,7 +249,7 @@ def main() -> None:
             )
     lines.append(
         f"| total | {totals['n']:,} | | {totals['h0']:,.0f} | {totals['huf']:,} | {totals['rans']:,} | "
-        f"| {totals['rans'] / totals['h0']:.3f} | | |"
+        f"| {totals['rans'] / totals['h0']:.3f} | | | {totals['pack']:,} | {totals['rans_dict']:,} |"
     )
     print("\n".join(lines))
     print("\nspeeds in M symbols/s (= MB/s of int8 weights); decode best of 2")
