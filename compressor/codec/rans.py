@@ -7,10 +7,11 @@ quantized and shared weights are strongly correlated along a row (pruned input c
 runs of equal cluster indices), so the conditional entropy is below the zero-order one.
 
 * Context: the previous symbol of the stream.  The ``contexts - 1`` most frequent symbols
-  each get a frequency table of their own; every other symbol, and the start of a lane,
-  shares the last one... except that a lane starts in context 0 (the most frequent
-  symbol's).  The encoder picks the number of contexts and the precision that minimise
-  the estimated size (tables included), so short streams fall back to one table.
+  each open a context (a frequency table) of their own, in order of frequency; all other
+  symbols share the last one.  The first symbol of a lane is coded in context 0.  The
+  encoder picks the number of contexts and the precision that minimise the estimated
+  size (tables included; near-ties go to fewer contexts and lower precision, which decode
+  faster), so short or memoryless streams fall back to one table.
 * Lanes: the stream is cut into ``lanes`` contiguous blocks of ``lane_symbols`` symbols
   (the last one may be shorter).  Every lane is its own rANS stream (32-bit state, 16-bit
   words), and all lanes advance together, one symbol per lane per numpy step; the previous
@@ -31,6 +32,13 @@ Stream layout (FORMAT.md), all integers little-endian::
                        ceil(sum(L-1) / 8) bytes: each entry's low L-1 bits (the top bit is implied)
                      lanes x u32 final lane states, u64 word_count, word_count x u16 words
     where lanes = ceil(symbol_count / lane_symbols); padding bits are zero.
+
+Decoding: lane j holds symbols j*lane_symbols ... and starts in its stored state x and in
+context 0.  Each step, every lane that has symbols left: slot = x mod 2**precision; the
+symbol is the one whose range [cum, cum + freq) of the context's table (cumulative over
+the used symbols in increasing order) holds slot; x = freq * (x >> precision) + slot - cum;
+if x < 2**16, x = (x << 16) | the next word (lanes in increasing order); the next context
+is the one the symbol opens.  At the end every lane is in state 2**16 and every word is read.
 """
 
 from __future__ import annotations
@@ -49,10 +57,10 @@ STATE_LOW = 1 << 16  # rANS state interval [2**16, 2**32)
 WORD_BITS = 16
 LENGTH_BITS = 5  # a frequency <= 2**16 has a bit length <= 17
 HEADER_BYTES = 20
-# Each lane costs about 3 bytes (its 4-byte final state carries little information, and
-# its last word is partly empty) but each numpy step advances all lanes at once.  Lanes
-# aim at LANE_PAYLOAD_BYTES of payload each (overhead well under 1 %), within
-# [MIN_LANE_SYMBOLS, MAX_LANE_SYMBOLS] symbols, and long streams use up to MAX_LANES lanes.
+# Each lane costs a few bytes (the encoder starts it in the state 2**16, whose 16 bits
+# carry nothing, and flushes a 32-bit state) but each numpy step advances all lanes at
+# once.  Lanes aim at LANE_PAYLOAD_BYTES of payload each, within [MIN_LANE_SYMBOLS,
+# MAX_LANE_SYMBOLS] symbols, and long streams use up to MAX_LANES lanes.
 LANE_PAYLOAD_BYTES = 512
 MIN_LANE_SYMBOLS = 1024
 MAX_LANE_SYMBOLS = 16384
@@ -359,9 +367,8 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, 
         np.left_shift(fa, shift, out=lim)
         np.greater_equal(x, lim, out=ov)
         if ov.any():
-            where = np.flatnonzero(ov)
-            emitted.append((x[where] & 0xFFFF).astype(np.uint16))
-            x[where] >>= WORD_BITS
+            emitted.append(x[ov].astype(np.uint16))  # the low 16 bits
+            np.right_shift(x, WORD_BITS, out=x, where=ov)
         np.divmod(x, fa, out=(q, r))
         np.left_shift(q, bits, out=x)
         x += r
@@ -520,8 +527,7 @@ def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols,
         if refill:
             if position + refill > word_count:
                 raise CorruptData(f"{what}: words run out")
-            where = np.flatnonzero(low)
-            x[where] = (x[where] << WORD_BITS) | words[position : position + refill]
+            x[low] = (x[low] << WORD_BITS) | words[position : position + refill]
             position += refill
     if position != word_count or np.any(x != STATE_LOW):
         raise CorruptData(f"{what}: lanes do not end in the initial state after all words")
