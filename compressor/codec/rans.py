@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -236,32 +237,43 @@ def lane_symbols_for(count: int, payload_bits: float) -> int:
 # ------------------------------------------------------------------ encode
 
 
-def encode(
+@dataclass(frozen=True)
+class Plan:
+    """How ``encode`` will code a stream: the model, the lanes, and the estimated size."""
+
+    count: int
+    alphabet_size: int
+    used: np.ndarray  # the symbols that occur, increasing
+    context_symbols: np.ndarray  # the symbols that open contexts 0 .. contexts-2
+    precision: int  # 0 for a constant (or empty) stream
+    lane_symbols: int
+    freq: np.ndarray  # contexts x used, each row summing to 2**precision
+    estimated_bytes: int  # about len(encode(...)): exact but for the payload, within a byte per lane
+
+    @property
+    def contexts(self) -> int:
+        return int(self.freq.shape[0]) if self.precision else 0
+
+
+def plan(
     symbols: np.ndarray,
     alphabet_size: int,
     contexts: int | None = None,
     precision: int | None = None,
     lane_symbols: int | None = None,
-) -> bytes:
-    """rANS-code a stream of symbols in [0, alphabet_size) into the stream layout above.
+) -> Plan:
+    """The model and lanes ``encode`` uses for these symbols (nothing is coded).
 
     ``contexts`` and ``precision`` default to the pair that minimises the estimated size;
-    ``lane_symbols`` to ``lane_symbols_for`` the estimated size.  The output depends only on the inputs.
+    ``lane_symbols`` to ``lane_symbols_for`` the estimated size.
     """
-    symbols = np.asarray(symbols).ravel()
-    if not 1 <= alphabet_size <= MAX_ALPHABET:
-        raise ValueError(f"alphabet size {alphabet_size} out of range")
-    if symbols.size and symbols.dtype.kind not in "iub":
-        raise ValueError(f"symbols must be integers, not {symbols.dtype}")
-    if symbols.size and (symbols.min() < 0 or symbols.max() >= alphabet_size):
-        raise ValueError("symbol outside the alphabet")
-    symbols = symbols.astype(np.uint16, copy=False)  # alphabet <= 2**15
+    symbols = _checked_symbols(symbols, alphabet_size)
     count = int(symbols.size)
     counts = np.bincount(symbols, minlength=alphabet_size)
     used = np.flatnonzero(counts)
     if used.size <= 1:
-        symbol = int(used[0]) if used.size else 0
-        return _HEADER.pack(count, alphabet_size, 0, 0, 0, 0) + struct.pack("<I", symbol)
+        empty = np.zeros((0, 0), dtype=np.int64)
+        return Plan(count, alphabet_size, used, used[:0], 0, 0, empty, HEADER_BYTES + 4)
     # Symbols as indices into the used ones; ranks by frequency (ties by symbol) name contexts.
     index_of = np.zeros(alphabet_size, dtype=np.int32)
     index_of[used] = np.arange(used.size)
@@ -297,8 +309,62 @@ def encode(
     ctx_counts = _context_counts(_restart_lanes(joint, symbols, index_of, by_rank, lane_symbols), n_contexts)
     bits = max(bits, _precision_needed(ctx_counts))
     freq = normalize_counts(ctx_counts, 1 << bits)
+    lanes = -(-count // lane_symbols)
+    lengths = _bit_length(freq)
+    table_bytes = (LENGTH_BITS * freq.size + 7) // 8 + (int(np.maximum(lengths - 1, 0).sum()) + 7) // 8
+    # Words and final states hold the payload plus the 16 empty bits each lane starts with,
+    # and a final state rarely carries a full 16 bits of payload: about 3 bytes per lane.
+    coded_bytes = math.ceil(_cost_bits(ctx_counts, freq, bits) / 8) + 3 * lanes
+    estimate = HEADER_BYTES + (alphabet_size + 7) // 8 + 2 * (n_contexts - 1) + table_bytes + 8 + coded_bytes
+    return Plan(count, alphabet_size, used, by_rank[: n_contexts - 1], bits, lane_symbols, freq, estimate)
 
-    context_symbols = by_rank[: n_contexts - 1]
+
+def estimated_size(symbols: np.ndarray, alphabet_size: int) -> int:
+    """About ``len(encode(symbols, alphabet_size))``, without coding."""
+    return plan(symbols, alphabet_size).estimated_bytes
+
+
+def _checked_symbols(symbols, alphabet_size: int) -> np.ndarray:
+    symbols = np.asarray(symbols).ravel()
+    if not 1 <= alphabet_size <= MAX_ALPHABET:
+        raise ValueError(f"alphabet size {alphabet_size} out of range")
+    if symbols.size and symbols.dtype.kind not in "iub":
+        raise ValueError(f"symbols must be integers, not {symbols.dtype}")
+    if symbols.size and (symbols.min() < 0 or symbols.max() >= alphabet_size):
+        raise ValueError("symbol outside the alphabet")
+    return symbols.astype(np.uint16, copy=False)  # alphabet <= 2**15
+
+
+def encode(
+    symbols: np.ndarray,
+    alphabet_size: int,
+    contexts: int | None = None,
+    precision: int | None = None,
+    lane_symbols: int | None = None,
+) -> bytes:
+    """rANS-code a stream of symbols in [0, alphabet_size) into the stream layout above.
+
+    The options are ``plan``'s.  The output depends only on the inputs.
+    """
+    chosen = plan(symbols, alphabet_size, contexts, precision, lane_symbols)
+    return encode_with(symbols, chosen)
+
+
+def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
+    """Code the stream with a ``plan`` made for exactly these symbols."""
+    symbols = _checked_symbols(symbols, chosen.alphabet_size)
+    count, alphabet_size, used = chosen.count, chosen.alphabet_size, chosen.used
+    if chosen.precision == 0:
+        symbol = int(used[0]) if used.size else 0
+        return _HEADER.pack(count, alphabet_size, 0, 0, 0, 0) + struct.pack("<I", symbol)
+    index_of = np.zeros(alphabet_size, dtype=np.int32)
+    index_of[used] = np.arange(used.size)
+    freq, bits, lane_symbols, context_symbols = (
+        chosen.freq,
+        chosen.precision,
+        chosen.lane_symbols,
+        chosen.context_symbols,
+    )
     states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, alphabet_size)
 
     bitmap = np.zeros(((alphabet_size + 7) // 8) * 8, dtype=np.uint8)
@@ -308,7 +374,7 @@ def encode(
     mantissas = freq.ravel() - np.where(lengths > 0, 1 << np.maximum(lengths - 1, 0), 0)
     return b"".join(
         [
-            _HEADER.pack(count, alphabet_size, bits, n_contexts, 0, lane_symbols),
+            _HEADER.pack(count, alphabet_size, bits, chosen.contexts, 0, lane_symbols),
             np.packbits(bitmap, bitorder="little").tobytes(),
             context_symbols.astype("<u2").tobytes(),
             _pack_bits(lengths, np.full(lengths.size, LENGTH_BITS)),

@@ -88,6 +88,22 @@ def test_describe_reads_the_header():
     assert rans.describe(rans.encode(np.zeros(5, np.int64), 3))["precision"] == 0
 
 
+def test_the_plan_estimates_the_size_and_encode_with_follows_it():
+    rng = np.random.default_rng(8)
+    for alphabet, count in ((5, 40_000), (300, 200_000), (3, 100)):
+        symbols = np.minimum(rng.geometric(0.3, count) - 1, alphabet - 1)
+        symbols[1::2] = symbols[0::2][: symbols[1::2].size]
+        chosen = rans.plan(symbols, alphabet)
+        data = rans.encode_with(symbols, chosen)
+        assert data == rans.encode(symbols, alphabet)
+        lanes = -(-count // chosen.lane_symbols)
+        assert abs(len(data) - chosen.estimated_bytes) <= lanes + 2
+        assert rans.estimated_size(symbols, alphabet) == chosen.estimated_bytes
+        assert rans.describe(data)["contexts"] == chosen.contexts
+    constant = rans.plan(np.full(7, 2), 3)
+    assert constant.estimated_bytes == len(rans.encode_with(np.full(7, 2), constant))
+
+
 def test_constant_and_empty_streams_have_no_payload():
     assert len(rans.encode(np.zeros(10**6, np.int64), 3)) == rans.HEADER_BYTES + 4
     assert len(rans.encode(np.zeros(0, np.int64), 3)) == rans.HEADER_BYTES + 4
