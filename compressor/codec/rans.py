@@ -64,7 +64,7 @@ HEADER_BYTES = 20
 # MAX_LANE_SYMBOLS] symbols, and long streams use up to MAX_LANES lanes.
 LANE_PAYLOAD_BYTES = 512
 MIN_LANE_SYMBOLS = 1024
-MAX_LANE_SYMBOLS = 16384
+MAX_LANE_SYMBOLS = 4096
 MAX_LANES = 8192
 CONTEXT_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)
 # The encoder prefers precisions up to 14 bits: closer to the 16-bit state bound rANS
