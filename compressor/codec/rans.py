@@ -300,7 +300,9 @@ def plan(
             size = 16 * (n_contexts - 1) + _table_bits(freq) + payload
             candidates.append((size, n_contexts, bits, payload))
     # The fewest contexts, then the lowest precision, within a hair of the smallest estimate:
-    # smaller decoding tables are faster, and near-ties are noise of the counts.
+    # smaller decoding tables are faster, and near-ties are noise of the counts (the float
+    # estimates could differ in the last bit between math libraries: that matters only at an
+    # exact boundary).
     smallest = min(c[0] for c in candidates)
     _, n_contexts, bits, payload = next(c for c in candidates if c[0] <= smallest * (1 + NEAR_TIE))
     lane_symbols = lane_symbols_for(count, payload) if lane_symbols is None else min(count, int(lane_symbols))
@@ -365,7 +367,7 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
         chosen.lane_symbols,
         chosen.context_symbols,
     )
-    states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, alphabet_size)
+    states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols)
 
     bitmap = np.zeros(((alphabet_size + 7) // 8) * 8, dtype=np.uint8)
     bitmap[used] = 1
@@ -386,28 +388,32 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
     )
 
 
-def _coding_tables(used_count, context_symbols, freq, alphabet_index) -> tuple[np.ndarray, np.ndarray]:
-    """context_base[s]: row offset of the context that symbol s opens (symbols as used indices)."""
+def _context_of(used_count: int, context_symbols: np.ndarray, index_of: np.ndarray) -> np.ndarray:
+    """The context each symbol (as a used index) opens: its place among the context symbols, else the last."""
     context_of = np.full(used_count, context_symbols.size, dtype=np.int64)
-    context_of[alphabet_index[context_symbols]] = np.arange(context_symbols.size)
+    context_of[index_of[context_symbols]] = np.arange(context_symbols.size)
+    return context_of
+
+
+def _cumulative(freq: np.ndarray) -> np.ndarray:
     cumulative = np.zeros_like(freq)
     np.cumsum(freq[:, :-1], axis=1, out=cumulative[:, 1:])
-    return context_of, cumulative
+    return cumulative
 
 
-def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, alphabet_size):
+def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
+    """Final lane states and the interleaved words (the decoder's order: steps, then lanes)."""
     count = symbols.size
     used_count = freq.shape[1]
     lanes = -(-count // lane_symbols)
     last_lane = count - (lanes - 1) * lane_symbols
-    context_of, cumulative = _coding_tables(used_count, context_symbols, freq, index_of)
-    # Key of (context, symbol) -> flat table index; a symbol's successor context via context_of.
+    # key = context * used_count + symbol indexes the flattened tables.
     freq_flat = freq.ravel()
-    cum_flat = cumulative.ravel()
+    cum_flat = _cumulative(freq).ravel()
     grid = np.zeros(lanes * lane_symbols, dtype=np.uint16)  # used indices < 2**15
     grid[:count] = index_of.astype(np.uint16)[symbols]
     grid = np.ascontiguousarray(grid.reshape(lanes, lane_symbols).T)  # grid[k, j]: step k of lane j
-    context_row = context_of * used_count  # symbol (used index) -> first key of the context it opens
+    context_row = _context_of(used_count, context_symbols, index_of) * used_count  # first key of the opened context
     state = np.full(lanes, STATE_LOW, dtype=np.int64)
     emitted = []
     key = np.empty(lanes, dtype=np.int64)
@@ -549,8 +555,7 @@ def _slot_tables(context_of, freq, bits):
     symbol = np.empty(n_contexts * total, dtype=np.uint16)
     for row in range(n_contexts):
         symbol[row * total : (row + 1) * total] = np.repeat(np.arange(used_count), freq[row])
-    cumulative = np.zeros_like(freq)
-    np.cumsum(freq[:, :-1], axis=1, out=cumulative[:, 1:])
+    cumulative = _cumulative(freq)
     rows = np.repeat(np.arange(n_contexts), total)
     slot = np.tile(np.arange(total, dtype=np.int64), n_contexts)
     frequency = freq[rows, symbol]
@@ -562,8 +567,7 @@ def _slot_tables(context_of, freq, bits):
 def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols, freq, bits, what):
     lanes = states.size
     last_lane = count - (lanes - 1) * lane_symbols
-    context_of = np.full(freq.shape[1], context_symbols.size, dtype=np.int64)
-    context_of[index_of[context_symbols]] = np.arange(context_symbols.size)
+    context_of = _context_of(freq.shape[1], context_symbols, index_of)
     symbol_t, freq_t, delta_t, next_t = _slot_tables(context_of, freq, bits)
     out = np.empty((lane_symbols, lanes), dtype=np.uint16)
     x = states.copy()
