@@ -73,6 +73,7 @@ PREFERRED_PRECISION = 14
 NEAR_TIE = 0.002
 PAIR_ALPHABET = 1024  # up to here, joint counts come from one bincount of symbol pairs
 COUNT_CHUNK = 1 << 22
+SCALAR_LANES = 8  # up to this many lanes, decoding steps through Python integers instead of numpy
 
 _HEADER = struct.Struct("<QIBBHI")
 
@@ -568,7 +569,10 @@ def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols,
     lanes = states.size
     last_lane = count - (lanes - 1) * lane_symbols
     context_of = _context_of(freq.shape[1], context_symbols, index_of)
-    symbol_t, freq_t, delta_t, next_t = _slot_tables(context_of, freq, bits)
+    tables = _slot_tables(context_of, freq, bits)
+    if lanes <= SCALAR_LANES:
+        return _decode_lanes_scalar(states, words, count, lane_symbols, tables, bits, what)
+    symbol_t, freq_t, delta_t, next_t = tables
     out = np.empty((lane_symbols, lanes), dtype=np.uint16)
     x = states.copy()
     base = np.zeros(lanes, dtype=np.int64)  # a lane starts in context 0
@@ -602,3 +606,39 @@ def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols,
     if position != word_count or np.any(x != STATE_LOW):
         raise CorruptData(f"{what}: lanes do not end in the initial state after all words")
     return out.T.reshape(-1)[:count]
+
+
+def _decode_lanes_scalar(states, words, count, lane_symbols, tables, bits, what) -> np.ndarray:
+    """_decode_lanes with Python integers, for few lanes (where numpy's per-call cost dominates)."""
+    symbol_t, freq_t, delta_t, next_t = (t.tolist() for t in tables)
+    words = words.tolist()
+    lanes = len(states)
+    last_lane = count - (lanes - 1) * lane_symbols
+    x = states.tolist()
+    base = [0] * lanes
+    out = np.empty((lanes, lane_symbols), dtype=np.uint16)
+    rows = [[0] * lane_symbols for _ in range(lanes)]
+    mask = (1 << bits) - 1
+    position = 0
+    word_count = len(words)
+    active = lanes
+    for step in range(lane_symbols):
+        if step == last_lane:
+            active = lanes - 1
+        for lane in range(active):
+            state = x[lane]
+            index = base[lane] + (state & mask)
+            rows[lane][step] = symbol_t[index]
+            base[lane] = next_t[index]
+            state = freq_t[index] * (state >> bits) + delta_t[index]
+            if state < STATE_LOW:
+                if position == word_count:
+                    raise CorruptData(f"{what}: words run out")
+                state = (state << WORD_BITS) | words[position]
+                position += 1
+            x[lane] = state
+    if position != word_count or any(state != STATE_LOW for state in x):
+        raise CorruptData(f"{what}: lanes do not end in the initial state after all words")
+    for lane in range(lanes):
+        out[lane] = rows[lane]
+    return out.reshape(-1)[:count]

@@ -239,3 +239,31 @@ def test_plausible_headers_with_random_bodies_raise_corrupt_data_only(body, coun
         rans.decode(header + body, count, 10)
     except CorruptData:
         pass
+
+
+def decode_with(monkeypatch, scalar_lanes: int, data: bytes, count: int, alphabet: int):
+    monkeypatch.setattr(rans, "SCALAR_LANES", scalar_lanes)
+    try:
+        return rans.decode(data, count, alphabet)
+    except CorruptData as e:
+        return str(e)
+
+
+def test_scalar_and_numpy_decoders_agree_also_on_corrupt_data(monkeypatch):
+    rng = np.random.default_rng(13)
+    for trial in range(40):
+        alphabet = int(rng.integers(2, 40))
+        count = int(rng.integers(1, 3000))
+        symbols = np.minimum(rng.geometric(0.3, count) - 1, alphabet - 1)
+        data = bytearray(rans.encode(symbols, alphabet, lane_symbols=int(rng.integers(1, count + 1))))
+        if trial % 2:  # corrupt a byte after the header
+            position = int(rng.integers(min(rans.HEADER_BYTES, len(data) - 1), len(data)))
+            data[position] ^= int(rng.integers(1, 256))
+        scalar = decode_with(monkeypatch, 10**9, bytes(data), count, alphabet)
+        vector = decode_with(monkeypatch, 0, bytes(data), count, alphabet)
+        if isinstance(scalar, str) or isinstance(vector, str):
+            assert isinstance(scalar, str) and isinstance(vector, str), (scalar, vector)
+        else:
+            np.testing.assert_array_equal(scalar, vector)
+            if trial % 2 == 0:
+                np.testing.assert_array_equal(scalar, symbols)
