@@ -283,6 +283,8 @@ def plan(
     # Choose contexts and precision on the counts of the whole stream (lane starts barely
     # matter), then the lanes from the estimated size, then the final tables.
     joint = _joint_counts(symbols, index_of, by_rank)
+    # Sizes are about convex in both the precision and the number of contexts: each search
+    # stops once the size grows.
     candidates = []
     context_options = [contexts] if contexts is not None else [c for c in CONTEXT_CHOICES if c <= used.size]
     for n_contexts in context_options:
@@ -293,6 +295,8 @@ def plan(
         precision_options = (
             [precision] if precision is not None else range(needed, max(needed, PREFERRED_PRECISION) + 1)
         )
+        best_so_far = min((c[0] for c in candidates), default=math.inf)
+        previous = math.inf
         for bits in precision_options:
             if not needed <= bits <= MAX_PRECISION:
                 raise ValueError(f"precision {bits} cannot represent {used.size} symbols")
@@ -300,6 +304,11 @@ def plan(
             payload = _cost_bits(ctx_counts, freq, bits)
             size = 16 * (n_contexts - 1) + _table_bits(freq) + payload
             candidates.append((size, n_contexts, bits, payload))
+            if size > previous:
+                break
+            previous = size
+        if previous > best_so_far:
+            break
     # The fewest contexts, then the lowest precision, within a hair of the smallest estimate:
     # smaller decoding tables are faster, and near-ties are noise of the counts (the float
     # estimates could differ in the last bit between math libraries: that matters only at an
@@ -411,10 +420,12 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
     # key = context * used_count + symbol indexes the flattened tables.
     freq_flat = freq.ravel()
     cum_flat = _cumulative(freq).ravel()
+    context_row = _context_of(used_count, context_symbols, index_of) * used_count  # first key of the opened context
+    if lanes <= SCALAR_LANES:
+        return _encode_lanes_scalar(index_of[symbols], lanes, lane_symbols, freq_flat, cum_flat, context_row, bits)
     grid = np.zeros(lanes * lane_symbols, dtype=np.uint16)  # used indices < 2**15
     grid[:count] = index_of.astype(np.uint16)[symbols]
     grid = np.ascontiguousarray(grid.reshape(lanes, lane_symbols).T)  # grid[k, j]: step k of lane j
-    context_row = _context_of(used_count, context_symbols, index_of) * used_count  # first key of the opened context
     state = np.full(lanes, STATE_LOW, dtype=np.int64)
     emitted = []
     key = np.empty(lanes, dtype=np.int64)
@@ -448,6 +459,32 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
         x += ca
     words = np.concatenate(emitted[::-1]) if emitted else np.zeros(0, dtype=np.uint16)
     return state, words
+
+
+def _encode_lanes_scalar(indices, lanes, lane_symbols, freq_flat, cum_flat, context_row, bits):
+    """_encode_lanes with Python integers, for few lanes (where numpy's per-call cost dominates)."""
+    indices = indices.tolist()
+    freq_flat, cum_flat, context_row = freq_flat.tolist(), cum_flat.tolist(), context_row.tolist()
+    count = len(indices)
+    last_lane = count - (lanes - 1) * lane_symbols
+    state = [STATE_LOW] * lanes
+    steps = []
+    shift = 32 - bits
+    for step in range(lane_symbols - 1, -1, -1):
+        active = lanes if step < last_lane else lanes - 1
+        emitted = []
+        for lane in range(active):
+            at = lane * lane_symbols + step
+            key = indices[at] + (context_row[indices[at - 1]] if step else 0)
+            f = freq_flat[key]
+            x = state[lane]
+            if x >= f << shift:
+                emitted.append(x & 0xFFFF)
+                x >>= WORD_BITS
+            state[lane] = ((x // f) << bits) + x % f + cum_flat[key]
+        steps.append(emitted)
+    words = [word for emitted in reversed(steps) for word in emitted]
+    return np.array(state, dtype=np.int64), np.array(words, dtype=np.uint16)
 
 
 # ------------------------------------------------------------------ decode

@@ -249,13 +249,17 @@ def decode_with(monkeypatch, scalar_lanes: int, data: bytes, count: int, alphabe
         return str(e)
 
 
-def test_scalar_and_numpy_decoders_agree_also_on_corrupt_data(monkeypatch):
+def test_scalar_and_numpy_coders_agree_also_on_corrupt_data(monkeypatch):
     rng = np.random.default_rng(13)
     for trial in range(40):
         alphabet = int(rng.integers(2, 40))
         count = int(rng.integers(1, 3000))
         symbols = np.minimum(rng.geometric(0.3, count) - 1, alphabet - 1)
-        data = bytearray(rans.encode(symbols, alphabet, lane_symbols=int(rng.integers(1, count + 1))))
+        lane_symbols = int(rng.integers(1, count + 1))
+        monkeypatch.setattr(rans, "SCALAR_LANES", 0)
+        data = bytearray(rans.encode(symbols, alphabet, lane_symbols=lane_symbols))
+        monkeypatch.setattr(rans, "SCALAR_LANES", 10**9)
+        assert rans.encode(symbols, alphabet, lane_symbols=lane_symbols) == data
         if trial % 2:  # corrupt a byte after the header
             position = int(rng.integers(min(rans.HEADER_BYTES, len(data) - 1), len(data)))
             data[position] ^= int(rng.integers(1, 256))
