@@ -73,7 +73,7 @@ PREFERRED_PRECISION = 14
 NEAR_TIE = 0.002
 PAIR_ALPHABET = 1024  # up to here, joint counts come from one bincount of symbol pairs
 COUNT_CHUNK = 1 << 22
-SCALAR_LANES = 32  # up to this many lanes, decoding steps through Python integers instead of numpy
+SCALAR_LANES = 32  # up to this many lanes, coding steps through Python integers instead of numpy
 
 _HEADER = struct.Struct("<QIBBHI")
 
