@@ -255,6 +255,15 @@ class Plan:
     def contexts(self) -> int:
         return int(self.freq.shape[0]) if self.precision else 0
 
+    @property
+    def table_bytes(self) -> int:
+        """The stream's bytes before its payload: header, used-symbol bitmap, context symbols, tables."""
+        if not self.precision:
+            return HEADER_BYTES + 4
+        lengths = _bit_length(self.freq)
+        tables = (LENGTH_BITS * self.freq.size + 7) // 8 + (int(np.maximum(lengths - 1, 0).sum()) + 7) // 8
+        return HEADER_BYTES + (self.alphabet_size + 7) // 8 + 2 * (self.contexts - 1) + tables
+
 
 def plan(
     symbols: np.ndarray,

@@ -185,6 +185,9 @@ class Layout:
     streams: list[StreamInfo]
     params: dict = field(default_factory=dict)
     builder: object = None
+    codebook: tuple | None = (
+        None  # dict layouts: (values, counts, symbols or None), for other coders of the same symbols
+    )
 
     def build(self) -> bytes:
         data = self.builder()
@@ -209,7 +212,7 @@ def dict_layout(
         header = struct.pack("<BBHI", width, 0, 0, values.size)
         return header + values.astype(elements.dtype).tobytes() + huffman.encode(coded, values.size, counts=counts)
 
-    return Layout("dict", size, [info], {"codebook_size": int(values.size)}, build)
+    return Layout("dict", size, [info], {"codebook_size": int(values.size)}, build, (values, counts, symbols))
 
 
 def with_fill(values_codebook: Codebook, fill: int, fillers: int) -> tuple[np.ndarray, np.ndarray, int]:

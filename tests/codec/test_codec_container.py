@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.codec import STORED, XZ, ZSTD, CorruptData, compress, decompress
 from compressor.container import format as fmt
 from compressor.container import pack, pack_model, unpack_container
-from compressor.container.coders import registry
+from compressor.container.coders import dict_rans, registry
 from compressor.errors import CompressorError
 
 
@@ -51,12 +51,24 @@ def small_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
 
 
-@pytest.fixture(scope="module")
-def packed():
+@pytest.fixture(scope="module", params=["every coder", "Huffman layouts only"])
+def packed(request):
+    # Twice: with every coder (the rANS layout wins the large tensors) and without dict-rans, so
+    # that the dict and sparse decoders meet the same hostile containers.
     model = small_model()
-    data, stats = pack_model(model)
+    if request.param == "every coder":
+        data, stats = pack_model(model)
+        expected = {"dict-rans"}
+    else:
+        coder = registry.get(dict_rans.ID)
+        registry.unregister(dict_rans.ID)
+        try:
+            data, stats = pack_model(model)
+        finally:
+            registry.register(coder)
+        expected = {"sparse", "dict"}
     codecs = {registry.name_of(e.codec) for e in fmt.read_container(data).sections}
-    assert {"sparse", "dict"} <= codecs
+    assert expected <= codecs
     return model.SerializeToString(), data
 
 

@@ -130,6 +130,7 @@ def test_the_format_codecs_are_registered():
         17: "sparse",
         18: "product",
         19: "planes",
+        20: "dict-rans",
     }
     assert {c: registry.min_version(c) for c in registry.names()} == {
         0: (1, 0),
@@ -139,8 +140,9 @@ def test_the_format_codecs_are_registered():
         17: (1, 0),
         18: (1, 1),
         19: (1, 2),
+        20: (1, 4),
     }
-    assert [c.name for c in registry.proposers()] == ["dict", "sparse", "stored", "planes"]
+    assert [c.name for c in registry.proposers()] == ["dict", "sparse", "stored", "planes", "dict-rans"]
     generic = {name for cid, name in registry.names().items() if registry.get(cid).generic}
     assert generic == {"stored", "zstd", "xz"}
 

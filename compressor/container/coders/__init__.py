@@ -7,13 +7,14 @@ that calls ``registry.register`` (and is imported here, or by whoever uses it).
 
 from __future__ import annotations
 
-from . import dictionary, generic, planes, product, sparse
+from . import dict_rans, dictionary, generic, planes, product, sparse
 from .choice import encode_tensor_data
 from .registry import Coder, EncodedTensor, get, register
 
 __all__ = [
     "Coder",
     "EncodedTensor",
+    "dict_rans",
     "dictionary",
     "encode_tensor_data",
     "generic",

@@ -1,0 +1,108 @@
+"""dict-rans (codec 20, version 1.4): the dict layout's codebook, its symbols rANS-coded with
+the previous symbol as context (FORMAT.md §7.5, codec.rans).
+
+Proposed after the Huffman layouts and built only when its estimated size beats the best
+of them: the context model pays off on long, correlated streams (a pruned layer's rows, runs
+of one cluster), while its tables cost more than Huffman's on short ones.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ...codec import ByteReader, CorruptData, rans
+from ...codec import sparse as layouts
+from ...codec.sparse import DICT_HEADER_BYTES, StreamInfo
+from .registry import Candidate, Coder, EncodeRequest, register
+
+ID = 20
+VERSION = (1, 4)
+
+
+def _stream_info(symbols: np.ndarray, counts: np.ndarray, chosen: rans.Plan, coded_bytes: int) -> StreamInfo:
+    nonzero = counts[counts > 0].astype(np.float64)
+    p = nonzero / nonzero.sum()
+    entropy_bits = float(-(nonzero * np.log2(p)).sum()) if nonzero.size > 1 else 0.0
+    return StreamInfo(
+        "symbols (rans)", int(symbols.size), int(counts.size), coded_bytes, chosen.table_bytes, entropy_bits
+    )
+
+
+def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
+    if not request.coded:
+        return None
+    layout = request.analysis(layouts.analyse).dict_layout
+    if layout is None or layout.codebook is None:
+        return None
+    values, counts, symbols = layout.codebook
+    if values.size < 2:
+        return None  # a constant tensor: nothing to model
+    if symbols is None:
+        symbols = np.searchsorted(values, request.elements).astype(np.uint16)
+    chosen = rans.plan(symbols, int(values.size))
+    head = DICT_HEADER_BYTES + values.size * request.width
+    if best is not None and head + chosen.estimated_bytes >= best.size:
+        request.report("dict-rans", head + chosen.estimated_bytes, [], exact=False)
+        return None
+    payload = (
+        struct.pack("<BBHI", request.width, 0, 0, values.size)
+        + values.astype(request.elements.dtype).tobytes()
+        + rans.encode_with(symbols, chosen)
+    )
+    streams = [_stream_info(symbols, counts, chosen, len(payload) - head)]
+    request.report("dict-rans", len(payload), streams)
+    params = {"codebook_size": int(values.size), "contexts": chosen.contexts}
+    return Candidate(ID, len(payload), lambda: payload, streams, params)
+
+
+def _decode_symbols(reader: ByteReader, width: int, elements: int, what: str) -> np.ndarray:
+    dtype = layouts.ELEMENT_DTYPES[width]
+    if reader.u8(f"{what} header") != width:
+        raise CorruptData(f"{what}: element width is not {width}")
+    if reader.u8(f"{what} header") != 0 or reader.u16(f"{what} header") != 0:
+        raise CorruptData(f"{what}: reserved header bytes are not zero")
+    size = reader.u32(f"{what} codebook size")
+    if not 2 <= size <= rans.MAX_ALPHABET:
+        raise CorruptData(f"{what}: codebook of {size} values")
+    codebook = reader.array(dtype, size, f"{what} codebook")
+    return codebook[rans.decode(reader, elements, size, f"{what} symbols")]
+
+
+def decode(payload, decoded_length: int, width: int, what: str, context=None):
+    return layouts.decode_elements(_decode_symbols, payload, width, decoded_length, what)
+
+
+def details(payload) -> dict:
+    reader = ByteReader(payload, "dict-rans section")
+    try:
+        width = reader.u8()
+        reader.u8(), reader.u16()
+        size = reader.u32()
+        reader.array(np.uint8, size * width, "codebook")
+        stream = rans.describe(reader)
+        return {"width": width, "codebook_size": size, "contexts": stream["contexts"], "lanes": stream["lanes"]}
+    except CorruptData:
+        return {}
+
+
+def details_text(details: dict) -> str:
+    if "codebook_size" not in details:
+        return ""
+    return f"k={details['codebook_size']} contexts={details['contexts']} lanes={details['lanes']}"
+
+
+CODER = register(
+    Coder(
+        ID,
+        "dict-rans",
+        decode,
+        min_version=VERSION,
+        propose=propose,
+        order=90,
+        summary=lambda params: f"dict-rans k={params['codebook_size']} ctx={params['contexts']}",
+        details=details,
+        details_text=details_text,
+    )
+)
