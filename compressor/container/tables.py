@@ -69,7 +69,7 @@ def format_pack_table(stats: dict) -> str:
     ]
     if e["coded_bytes"]:
         lines.append(
-            f"huffman streams: {e['coded_bytes']:,} bytes vs entropy bound {e['entropy_bound_bytes']:,.0f} bytes"
+            f"entropy-coded streams: {e['coded_bytes']:,} bytes vs entropy bound {e['entropy_bound_bytes']:,.0f} bytes"
             f" (+{e['overhead_pct']}%)"
         )
     per_weight = f", {stats['bits_per_weight']} bits per weight" if stats["bits_per_weight"] is not None else ""
