@@ -94,8 +94,14 @@ def test_report_has_per_layer_rows_and_the_entropy_bound(lenet5_run):
     layers = {layer["name"]: layer for layer in report["layers"]}
     fc1 = layers["fc1.weight"]
     assert fc1["sparsity"] > 0.5 and fc1["bits"] <= 5
-    # Huffman streams cost at least their entropy, and not much more.
-    assert fc1["entropy_bound_bytes"] <= fc1["container_bytes"] <= 1.2 * fc1["entropy_bound_bytes"] + 600
+    # Huffman streams cost at least their zero-order entropy, and not much more; the rANS
+    # stream's context model may go below it (the previous symbol predicts the next).
+    bound = fc1["entropy_bound_bytes"]
+    assert fc1["container_bytes"] <= 1.2 * bound + 600
+    if fc1["encoding"] == "dict-rans":
+        assert fc1["container_bytes"] >= 0.5 * bound
+    else:
+        assert fc1["container_bytes"] >= bound
     assert report["pack"]["container_bytes"] == report["container"]["bytes"]
     # The packed size column shrinks (or stays) stage after stage.
     packed = [s["packed_bytes"] for s in report["stages"]]
