@@ -283,14 +283,24 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figures(report: dict) -> list[tuple[str, str]]:
-    try:  # matplotlib is an optional extra (compressor[report]), needed only here
+def _pyplot():
+    try:  # matplotlib is an optional extra (compressor[report]), needed only for the HTML report
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--html needs matplotlib: pip install 'compressor[report]'")
+    return plt
+
+
+def check_html_available() -> None:
+    """Refuse --html before any work when matplotlib is missing (not after the pipeline ran)."""
+    _pyplot()
+
+
+def _figures(report: dict) -> list[tuple[str, str]]:
+    plt = _pyplot()
     figs = []
     plots = report.get("plots") or {}
     if plots.get("hist_counts"):

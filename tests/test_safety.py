@@ -1,0 +1,167 @@
+"""Issue 20: no lost files, no silent nonsense, one-line errors, no partial outputs.
+
+Every case runs the CLI on a tiny Gemm model and checks the exit code, the one-line message,
+and that the user's files are intact (or that nothing was written)."""
+
+import os
+import stat
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor.cli import main
+from compressor.errors import UsageError
+from compressor.paths import check_outputs, check_target, write_all_atomically
+
+
+@pytest.fixture()
+def files(tmp_path):
+    """A Gemm model (10 classes), labeled data and calibration inputs; returns their paths."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(10, 20)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.normal(size=(10,)).astype(np.float32), "B")
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "B"], ["y"], transB=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [w, b],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), model)
+    x = rng.normal(size=(64, 20)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=rng.integers(0, 10, 64))
+    np.savez(tmp_path / "c.npz", x=x[:32])
+    return {"model": model, "data": tmp_path / "d.npz", "calib": tmp_path / "c.npz", "dir": tmp_path}
+
+
+def _snapshot(*paths):
+    return {p: p.read_bytes() for p in paths}
+
+
+def _one_line_error(capsys, *words) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- A: no lost files
+
+
+def test_sensitivity_output_equal_to_the_model_or_the_data_is_refused(files, capsys):
+    before = _snapshot(files["model"], files["data"])
+    for victim in (files["model"], files["data"]):
+        args = ["sensitivity", str(files["model"]), "--data", str(files["data"]), "-o", str(victim)]
+        assert main(args) == 2
+        _one_line_error(capsys, "refusing to overwrite", str(victim))
+    assert _snapshot(files["model"], files["data"]) == before
+
+
+def test_run_and_quantize_outputs_equal_to_data_or_calib_are_refused(files, capsys):
+    model, data, calib, d = (str(files[k]) for k in ("model", "data", "calib", "dir"))
+    before = _snapshot(files["data"], files["calib"])
+    base = ["run", model, "--data", data, "--calib", calib, "--no-prune", "--no-share", "-q"]
+    cases = [
+        base + ["-o", data],
+        base + ["-o", f"{d}/o.cmpz", "--report", calib],
+        base + ["-o", f"{d}/o.cmpz", "--html", data],
+        ["quantize", model, "--calib", calib, "-o", calib],
+        ["quantize", model, "--calib", calib, "--data", data, "-o", data],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        _one_line_error(capsys, "refusing to overwrite")
+    assert _snapshot(files["data"], files["calib"]) == before
+    assert not (files["dir"] / "o.cmpz").exists()
+
+
+def test_run_output_and_report_on_one_path_is_refused(files, capsys):
+    out = files["dir"] / "x"
+    assert main(["run", str(files["model"]), "-o", str(out), "--report", str(out), "-q"]) == 2
+    _one_line_error(capsys, "-o and --report name the same file")
+    assert not out.exists()
+
+
+def test_output_equal_to_the_models_external_data_is_refused(files, capsys):
+    folder = files["dir"] / "ext"
+    folder.mkdir()
+    model = onnx.load(files["model"])
+    onnx.save(model, folder / "m.onnx", save_as_external_data=True, location="m.weights", size_threshold=0)
+    weights = folder / "m.weights"
+    before = weights.read_bytes()
+    for command in (["prune", "--sparsity", "0.5"], ["share"], ["quantize"], ["pack"], ["run", "-q"]):
+        assert main([command[0], str(folder / "m.onnx"), *command[1:], "-o", str(weights)]) == 2, command
+        _one_line_error(capsys, "refusing to overwrite the model's external data")
+    assert weights.read_bytes() == before
+
+
+def test_symlink_and_fifo_outputs_are_refused(files, capsys):
+    target = files["dir"] / "target.onnx"
+    target.write_bytes(b"keep")
+    link = files["dir"] / "link.onnx"
+    link.symlink_to(target)
+    fifo = files["dir"] / "fifo"
+    os.mkfifo(fifo)
+    for out, words in ((link, "through the symlink"), (fifo, "not a regular file")):
+        assert main(["prune", str(files["model"]), "-o", str(out)]) == 2
+        _one_line_error(capsys, words)
+        assert main(["pack", str(files["model"]), "-o", str(out)]) == 2
+        _one_line_error(capsys, words)
+    assert link.is_symlink() and target.read_bytes() == b"keep"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    if os.path.exists("/dev/null"):  # a device node: refused before anything is written
+        with pytest.raises(UsageError, match="not a regular file"):
+            check_target("/dev/null")
+
+
+def test_check_outputs_compares_resolved_paths_and_hard_links(tmp_path):
+    (tmp_path / "sub").mkdir()
+    data = tmp_path / "d.npz"
+    data.write_bytes(b"data")
+    os.link(data, tmp_path / "hard.npz")
+    with pytest.raises(UsageError, match="refusing to overwrite --data"):
+        check_outputs({"-o": tmp_path / "sub" / ".." / "d.npz"}, {"--data": str(data)})
+    with pytest.raises(UsageError, match="refusing to overwrite --data"):
+        check_outputs({"-o": tmp_path / "hard.npz"}, {"--data": str(data)})
+    with pytest.raises(UsageError, match="-o and --html name the same file"):
+        check_outputs({"-o": tmp_path / "new", "--html": tmp_path / "sub" / ".." / "new"}, {})
+    check_outputs({"-o": tmp_path / "new", "--report": None}, {"--data": str(data), "--calib": None, "x": "-"})
+
+
+def test_write_all_atomically_leaves_nothing_when_one_file_fails(tmp_path):
+    with pytest.raises(UsageError, match="output folder does not exist"):
+        write_all_atomically({tmp_path / "a": b"a", tmp_path / "missing" / "b": b"b"})
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------- C: nothing left behind
+
+
+def test_a_run_that_cannot_write_its_report_leaves_no_container(files, capsys):
+    out = files["dir"] / "o.cmpz"
+    args = ["run", str(files["model"]), "-o", str(out), "-q", "--report", str(files["dir"] / "missing" / "r.json")]
+    assert main(args) == 2
+    _one_line_error(capsys, "output folder does not exist")
+    assert not out.exists()
+
+
+def test_html_without_matplotlib_is_refused_before_any_work(files, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = files["dir"] / "o.cmpz"
+    args = ["run", str(files["model"]), "-o", str(out), "-q", "--html", str(files["dir"] / "r.html")]
+    assert main(args) == 2
+    _one_line_error(capsys, "--html needs matplotlib")
+    assert sorted(p.name for p in files["dir"].iterdir()) == ["c.npz", "d.npz", "m.onnx"]
+
+
+def test_run_writes_container_report_and_html_together(files):
+    d = files["dir"]
+    args = ["run", str(files["model"]), "-o", str(d / "o.cmpz"), "-q", "--no-prune", "--no-share"]
+    assert main([*args, "--report", str(d / "r.json"), "--html", str(d / "r.html")]) == 0
+    assert (d / "o.cmpz").stat().st_size > 0 and (d / "r.json").stat().st_size > 0 and (d / "r.html").exists()
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temp file left
