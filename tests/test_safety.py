@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.cli import main
 from compressor.errors import UsageError
 from compressor.paths import check_outputs, check_target, write_all_atomically
+from compressor.report import plot_data
 
 
 @pytest.fixture()
@@ -165,3 +166,26 @@ def test_run_writes_container_report_and_html_together(files):
     assert main([*args, "--report", str(d / "r.json"), "--html", str(d / "r.html")]) == 0
     assert (d / "o.cmpz").stat().st_size > 0 and (d / "r.json").stat().st_size > 0 and (d / "r.html").exists()
     assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+# ------------------------------------------------------------- B: no silent nonsense
+
+
+def _with_non_finite_weights(path):
+    model = onnx.load(path)
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[0, 0], w[1, 1] = np.nan, np.inf
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+    onnx.save(model, path)
+    return model
+
+
+def test_non_finite_weights_are_left_out_of_the_plot_data_and_counted(files):
+    d = files["dir"]
+    model = _with_non_finite_weights(files["model"])
+    plots = plot_data(model, None)
+    assert plots["non_finite_values_left_out"] == 2 and sum(plots["hist_counts"]) == 198
+    assert all(np.isfinite(plots["hist_edges"]))
+    args = ["run", str(files["model"]), "-o", str(d / "o.cmpz"), "-q", "--no-prune", "--no-share", "--no-quantize"]
+    assert main([*args, "--report", str(d / "r.json"), "--html", str(d / "r.html")]) == 0
+    assert (d / "o.cmpz").exists() and (d / "r.html").exists()
