@@ -3,9 +3,11 @@
 Every case runs the CLI on a tiny Gemm model and checks the exit code, the one-line message,
 and that the user's files are intact (or that nothing was written)."""
 
+import io
 import os
 import stat
 import sys
+import zipfile
 
 import numpy as np
 import onnx
@@ -13,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.cli import main
+from compressor.data import load_dataset
 from compressor.errors import UsageError
 from compressor.paths import check_outputs, check_target, write_all_atomically
 from compressor.report import plot_data
@@ -189,3 +192,60 @@ def test_non_finite_weights_are_left_out_of_the_plot_data_and_counted(files):
     args = ["run", str(files["model"]), "-o", str(d / "o.cmpz"), "-q", "--no-prune", "--no-share", "--no-quantize"]
     assert main([*args, "--report", str(d / "r.json"), "--html", str(d / "r.html")]) == 0
     assert (d / "o.cmpz").exists() and (d / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    "labels, words",
+    [
+        ([0, 1, 10, 3], "in [0, 10) for the model's 10 classes; 1 are not (first: 10)"),
+        ([0, -1, 2, -5], "2 are not (first: -1)"),
+        ([0, 10**12, 1, 2], "first: 1000000000000"),
+        ([0.0, 1.0, 2.0, 3.0], "labels 'y' must be a 1-D integer array"),
+    ],
+)
+def test_labels_out_of_range_are_refused_at_load(files, capsys, labels, words):
+    data = files["dir"] / "bad.npz"
+    np.savez(data, x=np.zeros((4, 20), np.float32), y=np.array(labels))
+    assert main(["eval", str(files["model"]), "--data", str(data), "--no-latency"]) == 1
+    _one_line_error(capsys, str(data), "'y'", words)
+
+
+def test_non_finite_inputs_are_refused_at_load(files, capsys):
+    x = np.zeros((8, 20), np.float32)
+    x[0, 0], x[3, 1], x[5, 2] = np.nan, np.inf, -np.inf
+    data = files["dir"] / "nan.npz"
+    np.savez(data, x=x)
+    calib_before = files["calib"].read_bytes()
+    for flag in ("--data", "--calib"):
+        out = files["dir"] / "o.cmpz"
+        assert main(["run", str(files["model"]), "-o", str(out), flag, str(data), "-q"]) == 1
+        _one_line_error(capsys, str(data), "'x'", "3 NaN or infinite values")
+        assert not out.exists()
+    assert files["calib"].read_bytes() == calib_before
+
+
+def test_npy_named_npz_and_impossible_shapes_are_one_line_errors(files, capsys):
+    npy = files["dir"] / "array.npz"
+    with open(npy, "wb") as f:
+        np.save(f, np.zeros((4, 20), np.float32))
+    huge = files["dir"] / "huge.npz"
+    np.savez(huge, x=np.zeros((4, 20), np.float32))
+    with zipfile.ZipFile(huge, "w") as z:  # a header claiming 2**40 x 2**20 floats over 16 bytes of data
+        header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 20), np.float32))
+        header["shape"] = (2**40, 2**20)
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, header)
+        z.writestr("x.npy", buf.getvalue() + b"\0" * 16)
+    for path, words in ((npy, "one .npy array, not an .npz archive"), (huge, "cannot read data file")):
+        assert main(["eval", str(files["model"]), "--data", str(path), "--no-latency"]) == 1
+        _one_line_error(capsys, str(path), words)
+
+
+def test_only_the_arrays_used_are_read(files, monkeypatch):
+    data = files["dir"] / "extra.npz"
+    np.savez(data, x=np.zeros((4, 20), np.float32), y=np.arange(4), unused=np.zeros(10, np.float32))
+    read = []
+    original = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or original(self, key))
+    dataset = load_dataset(data, onnx.load(files["model"]))
+    assert sorted(read) == ["x", "y"] and dataset.size == 4
