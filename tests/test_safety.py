@@ -249,3 +249,61 @@ def test_only_the_arrays_used_are_read(files, monkeypatch):
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or original(self, key))
     dataset = load_dataset(data, onnx.load(files["model"]))
     assert sorted(read) == ["x", "y"] and dataset.size == 4
+
+
+def _usage_error(capsys, *words) -> None:
+    # click's own range checks print its usage block; ours print one line.  Either way: exit 2, no traceback.
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err
+    for word in words:
+        assert word in err, err
+
+
+def test_bad_numbers_on_the_command_line_are_refused_before_any_work(files, capsys):
+    absent = str(files["dir"] / "absent.onnx")  # the check comes before the model is even read
+    out = str(files["dir"] / "o.cmpz")
+    for value, words in (("nan", "finite"), ("inf", "finite"), ("-1", ">= 0")):
+        assert main(["run", absent, "-o", out, "--max-accuracy-drop", value]) == 2
+        _usage_error(capsys, "max_accuracy_drop", words)
+        assert main(["batch", absent, "-o", str(files["dir"] / "zoo"), "--max-accuracy-drop", value]) == 2
+        _usage_error(capsys, "max_accuracy_drop", words)
+    model, calib = str(files["model"]), str(files["calib"])
+    assert main(["quantize", model, "--calib", calib, "-o", out, "--min-layer-snr", "nan"]) == 2
+    _usage_error(capsys, "--min-layer-snr must be a finite number")
+    for args in (["run", model, "-o", out, "-q"], ["prune", model, "-o", out], ["share", model, "-o", out]):
+        assert main([*args, "--seed", "-1"]) == 2
+        _usage_error(capsys, "--seed")
+    data = str(files["data"])
+    assert main(["eval", model, "--data", data, "--latency-batch", "100000000"]) == 2
+    _usage_error(capsys, "--latency-batch")
+    assert sorted(p.name for p in files["dir"].iterdir()) == ["c.npz", "d.npz", "m.onnx"]
+
+
+@pytest.mark.parametrize(
+    "recipe, words",
+    [
+        (b"[gate]\nbudget = nan\n", "'gate.budget' must be a finite number"),
+        (b"[prune]\nbudget = inf\n", "'prune.budget' must be a finite number"),
+        (b"[gate]\nmin_snr_db = nan\n", "'gate.min_snr_db' must be a finite number"),
+        (b"[prune]\nmax_seconds = nan\n", "'prune.max_seconds' must be a finite number"),
+        (b"[prune]\nseed = -1\n", "'prune.seed' must be >= 0"),
+        (b'[quantize]\nexclude = "*"\n', "'quantize.exclude' must be a valid regular expression"),
+        (b'[prune]\nscope = "\xff"\n', "is not UTF-8 text"),
+    ],
+)
+def test_bad_recipes_are_one_line_usage_errors(files, capsys, recipe, words):
+    path = files["dir"] / "r.toml"
+    path.write_bytes(recipe)
+    assert main(["run", str(files["model"]), "-o", str(files["dir"] / "o.cmpz"), "--recipe", str(path), "-q"]) == 2
+    _one_line_error(capsys, words)
+    assert not (files["dir"] / "o.cmpz").exists()
+
+
+def test_pack_runs_the_onnx_checker(files, capsys):
+    model = onnx.load(files["model"])
+    model.graph.node[0].op_type = "NoSuchOp"
+    bad = files["dir"] / "bad.onnx"
+    onnx.save(model, bad)
+    assert main(["pack", str(bad), "-o", str(files["dir"] / "o.cmpz")]) == 1
+    _one_line_error(capsys, "invalid ONNX model (onnx checker)")
+    assert not (files["dir"] / "o.cmpz").exists()

@@ -92,7 +92,7 @@ def _print_prune_table(stats: dict, output: str) -> None:
 @click.option(
     "--max-evals", type=int, default=40, show_default=True, help="Candidate models measured by the --budget search."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --scope random.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed for --scope random.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
 def prune_command(
     model, output, sparsity, scope, exclude, min_params, include_embeddings, budget, data_path, max_evals, seed, as_json

@@ -3,6 +3,7 @@ with Q/DQ folding; reports integer-kernel coverage in ONNX Runtime, size and acc
 
 from __future__ import annotations
 
+import math
 import os
 
 import click
@@ -105,6 +106,8 @@ def quantize_command(
         raise UsageError("--activations static needs --calib CALIB.npz")
     if calib_path and activations in ("dynamic", "none"):
         warn(f"--calib is not used with --activations {activations}")
+    if min_layer_snr is not None and not math.isfinite(min_layer_snr):
+        raise UsageError(f"--min-layer-snr must be a finite number of dB, got {min_layer_snr}")
     if min_layer_snr is not None and not (calib_path and activations in (None, "static")):
         raise UsageError("--min-layer-snr needs static activations (--calib)")
     loaded, external_files = load_model_and_files(model)

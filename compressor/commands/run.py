@@ -102,7 +102,7 @@ def stage_options(f):
             click.option("--no-prune", is_flag=True, help="Skip pruning."),
             click.option("--no-share", is_flag=True, help="Skip weight sharing."),
             click.option("--no-quantize", is_flag=True, help="Skip quantization."),
-            click.option("--seed", type=int, help="Seed for every randomised step."),
+            click.option("--seed", type=click.IntRange(0), help="Seed for every randomised step."),
             click.option("--quiet", "-q", is_flag=True, help="No progress output."),
             click.option("--verbose", "-v", is_flag=True, help="Progress output even when stderr is not a terminal."),
         ]

@@ -64,7 +64,7 @@ def _parse_bits(items: tuple[str, ...]) -> dict[str, int]:
     show_default=True,
     help="Only share tensors with at least this many values.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init random.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed for --init random.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
 def share_command(
     model,
