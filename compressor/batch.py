@@ -18,7 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .errors import CompressorError, UsageError
-from .graph import atomic_write_bytes
+from .options import check_value
+from .paths import atomic_write_bytes, check_outputs
 from .pipeline import GateFailedWithReport, run_pipeline
 from .present import to_json
 
@@ -92,6 +93,13 @@ def _one(args) -> dict:
     entry = {"model": str(model), "status": "ok", "error": None}
     report = None
     try:
+        # The report is written here, whatever happened: it must not overwrite an input either.
+        check_outputs(
+            {"the report": report_path}, {"the model": str(model), "its data": data, "its calibration": calib}
+        )
+    except UsageError as e:
+        return _summary_row({**entry, "status": "failed", "error": str(e)}, {})
+    try:
         report = run_pipeline(str(model), str(container), overrides, data, calib, gate)
     except GateFailedWithReport as e:
         report = e.report
@@ -141,9 +149,11 @@ def _already_done(name: str, out_dir: Path) -> dict | None:
 
 
 def run_batch(patterns, output_dir, overrides, data_dir, jobs, gate, log=lambda m: None) -> dict:
+    gate = check_value("gate", "max_accuracy_drop", gate)
     models = expand_models(patterns)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_outputs({"summary.json": out / "summary.json", "summary.csv": out / "summary.csv"}, {"a model": models})
     names = _stem_names(models)
     rows: dict[Path, dict] = {}
     todo = []

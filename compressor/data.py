@@ -9,7 +9,7 @@ never across kinds (float -> int is an error).  Loaded with ``allow_pickle=False
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,17 +74,82 @@ class Dataset:
         return self.constants.get(name)
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _first_line(e: Exception, default: str) -> str:
+    return str(e).splitlines()[0] if str(e).strip() else default
+
+
+def _open_npz(path: str | Path):
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"no such data file: {path}")
     try:
-        with np.load(p, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        with open(p, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise CompressorError(f"cannot read data file {path}: {e.strerror}")
+    if head == NPY_MAGIC:  # np.load would read the whole array; an .npz names its arrays
+        raise CompressorError(f"data file {path} is one .npy array, not an .npz archive (save it with np.savez)")
+    try:
+        npz = np.load(p, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise CompressorError(
-            f"cannot read data file {path}: {str(e).splitlines()[0] if str(e) else 'not a valid .npz'}"
-        )
+        raise CompressorError(f"cannot read data file {path}: {_first_line(e, 'not a valid .npz')}")
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise CompressorError(f"cannot read data file {path}: not an .npz archive")
+    return npz
+
+
+def npz_names(path: str | Path) -> list[str]:
+    """The names of the arrays of an .npz (its directory only: no array is read)."""
+    with _open_npz(path) as npz:
+        return list(npz.files)
+
+
+def read_npz(path: str | Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz; with `names`, only those (of them present): np.load reads an array
+    when it is asked for, so an unused array, however large, is never read."""
+    with _open_npz(path) as npz:
+        wanted = npz.files if names is None else [k for k in dict.fromkeys(names) if k in npz.files]
+        arrays = {}
+        for key in wanted:
+            try:
+                arrays[key] = npz[key]
+            except MemoryError:
+                raise CompressorError(f"cannot read data file {path}: array {key!r} is larger than the memory")
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+                raise CompressorError(f"cannot read data file {path}: {_first_line(e, 'not a valid .npz')}")
+        return arrays
+
+
+def _count_non_finite(arr: np.ndarray) -> int:
+    if arr.dtype.kind not in "fc":
+        return 0
+    return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
+def class_count(model: onnx.ModelProto) -> int | None:
+    """The number of classes of the model's first output when its shape says so (batch axis
+    first, the other dims static: what `evaluate.top1` takes the argmax over), else None."""
+    if not model.graph.output:
+        return None
+    tensor_type = model.graph.output[0].type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims = list(tensor_type.shape.dim)[1:]
+    if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        return None
+    return int(np.prod([d.dim_value for d in dims]))
+
+
+def _check_labels(labels: np.ndarray, classes: int | None, path) -> None:
+    bad = labels < 0 if classes is None else (labels < 0) | (labels >= classes)
+    n = int(np.count_nonzero(bad))
+    if n:
+        first = int(labels[np.argmax(bad)])
+        what = "non-negative" if classes is None else f"in [0, {classes}) for the model's {classes} classes"
+        raise CompressorError(f"data file {path}: labels 'y' must be {what}; {n} are not (first: {first})")
 
 
 def _elem_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
@@ -98,8 +163,12 @@ def load_dataset(path: str | Path, model: onnx.ModelProto) -> Dataset:
     holds one whole feed per sample (per-sample layout); a 0-d array for a scalar input is a
     constant.  A file uses one layout for all its non-constant arrays.
     """
-    arrays = read_npz(path)
     inputs = graph_inputs(model)
+    names = npz_names(path)
+    used = [vi.name for vi in inputs if vi.name in names]
+    if len(inputs) == 1 and not used:
+        used.append("x")
+    arrays = read_npz(path, [*used, LABEL_KEY])
     result: dict[str, np.ndarray] = {}
     constants: dict[str, np.ndarray] = {}
     layouts: dict[str, str] = {}
@@ -110,8 +179,12 @@ def load_dataset(path: str | Path, model: onnx.ModelProto) -> Dataset:
             arr = arrays["x"]
         else:
             raise CompressorError(
-                f"data file {path} has no array for model input {vi.name!r} (has: {', '.join(sorted(arrays)) or 'nothing'})"
+                f"data file {path} has no array for model input {vi.name!r} (has: {', '.join(sorted(names)) or 'nothing'})"
             )
+        key = vi.name if vi.name in arrays else "x"
+        non_finite = _count_non_finite(arr)
+        if non_finite:
+            raise CompressorError(f"data file {path}: array {key!r} holds {non_finite} NaN or infinite values")
         want = _elem_dtype(vi)
         if arr.dtype.kind != want.kind and not (arr.dtype.kind in "iu" and want.kind in "iu"):
             raise CompressorError(f"input {vi.name!r}: data has dtype {arr.dtype}, the model expects {want}")
@@ -167,6 +240,7 @@ def load_dataset(path: str | Path, model: onnx.ModelProto) -> Dataset:
         if labels.shape[0] != next(iter(sizes)):
             raise CompressorError(f"data file {path}: {labels.shape[0]} labels for {next(iter(sizes))} samples")
         labels = labels.astype(np.int64)
+        _check_labels(labels, class_count(model) if not per_sample else None, path)
     if next(iter(sizes)) == 0:
         raise CompressorError(f"data file {path} holds no samples")
     return Dataset(result, labels, constants, per_sample)

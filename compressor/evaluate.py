@@ -186,6 +186,10 @@ def fidelity(reference_outputs: list[np.ndarray], outputs: list[np.ndarray]) -> 
     return result
 
 
+# The largest batch `eval --latency-batch` builds (the samples are repeated up to it in memory).
+MAX_LATENCY_BATCH = 4096
+
+
 def latency_ms(session, data: Dataset, batch_size: int, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of one inference at the given batch size, in milliseconds."""
     if data.per_sample:  # one run is one sample's feed, whatever its batch

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from .errors import CompressorError, UsageError
+from .paths import atomic_write_bytes, make_temp_file
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave head-room under protobuf's hard limit: the graph itself needs bytes too.
@@ -65,7 +65,9 @@ def _tensors_with_external_data(model: onnx.ModelProto) -> Iterator[onnx.TensorP
             yield ref.proto
 
 
-def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
+    """Read every external tensor into the model; returns the files read."""
+    files: list[Path] = []
     for tensor in _tensors_with_external_data(model):
         info = {e.key: e.value for e in tensor.external_data}
         path = _check_external_location(info.get("location", ""), base_dir)
@@ -84,6 +86,9 @@ def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
             tensor.raw_data = f.read(length if length is not None else size - offset)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
+        if path not in files:
+            files.append(path)
+    return files
 
 
 def check_model(model: onnx.ModelProto) -> None:
@@ -98,6 +103,11 @@ def check_model(model: onnx.ModelProto) -> None:
 
 def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     """Load a model from a path (or '-' for stdin), with external data confined to its folder."""
+    return load_model_and_files(path, check)[0]
+
+
+def load_model_and_files(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
+    """load_model, and the external-data files it read (outputs must not overwrite them)."""
     if str(path) == "-":
         data = sys.stdin.buffer.read()
         base_dir = None
@@ -120,13 +130,14 @@ def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         raise CompressorError(f"not an ONNX model (cannot parse protobuf): {label}") from e
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise CompressorError(f"not an ONNX model (no graph): {label}")
+    files: list[Path] = []
     if any(True for _ in _tensors_with_external_data(model)):
         if base_dir is None:
             raise UsageError("a model with external data cannot be read from stdin")
-        _load_external_data(model, base_dir)
+        files = _load_external_data(model, base_dir)
     if check:
         check_model(model)
-    return model
+    return model, files
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -160,33 +171,6 @@ def save_model(
     data = model.SerializeToString()
     atomic_write_bytes(out, data)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_temp_file(out: Path) -> tuple[int, str]:
-    """A temp file beside `out`, with the permissions a plain open() would give (mkstemp's are 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent)
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to path via a temp file in the same folder and os.replace (no half-written files)."""
-    out = Path(path)
-    fd, tmp = make_temp_file(out)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _save_with_external_data(model: onnx.ModelProto, out: Path) -> None:

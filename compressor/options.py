@@ -71,7 +71,7 @@ class PruneOptions(_Section):
     scope: str = _option("global", choices=("global", "layer", "random"))
     exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
     min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
-    seed: int = 0
+    seed: int = _option(0, check=NON_NEGATIVE)  # numpy's generators take non-negative seeds
     max_seconds: float = _option(DEFAULT_PRUNE_SECONDS, check=POSITIVE)
     compensate: bool = True
     given: frozenset[str] = _given()
@@ -87,7 +87,7 @@ class ShareOptions(_Section):
     bias_correction: bool = False
     exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
     min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
-    seed: int = 0
+    seed: int = _option(0, check=NON_NEGATIVE)  # numpy's generators take non-negative seeds
     given: frozenset[str] = _given()
 
     @property

@@ -34,7 +34,9 @@ from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import make_session, run_model
 from .measure import Measure
 from .options import Recipe, check_value
-from .report import RunResult, StageRow, build_report
+from .paths import check_outputs, write_all_atomically
+from .present import to_json
+from .report import RunResult, StageRow, build_report, check_html_available, render_html
 from .stages import STAGES, StageContext
 from .stages.ladder import model_bytes
 
@@ -65,11 +67,29 @@ def run_pipeline(
     calib_path: str | None = None,
     max_accuracy_drop: float | None = None,
     log: Log = _quiet,
+    *,
+    report_path: str | None = None,
+    html_path: str | None = None,
+    recipe_path: str | None = None,
 ) -> dict:
-    """Run the pipeline; returns the report (dict).  Raises GateFailed (with .report) on a failed gate."""
+    """Run the pipeline; returns the report (dict).  Raises GateFailed (with .report) on a failed gate.
+
+    Writes the container (`out_path`), the JSON report and the HTML report, all or none, once
+    everything succeeded; the paths are checked before any work (see paths.check_outputs)."""
     started = time.perf_counter()
-    _check_output(model_path, out_path)
-    original = graph.load_model(model_path)
+    max_accuracy_drop = check_value("gate", "max_accuracy_drop", max_accuracy_drop)
+    if html_path is not None:
+        check_html_available()
+    original, external_files = graph.load_model_and_files(model_path)
+    outputs = {"-o": out_path, "--report": report_path, "--html": html_path}
+    inputs = {
+        "the input model": model_path,
+        "the model's external data": external_files,
+        "--data": data_path,
+        "--calib": calib_path,
+        "--recipe": recipe_path,
+    }
+    check_outputs(outputs, inputs)
     original_bytes = Path(model_path).stat().st_size if model_path != "-" else model_bytes(original)
     data = load_dataset(data_path, original) if data_path else None
     calib = load_dataset(calib_path, original) if calib_path else None
@@ -85,7 +105,6 @@ def run_pipeline(
     gate = recipe.gate
     if max_accuracy_drop is None:
         max_accuracy_drop = gate.max_accuracy_drop
-    max_accuracy_drop = check_value("gate", "max_accuracy_drop", max_accuracy_drop)
     budget = gate.budget if max_accuracy_drop is None else min(gate.budget, max_accuracy_drop)
     measure = Measure(eval_data, mode, budget, gate.min_snr_db, gate.explicit_snr)
 
@@ -114,16 +133,17 @@ def run_pipeline(
                 passed=False, reason=f"{what} {loss:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop:g}"
             )
 
-    # ---- pack, or the model as it is (pack disabled)
+    # ---- pack, or the model as it is (pack disabled); written with the reports at the end
     container = None
+    container_bytes = None
     pack_stats = None
     if recipe.pack.enabled and gate_result["passed"]:
         if out_path is None:
             raise UsageError("run needs -o OUT.cmpz")
         t0 = time.perf_counter()
         log("pack: writing the container")
-        pack_stats, verified = _pack_and_verify(model, out_path, eval_data, outputs, final_packing)
-        container = {"path": str(out_path), "bytes": Path(out_path).stat().st_size, "verified": verified}
+        container_bytes, pack_stats, verified = _pack_and_verify(model, eval_data, outputs, final_packing)
+        container = {"path": str(out_path), "bytes": len(container_bytes), "verified": verified}
         container["ratio"] = original_bytes / container["bytes"]
         note = (
             "unpacked model reproduces the last stage's outputs exactly"
@@ -132,8 +152,12 @@ def run_pipeline(
         )
         rows.append(StageRow("pack", True, container["bytes"], final_metrics, time.perf_counter() - t0, note=note))
     elif not recipe.pack.enabled and out_path is not None and gate_result["passed"]:
-        graph.save_model(model, out_path, input_path=model_path)
-        size = Path(out_path).stat().st_size
+        if model.ByteSize() > graph.EXTERNAL_DATA_THRESHOLD:  # beside its external data: written now
+            graph.save_model(model, out_path, input_path=model_path)
+            size = Path(out_path).stat().st_size
+        else:
+            container_bytes = model.SerializeToString()
+            size = len(container_bytes)
         container = {"path": str(out_path), "bytes": size, "verified": None, "ratio": original_bytes / size}
 
     run = RunResult(
@@ -152,19 +176,15 @@ def run_pipeline(
     )
     report = build_report(run, rows)
     report["seconds"] = time.perf_counter() - started
+    files = {out_path: container_bytes} if container_bytes is not None else {}
+    if report_path is not None:
+        files[report_path] = to_json(report).encode()
+    if html_path is not None:
+        files[html_path] = render_html(report).encode()
+    write_all_atomically(files)
     if not gate_result["passed"]:
         raise GateFailedWithReport(gate_result["reason"], report)
     return report
-
-
-def _check_output(model_path: str, out_path: str | None) -> None:
-    if out_path is None:
-        return
-    out = Path(out_path)
-    if model_path != "-" and out.exists() and out.samefile(model_path):
-        raise UsageError(f"refusing to overwrite the input model {model_path} (choose another -o)")
-    if not out.resolve().parent.is_dir():
-        raise UsageError(f"output folder does not exist: {out.resolve().parent}")
 
 
 def _dataset_mode(data: Dataset | None, calib: Dataset | None) -> str:
@@ -203,9 +223,9 @@ def _fill_packed_bytes(rows: list[StageRow], models: list[onnx.ModelProto], log:
     return last
 
 
-def _pack_and_verify(model, out_path, eval_data, last_outputs, packed: tuple[bytes, dict] | None = None):
+def _pack_and_verify(model, eval_data, last_outputs, packed: tuple[bytes, dict] | None = None):
     """Pack (unless `packed` already holds it), unpack, check the unpacked model reproduces the
-    outputs, then write `out_path` atomically."""
+    outputs; returns the container's bytes, the pack stats and what was verified."""
     data, stats = packed if packed is not None else pack_model(model)
     # verify=True: the unpacked serialization must hash to what was packed (SHA-256 in the manifest).
     unpacked, _ = unpack_container(data, verify=True)
@@ -217,5 +237,4 @@ def _pack_and_verify(model, out_path, eval_data, last_outputs, packed: tuple[byt
         verified = "outputs"
     else:
         make_session(unpacked)  # it must still load in ORT
-    graph.atomic_write_bytes(out_path, data)
-    return stats, verified
+    return data, stats, verified

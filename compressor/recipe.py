@@ -42,4 +42,8 @@ def read_recipe(path: str | Path) -> dict:
         raise UsageError(f"no such recipe: {path}")
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"recipe {path}: {e}")
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe {path} is not UTF-8 text (TOML is UTF-8)")
+    except OSError as e:
+        raise UsageError(f"cannot read recipe {path}: {e.strerror}")
     return validate_overrides(raw)

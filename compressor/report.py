@@ -178,20 +178,26 @@ def plot_data(original: onnx.ModelProto, shared_model: onnx.ModelProto | None) -
     shared = graph.weight_by_name(shared_model).get(biggest.name) if shared_model is not None else None
     drawn = shared if shared is not None else biggest
     values = drawn.array().astype(np.float32).ravel()
-    nonzero = values[values != 0]
+    finite = np.isfinite(values)
+    # NaN/Inf weights cannot be binned: they are left out of the plot, and the plot data says how many.
+    nonzero = values[finite & (values != 0)]
     counts, edges = np.histogram(nonzero, bins=HIST_BINS)
     centroids = []
     if shared is not None:
         shared_values = shared.array()
-        shared_nonzero = shared_values[shared_values != 0]
+        shared_nonzero = shared_values[np.isfinite(shared_values) & (shared_values != 0)]
         centroids = np.unique(sortable(shared_nonzero)).astype(float).tolist()[:MAX_PLOTTED_CENTROIDS]
-    return {
+    plots = {
         "layer": biggest.name,
         "source": "shared" if shared is not None else "original",
         "hist_counts": counts.tolist(),
         "hist_edges": edges.tolist(),
         "centroids": centroids,
     }
+    non_finite = int(values.size - np.count_nonzero(finite))
+    if non_finite:
+        plots["non_finite_values_left_out"] = non_finite
+    return plots
 
 
 STAGE_HEADERS = [
@@ -283,14 +289,24 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figures(report: dict) -> list[tuple[str, str]]:
-    try:  # matplotlib is an optional extra (compressor[report]), needed only here
+def _pyplot():
+    try:  # matplotlib is an optional extra (compressor[report]), needed only for the HTML report
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--html needs matplotlib: pip install 'compressor[report]'")
+    return plt
+
+
+def check_html_available() -> None:
+    """Refuse --html before any work when matplotlib is missing (not after the pipeline ran)."""
+    _pyplot()
+
+
+def _figures(report: dict) -> list[tuple[str, str]]:
+    plt = _pyplot()
     figs = []
     plots = report.get("plots") or {}
     if plots.get("hist_counts"):

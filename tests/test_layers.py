@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "model",
         (
             "compressor.graph",
+            "compressor.paths",
             "compressor.variants",
             "compressor.data",
             "compressor.evaluate",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..data import load_dataset
-from ..evaluate import batch_size_for, evaluate_with_latency
+from ..evaluate import MAX_LATENCY_BATCH, batch_size_for, evaluate_with_latency
 from ..graph import load_model
 from .common import emit_json, format_table
 
@@ -27,7 +27,7 @@ from .common import emit_json, format_table
 )
 @click.option(
     "--latency-batch",
-    type=click.IntRange(1),
+    type=click.IntRange(1, MAX_LATENCY_BATCH),
     default=64,
     show_default=True,
     help="The larger batch size timed besides batch 1.",

@@ -4,24 +4,19 @@
 from __future__ import annotations
 
 import math
-import os
 
 import click
 
 from ..data import load_dataset
 from ..errors import UsageError
-from ..graph import atomic_write_bytes, load_model, save_model
+from ..graph import load_model_and_files, save_model
 from ..passes.magnitude import check_sparsity
 from ..passes.prune import prune
 from ..passes.selection import DEFAULT_MIN_PARAMS
+from ..paths import atomic_write_bytes, check_outputs
 from ..search.prune_budget import prune_to_budget
 from ..search.sensitivity import parse_ratios, sensitivity
 from .common import emit_json, format_table, report_pass, to_json, warn
-
-
-def _refuse_same_file(model: str, output: str) -> None:
-    if model != "-" and os.path.exists(output) and os.path.exists(model) and os.path.samefile(model, output):
-        raise UsageError(f"refusing to overwrite the input model {output} (choose another -o)")
 
 
 def _print_prune_table(stats: dict, output: str) -> None:
@@ -97,7 +92,7 @@ def _print_prune_table(stats: dict, output: str) -> None:
 @click.option(
     "--max-evals", type=int, default=40, show_default=True, help="Candidate models measured by the --budget search."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --scope random.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed for --scope random.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
 def prune_command(
     model, output, sparsity, scope, exclude, min_params, include_embeddings, budget, data_path, max_evals, seed, as_json
@@ -117,8 +112,11 @@ def prune_command(
             warn("--data is only used with --budget; ignored")
         sparsity = 0.5 if sparsity is None else sparsity
         check_sparsity(sparsity)  # before reading the model: a usage error is a usage error
-    _refuse_same_file(model, output)
-    loaded = load_model(model)
+    loaded, external_files = load_model_and_files(model)
+    check_outputs(
+        {"-o": output},
+        {"the input model": model, "the model's external data": external_files, "--data": data_path},
+    )
     if budget is not None:
         data = load_dataset(data_path, loaded)
         new_model, stats = prune_to_budget(
@@ -195,9 +193,11 @@ def _print_sensitivity_table(stats: dict) -> None:
 def sensitivity_command(model, data_path, ratios, exclude, min_params, include_embeddings, output, as_json) -> None:
     """Prune each weight tensor of MODEL alone at a ladder of ratios and measure the accuracy (or fidelity)."""
     ladder = parse_ratios(ratios)
-    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise UsageError(f"output folder does not exist: {os.path.dirname(os.path.abspath(output))}")
-    loaded = load_model(model)
+    loaded, external_files = load_model_and_files(model)
+    check_outputs(
+        {"-o": output},
+        {"the input model": model, "the model's external data": external_files, "--data": data_path},
+    )
     data = load_dataset(data_path, loaded)
     stats = sensitivity(
         loaded, data, ratios=ladder, exclude=exclude, min_params=min_params, include_embeddings=include_embeddings

@@ -3,6 +3,7 @@ with Q/DQ folding; reports integer-kernel coverage in ONNX Runtime, size and acc
 
 from __future__ import annotations
 
+import math
 import os
 
 import click
@@ -10,8 +11,9 @@ import click
 from ..data import load_dataset
 from ..errors import UsageError
 from ..evaluate import accuracy, evaluate, run_model
-from ..graph import load_model, save_model
+from ..graph import load_model_and_files, save_model
 from ..passes.quantize import QuantizeSettings, quantize
+from ..paths import check_outputs
 from .common import format_table, human_bytes, report_pass, warn
 
 
@@ -104,11 +106,20 @@ def quantize_command(
         raise UsageError("--activations static needs --calib CALIB.npz")
     if calib_path and activations in ("dynamic", "none"):
         warn(f"--calib is not used with --activations {activations}")
+    if min_layer_snr is not None and not math.isfinite(min_layer_snr):
+        raise UsageError(f"--min-layer-snr must be a finite number of dB, got {min_layer_snr}")
     if min_layer_snr is not None and not (calib_path and activations in (None, "static")):
         raise UsageError("--min-layer-snr needs static activations (--calib)")
-    if model != "-" and os.path.exists(output) and os.path.exists(model) and os.path.samefile(model, output):
-        raise UsageError(f"refusing to overwrite the input model {output} (choose another -o)")
-    loaded = load_model(model)
+    loaded, external_files = load_model_and_files(model)
+    check_outputs(
+        {"-o": output},
+        {
+            "the input model": model,
+            "the model's external data": external_files,
+            "--calib": calib_path,
+            "--data": data_path,
+        },
+    )
     calib = load_dataset(calib_path, loaded) if calib_path and activations in (None, "static") else None
     data = load_dataset(data_path, loaded) if data_path else None
     settings = QuantizeSettings(

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from ..batch import run_batch
-from ..errors import CompressorError, GateFailed, UsageError
-from ..graph import atomic_write_bytes
+from ..errors import CompressorError, GateFailed
 from ..options import validate_overrides
 from ..pipeline import GateFailedWithReport, run_pipeline
 from ..recipe import read_recipe
-from ..report import format_report, render_html
-from .common import emit_json, to_json
+from ..report import format_report
+from .common import emit_json
 
 
 def _overrides(
@@ -104,7 +102,7 @@ def stage_options(f):
             click.option("--no-prune", is_flag=True, help="Skip pruning."),
             click.option("--no-share", is_flag=True, help="Skip weight sharing."),
             click.option("--no-quantize", is_flag=True, help="Skip quantization."),
-            click.option("--seed", type=int, help="Seed for every randomised step."),
+            click.option("--seed", type=click.IntRange(0), help="Seed for every randomised step."),
             click.option("--quiet", "-q", is_flag=True, help="No progress output."),
             click.option("--verbose", "-v", is_flag=True, help="Progress output even when stderr is not a terminal."),
         ]
@@ -154,20 +152,22 @@ def run_command(
     overrides = _overrides(
         recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
     )
-    for path in (report_path, html_path):
-        if path and model != "-" and os.path.exists(path) and os.path.samefile(path, model):
-            raise UsageError(f"refusing to overwrite the input model {model} with a report")
     failure = None
     try:
         report = run_pipeline(
-            model, output, overrides, data_path, calib_path, max_accuracy_drop, log=_progress(quiet, verbose)
+            model,
+            output,
+            overrides,
+            data_path,
+            calib_path,
+            max_accuracy_drop,
+            log=_progress(quiet, verbose),
+            report_path=report_path,
+            html_path=html_path,
+            recipe_path=recipe_path,
         )
     except GateFailedWithReport as e:
         report, failure = e.report, e
-    if report_path:
-        atomic_write_bytes(report_path, to_json(report).encode())
-    if html_path:
-        atomic_write_bytes(html_path, render_html(report).encode())
     # --quiet silences the progress only: the result is what the user ran the command for.
     if as_json:
         emit_json(report)

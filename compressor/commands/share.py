@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from ..data import load_dataset
 from ..errors import UsageError
-from ..graph import load_model, save_model
+from ..graph import load_model_and_files, save_model
 from ..kmeans import INITS
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share
+from ..paths import check_outputs
 from .common import format_table, report_pass, warn
 
 
@@ -65,7 +64,7 @@ def _parse_bits(items: tuple[str, ...]) -> dict[str, int]:
     show_default=True,
     help="Only share tensors with at least this many values.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --init random.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed for --init random.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
 def share_command(
     model,
@@ -88,9 +87,11 @@ def share_command(
     if data_path and not (refit or bias_correction):
         warn("--data is only used with --refit or --bias-correction; ignored")
     bits_by_name = _parse_bits(bits_items)
-    if model != "-" and os.path.exists(output) and os.path.exists(model) and os.path.samefile(model, output):
-        raise UsageError(f"refusing to overwrite the input model {output} (choose another -o)")
-    loaded = load_model(model)
+    loaded, external_files = load_model_and_files(model)
+    check_outputs(
+        {"-o": output},
+        {"the input model": model, "the model's external data": external_files, "--data": data_path},
+    )
     data = load_dataset(data_path, loaded) if refit or bias_correction else None
     new_model, stats = share(
         loaded,
