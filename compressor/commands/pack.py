@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ..container import format_pack_table, pack_model, unpack_file
-from ..graph import load_model_and_files
-from ..paths import atomic_write_bytes, check_outputs
+from ..container import format_pack_table, pack_file, unpack_file
+from ..paths import check_outputs
 from .common import emit_json
 
 
@@ -17,15 +14,8 @@ from .common import emit_json
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The container to write (.cmpz).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pack report as one JSON object on stdout.")
 def pack_command(model: str, output: str, as_json: bool) -> None:
-    """Pack MODEL losslessly into a checksummed, Huffman-coded container."""
-    # Loaded here rather than by pack_file: the onnx checker runs on every model (README, Safety).
-    loaded, external_files = load_model_and_files(model)
-    check_outputs({"-o": output}, {"the input model": model, "the model's external data": external_files})
-    data, stats = pack_model(loaded)
-    atomic_write_bytes(output, data)
-    stats = {"input": str(model), "output": str(Path(output)), **stats}
-    if model != "-":
-        stats["file_bytes"] = Path(model).stat().st_size
+    """Pack MODEL losslessly into a checksummed, entropy-coded container."""
+    stats = pack_file(model, output)
     if as_json:
         emit_json(stats)
         return

@@ -18,8 +18,9 @@ from pathlib import Path
 import onnx
 
 from ..codec import STORED, ZSTD, compress, compress_best
-from ..errors import CompressorError, UsageError
-from ..graph import atomic_write_bytes, iter_tensors, load_model
+from ..errors import CompressorError
+from ..graph import iter_tensors, load_model_and_files
+from ..paths import atomic_write_bytes, check_outputs
 from . import format as fmt
 from .coders import EncodedTensor, encode_tensor_data, product, registry
 from .layout import DATA_FIELDS, dtype_name, field_bytes, field_layout, num_values, raw_float32
@@ -256,16 +257,14 @@ def _pack_stats(original: bytes, data: bytes, sections, tensor_stats, graph_code
 
 
 def pack_file(model_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
-    """Load a model, pack it and write the container atomically; returns the stats."""
-    out = Path(out_path)
-    if str(model_path) != "-" and out.exists() and os.path.samefile(out, model_path):
-        raise UsageError(f"refusing to overwrite the input model {out} (choose another -o)")
-    if not out.resolve().parent.is_dir():
-        raise UsageError(f"output folder does not exist: {out.resolve().parent}")
-    model = load_model(model_path, check=False)
+    """Load a model (the onnx checker runs), pack it and write the container atomically; returns the stats.
+
+    The output must differ from the model and its external-data files."""
+    model, external_files = load_model_and_files(model_path)
+    check_outputs({"-o": out_path}, {"the input model": model_path, "the model's external data": external_files})
     data, stats = pack_model(model)
-    atomic_write_bytes(out, data)
-    stats = {"input": str(model_path), "output": str(out), **stats}
+    atomic_write_bytes(out_path, data)
+    stats = {"input": str(model_path), "output": str(Path(out_path)), **stats}
     if str(model_path) != "-":
         stats["file_bytes"] = Path(model_path).stat().st_size
     return stats
