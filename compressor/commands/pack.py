@@ -45,7 +45,7 @@ class ByteSize(click.ParamType):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The ONNX model to write.")
 @click.option(
     "--verify/--no-verify",
-    default=False,
+    default=True,
     show_default=True,
     help="Check that the unpacked model is bit-identical to the packed one (SHA-256 recorded at pack time) "
     "before writing it.",

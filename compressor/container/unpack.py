@@ -301,12 +301,13 @@ def unpack_file(
     container_path: str | os.PathLike,
     out_path: str | os.PathLike,
     *,
-    verify: bool = False,
+    verify: bool = True,
     max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
 ) -> dict:
     """Unpack a container file into an ONNX file (written atomically; nothing is left on failure).
 
-    ``max_decoded_bytes`` bounds what the container may declare."""
+    ``verify`` (the default) checks the model against the SHA-256 recorded at pack time
+    before writing it; ``max_decoded_bytes`` bounds what the container may declare."""
     out = Path(out_path)
     if out.exists() and Path(container_path).exists() and os.path.samefile(out, container_path):
         raise UsageError(f"refusing to overwrite the container {out} (choose another -o)")
