@@ -25,6 +25,7 @@ from compressor.container import (
 )
 from compressor.container import format as fmt
 from compressor.container.coders import registry
+from compressor.container.splice import marker
 from compressor.errors import CompressorError
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -457,3 +458,20 @@ def test_unpack_verifies_by_default(tmp_path, capsys):
     assert main(["unpack", str(box), "-o", str(out)]) == 0
     assert "verified" in capsys.readouterr().out
     assert unpack_file(box, out)["verified"] is True
+
+
+def test_splicing_finds_its_markers_in_one_scan_and_falls_back_on_look_alikes():
+    """Many spliced tensors round trip; a graph holding a marker itself (in a small tensor)
+    makes splicing give up for the plain serialization, never garble it."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=100 + i % 7).astype(np.float32), f"w{i}") for i in range(600)]
+    nodes = [helper.make_node("Identity", [f"w{i}"], [f"y{i}"]) for i in range(600)]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(600)]
+    model = helper.make_model(helper.make_graph(nodes, "many", [], outputs, inits), opset_imports=OPSET)
+    data, _ = pack_model(model)
+    assert unpack_bytes(data) == model.SerializeToString()
+    for stray in (marker(0), marker(0)[:-3], marker(10**6)):  # small: stays in the graph section
+        model.graph.initializer.append(helper.make_tensor("stray", TensorProto.UINT8, [len(stray)], stray, raw=True))
+        data, _ = pack_model(model)
+        assert unpack_bytes(data) == model.SerializeToString()
+        del model.graph.initializer[-1]
