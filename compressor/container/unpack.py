@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from ..codec import CorruptData
 from ..errors import CompressorError, UsageError
@@ -222,7 +222,7 @@ def serialize_model(model: onnx.ModelProto) -> bytes | None:
     """The model's bytes, or None when it is too large for one protobuf message."""
     try:
         return model.SerializeToString()
-    except (ValueError, OverflowError):  # over protobuf's 2 GiB limit
+    except (EncodeError, ValueError, OverflowError):  # over protobuf's 2 GiB limit (upb raises EncodeError)
         return None
 
 

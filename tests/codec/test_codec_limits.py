@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import onnx
 import pytest
+from google.protobuf.message import EncodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -19,6 +20,7 @@ from compressor.codec import STORED
 from compressor.container import (
     DEFAULT_MAX_DECODED_BYTES,
     DecodedSizeLimit,
+    serialize_model,
     unpack_bytes,
     unpack_container,
 )
@@ -149,3 +151,11 @@ def test_set_field_keeps_every_bit_of_float_values():
     tensor = TensorProto()
     set_field(tensor, "float_data", bits.tobytes())
     assert np.array(tensor.float_data, dtype="<f4").view("<u4")[1:].tolist() == bits[1:].tolist()
+
+
+def test_a_model_over_protobufs_limit_is_reported_not_raised():
+    class TooLarge:  # what upb does with a message over 2 GiB (building one here would take 2 GB)
+        def SerializeToString(self):
+            raise EncodeError("Failed to serialize proto")
+
+    assert serialize_model(TooLarge()) is None
