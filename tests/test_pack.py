@@ -14,14 +14,18 @@ import zstandard
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.cli import main
+from compressor.codec import compress_best
 from compressor.container import (
     describe_container,
     format_container_table,
     pack_model,
     unpack_bytes,
     unpack_container,
+    unpack_file,
 )
+from compressor.container import format as fmt
 from compressor.container.coders import registry
+from compressor.container.splice import marker
 from compressor.errors import CompressorError
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -402,3 +406,75 @@ def test_pack_refuses_to_overwrite_its_input(tmp_path):
     onnx.save(conv_model_with_constants(), src)
     assert main(["pack", str(src), "-o", str(src)]) == 2
     assert onnx.load(src) is not None
+
+
+# ------------------------------------------------------------------ verification is the default
+
+
+def relu_model() -> onnx.ModelProto:
+    w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def altered_container(data: bytes) -> bytes:
+    """The container with Relu replaced by Sigmoid in its graph section: well formed, every
+    checksum recomputed, but no longer the model whose SHA-256 the manifest keeps."""
+    container = fmt.read_container(data)
+    sections = [fmt.Section(e.kind, e.codec, bytes(container.payload(e)), e.decoded_length) for e in container.sections]
+    graph = onnx.ModelProto()
+    graph.ParseFromString(fmt.decode_section(container, container.sections[1]))
+    graph.graph.node[1].op_type = "Sigmoid"
+    raw = graph.SerializeToString()
+    codec, payload = compress_best(raw)
+    sections[1] = fmt.Section(fmt.KIND_GRAPH, codec, payload, len(raw))
+    return fmt.write_container(sections, container.version)
+
+
+def test_unpack_verifies_by_default(tmp_path, capsys):
+    data, _ = pack_model(relu_model())
+    altered = altered_container(data)
+    model, info = unpack_container(altered)  # decodes: only the SHA-256 can tell
+    assert model.graph.node[1].op_type == "Sigmoid" and not info["verified"]
+    box, out = tmp_path / "altered.cmpz", tmp_path / "out.onnx"
+    box.write_bytes(altered)
+    with pytest.raises(CompressorError, match="verification failed"):
+        unpack_file(box, out)
+    assert not out.exists()
+    capsys.readouterr()
+    assert main(["unpack", str(box), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "verification failed" in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["altered.cmpz"]  # no output, no temp file
+    assert main(["unpack", str(box), "-o", str(out), "--no-verify"]) == 0
+    assert "verified" not in capsys.readouterr().out
+    assert onnx.load(out).graph.node[1].op_type == "Sigmoid"
+    assert unpack_file(box, out, verify=False)["verified"] is False
+    # the genuine container: verified by default, with the CLI and the library alike
+    box.write_bytes(data)
+    assert main(["unpack", str(box), "-o", str(out)]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert unpack_file(box, out)["verified"] is True
+
+
+def test_splicing_finds_its_markers_in_one_scan_and_falls_back_on_look_alikes():
+    """Many spliced tensors round trip; a graph holding a marker itself (in a small tensor)
+    makes splicing give up for the plain serialization, never garble it."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=100 + i % 7).astype(np.float32), f"w{i}") for i in range(600)]
+    nodes = [helper.make_node("Identity", [f"w{i}"], [f"y{i}"]) for i in range(600)]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(600)]
+    model = helper.make_model(helper.make_graph(nodes, "many", [], outputs, inits), opset_imports=OPSET)
+    data, _ = pack_model(model)
+    assert unpack_bytes(data) == model.SerializeToString()
+    for stray in (marker(0), marker(0)[:-3], marker(10**6)):  # small: stays in the graph section
+        model.graph.initializer.append(helper.make_tensor("stray", TensorProto.UINT8, [len(stray)], stray, raw=True))
+        data, _ = pack_model(model)
+        assert unpack_bytes(data) == model.SerializeToString()
+        del model.graph.initializer[-1]

@@ -21,10 +21,19 @@ from .format import MAGIC
 from .layout import field_layout
 from .pack import find_products, pack_file, pack_model
 from .tables import format_container_table, format_pack_table
-from .unpack import serialize_model, unpack_bytes, unpack_container, unpack_file
+from .unpack import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DecodedSizeLimit,
+    serialize_model,
+    unpack_bytes,
+    unpack_container,
+    unpack_file,
+)
 
 __all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
     "MAGIC",
+    "DecodedSizeLimit",
     "describe_container",
     "encode_tensor_data",
     "field_layout",

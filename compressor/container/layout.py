@@ -96,12 +96,61 @@ def field_bytes(tensor: onnx.TensorProto, field_name: str) -> bytes | None:
     return np.array(values, dtype=FIELD_DTYPE[field_name]).tobytes()
 
 
-def set_field(tensor: onnx.TensorProto, field_name: str, data: bytes) -> None:
-    """Fill an empty data field from its little-endian bytes."""
+# TensorProto field numbers of the typed data fields, all ``[packed = true]`` in onnx.proto.
+FIELD_NUMBER = {"float_data": 4, "int32_data": 5, "int64_data": 7, "double_data": 10, "uint64_data": 11}
+VARINT_CHUNK = 1 << 16  # values varint-encoded at a time (bounds the temporary arrays)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """Protobuf varints of 64-bit unsigned values (minimal length), vectorised."""
+    groups = np.empty((values.size, 10), dtype=np.uint8)
+    rest = values.copy()
+    for k in range(10):
+        groups[:, k] = rest & np.uint64(0x7F)
+        rest >>= np.uint64(7)
+    lengths = np.ones(values.size, dtype=np.int64)
+    for k in range(1, 10):
+        lengths += (values >> np.uint64(7 * k)) != 0
+    column = np.arange(10)
+    groups[column < (lengths - 1)[:, None]] |= 0x80
+    return groups[column < lengths[:, None]].tobytes()
+
+
+def packed_field(field_name: str, data) -> bytes:
+    """A typed data field holding these little-endian values, serialized as protobuf does
+    (tag, length, values): float/double values are their bytes, integers varints."""
+    values = np.frombuffer(data, dtype=FIELD_DTYPE[field_name])
+    if field_name in ("float_data", "double_data"):
+        body = [memoryview(values).cast("B")]
+    else:
+        # int32/int64 values are varints of their 64-bit two's complement.
+        body = [
+            _varints(chunk.astype(np.int64).view(np.uint64) if chunk.dtype.kind == "i" else chunk.astype(np.uint64))
+            for chunk in (values[i : i + VARINT_CHUNK] for i in range(0, values.size, VARINT_CHUNK))
+        ]
+    length = sum(len(part) for part in body)
+    return b"".join([_varint(FIELD_NUMBER[field_name] << 3 | 2), _varint(length), *body])
+
+
+def set_field(tensor: onnx.TensorProto, field_name: str, data) -> None:
+    """Fill an empty data field from its little-endian bytes.
+
+    Typed fields are parsed from their serialization: no Python number per value (a
+    256 MiB float_data field would cost gigabytes as a list of floats), and every bit of
+    each value is kept."""
     if field_name == "raw_data":
         tensor.raw_data = data
     else:
-        getattr(tensor, field_name).extend(np.frombuffer(data, dtype=FIELD_DTYPE[field_name]).tolist())
+        tensor.MergeFromString(packed_field(field_name, data))
 
 
 def field_present(tensor: onnx.TensorProto, field_name: str) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import EncodeError
 
 from ..codec import STORED, ZSTD, compress, compress_best
 from ..errors import CompressorError
@@ -145,7 +146,7 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
             )
     try:
         original = model.SerializeToString()
-    except (ValueError, OverflowError):
+    except (EncodeError, ValueError, OverflowError):  # over protobuf's 2 GiB limit (upb raises EncodeError)
         raise CompressorError("models larger than protobuf's 2 GiB limit cannot be packed yet") from None
     stripped = onnx.ModelProto()
     stripped.ParseFromString(original)

@@ -120,17 +120,29 @@ def marker(index: int) -> bytes:
     return _MARKER_PREFIX + index.to_bytes(8, "little")
 
 
+def _marker_positions(serialized: bytes, payloads: dict) -> list[int]:
+    """Where each marker starts, in order: one scan for the common prefix (searching for
+    each marker in turn would cost a pass over the serialization per tensor)."""
+    marker_at = []
+    seen = set()
+    at = serialized.find(_MARKER_PREFIX)
+    while at >= 0:
+        key = serialized[at : at + len(_MARKER_PREFIX) + 8]
+        if key not in payloads or key in seen:
+            raise SpliceFailed("marker not unique")
+        seen.add(key)
+        marker_at.append(at)
+        at = serialized.find(_MARKER_PREFIX, at + 1)
+    if len(seen) != len(payloads):
+        raise SpliceFailed("marker not found")
+    return marker_at
+
+
 def spliced_chunks(serialized: bytes, payloads: dict) -> list:
     """``serialized`` with each marker (a key of ``payloads``) replaced by its payload, as chunks.
 
     Raises SpliceFailed when the serialization is not laid out as expected."""
-    marker_at = []
-    for key in payloads:
-        at = serialized.find(key)
-        if at < 0 or serialized.find(key, at + 1) >= 0:
-            raise SpliceFailed("marker not unique")
-        marker_at.append(at)
-    marker_at.sort()
+    marker_at = _marker_positions(serialized, payloads)
     chunks: list = []
     found: set = set()
     _splice(serialized, 0, len(serialized), "model", payloads, marker_at, chunks, found)

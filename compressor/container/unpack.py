@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from ..codec import CorruptData
 from ..errors import CompressorError, UsageError
@@ -29,7 +29,10 @@ from .splice import SpliceFailed, marker, nbytes, spliced_chunks
 
 T = onnx.TensorProto
 
-MAX_DECODED_BYTES = 1 << 36  # a sanity cap on everything a container may declare (64 GiB)
+# What a container may declare it decodes to, in all and per section, unless the caller
+# says otherwise: twice what protobuf can hold in one model, so every container pack
+# writes today fits, while a few hundred bytes cannot make unpack allocate gigabytes.
+DEFAULT_MAX_DECODED_BYTES = 4 << 30
 
 
 def read_container_file(path: str | os.PathLike) -> bytes:
@@ -63,20 +66,40 @@ class _Plan:
     tensors: list  # every TensorProto of the model, in the order of FORMAT.md §5.2.1
 
 
-def _plan(data) -> _Plan:
+class DecodedSizeLimit(CompressorError):
+    """A container declares more decoded bytes than the caller allows (``max_decoded_bytes``)."""
+
+
+def check_decoded_sizes(container: fmt.Container, manifest: dict, limit: int | None) -> None:
+    """Refuse, before anything is decoded, a container whose sections, in all or one by one,
+    or whose model declare more than ``limit`` bytes (None: no limit)."""
+    if limit is None:
+        return
+    hint = f"the limit is {limit:,} bytes (unpack --max-decoded-bytes)"
+    for entry in container.sections:
+        if entry.decoded_length > limit:
+            raise DecodedSizeLimit(
+                f"section {entry.index} ({entry.kind_name}) declares {entry.decoded_length:,} decoded bytes; {hint}"
+            )
+    declared = sum(s.decoded_length for s in container.sections)
+    if declared > limit:
+        raise DecodedSizeLimit(f"container declares {declared:,} decoded bytes in all; {hint}")
+    if manifest["model_bytes"] > limit:
+        raise DecodedSizeLimit(f"container declares a model of {manifest['model_bytes']:,} bytes; {hint}")
+
+
+def _plan(data, max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> _Plan:
     """Check everything that can be checked before decoding any tensor.
 
-    Declared sizes are checked against each other, the graph (name, type, shape of each
-    target tensor) and the file; nothing large is allocated before that.
+    Declared sizes are checked against each other, the limit, the graph (name, type,
+    shape of each target tensor) and the file; nothing large is allocated before that.
     """
     container = fmt.read_container(data)
     manifest = read_manifest(container)
     graph_entry = container.sections[1]
     if graph_entry.decoded_length > MAX_GRAPH_BYTES:
         raise CorruptData(f"graph section declares {graph_entry.decoded_length} bytes (protobuf limit 2 GiB)")
-    declared = sum(s.decoded_length for s in container.sections)
-    if declared > MAX_DECODED_BYTES:
-        raise CorruptData(f"container declares {declared} decoded bytes (limit {MAX_DECODED_BYTES})")
+    check_decoded_sizes(container, manifest, max_decoded_bytes)
     model = parse_graph(container)
     try:
         refs = list(iter_tensors(model))
@@ -199,7 +222,7 @@ def serialize_model(model: onnx.ModelProto) -> bytes | None:
     """The model's bytes, or None when it is too large for one protobuf message."""
     try:
         return model.SerializeToString()
-    except (ValueError, OverflowError):  # over protobuf's 2 GiB limit
+    except (EncodeError, ValueError, OverflowError):  # over protobuf's 2 GiB limit (upb raises EncodeError)
         return None
 
 
@@ -214,15 +237,22 @@ def _verify(chunks: list | None, info: dict) -> None:
         raise CompressorError("verification failed: the unpacked model differs from the packed one (SHA-256)")
 
 
-def unpack_container(data, *, verify: bool = False) -> tuple[onnx.ModelProto, dict]:
+def unpack_container(
+    data, *, verify: bool = False, max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
+) -> tuple[onnx.ModelProto, dict]:
     """Decode container bytes into the original model; returns (model, info).
 
     With ``verify`` the model's serialization is hashed and compared with the SHA-256
-    the manifest recorded at pack time.
+    the manifest recorded at pack time.  A container declaring more than
+    ``max_decoded_bytes`` (None: no limit) is refused before anything is decoded.
     """
-    plan = _plan(data)
+    plan = _plan(data, max_decoded_bytes)
     for (tensor, rec, _), buffer in zip(plan.records, _decode_all(plan)):
-        set_field(tensor, rec["field"], buffer if isinstance(buffer, bytes) else buffer.tobytes())
+        set_field(
+            tensor,
+            rec["field"],
+            buffer if isinstance(buffer, bytes) or rec["field"] != "raw_data" else buffer.tobytes(),
+        )
     info = _info(plan)
     if verify:
         _verify([serialize_model(plan.model)], info)
@@ -239,17 +269,17 @@ def _unpack_chunks(plan: _Plan) -> list:
             payloads[key] = buffer if isinstance(buffer, bytes) else buffer.view(np.uint8)
             tensor.raw_data = key
         else:
-            set_field(tensor, rec["field"], buffer if isinstance(buffer, bytes) else buffer.tobytes())
+            set_field(tensor, rec["field"], buffer)
     return spliced_chunks(plan.model.SerializeToString(), payloads)
 
 
-def unpack_bytes(data) -> bytes:
+def unpack_bytes(data, *, max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> bytes:
     """The unpacked model's serialization, built by splicing (what unpack_file writes)."""
-    plan = _plan(data)
+    plan = _plan(data, max_decoded_bytes)
     try:
         chunks = _unpack_chunks(plan)
     except SpliceFailed:
-        return unpack_container(data)[0].SerializeToString()
+        return unpack_container(data, max_decoded_bytes=max_decoded_bytes)[0].SerializeToString()
     return b"".join(chunks)
 
 
@@ -267,8 +297,17 @@ def _write_chunks(path: Path, chunks: list) -> None:
         raise
 
 
-def unpack_file(container_path: str | os.PathLike, out_path: str | os.PathLike, *, verify: bool = False) -> dict:
-    """Unpack a container file into an ONNX file (written atomically; nothing is left on failure)."""
+def unpack_file(
+    container_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    verify: bool = True,
+    max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+) -> dict:
+    """Unpack a container file into an ONNX file (written atomically; nothing is left on failure).
+
+    ``verify`` (the default) checks the model against the SHA-256 recorded at pack time
+    before writing it; ``max_decoded_bytes`` bounds what the container may declare."""
     out = Path(out_path)
     if out.exists() and Path(container_path).exists() and os.path.samefile(out, container_path):
         raise UsageError(f"refusing to overwrite the container {out} (choose another -o)")
@@ -277,7 +316,7 @@ def unpack_file(container_path: str | os.PathLike, out_path: str | os.PathLike, 
     data = read_container_file(container_path)
     info = None
     if _plan_size(data) < EXTERNAL_DATA_THRESHOLD:
-        plan = _plan(data)
+        plan = _plan(data, max_decoded_bytes)
         info = _info(plan)
         try:
             chunks = _unpack_chunks(plan)
@@ -290,7 +329,7 @@ def unpack_file(container_path: str | os.PathLike, out_path: str | os.PathLike, 
             _write_chunks(out, chunks)
             return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
     # Large models (external data on save) or an unexpected graph layout: plain protobuf path.
-    model, info = unpack_container(data, verify=verify)
+    model, info = unpack_container(data, verify=verify, max_decoded_bytes=max_decoded_bytes)
     save_model(model, out, input_path=container_path)
     return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
 

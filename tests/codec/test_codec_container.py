@@ -218,7 +218,7 @@ def test_lying_section_sizes_are_refused_before_allocation(packed):
         s = sections[2]
         sections[2] = fmt.Section(s.kind, s.codec, s.payload, 1 << 40)
 
-    assert_refused(rebuild(data, edit_sections=huge), "container declares .* decoded bytes")
+    assert_refused(rebuild(data, edit_sections=huge), r"section 2 \(tensor\) declares .* decoded bytes")
 
     def larger(sections):
         s = sections[2]

@@ -134,3 +134,89 @@ def test_a_quantized_cnn_stores_its_bias_scales_as_products():
     products = [t for t in stats["tensors"] if t["encoding"] == "product"]
     assert products and all(t["name"].endswith("_scale") for t in products)
     assert unpack_bytes(data) == q.SerializeToString()
+
+
+def pairwise_find_products(values, min_bytes):
+    """find_products as first written: every vector against every other of its size (the
+    reference the bucketed search must agree with exactly, or containers would change)."""
+    scalars, groups = {}, {}
+    for i, item in enumerate(values):
+        if item is None:
+            continue
+        vector, ndim = item
+        if vector.size == 1:
+            scalars.setdefault(vector.tobytes(), i)
+        elif ndim == 1 and 4 * vector.size >= min_bytes and np.all(np.isfinite(vector)) and np.all(vector > 0):
+            groups.setdefault(vector.size, []).append((i, vector))
+    if not scalars:
+        return {}
+    scalar_values = np.frombuffer(b"".join(scalars), dtype="<f4")
+    order = np.argsort(scalar_values, kind="stable")
+    sorted_values, scalar_index = scalar_values[order].astype(np.float64), [list(scalars.values())[k] for k in order]
+    found, operand_of = {}, set()
+    for _, group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        firsts = np.array([v[0] for _, v in group], dtype=np.float64)
+        for ti, (t_index, t) in enumerate(group):
+            if t_index in operand_of:
+                continue
+            ratios = t[0] / firsts
+            at = np.searchsorted(sorted_values, ratios)
+            right, left = np.minimum(at, len(sorted_values) - 1), np.maximum(at - 1, 0)
+            near = np.minimum(np.abs(sorted_values[right] - ratios), np.abs(sorted_values[left] - ratios))
+            for bi in np.flatnonzero(near <= 1e-6 * ratios):
+                b_index, b = group[bi]
+                if bi == ti or b_index in found:
+                    continue
+                lo = np.searchsorted(sorted_values, ratios[bi] * (1 - 1e-6))
+                hi = np.searchsorted(sorted_values, ratios[bi] * (1 + 1e-6), side="right")
+                match = next(
+                    (
+                        k
+                        for k in range(lo, hi)
+                        if np.array_equal(product_values(sorted_values[k], b).view("<u4"), t.view("<u4"))
+                    ),
+                    None,
+                )
+                if match is not None:
+                    found[t_index] = (scalar_index[match], b_index)
+                    operand_of.add(b_index)
+                    break
+    return found
+
+
+def many_scales(seed: int, n: int = 600) -> list:
+    """Vectors of three sizes, scalars, exact products (of vectors, of products, of copies),
+    near misses, identical vectors, subnormal and tiny first elements."""
+    rng = np.random.default_rng(seed)
+    values, vectors, scalars = [], [], []
+    for _ in range(n):
+        kind = rng.integers(0, 8)
+        if kind == 0 or not scalars:
+            s = np.array(rng.choice([1.0, 0.5, rng.uniform(1e-3, 10)]), np.float32)
+            scalars.append(s.reshape(1))
+            values.append((s.reshape(1), 0))
+            continue
+        if kind <= 3 or not vectors:
+            v = rng.uniform(1e-3, 1, rng.choice([64, 65, 96])).astype(np.float32)
+            if kind == 3:
+                v[: rng.integers(1, 3)] = np.float32(rng.choice([1e-45, 3e-44, 1e-40, 1e-38]))
+        elif kind == 4:
+            v = vectors[rng.integers(len(vectors))].copy()
+        else:
+            v = product_values(scalars[rng.integers(len(scalars))][0], vectors[rng.integers(len(vectors))])
+            if kind == 7:
+                v = v.copy()
+                v[rng.integers(v.size)] = np.nextafter(v[0], np.float32(2))
+        vectors.append(v)
+        values.append((v, 1))
+    return values
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_finding_products_by_buckets_agrees_with_comparing_every_pair(seed):
+    values = many_scales(seed)
+    found = product.find_products(values, 256)
+    assert found == pairwise_find_products(values, 256)
+    assert len(found) > 20

@@ -71,27 +71,32 @@ def find_products(values: list[tuple[np.ndarray, int] | None], min_bytes: int) -
         return {}
     scalar_values = np.frombuffer(b"".join(scalars), dtype="<f4")
     order = np.argsort(scalar_values, kind="stable")
-    sorted_values, scalar_index = scalar_values[order].astype(np.float64), [list(scalars.values())[k] for k in order]
+    scalar_tensors = list(scalars.values())
+    sorted_values, scalar_index = scalar_values[order].astype(np.float64), [scalar_tensors[k] for k in order]
     found: dict[int, tuple[int, int]] = {}
     operand_of: set[int] = set()
     for _, group in sorted(groups.items()):
         if len(group) < 2:
             continue
         firsts = np.array([v[0] for _, v in group], dtype=np.float64)
+        buckets = _shape_buckets(np.array([v[:2] for _, v in group], dtype=np.float64))
+        everyone = np.arange(len(group))
         for ti, (t_index, t) in enumerate(group):  # products in tensor order, operands in order
             if t_index in operand_of:
                 continue
-            ratios = t[0] / firsts
+            candidates = _candidates(t, buckets, everyone)
+            ratios = t[0] / firsts[candidates]
             # Only where a scalar lies within 1e-6 of the ratio of first elements is the exact check run.
             at = np.searchsorted(sorted_values, ratios)
             right, left = np.minimum(at, len(sorted_values) - 1), np.maximum(at - 1, 0)
             near = np.minimum(np.abs(sorted_values[right] - ratios), np.abs(sorted_values[left] - ratios))
-            for bi in np.flatnonzero(near <= 1e-6 * ratios):
+            for ci in np.flatnonzero(near <= 1e-6 * ratios):
+                bi = int(candidates[ci])
                 b_index, b = group[bi]
                 if bi == ti or b_index in found:
                     continue
-                lo = np.searchsorted(sorted_values, ratios[bi] * (1 - 1e-6))
-                hi = np.searchsorted(sorted_values, ratios[bi] * (1 + 1e-6), side="right")
+                lo = np.searchsorted(sorted_values, ratios[ci] * (1 - 1e-6))
+                hi = np.searchsorted(sorted_values, ratios[ci] * (1 + 1e-6), side="right")
                 match = next(
                     (
                         k
@@ -105,6 +110,37 @@ def find_products(values: list[tuple[np.ndarray, int] | None], min_bytes: int) -
                     operand_of.add(b_index)
                     break
     return found
+
+
+# Buckets of log2(v[1] / v[0]) this wide: a product t = s x b (each element rounded once,
+# relative error at most 2**-24 where t is normal) has its ratio within 2**-22 of b's, so
+# in b's bucket or a neighbour.
+_BUCKETS_PER_OCTAVE = 1 << 16
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _shape_keys(first_two: np.ndarray) -> np.ndarray:
+    """The bucket of each vector, from its first two elements (float64, positive)."""
+    return np.floor(np.log2(first_two[:, 1] / first_two[:, 0]) * _BUCKETS_PER_OCTAVE).astype(np.int64)
+
+
+def _shape_buckets(first_two: np.ndarray) -> dict[int, list[int]]:
+    buckets: dict[int, list[int]] = {}
+    for i, key in enumerate(_shape_keys(first_two).tolist()):
+        buckets.setdefault(key, []).append(i)
+    return buckets
+
+
+def _candidates(t: np.ndarray, buckets: dict[int, list[int]], everyone: np.ndarray) -> np.ndarray:
+    """The members of t's group that may be its vector operand, in group order: every one
+    whose bucket is t's or a neighbour (all of them when t's first elements are subnormal,
+    where rounding is not relative).  Comparing t with each member would make finding
+    products quadratic in the number of same-sized vectors."""
+    if t[0] < _FLOAT32_TINY or t[1] < _FLOAT32_TINY:
+        return everyone
+    key = int(_shape_keys(np.array([t[:2]], dtype=np.float64))[0])
+    near = [i for k in (key - 1, key, key + 1) for i in buckets.get(k, ())]
+    return np.array(sorted(near), dtype=np.int64)
 
 
 def details(payload) -> dict:
