@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 from compressor.codec import STORED
 from compressor.container import format as fmt
 from compressor.container import pack_model, product_values, unpack_bytes, unpack_container
-from compressor.container.coders import registry
+from compressor.container.coders import dict_rans, registry
 from compressor.errors import CompressorError
 
 FUZZ_CASES = int(os.environ.get("COMPRESSOR_FUZZ_CASES", "600"))
@@ -100,6 +100,16 @@ def corpus() -> list[tuple[str, bytes, bytes]]:
         model = build()
         data, _ = pack_model(model)
         out.append((name, model.SerializeToString(), data))
+    # The shared LeNet-5 once more without the rANS layout, so that the Huffman dict and sparse
+    # sections it wins meet the mutations too.
+    model = lenet5_shared()
+    coder = registry.get(dict_rans.ID)
+    registry.unregister(dict_rans.ID)
+    try:
+        data, _ = pack_model(model)
+    finally:
+        registry.register(coder)
+    out.append(("lenet5-huffman", model.SerializeToString(), data))
     return out
 
 
