@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from .errors import CompressorError, UsageError
@@ -645,3 +645,33 @@ def node_macs(model: onnx.ModelProto) -> list[dict]:
             }
         )
     return result
+
+
+def skeleton(model: onnx.ModelProto, drop: set[str]) -> onnx.ModelProto:
+    """A copy of the model without the data of the named main-graph initializers (dims and
+    type kept): enough for shape inference, without copying the weights."""
+    m = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            _copy_field(m, descriptor, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name != "initializer":
+            _copy_field(m.graph, descriptor, value)
+    for t in model.graph.initializer:
+        if t.name in drop:
+            stub = m.graph.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+        else:
+            m.graph.initializer.add().CopyFrom(t)
+    return m
+
+
+def _copy_field(target, descriptor, value) -> None:
+    # Checked on the value (FieldDescriptor's label API differs between protobuf versions).
+    if isinstance(value, Message):
+        getattr(target, descriptor.name).CopyFrom(value)
+    elif hasattr(value, "extend") and not isinstance(value, (str, bytes)):
+        getattr(target, descriptor.name).extend(value)
+    else:
+        setattr(target, descriptor.name, value)

@@ -40,6 +40,16 @@ from .variants import feedable, weights_as_inputs, with_arrays
 DEFAULT_MIN_SNR_DB = 20.0
 # Slack on the budget comparison: a loss equal to the budget up to float rounding fits.
 BUDGET_SLACK = 1e-9
+# The cost model that sizes the searches (``nominal_seconds``): plans come from counts (samples,
+# model size), never from the clock, so that the same input gives the same container under any
+# load.  One evaluation of n samples costs (MACs per sample + SAMPLE_OVERHEAD_MACS) x n x
+# NOMINAL_SECONDS_PER_MAC plus NOMINAL_SECONDS_PER_PARAMETER per weight (the session's build),
+# in "nominal seconds".  The constants were fitted once to ONNX Runtime's wall time on the
+# development machine, so that the sample models and the bench's large ones keep the plans they
+# had when the plans were measured; they are never re-measured.
+NOMINAL_SECONDS_PER_MAC = 3.5e-11
+SAMPLE_OVERHEAD_MACS = 200_000
+NOMINAL_SECONDS_PER_PARAMETER = 2e-8
 # Keys of the run's metrics (``Judge.__call__``) and of the searches' (``Judge.measure_*``).
 RUN_KEYS = ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")
 SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise")
@@ -80,6 +90,34 @@ def relative_noise(reference: np.ndarray, output: np.ndarray) -> float | None:
     return noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
 
 
+def model_work(model: onnx.ModelProto) -> tuple[int, int]:
+    """(multiply-accumulates of one sample, float parameters) of a model.  The MACs are
+    ``graph.node_macs`` at batch 1; a node whose shapes are unknown, and a float initializer no
+    counted node uses (recurrent weights, ...), count as their number of parameters."""
+    float_inits = {
+        t.name: int(np.prod(t.dims, dtype=np.int64))
+        for t in model.graph.initializer
+        if t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    }
+    try:
+        rows = graph.node_macs(graph.skeleton(model, set(float_inits)))
+    except Exception:  # shape inference is best effort
+        rows = []
+    counted = {r["weight"] for r in rows if r["macs"] is not None}
+    macs = sum(r["macs"] for r in rows if r["macs"] is not None)
+    macs += sum(size for name, size in float_inits.items() if name not in counted)
+    return macs, sum(float_inits.values())
+
+
+def nominal_seconds(model: onnx.ModelProto, samples: int) -> float:
+    """The nominal seconds of one evaluation of `model` on `samples` samples: the cost model
+    the search plans are sized with (see NOMINAL_SECONDS_PER_MAC), a function of counts only."""
+    macs, parameters = model_work(model)
+    return (
+        macs + SAMPLE_OVERHEAD_MACS
+    ) * samples * NOMINAL_SECONDS_PER_MAC + parameters * NOMINAL_SECONDS_PER_PARAMETER
+
+
 # --------------------------------------------------------------------------- the judge
 
 
@@ -108,7 +146,8 @@ class Judge:
         # Raised by a stage the user fixed explicitly that overshot the budget, so that later
         # stages are judged on not making things worse rather than skipped wholesale.
         self.allowance = 0.0
-        self.eval_seconds = 0.0
+        self.eval_seconds = 0.0  # wall time of the reference run (prune.time_limit's plan only)
+        self.eval_cost = 0.0  # nominal seconds of one evaluation on the data: sizes the searches
         self.runs = 0  # candidates measured by measure_model / measure_session
         self._baseline: dict | None = None
         # Batch size for sessions (a model with weights as inputs can look fixed-batch): the original's.
@@ -188,7 +227,8 @@ class Judge:
         self._session_batch = self.batch_size or batch_size_for(model, DEFAULT_BATCH)
         t0 = time.perf_counter()
         self.reference_outputs = self.outputs(model)
-        self.eval_seconds = time.perf_counter() - t0  # sizes the pruning search (see stages.prune.search_plan)
+        self.eval_seconds = time.perf_counter() - t0
+        self.eval_cost = nominal_seconds(model, self.data.size)
         self._baseline = None
         # Class scores ([N, C] logits or probabilities) are budgeted by top-1 agreement alone:
         # logit SNR falls fast under pruning while the decisions hold (LeNet-5 pruned to a

@@ -23,8 +23,9 @@ from .passes.selection import DEFAULT_MIN_PARAMS
 # Points of top-1 accuracy (labeled data) or of top-1 agreement (unlabeled inputs) the whole run
 # may spend (the output SNR floor, DEFAULT_MIN_SNR_DB, is the judge's).
 DEFAULT_BUDGET_POINTS = 1.0
-# Time the data-guided pruning search may take (sensitivity curves + budget search); bigger
-# models get a coarser ladder and a subset of the data for the search (see stages/prune.py).
+# Budget of the data-guided pruning search (sensitivity curves + budget search) in nominal
+# seconds (measure.nominal_seconds: counted work, never the clock); bigger models get a coarser
+# ladder and a subset of the data for the search (see stages/prune.py).
 DEFAULT_PRUNE_SECONDS = 120.0
 
 Check = tuple[Callable[[typing.Any], bool], str]  # (is the value acceptable, what it must be)
@@ -46,8 +47,9 @@ def _is_regex(value: str) -> bool:
 REGEX: Check = (_is_regex, "a valid regular expression")
 
 
-def _option(default, *, choices: tuple | None = None, check: Check | None = None):
-    return field(default=default, metadata={"choices": choices, "check": check})
+def _option(default, *, choices: tuple | None = None, check: Check | None = None, shown_when_set: bool = False):
+    """`shown_when_set`: as_dict (the report's recipe) leaves the option out while it has its default."""
+    return field(default=default, metadata={"choices": choices, "check": check, "shown_when_set": shown_when_set})
 
 
 def _given():
@@ -60,7 +62,12 @@ class _Section:
     """as_dict: the options as the report's recipe shows them (one dict per stage)."""
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("internal")}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not f.metadata.get("internal")
+            and not (f.metadata.get("shown_when_set") and getattr(self, f.name) == f.default)
+        }
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,10 @@ class PruneOptions(_Section):
     exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
     min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
     seed: int = _option(0, check=NON_NEGATIVE)  # numpy's generators take non-negative seeds
-    max_seconds: float = _option(DEFAULT_PRUNE_SECONDS, check=POSITIVE)
+    max_seconds: float = _option(DEFAULT_PRUNE_SECONDS, check=POSITIVE)  # nominal seconds, not the clock
+    # Wall-clock seconds: when set, the search is sized on the measured time instead (the one
+    # plan that depends on the machine and its load; the report says so).
+    time_limit: float | None = _option(None, check=POSITIVE, shown_when_set=True)
     compensate: bool = True
     given: frozenset[str] = _given()
 

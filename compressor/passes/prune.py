@@ -54,7 +54,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from google.protobuf.message import Message
 
 from .. import graph
 from ..errors import UsageError
@@ -99,7 +98,7 @@ class _OutputModel:
 
     def __init__(self, model: onnx.ModelProto, selected: list[graph.Weight]):
         self.stub_keys = {weight_key(w) for w in selected if w.ref.kind == "initializer" and not w.ref.graph_path}
-        self.model = _skeleton(model, {key[2] for key in self.stub_keys})
+        self.model = graph.skeleton(model, {key[2] for key in self.stub_keys})
         self.targets = {weight_key(w): w.proto for w in graph.weights(self.model)}
         self.filled: set[tuple] = set()
 
@@ -212,41 +211,11 @@ def _row(w: graph.Weight, zeros_before: int, zeros_after: int) -> dict:
     return row
 
 
-def _skeleton(model: onnx.ModelProto, drop: set[str]) -> onnx.ModelProto:
-    """A copy of the model without the data of the named main-graph initializers (dims and
-    type kept): enough for shape inference, without copying the weights."""
-    m = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            _copy_field(m, descriptor, value)
-    for descriptor, value in model.graph.ListFields():
-        if descriptor.name != "initializer":
-            _copy_field(m.graph, descriptor, value)
-    for t in model.graph.initializer:
-        if t.name in drop:
-            stub = m.graph.initializer.add()
-            stub.name, stub.data_type = t.name, t.data_type
-            stub.dims.extend(t.dims)
-        else:
-            m.graph.initializer.add().CopyFrom(t)
-    return m
-
-
-def _copy_field(target, descriptor, value) -> None:
-    # Checked on the value (FieldDescriptor's label API differs between protobuf versions).
-    if isinstance(value, Message):
-        getattr(target, descriptor.name).CopyFrom(value)
-    elif hasattr(value, "extend") and not isinstance(value, (str, bytes)):
-        getattr(target, descriptor.name).extend(value)
-    else:
-        setattr(target, descriptor.name, value)
-
-
 def mac_stats(model: onnx.ModelProto, densities: dict[str, float], weights_to_strip: Iterable[str] = ()) -> dict:
     """MACs per Conv/ConvTranspose/Gemm/MatMul node at batch 1, and nonzero MACs (scaled by the
     density of the node's weight, when the weight is one of `densities`)."""
     try:
-        table = graph.node_macs(_skeleton(model, set(weights_to_strip)))
+        table = graph.node_macs(graph.skeleton(model, set(weights_to_strip)))
     except Exception:  # shape inference is best effort
         table = []
     nodes = []

@@ -127,15 +127,22 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
 def search_plan(model: onnx.ModelProto, opts: PruneOptions, measure: Measure, eval_data: Dataset):
     """Fit the pruning search (sensitivity curves + budget search) into prune.max_seconds.
 
-    The search costs about (tensors x ratios + evaluations) runs over the data; one run's time
-    was measured on the original.  When the estimate exceeds the allowance the ladder gets
-    coarser, then the search uses an evenly spread subset of the data (never below
-    MIN_SEARCH_SAMPLES).  Returns (search data, ratios or None for the full ladder, evaluations,
-    a note for the report, the exclude pattern of the search).
+    The search costs about (tensors x ratios + evaluations) runs over the data, one run costing
+    the judge's ``eval_cost`` (nominal seconds, counted from the model and the samples: the same
+    plan on any machine under any load).  Only a user's prune.time_limit sizes it on the clock
+    (the measured time of the original's run) instead.  When the estimate exceeds the allowance
+    the ladder gets coarser, then the search uses an evenly spread subset of the data (never
+    below MIN_SEARCH_SAMPLES).  Returns (search data, ratios or None for the full ladder,
+    evaluations, a note for the report, the exclude pattern of the search).
     """
     selected, _ = prunable_weights(model, opts.exclude, opts.min_params)
-    allowance = opts.max_seconds
-    per_sample = measure.eval_seconds / max(eval_data.size, 1)
+    if opts.time_limit is not None:
+        allowance, run_seconds = opts.time_limit, measure.eval_seconds
+        limit, unit = f"prune.time_limit {allowance:g} s", " s (measured)"
+    else:
+        allowance, run_seconds = opts.max_seconds, measure.eval_cost
+        limit, unit = f"max_seconds {allowance:g}", " nominal s"
+    per_sample = run_seconds / max(eval_data.size, 1)
 
     def estimate(ratios, evals, samples):
         return (len(selected) * len(ratios) + evals) * per_sample * samples
@@ -147,8 +154,8 @@ def search_plan(model: onnx.ModelProto, opts: PruneOptions, measure: Measure, ev
     samples = min(eval_data.size, max(MIN_SEARCH_SAMPLES, int(allowance / max(estimate(ratios, evals, 1), 1e-9))))
     full_estimate = estimate(BUDGET_RATIOS, FULL_SEARCH_EVALS, eval_data.size)
     note = (
-        f"{len(selected)} tensors; full search estimated at {full_estimate:.0f} s > "
-        f"max_seconds {allowance:g}: coarse ladder, {samples} of {eval_data.size} samples for the search"
+        f"{len(selected)} tensors; full search estimated at {full_estimate:.0f}{unit} > "
+        f"{limit}: coarse ladder, {samples} of {eval_data.size} samples for the search"
     )
     exclude = opts.exclude
     if estimate(ratios, evals, samples) > allowance:
@@ -163,7 +170,9 @@ def search_plan(model: onnx.ModelProto, opts: PruneOptions, measure: Measure, ev
             exclude = f"(?:{exclude})|^(?:{names})$" if exclude else f"^(?:{names})$"
             share = sum(w.size for w in by_size[:keep]) / max(sum(w.size for w in selected), 1)
             note += f", only the {keep} largest tensors ({100 * share:.0f} % of the prunable weights)"
-    note += f" (estimated {estimate(ratios, evals, samples) if exclude == opts.exclude else allowance:.3g} s)"
+    note += f" (estimated {estimate(ratios, evals, samples) if exclude == opts.exclude else allowance:.3g}{unit})"
+    if opts.time_limit is not None:
+        note += "; cut by the user's time limit, so the plan depends on this machine's speed and load"
     if samples >= eval_data.size:
         return eval_data, ratios, evals, note, exclude
     step = eval_data.size / samples

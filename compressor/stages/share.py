@@ -16,8 +16,9 @@ from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResu
 
 NAME = "share"
 
-# Longest the per-tensor bit search may be estimated to take (else on a subset, or not at all),
-# and the k-means cost it assumes per value and width (a measured upper bound).
+# Longest the per-tensor bit search may be estimated to take, in nominal seconds (the judge's
+# eval_cost, counted, never the clock; else on a subset, or not at all), and the k-means cost it
+# assumes per value and width (a fixed upper bound).
 SHARE_SEARCH_SECONDS = 60.0
 KMEANS_SECONDS_PER_VALUE = 1.5e-7
 # Runs over the data the search makes besides one per tensor and width (its budget bisection).
@@ -115,13 +116,13 @@ def per_tensor_attempt(
     data = measure.data
     runs = len(tensors) * len(BITS) + SHARE_SEARCH_EXTRA_RUNS
     kmeans_seconds = KMEANS_SECONDS_PER_VALUE * len(BITS) * sum(w.size for w in tensors)
-    per_sample = measure.eval_seconds / max(data.size, 1)
+    per_sample = measure.eval_cost / max(data.size, 1)
     estimate = kmeans_seconds + runs * per_sample * data.size
     reference, where = ctx.outputs, ""
     if estimate > SHARE_SEARCH_SECONDS:
         samples = int((SHARE_SEARCH_SECONDS - kmeans_seconds) / max(runs * per_sample, 1e-12))
         if samples < MIN_SEARCH_SAMPLES:
-            log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} s > {SHARE_SEARCH_SECONDS:g} s)")
+            log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} nominal s > {SHARE_SEARCH_SECONDS:g})")
             return None
         data = data.select((np.arange(samples) * (data.size / samples)).astype(np.int64))
         reference, where = None, f" on {samples} of {measure.data.size} samples"
