@@ -268,33 +268,67 @@ def test_html_report_is_one_self_contained_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "eval_seconds, plan",
-    [(0.01, "131 of 1000 samples"), (0.03, "43 of 1000 samples"), (0.1, "only the 1 largest tensors")],
+    "max_seconds, plan",
+    [(0.48, "131 of 1000 samples"), (0.16, "43 of 1000 samples"), (0.048, "only the 1 largest tensors")],
 )
-def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path, monkeypatch, eval_seconds, plan):
-    # The plan is sized on the measured time of one evaluation; the test pins that time, so the
-    # plan (and the result) do not depend on how fast this machine is.  0.05 s cannot hold the
-    # full search, so it runs coarse, on a subset, and at the slowest over the largest tensor only.
-    from compressor.measure import Measure
-
-    start = Measure.start
-
-    def pinned_start(self, model):
-        metrics = start(self, model)
-        self.eval_seconds = eval_seconds
-        return metrics
-
-    monkeypatch.setattr(Measure, "start", pinned_start)
+def test_a_tight_time_allowance_shrinks_the_pruning_search(tmp_path, max_seconds, plan):
+    # The plan is sized on the counted cost of one evaluation (nominal seconds, the same on any
+    # machine); these allowances cannot hold the full search, so it runs coarse, on a subset,
+    # and at the tightest over the largest tensor only.
     report = run_pipeline(
         str(LENET5),
         str(tmp_path / "m.cmpz"),
         data_path=str(SAMPLES / "lenet5_test.npz"),
-        overrides={"prune": {"max_seconds": 0.05}, "share": {"enabled": False}, "quantize": {"enabled": False}},
+        overrides={"prune": {"max_seconds": max_seconds}, "share": {"enabled": False}, "quantize": {"enabled": False}},
     )
     prune_row = report["stages"][1]
     assert prune_row["applied"], prune_row
     assert prune_row["accuracy_drop"] <= 1.0
     assert "coarse ladder" in report["prune_search"] and plan in report["prune_search"]
+    assert "time limit" not in report["prune_search"]
+
+
+@pytest.mark.parametrize("max_seconds", [120.0, 20.0, 0.48, 0.16])
+def test_the_search_plans_do_not_depend_on_the_clock(monkeypatch, max_seconds):
+    # The same input under a 10x slower clock (heavy load) gets the same plans: they come from
+    # counts (samples, model size), never from the measured time.
+    import time
+
+    import onnx
+
+    from compressor.measure import Measure
+    from compressor.options import PruneOptions
+    from compressor.stages.prune import search_plan
+
+    model = onnx.load(LENET5)
+    data = load_dataset(str(SAMPLES / "lenet5_test.npz"), model)
+    opts = PruneOptions(max_seconds=max_seconds)
+
+    def plan():
+        judge = Measure(data, "accuracy")
+        judge.start(model)
+        search_data, ratios, evals, note, exclude = search_plan(model, opts, judge, data)
+        return judge.eval_cost, search_data.size, ratios, evals, note, exclude
+
+    normal = plan()
+    real_clock = time.perf_counter
+    started = real_clock()
+    monkeypatch.setattr(time, "perf_counter", lambda: started + 10 * (real_clock() - started))
+    assert plan() == normal
+
+
+def test_a_user_time_limit_sizes_the_prune_search_on_the_clock_and_says_so(tmp_path):
+    report = run_pipeline(
+        str(LENET5),
+        str(tmp_path / "m.cmpz"),
+        data_path=str(SAMPLES / "lenet5_test.npz"),
+        overrides={"prune": {"time_limit": 1e-4}, "share": {"enabled": False}, "quantize": {"enabled": False}},
+    )
+    note = report["prune_search"]
+    assert "prune.time_limit 0.0001 s" in note and "only the 1 largest tensors" in note
+    assert "cut by the user's time limit" in note
+    assert report["recipe"]["prune"]["time_limit"] == 1e-4
+    assert report["stages"][1]["applied"] and report["stages"][1]["accuracy_drop"] <= 1.0
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path, capsys, sample_subset):
@@ -377,18 +411,12 @@ def test_quantize_gives_back_the_small_constants_first_when_they_cost_too_much(t
 
 
 def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
-    # The search is sized on the measured time of one evaluation; pinned here (as in the prune
-    # test above) to 10 s for 1000 samples, it cannot run on all of them within 60 s.
-    from compressor.measure import Measure
+    # The search is sized on the counted cost of one evaluation; with a cost per MAC that makes
+    # LeNet-5's evaluation of 1000 samples about 10 nominal s, it cannot run on all of them
+    # within SHARE_SEARCH_SECONDS.
+    from compressor import measure
 
-    start = Measure.start
-
-    def slow_start(self, model):
-        metrics = start(self, model)
-        self.eval_seconds = 10.0
-        return metrics
-
-    monkeypatch.setattr(Measure, "start", slow_start)
+    monkeypatch.setattr(measure, "NOMINAL_SECONDS_PER_MAC", 4e-9)
     report = run_pipeline(
         str(LENET5),
         str(tmp_path / "m.cmpz"),
