@@ -196,6 +196,12 @@ class Layout:
         return data
 
 
+def dict_head(values: np.ndarray, dtype) -> bytes:
+    """A dict payload's header and codebook (FORMAT.md §7.1); its symbol stream follows."""
+    dtype = np.dtype(dtype)
+    return struct.pack("<BBHI", dtype.itemsize, 0, 0, values.size) + values.astype(dtype).tobytes()
+
+
 def dict_layout(
     elements: np.ndarray, values: np.ndarray, counts: np.ndarray, symbols: np.ndarray | None = None
 ) -> Layout:
@@ -209,8 +215,7 @@ def dict_layout(
 
     def build() -> bytes:
         coded = symbols if symbols is not None else np.searchsorted(values, elements).astype(np.uint16)
-        header = struct.pack("<BBHI", width, 0, 0, values.size)
-        return header + values.astype(elements.dtype).tobytes() + huffman.encode(coded, values.size, counts=counts)
+        return dict_head(values, elements.dtype) + huffman.encode(coded, values.size, counts=counts)
 
     return Layout("dict", size, [info], {"codebook_size": int(values.size)}, build, (values, counts, symbols))
 
@@ -406,14 +411,17 @@ def decode_elements(decoder, payload, width: int, size: int, what: str) -> np.nd
     return np.ascontiguousarray(values, dtype=ELEMENT_DTYPES[width])
 
 
-def decode_dict(reader: ByteReader, width: int, elements: int, what: str) -> np.ndarray:
-    """Decode a dict payload into ``elements`` unsigned integers of ``width`` bytes."""
+def decode_dict(reader: ByteReader, width: int, elements: int, what: str, decode_symbols=huffman.decode) -> np.ndarray:
+    """Decode a dict payload into ``elements`` unsigned integers of ``width`` bytes.
+
+    ``decode_symbols(reader, count, alphabet_size, what)`` reads the symbol stream: Huffman for
+    ``dict``, rANS for ``dict-rans`` (same header and codebook)."""
     dtype = ELEMENT_DTYPES[width]
     _read_width(reader, width, what)
     if reader.u8(f"{what} header") != 0 or reader.u16(f"{what} header") != 0:
         raise CorruptData(f"{what}: reserved header bytes are not zero")
     codebook = _read_codebook(reader, dtype, what)
-    symbols = huffman.decode(reader, elements, codebook.size, f"{what} symbols")
+    symbols = decode_symbols(reader, elements, codebook.size, f"{what} symbols")
     return codebook[symbols]
 
 

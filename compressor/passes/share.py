@@ -209,14 +209,7 @@ def share(
                 if reason == "non-finite values":
                     warnings.append(f"{w.name}: NaN or infinite values; left unshared")
                 continue
-            meta = {
-                "name": w.name,
-                "role": w.role,
-                "shape": list(w.shape),
-                "size": int(w.size),
-                "graph": w.ref.graph_path,
-            }
-            inflight.append((w, bits, arr, pool.submit(work, arr, bits, meta)))
+            inflight.append((w, bits, arr, pool.submit(work, arr, bits, _weight_meta(w))))
             if len(inflight) >= workers:
                 finish(*inflight.popleft())
         while inflight:
@@ -231,14 +224,7 @@ def share(
             elif info:
                 info.pop("_shared", None)
             w.set_array(shared.values)
-            meta = {
-                "name": w.name,
-                "role": w.role,
-                "shape": list(w.shape),
-                "size": int(w.size),
-                "graph": w.ref.graph_path,
-            }
-            entries.append(_tensor_stats(meta, bits, arr, shared, info))
+            entries.append(_tensor_stats(_weight_meta(w), bits, arr, shared, info))
 
     if not entries:
         matrix = [w for w in ws if w.is_matrix]
@@ -277,6 +263,11 @@ def share(
         "warnings": warnings,
     }
     return model, stats
+
+
+def _weight_meta(w: graph.Weight) -> dict:
+    """What the stats say of the tensor a weight is (before what sharing did to it)."""
+    return {"name": w.name, "role": w.role, "shape": list(w.shape), "size": int(w.size), "graph": w.ref.graph_path}
 
 
 def _tensor_stats(meta: dict, bits: int, arr: np.ndarray, shared: SharedArray, refit: dict | None) -> dict:

@@ -8,13 +8,11 @@ of one cluster), while its tables cost more than Huffman's on short ones.
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
-from ...codec import ByteReader, CorruptData, rans
+from ...codec import ByteReader, CorruptData, huffman, rans
 from ...codec import sparse as layouts
-from ...codec.sparse import DICT_HEADER_BYTES, StreamInfo
+from ...codec.sparse import StreamInfo
 from .registry import Candidate, Coder, EncodeRequest, register
 
 ID = 20
@@ -22,12 +20,9 @@ VERSION = (1, 4)
 
 
 def _stream_info(symbols: np.ndarray, counts: np.ndarray, chosen: rans.Plan, coded_bytes: int) -> StreamInfo:
-    nonzero = counts[counts > 0].astype(np.float64)
-    p = nonzero / nonzero.sum()
-    entropy_bits = float(-(nonzero * np.log2(p)).sum()) if nonzero.size > 1 else 0.0
-    return StreamInfo(
-        "symbols (rans)", int(symbols.size), int(counts.size), coded_bytes, chosen.table_bytes, entropy_bits
-    )
+    # The order-0 entropy, the bound the pack report compares every stream with.
+    entropy = huffman.entropy_bits(counts)
+    return StreamInfo("symbols (rans)", int(symbols.size), int(counts.size), coded_bytes, chosen.table_bytes, entropy)
 
 
 def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
@@ -42,36 +37,23 @@ def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
     if symbols is None:
         symbols = np.searchsorted(values, request.elements).astype(np.uint16)
     chosen = rans.plan(symbols, int(values.size))
-    head = DICT_HEADER_BYTES + values.size * request.width
+    head = layouts.DICT_HEADER_BYTES + values.size * request.width
     if best is not None and head + chosen.estimated_bytes >= best.size:
         request.report("dict-rans", head + chosen.estimated_bytes, [], exact=False)
         return None
-    payload = (
-        struct.pack("<BBHI", request.width, 0, 0, values.size)
-        + values.astype(request.elements.dtype).tobytes()
-        + rans.encode_with(symbols, chosen)
-    )
+    payload = layouts.dict_head(values, request.elements.dtype) + rans.encode_with(symbols, chosen)
     streams = [_stream_info(symbols, counts, chosen, len(payload) - head)]
     request.report("dict-rans", len(payload), streams)
     params = {"codebook_size": int(values.size), "contexts": chosen.contexts}
     return Candidate(ID, len(payload), lambda: payload, streams, params)
 
 
-def _decode_symbols(reader: ByteReader, width: int, elements: int, what: str) -> np.ndarray:
-    dtype = layouts.ELEMENT_DTYPES[width]
-    if reader.u8(f"{what} header") != width:
-        raise CorruptData(f"{what}: element width is not {width}")
-    if reader.u8(f"{what} header") != 0 or reader.u16(f"{what} header") != 0:
-        raise CorruptData(f"{what}: reserved header bytes are not zero")
-    size = reader.u32(f"{what} codebook size")
-    if not 2 <= size <= rans.MAX_ALPHABET:
-        raise CorruptData(f"{what}: codebook of {size} values")
-    codebook = reader.array(dtype, size, f"{what} codebook")
-    return codebook[rans.decode(reader, elements, size, f"{what} symbols")]
-
-
 def decode(payload, decoded_length: int, width: int, what: str, context=None):
-    return layouts.decode_elements(_decode_symbols, payload, width, decoded_length, what)
+    return layouts.decode_elements(_decode_dict_rans, payload, width, decoded_length, what)
+
+
+def _decode_dict_rans(reader: ByteReader, width: int, elements: int, what: str):
+    return layouts.decode_dict(reader, width, elements, what, decode_symbols=rans.decode)
 
 
 def details(payload) -> dict:
