@@ -4,16 +4,21 @@ For each model ``<stem>.onnx`` it writes ``<stem>.cmpz`` and ``<stem>.report.jso
 output folder, then ``summary.json`` and ``summary.csv`` for the whole zoo.  Data for a model is
 looked up in ``--data-dir`` (or beside the model) as ``<stem>_test.npz`` or ``<stem>.npz``
 (evaluation) and ``<stem>_calib.npz`` (calibration).  A model whose report already says it is
-complete (and whose container exists) is skipped, so a rerun resumes an interrupted batch.
+complete is skipped, so a rerun resumes an interrupted batch: only when the model, its data and
+the options are the ones that run used (SHA-256s in the report) and the container is the one it
+wrote.  Output names do not depend on the order of the arguments.
 A failing model is recorded with its error and the others go on.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import glob
+import hashlib
 import io
 import json
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,6 +27,8 @@ from .options import check_value
 from .paths import atomic_write_bytes, check_outputs
 from .pipeline import GateFailedWithReport, run_pipeline
 from .present import to_json
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 SUMMARY_FIELDS = [
     "model",
@@ -57,19 +64,40 @@ def expand_models(patterns) -> list[Path]:
 
 
 def _stem_names(models: list[Path]) -> dict[Path, str]:
-    """Output names: the file stem, made unique with the parent folder name when stems clash."""
-    names: dict[Path, str] = {}
-    seen: dict[str, int] = {}
+    """Output names: the file stem; stems that clash get their folder's name and, if that
+    still clashes, a short hash of the model's path, so that a model keeps its name whatever
+    the order of the arguments."""
+    stems: dict[str, int] = {}
     for m in models:
-        name = m.stem
-        if name in seen:
-            name = f"{m.parent.name}_{m.stem}"
-        while name in seen:
-            seen[name] += 1
-            name = f"{name}_{seen[name]}"
-        seen[name] = 0
-        names[m] = name
-    return names
+        stems[m.stem] = stems.get(m.stem, 0) + 1
+    names = {m: m.stem if stems[m.stem] == 1 else f"{m.parent.name}_{m.stem}" for m in models}
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {
+        m: name if counts[name] == 1 else f"{name}_{hashlib.sha256(str(m).encode()).hexdigest()[:8]}"
+        for m, name in names.items()
+    }
+
+
+def _file_sha256(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _batch_key(model: Path, overrides, data: str | None, calib: str | None, gate) -> dict:
+    """What a finished model's result depends on: a rerun skips it only when all of it matches."""
+    return {
+        "model_sha256": _file_sha256(model),
+        "data_sha256": _file_sha256(data),
+        "calib_sha256": _file_sha256(calib),
+        "options": json.loads(to_json({"overrides": overrides or {}, "gate": gate})),
+    }
 
 
 def _find_data(model: Path, data_dir: str | None) -> tuple[str | None, str | None]:
@@ -113,6 +141,13 @@ def _one(args) -> dict:
     if report is None:
         report = {"model": str(model), "error": entry["error"]}
     report["batch_status"] = entry["status"]
+    try:
+        report["batch_key"] = _batch_key(model, overrides, data, calib, gate)
+        report["container_sha256"] = _file_sha256(container) if entry["status"] == "ok" else None
+    except OSError as e:
+        report["batch_key"] = None
+        entry.update(status="failed", error=f"cannot read back {e.filename}: {e.strerror}")
+        report["batch_status"] = entry["status"]
     atomic_write_bytes(report_path, to_json(report).encode())
     return _summary_row(entry, report)
 
@@ -135,17 +170,46 @@ def _summary_row(entry: dict, report: dict) -> dict:
     }
 
 
-def _already_done(name: str, out_dir: Path) -> dict | None:
+def _already_done(model: Path, name: str, out_dir: Path, overrides, data_dir, gate) -> dict | None:
+    """The report of a model finished by an earlier run with the same model, data and options,
+    whose container is still the one that run wrote; None otherwise (then it runs again)."""
     report_path = out_dir / f"{name}.report.json"
-    if not report_path.is_file():
+    container = out_dir / f"{name}.cmpz"
+    if not report_path.is_file() or not container.is_file():
         return None
     try:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError):
         return None
-    if report.get("batch_status") != "ok" or not (out_dir / f"{name}.cmpz").is_file():
+    if not isinstance(report, dict) or report.get("batch_status") != "ok":
+        return None
+    try:
+        data, calib = _find_data(model, data_dir)
+        key = _batch_key(model, overrides, data, calib, gate)
+        if report.get("batch_key") != key or report.get("container_sha256") != _file_sha256(container):
+            return None
+    except OSError:
         return None
     return report
+
+
+def _die_with_parent() -> None:
+    """In a worker: be sent SIGTERM when the batch process dies, so no worker is orphaned
+    (Linux prctl PR_SET_PDEATHSIG; elsewhere the parent's own cleanup has to do)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def run_batch(patterns, output_dir, overrides, data_dir, jobs, gate, log=lambda m: None) -> dict:
@@ -158,17 +222,24 @@ def run_batch(patterns, output_dir, overrides, data_dir, jobs, gate, log=lambda 
     rows: dict[Path, dict] = {}
     todo = []
     for m in models:
-        done = _already_done(names[m], out)
+        done = _already_done(m, names[m], out, overrides, data_dir, gate)
         if done is not None:
             rows[m] = {**_summary_row({"model": str(m), "status": "ok", "error": None}, done), "status": "skipped"}
             log(f"skip (already done): {m}")
         else:
             todo.append((m, names[m], str(out), overrides, data_dir, gate))
     if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_die_with_parent)
+        try:
             for args, row in zip(todo, pool.map(_one, todo)):
                 rows[args[0]] = row
                 log(f"{row['status']}: {args[0]}")
+        except BaseException:
+            # Interrupted (SIGINT/SIGTERM) or failed: stop the workers now rather than
+            # waiting for their models; their outputs are written atomically, so none is partial.
+            _stop_workers(pool)
+            raise
+        pool.shutdown()
     else:
         for args in todo:
             log(f"compressing {args[0]}")

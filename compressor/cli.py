@@ -5,7 +5,9 @@ errors into one line on stderr and an exit code (0 ok, 1 failure, 2 usage, 3 gat
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
@@ -32,9 +34,27 @@ for module in (inspect_cmd, eval_cmd, prune_cmd, share_cmd, quantize_cmd, pack_c
         cli.add_command(command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that every cleanup runs (temp files, workers)."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _main(argv, debug)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         cli.main(args=argv, prog_name="compressor", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -42,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        # click turns an interrupt into Abort: give back the signal's exit code.
+        if isinstance(e.__cause__, Terminated):
+            click.echo("error: terminated", err=True)
+            return 128 + signal.SIGTERM
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            click.echo("error: interrupted", err=True)
+            return 130
         click.echo("error: aborted", err=True)
         return 1
     except CompressorError as e:
@@ -50,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {e}", err=True)
         return e.exit_code
+    except Terminated:
+        click.echo("error: terminated", err=True)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130

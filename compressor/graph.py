@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from .errors import CompressorError, UsageError
-from .paths import atomic_write_bytes, make_temp_file
+from .paths import TempOutput, atomic_write_bytes
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave head-room under protobuf's hard limit: the graph itself needs bytes too.
@@ -177,32 +177,33 @@ def _save_with_external_data(model: onnx.ModelProto, out: Path) -> None:
     model = _copy(model)  # the caller's model keeps its in-memory data
     data_name = out.name + ".data"
     folder = out.resolve().parent
-    fd, tmp_data = make_temp_file(folder / data_name)
+    data_file = TempOutput(folder / data_name)
+    graph_file = TempOutput(out)
     try:
-        with os.fdopen(fd, "wb") as f:
-            offset = 0
-            for ref in iter_tensors(model):
-                t = ref.proto
-                if not t.HasField("raw_data") or len(t.raw_data) < 1024:
-                    continue
-                raw = t.raw_data
-                pad = (-offset) % 64
-                f.write(b"\0" * pad)
-                offset += pad
-                f.write(raw)
-                t.ClearField("raw_data")
-                t.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                    e = t.external_data.add()
-                    e.key, e.value = k, v
-                offset += len(raw)
-        atomic_write_bytes(out.with_suffix(out.suffix + ".tmpgraph"), model.SerializeToString())
-        os.replace(tmp_data, folder / data_name)
-        os.replace(out.with_suffix(out.suffix + ".tmpgraph"), out)
+        offset = 0
+        for ref in iter_tensors(model):
+            t = ref.proto
+            if not t.HasField("raw_data") or len(t.raw_data) < 1024:
+                continue
+            raw = t.raw_data
+            pad = (-offset) % 64
+            data_file.write(b"\0" * pad)
+            offset += pad
+            data_file.write(raw)
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            offset += len(raw)
+        graph_file.write(model.SerializeToString())
+        data_file.link()
+        graph_file.link()
+        os.replace(data_file.path, folder / data_name)
+        os.replace(graph_file.path, out)
     except BaseException:
-        for p in (tmp_data, str(out.with_suffix(out.suffix + ".tmpgraph"))):
-            if os.path.exists(p):
-                os.unlink(p)
+        data_file.discard()
+        graph_file.discard()
         raise
 
 

@@ -4,11 +4,17 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from compressor.batch import _stem_names
 from compressor.cli import main
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -77,3 +83,72 @@ def test_parallel_jobs_give_the_same_containers(zoo, tmp_path, first_batch):
 
 def test_no_models_is_a_usage_error(tmp_path):
     assert main(["batch", str(tmp_path / "nothing-*.onnx"), "-o", str(tmp_path / "out")]) == 2
+
+
+def test_rerun_redoes_a_model_whose_container_or_options_changed(zoo, tmp_path, first_batch):
+    out = tmp_path / "out"
+    (zoo / "broken.onnx").unlink()
+    shutil.copytree(first_batch[2], out)
+    (out / "lenet300.cmpz").write_bytes(b"garbage, but its report says ok")
+    assert main(["batch", str(zoo), "-o", str(out), "-q"]) == 0
+    status = {Path(m["model"]).name: m["status"] for m in json.loads((out / "summary.json").read_text())["models"]}
+    assert status == {"lenet300.onnx": "ok", "lenet5.onnx": "skipped"}
+    assert (out / "lenet300.cmpz").read_bytes() == (first_batch[2] / "lenet300.cmpz").read_bytes()
+    # Other options: nothing is skipped (lenet5 has no data to gate on: it fails).
+    assert main(["batch", str(zoo), "-o", str(out), "-q", "--max-accuracy-drop", "5"]) == 1
+    status = {Path(m["model"]).name: m["status"] for m in json.loads((out / "summary.json").read_text())["models"]}
+    assert status == {"lenet300.onnx": "ok", "lenet5.onnx": "failed"}
+
+
+def test_output_names_do_not_depend_on_the_argument_order(tmp_path):
+    a, b = tmp_path / "x" / "m.onnx", tmp_path / "y" / "m.onnx"
+    c, d = tmp_path / "p" / "x" / "m.onnx", tmp_path / "q" / "x" / "m.onnx"
+    assert _stem_names([a, b]) == _stem_names([b, a])
+    assert sorted(_stem_names([a, b]).values()) == ["x_m", "y_m"]
+    names = _stem_names([c, d, a])
+    assert names == _stem_names([a, d, c]) and len(set(names.values())) == 3
+
+
+# A batch whose models block in the pipeline: each worker prints its pid once it has started.
+BLOCKING_BATCH = """
+import os, sys, time
+import compressor.batch as batch
+from compressor.cli import main
+
+def blocking(*args, **kwargs):
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+batch.run_pipeline = blocking
+sys.exit(main(["batch", *sys.argv[1:], "-j", "2", "-q"]))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state
+
+
+def test_a_terminated_parallel_batch_leaves_no_worker_behind(tmp_path):
+    models = tmp_path / "zoo"
+    models.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(SAMPLES / "lenet300.onnx", models / f"{name}.onnx")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCKING_BATCH, str(models), "-o", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    workers = [int(proc.stdout.readline()) for _ in range(2)]
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+    assert not list((tmp_path / "out").glob("*.cmpz"))

@@ -5,9 +5,12 @@ and that the user's files are intact (or that nothing was written)."""
 
 import io
 import os
+import signal
 import stat
+import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.cli import main
 from compressor.data import load_dataset
 from compressor.errors import UsageError
-from compressor.paths import check_outputs, check_target, write_all_atomically
+from compressor.paths import TempOutput, check_outputs, check_target, write_all_atomically
 from compressor.report import plot_data
 
 
@@ -307,3 +310,62 @@ def test_pack_runs_the_onnx_checker(files, capsys):
     assert main(["pack", str(bad), "-o", str(files["dir"] / "o.cmpz")]) == 1
     _one_line_error(capsys, "invalid ONNX model (onnx checker)")
     assert not (files["dir"] / "o.cmpz").exists()
+
+
+# ----------------------------------------------------------------------------- interrupts, temp files
+
+
+def test_an_output_being_written_has_no_name_until_it_is_complete(tmp_path):
+    out = tmp_path / "out.bin"
+    temp = TempOutput(out)
+    temp.write(b"x" * 1000)
+    if temp.path is None:  # O_TMPFILE: a kill now would leave nothing behind
+        assert os.listdir(tmp_path) == []
+    temp.commit()
+    assert os.listdir(tmp_path) == ["out.bin"] and out.read_bytes() == b"x" * 1000
+
+
+def test_an_output_name_too_long_for_the_folder_is_one_line(files, capsys):
+    out = files["dir"] / ("a" * 251 + ".cmpz")
+    assert main(["pack", str(files["model"]), "-o", str(out)]) == 2
+    _one_line_error(capsys, "256 bytes", "255")
+    longest = files["dir"] / ("a" * 250 + ".cmpz")  # 255 bytes: fits, and so does its temp file
+    assert main(["pack", str(files["model"]), "-o", str(longest)]) == 0
+    assert sorted(p.name for p in files["dir"].iterdir() if p.name.startswith("a")) == [longest.name]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_exits_with_the_signal_code_and_leaves_nothing(files, sig, code):
+    out = files["dir"] / "out"
+    out.mkdir()
+    before = _snapshot(files["model"], files["data"], files["calib"])
+    # The run waits on a FIFO for its data: the signal lands while it is busy, deterministically.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN, str(files["model"]), str(out / "m.cmpz"), str(files["data"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert proc.stdout.readline().strip() == b"started"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.decode().strip().splitlines()[-1] in ("error: interrupted", "error: terminated")
+    assert os.listdir(out) == []
+    assert _snapshot(files["model"], files["data"], files["calib"]) == before
+
+
+# Runs the CLI with the pipeline's stages patched to block (a run in the middle of its work).
+SLOW_RUN = """
+import sys, time
+from compressor.cli import main
+
+def slow(*args, **kwargs):
+    print("started", flush=True)
+    time.sleep(60)
+
+import compressor.commands.run as run_cmd
+run_cmd.run_pipeline = slow
+model, out, data = sys.argv[1:4]
+sys.exit(main(["run", model, "-o", out, "--data", data]))
+"""

@@ -20,7 +20,8 @@ from google.protobuf.message import DecodeError, EncodeError
 
 from ..codec import CorruptData
 from ..errors import CompressorError, UsageError
-from ..graph import EXTERNAL_DATA_THRESHOLD, iter_tensors, make_temp_file, save_model
+from ..graph import EXTERNAL_DATA_THRESHOLD, iter_tensors, save_model
+from ..paths import write_chunks_atomically
 from . import format as fmt
 from .coders import registry
 from .layout import MAX_GRAPH_BYTES, dtype_name, field_layout, field_present, num_values, set_field
@@ -284,17 +285,8 @@ def unpack_bytes(data, *, max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BY
 
 
 def _write_chunks(path: Path, chunks: list) -> None:
-    """Atomic write (temp file in the same folder, then rename), chunk by chunk."""
-    fd, tmp = make_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk if not isinstance(chunk, np.ndarray) else memoryview(chunk))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic write (nothing is left behind on failure or kill), chunk by chunk."""
+    write_chunks_atomically(path, (c if not isinstance(c, np.ndarray) else memoryview(c) for c in chunks))
 
 
 def unpack_file(
