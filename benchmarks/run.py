@@ -712,7 +712,7 @@ def model_table(row: dict) -> str:
     add("**compressor container (.cmpz)**", container, ev["compressor"], secs=comp["seconds"], rss=comp["peak_rss_mb"])
     if bound:
         lines.append(
-            f"| &nbsp;&nbsp;entropy bound of the container (Huffman streams at their entropy; "
+            f"| &nbsp;&nbsp;entropy bound of the container (entropy-coded streams at their order-0 entropy; "
             f"coding overhead {ent['overhead_pct']} %) | {_kb(bound)} | {_ratio(fb, bound)} | | | | | |"
         )
     cq = Path(comp["unpacked"]).stat().st_size if Path(comp["unpacked"]).exists() else None
