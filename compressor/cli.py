@@ -11,7 +11,6 @@ import threading
 
 import click
 
-from . import __version__
 from .commands import eval as eval_cmd
 from .commands import inspect as inspect_cmd
 from .commands import pack as pack_cmd
@@ -20,6 +19,7 @@ from .commands import quantize as quantize_cmd
 from .commands import run as run_cmd
 from .commands import share as share_cmd
 from .errors import CompressorError
+from .version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

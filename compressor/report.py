@@ -16,11 +16,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import __version__, graph
+from . import graph
 from .errors import UsageError
 from .measure import Measure
 from .present import format_table, to_json
 from .quant_math import sortable
+from .version import __version__
 
 # The HTML histogram's resolution, and at most this many centroids drawn over it.
 HIST_BINS = 120

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from compressor.batch import _stem_names
+import compressor.zoo as zoo_module
 from compressor.cli import main
+from compressor.zoo import _stem_names
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -112,14 +113,15 @@ def test_output_names_do_not_depend_on_the_argument_order(tmp_path):
 # A batch whose models block in the pipeline: each worker prints its pid once it has started.
 BLOCKING_BATCH = """
 import os, sys, time
-import compressor.batch as batch
+import compressor.zoo as zoo
+import compressor.zoo as zoo_module
 from compressor.cli import main
 
 def blocking(*args, **kwargs):
     print(os.getpid(), flush=True)
     time.sleep(120)
 
-batch.run_pipeline = blocking
+zoo.run_pipeline = blocking
 sys.exit(main(["batch", *sys.argv[1:], "-j", "2", "-q"]))
 """
 
@@ -152,3 +154,83 @@ def test_a_terminated_parallel_batch_leaves_no_worker_behind(tmp_path):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
     assert not list((tmp_path / "out").glob("*.cmpz"))
+
+
+# ---- on a Dask cluster (the `dask` extra): a real scheduler and two worker processes
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    distributed = pytest.importorskip("distributed")
+    dask = pytest.importorskip("dask")
+    # A model whose worker dies is rescheduled once; a second death makes it a failed row.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        yield cluster.scheduler_address, client
+
+
+def test_a_dask_cluster_gives_the_local_containers(dask_cluster, zoo, tmp_path, first_batch):
+    address, _ = dask_cluster
+    out = tmp_path / "out"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["batch", str(zoo), "-o", str(out), "--scheduler", address, "-v"])
+    assert code == 1
+    for name in ("lenet300.cmpz", "lenet5.cmpz"):
+        assert (out / name).read_bytes() == (first_batch[2] / name).read_bytes()
+    summary = json.loads((out / "summary.json").read_text())
+    status = {Path(m["model"]).name: m for m in summary["models"]}
+    assert status["broken.onnx"]["status"] == "failed" and "not an ONNX model" in status["broken.onnx"]["error"]
+    assert status["lenet300.onnx"]["status"] == status["lenet5.onnx"]["status"] == "ok"
+    assert not (out / "broken.cmpz").exists()
+    # One line per finished model, as it finishes.
+    assert sorted(line.split(":")[0].strip() for line in err.getvalue().splitlines() if ": /" in line) == [
+        "failed",
+        "ok",
+        "ok",
+    ]
+
+
+def _kill_worker_mid_model(marker: str) -> None:
+    """Run on each worker (client.run): the first model to reach its pack step kills its own worker
+    process (SIGKILL: no cleanup at all) and leaves `marker`; the others run unchanged."""
+    real = zoo_module.run_pipeline
+
+    def dying(*args, **kwargs):
+        def log(msg: str) -> None:
+            if msg.startswith("pack") and not os.path.exists(marker):
+                Path(marker).write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return real(*args, log=log, **kwargs)
+
+    zoo_module.run_pipeline = dying
+
+
+def test_a_worker_killed_mid_model_loses_nothing(dask_cluster, tmp_path, first_batch):
+    address, client = dask_cluster
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("a", "b"):  # no data: the quick data-free run
+        shutil.copy(SAMPLES / "lenet5.onnx", models / f"{name}.onnx")
+    marker = tmp_path / "killed"
+    client.run(_kill_worker_mid_model, str(marker))
+    out = tmp_path / "out"
+    assert main(["batch", str(models), "-o", str(out), "--scheduler", address, "-q"]) == 0
+    assert marker.exists()  # a worker did die mid-model ...
+    for name in ("a", "b"):  # ... and its model was run again, elsewhere, to the same bytes
+        assert (out / f"{name}.cmpz").read_bytes() == (first_batch[2] / "lenet5.cmpz").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["a.cmpz", "a.report.json", "b.cmpz", "b.report.json", "summary.csv", "summary.json"]
+    )
+
+
+def test_scheduler_without_dask_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    shutil.copy(SAMPLES / "lenet5.onnx", tmp_path / "m.onnx")
+    code = main(["batch", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), "--scheduler", "tcp://localhost:1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'compressor[dask]'" in err
+    assert not (tmp_path / "out").exists()

@@ -17,11 +17,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "compressor"
 # Top to bottom.  A module may import its own layer or any layer below it, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("compressor.cli", "compressor.__main__", "compressor.commands", "compressor.commands.*")),
+    # The package exports the Python API (compressor.run, ...): it sits above what the API calls.
+    ("api", ("compressor", "compressor.api")),
     (
         "run",
         (
             "compressor.pipeline",
-            "compressor.batch",
+            "compressor.zoo",
             "compressor.stages",
             "compressor.stages.*",
             "compressor.report",
@@ -48,7 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "math",
         (
-            "compressor",
+            "compressor.version",
             "compressor.errors",
             "compressor.present",
             "compressor.kmeans",

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..batch import run_batch
+from .. import api
 from ..errors import CompressorError, GateFailed
 from ..options import validate_overrides
 from ..pipeline import GateFailedWithReport, run_pipeline
@@ -197,7 +197,14 @@ def run_command(
     type=click.IntRange(1),
     default=1,
     show_default=True,
-    help="Models compressed in parallel processes.",
+    help="Models compressed in parallel processes (on this machine; see --scheduler).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Run one task per model on the Dask cluster at ADDRESS (e.g. tcp://HOST:8786) instead; "
+    "its workers must see the models, data and output folder at the same paths. "
+    "Needs the dask extra: pip install 'compressor[dask]'.",
 )
 @click.option("--max-accuracy-drop", type=float, help="Per-model gate (exit 3 for that model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
@@ -207,6 +214,7 @@ def batch_command(
     output_dir,
     data_dir,
     jobs,
+    scheduler,
     max_accuracy_drop,
     as_json,
     recipe_path,
@@ -227,7 +235,18 @@ def batch_command(
     overrides = _overrides(
         recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
     )
-    summary = run_batch(models, output_dir, overrides, data_dir, jobs, max_accuracy_drop, log=_progress(quiet, verbose))
+    progress = _progress(quiet, verbose)
+    summary = api.batch(
+        models,
+        output_dir,
+        scheduler=scheduler,
+        jobs=jobs,
+        data_dir=data_dir,
+        recipe=overrides,
+        max_accuracy_drop=max_accuracy_drop,
+        log=progress,
+        step=lambda done, total, failed: progress.step(f"models ({failed} failed)", done, total),
+    )
     if as_json:
         emit_json(summary)
     elif not quiet:

@@ -1,4 +1,5 @@
-"""`compressor batch`: the pipeline over a model zoo, resumable, optionally in parallel.
+"""`compressor batch` (the Python API: compressor.batch): the pipeline over a model zoo, resumable,
+optionally in parallel or on a Dask cluster.
 
 For each model ``<stem>.onnx`` it writes ``<stem>.cmpz`` and ``<stem>.report.json`` into the
 output folder, then ``summary.json`` and ``summary.csv`` for the whole zoo.  Data for a model is
@@ -8,6 +9,14 @@ complete is skipped, so a rerun resumes an interrupted batch: only when the mode
 the options are the ones that run used (SHA-256s in the report) and the container is the one it
 wrote.  Output names do not depend on the order of the arguments.
 A failing model is recorded with its error and the others go on.
+
+Where the models run: one after the other; in ``jobs`` local processes; or, with a Dask
+scheduler address, one task per model on an existing ``dask.distributed`` cluster (the optional
+``dask`` extra).  A task reads its model and data and writes its container and report itself, so
+the workers must see the same paths as the client (a shared filesystem); the client only checks
+what is already done, collects the rows and writes the summary.  A model's own failure is a row,
+never an exception, so what Dask retries (``retries=1``) or reschedules is a lost worker only: a
+worker that dies mid-model leaves no partial file (every output is named only once complete).
 """
 
 from __future__ import annotations
@@ -19,8 +28,11 @@ import hashlib
 import io
 import json
 import signal
-from concurrent.futures import ProcessPoolExecutor
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import CompressorError, UsageError
 from .options import check_value
@@ -29,6 +41,9 @@ from .pipeline import GateFailedWithReport, run_pipeline
 from .present import to_json
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+DASK_INSTALL = "pip install 'compressor[dask]'"
+# Seconds to reach a Dask scheduler before giving up with one line.
+DASK_CONNECT_TIMEOUT = 30
 
 SUMMARY_FIELDS = [
     "model",
@@ -113,8 +128,26 @@ def _find_data(model: Path, data_dir: str | None) -> tuple[str | None, str | Non
     return data, calib
 
 
-def _one(args) -> dict:
-    model, name, out_dir, overrides, data_dir, gate = args
+class Task(NamedTuple):
+    """One model of the batch: everything a worker needs, as plain values (paths as seen by the worker)."""
+
+    model: Path
+    name: str
+    out_dir: str
+    overrides: dict | None
+    data_dir: str | None
+    gate: float | None
+
+
+Log = Callable[[str], None]
+# After each finished model: (models done, total, failed so far).
+Step = Callable[[int, int, int], None]
+
+
+def _one(task: Task) -> dict:
+    """Compress one model and write its report; the summary row.  A failure of the model (or of
+    writing its report) is a row with status 'failed', never an exception."""
+    model, name, out_dir, overrides, data_dir, gate = task
     container = Path(out_dir) / f"{name}.cmpz"
     report_path = Path(out_dir) / f"{name}.report.json"
     data, calib = _find_data(model, data_dir)
@@ -148,7 +181,11 @@ def _one(args) -> dict:
         report["batch_key"] = None
         entry.update(status="failed", error=f"cannot read back {e.filename}: {e.strerror}")
         report["batch_status"] = entry["status"]
-    atomic_write_bytes(report_path, to_json(report).encode())
+    try:
+        atomic_write_bytes(report_path, to_json(report).encode())
+    except (OSError, CompressorError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        entry.update(status="failed", error=f"cannot write {report_path}: {reason}")
     return _summary_row(entry, report)
 
 
@@ -212,38 +249,124 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=5)
 
 
-def run_batch(patterns, output_dir, overrides, data_dir, jobs, gate, log=lambda m: None) -> dict:
+def _run_serial(todo: list[Task], log: Log) -> Iterator[tuple[Task, dict]]:
+    for task in todo:
+        log(f"compressing {task.model}")
+        yield task, _one(task)
+
+
+def _run_processes(todo: list[Task], jobs: int) -> Iterator[tuple[Task, dict]]:
+    """The tasks in `jobs` local processes, yielded as they finish."""
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_die_with_parent)
+    try:
+        futures = {pool.submit(_one, task): task for task in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    except BaseException:
+        # Interrupted (SIGINT/SIGTERM) or failed: stop the workers now rather than
+        # waiting for their models; their outputs are written atomically, so none is partial.
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError(f"--scheduler needs Dask, which is not installed: {DASK_INSTALL}")
+    return distributed
+
+
+def _dask_client(distributed, scheduler: str):
+    try:
+        return distributed.Client(scheduler, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompressorError(f"cannot reach the Dask scheduler at {scheduler}: {reason}")
+
+
+def _lost_row(task: Task, error: BaseException) -> dict:
+    """The row of a model whose task did not come back (its workers died, or the cluster failed)."""
+    reason = str(error).splitlines()[0] if str(error).strip() else ""
+    message = f"lost on the Dask cluster: {type(error).__name__}: {reason}".rstrip(": ")
+    return _summary_row({"model": str(task.model), "status": "failed", "error": message}, {})
+
+
+def _run_dask(todo: list[Task], scheduler: str) -> Iterator[tuple[Task, dict]]:
+    """One task per model on the cluster at `scheduler`, yielded as they finish.  A worker that
+    dies mid-model is replaced and its model rescheduled by Dask (up to the scheduler's
+    ``distributed.scheduler.allowed-failures``); a model lost for good is a failed row."""
+    distributed = _import_distributed()
+    client = _dask_client(distributed, scheduler)
+    futures = {}
+    try:
+        for task in todo:
+            # pure=False and a fresh key: a rerun computes again instead of reusing a cached result.
+            key = f"compress-{task.name}-{uuid.uuid4().hex}"
+            futures[client.submit(_one, task, key=key, pure=False, retries=1)] = task
+        for future in distributed.as_completed(futures):
+            task = futures[future]
+            try:
+                row = future.result()
+            except Exception as e:
+                row = _lost_row(task, e)
+            yield task, row
+    except BaseException:
+        # Interrupted: take the queued models back; a model already running finishes on its
+        # worker (its outputs are complete or absent) and a rerun skips it.
+        client.cancel(list(futures))
+        raise
+    finally:
+        client.close()
+
+
+def run_batch(
+    patterns,
+    output_dir,
+    overrides,
+    data_dir,
+    jobs,
+    gate,
+    log: Log = lambda m: None,
+    *,
+    scheduler: str | None = None,
+    step: Step = lambda done, total, failed: None,
+) -> dict:
+    """Compress every model of `patterns` into `output_dir` (serially, in `jobs` processes, or on
+    the Dask cluster at `scheduler`), then write summary.json and summary.csv; the summary."""
     gate = check_value("gate", "max_accuracy_drop", gate)
+    if scheduler is not None:
+        _import_distributed()  # before any work: one line if Dask is missing
     models = expand_models(patterns)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_outputs({"summary.json": out / "summary.json", "summary.csv": out / "summary.csv"}, {"a model": models})
     names = _stem_names(models)
     rows: dict[Path, dict] = {}
-    todo = []
+    todo: list[Task] = []
+    # Workers elsewhere see absolute paths only (their working folder is not ours).
+    task_out = str(out.resolve()) if scheduler else str(out)
+    task_data_dir = str(Path(data_dir).resolve()) if scheduler and data_dir else data_dir
     for m in models:
         done = _already_done(m, names[m], out, overrides, data_dir, gate)
         if done is not None:
             rows[m] = {**_summary_row({"model": str(m), "status": "ok", "error": None}, done), "status": "skipped"}
             log(f"skip (already done): {m}")
         else:
-            todo.append((m, names[m], str(out), overrides, data_dir, gate))
-    if jobs > 1 and len(todo) > 1:
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_die_with_parent)
-        try:
-            for args, row in zip(todo, pool.map(_one, todo)):
-                rows[args[0]] = row
-                log(f"{row['status']}: {args[0]}")
-        except BaseException:
-            # Interrupted (SIGINT/SIGTERM) or failed: stop the workers now rather than
-            # waiting for their models; their outputs are written atomically, so none is partial.
-            _stop_workers(pool)
-            raise
-        pool.shutdown()
+            todo.append(Task(m, names[m], task_out, overrides, task_data_dir, gate))
+    if scheduler is not None and todo:
+        finished = _run_dask(todo, scheduler)
+    elif jobs > 1 and len(todo) > 1:
+        finished = _run_processes(todo, jobs)
     else:
-        for args in todo:
-            log(f"compressing {args[0]}")
-            rows[args[0]] = _one(args)
+        finished = _run_serial(todo, log)
+    failed = 0
+    for count, (task, row) in enumerate(finished, start=1):
+        rows[task.model] = row
+        failed += row["status"] in ("failed", "gate")
+        log(f"{row['status']}: {task.model}" + (f" ({row['error']})" if row.get("error") else ""))
+        step(count, len(todo), failed)
     ordered = [rows[m] for m in models]
     summary = {
         "models": ordered,
