@@ -27,7 +27,6 @@ import numpy as np
 import onnx
 
 from . import graph
-from .zoo import Log, Step, run_batch
 from .container import pack_file, pack_model, unpack_container, unpack_file
 from .container.unpack import DEFAULT_MAX_DECODED_BYTES, read_container_file
 from .errors import CompressorError, UsageError
@@ -35,6 +34,7 @@ from .options import validate_overrides
 from .paths import atomic_write_bytes, check_outputs
 from .pipeline import run_pipeline
 from .recipe import read_recipe
+from .zoo import Log, Step, run_batch
 
 PathLike = str | os.PathLike
 Model = PathLike | onnx.ModelProto
