@@ -305,7 +305,7 @@ def _run_dask(todo: list[Task], scheduler: str) -> Iterator[tuple[Task, dict]]:
             # pure=False and a fresh key: a rerun computes again instead of reusing a cached result.
             key = f"compress-{task.name}-{uuid.uuid4().hex}"
             futures[client.submit(_one, task, key=key, pure=False, retries=1)] = task
-        for future in distributed.as_completed(futures):
+        for future in distributed.as_completed(futures, loop=client.loop):
             task = futures[future]
             try:
                 row = future.result()

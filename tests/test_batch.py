@@ -166,7 +166,8 @@ def dask_cluster():
     # A model whose worker dies is rescheduled once; a second death makes it a failed row.
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
-    with cluster, distributed.Client(cluster) as client:
+    # Not the default client: the CLI must find its own (as it does in a fresh process).
+    with cluster, distributed.Client(cluster, set_as_default=False) as client:
         yield cluster.scheduler_address, client
 
 
