@@ -15,8 +15,10 @@ scheduler address, one task per model on an existing ``dask.distributed`` cluste
 ``dask`` extra).  A task reads its model and data and writes its container and report itself, so
 the workers must see the same paths as the client (a shared filesystem); the client only checks
 what is already done, collects the rows and writes the summary.  A model's own failure is a row,
-never an exception, so what Dask retries (``retries=1``) or reschedules is a lost worker only: a
-worker that dies mid-model leaves no partial file (every output is named only once complete).
+never an exception, so Dask never runs a model again for it: the scheduler reschedules the model
+of a worker that died (up to its ``allowed-failures``), and ``retries=1`` covers an exception
+from the worker's side of the task.  A worker that dies mid-model leaves no partial file (every
+output is named only once complete).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -235,3 +236,16 @@ def test_scheduler_without_dask_says_how_to_install_it(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'compressor[dask]'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(zoo_module, "DASK_CONNECT_TIMEOUT", 1)
+    shutil.copy(SAMPLES / "lenet5.onnx", tmp_path / "m.onnx")
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    assert main(["batch", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), "--scheduler", address]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot reach the Dask scheduler at {address}") and "\n" not in err
