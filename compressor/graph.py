@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -322,7 +322,10 @@ def save_model(
     if not folder.is_dir():
         raise UsageError(f"output folder does not exist: {folder}")
     if model_bytes(model) > external_threshold:
-        write_external_model(model, out, lambda i, t: t.raw_data if t.HasField("raw_data") else None)
+        in_memory = (
+            (i, ref.proto.raw_data) for i, ref in enumerate(iter_tensors(model)) if ref.proto.HasField("raw_data")
+        )
+        write_external_model(model, out, in_memory)
         return out
     data = model.SerializeToString()
     atomic_write_bytes(out, data)
@@ -334,14 +337,14 @@ EXTERNAL_MIN_BYTES = 1024
 EXTERNAL_ALIGNMENT = 64
 
 
-def write_external_model(model: onnx.ModelProto, out: Path, tensor_data, *, on_data=None) -> None:
+def write_external_model(model: onnx.ModelProto, out: Path, tensors: Iterable[tuple[int, object]]) -> None:
     """Write ``model`` as ``out`` + ``out.data``, both atomically (named only when both are complete).
 
-    ``tensor_data(index, tensor)`` gives the bytes of the index-th tensor of iter_tensors
-    (None: the tensor keeps what it holds); one tensor's bytes are in memory at a time.
-    Tensors of at least EXTERNAL_MIN_BYTES go to the data file, 64-byte aligned.  The
-    caller's model is not changed: the graph file is a copy without the moved data.
-    ``on_data(index, data)`` sees each tensor's bytes (e.g. to hash them) before ``out`` is named.
+    ``tensors`` yields (index in iter_tensors order, bytes-like data) in any order, one at a
+    time: those tensors get this data (the others keep what they hold).  Tensors of at least
+    EXTERNAL_MIN_BYTES go to the data file, 64-byte aligned.  The caller's model is not
+    changed: the graph file is a copy without the moved data.  An exception raised by
+    ``tensors`` (e.g. a failed check once all were seen) leaves nothing behind.
     """
     data_name = out.name + ".data"
     folder = out.resolve().parent
@@ -351,21 +354,17 @@ def write_external_model(model: onnx.ModelProto, out: Path, tensor_data, *, on_d
         offset = 0
         spans: dict[int, tuple[int, int]] = {}
         inline: dict[int, bytes] = {}
-        for index, ref in enumerate(iter_tensors(model)):
-            raw = tensor_data(index, ref.proto)
-            if raw is None:
-                continue
-            if on_data is not None:
-                on_data(index, raw)
-            if len(raw) < EXTERNAL_MIN_BYTES:
+        for index, raw in tensors:
+            size = raw.nbytes if isinstance(raw, memoryview | np.ndarray) else len(raw)
+            if size < EXTERNAL_MIN_BYTES:
                 inline[index] = bytes(raw)
                 continue
             pad = (-offset) % EXTERNAL_ALIGNMENT
             data_file.write(b"\0" * pad)
             offset += pad
             data_file.write(raw)
-            spans[index] = (offset, len(raw))
-            offset += len(raw)
+            spans[index] = (offset, size)
+            offset += size
             del raw
         skeleton_model = copy_without_data(model, set(spans) | set(inline))
         for index, ref in enumerate(iter_tensors(skeleton_model)):
