@@ -241,19 +241,25 @@ def check_model(model: onnx.ModelProto) -> None:
         raise CompressorError(f"invalid ONNX model (onnx checker): {first}")
 
 
-def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
-    """Load a model from a path (or '-' for stdin), with external data confined to its folder."""
-    return load_model_and_files(path, check)[0]
+def load_model(path: str | os.PathLike, check: bool = True, max_bytes: int | None = PROTOBUF_LIMIT) -> onnx.ModelProto:
+    """Load a model from a path (or '-' for stdin), with external data confined to its folder
+    (a model over ``max_bytes`` with its data is refused: see load_model_and_files)."""
+    return load_model_and_files(path, check, max_bytes=max_bytes)[0]
 
 
 def load_model_and_files(
-    path: str | os.PathLike, check: bool = True, *, external_data: bool = True
+    path: str | os.PathLike,
+    check: bool = True,
+    *,
+    external_data: bool = True,
+    max_bytes: int | None = PROTOBUF_LIMIT,
 ) -> tuple[onnx.ModelProto, list[Path]]:
     """load_model, and the external-data files it read (outputs must not overwrite them).
 
     ``external_data=False`` leaves external tensors in their files (checked, not read): a
     model of any size in the memory of its graph; read them one by one with
-    ``read_external_data(tensor, model_folder(path))``."""
+    ``read_external_data(tensor, model_folder(path))``.  Otherwise a model of more than
+    ``max_bytes`` with its data (None: no limit) is refused before its data is read."""
     if str(path) == "-":
         data = sys.stdin.buffer.read()
         base_dir = None
@@ -285,6 +291,12 @@ def load_model_and_files(
     if check:
         check_model(model)
     if external and external_data:
+        size = model_bytes(model, base_dir)
+        if max_bytes is not None and size > max_bytes:
+            raise CompressorError(
+                f"{label} is {size:,} bytes with its external data: this command holds a whole model in memory, "
+                f"up to {max_bytes:,} bytes (protobuf's 2 GiB limit); pack, unpack and inspect stream larger models"
+            )
         _load_external_data(model, base_dir)
     return model, files
 

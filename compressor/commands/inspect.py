@@ -31,7 +31,7 @@ def inspect_command(model: str, as_json: bool) -> None:
         desc = describe_container(model)
         emit_json(desc) if as_json else click.echo(format_container_table(desc))
         return
-    loaded = load_model(model)
+    loaded = load_model(model, max_bytes=None)  # inspect reads models over 2 GiB too
     desc = describe_model(loaded, None if model == "-" else Path(model).stat().st_size)
     if as_json:
         emit_json(desc)
