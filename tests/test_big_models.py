@@ -7,6 +7,7 @@ names the folder for its ~5 GB of files; by default pytest's temp folder).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -243,3 +244,15 @@ def test_a_model_over_2_gb_packs_unpacks_bit_identical_and_runs(tmp_path):
         for p in sorted(folder.iterdir()):
             p.unlink()
         folder.rmdir()
+
+
+def test_inspect_reads_external_tensors_one_at_a_time_with_the_same_description(tmp_path):
+    model = graphs.transformer_encoder()
+    graph.save_model(model, tmp_path / "inline.onnx")
+    graph.save_model(model, tmp_path / "external.onnx", external_threshold=0)
+    described = []
+    for name in ("inline.onnx", "external.onnx"):
+        result = _cli("inspect", str(tmp_path / name), "--json")
+        assert result.returncode == 0, result.stderr
+        described.append({k: v for k, v in json.loads(result.stdout).items() if k != "file_bytes"})
+    assert described[0] == described[1]
