@@ -14,7 +14,7 @@ and reports wall seconds and the child's peak RSS (``resource.getrusage(RUSAGE_C
 read by a wrapper process around each command, so each step is measured alone).  Results
 in benchmarks/results/big.json.  Needs ~5 GB of disk in ``--dir`` (deleted at the end).
 
-    python benchmarks/bench_big.py [--dir FOLDER] [--layers 4] [--width 12000] [--inspect]
+    python benchmarks/bench_big.py [--dir FOLDER] [--layers 4] [--width 12000] [--inspect] [--only pack,unpack]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=12000)
     parser.add_argument("--inspect", action="store_true", help="also time `compressor inspect` of the model")
+    parser.add_argument("--only", default="", help="comma-separated steps to run (pack needs to run before unpack)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-big-", dir=args.dir))
     env_python = [sys.executable, "-m", "compressor"]
@@ -75,6 +76,8 @@ def main() -> None:
         }
         if args.inspect:
             steps["inspect"] = [*env_python, "inspect", str(model)]
+        if args.only:
+            steps = {name: cmd for name, cmd in steps.items() if name in args.only.split(",")}
         for name, cmd in steps.items():
             r = measured(cmd)
             results[name] = {
@@ -92,7 +95,7 @@ def main() -> None:
         results["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    out = ROOT / "benchmarks" / "results" / "big.json"
+    out = ROOT / "benchmarks" / "results" / ("big.json" if not args.only else f"big-{args.only.replace(',', '-')}.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
