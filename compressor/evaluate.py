@@ -5,12 +5,15 @@ accuracy, fidelity to a reference, latency, and capture of intermediate tensors.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
 
+from . import graph
 from .data import Dataset, fixed_batch_size
 from .errors import CompressorError
 
@@ -18,9 +21,16 @@ DEFAULT_BATCH = 256
 
 
 def make_session(
-    model: onnx.ModelProto | str | bytes, threads: int = 0, optimized_path: str | None = None, level: str = "all"
+    model: onnx.ModelProto | str | bytes,
+    threads: int = 0,
+    optimized_path: str | None = None,
+    level: str = "all",
+    external_threshold: int = graph.EXTERNAL_DATA_THRESHOLD,
 ):
-    """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path."""
+    """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path.
+
+    A ModelProto over ``external_threshold`` bytes (protobuf cannot serialize one over 2 GB)
+    is saved with external data in a temp folder, tensor by tensor, and loaded from there."""
     # Imported on first use: loading ORT is slow, and commands that never run a model (pack,
     # inspect, quantize without calibration) should not pay for it.
     import onnxruntime as ort
@@ -37,6 +47,11 @@ def make_session(
     }[level]
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
+    if isinstance(model, onnx.ModelProto) and graph.model_bytes(model) > external_threshold:
+        with tempfile.TemporaryDirectory(prefix="compressor-session-") as folder:
+            path = Path(folder) / "model.onnx"
+            graph.save_model(model, path, external_threshold=external_threshold)
+            return make_session(str(path), threads, optimized_path, level)
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,49 +65,201 @@ def _tensors_with_external_data(model: onnx.ModelProto) -> Iterator[onnx.TensorP
             yield ref.proto
 
 
-def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
-    """Read every external tensor into the model; returns the files read."""
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def external_data_span(tensor: onnx.TensorProto, base_dir: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor's bytes, checked: confined to base_dir and
+    inside its file."""
+    info = _external_info(tensor)
+    path = _check_external_location(info.get("location", ""), base_dir)
+    if not path.is_file():
+        raise CompressorError(f"external data file not found: {info.get('location')!r}")
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise CompressorError(f"bad external data offset/length for tensor {tensor.name!r}")
+    size = path.stat().st_size
+    if offset < 0 or offset > size or (length is not None and (length < 0 or offset + length > size)):
+        raise CompressorError(f"external data of tensor {tensor.name!r} lies outside its file")
+    return path, offset, (length if length is not None else size - offset)
+
+
+def read_external_data(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    """One external tensor's bytes (what its raw_data holds once loaded)."""
+    path, offset, length = external_data_span(tensor, base_dir)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise CompressorError(f"external data of tensor {tensor.name!r} lies outside its file")
+    return data
+
+
+def inline_data(tensor: onnx.TensorProto, data: bytes) -> None:
+    """Make an external tensor hold its bytes in raw_data, as load_model does."""
+    tensor.raw_data = data
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _load_external_data(model: onnx.ModelProto, base_dir: Path, read: bool = True) -> list[Path]:
+    """Read every external tensor into the model (or only check where it lies); returns the files."""
     files: list[Path] = []
     for tensor in _tensors_with_external_data(model):
-        info = {e.key: e.value for e in tensor.external_data}
-        path = _check_external_location(info.get("location", ""), base_dir)
-        if not path.is_file():
-            raise CompressorError(f"external data file not found: {info.get('location')!r}")
-        try:
-            offset = int(info.get("offset", 0) or 0)
-            length = int(info["length"]) if info.get("length") else None
-        except ValueError:
-            raise CompressorError(f"bad external data offset/length for tensor {tensor.name!r}")
-        size = path.stat().st_size
-        if offset < 0 or offset > size or (length is not None and (length < 0 or offset + length > size)):
-            raise CompressorError(f"external data of tensor {tensor.name!r} lies outside its file")
-        with open(path, "rb") as f:
-            f.seek(offset)
-            tensor.raw_data = f.read(length if length is not None else size - offset)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
+        path = external_data_span(tensor, base_dir)[0]
+        if read:
+            inline_data(tensor, read_external_data(tensor, base_dir))
         if path not in files:
             files.append(path)
     return files
 
 
-def check_model(model: onnx.ModelProto) -> None:
-    """Run onnx's checker; raise CompressorError with its message on one line."""
+# --------------------------------------------------------------------- sizes
+
+_TENSOR_PATH = {  # message type -> its fields that can hold tensors (along iter_tensors' paths)
+    "ModelProto": ("graph",),
+    "GraphProto": ("node", "initializer"),
+    "NodeProto": ("attribute",),
+    "AttributeProto": ("t", "tensors", "g", "graphs"),
+}
+_TENSOR_ATTRIBUTES = {
+    onnx.AttributeProto.TENSOR,
+    onnx.AttributeProto.TENSORS,
+    onnx.AttributeProto.GRAPH,
+    onnx.AttributeProto.GRAPHS,
+}
+# raw_data of at least this many bytes (by the tensor's shape) is counted, not serialized.
+_COUNTED_RAW_BYTES = 1 << 16
+
+
+_SUBBYTE_TYPES = {
+    getattr(onnx.TensorProto, n)
+    for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, n)
+}
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _length_delimited(number: int, length: int) -> int:
+    """Bytes of a length-delimited field: tag, length, payload."""
+    return _varint_bytes(number << 3 | 2) + _varint_bytes(length) + length
+
+
+def _expected_raw_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The raw_data length a tensor's type and shape call for (None: unknown type)."""
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    return count * itemsize if tensor.data_type not in _SUBBYTE_TYPES else None
+
+
+def _tensor_bytes(tensor: onnx.TensorProto, base_dir: Path | None, held: bool) -> int:
+    external = tensor.data_location == onnx.TensorProto.EXTERNAL and not held
+    expected = None if external else _expected_raw_bytes(tensor)
+    if not external and (expected is None or expected < _COUNTED_RAW_BYTES or not tensor.HasField("raw_data")):
+        return tensor.ByteSize()
+    stub = onnx.TensorProto()
+    for descriptor, value in tensor.ListFields():
+        if descriptor.name not in ("raw_data", "external_data", "data_location"):
+            _copy_field(stub, descriptor, value)
+    if external:
+        stub.data_location = onnx.TensorProto.DEFAULT  # as load_model leaves it
+        info = _external_info(tensor)
+        if info.get("length"):
+            length = int(info["length"])
+        elif base_dir is not None:
+            length = external_data_span(tensor, base_dir)[2]
+        else:
+            length = _expected_raw_bytes(tensor) or 0
+    else:
+        length = expected  # raw_data's length is the one its shape calls for (the checker's rule)
+    return stub.ByteSize() + _length_delimited(9, length)
+
+
+def _message_bytes(message: Message, base_dir: Path | None, held: bool = False) -> int:
+    """Serialized size of ``message``; external tensors count as loaded unless ``held``."""
+    if isinstance(message, onnx.TensorProto):
+        return _tensor_bytes(message, base_dir, held)
+    if isinstance(message, onnx.NodeProto) and not any(a.type in _TENSOR_ATTRIBUTES for a in message.attribute):
+        return message.ByteSize()
+    path = _TENSOR_PATH.get(type(message).__name__, ())
+    stub = type(message)()
+    total = 0
+    for descriptor, value in message.ListFields():
+        if descriptor.name not in path:
+            _copy_field(stub, descriptor, value)
+            continue
+        for item in [value] if isinstance(value, Message) else value:
+            total += _length_delimited(descriptor.number, _message_bytes(item, base_dir, held))
+    return total + stub.ByteSize()
+
+
+def model_bytes(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None) -> int:
+    """The size of the model's serialization with every tensor's data inline, without
+    serializing it: the skeleton's bytes plus each large tensor's payload, counted.
+
+    External tensors count as loaded (their length from the external-data record, or
+    their file under ``base_dir``); an in-memory raw_data counts the length its shape calls
+    for.  Never builds the > 2 GB message protobuf cannot hold, never copies a tensor."""
+    return _message_bytes(model, None if base_dir is None else Path(base_dir))
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(True for _ in _tensors_with_external_data(model))
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Run onnx's checker; raise CompressorError with its message on one line.
+
+    A model loaded with its external data left in its files is checked as held (its
+    graph and the external records), so a model of any size is checked in the memory of
+    its graph; a message protobuf cannot hold is not checked."""
+    external = {i for i, ref in enumerate(iter_tensors(model)) if ref.proto.data_location == onnx.TensorProto.EXTERNAL}
+    if external:
+        # Checked in memory, the graph only (external_data_span made the file checks, confined to
+        # the model's folder): for the checker, each external tensor is an empty one of its rank.
+        model = copy_without_data(model, external)
+        for index, ref in enumerate(iter_tensors(model)):
+            if index in external:
+                ref.proto.dims[:] = [0] * len(ref.proto.dims)
+                ref.proto.raw_data = b""
+    try:
+        if _message_bytes(model, None, held=True) < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
         raise CompressorError(f"invalid ONNX model (onnx checker): {first}")
 
 
-def load_model(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
-    """Load a model from a path (or '-' for stdin), with external data confined to its folder."""
-    return load_model_and_files(path, check)[0]
+def load_model(path: str | os.PathLike, check: bool = True, max_bytes: int | None = PROTOBUF_LIMIT) -> onnx.ModelProto:
+    """Load a model from a path (or '-' for stdin), with external data confined to its folder
+    (a model over ``max_bytes`` with its data is refused: see load_model_and_files)."""
+    return load_model_and_files(path, check, max_bytes=max_bytes)[0]
 
 
-def load_model_and_files(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
-    """load_model, and the external-data files it read (outputs must not overwrite them)."""
+def load_model_and_files(
+    path: str | os.PathLike,
+    check: bool = True,
+    *,
+    external_data: bool = True,
+    max_bytes: int | None = PROTOBUF_LIMIT,
+) -> tuple[onnx.ModelProto, list[Path]]:
+    """load_model, and the external-data files it read (outputs must not overwrite them).
+
+    ``external_data=False`` leaves external tensors in their files (checked, not read): a
+    model of any size in the memory of its graph; read them one by one with
+    ``read_external_data(tensor, model_folder(path))``.  Otherwise a model of more than
+    ``max_bytes`` with its data (None: no limit) is refused before its data is read."""
     if str(path) == "-":
         data = sys.stdin.buffer.read()
         base_dir = None
@@ -131,13 +283,27 @@ def load_model_and_files(path: str | os.PathLike, check: bool = True) -> tuple[o
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise CompressorError(f"not an ONNX model (no graph): {label}")
     files: list[Path] = []
-    if any(True for _ in _tensors_with_external_data(model)):
+    external = has_external_data(model)
+    if external:
         if base_dir is None:
             raise UsageError("a model with external data cannot be read from stdin")
-        files = _load_external_data(model, base_dir)
+        files = _load_external_data(model, base_dir, read=False)
     if check:
         check_model(model)
+    if external and external_data:
+        size = model_bytes(model, base_dir)
+        if max_bytes is not None and size > max_bytes:
+            raise CompressorError(
+                f"{label} is {size:,} bytes with its external data: this command holds a whole model in memory, "
+                f"up to {max_bytes:,} bytes (protobuf's 2 GiB limit); pack, unpack and inspect stream larger models"
+            )
+        _load_external_data(model, base_dir)
     return model, files
+
+
+def model_folder(path: str | os.PathLike) -> Path:
+    """The folder a model's external-data locations are relative to."""
+    return Path(path).resolve().parent
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -153,11 +319,13 @@ def save_model(
     *,
     input_path: str | os.PathLike | None = None,
     overwrite_input: bool = False,
+    external_threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> Path:
     """Write a model atomically: temp file in the target folder, then rename.
 
     Refuses to overwrite ``input_path`` unless ``overwrite_input``.  Models larger than
-    protobuf's 2 GB limit are written with their tensors in ``<name>.data`` beside them.
+    ``external_threshold`` (by default: near protobuf's 2 GB limit) are written with their
+    tensors in ``<name>.data`` beside them, tensor by tensor.
     """
     out = Path(path)
     if input_path is not None and str(input_path) != "-" and _same_file(out, input_path) and not overwrite_input:
@@ -165,46 +333,147 @@ def save_model(
     folder = out.resolve().parent
     if not folder.is_dir():
         raise UsageError(f"output folder does not exist: {folder}")
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        _save_with_external_data(model, out)
+    if model_bytes(model) > external_threshold:
+        in_memory = (
+            (i, ref.proto.raw_data) for i, ref in enumerate(iter_tensors(model)) if ref.proto.HasField("raw_data")
+        )
+        write_external_model(model, out, in_memory)
         return out
     data = model.SerializeToString()
     atomic_write_bytes(out, data)
     return out
 
 
-def _save_with_external_data(model: onnx.ModelProto, out: Path) -> None:
-    model = _copy(model)  # the caller's model keeps its in-memory data
+# Tensors with fewer bytes stay inside the graph file (onnx's own default).
+EXTERNAL_MIN_BYTES = 1024
+EXTERNAL_ALIGNMENT = 64
+
+
+def write_external_model(model: onnx.ModelProto, out: Path, tensors: Iterable[tuple[int, object]]) -> None:
+    """Write ``model`` as ``out`` + ``out.data``, both atomically (named only when both are complete).
+
+    ``tensors`` yields (index in iter_tensors order, bytes-like data) in any order, one at a
+    time: those tensors get this data (the others keep what they hold).  Tensors of at least
+    EXTERNAL_MIN_BYTES go to the data file, 64-byte aligned.  The caller's model is not
+    changed: the graph file is a copy without the moved data.  An exception raised by
+    ``tensors`` (e.g. a failed check once all were seen) leaves nothing behind.
+    """
     data_name = out.name + ".data"
     folder = out.resolve().parent
     data_file = TempOutput(folder / data_name)
-    graph_file = TempOutput(out)
+    graph_file = None
     try:
         offset = 0
-        for ref in iter_tensors(model):
-            t = ref.proto
-            if not t.HasField("raw_data") or len(t.raw_data) < 1024:
+        spans: dict[int, tuple[int, int]] = {}
+        inline: dict[int, bytes] = {}
+        for index, raw in tensors:
+            size = raw.nbytes if isinstance(raw, memoryview | np.ndarray) else len(raw)
+            if size < EXTERNAL_MIN_BYTES:
+                inline[index] = bytes(raw)
                 continue
-            raw = t.raw_data
-            pad = (-offset) % 64
+            pad = (-offset) % EXTERNAL_ALIGNMENT
             data_file.write(b"\0" * pad)
             offset += pad
             data_file.write(raw)
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                e = t.external_data.add()
-                e.key, e.value = k, v
-            offset += len(raw)
-        graph_file.write(model.SerializeToString())
+            spans[index] = (offset, size)
+            offset += size
+            del raw
+        skeleton_model = copy_without_data(model, set(spans) | set(inline))
+        for index, ref in enumerate(iter_tensors(skeleton_model)):
+            t = ref.proto
+            if index in inline:
+                t.raw_data = inline[index]
+            elif index in spans:
+                t.data_location = onnx.TensorProto.EXTERNAL
+                start, length = spans[index]
+                for k, v in (("location", data_name), ("offset", str(start)), ("length", str(length))):
+                    e = t.external_data.add()
+                    e.key, e.value = k, v
+        graph_file = TempOutput(out)
+        graph_file.write(skeleton_model.SerializeToString())
         data_file.link()
         graph_file.link()
         os.replace(data_file.path, folder / data_name)
         os.replace(graph_file.path, out)
     except BaseException:
         data_file.discard()
-        graph_file.discard()
+        if graph_file is not None:
+            graph_file.discard()
         raise
+
+
+def copy_without_data(model: onnx.ModelProto, indices: set[int]) -> onnx.ModelProto:
+    """A copy of the model in which the tensors at these iter_tensors positions hold no data
+    (raw_data, typed fields and external records cleared; name, type and dims kept), made
+    without copying their data."""
+    copy = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            _copy_field(copy, descriptor, value)
+    copy.graph.CopyFrom(_copy_graph(model.graph, indices, [0]))
+    return copy
+
+
+_DATA_FIELD_NAMES = (
+    "raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data",
+    "external_data", "data_location",
+)  # fmt: skip
+
+
+def _copy_graph(message: onnx.GraphProto, indices: set[int], counter: list[int]) -> onnx.GraphProto:
+    """Copy a graph, numbering its tensors in iter_tensors order (the graph's initializers,
+    then its Constant nodes' values, then its subgraphs depth first); ``counter`` is the next number."""
+    copy = onnx.GraphProto()
+    for descriptor, value in message.ListFields():
+        if descriptor.name not in ("initializer", "node"):
+            _copy_field(copy, descriptor, value)
+    for t in message.initializer:
+        copy.initializer.add().CopyFrom(_tensor_copy(t, counter[0] in indices))
+        counter[0] += 1
+    # Constant values are numbered after the initializers; subgraphs after their graph.
+    constants = []
+    for node in message.node:
+        new = copy.node.add()
+        if not any(a.type in _TENSOR_ATTRIBUTES for a in node.attribute):
+            new.CopyFrom(node)
+            continue
+        for descriptor, value in node.ListFields():
+            if descriptor.name != "attribute":
+                _copy_field(new, descriptor, value)
+        for attr in node.attribute:
+            a = new.attribute.add()
+            if attr.type not in _TENSOR_ATTRIBUTES:
+                a.CopyFrom(attr)
+                continue
+            for descriptor, value in attr.ListFields():
+                if descriptor.name not in ("t", "g", "graphs"):
+                    _copy_field(a, descriptor, value)
+            if attr.HasField("t"):
+                is_value = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and attr.name == "value"
+                constants.append((a, attr, is_value))
+    for a, attr, is_value in constants:
+        if is_value:
+            a.t.CopyFrom(_tensor_copy(attr.t, counter[0] in indices))
+            counter[0] += 1
+        else:
+            a.t.CopyFrom(attr.t)
+    for new, node in zip(copy.node, message.node):
+        for a, attr in zip(new.attribute, node.attribute):
+            if attr.HasField("g"):
+                a.g.CopyFrom(_copy_graph(attr.g, indices, counter))
+            for g in attr.graphs:
+                a.graphs.add().CopyFrom(_copy_graph(g, indices, counter))
+    return copy
+
+
+def _tensor_copy(tensor: onnx.TensorProto, strip: bool) -> onnx.TensorProto:
+    if not strip:
+        return tensor
+    stub = onnx.TensorProto()
+    for descriptor, value in tensor.ListFields():
+        if descriptor.name not in _DATA_FIELD_NAMES:
+            _copy_field(stub, descriptor, value)
+    return stub
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,15 +13,34 @@ from .quant_math import sortable
 
 
 def _distinct(values: np.ndarray) -> int:
-    # np.unique sorts; fine for inspection (not a hot path of a pass).
-    return int(np.unique(sortable(values)).size) if values.size else 0
+    """Distinct values as np.unique counts them (NaNs as one), from one sorted copy."""
+    if not values.size:
+        return 0
+    if values.dtype.kind not in "fiub":
+        return int(np.unique(sortable(values)).size)
+    ordered = np.sort(sortable(values), axis=None)  # NaNs sort last
+    real = ordered.size - (int(np.count_nonzero(np.isnan(ordered))) if ordered.dtype.kind == "f" else 0)
+    distinct = 1 + int(np.count_nonzero(ordered[1:real] != ordered[: real - 1])) if real else 0
+    return distinct + (real < ordered.size)
 
 
-def describe_model(model: onnx.ModelProto, file_bytes: int | None = None) -> dict:
+def _array(w: graph.Weight, base_dir: Path | None) -> np.ndarray:
+    """The weight's values; an external tensor's read from its file (one at a time)."""
+    if base_dir is None or w.proto.data_location != onnx.TensorProto.EXTERNAL:
+        return w.array()
+    loaded = onnx.TensorProto()
+    loaded.CopyFrom(w.proto)
+    graph.inline_data(loaded, graph.read_external_data(w.proto, base_dir))
+    return onnx.numpy_helper.to_array(loaded)
+
+
+def describe_model(model: onnx.ModelProto, file_bytes: int | None = None, base_dir: Path | None = None) -> dict:
+    """What inspect shows.  A model loaded with its external data left in its files
+    (``base_dir``: their folder) is described reading one tensor at a time."""
     weights = graph.weights(model)
     rows = []
     for w in weights:
-        arr = w.array()
+        arr = _array(w, base_dir)
         rows.append(
             {
                 "name": w.name,
@@ -37,6 +57,7 @@ def describe_model(model: onnx.ModelProto, file_bytes: int | None = None) -> dic
                 "consumers": len(w.consumers),
             }
         )
+        del arr
     bytes_by_dtype: dict[str, int] = collections.Counter()
     for ref in graph.iter_tensors(model):
         dt = (

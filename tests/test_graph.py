@@ -84,11 +84,10 @@ def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatc
     assert files_in(tmp_path) == ["m.onnx"]
 
 
-def test_models_over_the_threshold_are_saved_with_external_data(tmp_path, monkeypatch):
+def test_models_over_the_threshold_are_saved_with_external_data(tmp_path):
     model = graphs.mlp()
     before = model.SerializeToString()
-    monkeypatch.setattr(graph, "EXTERNAL_DATA_THRESHOLD", 0)
-    graph.save_model(model, tmp_path / "big.onnx")
+    graph.save_model(model, tmp_path / "big.onnx", external_threshold=0)
     assert model.SerializeToString() == before, "the caller's model keeps its data in memory"
     assert files_in(tmp_path) == ["big.onnx", "big.onnx.data"]
     on_disk = onnx.load(tmp_path / "big.onnx", load_external_data=False)

@@ -72,19 +72,50 @@ def find_codebook(values: np.ndarray, limit: int = MAX_CODEBOOK, sample: int = 6
         lookup = np.zeros(counts.size, dtype=np.uint16)
         lookup[codebook] = np.arange(codebook.size, dtype=np.uint16)
         return Codebook(codebook.astype(values.dtype), lookup[values], counts[codebook].astype(np.int64))
-    # Wider elements: guess the codebook from a strided sample, then check every element.
+    # Wider elements: guess the codebook from a strided sample, then check every element,
+    # block by block (uint16 symbols; no index array of the tensor's length is ever int64).
     candidates = np.unique(values[:: max(1, n // sample)])
     for _ in range(2):
         if candidates.size > limit:
             return None
-        index = np.searchsorted(candidates, values)
-        np.minimum(index, candidates.size - 1, out=index)
-        missing = candidates[index] != values
-        if not missing.any():
-            counts = np.bincount(index, minlength=candidates.size).astype(np.int64)
-            return Codebook(candidates, index.astype(np.uint16), counts)
-        candidates = np.union1d(candidates, np.unique(values[missing]))
+        symbols = np.empty(n, dtype=np.uint16)
+        counts = np.zeros(candidates.size, dtype=np.int64)
+        missing = []
+        for start in range(0, n, INDEX_BLOCK):
+            block = values[start : start + INDEX_BLOCK]
+            index = np.searchsorted(candidates, block)
+            np.minimum(index, candidates.size - 1, out=index)
+            wrong = candidates[index] != block
+            if wrong.any():
+                missing.append(np.unique(block[wrong]))
+            symbols[start : start + block.size] = index
+            counts += np.bincount(index, minlength=candidates.size)
+        if not missing:
+            return Codebook(candidates, symbols, counts)
+        candidates = np.union1d(candidates, np.unique(np.concatenate(missing)))
     return None  # unreachable: the second pass knows every value
+
+
+INDEX_BLOCK = 1 << 20  # elements per block where per-element indices are computed
+
+
+def index_dtype(n: int) -> type:
+    """The narrowest signed integer that indexes ``n`` elements, with room for the gap-symbol
+    count of a sparse layout (at most twice the elements)."""
+    return np.int32 if n < (1 << 30) else np.int64
+
+
+def flatnonzero_narrow(values: np.ndarray) -> np.ndarray:
+    """np.flatnonzero with int32 indices where they fit, computed block by block (no int64
+    array of the tensor's length)."""
+    flat = values.reshape(-1)
+    dtype = index_dtype(flat.size)
+    parts = []
+    for start in range(0, flat.size, INDEX_BLOCK):
+        found = np.flatnonzero(flat[start : start + INDEX_BLOCK]).astype(dtype)
+        found += start
+        parts.append(found)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def gap_skips(positions: np.ndarray) -> np.ndarray:
@@ -125,7 +156,7 @@ def sparse_entries(positions: np.ndarray, width: int) -> tuple[np.ndarray, np.nd
     skips = gap_skips(positions)
     top = (1 << width) - 1
     per_entry = (skips >> width) + 1
-    real_index = np.cumsum(per_entry) - 1
+    real_index = np.cumsum(per_entry, dtype=skips.dtype) - 1
     total = int(real_index[-1]) + 1 if real_index.size else 0
     gaps = np.full(total, top, dtype=np.uint16)
     gaps[real_index] = skips & top
@@ -196,6 +227,15 @@ class Layout:
         return data
 
 
+def symbols_of(values: np.ndarray, elements: np.ndarray) -> np.ndarray:
+    """Each element's position in the sorted codebook ``values``, as uint16, block by block."""
+    flat = elements.reshape(-1)
+    symbols = np.empty(flat.size, dtype=np.uint16)
+    for start in range(0, flat.size, INDEX_BLOCK):
+        symbols[start : start + INDEX_BLOCK] = np.searchsorted(values, flat[start : start + INDEX_BLOCK])
+    return symbols
+
+
 def dict_head(values: np.ndarray, dtype) -> bytes:
     """A dict payload's header and codebook (FORMAT.md §7.1); its symbol stream follows."""
     dtype = np.dtype(dtype)
@@ -214,7 +254,7 @@ def dict_layout(
     size = DICT_HEADER_BYTES + values.size * width + info.coded_bytes
 
     def build() -> bytes:
-        coded = symbols if symbols is not None else np.searchsorted(values, elements).astype(np.uint16)
+        coded = symbols if symbols is not None else symbols_of(values, elements)
         return dict_head(values, elements.dtype) + huffman.encode(coded, values.size, counts=counts)
 
     return Layout("dict", size, [info], {"codebook_size": int(values.size)}, build, (values, counts, symbols))
@@ -323,7 +363,7 @@ def analyse(elements: np.ndarray) -> ElementAnalysis:
     layout, fill, positions, entry_codebook = None, 0, None, None
     zeros = n - int(np.count_nonzero(elements))
     if zeros >= SPARSE_MIN_FILL * n:
-        positions = np.flatnonzero(elements)
+        positions = flatnonzero_narrow(elements)
         entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
         if entry_codebook is not None:
             values, counts, _ = with_fill(entry_codebook, 0, zeros)
@@ -337,7 +377,7 @@ def analyse(elements: np.ndarray) -> ElementAnalysis:
             most = int(np.argmax(dense.counts))
             if dense.counts[most] >= SPARSE_MIN_FILL * n and dense.size > 1:
                 fill = int(dense.values[most])
-                positions = np.flatnonzero(elements != elements.dtype.type(fill))
+                positions = flatnonzero_narrow(elements != elements.dtype.type(fill))
                 entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
     return ElementAnalysis(layout, fill, positions, entry_codebook)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..container import MAGIC, describe_container, format_container_table
-from ..graph import load_model
+from ..graph import load_model, load_model_and_files, model_folder
 from ..inspect_model import describe_model
 from .common import emit_json, format_table, human_bytes
 
@@ -31,8 +31,11 @@ def inspect_command(model: str, as_json: bool) -> None:
         desc = describe_container(model)
         emit_json(desc) if as_json else click.echo(format_container_table(desc))
         return
-    loaded = load_model(model)
-    desc = describe_model(loaded, None if model == "-" else Path(model).stat().st_size)
+    if model == "-":
+        desc = describe_model(load_model(model))
+    else:  # external tensors are read one at a time: models of any size
+        loaded, _ = load_model_and_files(model, external_data=False)
+        desc = describe_model(loaded, Path(model).stat().st_size, model_folder(model))
     if as_json:
         emit_json(desc)
         return

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -20,12 +23,21 @@ from google.protobuf.message import EncodeError
 
 from ..codec import STORED, ZSTD, compress, compress_best
 from ..errors import CompressorError
-from ..graph import iter_tensors, load_model_and_files
-from ..paths import atomic_write_bytes, check_outputs
+from ..graph import (
+    copy_without_data,
+    external_data_span,
+    inline_data,
+    iter_tensors,
+    load_model_and_files,
+    model_folder,
+    read_external_data,
+)
+from ..paths import check_outputs, write_chunks_atomically
 from . import format as fmt
 from .coders import EncodedTensor, encode_tensor_data, product, registry
 from .layout import DATA_FIELDS, dtype_name, field_bytes, field_layout, num_values, raw_float32
 from .manifest import manifest_bytes
+from .splice import marker, spliced_chunks
 
 T = onnx.TensorProto
 
@@ -33,6 +45,54 @@ T = onnx.TensorProto
 # the graph it shares context with, and without a section-table entry or manifest record.
 MIN_SECTION_BYTES = 256
 MAX_SHARED_FIELD_BYTES = 4096  # fields up to this size may share a section (see _encode_fields)
+SPOOL_MIN_BYTES = 1 << 16  # pack_file keeps encoded payloads from this size in a temp file, not in memory
+COPY_CHUNK = 16 << 20
+
+
+class _ExternalPayload:
+    """An external tensor's bytes, read when its turn comes (a splice payload)."""
+
+    def __init__(self, tensor: onnx.TensorProto, base_dir: Path, length: int):
+        self.tensor, self.base_dir, self.length = tensor, base_dir, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        return read_external_data(self.tensor, self.base_dir)
+
+
+@dataclass
+class _Spooled:
+    """An encoded payload kept in the spool file: where, how long, its CRC-32."""
+
+    file: object
+    offset: int
+    length: int
+    crc32: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def chunks(self):
+        self.file.seek(self.offset)
+        left = self.length
+        while left:
+            chunk = self.file.read(min(left, COPY_CHUNK))
+            if not chunk:
+                raise CompressorError("the pack spool file was truncated")
+            left -= len(chunk)
+            yield chunk
+
+
+def _spool(encoded: EncodedTensor, spool) -> EncodedTensor:
+    """The encoding with its payload moved to the spool file (when there is one and it is large)."""
+    if spool is None or len(encoded.payload) < SPOOL_MIN_BYTES:
+        return encoded
+    spool.seek(0, os.SEEK_END)
+    offset = spool.tell()
+    spool.write(encoded.payload)
+    return replace(encoded, payload=_Spooled(spool, offset, len(encoded.payload), zlib.crc32(encoded.payload)))
 
 
 def find_products(tensors: list[onnx.TensorProto]) -> dict[int, tuple[int, int]]:
@@ -68,9 +128,10 @@ def _field(
     width: int,
     count: int,
     operands: tuple[int, int] | None,
+    spool=None,
 ) -> _Field:
     """Encode one field on its own; a product (scalar, vector tensor indices) is stored as such."""
-    encoded = product.encode(*operands) if operands else encode_tensor_data(data, width)
+    encoded = _spool(product.encode(*operands) if operands else encode_tensor_data(data, width), spool)
     keep = data if not operands and len(data) <= MAX_SHARED_FIELD_BYTES else None
     return _Field(index, tensor, name, len(data), width, count, encoded, keep)
 
@@ -137,24 +198,65 @@ def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Sec
     return sections, entries, stats
 
 
-def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
-    """Encode a model (with all tensor data in memory) as container bytes; returns (bytes, stats)."""
-    for ref in iter_tensors(model):
-        if ref.proto.data_location == T.EXTERNAL:
-            raise CompressorError(
-                f"tensor {ref.name!r} has external data that is not loaded (load the model with compressor.graph.load_model)"
-            )
+def _external_indices(model: onnx.ModelProto) -> set[int]:
+    return {i for i, ref in enumerate(iter_tensors(model)) if ref.proto.data_location == T.EXTERNAL}
+
+
+def _model_digest(model: onnx.ModelProto, base_dir: Path | None, external: set[int]) -> tuple[int, str]:
+    """(length, SHA-256) of the model's serialization with every tensor inline, streamed: the
+    external tensors are read one at a time into a serialization that never exists whole."""
     try:
-        original = model.SerializeToString()
+        if not external:
+            original = model.SerializeToString()
+            return len(original), hashlib.sha256(original).hexdigest()
+        with_markers = copy_without_data(model, external)
+        payloads = {}
+        for index, (ref, target) in enumerate(zip(iter_tensors(model), iter_tensors(with_markers))):
+            if index in external:
+                key = marker(index)
+                payloads[key] = _ExternalPayload(ref.proto, base_dir, external_data_span(ref.proto, base_dir)[2])
+                inline_data(target.proto, key)
+        chunks = spliced_chunks(with_markers.SerializeToString(), payloads)
     except (EncodeError, ValueError, OverflowError):  # over protobuf's 2 GiB limit (upb raises EncodeError)
-        raise CompressorError("models larger than protobuf's 2 GiB limit cannot be packed yet") from None
-    stripped = onnx.ModelProto()
-    stripped.ParseFromString(original)
+        raise CompressorError(
+            "models larger than protobuf's 2 GiB limit must keep their tensors in external data to be packed"
+        ) from None
+    digest = hashlib.sha256()
+    length = 0
+    for chunk in chunks:
+        data = chunk.read() if isinstance(chunk, _ExternalPayload) else chunk
+        digest.update(data)
+        length += len(data)
+    return length, digest.hexdigest()
+
+
+def pack_model(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None, *, spool=None) -> tuple[bytes, dict]:
+    """Encode a model as container bytes; returns (bytes, stats).
+
+    Tensors in external data (a model loaded with ``external_data=False``) are read from
+    ``base_dir`` one at a time; see ``pack_file`` for a container that is never in memory whole."""
+    sections, version, parts = _pack(model, base_dir, spool)
+    data = fmt.write_container(sections, version)
+    return data, _pack_stats(len(data), sections, *parts)
+
+
+def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], tuple[int, int], tuple]:
+    """The container's sections, its version and the stats' parts (without the container length)."""
+    external = _external_indices(model)
+    if external and base_dir is None:
+        name = next(ref.name for i, ref in enumerate(iter_tensors(model)) if i in external)
+        raise CompressorError(
+            f"tensor {name!r} has external data that is not loaded (load the model with compressor.graph.load_model)"
+        )
+    base_dir = None if base_dir is None else Path(base_dir)
+    model_length, model_sha256 = _model_digest(model, base_dir, external)
+    stripped = copy_without_data(model, external)
     refs = list(iter_tensors(model))
     stripped_refs = list(iter_tensors(stripped))
     products = find_products([ref.proto for ref in refs])
     fields: list[_Field] = []
     rows: list[dict] = []
+    kept_bytes: dict[int, int] = {}  # data bytes of the tensors left in the graph section
     for index, (ref, target) in enumerate(zip(refs, stripped_refs)):
         tensor = ref.proto
         dims = [int(d) for d in tensor.dims]
@@ -167,44 +269,47 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
             "elements": num_values(dims),
         }
         rows.append(row)
+        external_data = read_external_data(tensor, base_dir) if index in external else None
+        if external_data is not None:
+            target.proto.data_location = T.DEFAULT  # as load_model leaves a loaded tensor
+        kept = 0
         for field_name in DATA_FIELDS:
-            data = field_bytes(tensor, field_name)
+            if external_data is not None:
+                data = external_data if field_name == "raw_data" else None
+            else:
+                data = field_bytes(tensor, field_name)
             layout = field_layout(tensor.data_type, dims, field_name)
-            if data is None or layout is None or len(data) < MIN_SECTION_BYTES:
+            if data is None:
+                continue
+            if layout is None or len(data) < MIN_SECTION_BYTES or layout[0] * layout[1] != len(data):
+                # Too small, or inconsistent with its shape: left in the graph, untouched.
+                if external_data is not None:
+                    target.proto.raw_data = data
+                kept += len(data)
                 continue
             width, count = layout
-            if count * width != len(data):
-                continue  # inconsistent with its shape: leave it in the graph, untouched
             target.proto.ClearField(field_name)
-            fields.append(
-                _field(
-                    index,
-                    tensor,
-                    field_name,
-                    data,
-                    width,
-                    count,
-                    products.get(index) if field_name == "raw_data" else None,
-                )
-            )
+            operands = products.get(index) if field_name == "raw_data" else None
+            fields.append(_field(index, tensor, field_name, data, width, count, operands, spool))
+        kept_bytes[index] = kept
+        del external_data
     sections, entries, field_stats = _encode_fields(fields, rows)
     tensor_stats = []
     by_tensor: dict[int, list[dict]] = {}
     for f, stat in zip(fields, field_stats):
         by_tensor.setdefault(f.index, []).append(stat)
-    for index, ref in enumerate(refs):
+    for index in range(len(refs)):
         if index in by_tensor:
             tensor_stats.extend(by_tensor[index])
             continue
-        data_bytes = sum(len(field_bytes(ref.proto, f) or b"") for f in DATA_FIELDS)
-        tensor_stats.append({**rows[index], "field": None, "section": 1, "bytes_before": data_bytes, "bytes_after": None,
-                             "bits_per_weight": None, "encoding": "graph", "detail": "in graph section",
-                             "params": {}, "streams": [], "candidates": {}})  # fmt: skip
+        tensor_stats.append({**rows[index], "field": None, "section": 1, "bytes_before": kept_bytes[index],
+                             "bytes_after": None, "bits_per_weight": None, "encoding": "graph",
+                             "detail": "in graph section", "params": {}, "streams": [], "candidates": {}})  # fmt: skip
     graph_bytes = stripped.SerializeToString()
     graph_codec, graph_payload = compress_best(graph_bytes)
     shared = len({e["section"] for e in entries}) < len(entries)
     version = fmt.format_version(sections, fmt.SHARED_SECTIONS_VERSION if shared else None)
-    manifest = manifest_bytes(version, len(original), hashlib.sha256(original).hexdigest(), entries)
+    manifest = manifest_bytes(version, model_length, model_sha256, entries)
     manifest_codec, manifest_payload = STORED, manifest
     zstd_manifest = compress(manifest, ZSTD)
     if len(zstd_manifest) < len(manifest):
@@ -214,13 +319,37 @@ def pack_model(model: onnx.ModelProto) -> tuple[bytes, dict]:
         fmt.Section(fmt.KIND_GRAPH, graph_codec, graph_payload, len(graph_bytes)),
         *sections,
     ]
-    data = fmt.write_container(all_sections, version)
     parameters = sum(num_values(ref.proto.dims) for ref in refs)
-    stats = _pack_stats(original, data, all_sections, tensor_stats, graph_codec, len(graph_bytes), parameters)
-    return data, stats
+    return all_sections, version, (model_length, tensor_stats, graph_codec, len(graph_bytes), parameters)
 
 
-def _pack_stats(original: bytes, data: bytes, sections, tensor_stats, graph_codec, graph_raw, parameters) -> dict:
+def container_chunks(sections: list[fmt.Section], version: tuple[int, int]):
+    """The bytes ``format.write_container`` returns, as chunks: spooled payloads are copied from
+    their file piece by piece, so the container is never in memory whole."""
+    version = max(fmt.format_version(sections), version or (1, 0))
+    offset = fmt.HEADER_BYTES + fmt.ENTRY_BYTES * len(sections)
+    table = []
+    for s in sections:
+        if not registry.known(s.codec) or s.kind not in fmt.KIND_NAMES:
+            raise ValueError(f"bad section kind/codec {s.kind}/{s.codec}")
+        crc = s.payload.crc32 if isinstance(s.payload, _Spooled) else zlib.crc32(s.payload)
+        table.append(fmt._ENTRY.pack(s.kind, s.codec, 0, crc, offset, len(s.payload), s.decoded_length))
+        offset += len(s.payload)
+    total = offset + fmt.TRAILER_BYTES
+    table_bytes = b"".join(table)
+    head = fmt._HEADER.pack(fmt.MAGIC, *version, 0, total, len(sections), 0)[:28]
+    digest = hashlib.sha256()
+    for chunk in (head + struct.pack("<I", zlib.crc32(table_bytes, zlib.crc32(head))), table_bytes):
+        digest.update(chunk)
+        yield chunk
+    for s in sections:
+        for chunk in s.payload.chunks() if isinstance(s.payload, _Spooled) else [s.payload]:
+            digest.update(chunk)
+            yield chunk
+    yield digest.digest()
+
+
+def _pack_stats(container_bytes: int, sections, model_bytes, tensor_stats, graph_codec, graph_raw, parameters) -> dict:
     streams = [s for t in tensor_stats for s in t["streams"]]
     coded = sum(s["coded_bytes"] for s in streams)
     bound = sum(s["entropy_bound_bytes"] for s in streams)
@@ -229,11 +358,11 @@ def _pack_stats(original: bytes, data: bytes, sections, tensor_stats, graph_code
     # The non-Huffman part of the tensor sections: codebooks, layout headers, general-purpose payloads.
     other = tensor_bytes - coded
     return {
-        "model_bytes": len(original),
-        "container_bytes": len(data),
-        "ratio": round(len(original) / len(data), 3),
+        "model_bytes": model_bytes,
+        "container_bytes": container_bytes,
+        "ratio": round(model_bytes / container_bytes, 3),
         "parameters": parameters,
-        "bits_per_weight": round(8 * len(data) / parameters, 3) if parameters else None,
+        "bits_per_weight": round(8 * container_bytes / parameters, 3) if parameters else None,
         "sections": {
             "header_and_table": overhead,
             "manifest": len(sections[0].payload),
@@ -249,7 +378,7 @@ def _pack_stats(original: bytes, data: bytes, sections, tensor_stats, graph_code
             "overhead_pct": round(100 * (coded - bound) / bound, 2) if bound else None,
             "other_tensor_bytes": other,
             # The container against a bound where every Huffman stream is at its entropy.
-            "container_over_bound_pct": round(100 * (coded - bound) / (len(data) - coded + bound), 2)
+            "container_over_bound_pct": round(100 * (coded - bound) / (container_bytes - coded + bound), 2)
             if bound
             else None,
         },
@@ -260,11 +389,23 @@ def _pack_stats(original: bytes, data: bytes, sections, tensor_stats, graph_code
 def pack_file(model_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
     """Load a model (the onnx checker runs), pack it and write the container atomically; returns the stats.
 
-    The output must differ from the model and its external-data files."""
-    model, external_files = load_model_and_files(model_path)
+    The output must differ from the model and its external-data files.  External tensors are
+    read one at a time and large encoded payloads wait in an unnamed temp file, so memory
+    holds the graph and about one tensor at a time, whatever the model's size."""
+    model, external_files = load_model_and_files(model_path, external_data=False)
     check_outputs({"-o": out_path}, {"the input model": model_path, "the model's external data": external_files})
-    data, stats = pack_model(model)
-    atomic_write_bytes(out_path, data)
+    base_dir = None if str(model_path) == "-" else model_folder(model_path)
+    with tempfile.TemporaryFile(dir=Path(out_path).resolve().parent) as spool:
+        sections, version, parts = _pack(model, base_dir, spool)
+        length = [0]
+
+        def counted():
+            for chunk in container_chunks(sections, version):
+                length[0] += len(chunk)
+                yield chunk
+
+        write_chunks_atomically(out_path, counted())
+    stats = _pack_stats(length[0], sections, *parts)
     stats = {"input": str(model_path), "output": str(Path(out_path)), **stats}
     if str(model_path) != "-":
         stats["file_bytes"] = Path(model_path).stat().st_size

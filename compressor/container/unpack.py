@@ -10,6 +10,7 @@ what makes unpacking faster than ``xz -d``.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from google.protobuf.message import DecodeError, EncodeError
 
 from ..codec import CorruptData
 from ..errors import CompressorError, UsageError
-from ..graph import EXTERNAL_DATA_THRESHOLD, iter_tensors, save_model
+from ..graph import EXTERNAL_DATA_THRESHOLD, EXTERNAL_MIN_BYTES, iter_tensors, write_external_model
 from ..paths import write_chunks_atomically
 from . import format as fmt
 from .coders import registry
@@ -36,14 +37,21 @@ T = onnx.TensorProto
 DEFAULT_MAX_DECODED_BYTES = 4 << 30
 
 
-def read_container_file(path: str | os.PathLike) -> bytes:
-    """A container file's bytes (UsageError if there is no such file)."""
+MAP_MIN_BYTES = 64 << 20  # containers from this size are mapped, not read into memory
+
+
+def read_container_file(path: str | os.PathLike):
+    """A container file's bytes (UsageError if there is no such file): read, or mapped
+    read-only when large (the pages stay the file's, not the process's memory)."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no such file: {path}")
     if p.is_dir():
         raise UsageError(f"is a directory, not a container: {path}")
-    return p.read_bytes()
+    if p.stat().st_size < MAP_MIN_BYTES:
+        return p.read_bytes()
+    with open(p, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def parse_graph(container: fmt.Container) -> onnx.ModelProto:
@@ -202,6 +210,44 @@ def _decode_all(plan: _Plan) -> list:
     return buffers
 
 
+class _LazyBuffers:
+    """Each record's decoded field on demand, one section at a time (the last one is kept,
+    for the records sharing it): what unpacking a large model holds instead of all of them."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.section_of = {rec["tensor"]: i for i, (_, rec, _) in enumerate(plan.records)}
+        self.last: tuple[int, bytes | np.ndarray] | None = None
+
+    def __getitem__(self, i: int) -> bytes | np.ndarray:
+        _, rec, entry = self.plan.records[i]
+        if registry.get(entry.codec).refers_to_tensors:
+            context = _Operands(self.plan, self.section_of, self, f"section {rec['section']} ({entry.codec_name})")
+            return _decode_buffer(self.plan, rec, entry, context)
+        if self.last is None or self.last[0] != rec["section"]:
+            self.last = None  # free the previous section first
+            self.last = (rec["section"], _decode_buffer(self.plan, rec, entry))
+        whole = self.last[1]
+        size = rec["width"] * rec["elements"]
+        if rec.get("offset", 0) == 0 and size == entry.decoded_length:
+            self.last = None  # the record is the whole section: nothing to keep
+            return whole
+        if isinstance(whole, bytes):
+            return whole[rec["offset"] : rec["offset"] + size]
+        first = rec["offset"] // rec["width"]
+        return whole[first : first + rec["elements"]]
+
+
+class _Decoded:
+    """A splice payload: record ``i``'s field, decoded when its turn comes."""
+
+    def __init__(self, i: int, length: int):
+        self.i, self.length = i, length
+
+    def __len__(self) -> int:
+        return self.length
+
+
 def _decode_buffer(plan: _Plan, rec: dict, entry, context=None) -> bytes | np.ndarray:
     try:
         return fmt.decode_section_buffer(plan.container, entry, rec["width"], context)
@@ -295,35 +341,99 @@ def unpack_file(
     *,
     verify: bool = True,
     max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+    external_threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> dict:
     """Unpack a container file into an ONNX file (written atomically; nothing is left on failure).
 
     ``verify`` (the default) checks the model against the SHA-256 recorded at pack time
-    before writing it; ``max_decoded_bytes`` bounds what the container may declare."""
+    before writing it; ``max_decoded_bytes`` bounds what the container may declare.  A model
+    of more than ``external_threshold`` bytes is written with its tensors in ``<out>.data``
+    (ONNX external data), decoded and written one tensor at a time."""
     out = Path(out_path)
     if out.exists() and Path(container_path).exists() and os.path.samefile(out, container_path):
         raise UsageError(f"refusing to overwrite the container {out} (choose another -o)")
     if not out.resolve().parent.is_dir():
         raise UsageError(f"output folder does not exist: {out.resolve().parent}")
+    data_file = out.with_name(out.name + ".data")
+    if data_file.exists() and Path(container_path).exists() and os.path.samefile(data_file, container_path):
+        raise UsageError(f"refusing to overwrite the container {data_file} with the model's external data")
     data = read_container_file(container_path)
+    declared = _plan_size(data)
     info = None
-    if _plan_size(data) < EXTERNAL_DATA_THRESHOLD:
-        plan = _plan(data, max_decoded_bytes)
-        info = _info(plan)
-        try:
-            chunks = _unpack_chunks(plan)
-        except SpliceFailed:
-            chunks = None
-        if chunks is not None:
-            if verify:
-                _verify(chunks, info)
-                info["verified"] = True
-            _write_chunks(out, chunks)
-            return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
-    # Large models (external data on save) or an unexpected graph layout: plain protobuf path.
+    if declared > external_threshold:
+        info = _unpack_external(_plan(data, max_decoded_bytes), out, verify)
+        return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
+    plan = _plan(data, max_decoded_bytes)
+    info = _info(plan)
+    try:
+        chunks = _unpack_chunks(plan)
+    except SpliceFailed:
+        chunks = None
+    if chunks is not None:
+        if verify:
+            _verify(chunks, info)
+            info["verified"] = True
+        _write_chunks(out, chunks)
+        return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
+    # An unexpected graph layout: plain protobuf path.
     model, info = unpack_container(data, verify=verify, max_decoded_bytes=max_decoded_bytes)
-    save_model(model, out, input_path=container_path)
+    _write_chunks(out, [model.SerializeToString()])
     return {"input": str(container_path), "output": str(out), "container_bytes": len(data), **info}
+
+
+def _unpack_external(plan: _Plan, out: Path, verify: bool) -> dict:
+    """Write the model as ``out`` + ``out.data`` (ONNX external data), one tensor at a time.
+
+    The model's serialization with every tensor inline (what the manifest's SHA-256 is of)
+    is walked in order, as splice chunks, and hashed as it goes; each large raw_data field
+    is decoded when its turn comes, written to the data file and dropped.  Nothing is named
+    before the hash is checked."""
+    info = _info(plan)
+    buffers = _LazyBuffers(plan)
+    payloads = {}
+    record_of_tensor = {}
+    for i, (tensor, rec, _) in enumerate(plan.records):
+        size = rec["width"] * rec["elements"]
+        if rec["field"] == "raw_data" and size >= EXTERNAL_MIN_BYTES:
+            key = marker(i)
+            payloads[key] = _Decoded(i, size)
+            tensor.raw_data = key
+            record_of_tensor[i] = rec["tensor"]
+        else:
+            buffer = buffers[i]
+            set_field(
+                tensor,
+                rec["field"],
+                buffer if isinstance(buffer, bytes) or rec["field"] != "raw_data" else buffer.tobytes(),
+            )
+    try:
+        chunks = spliced_chunks(plan.model.SerializeToString(), payloads)
+    except (SpliceFailed, EncodeError, ValueError) as e:
+        raise CompressorError(f"cannot unpack this container's graph to external data ({e})") from None
+
+    def tensors():
+        digest = hashlib.sha256()
+        length = 0
+        for chunk in chunks:
+            if isinstance(chunk, _Decoded):
+                buffer = buffers[chunk.i]
+                view = buffer if isinstance(buffer, bytes) else buffer.view(np.uint8)
+                if verify:
+                    digest.update(view)
+                length += nbytes(view)
+                yield record_of_tensor[chunk.i], view
+                del buffer, view
+            else:
+                if verify:
+                    digest.update(chunk)
+                length += nbytes(chunk)
+        if verify:
+            if length != info["model_bytes"] or digest.hexdigest() != info["model_sha256"]:
+                raise CompressorError("verification failed: the unpacked model differs from the packed one (SHA-256)")
+            info["verified"] = True
+
+    write_external_model(plan.model, out, tensors())
+    return info
 
 
 def _plan_size(data) -> int:
