@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.errors",
             "compressor.present",
             "compressor.kmeans",
+            "compressor.output_kinds",
             "compressor.quant_math",
             "compressor.codec",
             "compressor.codec.*",

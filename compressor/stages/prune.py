@@ -75,7 +75,8 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
     progress = (lambda done, total: step("prune: sensitivity curves", done, total)) if step else None
 
     def searched(points: float) -> tuple[onnx.ModelProto, dict]:
-        reference = ctx.outputs if search_data is eval_data else None  # the input's outputs, measured already
+        # The input's outputs, measured already, when the search runs on the verdict's data.
+        reference = ctx.outputs if search_data is measure.data else None
         pruned, stats = prune_to_budget(
             model,
             search_data,
