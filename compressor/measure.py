@@ -49,7 +49,7 @@ DEFAULT_MIN_SNR_DB = 20.0
 # Mean KL divergence (nats) of the class probabilities allowed for class scores, besides the
 # top-1 agreement: a continuous measure, so that a few samples cannot pass on counts alone
 # (chosen on the sample models in fidelity mode, see benchmarks/README.md).
-DEFAULT_MAX_KL = 0.05
+DEFAULT_MAX_KL = 0.3
 # Slack on the budget comparison: a loss equal to the budget up to float rounding fits.
 BUDGET_SLACK = 1e-9
 # The cost model that sizes the searches (``nominal_seconds``): plans come from counts (samples,
