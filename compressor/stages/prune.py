@@ -97,13 +97,13 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             stats["search_plan"] = plan_note
         return pruned, stats
 
-    if search_data.size >= eval_data.size:
+    if search_data is measure.data:
         return [
             Attempt(f"sensitivity-guided, budget {b:g} points", lambda b=b: searched(b))
             for b in (prune_budget, prune_budget / 2, prune_budget / 4)
         ]
-    # On a subset one sample is worth 100/n points, so a halved budget usually allows the same
-    # number of errors and finds the same ratios.  The fallbacks scale the ratios found instead:
+    # On a subset (or on samples held out from the verdict) one sample is worth 100/n points, so
+    # a halved budget usually allows the same number of errors and finds the same ratios.  The fallbacks scale the ratios found instead:
     # less pruning everywhere, with no further search.
     found: dict = {}
 
