@@ -12,9 +12,10 @@ kind           recognised by (on the original's output)                 judged b
                raw scores with C >= MIN_RAW_CLASSES                     of raw scores) at most ``gate.max_kl``
 ``positions``  float [N, ..., C], rank >= 3, rows (log-)probabilities   top-1 agreement per position, and the mean KL
                over the last axis: CTC and sequence decoders            per position at most ``gate.max_kl``
-``map``        float [N, 1, H, W] or [N, H, W], H and W >=              pixel F1 of the regions above MAP_THRESHOLD,
-               MIN_MAP_SIDE, every value in [0, 1]: a sigmoid map       the original's own regions as pseudo-labels
-                                                                        (points = 100 x (1 - F1))
+``map``        float [N, 1, H, W] or [N, H, W], H and W >=              region F1: the connected regions above
+               MIN_MAP_SIDE, every value in [0, 1]: a sigmoid map       MAP_THRESHOLD matched (IoU >= REGION_IOU) to
+                                                                        the original's own regions as pseudo-labels
+                                                                        (points = 100 x (1 - F1)); moved edges are free
 ``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
 ``regressor``  float [N], [N, 1], or [N, C] raw scores with             centred SNR at least ``gate.min_snr_db``
                C < MIN_RAW_CLASSES (few columns and no softmax
@@ -45,6 +46,10 @@ MIN_RAW_CLASSES = 10
 # segmentation threshold: the original's regions above it are the pseudo-labels).
 MIN_MAP_SIDE = 16
 MAP_THRESHOLD = 0.3
+# Regions of a map: smaller ones are specks a detector drops; a candidate region finds a
+# reference one at this intersection over union (the usual detection match).
+MIN_REGION_PIXELS = 9
+REGION_IOU = 0.5
 # Values handled per chunk (bounded memory whatever the output's size).
 CHUNK_VALUES = 1 << 21
 # Rows sampled to recognise (log-)probabilities and unit-norm rows.
@@ -248,16 +253,51 @@ def mean_kl(reference: np.ndarray, output: np.ndarray, form: str | None = None) 
     return max(kl, 0.0) if math.isfinite(kl) else math.inf
 
 
-def map_f1(reference: np.ndarray, output: np.ndarray, threshold: float = MAP_THRESHOLD) -> float:
-    """Pixel F1 of `output`'s regions above `threshold` against the reference's own regions
-    (1.0 when neither has any)."""
-    tp = fp = fn = 0
+def _components(mask: np.ndarray) -> np.ndarray:
+    """Connected regions (4-neighbours) of each image of `mask` ([n, H, W] bool): every pixel's
+    region label, unique across the images, 0 for the background."""
+    # Imported on first use: only maps need it, and loading scipy costs half a second.  scipy
+    # comes with scikit-learn, a dependency.
+    from scipy import ndimage
+
+    labels = np.zeros(mask.shape, dtype=np.int64)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # within one image only
+    ndimage.label(mask, structure=structure, output=labels)
+    return labels
+
+
+def _region_areas(labels: np.ndarray, background: int) -> dict[int, int]:
+    values, counts = np.unique(labels[labels != background], return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts) if c >= MIN_REGION_PIXELS}
+
+
+def map_f1(
+    reference: np.ndarray, output: np.ndarray, threshold: float = MAP_THRESHOLD, iou: float = REGION_IOU
+) -> float:
+    """Region F1 of `output`'s map against the reference's own regions as pseudo-labels: the
+    connected regions above `threshold` (at least MIN_REGION_PIXELS pixels), a region found
+    when a candidate region overlaps it with IoU >= REGION_IOU (what a detector's boxes
+    are scored by: moved edges cost nothing, a split, merged, lost or new region does).
+    1.0 when neither has any region."""
+    found = n_ref = n_out = 0
     for r, o in _chunks(reference, output):
-        rp, op = r > threshold, o > threshold
-        tp += int(np.count_nonzero(rp & op))
-        fp += int(np.count_nonzero(op & ~rp))
-        fn += int(np.count_nonzero(rp & ~op))
-    return 1.0 if tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn)
+        shape = (-1, *r.shape[-2:])
+        rp, op = (r > threshold).reshape(shape), (o > threshold).reshape(shape)
+        background = 0
+        ref_labels, out_labels = _components(rp), _components(op)
+        ref_areas, out_areas = _region_areas(ref_labels, background), _region_areas(out_labels, background)
+        n_ref, n_out = n_ref + len(ref_areas), n_out + len(out_areas)
+        both = rp & op
+        stride = int(out_labels.max()) + 1
+        pairs, overlaps = np.unique(ref_labels[both] * stride + out_labels[both], return_counts=True)
+        for pair, overlap in zip(pairs.tolist(), overlaps.tolist()):
+            a, b = ref_areas.get(pair // stride), out_areas.get(pair % stride)
+            if a is not None and b is not None and overlap >= iou * (a + b - overlap):
+                found += 1
+    if n_ref == 0 and n_out == 0:
+        return 1.0
+    return 2.0 * found / (n_ref + n_out)
 
 
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:

@@ -99,12 +99,31 @@ def test_per_position_agreement_and_kl():
 
 def test_map_f1_judges_regions_not_pixel_values():
     ref = np.zeros((2, 1, 32, 32), np.float32)
-    ref[:, :, 8:16, 4:28] = 0.9  # two text regions
-    scaled = ref * np.float32(0.6)  # values moved a lot, regions above 0.3 unchanged
+    ref[:, :, 8:16, 4:28] = 0.9  # one text region per image
+    ref[0, :, 20:26, 4:10] = 0.8  # and a second one in the first
     r = ok.reference_of(ref)
     assert r.kind == "map"
+    scaled = ref * np.float32(0.6)  # values moved a lot, regions above 0.3 unchanged
     assert ok.map_f1(ref, scaled) == 1.0 and ok.centred_snr_db(ref, scaled, r) < 10.0
-    shrunk = ref.copy()
-    shrunk[:, :, 8:16, 16:28] = 0.1  # half of each region lost
-    assert ok.map_f1(ref, shrunk) == pytest.approx(2 * 96 / (2 * 96 + 96))
+    moved = np.roll(ref, 2, axis=-1)  # every edge two pixels to the right: the same regions
+    assert ok.map_f1(ref, moved) == 1.0
+    lost = ref.copy()
+    lost[0, :, 20:26, 4:10] = 0.1  # one of 3 regions lost: found 2, 3 + 2 regions
+    assert ok.map_f1(ref, lost) == pytest.approx(2 * 2 / 5)
+    split = ref.copy()
+    split[1, :, 8:16, 10] = 0.0  # a region cut in two: the larger part (17 of 24 columns) still matches
+    assert ok.map_f1(ref, split) == pytest.approx(2 * 3 / 7)
+    speck = ref.copy()
+    speck[1, :, 0:2, 0:2] = 0.9  # below MIN_REGION_PIXELS: not a region
+    assert ok.map_f1(ref, speck) == 1.0
     assert ok.map_f1(np.zeros_like(ref), np.zeros_like(ref)) == 1.0
+    assert ok.map_f1(ref, np.zeros_like(ref)) == 0.0
+
+
+def test_map_regions_never_join_across_images():
+    ref = np.zeros((2, 1, 20, 20), np.float32)
+    ref[0, 0, 15:20, 5:15] = 0.9  # bottom of image 0
+    ref[1, 0, 0:5, 5:15] = 0.9  # top of image 1: a separate region
+    out = ref.copy()
+    out[1] = 0.0
+    assert ok.map_f1(ref, out) == pytest.approx(2 * 1 / 3)

@@ -103,8 +103,8 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             for b in (prune_budget, prune_budget / 2, prune_budget / 4)
         ]
     # On a subset (or on samples held out from the verdict) one sample is worth 100/n points, so
-    # a halved budget usually allows the same number of errors and finds the same ratios.  The fallbacks scale the ratios found instead:
-    # less pruning everywhere, with no further search.
+    # a halved budget usually allows the same number of errors and finds the same ratios.  The
+    # fallbacks scale the ratios found instead: less pruning everywhere, with no further search.
     found: dict = {}
 
     def first() -> tuple[onnx.ModelProto, dict]:
