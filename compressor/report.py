@@ -258,7 +258,9 @@ def format_report(report: dict) -> str:
             first = report["stages"][0]
             has_top1 = first.get("top1_agreement") is not None
             has_map = first.get("map_f1") is not None
-            what = " and ".join(["top-1 agreement"] * has_top1 + [f"map F1 at {guard.get('map_threshold')}"] * has_map)
+            what = " and ".join(
+                ["top-1 agreement"] * has_top1 + [f"map region F1 at {guard.get('map_threshold')}"] * has_map
+            )
             budget = f"{budget} of {what}" if what else ""
             if guard.get("max_kl") is not None:
                 budget += f", class KL <= {guard['max_kl']:g}"
