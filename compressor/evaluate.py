@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import graph
+from . import graph, output_kinds
 from .data import Dataset, fixed_batch_size
 from .errors import CompressorError
 
@@ -144,28 +144,13 @@ def reported(value) -> float | None:
 
 
 def score_layout(output: np.ndarray) -> str | None:
-    """How an output holds class scores, if it does.
-
-    * ``"classes"``: [N, C] float scores (C >= 2; trailing 1s allowed, as in [N, C, 1, 1]);
-    * ``"positions"``: [N, ..., C] probabilities (or log-probabilities) over the last axis, one
-      distribution per position: OCR and speech decoders, token classifiers;
-    * None otherwise.  Only for these is top-1 agreement meaningful: the argmax of a flattened
-      detector or segmentation output flips between near-equal entries under the smallest
-      change, and [N, 1] regressors have no top-1 at all.
-    """
-    if output.dtype.kind != "f" or output.ndim < 2 or output.shape[0] == 0:
-        return None
-    if output.shape[1] >= 2 and all(d == 1 for d in output.shape[2:]):
-        return "classes"
-    if output.ndim >= 3 and output.shape[-1] >= 2 and output.size:
-        rows = output.reshape(-1, output.shape[-1])
-        # A spread sample of positions is enough to recognise (log-)probabilities, and cheap.
-        values = rows[:: max(1, len(rows) // 256)].astype(np.float64)
-        if values.min() >= -1e-6 and np.allclose(values.sum(axis=-1), 1.0, atol=1e-3):
-            return "positions"
-        if values.max() <= 1e-6 and np.allclose(np.log(np.exp(values).sum(axis=-1)), 0.0, atol=1e-3):
-            return "positions"
-    return None
+    """How an output holds class scores, if it does: ``"classes"`` ([N, C] probabilities, or
+    raw scores over at least ``output_kinds.MIN_RAW_CLASSES`` classes), ``"positions"``
+    ([N, ..., C] (log-)probabilities over the last axis: OCR and speech decoders), None
+    otherwise (regressors, maps, embeddings: see ``output_kinds`` for the rules and what
+    they are judged by).  Only for these is top-1 agreement meaningful."""
+    kind = output_kinds.output_kind(output)
+    return kind if kind in output_kinds.TOP1_KINDS else None
 
 
 def looks_like_class_scores(output: np.ndarray) -> bool:
@@ -174,30 +159,32 @@ def looks_like_class_scores(output: np.ndarray) -> bool:
 
 def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float | None:
     """Percent of samples (or positions) whose top-1 class is unchanged; None if not class scores."""
-    layout = score_layout(reference)
-    if layout == "classes":
-        return float(np.mean(top1(reference) == top1(output)) * 100.0)
-    if layout == "positions":
-        return float(np.mean(np.argmax(reference, axis=-1) == np.argmax(output, axis=-1)) * 100.0)
-    return None
+    if score_layout(reference) is None:
+        return None
+    return output_kinds.top1_agreement(reference, output)
 
 
 def fidelity(reference_outputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
-    """Agreement of the first output's top-1, max abs error and SNR over all float outputs."""
+    """Agreement of the first output's top-1, max abs error, and the worst SNR over all float
+    outputs, against the raw power (snr_db) and centred on the samples' mean (centred_snr_db,
+    see output_kinds)."""
     ref0, out0 = reference_outputs[0], outputs[0]
     result: dict = {}
     result["top1_agreement"] = top1_agreement(ref0, out0) if ref0.shape == out0.shape else None
-    errs, snrs = [], []
+    errs, snrs, centred = [], [], []
     for r, o in zip(reference_outputs, outputs):
         if r.shape != o.shape:
             raise CompressorError(f"output shapes differ from the reference: {o.shape} vs {r.shape}")
         if r.dtype.kind == "f":
             errs.append(float(np.max(np.abs(r.astype(np.float64) - o.astype(np.float64)))) if r.size else 0.0)
-            snrs.append(snr_db(r, o))
+            ref = output_kinds.reference_of(r, "values")
+            snrs.append(output_kinds.raw_snr_db(r, o, ref))
+            centred.append(output_kinds.centred_snr_db(r, o, ref))
         else:
             errs.append(float(np.max(np.abs(r.astype(np.int64) - o.astype(np.int64)))) if r.size else 0.0)
     result["max_abs_error"] = max(errs) if errs else 0.0
     result["snr_db"] = min(snrs) if snrs else None
+    result["centred_snr_db"] = min(centred) if centred else None
     return result
 
 

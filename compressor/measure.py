@@ -11,33 +11,45 @@ top-1 agreement, output SNR, relative output noise), and is that within the budg
   (one ONNX Runtime session with those weights fed as inputs, see ``variants``).
 * ``Trials``: a search's measured candidates, each measured once, at most ``max_evals``.
 * ``search_allowance``: the largest allowance whose candidate fits (grow, shrink, then bisect).
+* ``load_metric``: a user's task metric (``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION``).
+
+What each output is judged by without labels (class scores, per-position scores, probability
+maps, embeddings, regressors) is the table of ``output_kinds``.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 
-from . import graph
+from . import graph, output_kinds
 from .data import Dataset
+from .errors import CompressorError, UsageError
 from .evaluate import (
     DEFAULT_BATCH,
     accuracy,
     batch_size_for,
-    fidelity,
-    looks_like_class_scores,
     make_session,
     run_model,
 )
 from .variants import feedable, weights_as_inputs, with_arrays
 
-# Output SNR floor (dB) for outputs that have no top-1 to count (regressors, detectors, ...).
+# Centred output SNR floor (dB) for outputs that have no top-1 to count (regressors,
+# embeddings, other values; see output_kinds).
 DEFAULT_MIN_SNR_DB = 20.0
+# Mean KL divergence (nats) of the class probabilities allowed for class scores, besides the
+# top-1 agreement: a continuous measure, so that a few samples cannot pass on counts alone
+# (chosen on the sample models in fidelity mode, see benchmarks/README.md).
+DEFAULT_MAX_KL = 0.3
 # Slack on the budget comparison: a loss equal to the budget up to float rounding fits.
 BUDGET_SLACK = 1e-9
 # The cost model that sizes the searches (``nominal_seconds``): plans come from counts (samples,
@@ -51,20 +63,32 @@ NOMINAL_SECONDS_PER_MAC = 3.5e-11
 SAMPLE_OVERHEAD_MACS = 200_000
 NOMINAL_SECONDS_PER_PARAMETER = 2e-8
 # Keys of the run's metrics (``Judge.__call__``) and of the searches' (``Judge.measure_*``).
-RUN_KEYS = ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")
-SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise")
+RUN_KEYS = ("accuracy", "accuracy_drop", "top1_agreement", "snr_db", "raw_snr_db", "kl", "map_f1", "task_score")
+SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1")
+EMPTY_RUN_METRICS = dict.fromkeys(RUN_KEYS)
 
 
 # --------------------------------------------------------------------------- pure rules
 
 
-def loss_points(mode: str, accuracy_drop: float | None, top1_agreement: float | None) -> float | None:
-    """The budgeted loss in points: the accuracy drop ("accuracy"), 100 - top-1 agreement
-    ("fidelity"; 0 when the output has no top-1, the SNR floor guards it), None ("none")."""
+def loss_points(
+    mode: str,
+    accuracy_drop: float | None,
+    top1_agreement: float | None,
+    map_f1: float | None = None,
+    task_drop: float | None = None,
+) -> float | None:
+    """The budgeted loss in points: the accuracy drop ("accuracy"), the user metric's drop
+    ("metric"), in "fidelity" the worse of 100 - top-1 agreement and 100 x (1 - map F1) (0 when
+    no output has either: the SNR floor guards it), None ("none")."""
     if mode == "accuracy":
         return accuracy_drop
+    if mode == "metric":
+        return task_drop
     if mode == "fidelity":
-        return 0.0 if top1_agreement is None else 100.0 - top1_agreement
+        losses = [100.0 - top1_agreement] if top1_agreement is not None else []
+        losses += [100.0 * (1.0 - map_f1)] if map_f1 is not None else []
+        return max(losses, default=0.0)
     return None
 
 
@@ -125,33 +149,60 @@ def nominal_seconds(model: onnx.ModelProto, samples: int) -> float:
 class Judge:
     """Measures candidate models against the original's outputs on `data`.
 
-    The run builds it from the recipe (`mode`, `budget`, `min_snr_db`) and calls ``start`` with
-    the original; a search builds it with ``Judge.of_model`` (mode from the data's labels).
-    `batch_size`: None runs each model at its own (``evaluate.batch_size_for``).
+    The run builds it from the recipe (`mode`, `budget`, `min_snr_db`, `max_kl`, `metric`) and
+    calls ``start`` with the original; a search builds it with ``Judge.of_model`` (mode from
+    the data's labels).  `data` is where the verdict is taken; `search_data` (default `data`)
+    is what the run's searches and calibration may tune on, disjoint from `data` when the run
+    holds samples out (see pipeline).  `batch_size`: None runs each model at its own
+    (``evaluate.batch_size_for``).  Mode "metric": the loss is the user's `metric` (see
+    ``load_metric``), called with the outputs and `metric_arrays` (the data file's arrays).
     """
 
     data: Dataset | None
-    mode: str  # "accuracy" | "fidelity" | "none"
+    mode: str  # "accuracy" | "fidelity" | "metric" | "none"
     budget: float = 0.0
     min_snr_db: float = DEFAULT_MIN_SNR_DB
     explicit_snr: bool = False  # the recipe set gate.min_snr_db: apply it to every output
     reference_outputs: list[np.ndarray] | None = None
     reference_accuracy: float | None = None
     batch_size: int | None = None
+    max_kl: float = DEFAULT_MAX_KL
+    metric: Callable | None = None
+    metric_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    search_data: Dataset | None = None
 
     def __post_init__(self) -> None:
         self.last_outputs: list[np.ndarray] | None = None
+        if self.search_data is None:
+            self.search_data = self.data
         # The SNR floor gates only outputs that are not class scores (see `start`).
         self.snr_gated = False
+        self.kl_gated = False
         # Raised by a stage the user fixed explicitly that overshot the budget, so that later
         # stages are judged on not making things worse rather than skipped wholesale.
-        self.allowance = 0.0
+        self._allowance = 0.0
+        self.kl_allowance = 0.0
+        self._last_kl: float | None = None
+        self.reference_score: float | None = None
         self.eval_seconds = 0.0  # wall time of the reference run (prune.time_limit's plan only)
-        self.eval_cost = 0.0  # nominal seconds of one evaluation on the data: sizes the searches
+        self.eval_cost = 0.0  # nominal seconds of one evaluation on the search data: sizes the searches
         self.runs = 0  # candidates measured by measure_model / measure_session
         self._baseline: dict | None = None
+        self._references: tuple[int, list[output_kinds.Reference]] | None = None
         # Batch size for sessions (a model with weights as inputs can look fixed-batch): the original's.
         self._session_batch = self.batch_size
+
+    @property
+    def allowance(self) -> float:
+        return self._allowance
+
+    @allowance.setter
+    def allowance(self, value: float) -> None:
+        # Set by the ladder when a stage the user fixed overshot: the KL it reached (the last
+        # candidate measured) becomes the KL allowance of the later stages too.
+        self._allowance = value
+        if self._last_kl is not None and math.isfinite(self._last_kl):
+            self.kl_allowance = max(self.kl_allowance, self._last_kl)
 
     @classmethod
     def of_model(
@@ -184,20 +235,72 @@ class Judge:
 
     # ---- scoring
 
+    @property
+    def references(self) -> list[output_kinds.Reference]:
+        """Each reference output's kind and powers (output_kinds), computed once."""
+        if self._references is None or self._references[0] != id(self.reference_outputs):
+            refs = [output_kinds.reference_of(r) for r in self.reference_outputs or []]
+            self._references = (id(self.reference_outputs), refs)
+        return self._references[1]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [r.kind for r in self.references]
+
+    def _snr_output(self, ref: output_kinds.Reference) -> bool:
+        # The outputs the SNR floor gates: those without a task measure of their own, or every
+        # float output when the recipe set the floor.
+        return ref.kind in output_kinds.SNR_KINDS or (self.explicit_snr and ref.kind != "exact")
+
+    @property
+    def gates_snr(self) -> bool:
+        return any(self._snr_output(r) for r in self.references)
+
     def scores(self, outputs: list[np.ndarray]) -> dict:
         """Every measure of `outputs` against the reference: accuracy, accuracy_drop,
-        top1_agreement, snr_db, drop (the loss in points) and rel_noise (first output)."""
-        fid = fidelity(self.reference_outputs, outputs)
+        top1_agreement (worst of the class-score outputs), kl (worst mean KL of their class
+        probabilities), map_f1 (worst of the probability maps), snr_db (worst centred SNR of the
+        outputs the floor gates; of all float outputs when it gates none), raw_snr_db (worst
+        SNR against the raw power, for comparison), task_score (the user metric), drop (the
+        loss in points) and rel_noise (first output)."""
+        if len(outputs) != len(self.reference_outputs):
+            raise CompressorError(f"the model gives {len(outputs)} outputs, the original {len(self.reference_outputs)}")
+        per = []
+        for r, o, ref in zip(self.reference_outputs, outputs, self.references):
+            try:
+                per.append(output_kinds.compare(r, o, ref))
+            except ValueError as e:
+                raise CompressorError(str(e))
+        gated = [m for m, ref in zip(per, self.references) if self._snr_output(ref)] or per
         acc = accuracy(outputs[0], self.data.labels) if self.data.labels is not None else None
         accuracy_drop = (self.reference_accuracy - acc) if acc is not None else None
+        task_score = self._task_score(outputs) if self.metric is not None else None
+        task_drop = None
+        if task_score is not None and self.reference_score is not None:
+            task_drop = 100.0 * (self.reference_score - task_score) if math.isfinite(task_score) else math.inf
+        top1 = _worst(per, "top1_agreement", min)
+        map_f1 = _worst(per, "map_f1", min)
         return {
             "accuracy": acc,
             "accuracy_drop": accuracy_drop,
-            "top1_agreement": fid["top1_agreement"],
-            "snr_db": fid["snr_db"],
-            "drop": loss_points(self.mode, accuracy_drop, fid["top1_agreement"]),
+            "top1_agreement": top1,
+            "snr_db": _worst(gated, "centred_snr_db", min),
+            "raw_snr_db": _worst(per, "raw_snr_db", min),
+            "kl": _worst(per, "kl", max),
+            "map_f1": map_f1,
+            "task_score": task_score,
+            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop),
             "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
         }
+
+    def _task_score(self, outputs: list[np.ndarray]) -> float:
+        try:
+            value = float(self.metric(list(outputs), self.metric_arrays))
+        except UsageError:
+            raise
+        except Exception as e:  # the user's code: any failure is theirs to fix
+            raise UsageError(f"--metric failed: {type(e).__name__}: {_first_line(e)}")
+        return value
 
     @property
     def baseline(self) -> dict:
@@ -215,60 +318,144 @@ class Judge:
         return self.measure_session(make_session(model))
 
     def fits(self, metrics: dict, budget: float, min_snr_db: float | None = None) -> bool:
-        """Search metrics within `budget` points (and the SNR floor, when given)."""
-        return within_budget(metrics["drop"], metrics.get("snr_db"), budget, min_snr_db)
+        """Search metrics within `budget` points (and the SNR floor, when given and some output
+        is gated by it)."""
+        floor = min_snr_db if self.gates_snr else None
+        return within_budget(metrics["drop"], metrics.get("snr_db"), budget, floor)
 
     # ---- the run's surface
 
     def start(self, model: onnx.ModelProto) -> dict:
         """Measure the original: its outputs become the reference; returns the run's metrics."""
         if self.data is None:
-            return {"accuracy": None, "accuracy_drop": None, "top1_agreement": None, "snr_db": None}
+            return dict(EMPTY_RUN_METRICS)
         self._session_batch = self.batch_size or batch_size_for(model, DEFAULT_BATCH)
         t0 = time.perf_counter()
         self.reference_outputs = self.outputs(model)
-        self.eval_seconds = time.perf_counter() - t0
-        self.eval_cost = nominal_seconds(model, self.data.size)
+        self.eval_seconds = (time.perf_counter() - t0) * self.search_data.size / max(self.data.size, 1)
+        self.eval_cost = nominal_seconds(model, self.search_data.size)
         self._baseline = None
-        # Class scores ([N, C] logits or probabilities) are budgeted by top-1 agreement alone:
-        # logit SNR falls fast under pruning while the decisions hold (LeNet-5 pruned to a
-        # 0.3-point drop has 4 dB).  Detectors, regressors, embeddings and sequences have no
-        # meaningful top-1, so for them the output SNR floor is what protects the model.
-        first = self.reference_outputs[0] if self.reference_outputs else None
-        looks_like_scores = first is not None and looks_like_class_scores(first)
-        self.snr_gated = self.mode == "fidelity" and (self.explicit_snr or not looks_like_scores)
+        # Class scores are budgeted by top-1 agreement and the KL of their probabilities: logit
+        # SNR falls fast under pruning while the decisions hold (LeNet-5 pruned to a 0.3-point
+        # drop has 4 dB).  Maps by the F1 of their regions; regressors, embeddings and other
+        # values by the centred SNR floor (see output_kinds).
+        kinds = self.kinds
+        self.snr_gated = self.mode == "fidelity" and self.gates_snr
+        self.kl_gated = self.mode == "fidelity" and any(k in output_kinds.TOP1_KINDS for k in kinds)
         if self.data.labels is not None:
             self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)
+        if self.metric is not None:
+            self.reference_score = self._task_score(self.reference_outputs)
+            if not math.isfinite(self.reference_score):
+                raise UsageError(f"--metric returned {self.reference_score} for the original model (needs a number)")
         self.last_outputs = self.reference_outputs
-        return {
-            "accuracy": self.reference_accuracy,
-            "accuracy_drop": 0.0 if self.reference_accuracy is not None else None,
-            "top1_agreement": 100.0 if looks_like_scores else None,
-            "snr_db": None,
-        }
+        metrics = _pick(self.scores(self.reference_outputs), RUN_KEYS)
+        return {**metrics, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None, "snr_db": None}
 
     def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
         """The run's metrics (``RUN_KEYS``) of a candidate model, and its outputs."""
         if self.data is None:
-            return {"accuracy": None, "accuracy_drop": None, "top1_agreement": None, "snr_db": None}, None
+            return dict(EMPTY_RUN_METRICS), None
         outputs = self.outputs(model)
-        return _pick(self.scores(outputs), RUN_KEYS), outputs
+        metrics = _pick(self.scores(outputs), RUN_KEYS)
+        self._last_kl = metrics["kl"]
+        return metrics, outputs
 
     def loss(self, metrics: dict) -> float | None:
-        """The budgeted loss in points of the run's metrics: accuracy drop, or 100 - top-1 agreement."""
-        return loss_points(self.mode, metrics["accuracy_drop"], metrics["top1_agreement"])
+        """The budgeted loss in points of the run's metrics (see ``loss_points``)."""
+        task_drop = None
+        if metrics.get("task_score") is not None and self.reference_score is not None:
+            task_drop = 100.0 * (self.reference_score - metrics["task_score"])
+        if self.mode == "metric" and task_drop is None:
+            task_drop = 0.0  # the original's own row
+        return loss_points(
+            self.mode, metrics["accuracy_drop"], metrics["top1_agreement"], metrics.get("map_f1"), task_drop
+        )
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:
         """The run's metrics within `budget` (default the run's), never below the allowance,
-        and (for outputs the SNR floor gates) above the floor."""
+        and (for outputs the SNR floor gates) above the floor, (for class scores) the KL
+        of their probabilities at most max_kl."""
         if self.mode == "none":
             return True
         budget = max(self.budget if budget is None else budget, self.allowance)
         floor = self.min_snr_db if self.snr_gated else None
-        return within_budget(self.loss(metrics), metrics["snr_db"], budget, floor)
+        if not within_budget(self.loss(metrics), metrics["snr_db"], budget, floor):
+            return False
+        kl = metrics.get("kl")
+        return not (self.kl_gated and kl is not None and not kl <= max(self.max_kl, self.kl_allowance))
+
+    def describe(self) -> dict:
+        """What the verdict is taken on and by which measures (the report's "guard")."""
+        if self.data is None:
+            return {"verdict_samples": 0, "search_samples": 0}
+        verdict, search = self.data.size, self.search_data.size
+        rows = verdict
+        return {
+            "verdict_samples": verdict,
+            "search_samples": search,
+            "held_out": self.search_data is not self.data,
+            "resolution_points": round(100.0 / max(rows, 1), 3),
+            "output_kinds": self.kinds,
+            "max_kl": self.max_kl if self.kl_gated else None,
+            "min_snr_db": self.min_snr_db if self.snr_gated else None,
+            "map_threshold": output_kinds.MAP_THRESHOLD if "map" in self.kinds and self.mode == "fidelity" else None,
+            "metric": getattr(self.metric, "spec", None) if self.metric is not None else None,
+            "reference_score": self.reference_score,
+        }
 
 
 Measure = Judge  # the run's name for the judge
+
+
+def _worst(per: list[dict], key: str, pick) -> float | None:
+    values = [m[key] for m in per if m.get(key) is not None]
+    return pick(values) if values else None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def load_metric(spec: str) -> Callable:
+    """The task metric `spec` names: ``package.module:function`` (imported) or
+    ``path/to/file.py:function`` (loaded from the file).  The callable takes (outputs: list of
+    arrays in the model's output order, arrays: dict of the data file's arrays) and returns a
+    score, higher is better, a fraction in [0, 1].  Any problem is one UsageError line."""
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise UsageError(f"--metric {spec!r}: expected MODULE:FUNCTION or path/to/file.py:FUNCTION")
+    try:
+        if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+            path = Path(module_name)
+            if not path.is_file():
+                raise UsageError(f"--metric {spec!r}: no such file {module_name}")
+            name = f"compressor_user_metric_{path.stem}"
+            loader_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except UsageError:
+        raise
+    except Exception as e:  # the user's module: any import failure is theirs to fix
+        raise UsageError(f"--metric {spec!r}: cannot import {module_name}: {type(e).__name__}: {_first_line(e)}")
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise UsageError(f"--metric {spec!r}: {module_name} has no {func_name!r}")
+    if not callable(func):
+        raise UsageError(f"--metric {spec!r}: {func_name!r} is not callable")
+
+    def metric(outputs: list[np.ndarray], arrays: dict[str, np.ndarray]) -> float:
+        value = func(outputs, arrays)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise UsageError(f"--metric {spec!r} returned {type(value).__name__}, not a number")
+        return float(value)  # non-finite: the judge refuses it for the original, fails a candidate
+
+    metric.spec = spec
+    return metric
 
 
 def _pick(metrics: dict, keys: Sequence[str]) -> dict:

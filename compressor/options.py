@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .measure import DEFAULT_MIN_SNR_DB
+from .measure import DEFAULT_MAX_KL, DEFAULT_MIN_SNR_DB
 from .passes.selection import DEFAULT_MIN_PARAMS
 
 # Points of top-1 accuracy (labeled data) or of top-1 agreement (unlabeled inputs) the whole run
@@ -45,6 +45,14 @@ def _is_regex(value: str) -> bool:
 
 
 REGEX: Check = (_is_regex, "a valid regular expression")
+
+
+def _is_metric_spec(value: str) -> bool:
+    module, sep, func = value.rpartition(":")
+    return bool(sep and module and func.isidentifier())
+
+
+METRIC_SPEC: Check = (_is_metric_spec, "MODULE:FUNCTION or path/to/file.py:FUNCTION")
 
 
 def _option(default, *, choices: tuple | None = None, check: Check | None = None, shown_when_set: bool = False):
@@ -134,6 +142,12 @@ class GateOptions(_Section):
     max_accuracy_drop: float | None = _option(None, check=NON_NEGATIVE)
     budget: float = _option(DEFAULT_BUDGET_POINTS, check=NON_NEGATIVE)
     min_snr_db: float = DEFAULT_MIN_SNR_DB
+    # The guard (see measure.Judge and output_kinds): the KL allowed for class scores besides
+    # their top-1 agreement; the verdict taken on held-out samples (one data set: split by
+    # index between the searches and the verdict); a user task metric as the loss.
+    max_kl: float = _option(DEFAULT_MAX_KL, check=NON_NEGATIVE)
+    hold_out: bool = True
+    metric: str | None = _option(None, check=METRIC_SPEC, shown_when_set=True)
     given: frozenset[str] = _given()
 
     @property

@@ -79,6 +79,7 @@ def build_report(run: RunResult, rows: list[StageRow]) -> dict:
         "samples": measure.data.size if measure.data is not None else 0,
         "budget_points": run.budget if mode != "none" else None,
         "min_snr_db": measure.min_snr_db if measure.snr_gated else None,
+        "guard": measure.describe(),
         "original_bytes": int(run.original_bytes),
         "stages": stages,
         "applied": applied,
@@ -104,7 +105,19 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
         "ratio": original_bytes / r.bytes if r.bytes else None,
         "packed_bytes": packed,
         "packed_ratio": original_bytes / packed if (r.packed_bytes or r.stage == "pack") else None,
-        **{k: r.metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")},
+        **{
+            k: r.metrics.get(k)
+            for k in (
+                "accuracy",
+                "accuracy_drop",
+                "top1_agreement",
+                "snr_db",
+                "raw_snr_db",
+                "kl",
+                "map_f1",
+                "task_score",
+            )
+        },
         "seconds": round(r.seconds, 3),
         "setting": r.options.get("setting"),
         "note": r.note,
@@ -241,14 +254,30 @@ def format_report(report: dict) -> str:
     out = [f"model: {report['model']}  ({report['original_bytes']:,} bytes)"]
     if report["measured"]:
         budget = f"budget {report['budget_points']:g} points"
+        guard = report.get("guard") or {}
         if report["mode"] == "fidelity":
-            has_top1 = report["stages"][0].get("top1_agreement") is not None
-            budget = f"{budget} of top-1 agreement" if has_top1 else ""
+            first = report["stages"][0]
+            has_top1 = first.get("top1_agreement") is not None
+            has_map = first.get("map_f1") is not None
+            what = " and ".join(
+                ["top-1 agreement"] * has_top1 + [f"map region F1 at {guard.get('map_threshold')}"] * has_map
+            )
+            budget = f"{budget} of {what}" if what else ""
+            if guard.get("max_kl") is not None:
+                budget += f", class KL <= {guard['max_kl']:g}"
             if report.get("min_snr_db") is not None:
-                budget += (", " if budget else "") + f"output SNR >= {report['min_snr_db']:g} dB"
+                budget += (", " if budget else "") + f"centred output SNR >= {report['min_snr_db']:g} dB"
+        elif report["mode"] == "metric":
+            budget += f" of the task metric {guard.get('metric')}"
         else:
             budget += " of top-1 accuracy"
         out.append(f"measured with ONNX Runtime on {report['samples']} samples ({budget})")
+        if guard.get("verdict_samples"):
+            searched = "held out from" if guard.get("held_out") else "the same as"
+            out.append(
+                f"verdict on {guard['verdict_samples']} samples ({searched} the {guard['search_samples']} "
+                f"the searches tuned on; one sample = {guard['resolution_points']:g} points)"
+            )
     else:
         out.append(report.get("note", "nothing measured"))
     out.append("")

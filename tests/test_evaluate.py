@@ -58,7 +58,7 @@ def test_fidelity_of_identical_and_perturbed_outputs():
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(50, 10)).astype(np.float32)
     same = fidelity([ref], [ref.copy()])
-    assert same == {"top1_agreement": 100.0, "max_abs_error": 0.0, "snr_db": math.inf}
+    assert same == {"top1_agreement": 100.0, "max_abs_error": 0.0, "snr_db": math.inf, "centred_snr_db": math.inf}
     noisy = ref + rng.normal(0, 0.1, ref.shape).astype(np.float32)
     f = fidelity([ref], [noisy])
     expected_agreement = float(np.mean(ref.argmax(1) == noisy.argmax(1)) * 100)

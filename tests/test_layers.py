@@ -54,6 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.errors",
             "compressor.present",
             "compressor.kmeans",
+            "compressor.output_kinds",
             "compressor.quant_math",
             "compressor.codec",
             "compressor.codec.*",
@@ -69,8 +70,9 @@ MODEL_LIBRARIES = ("onnx", "onnxruntime", "google.protobuf")
 # Imported inside a function on purpose: optional extras that the core install may lack.
 OPTIONAL = ("matplotlib", "torch", "dask", "distributed")
 # Imported inside a function on purpose: ONNX Runtime takes a noticeable part of a second to
-# load, and inspect/pack/unpack never run a model.
-LAZY = ("onnxruntime",)
+# load, and inspect/pack/unpack never run a model; scipy (half a second) only for the regions of
+# a probability map (output_kinds.map_f1).
+LAZY = ("onnxruntime", "scipy")
 
 
 def _module_name(path: Path) -> str:

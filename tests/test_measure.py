@@ -15,6 +15,7 @@ from compressor.data import Dataset, load_dataset
 from compressor.evaluate import run_model
 from compressor.measure import (
     DEFAULT_MIN_SNR_DB,
+    RUN_KEYS,
     Judge,
     Measure,
     Trials,
@@ -93,9 +94,10 @@ def test_the_runs_metrics_and_the_searches_agree():
     w = next(w for w in graph.weights(model) if w.name == "fc1.weight")
     candidate = with_arrays(model, [w], {"fc1.weight": layer_pruned(w.array(), 0.9)})
     metrics, outputs = run_judge(candidate)
-    assert set(metrics) == {"accuracy", "accuracy_drop", "top1_agreement", "snr_db"}
+    assert set(metrics) == set(RUN_KEYS) and metrics["map_f1"] is None and metrics["task_score"] is None
     searched = search_judge.measure_model(candidate)
-    assert set(searched) == {"accuracy", "top1_agreement", "snr_db", "drop", "rel_noise"}
+    assert set(searched) == {"accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1"}
+    assert searched["kl"] == metrics["kl"] > 0
     assert searched["drop"] == run_judge.loss(metrics) == metrics["accuracy_drop"]
     assert searched["snr_db"] == metrics["snr_db"] and search_judge.runs == 1
     assert search_judge.fits(searched, searched["drop"]) and not search_judge.fits(searched, searched["drop"] - 0.01)

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor import graph
+from compressor import graph, output_kinds
 from compressor.cli import main
 from compressor.data import Dataset, load_dataset
 from compressor.evaluate import accuracy, fidelity, make_session, run_model
@@ -646,9 +646,13 @@ def test_static_fidelity_and_coverage_on_local_graphs(name):
     model = LOCAL_GRAPHS[name]()
     q, stats = quantize(model, calib=random_data(model, 256, 0))
     data = random_data(model, 128, 1)
-    f = fidelity(run_model(model, data), run_model(q, data))
-    # random weights and inputs: ~29-36 dB here, where ORT's quantize_static gets ~20-38 dB
-    assert f["snr_db"] > 25 and f["top1_agreement"] >= 95, f
+    ref, out = run_model(model, data), run_model(q, data)
+    f = fidelity(ref, out)
+    # random weights and inputs: ~29-36 dB here, where ORT's quantize_static gets ~20-38 dB.
+    # Their few raw output columns are a regressor's for the guard (no top-1 in fidelity), so
+    # the argmax agreement is counted directly.
+    agreement = output_kinds.top1_agreement(ref[0], out[0])
+    assert f["snr_db"] > 25 and agreement >= 95, (f, agreement)
     assert stats["coverage"]["fraction"] == 1.0, stats["coverage"]
     statuses = {r["node"]: (r["status"], r["reason"]) for r in stats["nodes"]}
     if name == "transformer":  # attention MatMuls are quantized, and said so

@@ -80,7 +80,7 @@ def test_report_recipe_is_one_dict_per_stage_with_every_option():
         "max_seconds": 120.0,
         "compensate": True,
     }
-    assert d["gate"] == {"max_accuracy_drop": None, "budget": 1.0, "min_snr_db": 30.0}
+    assert d["gate"] == {"max_accuracy_drop": None, "budget": 1.0, "min_snr_db": 30.0, "max_kl": 0.3, "hold_out": True}
     assert "given" not in d["share"]
 
 

@@ -123,6 +123,11 @@ def stage_options(f):
 @click.option(
     "--max-accuracy-drop", type=float, help="Fail (exit 3, no container) if the measured drop exceeds this many points."
 )
+@click.option(
+    "--metric",
+    help="Task metric MODULE:FUNCTION (or path/to/file.py:FUNCTION): called with (outputs, the data "
+    "file's arrays), returns a score in [0, 1], higher is better; the budget is its drop in points.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @stage_options
 def run_command(
@@ -133,6 +138,7 @@ def run_command(
     report_path,
     html_path,
     max_accuracy_drop,
+    metric,
     as_json,
     recipe_path,
     sparsity,
@@ -152,6 +158,8 @@ def run_command(
     overrides = _overrides(
         recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
     )
+    if metric is not None:
+        overrides.setdefault("gate", {}).update(validate_overrides({"gate": {"metric": metric}})["gate"])
     failure = None
     try:
         report = run_pipeline(

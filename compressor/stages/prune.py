@@ -75,7 +75,8 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
     progress = (lambda done, total: step("prune: sensitivity curves", done, total)) if step else None
 
     def searched(points: float) -> tuple[onnx.ModelProto, dict]:
-        reference = ctx.outputs if search_data is eval_data else None  # the input's outputs, measured already
+        # The input's outputs, measured already, when the search runs on the verdict's data.
+        reference = ctx.outputs if search_data is measure.data else None
         pruned, stats = prune_to_budget(
             model,
             search_data,
@@ -96,14 +97,14 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             stats["search_plan"] = plan_note
         return pruned, stats
 
-    if search_data.size >= eval_data.size:
+    if search_data is measure.data:
         return [
             Attempt(f"sensitivity-guided, budget {b:g} points", lambda b=b: searched(b))
             for b in (prune_budget, prune_budget / 2, prune_budget / 4)
         ]
-    # On a subset one sample is worth 100/n points, so a halved budget usually allows the same
-    # number of errors and finds the same ratios.  The fallbacks scale the ratios found instead:
-    # less pruning everywhere, with no further search.
+    # On a subset (or on samples held out from the verdict) one sample is worth 100/n points, so
+    # a halved budget usually allows the same number of errors and finds the same ratios.  The
+    # fallbacks scale the ratios found instead: less pruning everywhere, with no further search.
     found: dict = {}
 
     def first() -> tuple[onnx.ModelProto, dict]:

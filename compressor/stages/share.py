@@ -113,19 +113,19 @@ def per_tensor_attempt(
     if not tensors:
         return None
     model, measure, log = ctx.model, ctx.measure, ctx.log
-    data = measure.data
+    data = measure.search_data  # the judge's verdict is on measure.data, maybe held out
     runs = len(tensors) * len(BITS) + SHARE_SEARCH_EXTRA_RUNS
     kmeans_seconds = KMEANS_SECONDS_PER_VALUE * len(BITS) * sum(w.size for w in tensors)
     per_sample = measure.eval_cost / max(data.size, 1)
     estimate = kmeans_seconds + runs * per_sample * data.size
-    reference, where = ctx.outputs, ""
+    reference, where = (ctx.outputs if data is measure.data else None), ""
     if estimate > SHARE_SEARCH_SECONDS:
         samples = int((SHARE_SEARCH_SECONDS - kmeans_seconds) / max(runs * per_sample, 1e-12))
         if samples < MIN_SEARCH_SAMPLES:
             log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} nominal s > {SHARE_SEARCH_SECONDS:g})")
             return None
         data = data.select((np.arange(samples) * (data.size / samples)).astype(np.int64))
-        reference, where = None, f" on {samples} of {measure.data.size} samples"
+        reference, where = None, f" on {samples} of {measure.search_data.size} samples"
     reserve = measure.budget * SHARE_SEARCH_BUDGET_SHARE
     spent = measure.loss(ctx.previous.metrics) or 0.0
     points = max(reserve - max(spent, 0.0), 0.0)

@@ -1,0 +1,319 @@
+"""What a model's output is, and how far a candidate's output is from the original's.
+
+The judge (measure.py) asks each output of the original model its kind, once, and measures
+every candidate's output against it with that kind's measure (pure numpy, streamed over the
+samples in float32 chunks with float64 sums: no float64 copy of a whole output):
+
+=============  ======================================================  ===============================================
+kind           recognised by (on the original's output)                 judged by (fidelity mode, no labels)
+=============  ======================================================  ===============================================
+``classes``    float [N, C] (trailing 1s allowed) whose rows are        top-1 agreement (points) and the mean KL
+               probabilities or log-probabilities (any C >= 2), or      divergence of the class probabilities (softmax
+               raw scores with C >= MIN_RAW_CLASSES                     of raw scores) at most ``gate.max_kl``
+``positions``  float [N, ..., C], rank >= 3, rows (log-)probabilities   top-1 agreement per position, and the mean KL
+               over the last axis: CTC and sequence decoders            per position at most ``gate.max_kl``
+``map``        float [N, 1, H, W] or [N, H, W], H and W >=              region F1: the connected regions above
+               MIN_MAP_SIDE, every value in [0, 1]: a sigmoid map       MAP_THRESHOLD matched (IoU >= REGION_IOU) to
+                                                                        the original's own regions as pseudo-labels
+                                                                        (points = 100 x (1 - F1)); moved edges are free
+``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
+``regressor``  float [N], [N, 1], or [N, C] raw scores with             centred SNR at least ``gate.min_snr_db``
+               C < MIN_RAW_CLASSES (few columns and no softmax
+               structure: quality scores, coordinates, ...)
+``values``     any other float output                                   centred SNR at least ``gate.min_snr_db``
+``exact``      integer and bool outputs (indices, shapes)               not measured
+=============  ======================================================  ===============================================
+
+Centred SNR: the noise relative to the output's variation across samples, per output:
+signal = sum over samples and positions of (ref - mean over samples of ref)^2, noise =
+sum (out - ref)^2.  Raw SNR (signal = sum ref^2) lets a regressor whose scores sit near a large
+mean lose all its ranking while "20 dB"; centred SNR counts the noise against what tells the
+samples apart.  With a single sample (no variation to measure) it falls back to the raw SNR.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# Raw (not probability) scores over fewer columns than this are a regressor's: a 3-output
+# quality model is no 3-class classifier, and top-1 agreement over its columns means nothing.
+MIN_RAW_CLASSES = 10
+# A probability map: spatial sides at least this long, thresholded here (the usual text and
+# segmentation threshold: the original's regions above it are the pseudo-labels).
+MIN_MAP_SIDE = 16
+MAP_THRESHOLD = 0.3
+# Regions of a map: smaller ones are specks a detector drops; a candidate region finds a
+# reference one at this intersection over union (the usual detection match).
+MIN_REGION_PIXELS = 9
+REGION_IOU = 0.5
+# Values handled per chunk (bounded memory whatever the output's size).
+CHUNK_VALUES = 1 << 21
+# Rows sampled to recognise (log-)probabilities and unit-norm rows.
+SAMPLED_ROWS = 256
+
+KINDS = ("classes", "positions", "map", "embedding", "regressor", "values", "exact")
+TOP1_KINDS = ("classes", "positions")
+SNR_KINDS = ("embedding", "regressor", "values")
+
+
+def _sample_rows(output: np.ndarray) -> np.ndarray:
+    rows = output.reshape(-1, output.shape[-1])
+    return rows[:: max(1, len(rows) // SAMPLED_ROWS)].astype(np.float64)
+
+
+def row_form(output: np.ndarray) -> str | None:
+    """How the last axis holds a distribution: "probs", "logprobs", or None (raw values)."""
+    if output.ndim < 1 or output.shape[-1] < 2 or output.size == 0:
+        return None
+    values = _sample_rows(output)
+    if not np.all(np.isfinite(values)):
+        return None
+    if values.min() >= -1e-6 and np.allclose(values.sum(axis=-1), 1.0, atol=1e-3):
+        return "probs"
+    if values.max() <= 1e-6 and np.allclose(np.log(np.exp(values).sum(axis=-1)), 0.0, atol=1e-3):
+        return "logprobs"
+    return None
+
+
+def _unit_rows(output: np.ndarray) -> bool:
+    values = _sample_rows(output)
+    return output.shape[-1] >= 2 and bool(np.allclose(np.linalg.norm(values, axis=-1), 1.0, atol=1e-3))
+
+
+def output_kind(output: np.ndarray) -> str:
+    """The kind of an output (see the module's table), from its shape and values."""
+    if output.dtype.kind != "f":
+        return "exact"
+    if output.ndim == 0 or output.shape[0] == 0 or output.size == 0:
+        return "values"
+    if output.ndim == 1:
+        return "regressor"
+    if all(d == 1 for d in output.shape[2:]):  # [N, C] (or [N, C, 1, 1])
+        scores = output.reshape(output.shape[0], output.shape[1])
+        if scores.shape[1] == 1:
+            return "regressor"
+        if row_form(scores) is not None:
+            return "classes"
+        if _unit_rows(scores):
+            return "embedding"
+        return "classes" if scores.shape[1] >= MIN_RAW_CLASSES else "regressor"
+    if output.ndim >= 3 and row_form(output) is not None:
+        return "positions"
+    spatial = output.shape[-2:]
+    if (output.ndim == 3 or (output.ndim == 4 and output.shape[1] == 1)) and min(spatial) >= MIN_MAP_SIDE:
+        lo, hi = _min_max(output)
+        if lo >= 0.0 and hi <= 1.0:
+            return "map"
+    if _unit_rows(output):
+        return "embedding"
+    return "values"
+
+
+def _min_max(output: np.ndarray) -> tuple[float, float]:
+    lo, hi = math.inf, -math.inf
+    for chunk in _chunks(output):
+        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+    return lo, hi
+
+
+def _chunk_rows(output: np.ndarray) -> int:
+    per_sample = max(1, output.size // max(output.shape[0], 1)) if output.ndim else 1
+    return max(1, CHUNK_VALUES // per_sample)
+
+
+def _chunks(*arrays: np.ndarray) -> Iterator:
+    """The arrays cut along axis 0 into bounded float32 chunks (one array: the chunk alone)."""
+    first = arrays[0]
+    if first.ndim == 0:
+        chunk = tuple(np.asarray(a, dtype=np.float32).reshape(1) for a in arrays)
+        yield chunk[0] if len(arrays) == 1 else chunk
+        return
+    step = _chunk_rows(first)
+    for start in range(0, first.shape[0], step):
+        chunk = tuple(np.asarray(a[start : start + step], dtype=np.float32) for a in arrays)
+        yield chunk[0] if len(arrays) == 1 else chunk
+
+
+def _db(signal: float, noise: float) -> float:
+    if not math.isfinite(noise):
+        return -math.inf
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the measures need of one original output, computed once: its kind, and its
+    centred and raw powers (float outputs) or class-row form (class scores)."""
+
+    kind: str
+    centred_power: float = 0.0
+    raw_power: float = 0.0
+    form: str | None = None  # classes / positions: "probs", "logprobs" or None (raw scores)
+
+
+def reference_of(output: np.ndarray, kind: str | None = None) -> Reference:
+    """The measures' view of one original output (its kind detected unless given)."""
+    kind = kind or output_kind(output)
+    if kind == "exact":
+        return Reference(kind)
+    centred, raw = centred_and_raw_power(output)
+    form = row_form(output) if kind in TOP1_KINDS else None
+    return Reference(kind, centred, raw, form)
+
+
+def centred_and_raw_power(output: np.ndarray) -> tuple[float, float]:
+    """(sum of (x - mean over samples)^2, sum of x^2) of a float output, streamed."""
+    if output.ndim == 0 or output.shape[0] <= 1:
+        raw = sum(float(np.sum(c * c, dtype=np.float64)) for c in _chunks(output))
+        return 0.0, raw
+    total = np.zeros(output.shape[1:], dtype=np.float64)
+    raw = 0.0
+    for chunk in _chunks(output):
+        total += chunk.sum(axis=0, dtype=np.float64)
+        raw += float(np.sum(chunk * chunk, dtype=np.float64))
+    mean = (total / output.shape[0]).astype(np.float32)
+    centred = 0.0
+    for chunk in _chunks(output):
+        d = chunk - mean
+        centred += float(np.sum(d * d, dtype=np.float64))
+    return centred, raw
+
+
+def noise_power(reference: np.ndarray, output: np.ndarray) -> float:
+    """sum (out - ref)^2, streamed (inf when the output has non-finite values)."""
+    if reference.shape != output.shape:
+        raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
+    noise = 0.0
+    for ref, out in _chunks(reference, output):
+        d = out - ref
+        noise += float(np.sum(d * d, dtype=np.float64))
+    return noise if math.isfinite(noise) else math.inf
+
+
+def centred_snr_db(reference: np.ndarray, output: np.ndarray, ref: Reference | None = None) -> float:
+    """The output's SNR against the reference's variation across samples, in dB (the raw
+    SNR when the reference does not vary: one sample, a constant output)."""
+    ref = ref or reference_of(reference, "values")
+    noise = noise_power(reference, output)
+    return _db(ref.centred_power if ref.centred_power > 0 else ref.raw_power, noise)
+
+
+def raw_snr_db(reference: np.ndarray, output: np.ndarray, ref: Reference | None = None) -> float:
+    """The SNR against the reference's raw power (for comparison in reports)."""
+    ref = ref or reference_of(reference, "values")
+    return _db(ref.raw_power, noise_power(reference, output))
+
+
+def _log_probs(rows: np.ndarray, form: str | None) -> np.ndarray:
+    """Log-probabilities (float64) of rows of class scores in `form`."""
+    rows = rows.astype(np.float64)
+    if form == "logprobs":
+        return rows
+    if form == "probs":
+        return np.log(np.clip(rows, 1e-12, None))
+    shifted = rows - rows.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _score_rows(output: np.ndarray) -> np.ndarray:
+    # Class scores as rows: [N, C] for classes (trailing 1s dropped), [N * positions, C] for positions.
+    if all(d == 1 for d in output.shape[2:]):
+        return output.reshape(output.shape[0], output.shape[1])
+    return output.reshape(-1, output.shape[-1])
+
+
+def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float:
+    """Percent of rows (samples, or positions) whose top-1 class is unchanged."""
+    ref_rows, out_rows = _score_rows(reference), _score_rows(output)
+    if len(ref_rows) == 0:
+        return 100.0
+    same = sum(int(np.count_nonzero(r.argmax(-1) == o.argmax(-1))) for r, o in _chunks(ref_rows, out_rows))
+    return 100.0 * same / len(ref_rows)
+
+
+def mean_kl(reference: np.ndarray, output: np.ndarray, form: str | None = None) -> float:
+    """Mean over rows of KL(p_ref || p_out) in nats, p the class probabilities of each row
+    (softmax of raw scores; `form` as ``row_form`` of the reference)."""
+    ref_rows, out_rows = _score_rows(reference), _score_rows(output)
+    if len(ref_rows) == 0:
+        return 0.0
+    total = 0.0
+    for r, o in _chunks(ref_rows, out_rows):
+        log_p, log_q = _log_probs(r, form), _log_probs(o, form)
+        total += float(np.sum(np.exp(log_p) * (log_p - log_q)))
+    kl = total / len(ref_rows)
+    return max(kl, 0.0) if math.isfinite(kl) else math.inf
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """Connected regions (4-neighbours) of each image of `mask` ([n, H, W] bool): every pixel's
+    region label, unique across the images, 0 for the background."""
+    # Imported on first use: only maps need it, and loading scipy costs half a second.  scipy
+    # comes with scikit-learn, a dependency.
+    from scipy import ndimage
+
+    labels = np.zeros(mask.shape, dtype=np.int64)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # within one image only
+    ndimage.label(mask, structure=structure, output=labels)
+    return labels
+
+
+def _region_areas(labels: np.ndarray, background: int) -> dict[int, int]:
+    values, counts = np.unique(labels[labels != background], return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts) if c >= MIN_REGION_PIXELS}
+
+
+def map_f1(
+    reference: np.ndarray, output: np.ndarray, threshold: float = MAP_THRESHOLD, iou: float = REGION_IOU
+) -> float:
+    """Region F1 of `output`'s map against the reference's own regions as pseudo-labels: the
+    connected regions above `threshold` (at least MIN_REGION_PIXELS pixels), a region found
+    when a candidate region overlaps it with IoU >= REGION_IOU (what a detector's boxes
+    are scored by: moved edges cost nothing, a split, merged, lost or new region does).
+    1.0 when neither has any region."""
+    found = n_ref = n_out = 0
+    for r, o in _chunks(reference, output):
+        shape = (-1, *r.shape[-2:])
+        rp, op = (r > threshold).reshape(shape), (o > threshold).reshape(shape)
+        background = 0
+        ref_labels, out_labels = _components(rp), _components(op)
+        ref_areas, out_areas = _region_areas(ref_labels, background), _region_areas(out_labels, background)
+        n_ref, n_out = n_ref + len(ref_areas), n_out + len(out_areas)
+        both = rp & op
+        stride = int(out_labels.max()) + 1
+        pairs, overlaps = np.unique(ref_labels[both] * stride + out_labels[both], return_counts=True)
+        for pair, overlap in zip(pairs.tolist(), overlaps.tolist()):
+            a, b = ref_areas.get(pair // stride), out_areas.get(pair % stride)
+            if a is not None and b is not None and overlap >= iou * (a + b - overlap):
+                found += 1
+    if n_ref == 0 and n_out == 0:
+        return 1.0
+    return 2.0 * found / (n_ref + n_out)
+
+
+def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
+    """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
+    positions), map_f1 (maps), and for every float output centred_snr_db and raw_snr_db."""
+    if reference.shape != output.shape:
+        raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
+    result: dict = {"kind": ref.kind}
+    if ref.kind == "exact":
+        return result
+    noise = noise_power(reference, output)
+    result["centred_snr_db"] = _db(ref.centred_power if ref.centred_power > 0 else ref.raw_power, noise)
+    result["raw_snr_db"] = _db(ref.raw_power, noise)
+    if ref.kind in TOP1_KINDS:
+        result["top1_agreement"] = top1_agreement(reference, output)
+        result["kl"] = mean_kl(reference, output, ref.form)
+    elif ref.kind == "map":
+        result["map_f1"] = map_f1(reference, output)
+    return result

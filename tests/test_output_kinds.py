@@ -1,0 +1,129 @@
+"""output_kinds: what an output is (the table in its docstring) and each kind's measure, pure numpy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from compressor import output_kinds as ok
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize(
+    "output, kind",
+    [
+        (RNG.normal(size=(40, 10)).astype(np.float32), "classes"),  # raw scores over 10 classes
+        (RNG.normal(size=(40, 10, 1, 1)).astype(np.float32), "classes"),
+        (_softmax(RNG.normal(size=(40, 2))), "classes"),  # 2-class probabilities
+        (np.log(_softmax(RNG.normal(size=(40, 3)))), "classes"),  # log-probabilities
+        (3.0 + 0.1 * RNG.normal(size=(40, 3)).astype(np.float32), "regressor"),  # quality scores
+        (RNG.normal(size=(40, 1)).astype(np.float32), "regressor"),
+        (RNG.normal(size=(40,)).astype(np.float32), "regressor"),
+        (_softmax(RNG.normal(size=(4, 25, 30))), "positions"),  # CTC-like [N, T, C]
+        (RNG.uniform(size=(3, 1, 32, 32)).astype(np.float32), "map"),  # sigmoid map
+        (RNG.uniform(size=(3, 32, 32)).astype(np.float32), "map"),
+        (RNG.normal(size=(3, 1, 32, 32)).astype(np.float32), "values"),  # not in [0, 1]
+        (RNG.uniform(size=(3, 4, 32, 32)).astype(np.float32), "values"),  # 4 channels: no map
+        (
+            (lambda e: e / np.linalg.norm(e, axis=-1, keepdims=True))(RNG.normal(size=(40, 64))).astype(np.float32),
+            "embedding",
+        ),
+        (np.arange(8, dtype=np.int64).reshape(4, 2), "exact"),
+    ],
+)
+def test_output_kind(output, kind):
+    assert ok.output_kind(output) == kind
+
+
+def test_centred_snr_sees_the_ranking_a_large_mean_hides():
+    # A regressor whose scores sit near 3 and vary by 0.1: noise of 0.1 keeps 30 dB of raw SNR
+    # and destroys the ranking; the centred SNR is 0 dB.
+    ref = (3.0 + 0.1 * RNG.normal(size=(64, 3))).astype(np.float32)
+    out = ref + (0.1 * RNG.normal(size=ref.shape)).astype(np.float32)
+    r = ok.reference_of(ref)
+    assert ok.raw_snr_db(ref, out, r) > 29.0
+    assert abs(ok.centred_snr_db(ref, out, r)) < 1.0
+    assert ok.centred_snr_db(ref, ref, r) == math.inf
+    assert ok.centred_snr_db(ref, np.full_like(ref, np.nan), r) == -math.inf
+
+
+def test_centred_snr_is_streamed_and_matches_float64(monkeypatch):
+    ref = RNG.normal(size=(50, 7, 3)).astype(np.float32) + 5.0
+    out = ref + RNG.normal(size=ref.shape).astype(np.float32) * 0.01
+    signal = np.sum((ref.astype(np.float64) - ref.astype(np.float64).mean(0)) ** 2)
+    noise = np.sum((out.astype(np.float64) - ref) ** 2)
+    expected = 10 * np.log10(signal / noise)
+    whole = ok.centred_snr_db(ref, out)
+    monkeypatch.setattr(ok, "CHUNK_VALUES", 21)  # one sample per chunk
+    assert ok.centred_snr_db(ref, out) == pytest.approx(whole, abs=1e-4) == pytest.approx(expected, abs=1e-4)
+
+
+def test_one_sample_falls_back_to_the_raw_snr():
+    ref = np.array([[1.0, 2.0, 3.0]], np.float32)
+    out = ref + np.float32(0.01)
+    assert ok.centred_snr_db(ref, out) == pytest.approx(ok.raw_snr_db(ref, out))
+
+
+def test_kl_of_class_probabilities_is_continuous_where_top1_counts_are_not():
+    logits = RNG.normal(size=(30, 10)).astype(np.float32) * 3
+    r = ok.reference_of(logits)
+    flat = logits * np.float32(0.3)  # same decisions, much less confident
+    assert ok.top1_agreement(logits, flat) == 100.0
+    assert ok.mean_kl(logits, flat, r.form) > 0.3
+    assert ok.mean_kl(logits, logits, r.form) == 0.0
+    assert ok.mean_kl(logits, logits + np.float32(1.0), r.form) == pytest.approx(0.0, abs=1e-9)  # softmax shift
+    probs = _softmax(logits)
+    rp = ok.reference_of(probs)
+    assert rp.form == "probs"
+    assert ok.mean_kl(probs, _softmax(flat), rp.form) == pytest.approx(ok.mean_kl(logits, flat, None), rel=1e-4)
+
+
+def test_per_position_agreement_and_kl():
+    probs = _softmax(RNG.normal(size=(3, 8, 5)) * 4)
+    changed = probs.copy()
+    changed[0, 0] = changed[0, 0, ::-1]
+    r = ok.reference_of(probs)
+    assert r.kind == "positions"
+    c = ok.compare(probs, changed, r)
+    assert c["top1_agreement"] == pytest.approx(100 * 23 / 24) and c["kl"] > 0
+
+
+def test_map_f1_judges_regions_not_pixel_values():
+    ref = np.zeros((2, 1, 32, 32), np.float32)
+    ref[:, :, 8:16, 4:28] = 0.9  # one text region per image
+    ref[0, :, 20:26, 4:10] = 0.8  # and a second one in the first
+    r = ok.reference_of(ref)
+    assert r.kind == "map"
+    scaled = ref * np.float32(0.6)  # values moved a lot, regions above 0.3 unchanged
+    assert ok.map_f1(ref, scaled) == 1.0 and ok.centred_snr_db(ref, scaled, r) < 10.0
+    moved = np.roll(ref, 2, axis=-1)  # every edge two pixels to the right: the same regions
+    assert ok.map_f1(ref, moved) == 1.0
+    lost = ref.copy()
+    lost[0, :, 20:26, 4:10] = 0.1  # one of 3 regions lost: found 2, 3 + 2 regions
+    assert ok.map_f1(ref, lost) == pytest.approx(2 * 2 / 5)
+    split = ref.copy()
+    split[1, :, 8:16, 10] = 0.0  # a region cut in two: the larger part (17 of 24 columns) still matches
+    assert ok.map_f1(ref, split) == pytest.approx(2 * 3 / 7)
+    speck = ref.copy()
+    speck[1, :, 0:2, 0:2] = 0.9  # below MIN_REGION_PIXELS: not a region
+    assert ok.map_f1(ref, speck) == 1.0
+    assert ok.map_f1(np.zeros_like(ref), np.zeros_like(ref)) == 1.0
+    assert ok.map_f1(ref, np.zeros_like(ref)) == 0.0
+
+
+def test_map_regions_never_join_across_images():
+    ref = np.zeros((2, 1, 20, 20), np.float32)
+    ref[0, 0, 15:20, 5:15] = 0.9  # bottom of image 0
+    ref[1, 0, 0:5, 5:15] = 0.9  # top of image 1: a separate region
+    out = ref.copy()
+    out[1] = 0.0
+    assert ok.map_f1(ref, out) == pytest.approx(2 * 1 / 3)
