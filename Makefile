@@ -36,7 +36,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS=--skip=vgg16
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
-	$(BIN)/python benchmarks/bench_nncodec.py
+	$(BIN)/python benchmarks/bench_nncodec.py --ours-from benchmarks/results/latest.json
 
 # The two sample models with fewer latency rounds: well under 2 minutes.
 bench-quick: $(STAMP)
