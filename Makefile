@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # the `train` extra.  A stamp of its own, so `make test` never pulls torch in.
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: test demo bench bench-quick clean
+.PHONY: test demo bench bench-quick bench-nncodec clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,17 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS=--skip=vgg16
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_nncodec.py --ours-from benchmarks/results/latest.json
 
 # The two sample models with fewer latency rounds: well under 2 minutes.
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+# NNCodec (MPEG NNC) beside `compressor run` on the labeled models: results/nncodec.{md,json}.
+# NNCodec lives in a venv of its own, benchmarks/.cache/nncodec-venv, built on first use.
+bench-nncodec: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/zoo.py
+	$(BIN)/python benchmarks/bench_nncodec.py
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info
