@@ -8,15 +8,17 @@ from dataclasses import replace
 
 from ..errors import CompressorError
 from ..options import QuantizeOptions
-from ..passes.quantize import QuantizeSettings, quantize
+from ..passes.quantize import QuantizeSettings, Shared, quantize
 from ..passes.quantize.ops_tables import SMALL_ROLES
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, run_ladder
 
 NAME = "quantize"
 
-# Per-layer output-SNR floors of the mixed-precision rungs.  The rungs build and run one model
-# per layer, which takes many minutes on models of hundreds of MB: only up to this size.
-LAYER_SNR_FLOORS_DB = (35.0, 45.0)
+# Output-SNR floors (on the calibration data) of the mixed-precision rungs: each keeps float the
+# fewest of the noisiest layers that reach its floor.  The layers are ranked once without running
+# the model; each rung is a bisection on their number (about log2(layers) runs, shared by the
+# rungs).  Still whole-model runs: only up to this size.
+MIXED_OUTPUT_SNR_FLOORS_DB = (30.0, 40.0)
 MIXED_PRECISION_MAX_BYTES = 64 << 20
 
 LABELS = {
@@ -52,9 +54,10 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         # weight-only is the gentlest; never try a harsher mode after a gentler one
         modes = modes[: modes.index("none") + 1] if "none" in modes else modes
     first: dict = {}
+    shared = Shared()  # calibration ranges, reference outputs and measured candidates, for every rung
 
     def build(mode: str, settings: QuantizeSettings):
-        return quantize(model, calib_data if mode == "static" else None, replace(settings, activations=mode))
+        return quantize(model, calib_data if mode == "static" else None, replace(settings, activations=mode), shared)
 
     def first_attempt(mode: str, settings: QuantizeSettings):
         quantized, stats = build(mode, settings)
@@ -88,13 +91,12 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             )
         if adaptive and mode == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
             # Mixed precision before giving up on activations: a few layers usually carry most
-            # of the error, so keep in float each layer whose quantization alone takes the
-            # output below the floor (measured on the calibration data).
-            for floor in LAYER_SNR_FLOORS_DB:
-                mixed = replace(settings, min_layer_snr=floor)
+            # of the error, so keep the noisiest ones in float, as few as reach the floor.
+            for floor in MIXED_OUTPUT_SNR_FLOORS_DB:
+                mixed = replace(settings, min_output_snr=floor)
                 attempts.append(
                     Attempt(
-                        f"{LABELS[mode]}, layers under {floor:g} dB alone kept float",
+                        f"{LABELS[mode]}, fewest noisiest layers float for {floor:g} dB output SNR",
                         lambda s=mixed: build("static", s),
                     )
                 )
