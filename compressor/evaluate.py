@@ -18,6 +18,9 @@ DEFAULT_BATCH = 256
 # One batch of captured intermediate tensors (or of a run's outputs held for a comparison) stays
 # under this many bytes: memory is bounded by the model's tensors per sample, not by the data.
 CAPTURE_BYTES = 256 << 20
+# A whole-model run holds the model's intermediate tensors for the batch: at most this many bytes
+# of them per byte of input is assumed when `run_model` picks its batch (see run_batch_size).
+ACTIVATION_BYTES_PER_INPUT_BYTE = 32
 # SNR sums are taken over float32 chunks of this many values into float64 accumulators.
 SNR_CHUNK = 1 << 20
 
@@ -64,9 +67,21 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = DEFAULT_BATCH) -> int:
     return fixed_batch_size(model) or wanted
 
 
-def bounded_batch_size(bytes_per_sample: int, samples: int, budget: int = CAPTURE_BYTES) -> int:
+def run_batch_size(model: onnx.ModelProto, data: Dataset, wanted: int = DEFAULT_BATCH) -> int:
+    """The batch of a whole-model run: the model's fixed batch, else `wanted`, fewer when the
+    intermediate tensors of a batch (ACTIVATION_BYTES_PER_INPUT_BYTE per input byte) would
+    exceed CAPTURE_BYTES."""
+    fixed = fixed_batch_size(model)
+    if fixed or data.per_sample:
+        return fixed or wanted
+    per_sample = sum(int(v[:1].nbytes) for v in data.inputs.values())
+    return min(wanted, bounded_batch_size(ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample, data.size))
+
+
+def bounded_batch_size(bytes_per_sample: int, samples: int, budget: int | None = None) -> int:
     """Samples per batch so that one batch of tensors taking `bytes_per_sample` each sample
-    stays under `budget` bytes (at least 1, at most `samples`)."""
+    stays under `budget` bytes (default CAPTURE_BYTES; at least 1, at most `samples`)."""
+    budget = CAPTURE_BYTES if budget is None else budget
     return int(max(1, min(max(samples, 1), budget // max(int(bytes_per_sample), 1))))
 
 
@@ -105,7 +120,7 @@ def run_model(
     axis; `extra_feed` is fed with every batch."""
     session = model if hasattr(model, "run") else make_session(model)
     if batch_size is None:
-        batch_size = batch_size_for(model) if isinstance(model, onnx.ModelProto) else DEFAULT_BATCH
+        batch_size = run_batch_size(model, data) if isinstance(model, onnx.ModelProto) else DEFAULT_BATCH
     chunks: list[list[np.ndarray]] = []
     for outs in run_batches(session, data, batch_size, extra_feed=extra_feed):
         chunks.append(outs)
@@ -290,7 +305,7 @@ def capture_with_feeds(
     names: Sequence[str],
     data: Dataset,
     batch_size: int | None = None,
-    budget: int = CAPTURE_BYTES,
+    budget: int | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Yield (feed, values of `names`) batch by batch, one pass over the data.
 

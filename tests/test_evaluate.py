@@ -14,6 +14,7 @@ from compressor import graph
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.evaluate import (
+    ACTIVATION_BYTES_PER_INPUT_BYTE,
     accuracy,
     bounded_batch_size,
     capture,
@@ -24,6 +25,7 @@ from compressor.evaluate import (
     latency_ms,
     make_session,
     ort_counts,
+    run_batch_size,
     run_model,
     snr_db,
     top1,
@@ -199,6 +201,19 @@ def test_capture_batches_stay_under_the_byte_budget():
     assert [len(v["fc2"]) for _, v in capture_with_feeds(model, names, data, batch_size=20)] == [20, 20, 10]
     assert bounded_batch_size(per_sample, 49, budget) == 7
     assert bounded_batch_size(10**12, 49) == 1 and bounded_batch_size(1, 49) == 49
+
+
+def test_run_batch_size_bounds_the_activations_of_a_batch(monkeypatch):
+    model = graphs.mlp()
+    data = graphs.make_inputs(model, 50, 0)
+    per_sample = sum(v[:1].nbytes for v in data.inputs.values())
+    assert run_batch_size(model, data) == 50  # small inputs: the whole data at once
+    monkeypatch.setattr("compressor.evaluate.CAPTURE_BYTES", ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample * 6)
+    assert run_batch_size(model, data) == 6
+    assert run_batch_size(model, data, wanted=4) == 4
+    before = ort_counts()["runs"]
+    run_model(model, data)
+    assert ort_counts()["runs"] - before == 9  # ceil(50 / 6)
 
 
 def test_ort_counts_count_sessions_and_runs():

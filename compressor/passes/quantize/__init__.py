@@ -256,13 +256,10 @@ def _build(
     weight_type,
     weight_range,
     skip=frozenset(),
-    only=None,
 ):
     """Plans + rewrite + fold on a fresh copy of the prepared float model."""
     model = graph.copy_model(float_model)
     plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
-    if only is not None:
-        plans = [p for p in plans if p.name in only]
     scope = NameScope(model)
     store = WeightStore(scope, symmetric, factors, weight_type, weight_range)
     fold_counts = None
@@ -276,8 +273,7 @@ def _build(
     for row in rows:
         if row["node"] in status:
             row["status"] = status[row["node"]]
-    if only is None:
-        cleanup.remove_unused(model)
+    cleanup.remove_unused(model)
     return model, rows, store, fold_counts
 
 

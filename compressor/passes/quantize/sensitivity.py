@@ -59,7 +59,7 @@ class Reference:
         session = evaluate.make_session(model)
         powers = {i: [0.0, 0.0] for i in self.compared}
         starts = dict.fromkeys(self.compared, 0)
-        for outs in evaluate.run_batches(session, self.subset, evaluate.batch_size_for(model)):
+        for outs in evaluate.run_batches(session, self.subset, evaluate.run_batch_size(model, self.subset)):
             for i in self.compared:
                 rows = outs[i].shape[0]
                 signal, noise = evaluate.snr_powers(self.outputs[i][starts[i] : starts[i] + rows], outs[i])
