@@ -61,8 +61,8 @@ from .common import format_table, human_bytes, report_pass, warn
     type=float,
     default=None,
     metavar="DB",
-    help="Mixed precision: keep in float the fewest layers, noisiest first, for the output SNR on the calibration "
-    "data to reach DB (static; layers ranked without running the model, then a bisection: a few ORT runs).",
+    help="Mixed precision: keep in float the layers needed for the output SNR on the calibration data to reach DB "
+    "(static; layers ranked without running the model, then group testing: O(log layers) ORT runs).",
 )
 @click.option(
     "--reduce-range/--full-range",
@@ -187,7 +187,7 @@ def _print_report(stats: dict) -> None:
     if mixed:
         click.echo(
             f"mixed precision: {mixed['kept_float']} of {mixed['layers_ranked']} layers kept float for "
-            f"{mixed['floor_db']:g} dB ({len(mixed['probes'])} runs): {', '.join(stats['kept_float_mixed']) or 'none'}"
+            f"{mixed['floor_db']:g} dB ({mixed['probes']} runs): {', '.join(stats['kept_float_mixed']) or 'none'}"
         )
     cov = stats.get("coverage")
     if cov:

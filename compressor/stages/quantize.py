@@ -14,10 +14,10 @@ from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, run_
 
 NAME = "quantize"
 
-# Output-SNR floors (on the calibration data) of the mixed-precision rungs: each keeps float the
-# fewest of the noisiest layers that reach its floor.  The layers are ranked once without running
-# the model; each rung is a bisection on their number (about log2(layers) runs, shared by the
-# rungs).  Still whole-model runs: only up to this size.
+# Output-SNR floors (on the calibration data) of the mixed-precision rungs: each quantizes the
+# layers it can, least noisy first, keeping its floor.  The layers are ranked once without running
+# the model; each rung is a group testing along that ranking (O(log layers) runs, measurements
+# shared by the rungs).  Still whole-model runs: only up to this size.
 MIXED_OUTPUT_SNR_FLOORS_DB = (30.0, 40.0)
 MIXED_PRECISION_MAX_BYTES = 64 << 20
 
@@ -96,7 +96,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                 mixed = replace(settings, min_output_snr=floor)
                 attempts.append(
                     Attempt(
-                        f"{LABELS[mode]}, fewest noisiest layers float for {floor:g} dB output SNR",
+                        f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
                         lambda s=mixed: build("static", s),
                     )
                 )

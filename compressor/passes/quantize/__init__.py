@@ -85,9 +85,9 @@ def quantize(
     calib: a Dataset of calibration inputs (static mode).  settings.activations: "static" |
     "dynamic" | "none" (default: static with calib, else none).  calibration: "minmax" |
     "percentile" | "entropy" for activation ranges (percentile: `percentile`).  exclude: regex on
-    node names (or first output) kept in float.  min_output_snr: mixed precision, the fewest of
-    the noisiest layers kept in float for the output SNR on the calibration data to reach this
-    many dB (see _mixed_precision).  reduce_range: 7-bit weights for integer kernels (see
+    node names (or first output) kept in float.  min_output_snr: mixed precision, layers kept in
+    float as needed for the output SNR on the calibration data to reach this many dB (see
+    _mixed_precision).  reduce_range: 7-bit weights for integer kernels (see
     _weight_range); None (default) chooses by measurement in static mode (the higher output SNR
     on the calibration data; 7-bit on a tie) and reduces the range otherwise.
     shared: work shared by several calls on the same model and calibration data (activation
@@ -285,28 +285,33 @@ def _probe_key(settings: QuantizeSettings) -> QuantizeSettings:
 def _mixed_precision(
     noise: dict[str, float], floor: float, snr_with_float: Callable[[frozenset[str]], float], stats: dict
 ) -> set[str]:
-    """The fewest of the noisiest layers (layer-local estimate, see sensitivity.layer_noise) kept
-    float for the output SNR on the calibration data to reach `floor` dB: a bisection on their
-    number, one whole-model run per probe (shared with the other rungs through `snr_with_float`).
+    """The layers kept float for the output SNR on the calibration data to reach `floor` dB:
+    ranked by their layer-local noise (sensitivity.layer_noise), the least noisy quantized
+    first by group testing (sensitivity.layers_to_quantize), one whole-model run per probe, at
+    most sensitivity.max_probes; measurements are shared with other rungs via `snr_with_float`.
     """
-    order = sensitivity.ranking(noise)
-    probes: dict[int, float] = {}
+    order = sensitivity.ranking(noise)[::-1]  # least noisy first
+    probes: list[float] = []
 
-    def snr_of(k: int) -> float:
-        probes[k] = snr_with_float(frozenset(order[:k]))
-        return probes[k]
+    def snr_of(float_layers: frozenset[str]) -> float:
+        probes.append(snr_with_float(float_layers))
+        return probes[-1]
 
-    k = sensitivity.fewest_float(len(order), snr_of, floor)
+    limit = sensitivity.max_probes(len(order))
+    quantized = set(sensitivity.layers_to_quantize(order, snr_of, floor, limit))
+    kept = set(order) - quantized
     stats["mixed_precision"] = {
         "floor_db": floor,
         "layers_ranked": len(order),
-        "kept_float": k,
-        "probes": {str(n): evaluate.reported(v) for n, v in sorted(probes.items())},
+        "kept_float": len(kept),
+        "probes": len(probes),
+        "max_probes": limit,
+        "probe_snr_db": [evaluate.reported(v) for v in probes],
     }
     stats["layer_noise_db"] = {
-        name: evaluate.reported(-10.0 * np.log10(noise[name])) if noise[name] > 0 else None for name in order
+        name: evaluate.reported(-10.0 * np.log10(noise[name])) if noise[name] > 0 else None for name in order[::-1]
     }
-    return set(order[:k])
+    return kept
 
 
 def _weight_range(weight_type: str, symmetric: bool, reduce_range: bool) -> tuple[int, int]:

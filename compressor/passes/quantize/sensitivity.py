@@ -6,14 +6,16 @@ whole-model runs.
   ``calibrate.collect`` already keeps, against their quantization parameters) carried through
   the layer's weight, plus its weight's own quantization error, plus its output's quantization
   noise, over its output's power.
-* ``fewest_float``: a bisection on the number k of the noisiest layers kept float, each probe
-  one whole-model run against the float model's outputs (``Reference``): O(log layers) runs.
+* ``layers_to_quantize``: group testing along that ranking (least noisy first: bisection for the
+  boundary, blocks split where they fail), each probe one whole-model run against the float
+  model's outputs (``Reference``), at most ``max_probes`` (O(log layers)) runs.
 * ``Shared``: what one stage's quantize calls share on one model (ranges, reference outputs,
   probes), so every mixed-precision rung reuses the work of the others.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +28,7 @@ from ...data import Dataset, fixed_batch_size
 from .params import QParams
 from .registry import Plan
 
+PROBES_PER_HALVING = 3  # see max_probes
 MAX_SAMPLES = 256  # calibration samples of the reference outputs (fewer when their bytes exceed the budget)
 
 
@@ -152,17 +155,36 @@ def ranking(noise: dict[str, float]) -> list[str]:
     return sorted(noise, key=lambda name: (-noise[name], name))
 
 
-def fewest_float(count: int, snr_with_float: Callable[[int], float], floor: float) -> int:
-    """The smallest k in [0, count] such that keeping the k noisiest layers float reaches `floor`
-    dB, by bisection (the SNR grows with k; k = count, all float, is taken to reach it)."""
-    lo, hi = 0, count
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if snr_with_float(mid) >= floor:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+def max_probes(layers: int) -> int:
+    """Whole-model runs one mixed-precision search may make: PROBES_PER_HALVING per halving of
+    the layer count (a count, never the clock)."""
+    return PROBES_PER_HALVING * max(1, math.ceil(math.log2(layers + 1)))
+
+
+def layers_to_quantize(
+    order: list[str], snr_with_float: Callable[[frozenset[str]], float], floor: float, probes: int
+) -> list[str]:
+    """The layers quantized (the others stay float) so that the output SNR keeps `floor` dB.
+
+    Group testing along `order` (least noisy first): a block is added to the quantized layers
+    when the model with them reaches the floor, else it is split in two and each half tried
+    in turn; a single layer that fails stays float.  With a good ranking this is a bisection
+    for the boundary (O(log layers) runs); a layer the local estimate ranks too low (its noise
+    grows downstream) is found in a few more.  At most `probes` runs: blocks not tried by then
+    stay float.
+    """
+    accepted: list[str] = []
+    everything = frozenset(order)
+    pending = [list(order)]
+    while pending and probes > 0:
+        block = pending.pop()
+        probes -= 1
+        if snr_with_float(everything.difference(accepted, block)) >= floor:
+            accepted += block
+        elif len(block) > 1:
+            mid = len(block) // 2
+            pending += [block[mid:], block[:mid]]  # the less noisy half first
+    return accepted
 
 
 @dataclass
