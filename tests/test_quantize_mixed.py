@@ -139,3 +139,19 @@ def test_reference_outputs_are_bounded_by_bytes(monkeypatch):
     ref = sensitivity.Reference(model, calib)
     assert ref.subset.size == 10 and ref.outputs[0].shape[0] == 10
     assert ref.snr(model) == math.inf
+
+
+def test_mixed_floors_follow_the_judge_and_what_was_spent():
+    from types import SimpleNamespace
+
+    from compressor.stages.quantize import MIXED_OUTPUT_SNR_FLOORS_DB, MIXED_SNR_MARGINS_DB, mixed_floors
+
+    def ctx(gated, spent):
+        row = SimpleNamespace(metrics={"snr_db": spent})
+        return SimpleNamespace(measure=SimpleNamespace(snr_gated=gated, min_snr_db=20.0), rows=[row], previous=row)
+
+    assert mixed_floors(ctx(False, None)) == list(MIXED_OUTPUT_SNR_FLOORS_DB)  # top-1 judged: fixed floors
+    assert mixed_floors(ctx(True, None)) == [20.0 + m for m in MIXED_SNR_MARGINS_DB]
+    spent = mixed_floors(ctx(True, 30.0))  # the noise already spent leaves less for quantize
+    assert all(f > 20.0 + m for f, m in zip(spent, MIXED_SNR_MARGINS_DB))
+    assert mixed_floors(ctx(True, 20.5)) == []  # nothing left: no mixed rung

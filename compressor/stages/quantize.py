@@ -4,6 +4,7 @@ precision (sensitive layers kept float) before giving up on static activations."
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from ..errors import CompressorError
@@ -18,7 +19,10 @@ NAME = "quantize"
 # layers it can, least noisy first, keeping its floor.  The layers are ranked once without running
 # the model; each rung is a group testing along that ranking (O(log layers) runs, measurements
 # shared by the rungs).  Still whole-model runs: only up to this size.
+# When the judge gates the output SNR, the floors are its own floor plus these margins, less what
+# the stages before spent (noise powers add).
 MIXED_OUTPUT_SNR_FLOORS_DB = (30.0, 40.0)
+MIXED_SNR_MARGINS_DB = (2.0, 8.0)
 MIXED_PRECISION_MAX_BYTES = 64 << 20
 
 LABELS = {
@@ -28,6 +32,21 @@ LABELS = {
 }
 # Everything stayed float (subgraphs, sensitive layers): Q/DQ pairs would only add bytes.
 NOTHING_QUANTIZED = MustShrink("no size gain: nothing was quantized", "quantized nothing, trying the next setting")
+
+
+def mixed_floors(ctx: StageContext) -> list[float]:
+    """Output-SNR floors (dB, against the stage's input) of the mixed-precision rungs."""
+    judge = ctx.measure
+    if not getattr(judge, "snr_gated", False):
+        return list(MIXED_OUTPUT_SNR_FLOORS_DB)
+    spent = ctx.previous.metrics.get("snr_db") if ctx.rows else None
+    spent_noise = 10.0 ** (-spent / 10.0) if spent is not None and math.isfinite(spent) else 0.0
+    floors = []
+    for margin in MIXED_SNR_MARGINS_DB:
+        left = 10.0 ** (-(judge.min_snr_db + margin) / 10.0) - spent_noise
+        if left > 0:
+            floors.append(round(-10.0 * math.log10(left), 1))
+    return floors
 
 
 def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
@@ -92,7 +111,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         if adaptive and mode == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
             # Mixed precision before giving up on activations: a few layers usually carry most
             # of the error, so keep the noisiest ones in float, as few as reach the floor.
-            for floor in MIXED_OUTPUT_SNR_FLOORS_DB:
+            for floor in mixed_floors(ctx):
                 mixed = replace(settings, min_output_snr=floor)
                 attempts.append(
                     Attempt(
