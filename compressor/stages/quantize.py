@@ -22,7 +22,7 @@ NAME = "quantize"
 # When the judge gates the output SNR, the floors are its own floor plus these margins, less what
 # the stages before spent (noise powers add).
 MIXED_OUTPUT_SNR_FLOORS_DB = (30.0, 40.0)
-MIXED_SNR_MARGINS_DB = (2.0, 8.0)
+MIXED_SNR_MARGINS_DB = (3.0, 8.0)
 MIXED_PRECISION_MAX_BYTES = 64 << 20
 
 LABELS = {
