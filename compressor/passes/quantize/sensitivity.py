@@ -28,7 +28,7 @@ from ...data import Dataset, fixed_batch_size
 from .params import QParams
 from .registry import Plan
 
-PROBES_PER_HALVING = 5  # see max_probes
+PROBES_PER_HALVING = 3  # see max_probes
 MAX_SAMPLES = 256  # calibration samples of the reference outputs (fewer when their bytes exceed the budget)
 
 
