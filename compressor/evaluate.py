@@ -18,6 +18,23 @@ from .data import Dataset, fixed_batch_size
 from .errors import CompressorError
 
 DEFAULT_BATCH = 256
+# One batch of captured intermediate tensors (or of a run's outputs held for a comparison) stays
+# under this many bytes: memory is bounded by the model's tensors per sample, not by the data.
+CAPTURE_BYTES = 256 << 20
+# A whole-model run holds the model's intermediate tensors for the batch: at most this many bytes
+# of them per byte of input is assumed when `run_model` picks its batch (see run_batch_size).
+ACTIVATION_BYTES_PER_INPUT_BYTE = 32
+# SNR sums are taken over float32 chunks of this many values into float64 accumulators.
+SNR_CHUNK = 1 << 20
+
+# ORT work done by this process: sessions built and runs (batches) executed; stages report
+# the difference around their work (see ``ort_counts``).
+ORT_COUNTS = {"sessions": 0, "runs": 0}
+
+
+def ort_counts() -> dict[str, int]:
+    """A copy of the ORT counters (sessions built, runs executed) so far."""
+    return dict(ORT_COUNTS)
 
 
 def make_session(
@@ -53,6 +70,7 @@ def make_session(
             graph.save_model(model, path, external_threshold=external_threshold)
             return make_session(str(path), threads, optimized_path, level)
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    ORT_COUNTS["sessions"] += 1
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises several exception types for invalid graphs
@@ -62,6 +80,24 @@ def make_session(
 
 def batch_size_for(model: onnx.ModelProto, wanted: int = DEFAULT_BATCH) -> int:
     return fixed_batch_size(model) or wanted
+
+
+def run_batch_size(model: onnx.ModelProto, data: Dataset, wanted: int = DEFAULT_BATCH) -> int:
+    """The batch of a whole-model run: the model's fixed batch, else `wanted`, fewer when the
+    intermediate tensors of a batch (ACTIVATION_BYTES_PER_INPUT_BYTE per input byte) would
+    exceed CAPTURE_BYTES."""
+    fixed = fixed_batch_size(model)
+    if fixed or data.per_sample:
+        return fixed or wanted
+    per_sample = sum(int(v[:1].nbytes) for v in data.inputs.values())
+    return min(wanted, bounded_batch_size(ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample, data.size))
+
+
+def bounded_batch_size(bytes_per_sample: int, samples: int, budget: int | None = None) -> int:
+    """Samples per batch so that one batch of tensors taking `bytes_per_sample` each sample
+    stays under `budget` bytes (default CAPTURE_BYTES; at least 1, at most `samples`)."""
+    budget = CAPTURE_BYTES if budget is None else budget
+    return int(max(1, min(max(samples, 1), budget // max(int(bytes_per_sample), 1))))
 
 
 def run_batches(
@@ -76,11 +112,17 @@ def run_batches(
     for feed in data.batches(batch_size):
         if extra_feed:
             feed.update(extra_feed)
-        try:
-            yield session.run(list(output_names) if output_names else None, feed)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CompressorError(f"ONNX Runtime failed to run the model: {msg}")
+        yield run_once(session, feed, output_names)
+
+
+def run_once(session, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """One counted ORT run; its failure is a CompressorError."""
+    ORT_COUNTS["runs"] += 1
+    try:
+        return session.run(list(output_names) if output_names else None, feed)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompressorError(f"ONNX Runtime failed to run the model: {msg}")
 
 
 def run_model(
@@ -93,7 +135,7 @@ def run_model(
     axis; `extra_feed` is fed with every batch."""
     session = model if hasattr(model, "run") else make_session(model)
     if batch_size is None:
-        batch_size = batch_size_for(model) if isinstance(model, onnx.ModelProto) else DEFAULT_BATCH
+        batch_size = run_batch_size(model, data) if isinstance(model, onnx.ModelProto) else DEFAULT_BATCH
     chunks: list[list[np.ndarray]] = []
     for outs in run_batches(session, data, batch_size, extra_feed=extra_feed):
         chunks.append(outs)
@@ -124,17 +166,31 @@ def accuracy(output: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(pred == labels) * 100.0)
 
 
-def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    """Signal-to-noise ratio of `actual` against `reference`, in dB (inf when identical)."""
-    ref = reference.astype(np.float64).ravel()
-    noise = ref - actual.astype(np.float64).ravel()
-    noise_power = float(np.dot(noise, noise))
-    signal_power = float(np.dot(ref, ref))
+def snr_powers(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    """(signal power, noise power) of `actual` against `reference`: sums of squares taken over
+    chunks in float64, without a float64 copy of the whole arrays."""
+    ref, act = np.asarray(reference).reshape(-1), np.asarray(actual).reshape(-1)
+    signal = noise = 0.0
+    for start in range(0, ref.size, SNR_CHUNK):
+        r = ref[start : start + SNR_CHUNK].astype(np.float64)
+        d = r - act[start : start + SNR_CHUNK]
+        signal += float(np.dot(r, r))
+        noise += float(np.dot(d, d))
+    return signal, noise
+
+
+def snr_from_powers(signal_power: float, noise_power: float) -> float:
+    """10 log10(signal / noise) in dB: inf without noise, -inf without signal."""
     if noise_power == 0.0:
         return float("inf")
     if signal_power == 0.0:
         return float("-inf")
     return float(10.0 * np.log10(signal_power / noise_power))
+
+
+def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    """Signal-to-noise ratio of `actual` against `reference`, in dB (inf when identical)."""
+    return snr_from_powers(*snr_powers(reference, actual))
 
 
 def reported(value) -> float | None:
@@ -240,13 +296,37 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
 def capture(
     model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield, batch by batch, the values of intermediate tensors `names` (never all in memory)."""
+    """Yield, batch by batch, the values of intermediate tensors `names` (never all in memory).
+    Batches as ``capture_with_feeds`` makes them unless `batch_size` is given."""
+    for _, values in capture_with_feeds(model, names, data, batch_size):
+        yield values
+
+
+def capture_with_feeds(
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    data: Dataset,
+    batch_size: int | None = None,
+    budget: int | None = None,
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Yield (feed, values of `names`) batch by batch, one pass over the data.
+
+    Without `batch_size` (and unless the model fixes its batch), the first batch is one
+    sample: the bytes its captures take set the size of the following batches, so that one
+    batch of captures stays under `budget` bytes (see ``bounded_batch_size``).
+    """
     names = list(dict.fromkeys(names))
     session = make_session(with_outputs(model, names))
-    if batch_size is None:
-        batch_size = batch_size_for(model)
-    for outs in run_batches(session, data, batch_size, names):
-        yield dict(zip(names, outs))
+    fixed = fixed_batch_size(model)
+    if batch_size is None and not fixed and not data.per_sample and data.size > 1:
+        first = data.take(1)
+        feed = next(first.batches(1))
+        outs = run_once(session, feed, names)
+        yield feed, dict(zip(names, outs))
+        data = data.select(slice(1, None))
+        batch_size = bounded_batch_size(sum(int(np.asarray(o).nbytes) for o in outs), data.size, budget)
+    for feed in data.batches(batch_size or fixed or DEFAULT_BATCH):
+        yield feed, dict(zip(names, run_once(session, feed, names)))
 
 
 def evaluate_with_latency(

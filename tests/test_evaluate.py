@@ -14,13 +14,18 @@ from compressor import graph
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.evaluate import (
+    ACTIVATION_BYTES_PER_INPUT_BYTE,
     accuracy,
+    bounded_batch_size,
     capture,
+    capture_with_feeds,
     evaluate,
     evaluate_with_latency,
     fidelity,
     latency_ms,
     make_session,
+    ort_counts,
+    run_batch_size,
     run_model,
     snr_db,
     top1,
@@ -168,11 +173,67 @@ def test_capture_yields_intermediate_values_batch_by_batch():
 def test_capture_of_an_output_and_of_a_value_inside_attention():
     model = graphs.transformer_encoder()
     data = graphs.make_inputs(model, 6, 0)
-    (chunk,) = capture(model, ["logits", "attn.softmax"], data)
-    np.testing.assert_allclose(chunk["logits"], run_model(model, data)[0], rtol=1e-5, atol=1e-5)
-    probs = chunk["attn.softmax"]
+    chunks = list(capture(model, ["logits", "attn.softmax"], data))
+    # a 1-sample batch measures the captures' bytes, then the rest fits the byte budget at once
+    assert [len(c["logits"]) for c in chunks] == [1, 5]
+    logits = np.concatenate([c["logits"] for c in chunks])
+    np.testing.assert_allclose(logits, run_model(model, data)[0], rtol=1e-5, atol=1e-5)
+    probs = np.concatenate([c["attn.softmax"] for c in chunks])
     assert probs.shape == (6, 4, 8, 8)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_capture_batches_stay_under_the_byte_budget():
+    model = graphs.mlp()
+    data = graphs.make_inputs(model, 50, 0)
+    names = ["relu_0", "fc2"]
+    per_sample = (128 + 64) * 4  # float32 values of both captures for one sample
+    budget = 7 * per_sample + 3
+    pairs = list(capture_with_feeds(model, names, data, budget=budget))
+    sizes = [len(values["fc2"]) for _, values in pairs]
+    assert sizes == [1] + [7] * 7  # the probe sample, then batches of budget // per_sample
+    for feed, values in pairs:
+        assert sum(v.nbytes for v in values.values()) <= budget
+        assert len(next(iter(feed.values()))) == len(values["fc2"])  # each feed with its captures
+    whole = np.concatenate([v["fc2"] for _, v in pairs])
+    np.testing.assert_allclose(whole, np.concatenate([c["fc2"] for c in capture(model, names, data, 50)]))
+    # an explicit batch size wins; the sizing is a pure function of the counts
+    assert [len(v["fc2"]) for _, v in capture_with_feeds(model, names, data, batch_size=20)] == [20, 20, 10]
+    assert bounded_batch_size(per_sample, 49, budget) == 7
+    assert bounded_batch_size(10**12, 49) == 1 and bounded_batch_size(1, 49) == 49
+
+
+def test_run_batch_size_bounds_the_activations_of_a_batch(monkeypatch):
+    model = graphs.mlp()
+    data = graphs.make_inputs(model, 50, 0)
+    per_sample = sum(v[:1].nbytes for v in data.inputs.values())
+    assert run_batch_size(model, data) == 50  # small inputs: the whole data at once
+    monkeypatch.setattr("compressor.evaluate.CAPTURE_BYTES", ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample * 6)
+    assert run_batch_size(model, data) == 6
+    assert run_batch_size(model, data, wanted=4) == 4
+    before = ort_counts()["runs"]
+    run_model(model, data)
+    assert ort_counts()["runs"] - before == 9  # ceil(50 / 6)
+
+
+def test_ort_counts_count_sessions_and_runs():
+    model = graphs.mlp()
+    data = graphs.make_inputs(model, 10, 0)
+    before = ort_counts()
+    run_model(model, data, batch_size=4)
+    after = ort_counts()
+    assert after["sessions"] - before["sessions"] == 1 and after["runs"] - before["runs"] == 3
+
+
+def test_snr_db_in_chunks_matches_the_float64_formula(monkeypatch):
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(7, 13, 5)).astype(np.float32)
+    out = ref + rng.normal(scale=0.1, size=ref.shape).astype(np.float32)
+    r64, o64 = ref.astype(np.float64), out.astype(np.float64)
+    exact = 10 * math.log10(float((r64**2).sum()) / float(((r64 - o64) ** 2).sum()))
+    monkeypatch.setattr("compressor.evaluate.SNR_CHUNK", 17)  # many chunks, a ragged last one
+    assert snr_db(ref, out) == pytest.approx(exact, abs=1e-9)
+    assert snr_db(ref, ref) == math.inf
 
 
 def test_with_outputs_leaves_the_model_alone():

@@ -465,19 +465,19 @@ def test_default_weight_range_is_the_one_measured_better_here():
     assert dyn["reduce_range"] is True and "weight_range_snr_db" not in dyn
 
 
-def test_exclude_and_min_layer_snr_keep_layers_float():
+def test_exclude_and_min_output_snr_keep_layers_float():
     model = tiny_mlp()
     calib = random_data(model, 32)
     q, stats = quantize(model, calib, QuantizeSettings(exclude="^fc2$"))
     fc2 = next(n for n in q.graph.node if n.name == "fc2")
     assert fc2.input[1] == "w2"  # float weight
     assert {"node": "fc2", "op": "Gemm", "status": "float", "reason": "excluded by --exclude"} in stats["nodes"]
-    q, stats = quantize(model, calib, QuantizeSettings(min_layer_snr=1000.0))
-    assert stats["kept_float_low_snr"] == ["fc1", "fc2"]
-    assert set(stats["layer_snr_db"]) == {"fc1", "fc2"}
+    q, stats = quantize(model, calib, QuantizeSettings(min_output_snr=1000.0))  # only the float model reaches it
+    assert stats["kept_float_mixed"] == ["fc1", "fc2"]
+    assert set(stats["layer_noise_db"]) == {"fc1", "fc2"}
     assert not any(n.op_type == "QuantizeLinear" for n in q.graph.node)
-    q, stats = quantize(model, calib, QuantizeSettings(min_layer_snr=0.0))
-    assert stats["kept_float_low_snr"] == []
+    q, stats = quantize(model, calib, QuantizeSettings(min_output_snr=0.0))
+    assert stats["kept_float_mixed"] == []
     with pytest.raises(Exception, match="regular expression"):
         quantize(model, calib, QuantizeSettings(exclude="("))
 

@@ -271,8 +271,8 @@ def test_bad_numbers_on_the_command_line_are_refused_before_any_work(files, caps
         assert main(["batch", absent, "-o", str(files["dir"] / "zoo"), "--max-accuracy-drop", value]) == 2
         _usage_error(capsys, "max_accuracy_drop", words)
     model, calib = str(files["model"]), str(files["calib"])
-    assert main(["quantize", model, "--calib", calib, "-o", out, "--min-layer-snr", "nan"]) == 2
-    _usage_error(capsys, "--min-layer-snr must be a finite number")
+    assert main(["quantize", model, "--calib", calib, "-o", out, "--min-output-snr", "nan"]) == 2
+    _usage_error(capsys, "--min-output-snr must be a finite number")
     for args in (["run", model, "-o", out, "-q"], ["prune", model, "-o", out], ["share", model, "-o", out]):
         assert main([*args, "--seed", "-1"]) == 2
         _usage_error(capsys, "--seed")

@@ -57,11 +57,12 @@ from .common import format_table, human_bytes, report_pass, warn
     "--exclude", default=None, metavar="REGEX", help="Keep nodes whose name (or output) matches REGEX in float."
 )
 @click.option(
-    "--min-layer-snr",
+    "--min-output-snr",
     type=float,
     default=None,
     metavar="DB",
-    help="Keep in float any layer whose quantization alone drops the output SNR below DB (static; one ORT run per layer).",
+    help="Mixed precision: keep in float the layers needed for the output SNR on the calibration data to reach DB "
+    "(static; layers ranked without running the model, then group testing: O(log layers) ORT runs).",
 )
 @click.option(
     "--reduce-range/--full-range",
@@ -94,7 +95,7 @@ def quantize_command(
     calibration,
     percentile,
     exclude,
-    min_layer_snr,
+    min_output_snr,
     reduce_range,
     small_constants,
     no_attention,
@@ -106,10 +107,10 @@ def quantize_command(
         raise UsageError("--activations static needs --calib CALIB.npz")
     if calib_path and activations in ("dynamic", "none"):
         warn(f"--calib is not used with --activations {activations}")
-    if min_layer_snr is not None and not math.isfinite(min_layer_snr):
-        raise UsageError(f"--min-layer-snr must be a finite number of dB, got {min_layer_snr}")
-    if min_layer_snr is not None and not (calib_path and activations in (None, "static")):
-        raise UsageError("--min-layer-snr needs static activations (--calib)")
+    if min_output_snr is not None and not math.isfinite(min_output_snr):
+        raise UsageError(f"--min-output-snr must be a finite number of dB, got {min_output_snr}")
+    if min_output_snr is not None and not (calib_path and activations in (None, "static")):
+        raise UsageError("--min-output-snr needs static activations (--calib)")
     loaded, external_files = load_model_and_files(model)
     check_outputs(
         {"-o": output},
@@ -129,7 +130,7 @@ def quantize_command(
         calibration=calibration,
         percentile=percentile,
         exclude=exclude,
-        min_layer_snr=min_layer_snr,
+        min_output_snr=min_output_snr,
         reduce_range=reduce_range,
         small_constants=small_constants,
         quantize_attention=not no_attention,
@@ -182,8 +183,12 @@ def _print_report(stats: dict) -> None:
             f"weight range: {'7-bit' if stats['reduce_range'] else '8-bit'} (calibration output SNR: "
             f"7-bit {show(m['reduced'])}, 8-bit {show(m['full'])})"
         )
-    if stats.get("kept_float_low_snr"):
-        click.echo(f"kept in float (per-layer SNR below threshold): {', '.join(stats['kept_float_low_snr'])}")
+    mixed = stats.get("mixed_precision")
+    if mixed:
+        click.echo(
+            f"mixed precision: {mixed['kept_float']} of {mixed['layers_ranked']} layers kept float for "
+            f"{mixed['floor_db']:g} dB ({mixed['probes']} runs): {', '.join(stats['kept_float_mixed']) or 'none'}"
+        )
     cov = stats.get("coverage")
     if cov:
         frac = "-" if cov["fraction"] is None else f"{100 * cov['fraction']:.0f}%"

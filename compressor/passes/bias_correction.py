@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from .. import graph
 from ..data import Dataset
-from ..evaluate import batch_size_for, capture, fidelity, looks_like_class_scores, reported, run_model
+from ..evaluate import capture_with_feeds, fidelity, looks_like_class_scores, reported, run_model
 
 
 def correct_biases(
@@ -240,10 +240,10 @@ def _input_means(model: onnx.ModelProto, names: list[str], axes: list[int], data
     graph_inputs = {i.name for i in model.graph.input}
     inner = sorted({n for n, _ in wanted if n not in graph_inputs})
     # Graph inputs are read from the data itself, the others captured from the model.
-    batches = capture(model, inner, data) if inner else ({} for _ in data.batches(1 << 30))
+    batches = capture_with_feeds(model, inner, data) if inner else ((f, {}) for f in data.batches(1 << 30))
     sums: dict = {}
     counts: dict = {}
-    for feed, batch in zip(data.batches(batch_size_for(model) if inner else 1 << 30), batches):
+    for feed, batch in batches:
         values = {**feed, **batch}
         for key in wanted:
             x = np.asarray(values[key[0]], dtype=np.float64)

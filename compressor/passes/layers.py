@@ -13,7 +13,7 @@ import onnx
 
 from .. import graph
 from ..data import Dataset
-from ..evaluate import batch_size_for, capture
+from ..evaluate import capture_with_feeds
 
 # Refit cost cap: k · d_in · d_in · d_out multiply-adds per layer (~ a few seconds).
 REFIT_MAX_FLOPS = 2e10
@@ -166,15 +166,13 @@ def layers_for(w: graph.Weight, k: int, known: set[str], max_flops: float | None
 
 
 def accumulate_inputs(model: onnx.ModelProto, layers: list[Layer], data: Dataset) -> None:
-    """Run `model` over `data` once and accumulate each layer's input covariance (X^T X)."""
+    """Run `model` over `data` once and accumulate each layer's input covariance (X^T X);
+    the captures are batched under evaluate.CAPTURE_BYTES."""
     input_names = {vi.name for vi in graph.graph_inputs(model)}
     wanted = sorted({layer.x_name for layer in layers})
     to_capture = [n for n in wanted if n not in input_names]
-    bs = batch_size_for(model)
-    captured = capture(model, to_capture, data, bs) if to_capture else None
-    for feed in data.batches(bs):
-        values = dict(feed)
-        if captured is not None:
-            values.update(next(captured))
+    batches = capture_with_feeds(model, to_capture, data) if to_capture else ((f, {}) for f in data.batches(1 << 30))
+    for feed, captured in batches:
+        values = {**feed, **captured}
         for layer in layers:
             layer.accumulate(values[layer.x_name])

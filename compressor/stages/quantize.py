@@ -4,19 +4,25 @@ precision (sensitive layers kept float) before giving up on static activations."
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from ..errors import CompressorError
 from ..options import QuantizeOptions
-from ..passes.quantize import QuantizeSettings, quantize
+from ..passes.quantize import QuantizeSettings, Shared, quantize
 from ..passes.quantize.ops_tables import SMALL_ROLES
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, run_ladder
 
 NAME = "quantize"
 
-# Per-layer output-SNR floors of the mixed-precision rungs.  The rungs build and run one model
-# per layer, which takes many minutes on models of hundreds of MB: only up to this size.
-LAYER_SNR_FLOORS_DB = (35.0, 45.0)
+# Output-SNR floors (on the calibration data) of the mixed-precision rungs: each quantizes the
+# layers it can, least noisy first, keeping its floor.  The layers are ranked once without running
+# the model; each rung is a group testing along that ranking (O(log layers) runs, measurements
+# shared by the rungs).  Still whole-model runs: only up to this size.
+# When the judge gates the output SNR, the floors are its own floor plus these margins, less what
+# the stages before spent (noise powers add).
+MIXED_OUTPUT_SNR_FLOORS_DB = (30.0, 40.0)
+MIXED_SNR_MARGINS_DB = (3.0, 8.0)
 MIXED_PRECISION_MAX_BYTES = 64 << 20
 
 LABELS = {
@@ -26,6 +32,21 @@ LABELS = {
 }
 # Everything stayed float (subgraphs, sensitive layers): Q/DQ pairs would only add bytes.
 NOTHING_QUANTIZED = MustShrink("no size gain: nothing was quantized", "quantized nothing, trying the next setting")
+
+
+def mixed_floors(ctx: StageContext) -> list[float]:
+    """Output-SNR floors (dB, against the stage's input) of the mixed-precision rungs."""
+    judge = ctx.measure
+    if not getattr(judge, "snr_gated", False):
+        return list(MIXED_OUTPUT_SNR_FLOORS_DB)
+    spent = ctx.previous.metrics.get("snr_db") if ctx.rows else None
+    spent_noise = 10.0 ** (-spent / 10.0) if spent is not None and math.isfinite(spent) else 0.0
+    floors = []
+    for margin in MIXED_SNR_MARGINS_DB:
+        left = 10.0 ** (-(judge.min_snr_db + margin) / 10.0) - spent_noise
+        if left > 0:
+            floors.append(round(-10.0 * math.log10(left), 1))
+    return floors
 
 
 def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
@@ -52,9 +73,10 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         # weight-only is the gentlest; never try a harsher mode after a gentler one
         modes = modes[: modes.index("none") + 1] if "none" in modes else modes
     first: dict = {}
+    shared = Shared()  # calibration ranges, reference outputs and measured candidates, for every rung
 
     def build(mode: str, settings: QuantizeSettings):
-        return quantize(model, calib_data if mode == "static" else None, replace(settings, activations=mode))
+        return quantize(model, calib_data if mode == "static" else None, replace(settings, activations=mode), shared)
 
     def first_attempt(mode: str, settings: QuantizeSettings):
         quantized, stats = build(mode, settings)
@@ -88,13 +110,12 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             )
         if adaptive and mode == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
             # Mixed precision before giving up on activations: a few layers usually carry most
-            # of the error, so keep in float each layer whose quantization alone takes the
-            # output below the floor (measured on the calibration data).
-            for floor in LAYER_SNR_FLOORS_DB:
-                mixed = replace(settings, min_layer_snr=floor)
+            # of the error, so keep the noisiest ones in float, as few as reach the floor.
+            for floor in mixed_floors(ctx):
+                mixed = replace(settings, min_output_snr=floor)
                 attempts.append(
                     Attempt(
-                        f"{LABELS[mode]}, layers under {floor:g} dB alone kept float",
+                        f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
                         lambda s=mixed: build("static", s),
                     )
                 )

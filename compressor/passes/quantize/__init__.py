@@ -15,13 +15,17 @@ quantized models, BatchNorm folding), ``plan`` + ``ops_*`` (the op -> handler re
 each handler says what quantizing its op means), ``calibrate`` + ``params`` (activation
 ranges and shared parameters), ``weights`` (offline int8 weights, codebooks, int32 biases),
 ``rewrite`` / ``dynamic`` (apply the plans), ``fold`` (remove DQ -> Q round trips),
-``sensitivity`` (per-layer SNR), ``coverage`` (what ORT runs with integer kernels).
+``sensitivity`` (mixed precision: layer-local noise ranking, bisection on the count kept
+float), ``coverage`` (what ORT runs with integer kernels).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import replace
 
+import numpy as np
 import onnx
 
 from ... import evaluate, graph
@@ -35,10 +39,11 @@ from .params import build_groups, compute_params
 from .plan import make_plans
 from .registry import HANDLERS
 from .rewrite import Rewriter
+from .sensitivity import Shared
 from .settings import DEFAULT_SETTINGS, QuantizeSettings
 from .weights import WeightStore
 
-__all__ = ["quantize", "QuantizeSettings", "integer_kernel_coverage", "HANDLERS"]
+__all__ = ["quantize", "QuantizeSettings", "Shared", "integer_kernel_coverage", "HANDLERS"]
 
 MODES = ("static", "dynamic", "none")
 METHODS = ("minmax", "percentile", "entropy")
@@ -48,7 +53,7 @@ ACTIVATION_TYPES = ("uint8", "int8")
 def _check_options(settings: QuantizeSettings) -> re.Pattern | None:
     """Checks the settings; returns the compiled exclude pattern."""
     activations, calibration, activation_type = settings.activations, settings.calibration, settings.activation_type
-    exclude, percentile, min_layer_snr = settings.exclude, settings.percentile, settings.min_layer_snr
+    exclude, percentile, min_output_snr = settings.exclude, settings.percentile, settings.min_output_snr
     if activations is not None and activations not in MODES:
         raise UsageError(f"activations must be one of {', '.join(MODES)}, got {activations!r}")
     if calibration not in METHODS:
@@ -57,8 +62,8 @@ def _check_options(settings: QuantizeSettings) -> re.Pattern | None:
         raise UsageError(f"activation type must be uint8 or int8, got {activation_type!r}")
     if not 50.0 < float(percentile) <= 100.0:
         raise UsageError(f"percentile must be in (50, 100], got {percentile}")
-    if min_layer_snr is not None and not isinstance(min_layer_snr, (int, float)):
-        raise UsageError("min_layer_snr must be a number of dB")
+    if min_output_snr is not None and not isinstance(min_output_snr, (int, float)):
+        raise UsageError("min_output_snr must be a number of dB")
     if exclude is None or exclude == "":
         return None
     if isinstance(exclude, re.Pattern):
@@ -70,17 +75,23 @@ def _check_options(settings: QuantizeSettings) -> re.Pattern | None:
 
 
 def quantize(
-    model: onnx.ModelProto, calib: Dataset | None = None, settings: QuantizeSettings = DEFAULT_SETTINGS
+    model: onnx.ModelProto,
+    calib: Dataset | None = None,
+    settings: QuantizeSettings = DEFAULT_SETTINGS,
+    shared: Shared | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Quantize `model` to 8 bits (see the module docstring and QuantizeSettings). Never mutates `model`.
 
     calib: a Dataset of calibration inputs (static mode).  settings.activations: "static" |
     "dynamic" | "none" (default: static with calib, else none).  calibration: "minmax" |
     "percentile" | "entropy" for activation ranges (percentile: `percentile`).  exclude: regex on
-    node names (or first output) kept in float.  min_layer_snr: keep in float any layer whose
-    quantization alone brings the output SNR on the calibration data below this many dB.
-    reduce_range: 7-bit weights for integer kernels (see _weight_range); None (default) chooses
-    by measurement in static mode (see _choose_weight_range) and reduces the range otherwise.
+    node names (or first output) kept in float.  min_output_snr: mixed precision, layers kept in
+    float as needed for the output SNR on the calibration data to reach this many dB (see
+    _mixed_precision).  reduce_range: 7-bit weights for integer kernels (see
+    _weight_range); None (default) chooses by measurement in static mode (the higher output SNR
+    on the calibration data; 7-bit on a tie) and reduces the range otherwise.
+    shared: work shared by several calls on the same model and calibration data (activation
+    ranges, reference outputs, layer ranking, measured candidates; see sensitivity.Shared).
     small_constants: also store biases of float ops and normalisation parameters (at least 64
     values) as per-tensor int8 (see ops_tables).  check: load the result in ORT and measure its
     integer-kernel coverage.
@@ -144,11 +155,15 @@ def quantize(
 
     qparams = None
     skip: set[str] = set()
-    reference = None
+    shared = shared if shared is not None else sensitivity.Shared()
+    runs_before = evaluate.ort_counts()
     if mode == "static":
         plans, _ = make_plans(model, mode, per_channel, options, exclude_re)
         groups = build_groups(plans)
-        collectors = calibrate.collect(float_model, list(groups.parent), calib)
+        missing = [n for n in groups.parent if n not in shared.collectors]
+        if missing:
+            shared.collectors.update(calibrate.collect(float_model, missing, calib))
+        collectors = shared.collectors
 
         def params_of(groups):
             return compute_params(
@@ -162,30 +177,55 @@ def quantize(
             )
 
         qparams = params_of(groups)
-        if settings.min_layer_snr is not None:
-            names = [p.name for p in plans if p.kind == "integer"]
-            reference = sensitivity.Reference(float_model, calib)
-            snrs = sensitivity.layer_snrs(
-                reference, names, lambda n: _build(float_model, qparams, only={n}, **config)[0]
+        key = _probe_key(settings)
+
+        def reference():
+            return shared.reference_for(float_model, calib)
+
+        def params_without(skip):
+            plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=set(skip))
+            return params_of(build_groups(plans))  # groups change when a Relu's producer stays float
+
+        if settings.min_output_snr is not None:
+            if key not in shared.noise:
+                shared.noise[key] = sensitivity.layer_noise(
+                    plans, collectors, qparams, w_range, settings.symmetric, groups.clipped
+                )
+            skip = _mixed_precision(
+                shared.noise[key],
+                float(settings.min_output_snr),
+                lambda s: shared.snr(
+                    (key, s), lambda: _build(float_model, params_without(s), skip=s, **config)[0], reference
+                ),
+                stats,
             )
-            skip = {n for n, v in snrs.items() if v < float(settings.min_layer_snr)}
-            stats["layer_snr_db"] = snrs
             if skip:
-                # Parameters again without the skipped layers (groups change when a Relu's producer stays float).
-                plans, _ = make_plans(model, mode, per_channel, options, exclude_re, skip_names=skip)
-                qparams = params_of(build_groups(plans))
+                qparams = params_without(skip)
     built = _build(float_model, qparams, skip=skip, **config)
     stats["reduce_range"] = settings.reduce_range is not False
     if settings.reduce_range is None and mode == "static":
+        # Whether 8-bit weights are safe depends on the CPU ORT runs on (see _weight_range): with
+        # VNNI (or on ARM) they are about 0.5 dB better than 7-bit ones and match what ORT's own
+        # quantizer emits; without it they saturate.  Both run on the calibration data here and the
+        # one with the higher output SNR is kept.
         full_config = {**config, "weight_range": _weight_range(settings.weight_type, settings.symmetric, False)}
-        built, stats["reduce_range"], stats["weight_range_snr_db"] = _choose_weight_range(
-            reference or sensitivity.Reference(float_model, calib),
-            built,
-            _build(float_model, qparams, skip=skip, **full_config),
-        )
+        full: list = []  # the 8-bit build, once made
+
+        def build_full():
+            full.append(_build(float_model, qparams, skip=skip, **full_config))
+            return full[-1][0]
+
+        snr_reduced = shared.snr((key, frozenset(skip)), lambda: built[0], reference)
+        snr_full = shared.snr((key, frozenset(skip), "full"), build_full, reference)
+        stats["weight_range_snr_db"] = {"reduced": evaluate.reported(snr_reduced), "full": evaluate.reported(snr_full)}
+        stats["reduce_range"] = not snr_full > snr_reduced  # 7-bit on a tie: safe on every CPU
+        if not stats["reduce_range"]:
+            if not full:
+                build_full()
+            built = full[-1]
     model, rows, store, fold_counts = built
     removed = cleanup.remove_unused(model)
-    stats["kept_float_low_snr"] = sorted(skip)
+    stats["kept_float_mixed"] = sorted(skip)
     stats["nodes"] = rows
     stats["weights"] = store.report()
     stats["folding"] = fold_counts
@@ -194,6 +234,8 @@ def quantize(
     if per_channel and graph.opset_version(model) < prepare.PER_CHANNEL_OPSET:
         warnings.append("per-channel needs opset 13: weights are per tensor")
     _summarise(stats)
+    after = evaluate.ort_counts()
+    stats["ort"] = {k: after[k] - runs_before[k] for k in after}  # sessions / runs this call (calibration, probes)
     stats["bytes_after"] = model.ByteSize()
     if settings.check:
         evaluate.make_session(model)  # raises CompressorError when ORT cannot load it
@@ -214,13 +256,10 @@ def _build(
     weight_type,
     weight_range,
     skip=frozenset(),
-    only=None,
 ):
     """Plans + rewrite + fold on a fresh copy of the prepared float model."""
     model = graph.copy_model(float_model)
     plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
-    if only is not None:
-        plans = [p for p in plans if p.name in only]
     scope = NameScope(model)
     store = WeightStore(scope, symmetric, factors, weight_type, weight_range)
     fold_counts = None
@@ -234,25 +273,45 @@ def _build(
     for row in rows:
         if row["node"] in status:
             row["status"] = status[row["node"]]
-    if only is None:
-        cleanup.remove_unused(model)
+    cleanup.remove_unused(model)
     return model, rows, store, fold_counts
 
 
-def _choose_weight_range(reference: sensitivity.Reference, reduced_build, full_build):
-    """Full 8-bit or 7-bit weights, whichever reproduces the float model better here.
+def _probe_key(settings: QuantizeSettings) -> QuantizeSettings:
+    """What a built model depends on besides its float layers (probes are shared by rungs)."""
+    return replace(settings, min_output_snr=None, check=True)
 
-    Whether 8-bit weights are safe depends on the CPU ORT runs on (see _weight_range): with
-    VNNI (or on ARM) they are about 0.5 dB better than 7-bit ones and match what ORT's own
-    quantizer emits; without it they saturate.  Both are built and run on the calibration
-    data on this machine, and the one with the higher output SNR is kept (7-bit on a tie:
-    it is the one that is safe everywhere).
+
+def _mixed_precision(
+    noise: dict[str, float], floor: float, snr_with_float: Callable[[frozenset[str]], float], stats: dict
+) -> set[str]:
+    """The layers kept float for the output SNR on the calibration data to reach `floor` dB:
+    ranked by their layer-local noise (sensitivity.layer_noise), the least noisy quantized
+    first by group testing (sensitivity.layers_to_quantize), one whole-model run per probe, at
+    most sensitivity.max_probes; measurements are shared with other rungs via `snr_with_float`.
     """
-    snr_reduced, snr_full = reference.snr(reduced_build[0]), reference.snr(full_build[0])
-    measured = {"reduced": evaluate.reported(snr_reduced), "full": evaluate.reported(snr_full)}
-    if snr_full > snr_reduced:
-        return full_build, False, measured
-    return reduced_build, True, measured
+    order = sensitivity.ranking(noise)[::-1]  # least noisy first
+    probes: list[float] = []
+
+    def snr_of(float_layers: frozenset[str]) -> float:
+        probes.append(snr_with_float(float_layers))
+        return probes[-1]
+
+    limit = sensitivity.max_probes(len(order))
+    quantized = set(sensitivity.layers_to_quantize(order, snr_of, floor, limit))
+    kept = set(order) - quantized
+    stats["mixed_precision"] = {
+        "floor_db": floor,
+        "layers_ranked": len(order),
+        "kept_float": len(kept),
+        "probes": len(probes),
+        "max_probes": limit,
+        "probe_snr_db": [evaluate.reported(v) for v in probes],
+    }
+    stats["layer_noise_db"] = {
+        name: evaluate.reported(-10.0 * np.log10(noise[name])) if noise[name] > 0 else None for name in order[::-1]
+    }
+    return kept
 
 
 def _weight_range(weight_type: str, symmetric: bool, reduce_range: bool) -> tuple[int, int]:

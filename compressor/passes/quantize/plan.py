@@ -128,7 +128,7 @@ def make_plans(
             continue
         if label in skip_names:
             rows.append(
-                {"node": label, "op": node.op_type, "status": "float", "reason": "kept in float (low per-layer SNR)"}
+                {"node": label, "op": node.op_type, "status": "float", "reason": "kept in float (mixed precision)"}
             )
             continue
         if exclude is not None and (exclude.search(label) or any(exclude.search(o) for o in node.output if o)):

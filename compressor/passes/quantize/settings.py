@@ -18,7 +18,7 @@ class QuantizeSettings:
     calibration: str = "minmax"  # activation ranges: "minmax" | "percentile" | "entropy"
     percentile: float = qm.DEFAULT_PERCENTILE  # for calibration "percentile"
     exclude: str | re.Pattern | None = None  # regex on node names (or first output) kept in float
-    min_layer_snr: float | None = None  # keep in float layers whose quantization alone goes below this (dB)
+    min_output_snr: float | None = None  # mixed precision: layers float as needed for this output SNR (dB)
     activation_type: str = "uint8"  # what ORT fuses on x86; or "int8"
     quantize_attention: bool = True  # MatMuls between two activations
     weight_type: str = "int8"
