@@ -348,7 +348,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys, sample_subset):
     total = steps[-1][2]
     assert total >= 1 and [d for _, d, _ in steps[:total]] == list(range(1, total + 1))
     err = capsys.readouterr().err
-    assert f"\r  prune: sensitivity curves [{'#' * Progress.WIDTH}] {total}/{total}\n" in err
+    assert f"\r  prune: layer errors [{'#' * Progress.WIDTH}] {total}/{total}\n" in err
     lines_only = Progress(lines=True, bar=False)  # --verbose into a log file: stage lines, no bar
     lines_only("a stage")
     lines_only.step("loop", 1, 2)

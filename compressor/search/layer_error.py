@@ -14,7 +14,7 @@ embeddings, more than ``MAX_D_IN`` inputs per output) get the weight-space proxy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -108,11 +108,13 @@ def layer_curves(
     reasons: dict[str, str],
     ratios: Sequence[float],
     compensate: Compensator | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Per tensor ``{"name", "params", "ratios", "errors", "method", "refit", "reason"}``: the
     layer's relative output error at each ratio (``method`` "covariance"), or the weight-space
     proxy (``method`` "weight", ``reason`` why).  With `compensate`, the covariance errors are
-    those left after the refit of the kept weights (``refit`` True)."""
+    those left after the refit of the kept weights (``refit`` True).  progress(done, total) is
+    called after each tensor (for a progress bar)."""
     ratios = sorted(float(r) for r in ratios)
     curves = []
     for w in weights:
@@ -133,6 +135,8 @@ def layer_curves(
             curve.update(method=COVARIANCE, refit=refit, reason=None)
         curve["errors"] = [float(e) for e in np.maximum.accumulate(np.maximum(errors, 0.0))]
         curves.append(curve)
+        if progress is not None:
+            progress(len(curves), len(weights))
     return curves
 
 

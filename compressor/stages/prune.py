@@ -65,7 +65,10 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
                 f"prune: kept weights refit on {ctx.calib_data.size} calibration samples "
                 f"({len(compensator.layers)} tensors)"
             )
-    curves = layer_curves(selected, layers, reasons, BUDGET_RATIOS, compensator)
+    # A log that can draw a bar (the CLI's, on a terminal) gets the curves' progress.
+    step = getattr(log, "step", None)
+    progress = (lambda done, total: step("prune: layer errors", done, total)) if step else None
+    curves = layer_curves(selected, layers, reasons, BUDGET_RATIOS, compensator, progress)
     # The ladder's fallbacks (smaller budgets) reuse the curves: no model run for them.
     cached: dict = {"layer_errors": {"ratios": list(BUDGET_RATIOS), "curves": curves, "capture_runs": captures}}
 
