@@ -120,18 +120,23 @@ def layer_curves(
     for w in weights:
         values = w.array()
         layer = layers.get(w.name)
-        pruned = [layer_pruned(values, r) for r in ratios]
         curve = {"name": w.name, "params": w.size, "ratios": [float(r) for r in ratios]}
         if layer is None:
             errors = weight_errors(values, ratios)
             curve.update(method=WEIGHT, refit=False, reason=reasons.get(w.name, "no layer"))
         else:
             refit = compensate is not None and w.name in compensate
-            if refit:
-                pruned = [compensate(w.name, p) for p in pruned]
             w_mat = layer.matrix(values.astype(np.float64))
-            deltas = np.stack([w_mat - layer.matrix(p.astype(np.float64)) for p in pruned])
-            errors = output_errors(w_mat, deltas, layer.C * layer.scale)
+            cov = layer.C * layer.scale
+            errors = np.empty(len(ratios))
+            # A few ratios' changes at a time (bounded memory, one product per group).
+            group = max(1, CHUNK_ELEMENTS // max(w.size, 1))
+            for s in range(0, len(ratios), group):
+                pruned = [layer_pruned(values, r) for r in ratios[s : s + group]]
+                if refit:
+                    pruned = [compensate(w.name, p) for p in pruned]
+                deltas = np.stack([w_mat - layer.matrix(p.astype(np.float64)) for p in pruned])
+                errors[s : s + group] = output_errors(w_mat, deltas, cov)
             curve.update(method=COVARIANCE, refit=refit, reason=None)
         curve["errors"] = [float(e) for e in np.maximum.accumulate(np.maximum(errors, 0.0))]
         curves.append(curve)
