@@ -21,7 +21,7 @@ import onnx
 
 from .. import graph
 from ..data import Dataset
-from ..passes.compensate import Compensator
+from ..passes.compensate import Compensator, refit_kept
 from ..passes.layers import Layer, accumulate_inputs, layers_for
 from ..passes.magnitude import layer_pruned
 
@@ -29,6 +29,8 @@ from ..passes.magnitude import layer_pruned
 MAX_D_IN = 4096
 # Largest ratios x d_in x d_in x d_out multiply-adds the error curve of one tensor may cost.
 MAX_CURVE_FLOPS = 2e10
+# Output channels whose refit stands for the layer's in the error curves (one solve each).
+REFIT_COLUMNS = 32
 # Error stacks (ratios x d_in x d_out float64) are evaluated in chunks of at most this many elements.
 CHUNK_ELEMENTS = 1 << 23
 
@@ -60,6 +62,20 @@ def weight_errors(values: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
     k = np.array([int(round(r * squares.size)) for r in ratios], dtype=np.int64)
     errors = cumulative[np.clip(k, 0, squares.size)]
     return errors / total if total > 0 else np.zeros(len(ratios))
+
+
+def _refit_share(w: np.ndarray, keep: np.ndarray, cov: np.ndarray, damp: float) -> float:
+    """The share of a layer's pruning error the refit of the kept weights leaves: solved on at
+    most ``REFIT_COLUMNS`` evenly spaced output channels (the refit is one solve per channel),
+    their refit error over their plain error (exact when there are no more channels)."""
+    cols = np.unique(np.linspace(0, w.shape[1] - 1, min(w.shape[1], REFIT_COLUMNS)).round().astype(np.int64))
+    w, keep = w[:, cols], keep[:, cols]
+    plain = np.where(keep, 0.0, w)
+    left = w - refit_kept(w, keep, cov, damp)
+    plain_error = float(np.sum((cov @ plain) * plain))
+    if plain_error <= 0:
+        return 1.0
+    return float(np.sum((cov @ left) * left)) / plain_error
 
 
 def capture_layers(
@@ -132,11 +148,11 @@ def layer_curves(
             # A few ratios' changes at a time (bounded memory, one product per group).
             group = max(1, CHUNK_ELEMENTS // max(w.size, 1))
             for s in range(0, len(ratios), group):
-                pruned = [layer_pruned(values, r) for r in ratios[s : s + group]]
+                pruned = [layer.matrix(layer_pruned(values, r).astype(np.float64)) for r in ratios[s : s + group]]
+                errors[s : s + group] = output_errors(w_mat, w_mat[None] - np.stack(pruned), cov)
                 if refit:
-                    pruned = [compensate(w.name, p) for p in pruned]
-                deltas = np.stack([w_mat - layer.matrix(p.astype(np.float64)) for p in pruned])
-                errors[s : s + group] = output_errors(w_mat, deltas, cov)
+                    for i, p in enumerate(pruned):
+                        errors[s + i] *= _refit_share(w_mat, p != 0, cov, compensate.damp)
             curve.update(method=COVARIANCE, refit=refit, reason=None)
         curve["errors"] = [float(e) for e in np.maximum.accumulate(np.maximum(errors, 0.0))]
         curves.append(curve)
