@@ -133,17 +133,19 @@ def test_whole_model_runs_stay_bounded_as_the_tensors_grow(layers):
 
 
 def test_the_refit_share_from_a_few_channels_estimates_the_whole_layers():
-    # More output channels than REFIT_COLUMNS: the refit is solved on a sample of them.
+    # More output channels than REFIT_COLUMNS and more ratios than REFIT_RATIOS: the refit is
+    # solved on a sample of the channels at a few ratios, interpolated between them.
     model = _mlp([24, 160, 4], seed=6)
     data = _inputs(128, 24, 7)
     weights, _ = prunable_weights(model, min_params=0)
     comp = Compensator(model, weights, data)
-    curve = layer_errors(model, weights[:1], data, [0.5, 0.8], comp)["curves"][0]
+    ladder = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
+    curve = layer_errors(model, weights[:1], data, ladder, comp)["curves"][0]
     assert curve["name"] == "w0" and curve["refit"]
     xs = data.inputs["x"].astype(np.float64)
     values = weights[0].array().astype(np.float64)
     energy = np.sum((xs @ values) ** 2)
-    for ratio, estimate in zip([0.5, 0.8], curve["errors"]):
+    for ratio, estimate in zip(ladder, curve["errors"]):
         fitted = comp("w0", layer_pruned(weights[0].array(), ratio)).astype(np.float64)
         exact = np.sum((xs @ (values - fitted)) ** 2) / energy
-        assert estimate == pytest.approx(exact, rel=0.15)
+        assert estimate == pytest.approx(exact, rel=0.2)

@@ -29,8 +29,10 @@ from ..passes.magnitude import layer_pruned
 MAX_D_IN = 4096
 # Largest ratios x d_in x d_in x d_out multiply-adds the error curve of one tensor may cost.
 MAX_CURVE_FLOPS = 2e10
-# Output channels whose refit stands for the layer's in the error curves (one solve each).
+# Output channels whose refit stands for the layer's in the error curves (one solve each), and
+# the ratios of the ladder (evenly spread, the ends included) at which that refit is solved.
 REFIT_COLUMNS = 32
+REFIT_RATIOS = 4
 # Error stacks (ratios x d_in x d_out float64) are evaluated in chunks of at most this many elements.
 CHUNK_ELEMENTS = 1 << 23
 
@@ -145,14 +147,19 @@ def layer_curves(
             w_mat = layer.matrix(values.astype(np.float64))
             cov = layer.C * layer.scale
             errors = np.empty(len(ratios))
+            shares = {}
+            # The refit's share is solved at a few ratios and interpolated between them.
+            solved = set(np.unique(np.linspace(0, len(ratios) - 1, min(len(ratios), REFIT_RATIOS)).round()).tolist())
             # A few ratios' changes at a time (bounded memory, one product per group).
             group = max(1, CHUNK_ELEMENTS // max(w.size, 1))
             for s in range(0, len(ratios), group):
                 pruned = [layer.matrix(layer_pruned(values, r).astype(np.float64)) for r in ratios[s : s + group]]
                 errors[s : s + group] = output_errors(w_mat, w_mat[None] - np.stack(pruned), cov)
-                if refit:
-                    for i, p in enumerate(pruned):
-                        errors[s + i] *= _refit_share(w_mat, p != 0, cov, compensate.damp)
+                for i, p in enumerate(pruned):
+                    if refit and s + i in solved:
+                        shares[ratios[s + i]] = _refit_share(w_mat, p != 0, cov, compensate.damp)
+            if shares:
+                errors *= np.interp(ratios, sorted(shares), [shares[r] for r in sorted(shares)])
             curve.update(method=COVARIANCE, refit=refit, reason=None)
         curve["errors"] = [float(e) for e in np.maximum.accumulate(np.maximum(errors, 0.0))]
         curves.append(curve)
