@@ -52,42 +52,49 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
     # The layer inputs' covariances come from the calibration data (the evaluation data without
     # it); the judge's verdicts from the evaluation data.
     calib_data = ctx.calib_data if ctx.calib_data is not None else eval_data
-    # Data-aware error compensation (recipe prune.compensate): the kept weights refit on the
-    # calibration inputs, in the search and in the result (see passes/compensate.py).
-    # One capture run gives every layer's input covariance, for the error curves and the refit.
-    selected = unique_names(*prunable_weights(model, opts.exclude, opts.min_params))
-    layers, reasons, captures = capture_layers(model, selected, calib_data, len(BUDGET_RATIOS))
-    compensator = None
-    if opts.compensate and ctx.calib_data is not None:
-        compensator = Compensator(model, selected, ctx.calib_data, captured=layers)
-        if compensator.layers:
-            log(
-                f"prune: kept weights refit on {ctx.calib_data.size} calibration samples "
-                f"({len(compensator.layers)} tensors)"
-            )
-    # A log that can draw a bar (the CLI's, on a terminal) gets the curves' progress.
-    step = getattr(log, "step", None)
-    progress = (lambda done, total: step("prune: layer errors", done, total)) if step else None
-    curves = layer_curves(selected, layers, reasons, BUDGET_RATIOS, compensator, progress)
     # The ladder's fallbacks (smaller budgets) reuse the curves: no model run for them.
-    cached: dict = {"layer_errors": {"ratios": list(BUDGET_RATIOS), "curves": curves, "capture_runs": captures}}
+    cached: dict = {}
+
+    def curves() -> dict:
+        # In the first attempt (its time is the stage's): one capture run gives every layer's
+        # input covariance, for the error curves and the refit.
+        if "layer_errors" not in cached:
+            selected = unique_names(*prunable_weights(model, opts.exclude, opts.min_params))
+            layers, reasons, captures = capture_layers(model, selected, calib_data, len(BUDGET_RATIOS))
+            # Data-aware error compensation (recipe prune.compensate): the kept weights refit on
+            # the calibration inputs, in the search and in the result (see passes/compensate.py).
+            compensator = None
+            if opts.compensate and ctx.calib_data is not None:
+                compensator = Compensator(model, selected, ctx.calib_data, captured=layers)
+                if compensator.layers:
+                    log(
+                        f"prune: kept weights refit on {ctx.calib_data.size} calibration samples "
+                        f"({len(compensator.layers)} tensors)"
+                    )
+            # A log that can draw a bar (the CLI's, on a terminal) gets the curves' progress.
+            step = getattr(log, "step", None)
+            progress = (lambda done, total: step("prune: layer errors", done, total)) if step else None
+            found = layer_curves(selected, layers, reasons, BUDGET_RATIOS, compensator, progress)
+            cached["compensator"] = compensator
+            cached["layer_errors"] = {"ratios": list(BUDGET_RATIOS), "curves": found, "capture_runs": captures}
+        return cached["layer_errors"]
 
     def searched(points: float) -> tuple[onnx.ModelProto, dict]:
+        layer_errors = curves()
         pruned, stats = prune_to_budget(
             model,
             eval_data,
             points,
             min_snr_db=prune_snr,
             max_evals=max_evals,
-            layer_errors=cached.get("layer_errors"),
+            layer_errors=layer_errors,
             exclude=opts.exclude,
             min_params=opts.min_params,
             seed=opts.seed,
             reference_outputs=ctx.outputs,
-            compensate=compensator,
+            compensate=cached["compensator"],
             calib=calib_data,
         )
-        cached["layer_errors"] = stats.get("layer_errors")
         stats["search_plan"] = "; ".join(filter(None, [_search_summary(stats), plan_note]))
         return pruned, stats
 
