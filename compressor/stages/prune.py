@@ -135,7 +135,8 @@ def _search_summary(stats: dict) -> str:
     by_covariance = sum(c["method"] == "covariance" for c in curves)
     runs = stats.get("budget", {}).get("whole_model_runs", 0)
     captures = stats.get("layer_errors", {}).get("capture_runs", 0)
+    others = ", the others by weight error" if by_covariance < len(curves) else ""
     return (
-        f"{by_covariance} of {len(curves)} tensors by layer output error, the others by weight error; "
+        f"{by_covariance} of {len(curves)} tensors by layer output error{others}; "
         f"{captures} capture run(s), {runs} whole-model runs for the candidates"
     )
