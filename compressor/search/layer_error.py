@@ -32,7 +32,7 @@ MAX_CURVE_FLOPS = 2e10
 # Output channels whose refit stands for the layer's in the error curves (one solve each), and
 # the ratios of the ladder (evenly spread, the ends included) at which that refit is solved.
 REFIT_COLUMNS = 32
-REFIT_RATIOS = 4
+REFIT_RATIOS = 12
 # Error stacks (ratios x d_in x d_out float64) are evaluated in chunks of at most this many elements.
 CHUNK_ELEMENTS = 1 << 23
 
