@@ -15,6 +15,7 @@ from compressor.measure import Judge
 from compressor.passes.compensate import Compensator, refit_kept
 from compressor.passes.magnitude import layer_pruned
 from compressor.passes.selection import prunable_weights
+from compressor.search import layer_error
 from compressor.search.layer_error import layer_errors, output_errors, weight_errors
 from compressor.search.prune_budget import prune_to_budget
 
@@ -132,7 +133,8 @@ def test_whole_model_runs_stay_bounded_as_the_tensors_grow(layers):
     assert len(graph.weights(out)) == len(graph.weights(model))
 
 
-def test_the_refit_share_from_a_few_channels_estimates_the_whole_layers():
+def test_the_refit_share_from_a_few_channels_estimates_the_whole_layers(monkeypatch):
+    monkeypatch.setattr(layer_error, "REFIT_RATIOS", 3)
     # More output channels than REFIT_COLUMNS and more ratios than REFIT_RATIOS: the refit is
     # solved on a sample of the channels at a few ratios, interpolated between them.
     model = _mlp([24, 160, 4], seed=6)
