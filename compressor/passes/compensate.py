@@ -25,7 +25,7 @@ import onnx
 
 from .. import graph
 from ..data import Dataset
-from .layers import accumulate_inputs, layers_for
+from .layers import Layer, accumulate_inputs, layers_for
 
 DAMP = 0.01
 # Largest refit (channels x d_in^3 / 3 multiply-adds) applied to a tensor: the search refits
@@ -67,14 +67,24 @@ class Compensator:
     weights refit (see module docstring), or ``pruned`` unchanged for tensors it does not
     cover (``skipped`` says why)."""
 
-    def __init__(self, model: onnx.ModelProto, weights, data: Dataset, damp: float = DAMP):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        weights,
+        data: Dataset,
+        damp: float = DAMP,
+        captured: dict[str, Layer] | None = None,
+    ):
+        """`captured`: layers whose input covariance was accumulated on `data` already, by
+        tensor name (``search.layer_error.capture_layers``): reused, not captured again."""
         self.damp = damp
         self.skipped: dict[str, str] = {}
         self.layers = {}
         self.originals: dict[str, np.ndarray] = {}
         known = {w.name for w in graph.weights(model, include_non_float=True)}
+        captured = captured or {}
         for w in weights:
-            layers = layers_for(w, 1, known)
+            layers = [captured[w.name]] if w.name in captured else layers_for(w, 1, known)
             if isinstance(layers, str):
                 self.skipped[w.name] = layers
                 continue
@@ -87,10 +97,11 @@ class Compensator:
                 continue
             self.layers[w.name] = layers[0]
             self.originals[w.name] = w.array()
-        if not self.layers:
+        fresh = [layer for name, layer in self.layers.items() if name not in captured]
+        if not fresh:
             return
-        accumulate_inputs(model, list(self.layers.values()), data)
-        for layer in self.layers.values():
+        accumulate_inputs(model, fresh, data)
+        for layer in fresh:
             layer.kept = None  # only the covariance is needed
 
     def __contains__(self, name: str) -> bool:

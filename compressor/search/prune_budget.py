@@ -1,9 +1,11 @@
 """The pruning budget search: per-tensor ratios that maximise the zeros within a measured loss.
 
-Sensitivity curves (``search.sensitivity``) estimate what each tensor costs pruned alone; the
-allocation (``allocate_ratios``) turns them into per-tensor ratios for an allowance, and every
-candidate is measured by the judge (``compressor.measure``) with the pruned tensors fed to one
-session.  The pass itself (``passes.prune``) only applies the ratios found.
+Layer-local error curves (``search.layer_error``: each tensor's relative layer output error per
+ratio, from its layer's input covariance, no model run) estimate what each tensor costs; the
+allocation (``allocate_ratios``) turns them into per-tensor ratios for an allowance, and a few
+candidates along that allowance are measured by the judge (``compressor.measure``) with the
+pruned tensors fed to one session: the whole-model runs do not grow with the tensors.  The
+pass itself (``passes.prune``) only applies the ratios found.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from ..data import Dataset, load_dataset
 from ..errors import UsageError
 from ..measure import DEFAULT_MIN_SNR_DB, Judge, Trials, VariantRunner, search_allowance
 from ..passes.compensate import Compensator
-from ..passes.magnitude import CutApplier, find_cut, layer_pruned, magnitudes, target_zeros
+from ..passes.magnitude import layer_pruned, target_zeros
 from ..passes.prune import prune, prune_with_ratios
 from ..passes.selection import DEFAULT_MIN_PARAMS, prunable_weights, unique_names
-from .sensitivity import BUDGET_RATIOS, sensitivity
+from .layer_error import layer_errors as measure_layer_errors
+from .sensitivity import BUDGET_RATIOS
 
 
 def _monotone_costs(drops: Sequence[float]) -> list[float]:
@@ -92,19 +95,16 @@ def allocate_ratios(curves: list[dict], allowance: float) -> dict[str, float]:
     return ratios
 
 
-def _interpolated_drop(curve: dict, ratio: float) -> float:
-    costs = _monotone_costs([d for _, d in sorted(zip(curve["ratios"], curve["drops"]))])
-    return float(np.interp(ratio, [0.0] + sorted(curve["ratios"]), [0.0] + costs))
-
-
-# Search constants: the largest ratio any search may give a tensor, the refinement's first
-# and last step (a fraction of the tensor's remaining density), how many tensors each
-# refinement step tries, and below which drop difference (points) a move counts as free.
-MAX_RATIO = 0.99
-FIRST_STEP = 0.15
-MIN_STEP = 0.02
-MOVES_PER_STEP = 4
-DROP_NOISE = 0.05
+# The search: relative layer errors (allocation units) at which it starts, per tensor; the factor
+# it grows or shrinks by until the verdict changes; the ratio at which the bisection stops; the
+# smallest allowance tried; and how many candidates it measures at most.
+START_ALLOWANCE_PER_TENSOR = 0.05
+ALLOWANCE_STEP = 4.0
+ALLOWANCE_RESOLUTION = 0.1
+MIN_ALLOWANCE = 1e-5
+MAX_SEARCH_RUNS = 8
+# Candidates rebuilt as real models and measured again when the best one overshoots there.
+MAX_FINAL_CHECKS = 3
 
 
 class _PrunedVariants:
@@ -122,14 +122,24 @@ class _PrunedVariants:
 
     def pruned(self, name: str, ratio: float) -> np.ndarray:
         values = self.originals[name]
-        k = target_zeros(ratio, values.size)
-        key = (name, k)
+        if target_zeros(ratio, values.size) == 0:
+            return values
+        return self.compensated(name, layer_pruned(values, ratio))
+
+    def __contains__(self, name: str) -> bool:
+        return self.compensate is not None and name in self.compensate
+
+    def __call__(self, name: str, pruned: np.ndarray) -> np.ndarray:
+        """As a ``Compensator``: `pruned` with its kept weights refit (once per tensor and zero count)."""
+        return self.compensated(name, pruned)
+
+    def compensated(self, name: str, pruned: np.ndarray) -> np.ndarray:
+        """`pruned` with its kept weights refit (once per tensor and zero count)."""
+        if self.compensate is None:
+            return pruned
+        key = (name, int(np.count_nonzero(pruned == 0)))
         if key not in self.cache:
-            if k == 0:
-                self.cache[key] = values
-            else:
-                pruned = layer_pruned(values, ratio)
-                self.cache[key] = self.compensate(name, pruned) if self.compensate is not None else pruned
+            self.cache[key] = self.compensate(name, pruned)
         return self.cache[key]
 
     def measure(self, ratios: dict[str, float]) -> dict:
@@ -144,28 +154,7 @@ class _PrunedVariants:
                 }
             )
         feed = {w.name: self.pruned(w.name, ratios.get(w.name, 0.0)) for w in selected}
-        # Keep the cache to the arrays of this candidate and its neighbours (bounded memory).
-        if len(self.cache) > 4 * len(selected):
-            keep = {(n, target_zeros(ratios.get(n, 0.0), self.originals[n].size)) for n in self.originals}
-            self.cache = {k: v for k, v in self.cache.items() if k in keep}
         return self.runner.measure_arrays(feed)
-
-    def global_zero_counts(self, sparsity: float) -> dict[str, int]:
-        """Per-tensor zeros of a global magnitude cut at `sparsity` over the selected tensors."""
-        selected = self.runner.selected
-        total = sum(v.size for v in self.originals.values())
-        buffer = np.empty(total, dtype=np.float32)
-        offset = 0
-        for w in selected:
-            magnitudes(self.originals[w.name], out=buffer[offset : offset + w.size])
-            offset += w.size
-        applier = CutApplier(find_cut(buffer, target_zeros(sparsity, total)))
-        del buffer
-        counts = {}
-        for w in selected:
-            values = self.originals[w.name]
-            counts[w.name] = int(np.count_nonzero(applier.mask(magnitudes(values)) | (values.reshape(-1) == 0)))
-        return counts
 
     def close(self) -> None:
         self.cache.clear()
@@ -193,8 +182,9 @@ class _BudgetSearch:
     def exhausted(self) -> bool:
         return self.trials.exhausted
 
-    def measure(self, ratios: dict[str, float], phase: str) -> dict | None:
-        """Metrics (with "within_budget") of a candidate; None once the evaluations are spent."""
+    def measure(self, ratios: dict[str, float], phase: str, allowance: float | None = None) -> dict | None:
+        """Metrics (with "within_budget") of a candidate; None once the evaluations are spent.
+        `allowance`: the sum of layer errors it was allocated for (reported)."""
         key = self.key(ratios)
 
         def record(metrics: dict) -> None:
@@ -207,6 +197,7 @@ class _BudgetSearch:
                     "sparsity": zeros / self.total if self.total else 0.0,
                     **_public_metrics(metrics),
                     "within_budget": metrics["within_budget"],
+                    "allowance": allowance,
                     "ratios": {n: round(r, 4) for n, r in ratios.items()},
                 }
             )
@@ -223,77 +214,22 @@ def _fits(metrics: dict | None) -> bool | None:
     return None if metrics is None else metrics["within_budget"]
 
 
-def _search_global(search: _BudgetSearch, global_ratios, evals: int) -> None:
-    """Bisection on one global-threshold sparsity (Deep Compression's setting)."""
-    lo, hi = 0.0, MAX_RATIO
-    for _ in range(evals):
-        mid = (lo + hi) / 2.0
-        fits = _fits(search.measure(global_ratios(mid), "global"))
-        if fits is None:
-            return
-        if fits:
-            lo = mid
-        else:
-            hi = mid
-
-
-def _search_allowance(
-    search: _BudgetSearch, curves: list[dict], start: float, evals: int, phase: str, geometric: bool, resolution: float
-) -> None:
-    """The largest allowance whose ``allocate_ratios`` allocation measures within the budget:
-    grow (x2) while feasible, shrink (/2, or /4 on the linear scale) while not, then bisect."""
-    total_cost = sum(max(_monotone_costs(c["drops"]), default=0.0) for c in curves)
-    search_allowance(
-        lambda allowance: _fits(search.measure(allocate_ratios(curves, allowance), phase)),
-        start,
+def _search_allowance(search: _BudgetSearch, curves: list[dict], evals: int) -> tuple[float | None, float | None]:
+    """The largest allowance (sum of layer errors) whose ``allocate_ratios`` allocation the
+    judge accepts: grow (x ALLOWANCE_STEP) while it does, shrink while it does not, then bisect
+    geometrically.  Returns (largest accepted, smallest rejected)."""
+    total = sum(max(c["drops"], default=0.0) for c in curves)
+    return search_allowance(
+        lambda allowance: _fits(search.measure(allocate_ratios(curves, allowance), "allocation", allowance)),
+        START_ALLOWANCE_PER_TENSOR * len(curves),
         # every tensor at the top of its curve already: nothing more to gain
-        grow=lambda allowance: None if allowance > total_cost else max(allowance * 2.0, resolution),
-        # even (almost) free ratios do not fit
-        shrink=lambda allowance: None if allowance <= resolution else allowance / (2.0 if geometric else 4.0),
-        geometric=geometric,
-        resolution=resolution,
+        grow=lambda allowance: None if allowance >= total else min(allowance * ALLOWANCE_STEP, total),
+        # even (almost) error-free ratios do not fit
+        shrink=lambda allowance: None if allowance <= MIN_ALLOWANCE else allowance / ALLOWANCE_STEP,
+        geometric=True,
+        resolution=ALLOWANCE_RESOLUTION,
         max_steps=evals,
     )
-
-
-def _refine(search: _BudgetSearch, start: dict[str, float]) -> None:
-    """Measured greedy ascent.  From the best candidate, try raising the ratio of the few
-    tensors the curves say are cheapest by a step of their remaining density; keep the move
-    with the most zeros per measured point of drop that stays within the budget; halve the
-    step when none does."""
-    current = dict(start)
-    current_metrics = search.measure(current, "refine")
-    if current_metrics is None or not current_metrics["within_budget"]:
-        return
-    step = FIRST_STEP
-    while step >= MIN_STEP and not search.exhausted:
-        proposals = []
-        for name, curve in search.curves.items():
-            r = current.get(name, 0.0)
-            if r >= MAX_RATIO:
-                continue
-            new = min(MAX_RATIO, 1.0 - (1.0 - r) * (1.0 - step))
-            gain = target_zeros(new, curve["params"]) - target_zeros(r, curve["params"])
-            if gain <= 0:
-                continue
-            estimate = max(_interpolated_drop(curve, new) - _interpolated_drop(curve, r), 0.0)
-            proposals.append((gain / max(estimate, DROP_NOISE), name, new, gain))
-        proposals.sort(key=lambda p: (-p[0], p[1]))
-        best = None
-        for _, name, new, gain in proposals[:MOVES_PER_STEP]:
-            candidate = {**current, name: new}
-            metrics = search.measure(candidate, "refine")
-            if metrics is None:
-                break
-            if not metrics["within_budget"]:
-                continue
-            score = gain / max(metrics["drop"] - current_metrics["drop"], DROP_NOISE)
-            if best is None or score > best[0]:
-                best = (score, candidate, metrics)
-        if best is None:
-            step /= 2.0
-            continue
-        _, current, current_metrics = best
 
 
 def prune_to_budget(
@@ -305,45 +241,42 @@ def prune_to_budget(
     seed: int = 0,
     include_embeddings: bool = False,
     ratios: Sequence[float] | None = None,
-    max_evals: int = 40,
+    max_evals: int = MAX_SEARCH_RUNS,
     min_snr_db: float | None = None,
-    sensitivity_stats: dict | None = None,
+    layer_errors: dict | None = None,
     batch_size: int | None = None,
-    progress=None,
     reference_outputs: list[np.ndarray] | None = None,
     compensate=None,
     judge: Judge | None = None,
+    calib: Dataset | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Sensitivity-guided per-tensor ratios within a measured accuracy budget; returns (model, stats).
+    """Per-tensor ratios within a measured accuracy budget: layer-local errors, whole-model verdicts.
 
     The loss is the accuracy drop in points on `data` (with labels) or 100 - top-1 agreement
     with the original model (without labels; plus an output SNR floor `min_snr_db` when
-    given, or ``measure.DEFAULT_MIN_SNR_DB`` when the output has no top-1).  Every candidate below is *measured*
-    (one ORT pass over `data`, the pruned tensors fed as inputs of one session):
+    given, or ``measure.DEFAULT_MIN_SNR_DB`` when the output has no top-1).
 
-    1. Sensitivity curves: each tensor pruned alone on a ladder of ratios (``sensitivity()``,
-       accuracy drop and relative output noise), unless passed in as `sensitivity_stats`.
-    2. Global threshold: bisection on one global sparsity (the Deep Compression setting and
-       the reference the per-tensor ratios must beat).
-    3. Output-noise allocation: ``allocate_ratios`` on the relative output noise curves
-       (noise powers of independent small perturbations add up, accuracy drops do not), with
-       the total noise allowance searched (geometrically) on the measured drop.
-    4. Accuracy-drop allocation: the same on the accuracy-drop curves, allowance starting at
-       the budget and scaled down (or up) until the measured drop fits.
-    5. Refinement from the best candidate so far (``_refine``).
-    6. The winner is rebuilt as a real model and measured again with a fresh ORT session;
-       if it exceeds the budget there (weights as inputs vs constants can round
-       differently), the next best is taken.  The unpruned model (loss 0) is the fallback.
+    1. Layer errors (``search.layer_error``): each tensor's relative layer output error at each
+       ratio of the ladder (`ratios`, default ``BUDGET_RATIOS``) from its layer's input
+       covariance, captured in one run over `calib` (default `data`); the weight-space proxy
+       for tensors without one.  Passed in as `layer_errors` (the ``stats["layer_errors"]`` of
+       an earlier call), nothing is captured again.
+    2. Allocation: ``allocate_ratios`` on those curves, the most zeros for a total error
+       allowance; the largest allowance the judge accepts is searched (grow/shrink, then
+       geometric bisection), each candidate measured on `data` with the pruned tensors fed to
+       one session: at most `max_evals` (capped at ``MAX_SEARCH_RUNS``) whole-model runs.
+    3. The candidate with the most zeros within the budget is rebuilt as a real model and
+       measured again; if it overshoots there, the next one (at most ``MAX_FINAL_CHECKS``);
+       the unpruned model is the fallback.
 
-    `compensate`: calibration inputs (a Dataset) or a ``compensate.Compensator`` built on them,
-    for the data-aware error compensation (see compensate.py): every pruned candidate, from the curves on, has its kept weights refit,
-    so the search measures (and spends its budget on) what the refit leaves.
+    `compensate`: calibration inputs (a Dataset) or a ``compensate.Compensator`` built on them:
+    the kept weights refit, in the error curves and the candidates (each tensor refit once per
+    zero count, the final model reusing the candidate's refit).
     `reference_outputs`: the model's outputs on `data`, when the caller has them (not run again).
     `judge`: the ``measure.Judge`` to measure with (its reference: the model's outputs on `data`);
     by default ``Judge.of_model(model, data, batch_size, reference_outputs)``.
-    At most `max_evals` candidates are measured in steps 2-5.  The data is used both to
-    choose and to verify, so the drop reported is the drop on that data.  `seed` is accepted
-    for symmetry with ``prune`` (nothing here is random).
+    The data is used both to choose and to verify, so the drop reported is the drop on that
+    data.  `seed` is accepted for symmetry with ``prune`` (nothing here is random).
     """
     if (
         isinstance(budget_points, bool)
@@ -365,81 +298,48 @@ def prune_to_budget(
         return pruned, stats
     if judge is None:
         judge = Judge.of_model(model, data, batch_size=batch_size, reference=reference_outputs)
+    runs_before = judge.runs
     compensator = compensate
     if isinstance(compensate, Dataset):
         compensator = Compensator(model, selected, compensate)
-    if sensitivity_stats is None:
-        sensitivity_stats = sensitivity(
-            model,
-            data,
-            ratios=ratios or BUDGET_RATIOS,
-            exclude=exclude,
-            min_params=min_params,
-            include_embeddings=include_embeddings,
-            evaluator=judge,
-            progress=progress,
-            compensate=compensator,
-        )
+    if layer_errors is None:
+        layer_errors = measure_layer_errors(model, selected, calib or data, ratios or BUDGET_RATIOS, compensator)
     if min_snr_db is None and judge.mode == "fidelity" and judge.baseline.get("top1_agreement") is None:
         min_snr_db = DEFAULT_MIN_SNR_DB  # no top-1 to count: keep the outputs close instead
-    by_name = {t["name"]: t for t in sensitivity_stats["tensors"]}
+    by_name = {c["name"]: c for c in layer_errors["curves"]}
     selected = [w for w in selected if w.name in by_name]
-    drop_curves = [
-        {
-            "name": w.name,
-            "params": w.size,
-            "ratios": [p["ratio"] for p in by_name[w.name]["curve"]],
-            "drops": [p["drop"] for p in by_name[w.name]["curve"]],
-        }
-        for w in selected
-    ]
-    noise_curves = [{**c, "drops": [p.get("rel_noise") for p in by_name[c["name"]]["curve"]]} for c in drop_curves]
-    has_noise = all(d is not None and math.isfinite(d) for c in noise_curves for d in c["drops"])
+    curves = [{**by_name[w.name], "drops": by_name[w.name]["errors"]} for w in selected]
+    evals = min(int(max_evals), MAX_SEARCH_RUNS)
     variants = _PrunedVariants(VariantRunner(model, judge, selected), compensator)
-    search = _BudgetSearch(variants, judge, drop_curves, budget, min_snr_db, max_evals)
-
-    def global_ratios(sparsity: float) -> dict[str, float]:
-        # A global cut expressed as per-tensor ratios: its per-tensor zero counts.
-        zeros = variants.global_zero_counts(sparsity)
-        return {w.name: zeros[w.name] / w.size for w in selected}
-
-    phase_evals = max(1, max_evals // 5)
-    _search_global(search, global_ratios, phase_evals)
-    if has_noise:
-        best = search.ranked()
-        start = best[0][2].get("rel_noise") if best else None
-        start = start if start and math.isfinite(start) and start > 0 else 0.01
-        _search_allowance(search, noise_curves, start, phase_evals, "noise allocation", geometric=True, resolution=0.05)
-    _search_allowance(
-        search,
-        drop_curves,
-        budget,
-        phase_evals,
-        "drop allocation",
-        geometric=False,
-        resolution=max(0.02 * budget, 1e-3),
-    )
-    best = search.ranked()
-    if best:
-        _refine(search, best[0][1])
-    variants.close()
+    search = _BudgetSearch(variants, judge, curves, budget, min_snr_db, evals)
+    accepted, rejected = _search_allowance(search, curves, evals)
+    variants.runner.close()
 
     warnings: list[str] = []
-    for zeros, candidate, _ in search.ranked():
-        final, stats = prune_with_ratios(
-            model, candidate, exclude, min_params, include_embeddings, compensate=compensator
+    final = None
+    for zeros, candidate, _ in search.ranked()[:MAX_FINAL_CHECKS]:
+        # The candidate's refit arrays are reused: the refit runs once per tensor and zero count.
+        built, built_stats = prune_with_ratios(
+            model,
+            candidate,
+            exclude,
+            min_params,
+            include_embeddings,
+            compensate=variants if compensator is not None else None,
         )
-        final_metrics = judge.measure_model(final)
-        if judge.fits(final_metrics, budget, min_snr_db):
+        built_metrics = judge.measure_model(built)
+        if judge.fits(built_metrics, budget, min_snr_db):
+            final, stats, final_metrics = built, built_stats, built_metrics
             break
         warnings.append(
-            f"candidate with {zeros} zeros measured {final_metrics['drop']:.2f} points as a real model; "
+            f"candidate with {zeros} zeros measured {built_metrics['drop']:.2f} points as a real model; "
             "taking the next one"
         )
-    else:
+    if final is None:
         final, stats = prune_with_ratios(model, {}, exclude, min_params, include_embeddings)
-        final_metrics = judge.measure_model(final)
+        final_metrics = dict(judge.baseline)  # the model itself: nothing to measure
         warnings.append(f"no pruned candidate stayed within {budget:g} points; the model is unchanged")
+    variants.close()
     stats["scope"] = "budget"
     stats["warnings"] = stats.get("warnings", []) + warnings
     stats["budget"] = {
@@ -450,11 +350,15 @@ def prune_to_budget(
         "final": _public_metrics(final_metrics),
         "ratios": {r["name"]: r["sparsity"] for r in stats["tensors"]},
         "evaluations": len(search.trials.seen),
+        # Whole-model runs of this search: candidates and final checks (the covariance
+        # capture, when this call made it: layer_errors' capture_runs).
+        "whole_model_runs": judge.runs - runs_before,
+        "allowance": {"accepted": accepted, "rejected": rejected},
         "attempts": search.attempts,
         "compensated": sorted(compensator.layers) if compensator is not None else [],
         "not_compensated": dict(sorted(compensator.skipped.items())) if compensator is not None else {},
     }
-    stats["sensitivity"] = sensitivity_stats
+    stats["layer_errors"] = layer_errors
     return final, stats
 
 

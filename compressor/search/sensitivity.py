@@ -36,7 +36,8 @@ from ..passes.selection import DEFAULT_MIN_PARAMS, prunable_weights, unique_name
 from ..variants import feedable
 
 DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-# prune --budget probes a finer ladder: per-tensor ratios can only come from it.
+# The budget search's ladder (layer error curves, search.layer_error): per-tensor ratios are
+# interpolated between its ratios.
 BUDGET_RATIOS = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
 STRATEGIES = ("per-tensor", "one-session", "rebuild")
 
