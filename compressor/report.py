@@ -282,6 +282,14 @@ def format_report(report: dict) -> str:
     out.append("")
     if c:
         out.append(f"container: {c['path']}  {c['bytes']:,} bytes on disk, {c['ratio']:.1f}x smaller than the original")
+    floor, retry = report.get("floor"), report.get("retry")
+    if floor:
+        out.append(f"floor (int8 weights only): {floor['note']}")
+    if retry:
+        out.append(
+            f"retry without pruning ({retry['reason']}): kept {retry['kept']} "
+            f"({retry['packed_bytes_with_pruning']:,} vs {retry['packed_bytes_without_pruning']:,} bytes)"
+        )
     gate = report.get("gate") or {}
     if gate.get("max_accuracy_drop") is not None:
         out.append(
