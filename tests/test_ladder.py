@@ -33,6 +33,8 @@ class FakeModel:
 class FakeJudge:
     """The run's Measure, reduced to what the ladder asks: loss in points against a budget."""
 
+    snr_gated, min_snr_db = False, 20.0
+
     def __init__(self, budget: float):
         self.budget, self.allowance, self.measured = budget, 0.0, []
 
@@ -155,7 +157,7 @@ def test_must_shrink_rejects_a_candidate_not_smaller_than_the_input_without_meas
 class SnrJudge(FakeJudge):
     """A judge whose outputs the SNR floor gates (fidelity mode on a detector's map)."""
 
-    snr_gated, min_snr_db, mode = True, 20.0, "fidelity"
+    snr_gated = True
 
 
 def test_rejection_names_every_measure_that_rejects_and_by_how_much():

@@ -100,15 +100,13 @@ def rejection(measure: Measure, metrics: dict, budget: float | None = None) -> l
     {"measure": "loss_points" | "snr_db", "value", "limit", "by"} (empty when it fits).
     The same rule as ``Measure.within``: the budget never below the allowance; the SNR floor
     only for the outputs it gates."""
-    if getattr(measure, "mode", None) == "none":
-        return []
     found = []
     limit = max(measure.budget if budget is None else budget, measure.allowance)
     loss = measure.loss(metrics)
     if loss is not None and not loss <= limit + BUDGET_SLACK:
         found.append({"measure": "loss_points", "value": loss, "limit": limit, "by": loss - limit})
     snr = metrics.get("snr_db")
-    if getattr(measure, "snr_gated", False) and snr is not None and snr < measure.min_snr_db:
+    if measure.snr_gated and snr is not None and snr < measure.min_snr_db:
         found.append({"measure": "snr_db", "value": snr, "limit": measure.min_snr_db, "by": measure.min_snr_db - snr})
     return found
 
@@ -135,7 +133,7 @@ def fits_without(measure: Measure, rejected: dict, spent: dict) -> bool:
     if loss is not None and loss - max(spent_loss or 0.0, 0.0) > max(measure.budget, measure.allowance) + BUDGET_SLACK:
         return False
     snr, spent_snr = rejected.get("snr_db"), spent.get("snr_db")
-    if not getattr(measure, "snr_gated", False) or snr is None or snr >= measure.min_snr_db:
+    if not measure.snr_gated or snr is None or snr >= measure.min_snr_db:
         return True
     if spent_snr is None or not math.isfinite(spent_snr):
         return False
