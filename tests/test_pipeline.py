@@ -604,3 +604,36 @@ def test_pruning_that_gained_little_is_undone_when_it_blocked_a_later_stage():
     rows[2].rejected_metrics = {**share_missed, "snr_db": 15.0}
     assert pipeline._retry_unpruned(route, Recipe(), Judge(), run_stages, Packer(), print) == (route, None)
     assert len(calls) == 1
+
+
+def test_share_ladder_tries_each_candidate_once_when_the_model_has_one_kind_of_weight(tmp_path):
+    # Conv weights only: the fc widths of the ladder's rungs change nothing, so no rung repeats.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.laplace(size=(16, 8, 3, 3)).astype(np.float32) / 10, "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 6, 6])],
+        [w],
+    )
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(tmp_path / "in.npz", x=rng.normal(size=(16, 8, 6, 6)).astype(np.float32))
+    report = run_pipeline(
+        str(path),
+        str(tmp_path / "c.cmpz"),
+        data_path=str(tmp_path / "in.npz"),
+        overrides={
+            "prune": {"enabled": False},
+            "quantize": {"enabled": False},
+            "share": {"min_params": 0},
+            "gate": {"min_snr_db": 80.0},  # nothing fits: every rung is tried
+        },
+    )
+    tried = [a["option"] for a in report["stages"][2]["attempts"]]
+    assert tried and len(tried) == len(set(tried)) and not any("fc" in t for t in tried)
+    assert "k-means 8 bits conv" in tried
