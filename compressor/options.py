@@ -156,12 +156,28 @@ class GateOptions(_Section):
         return "min_snr_db" in self.given
 
 
+# What a run optimises (recipe `[run] objective`, CLI --objective):
+# - "size" (default): the smallest container within the budget.  A quantize result that packs
+#   larger than its input is not kept (int8 kernels are given up; the report says by how many
+#   bytes it lost), and the int8-weights-only floor replaces the result when it packs smaller.
+# - "int8-kernels": the QDQ model is kept for its int8 kernels at run time even when it packs
+#   larger; the report says what that cost in bytes.
+OBJECTIVES = ("size", "int8-kernels")
+
+
+@dataclass(frozen=True)
+class RunOptions(_Section):
+    objective: str = _option("size", choices=OBJECTIVES)
+    given: frozenset[str] = _given()
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "prune": PruneOptions,
     "share": ShareOptions,
     "quantize": QuantizeOptions,
     "pack": PackOptions,
     "gate": GateOptions,
+    "run": RunOptions,
 }
 STAGES = ("prune", "share", "quantize", "pack")
 
@@ -185,6 +201,7 @@ class Recipe:
     quantize: QuantizeOptions = QuantizeOptions()
     pack: PackOptions = PackOptions()
     gate: GateOptions = GateOptions()
+    run: RunOptions = RunOptions()
 
     @classmethod
     def for_mode(cls, mode: str, overrides: Mapping[str, Mapping] | None = None) -> Recipe:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,21 @@ from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import make_session, run_model
 from .measure import Measure, load_metric
 from .options import Recipe, check_value
+from .passes.quantize import QuantizeSettings, quantize
 from .paths import check_outputs, write_all_atomically
 from .present import to_json
 from .report import RunResult, StageRow, build_report, check_html_available, render_html
 from .stages import STAGES, StageContext
-from .stages.ladder import model_bytes
+from .stages.ladder import fits_without, model_bytes, rejection, rejection_text
 
 # The report's per-stage packed-size column is measured up to this model size: packing a large
 # float model costs minutes (xz on every float tensor).  The container row is always measured.
 PACKED_COLUMN_MAX_BYTES = 64 << 20
+# The int8-weights-only floor is built for models up to this size (its int8 model is a quarter).
+FLOOR_MAX_BYTES = 4 * PACKED_COLUMN_MAX_BYTES
+# Pruning that bought less than this share of the container is undone when a later stage
+# missed the budget by no more than pruning spent (see _retry_unpruned).
+PRUNE_RETRY_MAX_GAIN = 0.05
 # Calibration uses at most this many samples (ranges converge long before).
 MAX_CALIB_SAMPLES = 512
 # A single data set is split for a held-out verdict only when each part gets this many samples.
@@ -128,19 +135,23 @@ def run_pipeline(
     )
 
     log(f"original: {original_bytes:,} bytes; measuring on {eval_data.size if eval_data else 0} samples ({mode})")
-    rows = [StageRow("original", True, original_bytes, measure.start(original))]
-    model, outputs = original, measure.last_outputs
-    stage_models = [original]  # the model after each row of `rows`, for the packed-size column
-    for stage in STAGES:
-        # The stages search on `search_data`; the judge's verdict is on `eval_data` (see verdict_and_search).
-        ctx = StageContext(model, measure, search_data, calib_data, outputs, tuple(rows), log, _packed_size)
-        options = getattr(recipe, stage.NAME)
-        result = stage.run(options, ctx) if options.enabled else ctx.skipped(stage.NAME, "disabled")
-        rows.append(result.row)
-        model, outputs = result.model, result.outputs
-        stage_models.append(model)
-    final_packing = _fill_packed_bytes(rows, stage_models, log)
-    shared_model = next((m for r, m in zip(rows, stage_models) if r.stage == "share" and r.applied), None)
+    packer = Packer(log)
+    first = StageRow("original", True, original_bytes, measure.start(original))
+    # The stages search on `search_data`; the judge's verdict is on `eval_data` (see verdict_and_search).
+    run_stages = _stage_runner(recipe, measure, search_data, calib_data, log, packer)
+    route = run_stages(Route([first], [original], [measure.last_outputs]), STAGES)
+    objective = recipe.run.objective
+    _fill_packed_bytes(route, packer)
+    _apply_objective(route, objective, log)
+    route, retry = _retry_unpruned(route, recipe, measure, run_stages, packer, log)
+    floor = None
+    if recipe.pack.enabled and objective == "size" and recipe.quantize.enabled and mode != "none":
+        floor = _floor(route, original, recipe, measure, packer, log)
+    model, outputs, rows = route.models[-1], route.outputs[-1], route.rows
+    final_packing = packer.packing(model)
+    shared_model = None
+    if rows[-1].stage != "floor":
+        shared_model = next((m for r, m in zip(rows, route.models) if r.stage == "share" and r.applied), None)
 
     # ---- gate (before anything is written)
     final_metrics = rows[-1].metrics
@@ -172,7 +183,7 @@ def run_pipeline(
         )
         rows.append(StageRow("pack", True, container["bytes"], final_metrics, time.perf_counter() - t0, note=note))
     elif not recipe.pack.enabled and out_path is not None and gate_result["passed"]:
-        if model.ByteSize() > graph.EXTERNAL_DATA_THRESHOLD:  # beside its external data: written now
+        if graph.model_bytes(model) > graph.EXTERNAL_DATA_THRESHOLD:  # beside its external data: written now
             graph.save_model(model, out_path, input_path=model_path)
             size = Path(out_path).stat().st_size
         else:
@@ -195,6 +206,10 @@ def run_pipeline(
         shared_model=shared_model,
     )
     report = build_report(run, rows)
+    report["objective"] = objective
+    report["retry"] = retry
+    report["floor"] = floor
+    report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3)}
     report["seconds"] = time.perf_counter() - started
     files = {out_path: container_bytes} if container_bytes is not None else {}
     if report_path is not None:
@@ -249,32 +264,234 @@ def _dataset_mode(data: Dataset | None, calib: Dataset | None) -> str:
     return "none"
 
 
-def _packed_size(model: onnx.ModelProto) -> int:
-    return len(pack_model(model)[0])
+class Packer:
+    """Packs models in memory, once each: the packings of the models a run still holds (the
+    container of the one it keeps is then written without packing it again)."""
+
+    def __init__(self, log: Log = _quiet):
+        self.log = log
+        self.packs = 0  # models packed (each costs an xz/zstd pass over every tensor)
+        self.seconds = 0.0  # and the time that took (for the report; no plan reads it)
+        self._done: dict[int, tuple[onnx.ModelProto, tuple[bytes, dict]]] = {}
+
+    def packing(self, model: onnx.ModelProto) -> tuple[bytes, dict] | None:
+        entry = self._done.get(id(model))
+        return entry[1] if entry is not None and entry[0] is model else None
+
+    def size(self, model: onnx.ModelProto) -> int:
+        packed = self.packing(model)
+        if packed is None:
+            self.packs += 1
+            t0 = time.perf_counter()
+            packed = pack_model(model)
+            self.seconds += time.perf_counter() - t0
+            self._done[id(model)] = (model, packed)
+        return len(packed[0])
+
+    def size_within(self, model: onnx.ModelProto, what: str) -> int | None:
+        """The packed size, or None for a model over PACKED_COLUMN_MAX_BYTES (minutes of xz)."""
+        if self.packing(model) is None and graph.model_bytes(model) > PACKED_COLUMN_MAX_BYTES:
+            self.log(f"not measuring the packed size {what}: model over {PACKED_COLUMN_MAX_BYTES >> 20} MiB")
+            return None
+        return self.size(model)
+
+    def keep_only(self, models: list[onnx.ModelProto]) -> None:
+        """Forget the packings (and the models) the run no longer holds: a ladder's losers."""
+        alive = {id(m) for m in models}
+        self._done = {k: v for k, v in self._done.items() if k in alive}
 
 
-def _fill_packed_bytes(rows: list[StageRow], models: list[onnx.ModelProto], log: Log) -> tuple[bytes, dict] | None:
-    """Pack every stage's model (in memory) so the report shows what each pass buys in the container.
+@dataclass
+class Route:
+    """One way through the stages: the report's rows, the model after each and its outputs on
+    the evaluation data (None: not measured)."""
 
-    Returns the packing of the last model (bytes, stats), which is the container `run` writes,
-    so that it is not packed twice; None when that model was too large to pack here.
-    """
-    sizes: dict[int, int | None] = {}
-    last = None
-    for row, m in zip(rows, models):
-        if id(m) not in sizes and row.packed_bytes is not None and m is not models[-1]:
-            sizes[id(m)] = row.packed_bytes  # packed already, to choose between two attempts (see run_ladder)
-        if id(m) not in sizes and m.ByteSize() > PACKED_COLUMN_MAX_BYTES:
-            log(f"not measuring the packed size after {row.stage}: model over {PACKED_COLUMN_MAX_BYTES >> 20} MiB")
-            sizes[id(m)] = None
-        if id(m) not in sizes:
-            log(f"measuring the packed size after {row.stage}")
-            packed = pack_model(m)
-            sizes[id(m)] = len(packed[0])
-            if m is models[-1]:
-                last = packed
-        row.packed_bytes = sizes[id(m)]
-    return last
+    rows: list[StageRow]
+    models: list[onnx.ModelProto]
+    outputs: list[list | None]
+
+
+def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log: Log, packer: Packer):
+    def run_stages(route: Route, stages, keep: Route | None = None) -> Route:
+        """`keep`: another route whose packings the packer keeps meanwhile."""
+        rows, models, outputs = list(route.rows), list(route.models), list(route.outputs)
+        kept = keep.models if keep is not None else []
+        for stage in stages:
+            ctx = StageContext(models[-1], measure, search_data, calib_data, outputs[-1], tuple(rows), log, packer.size)
+            options = getattr(recipe, stage.NAME)
+            result = stage.run(options, ctx) if options.enabled else ctx.skipped(stage.NAME, "disabled")
+            rows.append(result.row)
+            models.append(result.model)
+            outputs.append(result.outputs)
+            packer.keep_only(models + kept)
+        return Route(rows, models, outputs)
+
+    return run_stages
+
+
+def _fill_packed_bytes(route: Route, packer: Packer) -> None:
+    """Pack every stage's model (in memory, once: a ladder's comparison packed some already) so
+    the report shows what each pass buys in the container; the last model whatever its size
+    (it is the container `run` writes)."""
+    last = len(route.models) - 1
+    for i, (row, m) in enumerate(zip(route.rows, route.models)):
+        row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}")
+
+
+def _apply_objective(route: Route, objective: str, log: Log) -> None:
+    """The quantize stage against its input's container (run.objective): with "size" a result
+    that packs larger is not kept; with "int8-kernels" it is, and its row says what it cost."""
+    i = len(route.rows) - 1
+    row = route.rows[i]
+    if row.stage != "quantize" or not row.applied:
+        return
+    before = route.rows[i - 1]
+    if row.packed_bytes is None or before.packed_bytes is None:
+        row.note = (row.note + "; " if row.note else "") + "packed size not compared with the stage before (too large)"
+        return
+    lost = row.packed_bytes - before.packed_bytes
+    if lost <= 0:
+        return
+    if objective == "int8-kernels":
+        row.cost_bytes = lost
+        row.note = (
+            f"kept for its int8 kernels (objective int8-kernels): packs {lost:,} bytes larger than {before.stage}'s "
+            f"({row.packed_bytes:,} vs {before.packed_bytes:,})"
+        )
+        log(f"quantize: kept for int8 kernels, costs {lost:,} bytes of container")
+        return
+    setting = row.options.get("setting")
+    log(f"quantize: {setting} packs {lost:,} bytes larger than {before.stage}'s, not kept (objective size)")
+    route.rows[i] = StageRow(
+        "quantize",
+        False,
+        before.bytes,
+        before.metrics,
+        row.seconds,
+        note=(
+            f"not kept: {setting} packs {lost:,} bytes larger than {before.stage}'s "
+            f"({row.packed_bytes:,} vs {before.packed_bytes:,}); int8 kernels given up (objective size)"
+        ),
+        attempts=row.attempts,
+        packed_bytes=before.packed_bytes,
+        rejected_by=[{"measure": "packed_bytes", "value": row.packed_bytes, "limit": before.packed_bytes, "by": lost}],
+        rejected_metrics=row.metrics,
+    )
+    route.models[i], route.outputs[i] = route.models[i - 1], route.outputs[i - 1]
+
+
+def _retry_unpruned(
+    route: Route, recipe: Recipe, measure: Measure, run_stages, packer: Packer, log: Log
+) -> tuple[Route, dict | None]:
+    """Pruning that gained little must not block a later stage that would gain much more: when
+    pruning bought under PRUNE_RETRY_MAX_GAIN of the container and a later stage was rejected by
+    no more than what pruning spent (stages/ladder.fits_without), the later stages run once more
+    on the unpruned model and the smaller final container wins (the pruned one on a tie).
+    Returns the route kept and what the report says (None when not tried)."""
+    rows = route.rows
+    prune = next((i for i, r in enumerate(rows) if r.stage == "prune"), None)
+    if prune is None or not rows[prune].applied or recipe.prune.sparsity is not None:
+        return route, None
+    before, after = rows[prune - 1].packed_bytes, rows[prune].packed_bytes
+    if before is None or after is None or after < (1 - PRUNE_RETRY_MAX_GAIN) * before:
+        return route, None
+    blocked = [
+        r.stage
+        for r in rows[prune + 1 :]
+        if not r.applied
+        and r.rejected_metrics is not None
+        and any(x["measure"] != "packed_bytes" for x in r.rejected_by)
+        and fits_without(measure, r.rejected_metrics, rows[prune].metrics)
+    ]
+    if not blocked:
+        return route, None
+    gain = 1 - after / before
+    reason = (
+        f"pruning gained {100 * gain:.1f} % of the container and {', '.join(blocked)} missed the budget "
+        "by less than pruning spent"
+    )
+    log(f"retry: {reason}; running the later stages on the unpruned model")
+    undone = StageRow(
+        "prune",
+        False,
+        rows[prune - 1].bytes,
+        rows[prune - 1].metrics,
+        rows[prune].seconds,
+        note=f"undone: gained {100 * gain:.1f} % of the container; the later stages fit better without it",
+        attempts=rows[prune].attempts,
+        packed_bytes=before,
+    )
+    unpruned = Route(
+        rows[:prune] + [undone],
+        route.models[:prune] + [route.models[prune - 1]],
+        route.outputs[:prune] + [route.outputs[prune - 1]],
+    )
+    later = [s for s in STAGES if s.NAME in {r.stage for r in rows[prune + 1 :]}]
+    other = run_stages(unpruned, later, keep=route)
+    _fill_packed_bytes(other, packer)
+    _apply_objective(other, recipe.run.objective, log)
+    pruned_bytes, unpruned_bytes = rows[-1].packed_bytes, other.rows[-1].packed_bytes
+    kept, dropped = (other, route) if unpruned_bytes < pruned_bytes else (route, other)
+    packer.keep_only(kept.models)
+    log(f"retry: {pruned_bytes:,} bytes with pruning, {unpruned_bytes:,} without")
+    return kept, {
+        "reason": reason,
+        "kept": "without pruning" if kept is other else "with pruning",
+        "packed_bytes_with_pruning": pruned_bytes,
+        "packed_bytes_without_pruning": unpruned_bytes,
+        "other_way": [
+            {"stage": r.stage, "applied": r.applied, "setting": r.options.get("setting"), "note": r.note}
+            for r in dropped.rows[prune:]
+        ],
+    }
+
+
+def _floor(route: Route, original: onnx.ModelProto, recipe: Recipe, measure: Measure, packer: Packer, log: Log) -> dict:
+    """The int8-weights-only container of the original: when it fits the budget and packs
+    smaller than the run's result, the run returns it (a row "floor").  Packed first and judged
+    only when smaller: one quantize pass, one pack, at most one run over the data."""
+    final = route.rows[-1].packed_bytes
+    if graph.model_bytes(original) > FLOOR_MAX_BYTES:
+        return {"computed": False, "note": f"not computed: model over {FLOOR_MAX_BYTES >> 20} MiB"}
+    opts = recipe.quantize
+    settings = QuantizeSettings(activations="none", per_channel=True, symmetric=opts.symmetric, exclude=opts.exclude)
+    try:
+        floor_model, stats = quantize(original, None, settings)
+    except CompressorError as e:
+        return {"computed": False, "note": f"not computed: {e}"}
+    size = packer.size(floor_model)
+    entry = {"computed": True, "setting": "int8 weights only (per channel)", "packed_bytes": size}
+    if final is not None and size >= final:
+        entry.update(kept=False, note=f"not smaller than the run's container ({size:,} vs {final:,} bytes)")
+        packer.keep_only(route.models)
+        return entry
+    t0 = time.perf_counter()
+    metrics, outputs = measure(floor_model)
+    entry.update({k: metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")})
+    if not measure.within(metrics):
+        entry.update(kept=False, rejected_by=rejection(measure, metrics))
+        entry["note"] = f"smaller ({size:,} vs {final:,} bytes) but {rejection_text(entry['rejected_by'])}"
+        packer.keep_only(route.models)
+        return entry
+    note = f"int8 weights + pack was smaller by {final - size:,} bytes"
+    log(f"floor: {note}")
+    entry.update(kept=True, note=note, smaller_by=final - size)
+    row = StageRow(
+        "floor",
+        True,
+        model_bytes(floor_model),
+        metrics,
+        time.perf_counter() - t0,
+        options={"setting": entry["setting"]},
+        stats=stats,
+        note=note,
+        packed_bytes=size,
+    )
+    route.rows.append(row)
+    route.models.append(floor_model)
+    route.outputs.append(outputs if outputs is not None else route.outputs[0])
+    packer.keep_only(route.models)
+    return entry
 
 
 def _pack_and_verify(model, eval_data, last_outputs, packed: tuple[bytes, dict] | None = None):

@@ -1,6 +1,6 @@
 """Recipes: which stages `compressor run` applies, with which options (TOML, stdlib tomllib).
 
-A recipe has one table per stage plus an optional ``[gate]``::
+A recipe has one table per stage plus an optional ``[gate]`` and ``[run]``::
 
     [prune]
     budget = 1.0          # accuracy (or fidelity) points; or `sparsity = 0.8` for a fixed ratio
@@ -18,6 +18,9 @@ A recipe has one table per stage plus an optional ``[gate]``::
 
     [gate]
     max_accuracy_drop = 1.0
+
+    [run]
+    objective = "size"    # or "int8-kernels" (see options.OBJECTIVES)
 
 Every stage has ``enabled``.  Keys left out take the defaults of compressor/options.py, some of
 which depend on the data available (``options.defaults_for``).  Unknown tables, unknown keys and

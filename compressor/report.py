@@ -46,6 +46,13 @@ class StageRow:
     attempts: list = field(default_factory=list)
     stats: dict | None = None
     packed_bytes: int | None = None  # what this stage's model packs to (the container it would give)
+    # Why the stage was not applied: [{"measure", "value", "limit", "by"}] (stages/ladder.rejection),
+    # and the metrics of the attempt that says so (the gentlest measured).
+    rejected_by: list = field(default_factory=list)
+    rejected_metrics: dict | None = None
+    # Bytes of container the stage cost on purpose (run.objective "int8-kernels" keeping a
+    # quantize result that packs larger than its input).
+    cost_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
         "setting": r.options.get("setting"),
         "note": r.note,
         "attempts": r.attempts,
+        "rejected_by": r.rejected_by,
+        "cost_bytes": r.cost_bytes,
     }
 
 
@@ -165,10 +174,12 @@ def per_layer(
 
 
 def quantized_names(rows: list[StageRow]) -> dict[str, str]:
-    """Weight name -> its int8 tensor, from the applied quantize stage's stats (untransposed first)."""
+    """Weight name -> its int8 tensor, from the stats of the applied quantize stage, or of the
+    int8 floor when the run returned that (untransposed first)."""
     names: dict[str, str] = {}
-    for r in rows:
-        if r.stage == "quantize" and r.applied and r.stats:
+    final = [r for r in rows if r.stage == "floor" and r.applied]
+    for r in final or rows:
+        if r.stage in ("quantize", "floor") and r.applied and r.stats:
             for w in sorted(r.stats.get("weights", []), key=lambda w: bool(w.get("transposed"))):
                 if w.get("tensor"):
                     names.setdefault(w["name"], w["tensor"])
@@ -301,6 +312,14 @@ def format_report(report: dict) -> str:
     out.append("")
     if c:
         out.append(f"container: {c['path']}  {c['bytes']:,} bytes on disk, {c['ratio']:.1f}x smaller than the original")
+    floor, retry = report.get("floor"), report.get("retry")
+    if floor:
+        out.append(f"floor (int8 weights only): {floor['note']}")
+    if retry:
+        out.append(
+            f"retry without pruning ({retry['reason']}): kept {retry['kept']} "
+            f"({retry['packed_bytes_with_pruning']:,} vs {retry['packed_bytes_without_pruning']:,} bytes)"
+        )
     gate = report.get("gate") or {}
     if gate.get("max_accuracy_drop") is not None:
         out.append(

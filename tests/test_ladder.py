@@ -6,7 +6,16 @@ import pytest
 
 from compressor.errors import CompressorError
 from compressor.report import StageRow
-from compressor.stages.ladder import Attempt, Ladder, MustShrink, StageContext, run_ladder
+from compressor.stages.ladder import (
+    Attempt,
+    Ladder,
+    MustShrink,
+    StageContext,
+    fits_without,
+    rejection,
+    rejection_text,
+    run_ladder,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,8 @@ class FakeModel:
 
 class FakeJudge:
     """The run's Measure, reduced to what the ladder asks: loss in points against a budget."""
+
+    snr_gated, min_snr_db = False, 20.0
 
     def __init__(self, budget: float):
         self.budget, self.allowance, self.measured = budget, 0.0, []
@@ -83,10 +94,14 @@ def test_errors_are_recorded_and_skipped_and_overshoots_skip_the_stage():
     result = run_ladder(ladder, context(judge))
     assert result.model is INPUT and result.outputs == ["input outputs"]
     assert not result.row.applied and result.row.bytes == INPUT.size
-    assert result.row.note == "skipped: no setting fit the budget (see attempts)"
+    why = "the gentlest measured, b: loss 3.00 points > budget 1.00 (by 2.00)"
+    assert result.row.note == f"skipped: no setting fit the budget (see attempts); {why}"
     assert result.row.attempts[0] == {"option": "a", "error": "a cannot be built"}
+    rejected = [{"measure": "loss_points", "value": 3.0, "limit": 1.0, "by": 2.0}]
+    assert result.row.attempts[1]["rejected_by"] == result.row.rejected_by == rejected
+    assert result.row.rejected_metrics == {"accuracy_drop": 3.0}
     only_over = run_ladder(Ladder("s", [attempt("b", FakeModel(500, 3.0))], adaptive=True), context(judge))
-    assert only_over.row.note == "skipped: every setting tried exceeded the budget"
+    assert only_over.row.note == f"skipped: every setting tried exceeded the budget; {why}"
     assert run_ladder(Ladder("s", [], adaptive=True), context(judge)).row.note == "skipped"
 
 
@@ -137,3 +152,32 @@ def test_must_shrink_rejects_a_candidate_not_smaller_than_the_input_without_meas
     # without the rule the same candidate is measured and kept
     plain = run_ladder(Ladder("s", [attempt("same", same)], adaptive=True), context(FakeJudge(1.0)))
     assert plain.model is same
+
+
+class SnrJudge(FakeJudge):
+    """A judge whose outputs the SNR floor gates (fidelity mode on a detector's map)."""
+
+    snr_gated = True
+
+
+def test_rejection_names_every_measure_that_rejects_and_by_how_much():
+    judge = SnrJudge(1.0)
+    assert rejection(judge, {"accuracy_drop": 0.5, "snr_db": 25.0}) == []
+    found = rejection(judge, {"accuracy_drop": 1.5, "snr_db": 19.62})
+    assert [r["measure"] for r in found] == ["loss_points", "snr_db"]
+    assert found[1]["by"] == pytest.approx(0.38)
+    assert rejection_text(found) == (
+        "loss 1.50 points > budget 1.00 (by 0.50); SNR 19.62 dB < floor 20 dB (by 0.38 dB)"
+    )
+    # An attempt's own (stricter) budget is what rejected it; the allowance never lowers it.
+    assert rejection(judge, {"accuracy_drop": 0.9, "snr_db": 30.0}, budget=0.8)[0]["limit"] == 0.8
+
+
+def test_fits_without_takes_the_earlier_spending_off_points_and_noise_power():
+    judge = SnrJudge(1.0)
+    # 19.62 dB total, of which pruning added noise at 25 dB: without it about 21.1 dB, within 20.
+    assert fits_without(judge, {"accuracy_drop": 0.0, "snr_db": 19.62}, {"accuracy_drop": 0.0, "snr_db": 25.0})
+    # Pruning's noise at 35 dB is too little to make room.
+    assert not fits_without(judge, {"accuracy_drop": 0.0, "snr_db": 19.62}, {"accuracy_drop": 0.0, "snr_db": 35.0})
+    assert fits_without(judge, {"accuracy_drop": 1.3, "snr_db": None}, {"accuracy_drop": 0.4, "snr_db": None})
+    assert not fits_without(judge, {"accuracy_drop": 1.5, "snr_db": None}, {"accuracy_drop": 0.4, "snr_db": None})

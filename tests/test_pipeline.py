@@ -426,3 +426,210 @@ def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
     found = re.search(r"on (\d+) of 1000 samples$", first["option"])
     assert first["option"].startswith("k-means bits per tensor") and found and 32 <= int(found.group(1)) <= 200
     assert share_row["applied"] and share_row["accuracy_drop"] <= 1.0  # measured on all 1000
+
+
+def _two_layer_mlp(tmp_path: Path) -> tuple[Path, Path]:
+    """A 64 -> 128 -> 10 MatMul net with Laplace weights, and 64 unlabeled inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.laplace(size=(64, 128)).astype(np.float32) / 10, "w1")
+    w2 = numpy_helper.from_array(rng.laplace(size=(128, 10)).astype(np.float32) / 10, "w2")
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [w1, w2],
+    )
+    path, data = tmp_path / "mlp.onnx", tmp_path / "in.npz"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(data, x=rng.normal(size=(64, 64)).astype(np.float32))
+    return path, data
+
+
+def test_objective_size_drops_a_quantize_result_that_packs_larger_and_int8_kernels_keeps_it_at_its_cost(tmp_path):
+    # 2-bit codebooks pack smaller than any int8 grid: static QDQ on top of them packs larger.
+    model, data = _two_layer_mlp(tmp_path)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[prune]\nenabled = false\n[share]\nbits_fc = 2\nmin_params = 0\n[quantize]\nactivations = "static"\n'
+    )
+    reports = {}
+    for objective in ("size", "int8-kernels"):
+        out, rep = tmp_path / f"{objective}.cmpz", tmp_path / f"{objective}.json"
+        args = ["run", str(model), "-o", str(out), "--data", str(data), "--recipe", str(recipe), "--report", str(rep)]
+        assert main(args + ["-q"] + (["--objective", objective] if objective != "size" else [])) == 0
+        reports[objective] = json.loads(rep.read_text())
+    size, kernels = ({s["stage"]: s for s in reports[o]["stages"]} for o in ("size", "int8-kernels"))
+    assert reports["size"]["objective"] == "size" and reports["size"]["recipe"]["run"] == {"objective": "size"}
+    lost = kernels["quantize"]["packed_bytes"] - kernels["share"]["packed_bytes"]
+    assert lost > 0
+    # size: the quantize row says what it would have cost and that int8 kernels were given up.
+    assert not size["quantize"]["applied"] and size["quantize"]["packed_bytes"] == size["share"]["packed_bytes"]
+    assert size["quantize"]["rejected_by"] == [
+        {
+            "measure": "packed_bytes",
+            "value": kernels["quantize"]["packed_bytes"],
+            "limit": size["share"]["packed_bytes"],
+            "by": lost,
+        }
+    ]
+    assert f"packs {lost:,} bytes larger than share's" in size["quantize"]["note"]
+    assert "int8 kernels given up" in size["quantize"]["note"]
+    assert size["pack"]["bytes"] == size["share"]["packed_bytes"] == (tmp_path / "size.cmpz").stat().st_size
+    # int8-kernels: the QDQ model is the container, and its row says what that cost.
+    assert kernels["quantize"]["applied"] and kernels["quantize"]["cost_bytes"] == lost
+    assert "kept for its int8 kernels" in kernels["quantize"]["note"]
+    assert kernels["pack"]["bytes"] == size["pack"]["bytes"] + lost
+    assert reports["int8-kernels"]["floor"] is None  # the floor serves the size objective only
+    # A floor that packs larger than the run's container is not judged (no run over the data).
+    floor = reports["size"]["floor"]
+    assert not floor["kept"] and floor["note"].startswith("not smaller than the run's container")
+    assert "snr_db" not in floor and floor["packed_bytes"] > size["pack"]["bytes"]
+
+
+def test_the_floor_returns_int8_weights_when_they_pack_smaller_within_the_budget(tmp_path):
+    # 8-bit codebooks (fixed) pack larger than int8 weights; quantize on top of them misses the
+    # 36 dB floor, int8 weights alone on the original do not.
+    model, data = _two_layer_mlp(tmp_path)
+    out = tmp_path / "m.cmpz"
+    report = run_pipeline(
+        str(model),
+        str(out),
+        data_path=str(data),
+        overrides={
+            "prune": {"enabled": False},
+            "share": {"bits_fc": 8, "bits_conv": 8, "min_params": 0},
+            "gate": {"budget": 5.0, "min_snr_db": 36.0},
+        },
+    )
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert [s["stage"] for s in report["stages"]] == ["original", "prune", "share", "quantize", "floor", "pack"]
+    quantize = stages["quantize"]
+    assert not quantize["applied"]
+    assert [r["measure"] for r in quantize["rejected_by"]] == ["snr_db"]
+    assert quantize["rejected_by"][0]["limit"] == 36.0 and quantize["rejected_by"][0]["by"] > 0
+    assert "SNR" in quantize["note"] and "< floor 36 dB" in quantize["note"]
+    floor = report["floor"]
+    smaller = stages["share"]["packed_bytes"] - floor["packed_bytes"]
+    assert floor["kept"] and floor["smaller_by"] == smaller > 0
+    assert floor["note"] == f"int8 weights + pack was smaller by {smaller:,} bytes"
+    assert stages["floor"]["applied"] and stages["floor"]["snr_db"] >= 36.0
+    assert out.stat().st_size == stages["pack"]["bytes"] == floor["packed_bytes"]
+    assert report["layers"][0]["bits"] is not None and report["plots"]["source"] == "original"
+    # --no-quantize: no int8 floor either.
+    plain = run_pipeline(
+        str(model), str(tmp_path / "p.cmpz"), data_path=str(data), overrides={"quantize": {"enabled": False}}
+    )
+    assert plain["floor"] is None
+
+
+def test_pruning_that_gained_little_is_undone_when_it_blocked_a_later_stage():
+    from dataclasses import dataclass as _dataclass
+
+    from compressor import pipeline
+    from compressor.options import Recipe
+    from compressor.report import StageRow
+
+    @_dataclass(frozen=True)
+    class Fake:
+        packed: int
+
+        def ByteSize(self):  # noqa: N802 (onnx's name)
+            return 10_000
+
+    class Packer:
+        packs = 0
+
+        def size(self, m):
+            return m.packed
+
+        def size_within(self, m, what):
+            return m.packed
+
+        def keep_only(self, models):
+            pass
+
+    class Judge:
+        mode, budget, allowance, snr_gated, min_snr_db = "fidelity", 1.0, 0.0, True, 20.0
+
+        def loss(self, metrics):
+            return 0.0
+
+    original, pruned, shared = Fake(1000), Fake(980), Fake(250)
+    prune_metrics = {"accuracy_drop": None, "top1_agreement": None, "snr_db": 25.0}
+    share_missed = {"accuracy_drop": None, "top1_agreement": None, "snr_db": 19.62}
+    rows = [
+        StageRow("original", True, 10_000, {"snr_db": None}),
+        StageRow("prune", True, 10_000, prune_metrics, options={"setting": "searched"}),
+        StageRow(
+            "share",
+            False,
+            10_000,
+            prune_metrics,
+            rejected_by=[{"measure": "snr_db", "value": 19.62, "limit": 20.0, "by": 0.38}],
+            rejected_metrics=share_missed,
+        ),
+    ]
+    route = pipeline.Route(rows, [original, pruned, pruned], [None, None, None])
+    calls = []
+
+    def run_stages(start, stages, keep=None):
+        calls.append(([r.stage for r in start.rows], [s.NAME for s in stages], start.models[-1]))
+        row = StageRow("share", True, 10_000, {"snr_db": 21.0}, options={"setting": "k-means 8 bits"})
+        return pipeline.Route(start.rows + [row], start.models + [shared], start.outputs + [None])
+
+    pipeline._fill_packed_bytes(route, Packer())
+    kept, retry = pipeline._retry_unpruned(route, Recipe(), Judge(), run_stages, Packer(), lambda msg: None)
+    assert calls == [(["original", "prune"], ["share"], original)]  # one pass, on the unpruned model
+    assert retry["kept"] == "without pruning" and kept.models[-1] is shared
+    assert (retry["packed_bytes_with_pruning"], retry["packed_bytes_without_pruning"]) == (980, 250)
+    assert "pruning gained 2.0 % of the container and share missed the budget" in retry["reason"]
+    assert not kept.rows[1].applied and kept.rows[1].note.startswith("undone: gained 2.0 %")
+    assert [w["stage"] for w in retry["other_way"]] == ["prune", "share"]
+    # Pruning that bought more than PRUNE_RETRY_MAX_GAIN, or a miss bigger than what it spent: no retry.
+    big_gain = pipeline.Route(rows, [original, Fake(900), Fake(900)], [None, None, None])
+    pipeline._fill_packed_bytes(big_gain, Packer())
+    assert pipeline._retry_unpruned(big_gain, Recipe(), Judge(), run_stages, Packer(), print) == (big_gain, None)
+    rows[2].rejected_metrics = {**share_missed, "snr_db": 15.0}
+    assert pipeline._retry_unpruned(route, Recipe(), Judge(), run_stages, Packer(), print) == (route, None)
+    assert len(calls) == 1
+
+
+def test_share_ladder_tries_each_candidate_once_when_the_model_has_one_kind_of_weight(tmp_path):
+    # Conv weights only: the fc widths of the ladder's rungs change nothing, so no rung repeats.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.laplace(size=(16, 8, 3, 3)).astype(np.float32) / 10, "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 6, 6])],
+        [w],
+    )
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(tmp_path / "in.npz", x=rng.normal(size=(16, 8, 6, 6)).astype(np.float32))
+    report = run_pipeline(
+        str(path),
+        str(tmp_path / "c.cmpz"),
+        data_path=str(tmp_path / "in.npz"),
+        overrides={
+            "prune": {"enabled": False},
+            "quantize": {"enabled": False},
+            "share": {"min_params": 0},
+            "gate": {"min_snr_db": 80.0},  # nothing fits: every rung is tried
+        },
+    )
+    tried = [a["option"] for a in report["stages"][2]["attempts"]]
+    assert tried and len(tried) == len(set(tried)) and not any("fc" in t for t in tried)
+    assert "k-means 8 bits conv" in tried

@@ -68,7 +68,7 @@ def test_no_data_defaults_are_data_free():
 
 def test_report_recipe_is_one_dict_per_stage_with_every_option():
     d = Recipe.for_mode("fidelity", {"gate": {"min_snr_db": 30}}).as_dict()
-    assert list(d) == ["prune", "share", "quantize", "pack", "gate"]
+    assert list(d) == ["prune", "share", "quantize", "pack", "gate", "run"]
     assert d["prune"] == {
         "enabled": True,
         "budget": None,
@@ -82,6 +82,14 @@ def test_report_recipe_is_one_dict_per_stage_with_every_option():
     }
     assert d["gate"] == {"max_accuracy_drop": None, "budget": 1.0, "min_snr_db": 30.0, "max_kl": 0.3, "hold_out": True}
     assert "given" not in d["share"]
+    assert d["run"] == {"objective": "size"}
+
+
+def test_the_objective_is_size_by_default_and_checked():
+    assert Recipe.for_mode("accuracy").run.objective == "size"
+    assert Recipe.for_mode("accuracy", {"run": {"objective": "int8-kernels"}}).run.objective == "int8-kernels"
+    with pytest.raises(UsageError, match=r"'run\.objective' must be one of size, int8-kernels, got 'speed'"):
+        validate_overrides({"run": {"objective": "speed"}})
 
 
 def test_errors_name_the_option_not_a_flag():

@@ -16,13 +16,25 @@ from .common import emit_json
 
 
 def _overrides(
-    recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
+    recipe_path,
+    sparsity,
+    scope,
+    budget,
+    bits_conv,
+    bits_fc,
+    activations,
+    no_prune,
+    no_share,
+    no_quantize,
+    seed,
+    objective,
 ) -> dict:
     overrides = read_recipe(recipe_path) if recipe_path else {}
     cli = {
         "prune": {"sparsity": sparsity, "scope": scope, "budget": budget, "seed": seed},
         "share": {"bits_conv": bits_conv, "bits_fc": bits_fc, "seed": seed},
         "quantize": {"activations": activations},
+        "run": {"objective": objective},
     }
     for stage, flag in (("prune", no_prune), ("share", no_share), ("quantize", no_quantize)):
         if flag:
@@ -103,6 +115,12 @@ def stage_options(f):
             click.option("--no-share", is_flag=True, help="Skip weight sharing."),
             click.option("--no-quantize", is_flag=True, help="Skip quantization."),
             click.option("--seed", type=click.IntRange(0), help="Seed for every randomised step."),
+            click.option(
+                "--objective",
+                type=click.Choice(["size", "int8-kernels"]),
+                help="What the run optimises: the smallest container (size, the default) or int8 kernels at run "
+                "time (int8-kernels: the quantized model is kept even when it packs larger; the report says the cost).",
+            ),
             click.option("--quiet", "-q", is_flag=True, help="No progress output."),
             click.option("--verbose", "-v", is_flag=True, help="Progress output even when stderr is not a terminal."),
         ]
@@ -151,12 +169,24 @@ def run_command(
     no_share,
     no_quantize,
     seed,
+    objective,
     quiet,
     verbose,
 ):
     """Compress MODEL with the whole pipeline and write a container plus a report."""
     overrides = _overrides(
-        recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
+        recipe_path,
+        sparsity,
+        scope,
+        budget,
+        bits_conv,
+        bits_fc,
+        activations,
+        no_prune,
+        no_share,
+        no_quantize,
+        seed,
+        objective,
     )
     if metric is not None:
         overrides.setdefault("gate", {}).update(validate_overrides({"gate": {"metric": metric}})["gate"])
@@ -236,12 +266,24 @@ def batch_command(
     no_share,
     no_quantize,
     seed,
+    objective,
     quiet,
     verbose,
 ):
     """Compress every model of MODELS (files, folders or globs) into OUTPUT_DIR; resumable."""
     overrides = _overrides(
-        recipe_path, sparsity, scope, budget, bits_conv, bits_fc, activations, no_prune, no_share, no_quantize, seed
+        recipe_path,
+        sparsity,
+        scope,
+        budget,
+        bits_conv,
+        bits_fc,
+        activations,
+        no_prune,
+        no_share,
+        no_quantize,
+        seed,
+        objective,
     )
     progress = _progress(quiet, verbose)
     summary = api.batch(

@@ -7,15 +7,17 @@ row of the report with the model it keeps.  Nothing here knows which stage it ru
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import onnx
 
+from .. import graph
 from ..data import Dataset
 from ..errors import CompressorError
-from ..measure import Measure
+from ..measure import BUDGET_SLACK, Measure
 from ..report import StageRow
 
 # A search on an evenly spread subset of the data (to fit its time allowance) never uses fewer
@@ -81,8 +83,8 @@ class Ladder:
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    # The size of the .onnx file this model saves to (no external data below 2 GB).
-    return model.ByteSize()
+    # The size of the .onnx file this model saves to, counted without serialising it.
+    return graph.model_bytes(model)
 
 
 def loss_text(measure: Measure, metrics: dict) -> str:
@@ -92,6 +94,52 @@ def loss_text(measure: Measure, metrics: dict) -> str:
     if snr is not None:
         text += f", SNR {snr:.1f} dB"
     return text
+
+
+def rejection(measure: Measure, metrics: dict, budget: float | None = None) -> list[dict]:
+    """Which measures put `metrics` outside the budget, and by how much: a list of
+    {"measure": "loss_points" | "snr_db", "value", "limit", "by"} (empty when it fits).
+    The same rule as ``Measure.within``: the budget never below the allowance; the SNR floor
+    only for the outputs it gates."""
+    found = []
+    limit = max(measure.budget if budget is None else budget, measure.allowance)
+    loss = measure.loss(metrics)
+    if loss is not None and not loss <= limit + BUDGET_SLACK:
+        found.append({"measure": "loss_points", "value": loss, "limit": limit, "by": loss - limit})
+    snr = metrics.get("snr_db")
+    if measure.snr_gated and snr is not None and snr < measure.min_snr_db:
+        found.append({"measure": "snr_db", "value": snr, "limit": measure.min_snr_db, "by": measure.min_snr_db - snr})
+    return found
+
+
+def rejection_text(found: Sequence[dict]) -> str:
+    """'loss 1.30 points > budget 1.00 (by 0.30)', 'SNR 19.6 dB < floor 20.0 dB (by 0.38 dB)', ..."""
+    words = []
+    for r in found:
+        if r["measure"] == "loss_points":
+            words.append(f"loss {r['value']:.2f} points > budget {r['limit']:.2f} (by {r['by']:.2f})")
+        elif r["measure"] == "snr_db":
+            words.append(f"SNR {r['value']:.2f} dB < floor {r['limit']:g} dB (by {r['by']:.2f} dB)")
+        elif r["measure"] == "packed_bytes":
+            words.append(f"packs to {r['value']:,} bytes > {r['limit']:,} (by {r['by']:,} bytes)")
+        else:
+            words.append(f"{r['measure']} {r['value']} vs {r['limit']}")
+    return "; ".join(words)
+
+
+def fits_without(measure: Measure, rejected: dict, spent: dict) -> bool:
+    """Would a candidate with metrics `rejected` fit if the loss of `spent` (an earlier stage's
+    metrics) were not under it?  Points subtract; noise powers add, so they subtract too."""
+    loss, spent_loss = measure.loss(rejected), measure.loss(spent)
+    if loss is not None and loss - max(spent_loss or 0.0, 0.0) > max(measure.budget, measure.allowance) + BUDGET_SLACK:
+        return False
+    snr, spent_snr = rejected.get("snr_db"), spent.get("snr_db")
+    if not measure.snr_gated or snr is None or snr >= measure.min_snr_db:
+        return True
+    if spent_snr is None or not math.isfinite(spent_snr):
+        return False
+    noise = 10 ** (-snr / 10) - 10 ** (-spent_snr / 10)
+    return noise <= 10 ** (-measure.min_snr_db / 10)
 
 
 @dataclass(frozen=True)
@@ -154,6 +202,7 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
         metrics, outputs = measure(candidate)
         tried.append({"option": label, **metrics})
         if ladder.adaptive and not measure.within(metrics, attempt.budget):
+            tried[-1]["rejected_by"] = rejection(measure, metrics, attempt.budget)
             log(f"{stage}: {label} exceeds the budget ({loss_text(measure, metrics)}), backing off")
             continue
         fit = _Fit(label, candidate, stats, metrics, outputs)
@@ -175,6 +224,10 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
         note = "skipped: every setting tried exceeded the budget"
     else:
         note = "skipped: no setting fit the budget (see attempts)"
+    # The last measured attempt is the gentlest the stage has: what it would have cost at least.
+    gentlest = next((t for t in reversed(tried) if t.get("rejected_by")), None)
+    if gentlest is not None:
+        note += f"; the gentlest measured, {gentlest['option']}: {rejection_text(gentlest['rejected_by'])}"
     row = StageRow(
         stage,
         False,
@@ -183,5 +236,9 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
         time.perf_counter() - t0,
         attempts=tried,
         note=note,
+        rejected_by=list(gentlest["rejected_by"]) if gentlest is not None else [],
+        rejected_metrics={k: v for k, v in gentlest.items() if k not in ("option", "rejected_by")}
+        if gentlest
+        else None,
     )
     return StageResult(row, ctx.model, ctx.outputs)

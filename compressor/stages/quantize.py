@@ -11,7 +11,7 @@ from ..errors import CompressorError
 from ..options import QuantizeOptions
 from ..passes.quantize import QuantizeSettings, Shared, quantize
 from ..passes.quantize.ops_tables import SMALL_ROLES
-from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, run_ladder
+from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
 
 NAME = "quantize"
 
@@ -108,7 +108,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                     lambda m=mode, s=settings: without_small_constants(m, s),
                 )
             )
-        if adaptive and mode == "static" and model.ByteSize() <= MIXED_PRECISION_MAX_BYTES:
+        if adaptive and mode == "static" and model_bytes(model) <= MIXED_PRECISION_MAX_BYTES:
             # Mixed precision before giving up on activations: a few layers usually carry most
             # of the error, so keep the noisiest ones in float, as few as reach the floor.
             for floor in mixed_floors(ctx):

@@ -63,9 +63,11 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
             compare = True
     refit = ctx.calib_data if opts.refit else None
     for bits_conv, bits_fc, budget in ladder:
-        if (bits_conv, bits_fc) in seen:
+        # A width for a kind of weight the model lacks changes nothing: the same candidate.
+        key = (bits_conv if has_conv else None, bits_fc if has_fc else None)
+        if key in seen:
             continue
-        seen.add((bits_conv, bits_fc))
+        seen.add(key)
         kinds = [f"{bits_conv} bits conv"] * has_conv + [f"{bits_fc} bits fc"] * has_fc
         attempts.append(
             Attempt(

@@ -111,7 +111,7 @@ def quantize(
         "per_channel": per_channel,
         "symmetric": settings.symmetric,
         "calibration": settings.calibration if mode == "static" else None,
-        "bytes_before": model.ByteSize(),
+        "bytes_before": graph.model_bytes(model),
         "warnings": [],
     }
     warnings = stats["warnings"]
@@ -119,7 +119,13 @@ def quantize(
     if already:
         warnings.append(f"model is already quantized ({', '.join(already)}): left as it is")
         stats.update(
-            {"already_quantized": already, "nodes": [], "weights": [], "folding": None, "bytes_after": model.ByteSize()}
+            {
+                "already_quantized": already,
+                "nodes": [],
+                "weights": [],
+                "folding": None,
+                "bytes_after": graph.model_bytes(model),
+            }
         )
         if settings.check:
             stats["coverage"] = integer_kernel_coverage(model)
@@ -236,7 +242,7 @@ def quantize(
     _summarise(stats)
     after = evaluate.ort_counts()
     stats["ort"] = {k: after[k] - runs_before[k] for k in after}  # sessions / runs this call (calibration, probes)
-    stats["bytes_after"] = model.ByteSize()
+    stats["bytes_after"] = graph.model_bytes(model)
     if settings.check:
         evaluate.make_session(model)  # raises CompressorError when ORT cannot load it
         stats["coverage"] = integer_kernel_coverage(model)
