@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import onnxruntime as ort
 from scipy import ndimage, signal, stats
 
@@ -840,6 +841,324 @@ def publish(rows: list[dict]) -> None:
     (SHARED_DIR / "READY.md").write_text(ready_md(rows))
 
 
+# ---------------------------------------------------------------------------------------------
+# run: compressor vs ONNX Runtime's quantizer vs zstd, each in a child process
+
+WORK_DIR = CACHE / "real_work"
+TIMEOUT_S = 1200
+SCORE_TIMEOUT_S = 900  # scoring one model file on its test split
+
+
+@dataclass
+class ChildResult:
+    returncode: int | None  # None: killed at the timeout
+    seconds: float
+    peak_rss_mb: float
+    stderr_tail: str
+
+
+def run_child(cmd: list[str], timeout: float) -> ChildResult:
+    """Run `cmd` to completion or `timeout`; its wall time and peak RSS (ru_maxrss from wait4, so
+    the child's own, not the bench's)."""
+    t0 = time.perf_counter()
+    err = WORK_DIR / "child.stderr"
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
+        rc = None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                rc = os.waitstatus_to_exitcode(status)
+                break
+            if time.perf_counter() - t0 > timeout:
+                os.killpg(proc.pid, 9)
+                _, _, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
+    proc.returncode = rc if rc is not None else -9  # reaped above: keep Popen from waiting again
+    tail = err.read_text(errors="replace").strip().splitlines()[-3:]
+    return ChildResult(rc, round(time.perf_counter() - t0, 1), round(usage.ru_maxrss / 1024, 1), " | ".join(tail))
+
+
+def zstd19_bytes(path: Path) -> int:
+    import zstandard
+
+    return len(zstandard.ZstdCompressor(level=19).compress(path.read_bytes()))
+
+
+def feed_batches(sess: ort.InferenceSession, arrays: dict[str, np.ndarray], batch: int = 16) -> list[dict]:
+    """Feeds for ORT's calibration: arrays with one more axis than the model input hold one whole
+    feed per index (silero's per-sample layout), 0-d arrays are constants, the rest are batched."""
+    ranks = {i.name: len(i.shape) for i in sess.get_inputs()}
+    first = {i.name: i.shape[0] if i.shape else None for i in sess.get_inputs()}
+    consts = {k: v for k, v in arrays.items() if k in ranks and v.ndim == 0}
+    feeds = {k: v for k, v in arrays.items() if k in ranks and v.ndim > 0}
+    n = len(next(iter(feeds.values())))
+    if any(v.ndim == ranks[k] + 1 for k, v in feeds.items()):
+        return [{**consts, **{k: v[i] for k, v in feeds.items()}} for i in range(n)]
+    if any(isinstance(d, int) for d in first.values()):
+        batch = 1  # a fixed batch axis (ddddocr)
+    return [{**consts, **{k: v[i : i + batch] for k, v in feeds.items()}} for i in range(0, n, batch)]
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with its top-level Constant nodes' tensors as initializers (a lossless
+    rewrite): ORT's quantizer only quantizes initializers, and paddle2onnx exports (the PP-OCR
+    models) hold every weight in a Constant node."""
+    kept, moved = [], []
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and set(attrs) == {"value"}:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attrs["value"].t)
+            tensor.name = node.output[0]
+            moved.append(tensor)
+        else:
+            kept.append(node)
+    if not moved:
+        return model
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(moved)
+    return model
+
+
+def ort_quantize(kind: str, name: str, out: Path) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    src = out.with_suffix(".input.onnx")
+    model = constants_to_initializers(onnx.load(str(model_path(name))))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if kind == "static" and opset < 13:  # per-channel QDQ needs DequantizeLinear's axis (opset 13)
+        model = onnx.version_converter.convert_version(model, 13)
+    onnx.save(model, str(src))
+    if kind == "dynamic":
+        quantize_dynamic(str(src), str(out), per_channel=True, weight_type=QuantType.QInt8)
+        return
+    with np.load(data_path(name, "calib"), allow_pickle=False) as z:
+        calib = {k: z[k] for k in z.files}
+    feeds = feed_batches(session(src), calib)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def points(fp32: float | None, value: float | None) -> float | None:
+    return None if fp32 is None or value is None else round(100 * (fp32 - value), 2)
+
+
+def variant_scores(name: str, path: Path, timeout: float = SCORE_TIMEOUT_S) -> dict:
+    """Score a model file in a child (its own memory; a model ORT cannot load is a row, not a crash)."""
+    out = WORK_DIR / name / (path.stem + ".score.json")
+    res = run_child([sys.executable, __file__, "score", name, str(path), "--out", str(out)], timeout)
+    if res.returncode != 0:
+        return {"error": res.stderr_tail or f"scoring exited {res.returncode}"}
+    return json.loads(out.read_text())
+
+
+def bench_one(name: str, timeout: float) -> dict:
+    spec = MODELS[name]
+    work = WORK_DIR / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    src = model_path(name)
+    fp32_bytes = src.stat().st_size
+    row: dict = {"model": name, "kind": spec.kind, "metric": spec.metric, "fp32_bytes": fp32_bytes}
+    fp32 = variant_scores(name, src)
+    row["fp32"] = {"bytes": fp32_bytes, "zstd_bytes": zstd19_bytes(src), "scores": fp32}
+    base = fp32.get(spec.metric)
+
+    # compressor: the CLI with default options
+    container, report, unpacked = work / "ours.cmpz", work / "ours.report.json", work / "ours.onnx"
+    cmd = [
+        sys.executable,
+        "-m",
+        "compressor",
+        "run",
+        str(src),
+        "-o",
+        str(container),
+        "--calib",
+        str(data_path(name, "calib")),
+    ]
+    if spec.labeled:
+        cmd += ["--data", str(data_path(name, "test"))]
+    res = run_child([*cmd, "--report", str(report), "-q"], timeout)
+    ours: dict = {"seconds": res.seconds, "peak_rss_mb": res.peak_rss_mb, "command": " ".join(cmd[2:])}
+    if res.returncode is None:
+        ours["error"] = f"timeout after {timeout:.0f} s"
+    elif res.returncode != 0:
+        ours["error"] = f"exit {res.returncode}: {res.stderr_tail}"
+    else:
+        ours["bytes"] = container.stat().st_size
+        up = run_child([sys.executable, "-m", "compressor", "unpack", str(container), "-o", str(unpacked)], timeout)
+        if up.returncode != 0:
+            ours["error"] = f"unpack failed: {up.stderr_tail}"
+        else:
+            ours["unpack_seconds"] = up.seconds
+            ours["scores"] = variant_scores(name, unpacked)
+        try:
+            rep = json.loads(report.read_text())
+            ours["report_summary"] = {k: rep[k] for k in ("stages", "summary") if k in rep}
+        except (OSError, ValueError):
+            pass
+    row["ours"] = ours
+
+    for kind in ("dynamic", "static"):
+        out = work / f"ort_{kind}.onnx"
+        res = run_child([sys.executable, __file__, "ort", kind, name, str(out)], timeout)
+        entry: dict = {"seconds": res.seconds, "peak_rss_mb": res.peak_rss_mb}
+        if res.returncode is None:
+            entry["error"] = f"timeout after {timeout:.0f} s"
+        elif res.returncode != 0 or not out.is_file():
+            entry["error"] = f"exit {res.returncode}: {res.stderr_tail}"
+        else:
+            entry["onnx_bytes"] = out.stat().st_size
+            entry["bytes"] = zstd19_bytes(out)
+            entry["scores"] = variant_scores(name, out)
+        row[f"ort_{kind}"] = entry
+    for key in ("ours", "ort_dynamic", "ort_static"):
+        value = row[key].get("scores", {}).get(spec.metric)
+        row[key]["points_lost"] = points(base, value)
+    return row
+
+
+def _mb(n: float | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+def _cell(entry: dict, metric: str, fp32_bytes: int) -> str:
+    if "error" in entry and "bytes" not in entry:
+        return entry["error"][:60]
+    score = entry.get("scores", {}).get(metric)
+    lost = entry.get("points_lost")
+    bits = [_mb(entry.get("bytes")), f"{fp32_bytes / entry['bytes']:.2f}x" if entry.get("bytes") else "—"]
+    bits.append(
+        "score —"
+        if score is None
+        else f"{score:.3f} ({'+' if lost is not None and lost <= 0 else '-'}{abs(lost or 0):.1f} pt)"
+    )
+    return ", ".join(bits)
+
+
+def render_real(result: dict) -> str:
+    lines = [
+        f"# Real models — {result['date']}",
+        "",
+        f"compressor {result['compressor'].get('commit')}{' (dirty)' if result['compressor'].get('dirty') else ''}, "
+        f"{result['machine']}, load average {result['load_average']['start']} -> {result['load_average']['end']}, "
+        f"timeout {result['timeout_s']:.0f} s per child.",
+        "",
+        "Bytes on disk (ours: the .cmpz container; ORT and fp32: the ONNX file after zstd -19), ratio vs the fp32 ONNX, "
+        "the task metric on the held-out test split and points lost vs fp32 (x100 of the metric's difference).",
+        "",
+        "| model | metric | fp32 (score; zstd bytes, ratio) | compressor run | ours: time, peak RSS | ORT dynamic + zstd | ORT static + zstd | ORT time dyn / static |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["models"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | | {r['error']} | | | | | |")
+            continue
+        m, fb = r["metric"], r["fp32_bytes"]
+        fp32_score = r["fp32"]["scores"].get(m)
+        score_text = "—" if fp32_score is None else f"{fp32_score:.3f}"
+        fp = f"{_mb(fb)}: {score_text}; {_mb(r['fp32']['zstd_bytes'])}, {fb / r['fp32']['zstd_bytes']:.2f}x"
+        o = r["ours"]
+        lines.append(
+            f"| {r['model']} | {m} | {fp} | {_cell(o, m, fb)} | {o['seconds']:.0f} s, {o['peak_rss_mb']:.0f} MB | "
+            f"{_cell(r['ort_dynamic'], m, fb)} | {_cell(r['ort_static'], m, fb)} | "
+            f"{r['ort_dynamic']['seconds']:.0f} s / {r['ort_static']['seconds']:.0f} s |"
+        )
+    lines += ["", "Secondary metrics (fp32 / ours / ORT dynamic / ORT static):", ""]
+    for r in result["models"]:
+        if "error" in r:
+            continue
+        keys = [k for k in r["fp32"]["scores"] if k != r["metric"]]
+        for k in keys:
+            vals = [
+                r[v].get("scores", {}).get(k) if v != "fp32" else r["fp32"]["scores"].get(k)
+                for v in ("fp32", "ours", "ort_dynamic", "ort_static")
+            ]
+            lines.append(f"- {r['model']} {k}: " + " / ".join("—" if v is None else f"{v:.3f}" for v in vals))
+    return "\n".join(lines)
+
+
+def bench(names: list[str], timeout: float, out_dir: Path) -> dict:
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in names if not (model_path(n).is_file() and labels_path(n).is_file())]
+    if missing:
+        prepare(missing)
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    started = time.perf_counter()
+    rows = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {}
+    for name in names:
+        print(f"[real] {name} ...", flush=True)
+        try:
+            row = bench_one(name, timeout)
+        except Exception as e:  # one model's failure is a row, not the end of the run
+            row = {"model": name, "error": f"{type(e).__name__}: {e}"}
+        rows.append(row)
+        print(
+            f"[real] {name}: {json.dumps({k: row.get(k) for k in ('ours', 'ort_dynamic', 'ort_static')}, default=str)[:400]}",
+            flush=True,
+        )
+        result = {
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": f"{os.cpu_count()} cpus, onnxruntime {ort.__version__}",
+            "compressor": code_version(),
+            "timeout_s": timeout,
+            "seconds": round(time.perf_counter() - started, 1),
+            "load_average": {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]},
+            "prepared": {r["name"]: r for r in prepared() if r["name"] in names},
+            "models": rows,
+        }
+        (out_dir / "real.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        (out_dir / "real.md").write_text(render_real(result) + "\n")
+    return result
+
+
+def code_version() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, cwd=ROOT.parent, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    import compressor
+
+    return {
+        "path": str(Path(compressor.__file__).parent),
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--", "compressor")),
+    }
+
+
 def parse_models(arg: str | None) -> list[str]:
     if not arg:
         return list(MODELS)
@@ -859,13 +1178,33 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("score", help="score an ONNX model on a real model's test set")
     s.add_argument("name", choices=list(MODELS))
     s.add_argument("model")
+    s.add_argument("--out", type=Path, help="write the scores (JSON) here instead of stdout")
+    r = sub.add_parser("run", help="benchmark compressor against ORT's quantizer and zstd on the real models")
+    r.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
+    r.add_argument("--skip", help="comma-separated models to leave out")
+    r.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per child process (a timeout is a row)")
+    r.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for real.json / real.md")
+    q = sub.add_parser("ort", help=argparse.SUPPRESS)
+    q.add_argument("kind", choices=["dynamic", "static"])
+    q.add_argument("name", choices=list(MODELS))
+    q.add_argument("out", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         prepare(parse_models(args.models))
         if args.publish:
             publish(prepared())
     elif args.cmd == "score":
-        print(json.dumps(score_model(args.name, Path(args.model))))
+        scores = json.dumps(score_model(args.name, Path(args.model)))
+        if args.out:
+            args.out.write_text(scores)
+        else:
+            print(scores)
+    elif args.cmd == "ort":
+        ort_quantize(args.kind, args.name, args.out)
+    elif args.cmd == "run":
+        skip = set(parse_models(args.skip)) if args.skip else set()
+        names = [n for n in parse_models(args.models) if n not in skip]
+        print(render_real(bench(names, args.timeout, args.out)))
 
 
 if __name__ == "__main__":
