@@ -648,6 +648,103 @@ def score_dnsmos(sess, test, labels) -> dict[str, float]:
     }
 
 
+# --- ddddocr common_det: YOLOX character detector, [1, 3, 416, 416] raw BGR 0-255 -> [1, 3549, 6]
+
+YOLO_SIZE, YOLO_W, YOLO_H = 416, 416, 208
+
+
+def make_click_captcha(rng: np.random.Generator, fs: list[Path]) -> tuple[np.ndarray, list[list[int]]]:
+    """A click-captcha-like image 416 x 208 (ddddocr's preprocessing: BGR 0-255, padded to 416 x 416
+    with 114, no scaling at this size) with 3-5 large rotated characters over outline clutter;
+    returns the input [3, 416, 416] and the characters' boxes."""
+    Image, ImageDraw, _, ImageFont = _pil()
+    img = Image.new("RGB", (YOLO_W, YOLO_H), tuple(int(v) for v in rng.integers(120, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        xs = sorted(int(v) for v in rng.integers(0, YOLO_W, 2))
+        ys = sorted(int(v) for v in rng.integers(0, YOLO_H, 2))
+        draw.ellipse([xs[0], ys[0], xs[1], ys[1]], outline=tuple(int(v) for v in rng.integers(0, 256, 3)), width=2)
+    boxes: list[list[int]] = []
+    for _ in range(int(rng.integers(3, 6))):
+        for _attempt in range(30):
+            font = ImageFont.truetype(str(fs[rng.integers(len(fs))]), int(rng.integers(36, 60)))
+            glyph = Image.new("L", (90, 90), 0)
+            ImageDraw.Draw(glyph).text((20, 10), str(rng.choice(list(UPPER + DIGITS + LOWER))), font=font, fill=255)
+            glyph = glyph.rotate(float(rng.uniform(-30, 30)), resample=Image.BILINEAR)
+            glyph = glyph.crop(glyph.getbbox())
+            w, h = glyph.size
+            x, y = int(rng.integers(0, YOLO_W - w)), int(rng.integers(0, YOLO_H - h))
+            box = [x, y, x + w, y + h]
+            if all(box[2] + 4 < b[0] or b[2] + 4 < box[0] or box[3] + 4 < b[1] or b[3] + 4 < box[1] for b in boxes):
+                img.paste(Image.new("RGB", glyph.size, tuple(int(v) for v in rng.integers(0, 110, 3))), (x, y), glyph)
+                boxes.append(box)
+                break
+    img = _degrade(img, rng, noise=float(rng.uniform(0, 8)), blur=float(rng.uniform(0, 0.6)))
+    arr = np.full((YOLO_SIZE, YOLO_SIZE, 3), 114, dtype=np.float32)
+    arr[:YOLO_H, :YOLO_W] = np.asarray(img, dtype=np.float32)[:, :, ::-1]
+    return arr.transpose(2, 0, 1).copy(), boxes
+
+
+def make_yolo(model, sess, n_calib=32, n_test=120) -> dict:
+    rng = np.random.default_rng(SEED + 6)
+    fs = fonts()
+    pages = [make_click_captcha(rng, fs) for _ in range(n_calib + n_test)]
+    x = np.stack([p[0] for p in pages])
+    return {
+        "calib": {"images": x[:n_calib]},
+        "test": {"images": x[n_calib:]},
+        "labels": {"boxes": [p[1] for p in pages[n_calib:]]},
+    }
+
+
+def yolox_boxes(pred: np.ndarray, score_thr: float = 0.1, nms_thr: float = 0.45) -> list[list[float]]:
+    """ddddocr's YOLOX post-processing: grid decoding (strides 8, 16, 32), score = objectness x
+    class, class-agnostic NMS.  `pred` [3549, 6]."""
+    grids, strides = [], []
+    for stride in (8, 16, 32):
+        n = YOLO_SIZE // stride
+        xv, yv = np.meshgrid(np.arange(n), np.arange(n))
+        grids.append(np.stack((xv, yv), 2).reshape(-1, 2))
+        strides.append(np.full((n * n, 1), stride))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    xy = (pred[:, :2] + grid) * stride
+    wh = np.exp(pred[:, 2:4]) * stride
+    score = pred[:, 4] * pred[:, 5]
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)[score > score_thr]
+    order = list(np.argsort(-score[score > score_thr]))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(boxes[i].tolist())
+        order = [j for j in order if _iou(boxes[i], boxes[j]) <= nms_thr]
+    return keep
+
+
+def box_f1(predicted: list[list[list[float]]], truth: list[list[list[int]]]) -> dict[str, float]:
+    """Greedy one-to-one matching at IoU >= 0.5 over all images: F1, precision, recall."""
+    tp = n_pred = n_true = 0
+    for pred, true in zip(predicted, truth):
+        n_pred += len(pred)
+        n_true += len(true)
+        used: set[int] = set()
+        for t in true:
+            best = max(((_iou(p, t), i) for i, p in enumerate(pred) if i not in used), default=(0.0, -1))
+            if best[0] >= 0.5:
+                tp += 1
+                used.add(best[1])
+    precision, recall = tp / max(n_pred, 1), tp / max(n_true, 1)
+    return {
+        "box_f1": float(2 * precision * recall / max(precision + recall, 1e-12)),
+        "precision": float(precision),
+        "recall": float(recall),
+    }
+
+
+def score_yolo(sess, test, labels) -> dict[str, float]:
+    predicted = [yolox_boxes(sess.run(None, {"images": x[None]})[0][0]) for x in test["images"]]
+    return box_f1(predicted, labels["boxes"])
+
+
 MODELS = {
     m.name: m
     for m in (
@@ -711,6 +808,16 @@ MODELS = {
             "synthetic voiced 9.01 s clips, noise at -5-40 dB SNR, some reverb and clipping; Spearman rank correlation of each score with the ORIGINAL model's (pseudo-labels), the smallest of the 3, and max abs error",
             make_dnsmos,
             score_dnsmos,
+        ),
+        RealModel(
+            "ddddocr_det",
+            "object detector, YOLOX (ddddocr common_det, click-captcha characters)",
+            "ddddocr",
+            "ddddocr/common_det.onnx",
+            "box_f1",
+            "416x208 click-captcha-like images (padded to 416x416) with 3-5 large rotated letters/digits over outline clutter; ddddocr's YOLOX decoding + NMS, box F1 at IoU >= 0.5",
+            make_yolo,
+            score_yolo,
         ),
     )
 }
