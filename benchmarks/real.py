@@ -1291,6 +1291,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--skip", help="comma-separated models to leave out")
     r.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per child process (a timeout is a row)")
     r.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for real.json / real.md")
+    g = sub.add_parser("render", help="re-render real.md from real.json")
+    g.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of real.json / real.md")
     q = sub.add_parser("ort", help=argparse.SUPPRESS)
     q.add_argument("kind", choices=["dynamic", "static"])
     q.add_argument("name", choices=list(MODELS))
@@ -1306,6 +1308,9 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(scores)
         else:
             print(scores)
+    elif args.cmd == "render":
+        result = json.loads((args.out / "real.json").read_text())
+        (args.out / "real.md").write_text(render_real(result) + "\n")
     elif args.cmd == "ort":
         ort_quantize(args.kind, args.name, args.out)
     elif args.cmd == "run":
