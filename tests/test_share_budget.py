@@ -14,7 +14,7 @@ from compressor.errors import CompressorError
 from compressor.evaluate import accuracy, run_model
 from compressor.passes.share import share
 from compressor.search.layer_error import capture_layers
-from compressor.search.share_budget import BITS, MAX_SEARCH_RUNS, bit_curves, share_to_budget
+from compressor.search.share_budget import BITS, MAX_SEARCH_RUNS, bit_curves, knapsack_curves, refine, share_to_budget
 
 
 def labeled(model, n=256, seed=0) -> Dataset:
@@ -145,3 +145,29 @@ def test_no_fitting_widths_is_an_error_and_no_tensors_is_an_error():
         share_to_budget(model, data, -1.0, min_params=0)  # nothing can have a negative drop
     with pytest.raises(CompressorError, match="no tensor"):
         share_to_budget(model, data, 1.0, min_params=10**9)
+
+
+def test_refine_steps_other_tensors_past_a_step_that_does_not_fit():
+    # Layer errors favour stepping "a" (more bits saved per error), but the whole model only
+    # takes a step of "b": refine measures "a", blocks it, then takes "b" (twice), within its runs.
+    knapsack = knapsack_curves(
+        [
+            {"name": "a", "params": 100, "bits": list(BITS), "errors": [0, 0.001, 0.002, 0.004, 0.01, 0.05]},
+            {"name": "b", "params": 10, "bits": list(BITS), "errors": [0, 0.001, 0.002, 0.004, 0.01, 0.05]},
+        ]
+    )
+    tried = [{"bits": {"a": 4, "b": 4}, "saved_bits": 440, "within_budget": True}]
+    measured = []
+
+    def measure(bits, record):
+        if len(measured) == 3:
+            return None  # out of runs
+        measured.append(dict(bits))
+        ok = bits["a"] == 4
+        record({"drop": 0.0 if ok else 9.0, "within_budget": ok})
+        return ok
+
+    refine(knapsack, tried, measure)
+    assert measured == [{"a": 3, "b": 4}, {"a": 4, "b": 3}, {"a": 4, "b": 2}]
+    best = max((t for t in tried if t["within_budget"]), key=lambda t: t["saved_bits"])
+    assert best["bits"] == {"a": 4, "b": 2} and best["saved_bits"] == 100 * 4 + 10 * 6
