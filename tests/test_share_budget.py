@@ -14,7 +14,15 @@ from compressor.errors import CompressorError
 from compressor.evaluate import accuracy, run_model
 from compressor.passes.share import share
 from compressor.search.layer_error import capture_layers
-from compressor.search.share_budget import BITS, MAX_SEARCH_RUNS, bit_curves, knapsack_curves, refine, share_to_budget
+from compressor.search.share_budget import (
+    BITS,
+    MAX_SEARCH_RUNS,
+    allocated_bits,
+    bit_curves,
+    knapsack_curves,
+    refine,
+    share_to_budget,
+)
 
 
 def labeled(model, n=256, seed=0) -> Dataset:
@@ -171,3 +179,13 @@ def test_refine_steps_other_tensors_past_a_step_that_does_not_fit():
     assert measured == [{"a": 3, "b": 4}, {"a": 4, "b": 3}, {"a": 4, "b": 2}]
     best = max((t for t in tried if t["within_budget"]), key=lambda t: t["saved_bits"])
     assert best["bits"] == {"a": 4, "b": 2} and best["saved_bits"] == 100 * 4 + 10 * 6
+
+
+def test_a_curve_ends_before_its_first_non_finite_error():
+    curves = [
+        {"name": "a", "params": 100, "bits": list(BITS), "errors": [0, 0.001, np.inf, np.inf, np.inf, np.inf]},
+        {"name": "b", "params": 10, "bits": list(BITS), "errors": [np.inf] * len(BITS)},
+    ]
+    knapsack = knapsack_curves(curves)
+    assert knapsack[0]["bits"] == [8, 6] and knapsack[1]["bits"] == [8] and knapsack[1]["drops"] == []
+    assert allocated_bits(knapsack, 1e9) == {"a": 6, "b": 8}

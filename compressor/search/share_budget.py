@@ -88,29 +88,33 @@ def bit_curves(
 
 def knapsack_curves(curves: list[dict]) -> list[dict]:
     """The curves as ``allocate_ratios`` takes them: ratio 1 - bits / 8, cost the error added
-    to the widest width's (non-negative; the allocation makes it monotone)."""
+    to the widest width's (non-negative; the allocation makes it monotone).  A curve ends
+    before its first non-finite error (those widths are never allocated)."""
     out = []
     for c in curves:
-        base = c["errors"][0]
+        errors = c["errors"]
+        usable = next((i for i, e in enumerate(errors) if not np.isfinite(e)), len(errors))
+        base = errors[0] if usable else 0.0
         out.append(
             {
                 "name": c["name"],
                 "params": c["params"],
-                "ratios": [1 - b / BITS[0] for b in c["bits"]],
-                "drops": [max(e - base, 0.0) if np.isfinite(e) else np.inf for e in c["errors"]],
+                "bits": list(c["bits"][: max(usable, 1)]),
+                "ratios": [1 - b / BITS[0] for b in c["bits"][:usable]],
+                "drops": [max(e - base, 0.0) for e in errors[:usable]],
             }
         )
     return out
 
 
 def allocated_bits(knapsack: list[dict], allowance: float) -> dict[str, int]:
-    """The widths of the allocation for `allowance`: each tensor's ratio snapped down to a width
-    (a fractional last segment keeps the wider one)."""
+    """The widths of the allocation for `allowance`: each tensor's ratio snapped down to one of
+    its widths (a fractional last segment keeps the wider one)."""
     ratios = allocate_ratios(knapsack, allowance)
     out = {}
     for c in knapsack:
         wanted = BITS[0] * (1 - ratios.get(c["name"], 0.0))
-        out[c["name"]] = min((b for b in BITS if b >= wanted - 1e-9), default=BITS[0])
+        out[c["name"]] = min((b for b in c["bits"] if b >= wanted - 1e-9), default=BITS[0])
     return out
 
 
@@ -128,17 +132,18 @@ def refine(knapsack: list[dict], tried: list[dict], measure) -> None:
         best = max(feasible, key=lambda t: t["saved_bits"])
         steps = []
         for name, bits in best["bits"].items():
-            i = BITS.index(bits)
-            if name in blocked or i + 1 >= len(BITS):
+            widths, drops = curves[name]["bits"], curves[name]["drops"]
+            i = widths.index(bits)
+            if name in blocked or i + 1 >= len(drops):
                 continue
-            cost = curves[name]["drops"][i + 1] - curves[name]["drops"][i]
-            gain = curves[name]["params"] * (bits - BITS[i + 1])
-            if gain > 0 and np.isfinite(cost):
-                steps.append((max(cost, 0.0) / gain, name))
+            gain = curves[name]["params"] * (bits - widths[i + 1])
+            if gain > 0:
+                steps.append((max(drops[i + 1] - drops[i], 0.0) / gain, name))
         if not steps:
             return
         _, name = min(steps)
-        candidate = {**best["bits"], name: BITS[BITS.index(best["bits"][name]) + 1]}
+        widths = curves[name]["bits"]
+        candidate = {**best["bits"], name: widths[widths.index(best["bits"][name]) + 1]}
         saved = sum(curves[n]["params"] * (BITS[0] - b) for n, b in candidate.items())
 
         def record(metrics: dict, candidate=candidate, saved=saved) -> None:
@@ -235,12 +240,11 @@ def share_to_budget(
         )
         return None if measured is None else measured["within_budget"]
 
-    finite = [d for k in knapsack for d in k["drops"] if np.isfinite(d)]
-    total = sum(max((d for d in k["drops"] if np.isfinite(d)), default=0.0) for k in knapsack)
-    positive = [d for d in finite if d > 0]
+    total = sum(max(k["drops"], default=0.0) for k in knapsack)
+    positive = [d for k in knapsack for d in k["drops"] if d > 0]
     smallest = min(positive, default=0.0)
     start_at = BITS.index(START_BITS)
-    start = sum(k["drops"][start_at] for k in knapsack if np.isfinite(k["drops"][start_at]))
+    start = sum(k["drops"][min(start_at, len(k["drops"]) - 1)] for k in knapsack if k["drops"])
     accepted, rejected = search_allowance(
         fits,
         min(max(start, smallest), total),
