@@ -23,6 +23,7 @@ from compressor.search.share_budget import (
     refine,
     share_to_budget,
 )
+from compressor.stages.share import search_summary
 
 
 def labeled(model, n=256, seed=0) -> Dataset:
@@ -189,3 +190,12 @@ def test_a_curve_ends_before_its_first_non_finite_error():
     knapsack = knapsack_curves(curves)
     assert knapsack[0]["bits"] == [8, 6] and knapsack[1]["bits"] == [8] and knapsack[1]["drops"] == []
     assert allocated_bits(knapsack, 1e9) == {"a": 6, "b": 8}
+
+
+def test_the_stage_summarises_the_search(searched):
+    summary = search_summary(searched[3]["budget_search"])
+    runs = searched[3]["budget_search"]["whole_model_runs"]
+    assert (
+        summary
+        == f"3 of 3 tensors by layer output error; 1 capture run(s), 18 k-means, {runs} whole-model runs for the candidates"
+    )

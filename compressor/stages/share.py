@@ -143,7 +143,7 @@ def per_tensor_attempt(
         snr = -10 * math.log10(allowed)
 
     def searched():
-        return share_to_budget(
+        shared, stats = share_to_budget(
             model,
             data,
             points,
@@ -158,5 +158,19 @@ def per_tensor_attempt(
             bias_judge=bias_judge,
             calib=calib,
         )
+        stats["search_plan"] = search_summary(stats["budget_search"])
+        return shared, stats
 
     return Attempt(f"k-means bits per tensor, searched within {points:.2g} points{where}", searched, reserve)
+
+
+def search_summary(search: dict) -> str:
+    """What the bit search measured, for the report: the curves' kind and the whole-model runs."""
+    methods = list(search["methods"].values())
+    by_covariance = methods.count("covariance")
+    others = ", the others by weight error" if by_covariance < len(methods) else ""
+    return (
+        f"{by_covariance} of {len(methods)} tensors by layer output error{others}; "
+        f"{search['capture_runs']} capture run(s), {search['kmeans_runs']} k-means, "
+        f"{search['whole_model_runs']} whole-model runs for the candidates"
+    )
