@@ -66,6 +66,20 @@ def weight_errors(values: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
     return errors / total if total > 0 else np.zeros(len(ratios))
 
 
+def variant_errors(values: np.ndarray, variants: Sequence[np.ndarray], layer: Layer | None) -> np.ndarray:
+    """The relative error of each variant of a tensor (pruned, shared, ...) against `values`:
+    the layer's output error ``output_errors`` when it has a `layer` (its covariance captured),
+    else the weight-space proxy ||ΔW||² / ||W||²."""
+    w = np.asarray(values, dtype=np.float64)
+    if layer is None:
+        total = float(np.sum(np.square(w)))
+        errors = np.array([float(np.sum(np.square(np.asarray(v, dtype=np.float64) - w))) for v in variants])
+        return errors / total if total > 0 else np.where(errors > 0, np.inf, 0.0)
+    w_mat = layer.matrix(w)
+    deltas = np.stack([w_mat - layer.matrix(np.asarray(v, dtype=np.float64)) for v in variants])
+    return output_errors(w_mat, deltas, layer.C * layer.scale)
+
+
 def _refit_share(w: np.ndarray, keep: np.ndarray, cov: np.ndarray, damp: float) -> float:
     """The share of a layer's pruning error the refit of the kept weights leaves: solved on at
     most ``REFIT_COLUMNS`` evenly spaced output channels (the refit is one solve per channel),

@@ -11,18 +11,14 @@ import numpy as np
 from ..graph import Weight
 from ..options import ShareOptions
 from ..passes.share import CONV_ROLES, share, shareable_weights
-from ..search.share_budget import BITS, share_to_budget
+from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 
 NAME = "share"
 
-# Longest the per-tensor bit search may be estimated to take, in nominal seconds (the judge's
-# eval_cost, counted, never the clock; else on a subset, or not at all), and the k-means cost it
-# assumes per value and width (a fixed upper bound).
+# Longest the per-tensor bit search's whole-model runs may take, in nominal seconds (the judge's
+# eval_cost x the runs it makes, counted, never the clock); past it they run on a subset.
 SHARE_SEARCH_SECONDS = 60.0
-KMEANS_SECONDS_PER_VALUE = 1.5e-7
-# Runs over the data the search makes besides one per tensor and width (its budget bisection).
-SHARE_SEARCH_EXTRA_RUNS = 12
 # The search spends what it is given, and quantize's noise compounds with narrow codebooks:
 # it may take the total loss to this share of the budget.
 SHARE_SEARCH_BUDGET_SHARE = 0.7
@@ -108,21 +104,21 @@ def per_tensor_attempt(
     tensors: list[Weight], opts: ShareOptions, ctx: StageContext, bias_data=None, bias_judge=None
 ) -> Attempt | None:
     """The attempt that chooses bits per tensor (share_budget), or None when the model is too
-    slow to search.  The search costs about tensors x widths + SHARE_SEARCH_EXTRA_RUNS runs over
-    the data plus one k-means per tensor and width; past SHARE_SEARCH_SECONDS it runs on an
-    evenly spread subset (at least MIN_SEARCH_SAMPLES samples; the ladder then measures its
-    result on all the data)."""
+    slow to search.  The search makes one capture run over the calibration data (the layers'
+    input covariances), clusters every tensor at every width without running the model, and
+    measures at most MAX_SEARCH_RUNS allocations on the data: when those runs' nominal cost
+    passes SHARE_SEARCH_SECONDS they run on an evenly spread subset (at least
+    MIN_SEARCH_SAMPLES samples; the ladder then measures the result on all the data)."""
     if not tensors:
         return None
     model, measure, log = ctx.model, ctx.measure, ctx.log
     data = measure.search_data  # the judge's verdict is on measure.data, maybe held out
-    runs = len(tensors) * len(BITS) + SHARE_SEARCH_EXTRA_RUNS
-    kmeans_seconds = KMEANS_SECONDS_PER_VALUE * len(BITS) * sum(w.size for w in tensors)
+    calib = ctx.calib_data if ctx.calib_data is not None else data
     per_sample = measure.eval_cost / max(data.size, 1)
-    estimate = kmeans_seconds + runs * per_sample * data.size
+    estimate = MAX_SEARCH_RUNS * per_sample * data.size
     reference, where = (ctx.outputs if data is measure.data else None), ""
     if estimate > SHARE_SEARCH_SECONDS:
-        samples = int((SHARE_SEARCH_SECONDS - kmeans_seconds) / max(runs * per_sample, 1e-12))
+        samples = int(SHARE_SEARCH_SECONDS / max(MAX_SEARCH_RUNS * per_sample, 1e-12))
         if samples < MIN_SEARCH_SAMPLES:
             log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} nominal s > {SHARE_SEARCH_SECONDS:g})")
             return None
@@ -132,7 +128,7 @@ def per_tensor_attempt(
     spent = measure.loss(ctx.previous.metrics) or 0.0
     points = max(reserve - max(spent, 0.0), 0.0)
     step = getattr(log, "step", None)
-    progress = (lambda done, total: step("share: bit curves", done, total)) if step else None
+    progress = (lambda done, total: step("share: layer errors", done, total)) if step else None
     snr = None
     if measure.snr_gated:
         # Noise powers add up: what the search may add on top of what the earlier stages
@@ -147,7 +143,7 @@ def per_tensor_attempt(
         snr = -10 * math.log10(allowed)
 
     def searched():
-        return share_to_budget(
+        shared, stats = share_to_budget(
             model,
             data,
             points,
@@ -160,6 +156,21 @@ def per_tensor_attempt(
             reference_outputs=reference,
             bias_data=bias_data,
             bias_judge=bias_judge,
+            calib=calib,
         )
+        stats["search_plan"] = search_summary(stats["budget_search"])
+        return shared, stats
 
     return Attempt(f"k-means bits per tensor, searched within {points:.2g} points{where}", searched, reserve)
+
+
+def search_summary(search: dict) -> str:
+    """What the bit search measured, for the report: the curves' kind and the whole-model runs."""
+    methods = list(search["methods"].values())
+    by_covariance = methods.count("covariance")
+    others = ", the others by weight error" if by_covariance < len(methods) else ""
+    return (
+        f"{by_covariance} of {len(methods)} tensors by layer output error{others}; "
+        f"{search['capture_runs']} capture run(s), {search['kmeans_runs']} k-means, "
+        f"{search['whole_model_runs']} whole-model runs for the candidates"
+    )
