@@ -97,6 +97,7 @@ def build_report(run: RunResult, rows: list[StageRow]) -> dict:
         "pack": _pack_summary(run.pack_stats),
         "plots": plot_data(run.original, run.shared_model),
         "prune_search": next((r.stats.get("search_plan") for r in rows if r.stage == "prune" and r.stats), None),
+        "share_search": next((r.stats.get("search_plan") for r in rows if r.stage == "share" and r.stats), None),
     }
     if mode == "none":
         report["note"] = NO_DATA_NOTE
