@@ -42,6 +42,25 @@ XZ_PRESET = 9
 XZ_MEMLIMIT = 256 << 20
 
 
+# Per-element work on large arrays goes block by block, so that temporaries wider than the
+# elements (np.bincount's intp copy, int64 indices) stay bounded whatever the tensor's size.
+COUNT_BLOCK = 1 << 20
+
+
+def symbol_counts(symbols: np.ndarray, alphabet_size: int, block: int = COUNT_BLOCK) -> np.ndarray:
+    """np.bincount(symbols, minlength=alphabet_size) as int64, counted block by block."""
+    flat = np.asarray(symbols).reshape(-1)
+    counts = np.zeros(alphabet_size, dtype=np.int64)
+    for start in range(0, flat.size, block):
+        found = np.bincount(flat[start : start + block], minlength=alphabet_size)
+        if found.size > counts.size:  # a symbol outside the alphabet: the caller's check says so
+            found[: counts.size] += counts
+            counts = found.astype(np.int64)
+        else:
+            counts[: found.size] += found
+    return counts
+
+
 class ByteReader:
     """A cursor over bytes that refuses to read past the end (raises CorruptData)."""
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ByteReader, CorruptData
+from . import ByteReader, CorruptData, symbol_counts
 
 MAX_ALPHABET = 1 << 15
 MAX_PRECISION = 16  # frequencies sum to at most 2**16, so one 16-bit word always renormalises
@@ -73,6 +73,7 @@ PREFERRED_PRECISION = 14
 NEAR_TIE = 0.002
 PAIR_ALPHABET = 1024  # up to here, joint counts come from one bincount of symbol pairs
 COUNT_CHUNK = 1 << 22
+ENCODE_BLOCK = 1 << 20  # symbols per block where the lane grid is filled
 SCALAR_LANES = 32  # up to this many lanes, coding steps through Python integers instead of numpy
 
 _HEADER = struct.Struct("<QIBBHI")
@@ -279,7 +280,7 @@ def plan(
     """
     symbols = _checked_symbols(symbols, alphabet_size)
     count = int(symbols.size)
-    counts = np.bincount(symbols, minlength=alphabet_size)
+    counts = symbol_counts(symbols, alphabet_size)
     used = np.flatnonzero(counts)
     if used.size <= 1:
         empty = np.zeros((0, 0), dtype=np.int64)
@@ -420,6 +421,20 @@ def _cumulative(freq: np.ndarray) -> np.ndarray:
     return cumulative
 
 
+def _step_grid(symbols, index_of, lanes: int, lane_symbols: int, block_symbols: int = ENCODE_BLOCK) -> np.ndarray:
+    """grid[k, j] = index_of[symbol k of lane j] (0 past the end), written a block of lanes at a time."""
+    grid = np.zeros((lane_symbols, lanes), dtype=index_of.dtype)
+    step = max(1, block_symbols // lane_symbols)
+    for first in range(0, lanes, step):
+        chunk = symbols[first * lane_symbols : (first + step) * lane_symbols]
+        whole = chunk.size // lane_symbols
+        grid[:, first : first + whole] = index_of[chunk[: whole * lane_symbols]].reshape(whole, lane_symbols).T
+        if whole * lane_symbols < chunk.size:  # the last, short lane
+            rest = chunk[whole * lane_symbols :]
+            grid[: rest.size, first + whole] = index_of[rest]
+    return grid
+
+
 def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
     """Final lane states and the interleaved words (the decoder's order: steps, then lanes)."""
     count = symbols.size
@@ -432,9 +447,7 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
     context_row = _context_of(used_count, context_symbols, index_of) * used_count  # first key of the opened context
     if lanes <= SCALAR_LANES:
         return _encode_lanes_scalar(index_of[symbols], lanes, lane_symbols, freq_flat, cum_flat, context_row, bits)
-    grid = np.zeros(lanes * lane_symbols, dtype=np.uint16)  # used indices < 2**15
-    grid[:count] = index_of.astype(np.uint16)[symbols]
-    grid = np.ascontiguousarray(grid.reshape(lanes, lane_symbols).T)  # grid[k, j]: step k of lane j
+    grid = _step_grid(symbols, index_of.astype(np.uint16), lanes, lane_symbols)  # used indices < 2**15
     state = np.full(lanes, STATE_LOW, dtype=np.int64)
     emitted = []
     key = np.empty(lanes, dtype=np.int64)

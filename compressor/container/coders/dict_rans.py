@@ -35,7 +35,7 @@ def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
     if values.size < 2:
         return None  # a constant tensor: nothing to model
     if symbols is None:
-        symbols = np.searchsorted(values, request.elements).astype(np.uint16)
+        symbols = layouts.symbols_of(values, request.elements)
     chosen = rans.plan(symbols, int(values.size))
     head = layouts.DICT_HEADER_BYTES + values.size * request.width
     if best is not None and head + chosen.estimated_bytes >= best.size:
