@@ -73,7 +73,7 @@ PREFERRED_PRECISION = 14
 NEAR_TIE = 0.002
 PAIR_ALPHABET = 1024  # up to here, joint counts come from one bincount of symbol pairs
 COUNT_CHUNK = 1 << 22
-ENCODE_BLOCK = 1 << 20  # symbols per block where the lane grid is filled
+ENCODE_BLOCK = 1 << 20  # symbols of the lane grid made at a time
 SCALAR_LANES = 32  # up to this many lanes, coding steps through Python integers instead of numpy
 
 _HEADER = struct.Struct("<QIBBHI")
@@ -372,8 +372,11 @@ def encode(
     return encode_with(symbols, chosen)
 
 
-def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
-    """Code the stream with a ``plan`` made for exactly these symbols."""
+def encode_with(symbols: np.ndarray, chosen: Plan, block_symbols: int = ENCODE_BLOCK) -> bytes:
+    """Code the stream with a ``plan`` made for exactly these symbols.
+
+    The lanes' symbols are gathered about ``block_symbols`` at a time; the bytes do not depend on it.
+    """
     symbols = _checked_symbols(symbols, chosen.alphabet_size)
     count, alphabet_size, used = chosen.count, chosen.alphabet_size, chosen.used
     if chosen.precision == 0:
@@ -387,7 +390,7 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
         chosen.lane_symbols,
         chosen.context_symbols,
     )
-    states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols)
+    states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols)
 
     bitmap = np.zeros(((alphabet_size + 7) // 8) * 8, dtype=np.uint8)
     bitmap[used] = 1
@@ -403,7 +406,7 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
             _pack_bits(mantissas, mantissa_widths),
             states.astype("<u4").tobytes(),
             struct.pack("<Q", words.size),
-            words.astype("<u2").tobytes(),
+            words.astype("<u2", copy=False).tobytes(),
         ]
     )
 
@@ -421,21 +424,17 @@ def _cumulative(freq: np.ndarray) -> np.ndarray:
     return cumulative
 
 
-def _step_grid(symbols, index_of, lanes: int, lane_symbols: int, block_symbols: int = ENCODE_BLOCK) -> np.ndarray:
-    """grid[k, j] = index_of[symbol k of lane j] (0 past the end), written a block of lanes at a time."""
-    grid = np.zeros((lane_symbols, lanes), dtype=index_of.dtype)
-    step = max(1, block_symbols // lane_symbols)
-    for first in range(0, lanes, step):
-        chunk = symbols[first * lane_symbols : (first + step) * lane_symbols]
-        whole = chunk.size // lane_symbols
-        grid[:, first : first + whole] = index_of[chunk[: whole * lane_symbols]].reshape(whole, lane_symbols).T
-        if whole * lane_symbols < chunk.size:  # the last, short lane
-            rest = chunk[whole * lane_symbols :]
-            grid[: rest.size, first + whole] = index_of[rest]
-    return grid
+def _step_rows(symbols, index_of, lanes: int, lane_symbols: int, first: int, stop: int) -> np.ndarray:
+    """rows[k - first, j] = index_of[symbol k of lane j] for steps first <= k < stop (0 past the end)."""
+    rows = np.zeros((stop - first, lanes), dtype=index_of.dtype)
+    whole = symbols[: (lanes - 1) * lane_symbols].reshape(lanes - 1, lane_symbols)
+    rows[:, : lanes - 1] = index_of[whole[:, first:stop]].T
+    rest = symbols[(lanes - 1) * lane_symbols :][first:stop]
+    rows[: rest.size, lanes - 1] = index_of[rest]
+    return rows
 
 
-def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
+def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols=ENCODE_BLOCK):
     """Final lane states and the interleaved words (the decoder's order: steps, then lanes)."""
     count = symbols.size
     used_count = freq.shape[1]
@@ -447,7 +446,7 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
     context_row = _context_of(used_count, context_symbols, index_of) * used_count  # first key of the opened context
     if lanes <= SCALAR_LANES:
         return _encode_lanes_scalar(index_of[symbols], lanes, lane_symbols, freq_flat, cum_flat, context_row, bits)
-    grid = _step_grid(symbols, index_of.astype(np.uint16), lanes, lane_symbols)  # used indices < 2**15
+    narrow_index = index_of.astype(np.uint16)  # used indices < 2**15
     state = np.full(lanes, STATE_LOW, dtype=np.int64)
     emitted = []
     key = np.empty(lanes, dtype=np.int64)
@@ -458,27 +457,35 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
     quotient = np.empty(lanes, dtype=np.int64)
     remainder = np.empty(lanes, dtype=np.int64)
     shift = 32 - bits
-    for step in range(lane_symbols - 1, -1, -1):
-        active = lanes if step < last_lane else lanes - 1
-        x = state[:active]
-        k, fa, ca, lim, ov = key[:active], f[:active], c[:active], limit[:active], over[:active]
-        q, r = quotient[:active], remainder[:active]
-        if step:
-            context_row.take(grid[step - 1, :active], out=k, mode="clip")
-            k += grid[step, :active]
-        else:
-            k[:] = grid[0, :active]
-        freq_flat.take(k, out=fa, mode="clip")
-        cum_flat.take(k, out=ca, mode="clip")
-        np.left_shift(fa, shift, out=lim)
-        np.greater_equal(x, lim, out=ov)
-        if ov.any():
-            emitted.append(x[ov].astype(np.uint16))  # the low 16 bits
-            np.right_shift(x, WORD_BITS, out=x, where=ov)
-        np.divmod(x, fa, out=(q, r))
-        np.left_shift(q, bits, out=x)
-        x += r
-        x += ca
+    # Steps are coded last to first, from a window of the step grid (step k of every lane,
+    # and step k-1 for its context) made about ``block_symbols`` symbols at a time.
+    span = max(1, block_symbols // lanes)
+    for top in range(lane_symbols, 0, -span):
+        bottom = max(0, top - span)
+        first = max(0, bottom - 1)
+        grid = _step_rows(symbols, narrow_index, lanes, lane_symbols, first, top)
+        for step in range(top - 1, bottom - 1, -1):
+            row = step - first
+            active = lanes if step < last_lane else lanes - 1
+            x = state[:active]
+            k, fa, ca, lim, ov = key[:active], f[:active], c[:active], limit[:active], over[:active]
+            q, r = quotient[:active], remainder[:active]
+            if step:
+                context_row.take(grid[row - 1, :active], out=k, mode="clip")
+                k += grid[row, :active]
+            else:
+                k[:] = grid[row, :active]
+            freq_flat.take(k, out=fa, mode="clip")
+            cum_flat.take(k, out=ca, mode="clip")
+            np.left_shift(fa, shift, out=lim)
+            np.greater_equal(x, lim, out=ov)
+            if ov.any():
+                emitted.append(x[ov].astype(np.uint16))  # the low 16 bits
+                np.right_shift(x, WORD_BITS, out=x, where=ov)
+            np.divmod(x, fa, out=(q, r))
+            np.left_shift(q, bits, out=x)
+            x += r
+            x += ca
     words = np.concatenate(emitted[::-1]) if emitted else np.zeros(0, dtype=np.uint16)
     return state, words
 
