@@ -22,6 +22,7 @@ Payload layouts (FORMAT.md §7), integers little-endian::
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,9 @@ VALUES_RAW = 1
 SPARSE_MIN_FILL = 0.25  # try position coding when at least this share equals the fill value
 DICT_HEADER_BYTES = 8
 SPARSE_HEADER_BYTES = 12  # + width bytes of fill value
+# A tensor's sparse analysis (positions, entry symbols) is dropped once proposed if it holds
+# at least this much, and found again only if a sparse layout is built (ElementAnalysis).
+RELEASE_BYTES = 64 << 20
 
 
 def element_view(data, width: int) -> np.ndarray:
@@ -332,12 +336,17 @@ def with_fill(values_codebook: Codebook, fill: int, fillers: int) -> tuple[np.nd
     return values, counts, at
 
 
+def _holding(positions: np.ndarray, codebook: Codebook | None) -> Callable[[], tuple]:
+    return lambda: (positions, codebook)
+
+
 def sparse_layouts(
     elements: np.ndarray,
     fill: int,
     positions: np.ndarray,
     codebook: Codebook | None,
     raw: bool = True,
+    entries: Callable[[], tuple[np.ndarray, Codebook | None]] | None = None,
 ) -> list[Layout]:
     """Sparse candidates: the best gap width with codebook values, and with raw values.
 
@@ -346,8 +355,12 @@ def sparse_layouts(
     values; it must leave room for the fill value).  Sizes are exact for the codebook
     variant.  The raw variant's values go through a general-purpose codec, so its size is
     only known once built: its Layout.size is 0 and the caller builds it to measure it.
+    ``entries()``, if given, returns ``positions`` and ``codebook`` when a layout is built
+    (so the layouts need not hold them).
     """
     width = elements.dtype.itemsize
+    if entries is None:
+        entries = _holding(positions, codebook)
     if positions.size == 0:
         return []
     stats = GapStatistics.of_positions(positions)
@@ -376,7 +389,7 @@ def sparse_layouts(
                     "fill": int(fill),
                     "nonzeros": int(positions.size),
                 },
-                lambda width=gap_width: _build_sparse_codebook(elements, fill, positions, codebook, width),
+                lambda width=gap_width: _build_sparse_codebook(elements, fill, *entries(), width),
             )
         )
     if not raw:
@@ -396,7 +409,7 @@ def sparse_layouts(
             0,  # filled in by the caller after building (general-purpose codec)
             [gap_info],
             {"gap_width": gap_width, "values": "raw", "fill": int(fill), "nonzeros": int(positions.size)},
-            lambda width=gap_width: _build_sparse_raw(elements, fill, positions, width),
+            lambda width=gap_width: _build_sparse_raw(elements, fill, entries()[0], width),
         )
     )
     return layouts
@@ -410,6 +423,24 @@ class ElementAnalysis:
     fill: int  # the value position coding skips
     positions: np.ndarray | None  # indices of the elements that differ from ``fill`` (None: not worth it)
     entry_codebook: Codebook | None  # codebook of those elements' values (None: too many)
+    elements: np.ndarray | None = field(default=None, repr=False)  # what was analysed (for ``entries``)
+
+    def entries(self) -> tuple[np.ndarray | None, Codebook | None]:
+        """``positions`` and ``entry_codebook``, found again if ``release_entries`` dropped them."""
+        if self.positions is None and self.elements is not None:
+            positions = flatnonzero_narrow(self.elements, self.fill)
+            return positions, find_codebook(self.elements, limit=MAX_CODEBOOK - 1, positions=positions)
+        return self.positions, self.entry_codebook
+
+    def release_entries(self, min_bytes: int = RELEASE_BYTES) -> None:
+        """Drop ``positions`` and ``entry_codebook`` if they hold at least ``min_bytes`` (builds
+        that need them find them again): later, larger per-element arrays then need not coexist
+        with them."""
+        if self.positions is None:
+            return
+        held = self.positions.nbytes + (self.entry_codebook.symbols.nbytes if self.entry_codebook else 0)
+        if held >= min_bytes:
+            self.positions, self.entry_codebook = None, None
 
 
 def analyse(elements: np.ndarray) -> ElementAnalysis:
@@ -440,7 +471,7 @@ def analyse(elements: np.ndarray) -> ElementAnalysis:
                 fill = int(dense.values[most])
                 positions = flatnonzero_narrow(elements, fill)
                 entry_codebook = find_codebook(elements, limit=MAX_CODEBOOK - 1, positions=positions)
-    return ElementAnalysis(layout, fill, positions, entry_codebook)
+    return ElementAnalysis(layout, fill, positions, entry_codebook, elements)
 
 
 def _sparse_header(width: int, gap_width: int, value_mode: int, entries: int, fill: int, dtype) -> bytes:
