@@ -390,7 +390,9 @@ def encode_with(symbols: np.ndarray, chosen: Plan, block_symbols: int = ENCODE_B
         chosen.lane_symbols,
         chosen.context_symbols,
     )
-    states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols)
+    states, words = _encode_lanes(
+        symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols, chosen.estimated_bytes // 2
+    )
 
     bitmap = np.zeros(((alphabet_size + 7) // 8) * 8, dtype=np.uint8)
     bitmap[used] = 1
@@ -406,7 +408,7 @@ def encode_with(symbols: np.ndarray, chosen: Plan, block_symbols: int = ENCODE_B
             _pack_bits(mantissas, mantissa_widths),
             states.astype("<u4").tobytes(),
             struct.pack("<Q", words.size),
-            words.astype("<u2", copy=False).tobytes(),
+            memoryview(words.astype("<u2", copy=False)).cast("B"),
         ]
     )
 
@@ -434,7 +436,9 @@ def _step_rows(symbols, index_of, lanes: int, lane_symbols: int, first: int, sto
     return rows
 
 
-def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols=ENCODE_BLOCK):
+def _encode_lanes(
+    symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols=ENCODE_BLOCK, words_guess=0
+):
     """Final lane states and the interleaved words (the decoder's order: steps, then lanes)."""
     count = symbols.size
     used_count = freq.shape[1]
@@ -448,7 +452,10 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, 
         return _encode_lanes_scalar(index_of[symbols], lanes, lane_symbols, freq_flat, cum_flat, context_row, bits)
     narrow_index = index_of.astype(np.uint16)  # used indices < 2**15
     state = np.full(lanes, STATE_LOW, dtype=np.int64)
-    emitted = []
+    # Words are emitted last step first: they fill ``words`` from its end (grown if the
+    # plan's estimate of the stream, which exceeds its words, was short).
+    words = np.empty(max(words_guess, lanes), dtype=np.uint16)
+    low = words.size  # words[low:] are the words emitted so far, in the decoder's order
     key = np.empty(lanes, dtype=np.int64)
     f = np.empty(lanes, dtype=np.int64)
     c = np.empty(lanes, dtype=np.int64)
@@ -480,14 +487,25 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols, 
             np.left_shift(fa, shift, out=lim)
             np.greater_equal(x, lim, out=ov)
             if ov.any():
-                emitted.append(x[ov].astype(np.uint16))  # the low 16 bits
+                low_bits = x[ov]
+                if low_bits.size > low:
+                    words, low = _grown(words, low, low_bits.size)
+                words[low - low_bits.size : low] = low_bits  # the low 16 bits
+                low -= low_bits.size
                 np.right_shift(x, WORD_BITS, out=x, where=ov)
             np.divmod(x, fa, out=(q, r))
             np.left_shift(q, bits, out=x)
             x += r
             x += ca
-    words = np.concatenate(emitted[::-1]) if emitted else np.zeros(0, dtype=np.uint16)
-    return state, words
+    return state, words[low:]
+
+
+def _grown(words: np.ndarray, low: int, need: int) -> tuple[np.ndarray, int]:
+    """``words`` with at least ``need`` free entries before ``low`` (the filled tail is kept)."""
+    extra = max(need, words.size)
+    grown = np.empty(words.size + extra, dtype=words.dtype)
+    grown[low + extra :] = words[low:]
+    return grown, low + extra
 
 
 def _encode_lanes_scalar(indices, lanes, lane_symbols, freq_flat, cum_flat, context_row, bits):
