@@ -42,6 +42,25 @@ XZ_PRESET = 9
 XZ_MEMLIMIT = 256 << 20
 
 
+# Per-element work on large arrays goes block by block, so that temporaries wider than the
+# elements (np.bincount's intp copy, int64 indices) stay bounded whatever the tensor's size.
+COUNT_BLOCK = 1 << 20
+
+
+def symbol_counts(symbols: np.ndarray, alphabet_size: int, block: int = COUNT_BLOCK) -> np.ndarray:
+    """np.bincount(symbols, minlength=alphabet_size) as int64, counted block by block."""
+    flat = np.asarray(symbols).reshape(-1)
+    counts = np.zeros(alphabet_size, dtype=np.int64)
+    for start in range(0, flat.size, block):
+        found = np.bincount(flat[start : start + block], minlength=alphabet_size)
+        if found.size > counts.size:  # a symbol outside the alphabet: the caller's check says so
+            found[: counts.size] += counts
+            counts = found.astype(np.int64)
+        else:
+            counts[: found.size] += found
+    return counts
+
+
 class ByteReader:
     """A cursor over bytes that refuses to read past the end (raises CorruptData)."""
 
@@ -156,10 +175,15 @@ SAMPLE_CHUNK = 32 << 10
 SAMPLE_CHUNKS = 8
 
 
+def sample_spans(length: int) -> list[tuple[int, int]]:
+    """The (start, stop) byte ranges of the sample ``estimate_best`` measures for ``length`` bytes."""
+    chunk = min(SAMPLE_CHUNK, length // (2 * SAMPLE_CHUNKS))
+    step = (length - chunk) // (SAMPLE_CHUNKS - 1)
+    return [(i * step, i * step + chunk) for i in range(SAMPLE_CHUNKS)]
+
+
 def _sample(data: bytes) -> bytes:
-    chunk = min(SAMPLE_CHUNK, len(data) // (2 * SAMPLE_CHUNKS))
-    step = (len(data) - chunk) // (SAMPLE_CHUNKS - 1)
-    return b"".join(data[i * step : i * step + chunk] for i in range(SAMPLE_CHUNKS))
+    return b"".join(data[start:stop] for start, stop in sample_spans(len(data)))
 
 
 def estimate_best(data) -> tuple[int, float]:
@@ -174,9 +198,13 @@ def estimate_best(data) -> tuple[int, float]:
         sizes = {c: len(compress(data, c)) for c in (STORED, ZSTD, XZ)}
         best = min(sizes, key=lambda c: (sizes[c], c))
         return best, float(sizes[best])
-    sample = _sample(data)
-    scale = len(data) / len(sample)
-    sizes = {STORED: float(len(data))}
+    return estimate_from_sample(_sample(data), len(data))
+
+
+def estimate_from_sample(sample: bytes, length: int) -> tuple[int, float]:
+    """``estimate_best`` of ``length`` bytes (above SAMPLE_THRESHOLD) whose sample is ``sample``."""
+    scale = length / len(sample)
+    sizes = {STORED: float(length)}
     for c in (ZSTD, XZ):
         sizes[c] = len(compress(sample, c)) * scale
     best = min(sizes, key=lambda c: (sizes[c], c))

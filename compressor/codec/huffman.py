@@ -27,7 +27,7 @@ import struct
 
 import numpy as np
 
-from . import ByteReader, CorruptData
+from . import ByteReader, CorruptData, symbol_counts
 
 MAX_CODE_LENGTH = 15
 MAX_ALPHABET = 1 << MAX_CODE_LENGTH  # package-merge needs n_used <= 2**max_len
@@ -185,26 +185,42 @@ def _pack_codes(codes: np.ndarray, lengths: np.ndarray, words: np.ndarray, bit_o
     words[targets + 1] |= np.bitwise_or.reduceat(tail, firsts)
 
 
-def _lane_order(symbols: np.ndarray, lanes: int, rows: int) -> np.ndarray:
-    """Symbols regrouped lane by lane: lane j holds symbols j, j + lanes, j + 2*lanes, ..."""
+def _lane_blocks(symbols: np.ndarray, lanes: int, rows: int, block_symbols: int):
+    """The symbols in lane order (lane j holds symbols j, j + lanes, j + 2*lanes, ...), as
+    blocks of whole lanes of about ``block_symbols`` symbols: yields (symbols, lane sizes)."""
     count = symbols.size
-    grid = np.zeros(rows * lanes, dtype=symbols.dtype)
-    grid[:count] = symbols
-    ordered = grid.reshape(rows, lanes).T.ravel()
-    full_lanes = count - (rows - 1) * lanes
-    if full_lanes < lanes:  # drop the padding at the end of the short lanes
-        ordered = np.delete(ordered, np.arange(full_lanes, lanes) * rows + rows - 1)
-    return ordered
+    full_lanes = count - (rows - 1) * lanes  # lanes 0..full_lanes-1 hold `rows` symbols, the rest rows-1
+    body = symbols[: (rows - 1) * lanes].reshape(rows - 1, lanes)
+    last = symbols[(rows - 1) * lanes :]
+    step = max(1, block_symbols // rows)
+    for first in range(0, lanes, step):
+        stop = min(lanes, first + step)
+        grid = np.empty((stop - first, rows), dtype=symbols.dtype)
+        grid[:, : rows - 1] = body[:, first:stop].T
+        full = min(max(full_lanes - first, 0), stop - first)
+        grid[:full, rows - 1] = last[first : first + full]
+        sizes = np.full(stop - first, rows - 1, dtype=np.int64)
+        sizes[:full] = rows
+        if full == stop - first:
+            yield grid.reshape(-1), sizes
+        else:  # drop the padding at the end of the short lanes
+            yield np.concatenate([grid[:full].reshape(-1), grid[full:, : rows - 1].reshape(-1)]), sizes
 
 
-def encode(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray | None = None) -> bytes:
-    """Huffman-code a stream of symbols in [0, alphabet_size) into the stream layout above."""
+def encode(
+    symbols: np.ndarray, alphabet_size: int, counts: np.ndarray | None = None, block_symbols: int = ENCODE_CHUNK
+) -> bytes:
+    """Huffman-code a stream of symbols in [0, alphabet_size) into the stream layout above.
+
+    Symbols are coded about ``block_symbols`` at a time (whole lanes), so per-symbol
+    temporaries stay bounded; the bytes do not depend on it.
+    """
     symbols = np.asarray(symbols).ravel()
     if not 1 <= alphabet_size <= MAX_ALPHABET:
         raise ValueError(f"alphabet size {alphabet_size} out of range")
     count = int(symbols.size)
     if counts is None:
-        counts = np.bincount(symbols, minlength=alphabet_size)
+        counts = symbol_counts(symbols, alphabet_size)
     if counts.size != alphabet_size:
         raise ValueError("symbol outside the alphabet")
     used = np.flatnonzero(counts)
@@ -218,23 +234,23 @@ def encode(symbols: np.ndarray, alphabet_size: int, counts: np.ndarray | None = 
     lane_symbols = lane_symbols_for(count)
     lanes = lane_count(count, lane_symbols)
     rows = -(-count // lanes)
-    in_lane_order = _lane_order(symbols, lanes, rows)
-    full_lanes = count - (rows - 1) * lanes  # lanes 0..full_lanes-1 hold `rows` symbols, the rest rows-1
-    lane_sizes = np.full(lanes, rows - 1, dtype=np.int64)
-    lane_sizes[:full_lanes] = rows
-    lane_starts = np.zeros(lanes, dtype=np.int64)
-    np.cumsum(lane_sizes[:-1], out=lane_starts[1:])
-    code_bits = lengths.astype(np.int64)
-    per_symbol = code_bits[in_lane_order]
-    lane_bits = np.add.reduceat(per_symbol, lane_starts)
-    total_bits = int(lane_bits.sum())
+    total_bits = int(np.dot(np.asarray(counts, dtype=np.int64), lengths.astype(np.int64)))
     words = np.zeros(total_bits // 64 + 2, dtype=np.uint64)
+    lane_bits = np.empty(lanes, dtype=np.int64)
     bit = 0
-    for start in range(0, count, ENCODE_CHUNK):
-        chunk = in_lane_order[start : start + ENCODE_CHUNK]
-        chunk_bits = per_symbol[start : start + ENCODE_CHUNK]
-        _pack_codes(codes[chunk], chunk_bits, words, bit)
-        bit += int(chunk_bits.sum())
+    lane = 0
+    for block, sizes in _lane_blocks(symbols, lanes, rows, block_symbols):
+        block_bits = lengths[block]  # uint8: at most 15 bits a symbol
+        starts = np.zeros(sizes.size, dtype=np.int64)
+        np.cumsum(sizes[:-1], out=starts[1:])
+        lane_bits[lane : lane + sizes.size] = np.add.reduceat(block_bits, starts, dtype=np.int64)
+        lane += sizes.size
+        for start in range(0, block.size, ENCODE_CHUNK):
+            chunk_bits = block_bits[start : start + ENCODE_CHUNK]
+            _pack_codes(codes[block[start : start + ENCODE_CHUNK]], chunk_bits, words, bit)
+            bit += int(chunk_bits.sum(dtype=np.int64))
+    if bit != total_bits:
+        raise ValueError("counts do not match the symbols")
     payload = words.astype(">u8").view(np.uint8)[: (total_bits + 7) // 8]
     nibbles = np.zeros(alphabet_size + (alphabet_size & 1), dtype=np.uint8)
     nibbles[:alphabet_size] = lengths

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import GENERIC_NAMES, XZ, ZSTD, ByteReader, CorruptData, compress, decompress
+from . import GENERIC_NAMES, XZ, ZSTD, ByteReader, CorruptData, compress, decompress, sample_spans
 
 INNER_CODECS = (ZSTD, XZ)
 WIDTHS = (2, 4, 8)
@@ -25,6 +25,20 @@ def to_planes(data, width: int) -> bytes:
     if width not in WIDTHS or raw.size % width:
         raise ValueError(f"{raw.size} bytes are not whole {width}-byte elements")
     return raw.reshape(-1, width).T.tobytes()
+
+
+def planes_sample(data, width: int) -> bytes:
+    """The sample of ``to_planes(data, width)`` that ``estimate_best`` measures, gathered from
+    ``data`` without regrouping all of it."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if width not in WIDTHS or raw.size % width:
+        raise ValueError(f"{raw.size} bytes are not whole {width}-byte elements")
+    elements = raw.size // width
+    parts = []
+    for start, stop in sample_spans(raw.size):
+        at = np.arange(start, stop, dtype=np.int64)  # positions in the planes
+        parts.append(raw[(at % elements) * width + at // elements].tobytes())
+    return b"".join(parts)
 
 
 def from_planes(data, width: int) -> bytes:

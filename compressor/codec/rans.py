@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ByteReader, CorruptData
+from . import ByteReader, CorruptData, symbol_counts
 
 MAX_ALPHABET = 1 << 15
 MAX_PRECISION = 16  # frequencies sum to at most 2**16, so one 16-bit word always renormalises
@@ -73,6 +73,7 @@ PREFERRED_PRECISION = 14
 NEAR_TIE = 0.002
 PAIR_ALPHABET = 1024  # up to here, joint counts come from one bincount of symbol pairs
 COUNT_CHUNK = 1 << 22
+ENCODE_BLOCK = 1 << 20  # symbols of the lane grid made at a time
 SCALAR_LANES = 32  # up to this many lanes, coding steps through Python integers instead of numpy
 
 _HEADER = struct.Struct("<QIBBHI")
@@ -279,7 +280,7 @@ def plan(
     """
     symbols = _checked_symbols(symbols, alphabet_size)
     count = int(symbols.size)
-    counts = np.bincount(symbols, minlength=alphabet_size)
+    counts = symbol_counts(symbols, alphabet_size)
     used = np.flatnonzero(counts)
     if used.size <= 1:
         empty = np.zeros((0, 0), dtype=np.int64)
@@ -371,8 +372,11 @@ def encode(
     return encode_with(symbols, chosen)
 
 
-def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
-    """Code the stream with a ``plan`` made for exactly these symbols."""
+def encode_with(symbols: np.ndarray, chosen: Plan, block_symbols: int = ENCODE_BLOCK) -> bytes:
+    """Code the stream with a ``plan`` made for exactly these symbols.
+
+    The lanes' symbols are gathered about ``block_symbols`` at a time; the bytes do not depend on it.
+    """
     symbols = _checked_symbols(symbols, chosen.alphabet_size)
     count, alphabet_size, used = chosen.count, chosen.alphabet_size, chosen.used
     if chosen.precision == 0:
@@ -386,7 +390,9 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
         chosen.lane_symbols,
         chosen.context_symbols,
     )
-    states, words = _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols)
+    states, words = _encode_lanes(
+        symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols, chosen.estimated_bytes // 2
+    )
 
     bitmap = np.zeros(((alphabet_size + 7) // 8) * 8, dtype=np.uint8)
     bitmap[used] = 1
@@ -402,7 +408,7 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
             _pack_bits(mantissas, mantissa_widths),
             states.astype("<u4").tobytes(),
             struct.pack("<Q", words.size),
-            words.astype("<u2").tobytes(),
+            memoryview(words.astype("<u2", copy=False)).cast("B"),
         ]
     )
 
@@ -420,7 +426,19 @@ def _cumulative(freq: np.ndarray) -> np.ndarray:
     return cumulative
 
 
-def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
+def _step_rows(symbols, index_of, lanes: int, lane_symbols: int, first: int, stop: int) -> np.ndarray:
+    """rows[k - first, j] = index_of[symbol k of lane j] for steps first <= k < stop (0 past the end)."""
+    rows = np.zeros((stop - first, lanes), dtype=index_of.dtype)
+    whole = symbols[: (lanes - 1) * lane_symbols].reshape(lanes - 1, lane_symbols)
+    rows[:, : lanes - 1] = index_of[whole[:, first:stop]].T
+    rest = symbols[(lanes - 1) * lane_symbols :][first:stop]
+    rows[: rest.size, lanes - 1] = index_of[rest]
+    return rows
+
+
+def _encode_lanes(
+    symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols=ENCODE_BLOCK, words_guess=0
+):
     """Final lane states and the interleaved words (the decoder's order: steps, then lanes)."""
     count = symbols.size
     used_count = freq.shape[1]
@@ -432,11 +450,12 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
     context_row = _context_of(used_count, context_symbols, index_of) * used_count  # first key of the opened context
     if lanes <= SCALAR_LANES:
         return _encode_lanes_scalar(index_of[symbols], lanes, lane_symbols, freq_flat, cum_flat, context_row, bits)
-    grid = np.zeros(lanes * lane_symbols, dtype=np.uint16)  # used indices < 2**15
-    grid[:count] = index_of.astype(np.uint16)[symbols]
-    grid = np.ascontiguousarray(grid.reshape(lanes, lane_symbols).T)  # grid[k, j]: step k of lane j
+    narrow_index = index_of.astype(np.uint16)  # used indices < 2**15
     state = np.full(lanes, STATE_LOW, dtype=np.int64)
-    emitted = []
+    # Words are emitted last step first: they fill ``words`` from its end (grown if the
+    # plan's estimate of the stream, which exceeds its words, was short).
+    words = np.empty(max(words_guess, lanes), dtype=np.uint16)
+    low = words.size  # words[low:] are the words emitted so far, in the decoder's order
     key = np.empty(lanes, dtype=np.int64)
     f = np.empty(lanes, dtype=np.int64)
     c = np.empty(lanes, dtype=np.int64)
@@ -445,29 +464,48 @@ def _encode_lanes(symbols, index_of, context_symbols, freq, bits, lane_symbols):
     quotient = np.empty(lanes, dtype=np.int64)
     remainder = np.empty(lanes, dtype=np.int64)
     shift = 32 - bits
-    for step in range(lane_symbols - 1, -1, -1):
-        active = lanes if step < last_lane else lanes - 1
-        x = state[:active]
-        k, fa, ca, lim, ov = key[:active], f[:active], c[:active], limit[:active], over[:active]
-        q, r = quotient[:active], remainder[:active]
-        if step:
-            context_row.take(grid[step - 1, :active], out=k, mode="clip")
-            k += grid[step, :active]
-        else:
-            k[:] = grid[0, :active]
-        freq_flat.take(k, out=fa, mode="clip")
-        cum_flat.take(k, out=ca, mode="clip")
-        np.left_shift(fa, shift, out=lim)
-        np.greater_equal(x, lim, out=ov)
-        if ov.any():
-            emitted.append(x[ov].astype(np.uint16))  # the low 16 bits
-            np.right_shift(x, WORD_BITS, out=x, where=ov)
-        np.divmod(x, fa, out=(q, r))
-        np.left_shift(q, bits, out=x)
-        x += r
-        x += ca
-    words = np.concatenate(emitted[::-1]) if emitted else np.zeros(0, dtype=np.uint16)
-    return state, words
+    # Steps are coded last to first, from a window of the step grid (step k of every lane,
+    # and step k-1 for its context) made about ``block_symbols`` symbols at a time.
+    span = max(1, block_symbols // lanes)
+    for top in range(lane_symbols, 0, -span):
+        bottom = max(0, top - span)
+        first = max(0, bottom - 1)
+        grid = _step_rows(symbols, narrow_index, lanes, lane_symbols, first, top)
+        for step in range(top - 1, bottom - 1, -1):
+            row = step - first
+            active = lanes if step < last_lane else lanes - 1
+            x = state[:active]
+            k, fa, ca, lim, ov = key[:active], f[:active], c[:active], limit[:active], over[:active]
+            q, r = quotient[:active], remainder[:active]
+            if step:
+                context_row.take(grid[row - 1, :active], out=k, mode="clip")
+                k += grid[row, :active]
+            else:
+                k[:] = grid[row, :active]
+            freq_flat.take(k, out=fa, mode="clip")
+            cum_flat.take(k, out=ca, mode="clip")
+            np.left_shift(fa, shift, out=lim)
+            np.greater_equal(x, lim, out=ov)
+            if ov.any():
+                low_bits = x[ov]
+                if low_bits.size > low:
+                    words, low = _grown(words, low, low_bits.size)
+                words[low - low_bits.size : low] = low_bits  # the low 16 bits
+                low -= low_bits.size
+                np.right_shift(x, WORD_BITS, out=x, where=ov)
+            np.divmod(x, fa, out=(q, r))
+            np.left_shift(q, bits, out=x)
+            x += r
+            x += ca
+    return state, words[low:]
+
+
+def _grown(words: np.ndarray, low: int, need: int) -> tuple[np.ndarray, int]:
+    """``words`` with at least ``need`` free entries before ``low`` (the filled tail is kept)."""
+    extra = max(need, words.size)
+    grown = np.empty(words.size + extra, dtype=words.dtype)
+    grown[low + extra :] = words[low:]
+    return grown, low + extra
 
 
 def _encode_lanes_scalar(indices, lanes, lane_symbols, freq_flat, cum_flat, context_row, bits):

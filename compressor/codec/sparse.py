@@ -22,6 +22,7 @@ Payload layouts (FORMAT.md §7), integers little-endian::
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,9 @@ VALUES_RAW = 1
 SPARSE_MIN_FILL = 0.25  # try position coding when at least this share equals the fill value
 DICT_HEADER_BYTES = 8
 SPARSE_HEADER_BYTES = 12  # + width bytes of fill value
+# A tensor's sparse analysis (positions, entry symbols) is dropped once proposed if it holds
+# at least this much, and found again only if a sparse layout is built (ElementAnalysis).
+RELEASE_BYTES = 64 << 20
 
 
 def element_view(data, width: int) -> np.ndarray:
@@ -59,9 +63,14 @@ class Codebook:
         return int(self.values.size)
 
 
-def find_codebook(values: np.ndarray, limit: int = MAX_CODEBOOK, sample: int = 65536) -> Codebook | None:
-    """The codebook of ``values`` if they take at most ``limit`` distinct values, else None."""
-    n = values.size
+def find_codebook(
+    values: np.ndarray, limit: int = MAX_CODEBOOK, sample: int = 65536, positions: np.ndarray | None = None
+) -> Codebook | None:
+    """The codebook of ``values`` (of ``values[positions]`` if given) if they take at most
+    ``limit`` distinct values, else None."""
+    if positions is not None and values.dtype.itemsize <= 2:
+        values, positions = values[positions], None  # narrow: the gathered copy is smaller than positions
+    n = values.size if positions is None else positions.size
     if n == 0:
         return None
     if values.dtype.itemsize <= 2:
@@ -72,9 +81,16 @@ def find_codebook(values: np.ndarray, limit: int = MAX_CODEBOOK, sample: int = 6
         lookup = np.zeros(counts.size, dtype=np.uint16)
         lookup[codebook] = np.arange(codebook.size, dtype=np.uint16)
         return Codebook(codebook.astype(values.dtype), lookup[values], counts[codebook].astype(np.int64))
+
+    def block_of(start: int) -> np.ndarray:
+        if positions is None:
+            return values[start : start + INDEX_BLOCK]
+        return values[positions[start : start + INDEX_BLOCK]]
+
     # Wider elements: guess the codebook from a strided sample, then check every element,
     # block by block (uint16 symbols; no index array of the tensor's length is ever int64).
-    candidates = np.unique(values[:: max(1, n // sample)])
+    stride = max(1, n // sample)
+    candidates = np.unique(values[::stride] if positions is None else values[positions[::stride]])
     for _ in range(2):
         if candidates.size > limit:
             return None
@@ -82,7 +98,7 @@ def find_codebook(values: np.ndarray, limit: int = MAX_CODEBOOK, sample: int = 6
         counts = np.zeros(candidates.size, dtype=np.int64)
         missing = []
         for start in range(0, n, INDEX_BLOCK):
-            block = values[start : start + INDEX_BLOCK]
+            block = block_of(start)
             index = np.searchsorted(candidates, block)
             np.minimum(index, candidates.size - 1, out=index)
             wrong = candidates[index] != block
@@ -105,17 +121,30 @@ def index_dtype(n: int) -> type:
     return np.int32 if n < (1 << 30) else np.int64
 
 
-def flatnonzero_narrow(values: np.ndarray) -> np.ndarray:
-    """np.flatnonzero with int32 indices where they fit, computed block by block (no int64
-    array of the tensor's length)."""
+def flatnonzero_narrow(values: np.ndarray, fill: int | None = None) -> np.ndarray:
+    """np.flatnonzero(values) (of ``values != fill`` if given) with int32 indices where they
+    fit, computed block by block into one array (no int64 array of the tensor's length)."""
     flat = values.reshape(-1)
-    dtype = index_dtype(flat.size)
-    parts = []
+
+    def found_in(start: int) -> np.ndarray:
+        block = flat[start : start + INDEX_BLOCK]
+        return np.flatnonzero(block if fill is None else block != block.dtype.type(fill))
+
+    if fill is None:
+        total = int(np.count_nonzero(flat))
+    else:
+        total = sum(
+            int(np.count_nonzero(flat[i : i + INDEX_BLOCK] != flat.dtype.type(fill)))
+            for i in range(0, flat.size, INDEX_BLOCK)
+        )
+    positions = np.empty(total, dtype=index_dtype(flat.size))
+    at = 0
     for start in range(0, flat.size, INDEX_BLOCK):
-        found = np.flatnonzero(flat[start : start + INDEX_BLOCK]).astype(dtype)
-        found += start
-        parts.append(found)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+        found = found_in(start)
+        positions[at : at + found.size] = found
+        positions[at : at + found.size] += start
+        at += found.size
+    return positions
 
 
 def gap_skips(positions: np.ndarray) -> np.ndarray:
@@ -125,16 +154,45 @@ def gap_skips(positions: np.ndarray) -> np.ndarray:
     return skips
 
 
+def gap_skip_blocks(positions: np.ndarray, block: int = INDEX_BLOCK):
+    """``gap_skips(positions)`` block by block: yields (start, int64 skips of positions[start:start+block])."""
+    for start in range(0, positions.size, block):
+        part = positions[start : start + block].astype(np.int64)
+        previous = int(positions[start - 1]) if start else -1
+        skips = np.diff(part, prepend=previous)
+        skips -= 1
+        yield start, skips
+
+
 class GapStatistics:
     """Gap-symbol counts for every gap width, from one pass over the skips."""
 
     def __init__(self, skips: np.ndarray):
-        limit = 1 << MAX_GAP_WIDTH
-        small = skips < limit
-        self.entries = int(skips.size)
-        self.histogram = np.bincount(skips[small], minlength=limit).astype(np.int64)
-        self.large = skips[~small]  # runs longer than any width: rare, kept exactly
-        self._values = np.arange(limit, dtype=np.int64)
+        self._values = np.arange(1 << MAX_GAP_WIDTH, dtype=np.int64)
+        self.entries = 0
+        self.histogram = np.zeros(self._values.size, dtype=np.int64)
+        large = []  # runs longer than any width: rare, kept exactly
+        self._add(np.asarray(skips), large)
+        self.large = np.concatenate(large) if large else np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def of_positions(cls, positions: np.ndarray) -> GapStatistics:
+        """The statistics of ``gap_skips(positions)``, counted block by block."""
+        stats = cls(np.zeros(0, dtype=np.int64))
+        large = [stats.large]
+        for _, skips in gap_skip_blocks(positions):
+            stats._add(skips, large)
+        stats.large = np.concatenate(large)
+        return stats
+
+    def _add(self, skips: np.ndarray, large: list) -> None:
+        limit = self._values.size
+        for start in range(0, skips.size, INDEX_BLOCK):
+            part = skips[start : start + INDEX_BLOCK]
+            small = part < limit
+            self.entries += int(part.size)
+            self.histogram += np.bincount(part[small], minlength=limit)
+            large.append(part[~small].astype(np.int64))
 
     def counts(self, width: int) -> tuple[np.ndarray, int]:
         """(counts of the 2**width gap symbols, number of filler entries) at this width."""
@@ -151,15 +209,22 @@ def sparse_entries(positions: np.ndarray, width: int) -> tuple[np.ndarray, np.nd
     """Gap symbols of all entries (fillers included) and the index of each real entry among them.
 
     A run of s fill values before an entry becomes s // 2**width fillers (gap 2**width - 1,
-    each standing on a fill value) followed by the entry with gap s % 2**width.
+    each standing on a fill value) followed by the entry with gap s % 2**width.  Computed
+    block by block: the indices are the narrowest signed integers that hold them.
     """
-    skips = gap_skips(positions)
     top = (1 << width) - 1
-    per_entry = (skips >> width) + 1
-    real_index = np.cumsum(per_entry, dtype=skips.dtype) - 1
-    total = int(real_index[-1]) + 1 if real_index.size else 0
+    fillers = sum(int(np.sum(skips >> width)) for _, skips in gap_skip_blocks(positions))
+    total = int(positions.size) + fillers
     gaps = np.full(total, top, dtype=np.uint16)
-    gaps[real_index] = skips & top
+    real_index = np.empty(positions.size, dtype=np.int32 if total < (1 << 31) else np.int64)
+    before = 0  # entries (fillers included) before the block
+    for start, skips in gap_skip_blocks(positions):
+        per_entry = (skips >> width) + 1
+        index = np.cumsum(per_entry)
+        index += before - 1
+        before = int(index[-1]) + 1
+        real_index[start : start + index.size] = index
+        gaps[index] = skips & top
     return gaps, real_index
 
 
@@ -271,12 +336,17 @@ def with_fill(values_codebook: Codebook, fill: int, fillers: int) -> tuple[np.nd
     return values, counts, at
 
 
+def _holding(positions: np.ndarray, codebook: Codebook | None) -> Callable[[], tuple]:
+    return lambda: (positions, codebook)
+
+
 def sparse_layouts(
     elements: np.ndarray,
     fill: int,
     positions: np.ndarray,
     codebook: Codebook | None,
     raw: bool = True,
+    entries: Callable[[], tuple[np.ndarray, Codebook | None]] | None = None,
 ) -> list[Layout]:
     """Sparse candidates: the best gap width with codebook values, and with raw values.
 
@@ -285,11 +355,15 @@ def sparse_layouts(
     values; it must leave room for the fill value).  Sizes are exact for the codebook
     variant.  The raw variant's values go through a general-purpose codec, so its size is
     only known once built: its Layout.size is 0 and the caller builds it to measure it.
+    ``entries()``, if given, returns ``positions`` and ``codebook`` when a layout is built
+    (so the layouts need not hold them).
     """
     width = elements.dtype.itemsize
+    if entries is None:
+        entries = _holding(positions, codebook)
     if positions.size == 0:
         return []
-    stats = GapStatistics(gap_skips(positions))
+    stats = GapStatistics.of_positions(positions)
     layouts = []
     fixed = SPARSE_HEADER_BYTES + width
     if codebook is not None:
@@ -315,7 +389,7 @@ def sparse_layouts(
                     "fill": int(fill),
                     "nonzeros": int(positions.size),
                 },
-                lambda width=gap_width: _build_sparse_codebook(elements, fill, positions, codebook, width),
+                lambda width=gap_width: _build_sparse_codebook(elements, fill, *entries(), width),
             )
         )
     if not raw:
@@ -335,7 +409,7 @@ def sparse_layouts(
             0,  # filled in by the caller after building (general-purpose codec)
             [gap_info],
             {"gap_width": gap_width, "values": "raw", "fill": int(fill), "nonzeros": int(positions.size)},
-            lambda width=gap_width: _build_sparse_raw(elements, fill, positions, width),
+            lambda width=gap_width: _build_sparse_raw(elements, fill, entries()[0], width),
         )
     )
     return layouts
@@ -349,6 +423,24 @@ class ElementAnalysis:
     fill: int  # the value position coding skips
     positions: np.ndarray | None  # indices of the elements that differ from ``fill`` (None: not worth it)
     entry_codebook: Codebook | None  # codebook of those elements' values (None: too many)
+    elements: np.ndarray | None = field(default=None, repr=False)  # what was analysed (for ``entries``)
+
+    def entries(self) -> tuple[np.ndarray | None, Codebook | None]:
+        """``positions`` and ``entry_codebook``, found again if ``release_entries`` dropped them."""
+        if self.positions is None and self.elements is not None:
+            positions = flatnonzero_narrow(self.elements, self.fill)
+            return positions, find_codebook(self.elements, limit=MAX_CODEBOOK - 1, positions=positions)
+        return self.positions, self.entry_codebook
+
+    def release_entries(self, min_bytes: int = RELEASE_BYTES) -> None:
+        """Drop ``positions`` and ``entry_codebook`` if they hold at least ``min_bytes`` (builds
+        that need them find them again): later, larger per-element arrays then need not coexist
+        with them."""
+        if self.positions is None:
+            return
+        held = self.positions.nbytes + (self.entry_codebook.symbols.nbytes if self.entry_codebook else 0)
+        if held >= min_bytes:
+            self.positions, self.entry_codebook = None, None
 
 
 def analyse(elements: np.ndarray) -> ElementAnalysis:
@@ -364,7 +456,7 @@ def analyse(elements: np.ndarray) -> ElementAnalysis:
     zeros = n - int(np.count_nonzero(elements))
     if zeros >= SPARSE_MIN_FILL * n:
         positions = flatnonzero_narrow(elements)
-        entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
+        entry_codebook = find_codebook(elements, limit=MAX_CODEBOOK - 1, positions=positions)
         if entry_codebook is not None:
             values, counts, _ = with_fill(entry_codebook, 0, zeros)
             layout = dict_layout(elements, values, counts)
@@ -377,9 +469,9 @@ def analyse(elements: np.ndarray) -> ElementAnalysis:
             most = int(np.argmax(dense.counts))
             if dense.counts[most] >= SPARSE_MIN_FILL * n and dense.size > 1:
                 fill = int(dense.values[most])
-                positions = flatnonzero_narrow(elements != elements.dtype.type(fill))
-                entry_codebook = find_codebook(elements[positions], limit=MAX_CODEBOOK - 1)
-    return ElementAnalysis(layout, fill, positions, entry_codebook)
+                positions = flatnonzero_narrow(elements, fill)
+                entry_codebook = find_codebook(elements, limit=MAX_CODEBOOK - 1, positions=positions)
+    return ElementAnalysis(layout, fill, positions, entry_codebook, elements)
 
 
 def _sparse_header(width: int, gap_width: int, value_mode: int, entries: int, fill: int, dtype) -> bytes:
@@ -412,7 +504,9 @@ def _build_sparse_raw(elements, fill, positions, gap_width: int) -> bytes:
     width = elements.dtype.itemsize
     gaps, real_index = sparse_entries(positions, gap_width)
     values = np.full(gaps.size, fill, dtype=elements.dtype)
-    values[real_index] = elements[positions]
+    for start in range(0, positions.size, INDEX_BLOCK):
+        values[real_index[start : start + INDEX_BLOCK]] = elements[positions[start : start + INDEX_BLOCK]]
+    del real_index
     codec, stored = compress_best(values.tobytes())
     return b"".join(
         [

@@ -28,14 +28,17 @@ def _stream_info(symbols: np.ndarray, counts: np.ndarray, chosen: rans.Plan, cod
 def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
     if not request.coded:
         return None
-    layout = request.analysis(layouts.analyse).dict_layout
+    analysis = request.analysis(layouts.analyse)
+    layout = analysis.dict_layout
     if layout is None or layout.codebook is None:
         return None
     values, counts, symbols = layout.codebook
     if values.size < 2:
         return None  # a constant tensor: nothing to model
     if symbols is None:
-        symbols = np.searchsorted(values, request.elements).astype(np.uint16)
+        # The sparse coder has proposed: its positions need not coexist with these symbols.
+        analysis.release_entries()
+        symbols = layouts.symbols_of(values, request.elements)
     chosen = rans.plan(symbols, int(values.size))
     head = layouts.DICT_HEADER_BYTES + values.size * request.width
     if best is not None and head + chosen.estimated_bytes >= best.size:

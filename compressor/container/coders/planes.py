@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ...codec import SAMPLE_THRESHOLD, STORED, compress, compress_best, estimate_best
+from ...codec import SAMPLE_THRESHOLD, STORED, compress, compress_best, estimate_from_sample
 from ...codec import planes as byte_planes
 from .registry import GENERIC_MARGIN, Candidate, Coder, EncodeRequest, name_of, names, register
 
@@ -21,12 +21,11 @@ def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
     if not request.coded or width not in byte_planes.WIDTHS:
         return None
     to_beat = best.size if best is not None else math.inf
-    shuffled = byte_planes.to_planes(request.data, width)
-    if len(shuffled) <= SAMPLE_THRESHOLD:
-        codec, inner = compress_best(shuffled)
+    if len(request.data) <= SAMPLE_THRESHOLD:
+        codec, inner = compress_best(byte_planes.to_planes(request.data, width))
         size, exact = len(inner) + byte_planes.HEADER_BYTES, True
-    else:
-        codec, estimate = estimate_best(shuffled)
+    else:  # measured on a sample of the planes: the whole tensor is regrouped only if it could win
+        codec, estimate = estimate_from_sample(byte_planes.planes_sample(request.data, width), len(request.data))
         inner, size, exact = None, estimate + byte_planes.HEADER_BYTES, False
     if codec == STORED:
         return None
@@ -35,7 +34,7 @@ def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
     if size >= (to_beat if exact else to_beat / GENERIC_MARGIN):
         return None
     if inner is None:
-        inner = compress(shuffled, codec)
+        inner = compress(byte_planes.to_planes(request.data, width), codec)
         request.report(name, len(inner) + byte_planes.HEADER_BYTES, [])
     payload = byte_planes.header(width, codec) + inner
     if len(payload) >= to_beat:

@@ -21,7 +21,7 @@ def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
     chosen = None
     raw = analysis.entry_codebook is None
     for layout in layouts.sparse_layouts(
-        request.elements, analysis.fill, analysis.positions, analysis.entry_codebook, raw=raw
+        request.elements, analysis.fill, analysis.positions, analysis.entry_codebook, raw=raw, entries=analysis.entries
     ):
         build = layout.build
         if layout.params["values"] == "raw":
