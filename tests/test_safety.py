@@ -345,6 +345,9 @@ def test_an_interrupted_run_exits_with_the_signal_code_and_leaves_nothing(files,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        # A shell that starts the suite in the background ignores SIGINT for its children; the
+        # test is about how compressor handles it, so the child starts with the default.
+        preexec_fn=_default_sigint,
     )
     assert proc.stdout.readline().strip() == b"started"
     proc.send_signal(sig)
@@ -353,6 +356,10 @@ def test_an_interrupted_run_exits_with_the_signal_code_and_leaves_nothing(files,
     assert err.decode().strip().splitlines()[-1] in ("error: interrupted", "error: terminated")
     assert os.listdir(out) == []
     assert _snapshot(files["model"], files["data"], files["calib"]) == before
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # Runs the CLI with the pipeline's stages patched to block (a run in the middle of its work).
