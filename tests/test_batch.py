@@ -115,7 +115,6 @@ def test_output_names_do_not_depend_on_the_argument_order(tmp_path):
 BLOCKING_BATCH = """
 import os, sys, time
 import compressor.zoo as zoo
-import compressor.zoo as zoo_module
 from compressor.cli import main
 
 def blocking(*args, **kwargs):
@@ -125,6 +124,13 @@ def blocking(*args, **kwargs):
 zoo.run_pipeline = blocking
 sys.exit(main(["batch", *sys.argv[1:], "-j", "2", "-q"]))
 """
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -146,7 +152,14 @@ def test_a_terminated_parallel_batch_leaves_no_worker_behind(tmp_path):
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
-    workers = [int(proc.stdout.readline()) for _ in range(2)]
+    # A worker prints its pid once it is in a model; then every worker process of the pool is
+    # a child of the batch process.
+    line = proc.stdout.readline()
+    while line and not line.strip():
+        line = proc.stdout.readline()
+    assert line, "the batch ended before a worker started"
+    workers = {int(line)} | _children(proc.pid)
+    assert len(workers) >= 2
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 143

@@ -81,7 +81,33 @@ def _progress(quiet: bool, verbose: bool) -> Progress:
     return Progress(lines=not quiet and (verbose or tty), bar=not quiet and tty)
 
 
-def stage_options(f):
+# The pipeline flags both commands take, turned into one dict of recipe overrides.
+STAGE_FLAGS = (
+    "sparsity",
+    "scope",
+    "budget",
+    "bits_conv",
+    "bits_fc",
+    "activations",
+    "no_prune",
+    "no_share",
+    "no_quantize",
+    "seed",
+    "objective",
+)
+
+
+def stage_options(command):
+    """The pipeline's options; the command gets them as `overrides` (the recipe with the flags
+    on top, validated) beside `recipe_path`, `quiet` and `verbose`."""
+
+    def with_overrides(**kwargs):
+        flags = {name: kwargs.pop(name) for name in STAGE_FLAGS}
+        return command(overrides=_overrides(kwargs["recipe_path"], **flags), **kwargs)
+
+    # click shows the callback's docstring as the command's help.
+    with_overrides.__doc__ = command.__doc__
+    f = with_overrides
     for decorator in reversed(
         [
             click.option(
@@ -159,35 +185,11 @@ def run_command(
     metric,
     as_json,
     recipe_path,
-    sparsity,
-    scope,
-    budget,
-    bits_conv,
-    bits_fc,
-    activations,
-    no_prune,
-    no_share,
-    no_quantize,
-    seed,
-    objective,
+    overrides,
     quiet,
     verbose,
 ):
     """Compress MODEL with the whole pipeline and write a container plus a report."""
-    overrides = _overrides(
-        recipe_path,
-        sparsity,
-        scope,
-        budget,
-        bits_conv,
-        bits_fc,
-        activations,
-        no_prune,
-        no_share,
-        no_quantize,
-        seed,
-        objective,
-    )
     if metric is not None:
         overrides.setdefault("gate", {}).update(validate_overrides({"gate": {"metric": metric}})["gate"])
     failure = None
@@ -256,35 +258,11 @@ def batch_command(
     max_accuracy_drop,
     as_json,
     recipe_path,
-    sparsity,
-    scope,
-    budget,
-    bits_conv,
-    bits_fc,
-    activations,
-    no_prune,
-    no_share,
-    no_quantize,
-    seed,
-    objective,
+    overrides,
     quiet,
     verbose,
 ):
     """Compress every model of MODELS (files, folders or globs) into OUTPUT_DIR; resumable."""
-    overrides = _overrides(
-        recipe_path,
-        sparsity,
-        scope,
-        budget,
-        bits_conv,
-        bits_fc,
-        activations,
-        no_prune,
-        no_share,
-        no_quantize,
-        seed,
-        objective,
-    )
     progress = _progress(quiet, verbose)
     summary = api.batch(
         models,
