@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import lzma
 import struct
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import zstandard
 
 from ..errors import CompressorError
+
+T = TypeVar("T")
 
 
 class CorruptData(CompressorError):
@@ -118,8 +123,43 @@ class ByteReader:
             raise CorruptData(f"{self.what}: {self.end - self.pos} unexpected bytes after the data")
 
 
+# Above this many bytes a zstd/xz call runs on a helper thread while the main thread waits, so
+# Ctrl-C and SIGTERM are handled at once instead of after one long C call (both release the GIL).
+INTERRUPTIBLE_BYTES = 4 << 20
+
+
+def interruptibly(call: Callable[[], T], size: int) -> T:
+    """``call()``, on a daemon thread when ``size`` is large, so the main thread still takes signals.
+
+    The result (or the exception) is the call's own; an interrupt raises in the main thread
+    and the abandoned thread ends with the process.
+    """
+    if size <= INTERRUPTIBLE_BYTES or threading.current_thread() is not threading.main_thread():
+        return call()
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as e:  # handed to the caller below
+            outcome.append((False, e))
+
+    worker = threading.Thread(target=target, name="compressor-codec", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.25)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 def compress(data, codec: int) -> bytes:
     """Compress with one general-purpose codec (deterministic: fixed levels, one thread)."""
+    return interruptibly(lambda: _compress(data, codec), len(data))
+
+
+def _compress(data, codec: int) -> bytes:
     if codec == STORED:
         return bytes(data)
     if codec == ZSTD:
@@ -140,6 +180,10 @@ def decompress(payload, codec: int, size: int, what: str) -> bytes:
     Output is capped at ``size`` (no decompression bombs); a payload that decodes to more or
     fewer bytes, carries trailing data or is malformed raises CorruptData.
     """
+    return interruptibly(lambda: _decompress(payload, codec, size, what), size)
+
+
+def _decompress(payload, codec: int, size: int, what: str) -> bytes:
     if codec == STORED:
         if len(payload) != size:
             raise CorruptData(f"{what}: stored length {len(payload)} != declared {size}")
