@@ -161,3 +161,20 @@ def test_class_scores_are_gated_by_kl_besides_agreement():
     assert not judge.within({**flat, "accuracy_drop": None})
     close = judge.scores([judge.reference_outputs[0] * np.float32(0.98)])
     assert judge.within({**close, "accuracy_drop": None})
+
+
+def test_batch_takes_the_metric_too(regressor, tmp_path, capsys):
+    model, data, metric = regressor
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "reg.onnx").write_bytes(model.read_bytes())
+    (zoo / "reg_calib.npz").write_bytes(data.read_bytes())
+    out = tmp_path / "out"
+    code = main(["batch", str(zoo), "-o", str(out), "--metric", f"{metric}:within_tenth", *FAST])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert [m["mode"] for m in summary["models"]] == ["metric"]
+    report = json.loads((out / "reg.report.json").read_text())
+    assert report["guard"]["metric"] == f"{metric}:within_tenth"
+    code = main(["batch", str(zoo), "-o", str(tmp_path / "out2"), "--metric", "nocolon", *FAST])
+    assert code == 2 and "MODULE:FUNCTION" in capsys.readouterr().err

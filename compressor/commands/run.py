@@ -28,6 +28,7 @@ def _overrides(
     no_quantize,
     seed,
     objective,
+    metric,
 ) -> dict:
     overrides = read_recipe(recipe_path) if recipe_path else {}
     cli = {
@@ -35,6 +36,7 @@ def _overrides(
         "share": {"bits_conv": bits_conv, "bits_fc": bits_fc, "seed": seed},
         "quantize": {"activations": activations},
         "run": {"objective": objective},
+        "gate": {"metric": metric},
     }
     for stage, flag in (("prune", no_prune), ("share", no_share), ("quantize", no_quantize)):
         if flag:
@@ -94,6 +96,7 @@ STAGE_FLAGS = (
     "no_quantize",
     "seed",
     "objective",
+    "metric",
 )
 
 
@@ -142,6 +145,11 @@ def stage_options(command):
             click.option("--no-quantize", is_flag=True, help="Skip quantization."),
             click.option("--seed", type=click.IntRange(0), help="Seed for every randomised step."),
             click.option(
+                "--metric",
+                help="Task metric MODULE:FUNCTION (or path/to/file.py:FUNCTION): called with (outputs, the data "
+                "file's arrays), returns a score in [0, 1], higher is better; the budget is its drop in points.",
+            ),
+            click.option(
                 "--objective",
                 type=click.Choice(["size", "int8-kernels"]),
                 help="What the run optimises: the smallest container (size, the default) or int8 kernels at run "
@@ -167,11 +175,6 @@ def stage_options(command):
 @click.option(
     "--max-accuracy-drop", type=float, help="Fail (exit 3, no container) if the measured drop exceeds this many points."
 )
-@click.option(
-    "--metric",
-    help="Task metric MODULE:FUNCTION (or path/to/file.py:FUNCTION): called with (outputs, the data "
-    "file's arrays), returns a score in [0, 1], higher is better; the budget is its drop in points.",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @stage_options
 def run_command(
@@ -182,7 +185,6 @@ def run_command(
     report_path,
     html_path,
     max_accuracy_drop,
-    metric,
     as_json,
     recipe_path,
     overrides,
@@ -190,8 +192,6 @@ def run_command(
     verbose,
 ):
     """Compress MODEL with the whole pipeline and write a container plus a report."""
-    if metric is not None:
-        overrides.setdefault("gate", {}).update(validate_overrides({"gate": {"metric": metric}})["gate"])
     failure = None
     try:
         report = run_pipeline(
