@@ -68,6 +68,7 @@ class ExpandedSink:
     weight: str
     axis: int
     unit: int
+    value: str  # the flattened value [N, C * unit]
 
 
 @dataclass
@@ -475,7 +476,7 @@ def _rule_flatten(ctx, node) -> bool:
         return False
     ctx.ok((x, 1))
     for w, axis in sinks:
-        ctx.expanded.setdefault((x, 1), []).append(ExpandedSink(w, axis, unit))
+        ctx.expanded.setdefault((x, 1), []).append(ExpandedSink(w, axis, unit, y))
     return True  # the spatial axes and the flat axis stay blocked (untouched)
 
 

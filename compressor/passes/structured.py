@@ -24,8 +24,10 @@ from .. import graph
 from ..errors import UsageError
 from .channel_plan import DEFAULT_MAX_RATIO, NORMS, batchnorm_scale, channel_norms, global_keep, group_scores
 from .channels import Analysis, ChannelGroup, analyze
+from .channels import constants as graph_constants
 
 __all__ = [
+    "DEFAULT_MAX_RATIO",
     "Analysis",
     "analyze",
     "check_structured_options",
@@ -140,6 +142,10 @@ def remove_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> o
 
         _replace_constant(out, name, take)
     sizes = {gid: len(kept) for gid, kept in keep.items()}
+    new_dims = {name: tuple(values.shape) for name, values in graph_constants(out).items()}
+    for gid, kept in keep.items():
+        for sink in analysis.groups[gid].expanded:
+            new_dims[sink.value] = (None, len(kept) * sink.unit)
     depthwise = {n: sizes[gid] for gid in keep for n in analysis.groups[gid].depthwise}
     for node in out.graph.node:
         if node.name in depthwise and node.op_type == "Conv":
@@ -148,10 +154,15 @@ def remove_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> o
                     a.i = depthwise[node.name]
     for vi in list(out.graph.value_info) + list(out.graph.output):
         dims = vi.type.tensor_type.shape.dim
+        known = new_dims.get(analysis.aliases.get(vi.name, vi.name))
         for axis, d in enumerate(dims):
             gid = analysis.slot_group.get((vi.name, axis))
-            if gid in sizes and d.HasField("dim_value"):
+            if not d.HasField("dim_value"):
+                continue
+            if gid in sizes:
                 d.dim_value = sizes[gid]
+            elif known is not None and axis < len(known) and known[axis] is not None:
+                d.dim_value = known[axis]
     return out
 
 

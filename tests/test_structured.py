@@ -1,0 +1,281 @@
+"""Structured pruning: channel groups, removal == masking (the main check), the plan, budget, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from graphs import (
+    _batchnorm,
+    _Builder,
+    _vi,
+    constant_weights_conv,
+    conv_net,
+    depthwise_resnet,
+    make_inputs,
+    mlp,
+    mlp_matmul_shared,
+    mlp_with_preprocessing,
+    transformer_encoder,
+)
+from onnx import numpy_helper
+
+from compressor.cli import main
+from compressor.evaluate import make_session, run_model
+from compressor.passes.channels import constants
+from compressor.passes.channel_plan import channel_norms, global_keep, group_cap, group_scores
+from compressor.passes.structured import (
+    analyze,
+    importance,
+    mask_channels,
+    plan_keep,
+    remove_channels,
+    selectable,
+    structured_prune,
+)
+from compressor.search.structured_budget import structured_to_budget
+
+# --------------------------------------------------------------------------- graphs
+
+
+def conv_bn_chain() -> onnx.ModelProto:
+    """conv -> BN -> relu -> conv (no bias) -> BN -> relu -> GlobalAveragePool -> Flatten -> Gemm."""
+    b = _Builder(seed=11)
+    h = b.node("Relu", [_batchnorm(b, b.conv("x", 3, 16, "c1"), 16, "bn1")])
+    h = b.node("Relu", [_batchnorm(b, b.conv(h, 16, 24, "c2", bias=False), 24, "bn2")])
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])])
+    b.linear(h, 24, 10, "fc", gemm=True, out="logits")
+    return b.model("conv_bn_chain", [_vi("x", ["N", 3, 8, 8])], [_vi("logits", ["N", 10])])
+
+
+def grouped_net() -> onnx.ModelProto:
+    """conv(3->16) -> relu -> grouped conv (4 groups, 16->16) -> sigmoid-gated (x * sigmoid(x)) ->
+    1x1 conv -> ReduceMean over H, W -> MatMul + bias Add head."""
+    b = _Builder(seed=12)
+    h = b.node("Relu", [b.conv("x", 3, 16, "c1")])
+    h = b.conv(h, 16, 16, "g", group=4)
+    h = b.node("Mul", [h, b.node("Sigmoid", [h])])
+    h = b.node("Relu", [b.conv(h, 16, 12, "pw", k=1)])
+    h = b.node("ReduceMean", [h], axes=[2, 3], keepdims=0)
+    b.linear(h, 12, 10, "head", out="logits")
+    return b.model("grouped_net", [_vi("x", ["N", 3, 8, 8])], [_vi("logits", ["N", 10])])
+
+
+def concat_net() -> onnx.ModelProto:
+    """Two convs concatenated along channels (not understood: left as is), then a conv."""
+    b = _Builder(seed=13)
+    a = b.node("Relu", [b.conv("x", 3, 8, "a")])
+    c = b.node("Relu", [b.conv("x", 3, 8, "b")])
+    h = b.node("Concat", [a, c], axis=1)
+    h = b.node("Relu", [b.conv(h, 16, 8, "c")])
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])])
+    b.linear(h, 8, 10, "fc", gemm=True, out="logits")
+    return b.model("concat_net", [_vi("x", ["N", 3, 8, 8])], [_vi("logits", ["N", 10])])
+
+
+BUILDERS = {
+    "conv_bn_chain": conv_bn_chain,
+    "depthwise_resnet": depthwise_resnet,
+    "grouped_net": grouped_net,
+    "conv_net_flatten": conv_net,
+    "mlp_gemm": mlp,
+    "mlp_matmul_bias": mlp_with_preprocessing,
+    "transformer": transformer_encoder,
+    "constant_weights": constant_weights_conv,
+}
+
+
+def _random_keep(groups, ratio: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return plan_keep(groups, [rng.random(g.size) for g in groups], ratio)
+
+
+def _initializer_sizes(model: onnx.ModelProto) -> int:
+    return sum(v.size for v in constants(model).values() if v.dtype.kind == "f")
+
+
+# --------------------------------------------------------------------------- removal == masking
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_removal_gives_the_outputs_of_the_masked_model(name):
+    model = BUILDERS[name]()
+    # Shapes of every intermediate value recorded, so that stale value_info would be caught.
+    model = onnx.shape_inference.infer_shapes(model)
+    analysis = analyze(model)
+    groups = selectable(analysis)
+    assert groups, f"{name}: nothing prunable"
+    keep = _random_keep(groups, 0.4)
+    assert keep
+    pruned = remove_channels(model, analysis, keep)
+    masked = mask_channels(model, analysis, keep)
+    onnx.checker.check_model(pruned, full_check=True)
+    onnx.shape_inference.infer_shapes(pruned, check_type=True, strict_mode=True)
+    assert _initializer_sizes(pruned) < _initializer_sizes(model)
+    data = make_inputs(model, n=6, seed=1)
+    out_pruned = run_model(pruned, data)
+    out_masked = run_model(masked, data)
+    out_original = run_model(model, data)
+    for p, m, o in zip(out_pruned, out_masked, out_original):
+        assert p.shape == o.shape
+        scale = max(1.0, float(np.abs(m).max()))
+        np.testing.assert_allclose(p, m, rtol=0, atol=2e-5 * scale)
+    assert not np.allclose(out_masked[0], out_original[0])  # something was removed
+
+
+def test_conv_bn_chain_shrinks_every_tensor_of_the_group():
+    model = conv_bn_chain()
+    analysis = analyze(model)
+    groups = selectable(analysis)
+    assert sorted(g.size for g in groups) == [16, 24]
+    g16 = next(g for g in groups if g.size == 16)
+    keep = {g16.id: np.arange(0, 16, 2)}
+    pruned = remove_channels(model, analysis, keep)
+    dims = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    assert dims["c1.weight"] == (8, 3, 3, 3) and dims["c1.bias"] == (8,)
+    assert all(dims[f"bn1.{p}"] == (8,) for p in ("scale", "bias", "mean", "var"))
+    assert dims["c2.weight"] == (24, 8, 3, 3)
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    new = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    np.testing.assert_array_equal(new["c2.weight"], original["c2.weight"][:, ::2])
+    np.testing.assert_array_equal(new["bn1.var"], original["bn1.var"][::2])
+
+
+def test_depthwise_channel_goes_with_its_producer_and_the_residual():
+    model = depthwise_resnet(c=12)
+    analysis = analyze(model)
+    groups = selectable(analysis)
+    assert len(groups) == 1  # stem, depthwise, pointwise and the residual Add: one group
+    sources = {s.weight for s in groups[0].sources}
+    assert sources == {"stem.weight", "dw.weight", "pw.weight"}
+    keep = {groups[0].id: np.array([0, 3, 4, 7, 11])}
+    pruned = remove_channels(model, analysis, keep)
+    dw = next(n for n in pruned.graph.node if n.name == "dw")
+    assert next(a.i for a in dw.attribute if a.name == "group") == 5
+    dims = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    assert dims["dw.weight"] == (5, 1, 3, 3) and dims["pw.weight"] == (5, 5, 1, 1) and dims["fc.weight"] == (10, 5)
+
+
+def test_grouped_conv_loses_the_same_count_per_group_and_keeps_its_inputs():
+    model = grouped_net()
+    analysis = analyze(model)
+    by_source = {s.weight: g for g in analysis.groups for s in g.sources}
+    assert not by_source["c1.weight"].prunable  # a grouped conv reads it: left as is
+    assert "Conv g" in by_source["c1.weight"].blocked
+    grouped = by_source["g.weight"]
+    assert grouped.prunable and grouped.blocks == 4
+    keep = plan_keep([grouped], [np.arange(16.0)], 0.5)
+    kept = keep[grouped.id]
+    assert len(kept) == 8 and all(np.sum(kept // 4 == b) == 2 for b in range(4))
+
+
+def test_flatten_into_gemm_removes_blocks_of_rows():
+    model = conv_net()  # conv2 (16 ch) -> MaxPool -> Flatten [N, 16*4*4] -> fc1
+    analysis = analyze(model)
+    group = next(g for g in analysis.groups if any(s.weight == "conv2.weight" for s in g.sources))
+    assert group.prunable and group.expanded[0].unit == 16
+    pruned = remove_channels(model, analysis, {group.id: np.array([1, 5])})
+    fc1 = next(t for t in pruned.graph.initializer if t.name == "fc1.weight")
+    original = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "fc1.weight")
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(fc1), original[:, np.r_[16:32, 80:96]]
+    )  # transB=1: rows are axis 1
+
+
+def test_shared_weight_ties_both_its_axes_into_one_group():
+    model = mlp_matmul_shared()  # one [64, 64] weight used by two MatMuls in a row, on the input
+    analysis = analyze(model)
+    group = next(g for g in analysis.groups if any(s.weight == "shared.weight" for s in g.sources))
+    assert ("shared.weight", 0) in group.slots and ("shared.weight", 1) in group.slots
+    assert group.blocked == "graph input/output"  # its rows read the graph input: left as is
+
+
+def test_transformer_prunes_the_ffn_and_leaves_attention_and_residual_alone():
+    model = transformer_encoder()
+    analysis = analyze(model)
+    prunable = {s.weight for g in selectable(analysis) for s in g.sources}
+    assert prunable == {"ffn.fc1.weight"}
+    reasons = {s.weight: g.blocked for g in analysis.groups for s in g.sources if g.blocked}
+    assert "Reshape" in reasons["attn.q.weight"]
+    assert "LayerNormalization" in reasons["attn.out.weight"]
+
+
+def test_concat_makes_its_groups_untouchable_and_they_are_reported():
+    model = concat_net()
+    pruned, stats = structured_prune(model, 0.5)
+    reported = {w: g["blocked"] for g in stats["untouchable"] for w in g["sources"]}
+    assert "Concat" in reported["a.weight"] and "Concat" in reported["b.weight"]
+    dims = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    assert dims["a.weight"] == (8, 3, 3, 3) and dims["b.weight"] == (8, 3, 3, 3)
+    assert dims["c.weight"][0] < 8  # the conv after the Concat still loses output channels
+
+
+def test_graph_outputs_and_subgraph_reads_are_never_pruned():
+    model = mlp()
+    analysis = analyze(model)
+    fc3 = next(g for g in analysis.groups if any(s.weight == "fc3.weight" for s in g.sources))
+    assert fc3.blocked == "graph input/output"
+
+
+def test_structured_prune_counts_params_and_macs():
+    pruned, stats = structured_prune(mlp(), 0.5)
+    t = stats["totals"]
+    assert t["removed_channels"] == round(0.5 * (128 + 64))
+    assert t["params_after"] < t["params_before"] and t["macs_after"] < t["macs_before"]
+    assert t["params_after"] == _initializer_sizes(pruned)
+
+
+# --------------------------------------------------------------------------- the plan (pure numpy)
+
+
+def test_channel_norms_and_scores():
+    w = np.array([[[3.0, 4.0]], [[0.0, 1.0]]])  # 2 channels on axis 0
+    np.testing.assert_allclose(channel_norms(w, 0, "l2"), [5.0, 1.0])
+    np.testing.assert_allclose(channel_norms(w, 0, "l1"), [7.0, 1.0])
+    np.testing.assert_allclose(group_scores([np.array([1.0, 3.0]), np.array([2.0, 2.0])]), [0.75, 1.25])
+
+
+def test_global_keep_ranks_across_groups_within_the_cap():
+    scores = [np.array([0.1, 0.2, 5.0, 6.0]), np.array([1.0, 2.0, 3.0, 4.0])]
+    keep = global_keep(scores, 0.5, max_ratio=0.75)
+    assert [k.tolist() for k in keep] == [[2, 3], [2, 3]]
+    keep = global_keep(scores, 0.75, max_ratio=0.5)  # the cap stops at 2 per group
+    assert [len(k) for k in keep] == [2, 2]
+    assert group_cap(8, 4, 0.9) == 4  # one channel per block stays
+    keep = global_keep([np.arange(8.0)[::-1]], 0.5, max_ratio=0.9, blocks=[2])
+    assert keep[0].tolist() == [0, 1, 4, 5]  # the two lowest of each block of 4
+
+
+# --------------------------------------------------------------------------- budget and CLI
+
+
+def test_budget_search_stays_within_budget_and_few_runs():
+    model = mlp()
+    data = make_inputs(model, n=32, seed=2)
+    pruned, stats = structured_to_budget(model, data, budget=25.0, max_evals=5)
+    budget = stats["budget"]
+    assert budget["evaluations"] == len(budget["trials"]) <= 5
+    assert budget["final"]["drop"] <= 25.0
+    assert stats["totals"]["removed_channels"] > 0
+    make_session(pruned)
+
+
+def test_cli_structured(tmp_path, capsys):
+    src, out = tmp_path / "m.onnx", tmp_path / "p.onnx"
+    onnx.save(conv_bn_chain(), src)
+    assert main(["prune", str(src), "-o", str(out), "--structured", "--sparsity", "0.25"]) == 0
+    assert "removed 10 of 40 channels" in capsys.readouterr().out
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_importance_uses_the_batchnorm_scale():
+    model = conv_bn_chain()
+    analysis = analyze(model)
+    g16 = next(g for g in selectable(analysis) if g.size == 16)
+    weights = {t.name: t for t in model.graph.initializer}
+    scale = numpy_helper.to_array(weights["bn1.scale"]).copy()
+    scale[3] = 0.0  # a BatchNorm that silences channel 3: the least important
+    weights["bn1.scale"].CopyFrom(numpy_helper.from_array(scale, "bn1.scale"))
+    analysis = analyze(model)
+    score = importance(model, analysis, [g16])[0]
+    assert int(np.argmin(score)) == 3
