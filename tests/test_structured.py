@@ -22,8 +22,8 @@ from onnx import numpy_helper
 
 from compressor.cli import main
 from compressor.evaluate import make_session, run_model
-from compressor.passes.channels import constants
 from compressor.passes.channel_plan import channel_norms, global_keep, group_cap, group_scores
+from compressor.passes.channels import constants
 from compressor.passes.structured import (
     analyze,
     importance,

@@ -104,4 +104,3 @@ def structured_to_budget(
     if not groups:
         stats["warnings"].append("no channel group can be pruned (see 'untouchable')")
     return pruned, stats
-
