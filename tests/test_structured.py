@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -22,7 +24,7 @@ from onnx import numpy_helper
 
 from compressor.cli import main
 from compressor.evaluate import make_session, run_model
-from compressor.passes.channel_plan import channel_norms, global_keep, group_cap, group_scores
+from compressor.passes.channel_plan import aligned_kept, channel_norms, global_keep, group_cap, group_scores
 from compressor.passes.channels import constants
 from compressor.passes.structured import (
     analyze,
@@ -218,7 +220,7 @@ def test_graph_outputs_and_subgraph_reads_are_never_pruned():
 
 
 def test_structured_prune_counts_params_and_macs():
-    pruned, stats = structured_prune(mlp(), 0.5)
+    pruned, stats = structured_prune(mlp(), 0.5, align=1)
     t = stats["totals"]
     assert t["removed_channels"] == round(0.5 * (128 + 64))
     assert t["params_after"] < t["params_before"] and t["macs_after"] < t["macs_before"]
@@ -246,6 +248,16 @@ def test_global_keep_ranks_across_groups_within_the_cap():
     assert keep[0].tolist() == [0, 1, 4, 5]  # the two lowest of each block of 4
 
 
+def test_aligned_counts():
+    assert aligned_kept(50, 39, align=8) == 40
+    assert aligned_kept(50, 35, align=8) == 32
+    assert aligned_kept(50, 3, align=8) == 8  # one step at least
+    assert aligned_kept(12, 7, align=8) == 7  # small groups are not aligned
+    assert aligned_kept(48, 30, blocks=3, align=8) == 24  # multiples of lcm(8, 3)
+    keep = global_keep([np.arange(50.0), np.arange(20.0)], 0.1, max_ratio=0.9, align=8)
+    assert [len(k) for k in keep] == [48, 16]
+
+
 # --------------------------------------------------------------------------- budget and CLI
 
 
@@ -263,8 +275,12 @@ def test_budget_search_stays_within_budget_and_few_runs():
 def test_cli_structured(tmp_path, capsys):
     src, out = tmp_path / "m.onnx", tmp_path / "p.onnx"
     onnx.save(conv_bn_chain(), src)
-    assert main(["prune", str(src), "-o", str(out), "--structured", "--sparsity", "0.25"]) == 0
+    assert main(["prune", str(src), "-o", str(out), "--structured", "--sparsity", "0.25", "--align", "1"]) == 0
     assert "removed 10 of 40 channels" in capsys.readouterr().out
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert main(["prune", str(src), "-o", str(out), "--structured", "--sparsity", "0.25", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert all(g["kept"] % 8 == 0 for g in stats["groups"])  # aligned by default
     onnx.checker.check_model(onnx.load(out), full_check=True)
 
 

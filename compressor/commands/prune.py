@@ -13,7 +13,7 @@ from ..graph import load_model_and_files, save_model
 from ..passes.magnitude import check_sparsity
 from ..passes.prune import prune
 from ..passes.selection import DEFAULT_MIN_PARAMS
-from ..passes.structured import DEFAULT_MAX_RATIO, structured_prune
+from ..passes.structured import DEFAULT_ALIGN, DEFAULT_MAX_RATIO, structured_prune
 from ..paths import atomic_write_bytes, check_outputs
 from ..search.prune_budget import prune_to_budget
 from ..search.sensitivity import parse_ratios, sensitivity
@@ -128,6 +128,20 @@ def _print_structured_table(stats: dict, output: str) -> None:
     show_default=True,
     help="With --structured: the largest fraction of any channel group removed.",
 )
+@click.option(
+    "--align",
+    type=click.IntRange(1),
+    default=DEFAULT_ALIGN,
+    show_default=True,
+    help="With --structured: kept channel counts are multiples of this (ORT's fast conv layouts).",
+)
+@click.option(
+    "--calib",
+    "calib_path",
+    type=click.Path(dir_okay=False),
+    help="With --structured: .npz inputs to rank channels by their measured effect and fold the removed "
+    "channels' means into biases (default with --budget: the --data inputs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
 def prune_command(
     model,
@@ -143,6 +157,8 @@ def prune_command(
     seed,
     structured,
     max_ratio,
+    align,
+    calib_path,
     as_json,
 ) -> None:
     """Zero the smallest-magnitude weights of MODEL and write OUT (same graph, names and dtypes);
@@ -164,16 +180,23 @@ def prune_command(
     loaded, external_files = load_model_and_files(model)
     check_outputs(
         {"-o": output},
-        {"the input model": model, "the model's external data": external_files, "--data": data_path},
+        {
+            "the input model": model,
+            "the model's external data": external_files,
+            "--data": data_path,
+            "--calib": calib_path,
+        },
     )
     if structured:
+        calib = load_dataset(calib_path, loaded) if calib_path else None
+        options = {"max_ratio": max_ratio, "exclude": exclude, "align": align, "calib": calib}
         if budget is not None:
             evals = min(max_evals, DEFAULT_MAX_EVALS)
             new_model, stats = structured_to_budget(
-                loaded, load_dataset(data_path, loaded), budget, max_ratio=max_ratio, exclude=exclude, max_evals=evals
+                loaded, load_dataset(data_path, loaded), budget, max_evals=evals, **options
             )
         else:
-            new_model, stats = structured_prune(loaded, sparsity, max_ratio=max_ratio, exclude=exclude)
+            new_model, stats = structured_prune(loaded, sparsity, **options)
         save_model(new_model, output, input_path=model)
         report_pass(stats, as_json, lambda: _print_structured_table(stats, output))
         return

@@ -10,12 +10,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 NORMS = ("l1", "l2")
 DEFAULT_MAX_RATIO = 0.75  # no group loses more than this fraction of its channels
+# Kept channel counts are rounded to a multiple of this (in groups of at least twice as many):
+# ONNX Runtime's CPU convolutions run blocked layouts of 8 channels, and a count off the block
+# can make a pruned model slower than the original (benchmarks/README.md).
+DEFAULT_ALIGN = 8
 
 
 def channel_norms(weight: np.ndarray, axis: int, norm: str = "l2") -> np.ndarray:
@@ -48,13 +53,24 @@ def group_cap(size: int, blocks: int, max_ratio: float) -> int:
     return blocks * min(int(np.floor(max_ratio * per_block)), per_block - 1)
 
 
+def aligned_kept(size: int, kept: int, blocks: int = 1, align: int = 1) -> int:
+    """`kept` rounded to the nearest multiple of `align` (and of `blocks`), at least one such
+    step; groups smaller than two steps of `align` only round to `blocks`."""
+    step = math.lcm(max(align, 1), blocks) if size >= 2 * max(align, 1) else blocks
+    return min(size, max(step, int(round(kept / step)) * step))
+
+
 def global_keep(
-    scores: Sequence[np.ndarray], ratio: float, max_ratio: float = DEFAULT_MAX_RATIO, blocks: Sequence[int] = ()
+    scores: Sequence[np.ndarray],
+    ratio: float,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    blocks: Sequence[int] = (),
+    align: int = 1,
 ) -> list[np.ndarray]:
     """Sorted kept channel indices per group: ``round(ratio * total)`` channels with the lowest
     scores over all groups removed (ties: group order, then channel), each group within its
-    ``group_cap``; a grouped conv's count is then rounded down to its blocks, taking the lowest
-    of each block."""
+    ``group_cap``; a group that loses some then keeps ``aligned_kept`` channels (a grouped
+    conv the lowest of each block)."""
     blocks = list(blocks) or [1] * len(scores)
     sizes = np.array([len(s) for s in scores], np.int64)
     total = int(sizes.sum())
@@ -77,7 +93,11 @@ def global_keep(
     counts = np.bincount(g[chosen], minlength=len(scores))
     keep = []
     for gid, s in enumerate(scores):
-        keep.append(_kept(np.asarray(s, np.float64), int(counts[gid]), blocks[gid]))
+        removed = int(counts[gid])
+        if removed:
+            size = int(sizes[gid])
+            removed = size - aligned_kept(size, size - removed, blocks[gid], align)
+        keep.append(_kept(np.asarray(s, np.float64), removed, blocks[gid]))
     return keep
 
 

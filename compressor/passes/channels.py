@@ -61,6 +61,23 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Sink:
+    """A constant-weight layer that reads the group's channels: channel c of `value` (along
+    `value_axis`) meets the slice c of `weight` along `axis` (`unit` consecutive slices for a
+    flatten into a Gemm/MatMul).  Where a channel's loss shows, and where its mean can be
+    folded into a bias."""
+
+    node: str
+    op: str
+    value: str
+    value_axis: int
+    weight: str
+    axis: int
+    output: str
+    unit: int = 1
+
+
+@dataclass(frozen=True)
 class ExpandedSink:
     """A flatten of [N, C, ...] into a constant-weight Gemm/MatMul: channel c is the `unit`
     consecutive rows c*unit .. (c+1)*unit-1 of `weight` along `axis`."""
@@ -78,6 +95,7 @@ class ChannelGroup:
     slots: list[Slot]
     sources: list[Source] = field(default_factory=list)
     expanded: list[ExpandedSink] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
     depthwise: list[str] = field(default_factory=list)  # Conv nodes whose `group` is this group's size
     blocks: int = 1  # grouped convs: the channels form `blocks` equal blocks that must stay equal
     blocked: str | None = None  # why the group cannot be pruned
@@ -138,6 +156,7 @@ class _Context:
         self.blocked: dict[Slot, str] = {}
         self.sources: dict[Slot, list[Source]] = {}
         self.expanded: dict[Slot, list[ExpandedSink]] = {}
+        self.sinks: dict[Slot, list[Sink]] = {}
         self.depthwise: dict[Slot, list[str]] = {}
         self.blocks: dict[Slot, int] = {}
         self.touched: set[Slot] = set()
@@ -155,6 +174,10 @@ class _Context:
     def join(self, a: Slot, b: Slot) -> None:
         self.touched.update((a, b))
         self.uf.union(a, b)
+
+    def sink(self, node: onnx.NodeProto, value: str, value_axis: int, weight: str, axis: int, unit: int = 1) -> None:
+        found = Sink(node.name, node.op_type, value, value_axis, weight, axis, node.output[0], unit)
+        self.sinks.setdefault((value, value_axis), []).append(found)
 
     def weight(self, name: str) -> None:
         self.weight_slots.update((name, axis) for axis in range(self.rank(name)))
@@ -253,6 +276,7 @@ def _rule_conv(ctx, node) -> bool:
         ctx.join((y, 1), (bias, 0))
     if group == 1:
         ctx.join((x, 1), (w, 1))
+        ctx.sink(node, x, 1, w, 1)
         ctx.sources.setdefault((w, 0), []).append(Source(w, 0, node.name, "Conv", y))
     elif group == c_in == c_out:  # depthwise: the channel passes through
         ctx.join((x, 1), (y, 1))
@@ -273,6 +297,7 @@ def _rule_conv_transpose(ctx, node) -> bool:
     ctx.weight(w)
     ctx.join((x, 0), (y, 0))
     ctx.join((x, 1), (w, 0))
+    ctx.sink(node, x, 1, w, 0)
     ctx.join((y, 1), (w, 1))
     if len(node.input) > 2 and node.input[2]:
         ctx.join((y, 1), (node.input[2], 0))
@@ -292,6 +317,7 @@ def _rule_gemm(ctx, node) -> bool:
     if b in ctx.constants:
         ctx.weight(b)
         ctx.join((a, k_a), (b, k_b))
+        ctx.sink(node, a, k_a, b, k_b)
         ctx.sources.setdefault((b, n_b), []).append(Source(b, n_b, node.name, "Gemm", y))
     if len(node.input) > 2 and node.input[2]:
         return _join_broadcast(ctx, [node.input[2]], y)
@@ -316,6 +342,8 @@ def _rule_matmul(ctx, node) -> bool:
     ctx.join((b, rb - 1), (y, ry - 1))
     if b in ctx.constants or a in ctx.constants:  # a constant side: the contraction is a weight slice
         ctx.weight(b if b in ctx.constants else a)
+        if b in ctx.constants and rb == 2:
+            ctx.sink(node, a, ra - 1, b, 0)
         ctx.join((a, ra - 1), (b, rb - 2))
     if b in ctx.constants and rb == 2:
         ctx.sources.setdefault((b, 1), []).append(Source(b, 1, node.name, "MatMul", y))
@@ -430,7 +458,7 @@ def _rule_unsqueeze(ctx, node) -> bool:
     return True
 
 
-def _single_use_weight_consumers(ctx: _Context, value: str) -> list[tuple[str, int]] | None:
+def _single_use_weight_consumers(ctx: _Context, value: str) -> list[tuple[onnx.NodeProto, str, int]] | None:
     """(weight, row axis) of every consumer of `value` when each is a Gemm/MatMul multiplying it
     by a constant 2-D weight used nowhere else; None otherwise."""
     found = []
@@ -442,9 +470,9 @@ def _single_use_weight_consumers(ctx: _Context, value: str) -> list[tuple[str, i
         if w not in ctx.constants or ctx.rank(w) != 2 or not single:
             return None
         if consumer.op_type == "Gemm" and not int(_attr(consumer, "transA", 0)):
-            found.append((w, 1 if int(_attr(consumer, "transB", 0)) else 0))
+            found.append((consumer, w, 1 if int(_attr(consumer, "transB", 0)) else 0))
         elif consumer.op_type == "MatMul":
-            found.append((w, 0))
+            found.append((consumer, w, 0))
         else:
             return None
     return found or None
@@ -475,8 +503,9 @@ def _rule_flatten(ctx, node) -> bool:
     if sinks is None:
         return False
     ctx.ok((x, 1))
-    for w, axis in sinks:
+    for consumer, w, axis in sinks:
         ctx.expanded.setdefault((x, 1), []).append(ExpandedSink(w, axis, unit, y))
+        ctx.sink(consumer, x, 1, w, axis, unit)
     return True  # the spatial axes and the flat axis stay blocked (untouched)
 
 
@@ -579,6 +608,7 @@ def _groups(ctx: _Context) -> Analysis:
             slot_group[slot] = gid
             group.sources += ctx.sources.get(slot, [])
             group.expanded += ctx.expanded.get(slot, [])
+            group.sinks += ctx.sinks.get(slot, [])
             group.depthwise += ctx.depthwise.get(slot, [])
             if slot in ctx.blocks:
                 blocks = ctx.blocks[slot]

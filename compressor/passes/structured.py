@@ -21,17 +21,32 @@ import onnx
 from onnx import numpy_helper
 
 from .. import graph
+from ..data import Dataset
 from ..errors import UsageError
-from .channel_plan import DEFAULT_MAX_RATIO, NORMS, batchnorm_scale, channel_norms, global_keep, group_scores
-from .channels import Analysis, ChannelGroup, analyze
+from ..evaluate import capture
+from .channel_plan import (
+    DEFAULT_ALIGN,
+    DEFAULT_MAX_RATIO,
+    NORMS,
+    batchnorm_scale,
+    channel_norms,
+    global_keep,
+    group_scores,
+)
+from .channels import Analysis, ChannelGroup, Sink, analyze
 from .channels import constants as graph_constants
 
 __all__ = [
+    "DEFAULT_ALIGN",
     "DEFAULT_MAX_RATIO",
     "Analysis",
     "analyze",
     "check_structured_options",
     "importance",
+    "Pruner",
+    "channel_statistics",
+    "data_importance",
+    "fold_removed_means",
     "mask_channels",
     "plan_keep",
     "remove_channels",
@@ -88,6 +103,127 @@ def importance(model: onnx.ModelProto, analysis: Analysis, groups: list[ChannelG
     return scores
 
 
+# --------------------------------------------------------------------------- data-aware
+
+
+def _sink_key(sink: Sink) -> tuple[str, int, int]:
+    return (sink.value, sink.value_axis, sink.unit)
+
+
+def channel_statistics(
+    model: onnx.ModelProto, groups: list[ChannelGroup], data: Dataset
+) -> dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]]:
+    """(mean, variance) of every channel the groups' sinks read, on `data` (one pass): per
+    channel, or per channel and flattened position ([C, unit]) for a flatten's sinks."""
+    keys = sorted({_sink_key(s) for g in groups for s in g.sinks})
+    if not keys:
+        return {}
+    sums: dict[tuple, list] = {}
+    for batch in capture(model, sorted({k[0] for k in keys}), data):
+        for key in keys:
+            name, axis, unit = key
+            x = np.asarray(batch[name], np.float64)
+            if unit == 1:
+                rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+            else:
+                rows = x.reshape(x.shape[0], -1)
+            acc = sums.setdefault(key, [0, 0.0, 0.0])
+            acc[0] += rows.shape[0]
+            acc[1] = acc[1] + rows.sum(axis=0)
+            acc[2] = acc[2] + np.einsum("ij,ij->j", rows, rows)
+    found = {}
+    for (name, axis, unit), (n, total, squares) in sums.items():
+        mean = total / max(n, 1)
+        var = np.maximum(squares / max(n, 1) - mean * mean, 0.0)
+        found[(name, axis, unit)] = (mean.reshape(-1, unit), var.reshape(-1, unit))
+    return found
+
+
+def _rows_by_channel(weight: np.ndarray, axis: int, unit: int) -> np.ndarray:
+    """The weight as [channels, unit, everything else] (the slices a sink reads per channel)."""
+    moved = np.moveaxis(np.asarray(weight, np.float64), axis, 0)
+    return moved.reshape(moved.shape[0] // unit, unit, -1)
+
+
+def data_importance(analysis: Analysis, groups: list[ChannelGroup], stats) -> list[np.ndarray]:
+    """Per channel: at each sink, the output error energy its removal leaves (variance x the
+    squared norm of the weights that read it; the mean is folded into a bias) as a fraction
+    of the sink's total, summed over the sinks.  Fractions compare across layers."""
+    scores = []
+    for g in groups:
+        total = np.zeros(g.size)
+        for sink in g.sinks:
+            rows = _rows_by_channel(analysis.constants[sink.weight], sink.axis, sink.unit)
+            _mean, var = stats[_sink_key(sink)]
+            energy = (var * np.einsum("cuk,cuk->cu", rows, rows)).sum(axis=1)
+            if energy.sum() > 0:
+                total += energy / energy.sum()
+        scores.append(total)
+    return scores
+
+
+def _bias_target(model: onnx.ModelProto, analysis: Analysis, sink: Sink) -> tuple[str, float] | None:
+    """(constant, sign) that absorbs a constant added to the sink's output channels: its own
+    bias, the bias Add that alone reads it, or the running mean of the BatchNorm that does
+    (subtracted).  None when there is none or it is shared."""
+    consumers = graph.consumers_of(model.graph)
+    node = next(n for n in model.graph.node if n.name == sink.node and n.output[0] == sink.output)
+
+    def own(name: str) -> bool:
+        return name in analysis.constants and name not in analysis.aliases and len(consumers.get(name, [])) == 1
+
+    if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+        return (node.input[2], 1.0) if own(node.input[2]) else None
+    users = consumers.get(sink.output, [])
+    if len(users) != 1:
+        return None
+    user, _ = users[0]
+    if user.op_type == "Add":
+        other = [i for i in user.input if i != sink.output]
+        if len(other) == 1 and own(other[0]) and analysis.constants[other[0]].ndim == 1:
+            return other[0], 1.0
+    if user.op_type == "BatchNormalization" and own(user.input[3]):
+        return user.input[3], -1.0
+    return None
+
+
+def fold_removed_means(
+    model: onnx.ModelProto, analysis: Analysis, groups: list[ChannelGroup], keep: Keep, stats
+) -> tuple[onnx.ModelProto, int]:
+    """A copy of the model where each sink's bias absorbs the mean contribution of the channels
+    `keep` removes (so a removed channel takes its average away, not its value); returns it and
+    the number of sinks that had no bias to absorb it."""
+    deltas: dict[str, np.ndarray] = {}
+    missing = 0
+    for g in groups:
+        if g.id not in keep:
+            continue
+        removed = np.setdiff1d(np.arange(g.size), keep[g.id])
+        for sink in g.sinks:
+            target = _bias_target(model, analysis, sink) if sink.op != "ConvTranspose" else None
+            if target is None:
+                missing += 1
+                continue
+            mean, _var = stats[_sink_key(sink)]
+            rows = _rows_by_channel(analysis.constants[sink.weight], sink.axis, sink.unit)[removed]
+            if sink.op == "Conv":  # [O, C, k...]: rows are [C, 1, O * taps]
+                out = rows.reshape(len(removed), 1, analysis.constants[sink.weight].shape[0], -1).sum(axis=-1)
+            else:
+                out = rows
+            delta = np.einsum("cu,cuo->o", mean[removed], out)
+            name, sign = target
+            if analysis.constants[name].size != delta.size:
+                missing += 1
+                continue
+            deltas[name] = deltas.get(name, 0.0) + sign * delta
+    if not deltas:
+        return model, missing
+    out_model = graph.copy_model(model)
+    for name, delta in deltas.items():
+        _replace_constant(out_model, name, lambda v, d=delta: (v + d.reshape(v.shape)).astype(v.dtype))
+    return out_model, missing
+
+
 def selectable(analysis: Analysis, exclude: str | None = None) -> list[ChannelGroup]:
     """The prunable groups, without those with a source weight matching `exclude`."""
     pattern = re.compile(exclude) if exclude else None
@@ -95,10 +231,15 @@ def selectable(analysis: Analysis, exclude: str | None = None) -> list[ChannelGr
 
 
 def plan_keep(
-    groups: list[ChannelGroup], scores, sparsity: float, max_ratio: float = DEFAULT_MAX_RATIO
+    groups: list[ChannelGroup],
+    scores,
+    sparsity: float,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    align: int = 1,
 ) -> dict[int, np.ndarray]:
-    """Kept channels of each group that loses some, for a global channel ratio `sparsity`."""
-    keep = global_keep(scores, sparsity, max_ratio, [g.blocks for g in groups])
+    """Kept channels of each group that loses some, for a global channel ratio `sparsity`
+    (kept counts rounded to multiples of `align`, see ``channel_plan.aligned_kept``)."""
+    keep = global_keep(scores, sparsity, max_ratio, [g.blocks for g in groups], align)
     return {g.id: k for g, k in zip(groups, keep) if len(k) < g.size}
 
 
@@ -211,6 +352,7 @@ def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGrou
     removed = sum(g.size - len(k) for gid, k in keep.items() for g in [analysis.groups[gid]])
     return {
         "groups": rows,
+        "kept_channels": {str(gid): [int(i) for i in kept] for gid, kept in keep.items()},
         "untouchable": untouchable,
         "totals": {
             "prunable_groups": len(groups),
@@ -225,21 +367,61 @@ def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGrou
     }
 
 
+class Pruner:
+    """One model's analysis and channel ranking, and candidates built from it: with
+    calibration data the ranking is ``data_importance`` and removed channels' means are folded
+    into biases; without, filter norms."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        calib: Dataset | None = None,
+        norm: str = "l2",
+        max_ratio: float = DEFAULT_MAX_RATIO,
+        exclude: str | None = None,
+        align: int = DEFAULT_ALIGN,
+    ):
+        self.model, self.max_ratio, self.align = model, max_ratio, align
+        self.analysis = analyze(model)
+        self.groups = selectable(self.analysis, exclude)
+        self.stats = channel_statistics(model, self.groups, calib) if calib is not None and self.groups else None
+        if self.stats is not None:
+            self.scores = data_importance(self.analysis, self.groups, self.stats)
+        else:
+            self.scores = importance(model, self.analysis, self.groups, norm) if self.groups else []
+        self.unfolded = 0
+
+    def keep(self, ratio: float) -> dict[int, np.ndarray]:
+        return plan_keep(self.groups, self.scores, ratio, self.max_ratio, self.align) if self.groups else {}
+
+    def build(self, keep: Keep) -> onnx.ModelProto:
+        model = self.model
+        if self.stats is not None and keep:
+            model, self.unfolded = fold_removed_means(model, self.analysis, self.groups, keep, self.stats)
+        return remove_channels(model, self.analysis, keep)
+
+    def report(self, pruned: onnx.ModelProto, keep: Keep) -> dict:
+        stats = structured_stats(self.model, pruned, self.analysis, self.groups, keep)
+        stats["importance"] = "data" if self.stats is not None else "norm"
+        if not self.groups:
+            stats["warnings"].append("no channel group can be pruned (see 'untouchable')")
+        return stats
+
+
 def structured_prune(
     model: onnx.ModelProto,
     sparsity: float,
     norm: str = "l2",
     max_ratio: float = DEFAULT_MAX_RATIO,
     exclude: str | None = None,
+    calib: Dataset | None = None,
+    align: int = DEFAULT_ALIGN,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Remove the `sparsity` fraction of the prunable channels with the lowest importance."""
+    """Remove the `sparsity` fraction of the prunable channels with the lowest importance
+    (with `calib`: measured on it, and the removed channels' means folded into biases)."""
     check_structured_options(sparsity, max_ratio, norm)
-    analysis = analyze(model)
-    groups = selectable(analysis, exclude)
-    keep = plan_keep(groups, importance(model, analysis, groups, norm), sparsity, max_ratio) if groups else {}
-    pruned = remove_channels(model, analysis, keep)
-    stats = structured_stats(model, pruned, analysis, groups, keep)
-    stats["sparsity"] = sparsity
-    if not groups:
-        stats["warnings"].append("no channel group can be pruned (see 'untouchable')")
+    pruner = Pruner(model, calib, norm, max_ratio, exclude, align)
+    keep = pruner.keep(sparsity)
+    pruned = pruner.build(keep)
+    stats = pruner.report(pruned, keep)
     return pruned, stats

@@ -12,16 +12,8 @@ import onnx
 
 from ..data import Dataset
 from ..measure import Judge
-from ..passes.channel_plan import DEFAULT_MAX_RATIO, group_cap
-from ..passes.structured import (
-    analyze,
-    check_structured_options,
-    importance,
-    plan_keep,
-    remove_channels,
-    selectable,
-    structured_stats,
-)
+from ..passes.channel_plan import DEFAULT_ALIGN, DEFAULT_MAX_RATIO, group_cap
+from ..passes.structured import Pruner, check_structured_options
 
 DEFAULT_MAX_EVALS = 8
 
@@ -46,26 +38,28 @@ def structured_to_budget(
     exclude: str | None = None,
     max_evals: int = DEFAULT_MAX_EVALS,
     judge: Judge | None = None,
+    calib: Dataset | None = None,
+    align: int = DEFAULT_ALIGN,
 ) -> tuple[onnx.ModelProto, dict]:
     """Remove as many channels as the judge allows within `budget` points (bisection over the
-    global ratio, at most `max_evals` candidates measured)."""
+    global ratio, at most `max_evals` candidates measured).  The channel statistics (ranking,
+    means folded into biases) come from `calib`, else from `data`."""
     check_structured_options(0.0, max_ratio, norm)
     if judge is None:
         judge = Judge.of_model(model, data)
     runs_before = judge.runs
-    analysis = analyze(model)
-    groups = selectable(analysis, exclude)
-    scores = importance(model, analysis, groups, norm) if groups else []
+    pruner = Pruner(model, calib if calib is not None else data, norm, max_ratio, exclude, align)
+    groups = pruner.groups
     total = sum(g.size for g in groups)
     reachable = sum(group_cap(g.size, g.blocks, max_ratio) for g in groups) / total if total else 0.0
     trials: list[dict] = []
     seen: dict[int, tuple[dict, onnx.ModelProto, dict]] = {}
 
     def measure(ratio: float):
-        keep = plan_keep(groups, scores, ratio, max_ratio)
-        removed = int(sum(analysis.groups[gid].size - len(k) for gid, k in keep.items()))
+        keep = pruner.keep(ratio)
+        removed = int(sum(pruner.analysis.groups[gid].size - len(k) for gid, k in keep.items()))
         if removed not in seen:
-            candidate = remove_channels(model, analysis, keep)
+            candidate = pruner.build(keep)
             metrics = judge.measure_model(candidate)
             metrics["within_budget"] = judge.fits(metrics, budget)
             seen[removed] = (metrics, candidate, keep)
@@ -88,10 +82,10 @@ def structured_to_budget(
         else:
             hi = ratio
     if best is None:
-        final_metrics, pruned, keep = dict(judge.baseline), remove_channels(model, analysis, {}), {}
+        final_metrics, pruned, keep = dict(judge.baseline), pruner.build({}), {}
     else:
         final_metrics, pruned, keep = best
-    stats = structured_stats(model, pruned, analysis, groups, keep)
+    stats = pruner.report(pruned, keep)
     stats["sparsity"] = round(best_ratio, 6)
     stats["budget"] = {
         "budget_points": budget,
@@ -101,6 +95,4 @@ def structured_to_budget(
         "evaluations": judge.runs - runs_before,
         "trials": sorted(trials, key=lambda t: t["ratio"]),
     }
-    if not groups:
-        stats["warnings"].append("no channel group can be pruned (see 'untouchable')")
     return pruned, stats
