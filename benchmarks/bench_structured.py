@@ -32,12 +32,7 @@ import common  # noqa: E402,F401  (puts the repository on sys.path too)
 from compressor.data import load_dataset  # noqa: E402
 from compressor.evaluate import accuracy, make_session, ort_counts, run_model  # noqa: E402
 from compressor.graph import load_model  # noqa: E402
-from compressor.passes.structured import (  # noqa: E402
-    analyze,
-    channel_statistics,
-    fold_removed_means,
-    mask_channels,
-)
+from compressor.passes.structured import Pruner, mask_channels  # noqa: E402
 from compressor.search.structured_budget import structured_to_budget  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -62,30 +57,25 @@ def latency_alternating(sessions: list, feed: dict, runs: int = RUNS) -> list[fl
     return [float(statistics.median(t)) for t in times]
 
 
-def stats_of(model, analysis, calib):
-    return channel_statistics(model, analysis.prunable(), calib)
-
-
-def bench_model(name: str, model_path: Path, budget: float, threads: int) -> dict:
+def bench_model(name: str, model_path: Path, budget: float, threads: int, refit: bool = True) -> dict:
     model = load_model(model_path)
     data = load_dataset(model_path.with_name(f"{name}_test.npz"), model)
     calib = load_dataset(model_path.with_name(f"{name}_calib.npz"), model)
     counts0 = ort_counts()
     t0 = time.perf_counter()
-    pruned, stats = structured_to_budget(model, data, budget, calib=calib)
+    pruned, stats = structured_to_budget(model, data, budget, calib=calib, refit=refit)
     search_seconds = time.perf_counter() - t0
     counts1 = ort_counts()
     # Accuracy before/after on the whole test set, and removal == masking on a batch.
     ref_acc = accuracy(run_model(model, data)[0], data.labels)
     new_out = run_model(pruned, data)[0]
     new_acc = accuracy(new_out, data.labels)
-    analysis = analyze(model)
     masked_diff = None
     kept = {int(k): np.asarray(v) for k, v in stats["kept_channels"].items()}
     if kept:
-        # The same choice as zeros, on the model with the removed channels' means in its biases.
-        folded, _ = fold_removed_means(model, analysis, analysis.prunable(), kept, stats_of(model, analysis, calib))
-        masked = mask_channels(folded, analysis, kept)
+        # The same choice as zeros, on the model with the compensation (means, refit) applied.
+        pruner = Pruner(model, calib, refit=refit)
+        masked = mask_channels(pruner.prepared(kept), pruner.analysis, kept)
         sample = data.take(LATENCY_BATCH)
         masked_diff = float(np.max(np.abs(run_model(masked, sample)[0] - run_model(pruned, sample)[0])))
     idx = np.arange(LATENCY_BATCH) % data.size
@@ -149,6 +139,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default=",".join(ZOO_MODELS + SAMPLE_MODELS))
+    parser.add_argument("--no-refit", action="store_true", help="Fold the removed means only (no least squares).")
     args = parser.parse_args()
     rows = []
     for name in args.models.split(","):
@@ -157,7 +148,7 @@ def main() -> int:
         if not model_path.exists():
             print(f"skipped {name}: no {model_path} (build the zoo with `make bench` first)", file=sys.stderr)
             continue
-        row = bench_model(name, model_path, args.budget, args.threads)
+        row = bench_model(name, model_path, args.budget, args.threads, refit=not args.no_refit)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "trials"}), flush=True)
     meta = {

@@ -27,6 +27,7 @@ from compressor.evaluate import make_session, run_model
 from compressor.passes.channel_plan import aligned_kept, channel_norms, global_keep, group_cap, group_scores
 from compressor.passes.channels import constants
 from compressor.passes.structured import (
+    Pruner,
     analyze,
     importance,
     mask_channels,
@@ -295,3 +296,45 @@ def test_importance_uses_the_batchnorm_scale():
     analysis = analyze(model)
     score = importance(model, analysis, [g16])[0]
     assert int(np.argmin(score)) == 3
+
+
+# --------------------------------------------------------------------------- compensation
+
+
+@pytest.mark.parametrize("name", ["conv_bn_chain", "depthwise_resnet", "conv_net_flatten", "mlp_matmul_bias"])
+def test_compensated_removal_equals_its_masked_twin_and_is_closer(name):
+    model = BUILDERS[name]()
+    calib = make_inputs(model, n=512, seed=3)
+    data = make_inputs(model, n=16, seed=4)
+    reference = run_model(model, data)[0]
+    errors = {}
+    for label, kwargs in {"plain": {"calib": None}, "fold": {"refit": False}, "refit": {}}.items():
+        pruner = Pruner(model, **{"calib": calib, **kwargs}, align=1)
+        keep = pruner.keep(0.3)
+        assert keep
+        pruned = pruner.build(keep)
+        onnx.checker.check_model(pruned, full_check=True)
+        out = run_model(pruned, data)[0]
+        masked = run_model(mask_channels(pruner.prepared(keep), pruner.analysis, keep), data)[0]
+        np.testing.assert_allclose(out, masked, rtol=0, atol=2e-5 * max(1.0, float(np.abs(masked).max())))
+        errors[label] = float(np.mean((out - reference) ** 2))
+    assert errors["refit"] <= errors["fold"] * 1.05
+    assert errors["refit"] < errors["plain"]
+
+
+def test_refit_restores_a_layer_whose_removed_input_is_a_copy_of_a_kept_one():
+    # fc1's neurons 0 and 1 are identical: removing 1 and refitting fc2 gives the exact output.
+    b = _Builder(seed=21)
+    w1 = b.rng.normal(0, 0.3, (8, 4)).astype(np.float32)
+    w1[:, 1] = w1[:, 0]
+    b.const("fc1.weight", w1)
+    h = b.node("Relu", [b.node("MatMul", ["x", "fc1.weight"], name="fc1")])
+    b.linear(h, 4, 6, "fc2", out="y")
+    model = b.model("dup", [_vi("x", ["N", 8])], [_vi("y", ["N", 6])])
+    calib = make_inputs(model, n=256, seed=5)
+    pruner = Pruner(model, calib, align=1)
+    group = pruner.groups[0]
+    keep = {group.id: np.array([0, 2, 3])}
+    pruned = pruner.build(keep)
+    data = make_inputs(model, n=32, seed=6)
+    np.testing.assert_allclose(run_model(pruned, data)[0], run_model(model, data)[0], atol=0.05)

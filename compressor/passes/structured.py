@@ -35,6 +35,7 @@ from .channel_plan import (
 )
 from .channels import Analysis, ChannelGroup, Sink, analyze
 from .channels import constants as graph_constants
+from .structured_refit import SinkRefit
 
 __all__ = [
     "DEFAULT_ALIGN",
@@ -188,18 +189,28 @@ def _bias_target(model: onnx.ModelProto, analysis: Analysis, sink: Sink) -> tupl
 
 
 def fold_removed_means(
-    model: onnx.ModelProto, analysis: Analysis, groups: list[ChannelGroup], keep: Keep, stats
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    groups: list[ChannelGroup],
+    keep: Keep,
+    stats,
+    refit: SinkRefit | None = None,
 ) -> tuple[onnx.ModelProto, int]:
     """A copy of the model where each sink's bias absorbs the mean contribution of the channels
-    `keep` removes (so a removed channel takes its average away, not its value); returns it and
+    `keep` removes (so a removed channel takes its average away, not its value), or, for the
+    sinks `refit` covers, their kept weights and bias refit by least squares; returns it and
     the number of sinks that had no bias to absorb it."""
     deltas: dict[str, np.ndarray] = {}
     missing = 0
+    refit_removed: dict[str, np.ndarray] = {}
     for g in groups:
         if g.id not in keep:
             continue
         removed = np.setdiff1d(np.arange(g.size), keep[g.id])
         for sink in g.sinks:
+            if refit is not None and refit.covers(sink):
+                refit_removed[sink.weight] = removed
+                continue
             target = _bias_target(model, analysis, sink) if sink.op != "ConvTranspose" else None
             if target is None:
                 missing += 1
@@ -216,9 +227,16 @@ def fold_removed_means(
                 missing += 1
                 continue
             deltas[name] = deltas.get(name, 0.0) + sign * delta
-    if not deltas:
+    weights: dict[str, np.ndarray] = {}
+    if refit_removed:
+        weights, refit_deltas = refit.refit(refit_removed)
+        for name, delta in refit_deltas.items():
+            deltas[name] = deltas.get(name, 0.0) + delta
+    if not deltas and not weights:
         return model, missing
     out_model = graph.copy_model(model)
+    for name, values in weights.items():
+        _replace_constant(out_model, name, lambda v, new=values: new)
     for name, delta in deltas.items():
         _replace_constant(out_model, name, lambda v, d=delta: (v + d.reshape(v.shape)).astype(v.dtype))
     return out_model, missing
@@ -367,6 +385,23 @@ def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGrou
     }
 
 
+def channel_costs(model: onnx.ModelProto, groups: list[ChannelGroup]) -> list[float]:
+    """MACs (batch 1) one channel of each group costs: its share of every source's and sink's
+    multiply-accumulates (the filter's parameters where shapes are unknown)."""
+    macs = {row["node"]: row["macs"] for row in graph.node_macs(model)}
+    by_output = {}
+    for i, node in enumerate(model.graph.node):
+        by_output[node.output[0]] = macs.get(node.name or f"{node.op_type}_{i}")
+    costs = []
+    for g in groups:
+        total = 0.0
+        for output in [s.output for s in g.sources] + [s.output for s in g.sinks]:
+            m = by_output.get(output)
+            total += (m if m is not None else 0) / g.size
+        costs.append(total if total > 0 else 1.0)
+    return costs
+
+
 class Pruner:
     """One model's analysis and channel ranking, and candidates built from it: with
     calibration data the ranking is ``data_importance`` and removed channels' means are folded
@@ -380,25 +415,42 @@ class Pruner:
         max_ratio: float = DEFAULT_MAX_RATIO,
         exclude: str | None = None,
         align: int = DEFAULT_ALIGN,
+        cost: str = "macs",
+        refit: bool = True,
     ):
         self.model, self.max_ratio, self.align = model, max_ratio, align
         self.analysis = analyze(model)
         self.groups = selectable(self.analysis, exclude)
         self.stats = channel_statistics(model, self.groups, calib) if calib is not None and self.groups else None
+        self.refit = None
+        if self.stats is not None and refit:
+            self.refit = SinkRefit(
+                model, self.analysis, self.groups, calib, lambda sink: _bias_target(model, self.analysis, sink)
+            )
         if self.stats is not None:
             self.scores = data_importance(self.analysis, self.groups, self.stats)
         else:
             self.scores = importance(model, self.analysis, self.groups, norm) if self.groups else []
+        if cost == "macs" and self.groups:
+            # A channel's importance per MAC it costs: what goes first is cheap to lose and
+            # expensive to run (cost is uniform within a group: only the groups' balance moves).
+            costs = channel_costs(model, self.groups)
+            self.scores = [s / c for s, c in zip(self.scores, costs)]
         self.unfolded = 0
 
     def keep(self, ratio: float) -> dict[int, np.ndarray]:
         return plan_keep(self.groups, self.scores, ratio, self.max_ratio, self.align) if self.groups else {}
 
+    def prepared(self, keep: Keep) -> onnx.ModelProto:
+        """The full-size model with the compensation for removing the channels not in `keep`
+        (means folded, sinks refit) applied: its masked twin is the pruned model."""
+        if self.stats is None or not keep:
+            return self.model
+        model, self.unfolded = fold_removed_means(self.model, self.analysis, self.groups, keep, self.stats, self.refit)
+        return model
+
     def build(self, keep: Keep) -> onnx.ModelProto:
-        model = self.model
-        if self.stats is not None and keep:
-            model, self.unfolded = fold_removed_means(model, self.analysis, self.groups, keep, self.stats)
-        return remove_channels(model, self.analysis, keep)
+        return remove_channels(self.prepared(keep), self.analysis, keep)
 
     def report(self, pruned: onnx.ModelProto, keep: Keep) -> dict:
         stats = structured_stats(self.model, pruned, self.analysis, self.groups, keep)
