@@ -338,3 +338,23 @@ def test_refit_restores_a_layer_whose_removed_input_is_a_copy_of_a_kept_one():
     pruned = pruner.build(keep)
     data = make_inputs(model, n=32, seed=6)
     np.testing.assert_allclose(run_model(pruned, data)[0], run_model(model, data)[0], atol=0.05)
+
+
+def test_old_style_initializer_inputs_and_unnamed_nodes():
+    # Opset-9 style: every initializer also listed as a graph input; nodes without names.
+    model = depthwise_resnet(c=16)
+    for node in model.graph.node:
+        node.name = ""
+    for t in model.graph.initializer:
+        model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    analysis = analyze(model)
+    groups = selectable(analysis)
+    assert len(groups) == 1
+    keep = {groups[0].id: np.arange(8)}
+    pruned = remove_channels(model, analysis, keep)
+    onnx.checker.check_model(pruned, full_check=True)
+    groups_attr = [a.i for n in pruned.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert sorted(groups_attr) == [1, 1, 8]
+    data = make_inputs(model, n=4, seed=1)
+    masked = mask_channels(model, analysis, keep)
+    np.testing.assert_allclose(run_model(pruned, data)[0], run_model(masked, data)[0], atol=1e-4)

@@ -96,7 +96,7 @@ class ChannelGroup:
     sources: list[Source] = field(default_factory=list)
     expanded: list[ExpandedSink] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
-    depthwise: list[str] = field(default_factory=list)  # Conv nodes whose `group` is this group's size
+    depthwise: list[str] = field(default_factory=list)  # outputs of Conv nodes whose `group` is this group's size
     blocks: int = 1  # grouped convs: the channels form `blocks` equal blocks that must stay equal
     blocked: str | None = None  # why the group cannot be pruned
 
@@ -282,7 +282,7 @@ def _rule_conv(ctx, node) -> bool:
         ctx.join((x, 1), (y, 1))
         ctx.ok((w, 1))
         ctx.sources.setdefault((w, 0), []).append(Source(w, 0, node.name, "Conv (depthwise)", y))
-        ctx.depthwise.setdefault((y, 1), []).append(node.name)
+        ctx.depthwise.setdefault((y, 1), []).append(y)
     else:  # grouped: output channels removed evenly per group; input channels stay
         ctx.sources.setdefault((w, 0), []).append(Source(w, 0, node.name, "Conv (grouped)", y))
         previous = ctx.blocks.get((y, 1))
@@ -589,7 +589,8 @@ def analyze(model: onnx.ModelProto) -> Analysis:
             for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                 for name in _subgraph_names(sub):
                     ctx.block_value(name, f"read by the subgraph of {reason}")
-    for vi in list(model.graph.input) + list(model.graph.output):
+    # Initializers listed as graph inputs (old exporters) are weights like any other.
+    for vi in graph.graph_inputs(model) + list(model.graph.output):
         ctx.block_value(vi.name, "graph input/output")
     return _groups(ctx)
 

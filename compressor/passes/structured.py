@@ -305,13 +305,13 @@ def remove_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> o
     for gid, kept in keep.items():
         for sink in analysis.groups[gid].expanded:
             new_dims[sink.value] = (None, len(kept) * sink.unit)
-    depthwise = {n: sizes[gid] for gid in keep for n in analysis.groups[gid].depthwise}
+    depthwise = {output: sizes[gid] for gid in keep for output in analysis.groups[gid].depthwise}
     for node in out.graph.node:
-        if node.name in depthwise and node.op_type == "Conv":
+        if node.op_type == "Conv" and node.output[0] in depthwise:
             for a in node.attribute:
                 if a.name == "group":
-                    a.i = depthwise[node.name]
-    for vi in list(out.graph.value_info) + list(out.graph.output):
+                    a.i = depthwise[node.output[0]]
+    for vi in list(out.graph.value_info) + list(out.graph.output) + list(out.graph.input):
         dims = vi.type.tensor_type.shape.dim
         known = new_dims.get(analysis.aliases.get(vi.name, vi.name))
         for axis, d in enumerate(dims):
