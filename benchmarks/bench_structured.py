@@ -125,7 +125,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"`prune --structured --budget {rows[0]['budget_points'] if rows else 1:g} --data <model>_test.npz`; latency: "
         f"ORT CPU, batch {LATENCY_BATCH}, {meta['threads']} intra-op thread(s), median of "
         f"{RUNS} runs per model, the two sessions alternating run by run; channel statistics from "
-        "<model>_calib.npz.  Machine: {meta['machine']['cpu']} "
+        f"<model>_calib.npz.  Machine: {meta['machine']['cpu']} "
         f"({meta['machine']['cpus']} cpus, shared).",
         "",
         "| model | channels removed | params | MACs (batch 1) | latency b64 ms | speedup | accuracy | drop | "
