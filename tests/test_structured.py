@@ -85,6 +85,7 @@ BUILDERS = {
     "mlp_matmul_bias": mlp_with_preprocessing,
     "transformer": transformer_encoder,
     "constant_weights": constant_weights_conv,
+    "paddle_style": lambda: paddle_style_net(),
 }
 
 
@@ -358,3 +359,41 @@ def test_old_style_initializer_inputs_and_unnamed_nodes():
     data = make_inputs(model, n=4, seed=1)
     masked = mask_channels(model, analysis, keep)
     np.testing.assert_allclose(run_model(pruned, data)[0], run_model(masked, data)[0], atol=1e-4)
+
+
+def paddle_style_net() -> onnx.ModelProto:
+    """Biases kept apart and reshaped [C] -> [1, C, 1, 1] before an Add (as Paddle exports
+    them), and a squeeze-excite gate: GlobalAveragePool -> Reshape [0, C] -> Gemm -> ... ->
+    Reshape [0, C, 1, 1] -> Mul."""
+    b = _Builder(seed=14)
+    w = b.weight("c1.weight", (16, 3, 3, 3), 27)
+    h = b.node("Conv", ["x", w], name="c1", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    bias = b.node("Reshape", [b.bias("c1.offset", 16), b.const("c1.shape", np.array([1, 16, 1, 1], np.int64))])
+    h = b.node("Relu", [b.node("Add", [h, bias])])
+    s = b.node("Reshape", [b.node("GlobalAveragePool", [h]), b.const("se.in_shape", np.array([0, 16], np.int64))])
+    s = b.node("Relu", [b.linear(s, 16, 8, "se1", gemm=True)])
+    s = b.node("Sigmoid", [b.linear(s, 8, 16, "se2", gemm=True)])
+    s = b.node("Reshape", [s, b.const("se.out_shape", np.array([0, 16, 1, 1], np.int64))])
+    h = b.node("Mul", [h, s])
+    h = b.node("Relu", [b.conv(h, 16, 16, "c2")])
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])])
+    b.linear(h, 16, 10, "fc", gemm=True, out="logits")
+    return b.model("paddle_style", [_vi("x", ["N", 3, 8, 8])], [_vi("logits", ["N", 10])])
+
+
+def test_reshapes_that_only_move_size_one_axes_follow_the_channels():
+    model = onnx.shape_inference.infer_shapes(paddle_style_net())
+    analysis = analyze(model)
+    by_source = {s.weight: g for g in analysis.groups for s in g.sources}
+    c1 = by_source["c1.weight"]
+    assert c1.prunable and by_source["se2.weight"] is c1  # the gate's channels are c1's
+    assert by_source["se1.weight"].prunable
+    keep = {c1.id: np.arange(0, 16, 2), by_source["se1.weight"].id: np.array([1, 2, 5])}
+    pruned = remove_channels(model, analysis, keep)
+    onnx.checker.check_model(pruned, full_check=True)
+    shapes = {t.name: numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer if "shape" in t.name}
+    assert shapes["c1.shape"] == [1, 8, 1, 1] and shapes["se.in_shape"] == [0, 8]
+    assert shapes["se.out_shape"] == [0, 8, 1, 1]
+    data = make_inputs(model, n=4, seed=1)
+    masked = mask_channels(model, analysis, keep)
+    np.testing.assert_allclose(run_model(pruned, data)[0], run_model(masked, data)[0], atol=1e-5)

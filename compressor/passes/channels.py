@@ -96,6 +96,7 @@ class ChannelGroup:
     sources: list[Source] = field(default_factory=list)
     expanded: list[ExpandedSink] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
+    reshape_targets: list[tuple[str, int]] = field(default_factory=list)  # (shape constant, index) = size
     depthwise: list[str] = field(default_factory=list)  # outputs of Conv nodes whose `group` is this group's size
     blocks: int = 1  # grouped convs: the channels form `blocks` equal blocks that must stay equal
     blocked: str | None = None  # why the group cannot be pruned
@@ -157,6 +158,7 @@ class _Context:
         self.sources: dict[Slot, list[Source]] = {}
         self.expanded: dict[Slot, list[ExpandedSink]] = {}
         self.sinks: dict[Slot, list[Sink]] = {}
+        self.reshape_targets: dict[Slot, list[tuple[str, int]]] = {}
         self.depthwise: dict[Slot, list[str]] = {}
         self.blocks: dict[Slot, int] = {}
         self.touched: set[Slot] = set()
@@ -509,6 +511,47 @@ def _rule_flatten(ctx, node) -> bool:
     return True  # the spatial axes and the flat axis stay blocked (untouched)
 
 
+def _rule_reshape(ctx, node) -> bool:
+    """A flatten (``_rule_flatten``), or a Reshape that only adds or drops size-1 axes (a bias
+    [C] made [1, C, 1, 1], [N, C, 1, 1] made [N, C]): the other axes keep their order.  An
+    explicit count in the target shape is rewritten with the group (``reshape_targets``); the
+    target must be a constant read by this node alone.  An activation's batch axis must be
+    copied (target 0), so that batch-1 shapes say the same as any batch."""
+    x, shape_name, y = node.input[0], node.input[1], node.output[0]
+    target = ctx.constants.get(shape_name)
+    if target is not None and target.size == 2 and int(target.ravel()[1]) == -1 and int(target.ravel()[0]) != -1:
+        return _rule_flatten(ctx, node)
+    if target is None or len(ctx.consumers.get(shape_name, [])) != 1 or shape_name in ctx.aliases:
+        return False
+    target = [int(v) for v in np.asarray(target).ravel()]
+    if int(_attr(node, "allowzero", 0)) and 0 in target:
+        return False
+    in_shape, out_shape = ctx.shapes[x], ctx.shapes[y]
+    start = 0
+    if x not in ctx.constants:
+        if not target or target[0] != 0 or not in_shape or in_shape[0] != out_shape[0]:
+            return False
+        ctx.join((x, 0), (y, 0))
+        start = 1
+    ins = [a for a in range(start, len(in_shape)) if in_shape[a] != 1]
+    outs = [a for a in range(start, len(out_shape)) if out_shape[a] != 1]
+    if [in_shape[a] for a in ins] != [out_shape[a] for a in outs]:
+        return False
+    for a, b in zip(ins, outs):
+        if target[b] == 0 and a != b:
+            return False
+        ctx.join((x, a), (y, b))
+        if target[b] > 0:
+            ctx.reshape_targets.setdefault((y, b), []).append((shape_name, b))
+    for a in range(start, len(in_shape)):
+        if in_shape[a] == 1:
+            ctx.ok((x, a))
+    for b in range(start, len(out_shape)):
+        if out_shape[b] == 1:
+            ctx.ok((y, b))
+    return True
+
+
 RULES: dict[str, Callable[[_Context, onnx.NodeProto], bool]] = {
     **dict.fromkeys(ELEMENTWISE, _rule_elementwise),
     **dict.fromkeys(UNARY, _rule_unary),
@@ -527,7 +570,7 @@ RULES: dict[str, Callable[[_Context, onnx.NodeProto], bool]] = {
     "Squeeze": _rule_squeeze,
     "Unsqueeze": _rule_unsqueeze,
     "Flatten": _rule_flatten,
-    "Reshape": _rule_flatten,
+    "Reshape": _rule_reshape,
 }
 
 
@@ -610,6 +653,7 @@ def _groups(ctx: _Context) -> Analysis:
             group.sources += ctx.sources.get(slot, [])
             group.expanded += ctx.expanded.get(slot, [])
             group.sinks += ctx.sinks.get(slot, [])
+            group.reshape_targets += ctx.reshape_targets.get(slot, [])
             group.depthwise += ctx.depthwise.get(slot, [])
             if slot in ctx.blocks:
                 blocks = ctx.blocks[slot]

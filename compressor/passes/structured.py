@@ -301,6 +301,19 @@ def remove_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> o
 
         _replace_constant(out, name, take)
     sizes = {gid: len(kept) for gid, kept in keep.items()}
+    targets: dict[str, dict[int, int]] = {}
+    for gid in keep:
+        for name, index in analysis.groups[gid].reshape_targets:
+            targets.setdefault(name, {})[index] = sizes[gid]
+    for name, entries in targets.items():
+
+        def resized(values, entries=entries):
+            values = np.array(values)
+            for index, size in entries.items():
+                values[index] = size
+            return values
+
+        _replace_constant(out, name, resized)
     new_dims = {name: tuple(values.shape) for name, values in graph_constants(out).items()}
     for gid, kept in keep.items():
         for sink in analysis.groups[gid].expanded:
