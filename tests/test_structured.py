@@ -194,14 +194,26 @@ def test_shared_weight_ties_both_its_axes_into_one_group():
     assert group.blocked == "graph input/output"  # its rows read the graph input: left as is
 
 
-def test_transformer_prunes_the_ffn_and_leaves_attention_and_residual_alone():
-    model = transformer_encoder()
+def test_transformer_prunes_heads_and_the_ffn_and_leaves_the_residual_alone():
+    model = transformer_encoder()  # d 64, 4 heads of 16
     analysis = analyze(model)
-    prunable = {s.weight for g in selectable(analysis) for s in g.sources}
-    assert prunable == {"ffn.fc1.weight"}
+    groups = selectable(analysis)
+    heads = next(g for g in groups if g.linked)
+    assert heads.size == 4 and sorted(unit for _, unit in heads.linked) == [16] * 4
+    assert {s.weight for g in groups if not g.linked for s in g.sources} == {"ffn.fc1.weight"}
     reasons = {s.weight: g.blocked for g in analysis.groups for s in g.sources if g.blocked}
-    assert "Reshape" in reasons["attn.q.weight"]
-    assert "LayerNormalization" in reasons["attn.out.weight"]
+    assert "split into heads" in reasons["attn.q.weight"]
+    assert "LayerNormalization" in reasons["attn.out.weight"]  # the residual stream
+    pruned = remove_channels(model, analysis, {heads.id: np.array([0, 3])})
+    onnx.checker.check_model(pruned, full_check=True)
+    arrays = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    cols = np.r_[0:16, 48:64]
+    np.testing.assert_array_equal(arrays["attn.q.weight"], original["attn.q.weight"][:, cols])
+    np.testing.assert_array_equal(arrays["attn.v.bias"], original["attn.v.bias"][cols])
+    np.testing.assert_array_equal(arrays["attn.out.weight"], original["attn.out.weight"][cols])
+    assert arrays["attn.split_shape"].tolist() == [0, 0, 2, 16]
+    assert arrays["attn.merge_shape"].tolist() == [0, 0, 32]
 
 
 def test_concat_makes_its_groups_untouchable_and_they_are_reported():

@@ -96,14 +96,15 @@ class ChannelGroup:
     sources: list[Source] = field(default_factory=list)
     expanded: list[ExpandedSink] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
-    reshape_targets: list[tuple[str, int]] = field(default_factory=list)  # (shape constant, index) = size
+    reshape_targets: list[tuple] = field(default_factory=list)  # target shape entries that state the size
+    linked: list[tuple[int, int]] = field(default_factory=list)  # (group, unit): its axes hold `unit` per channel
     depthwise: list[str] = field(default_factory=list)  # outputs of Conv nodes whose `group` is this group's size
     blocks: int = 1  # grouped convs: the channels form `blocks` equal blocks that must stay equal
     blocked: str | None = None  # why the group cannot be pruned
 
     @property
     def prunable(self) -> bool:
-        return self.blocked is None and bool(self.sources) and self.size >= 2 * self.blocks
+        return self.blocked is None and bool(self.sources or self.linked) and self.size >= 2 * self.blocks
 
     def describe(self) -> dict:
         return {
@@ -125,6 +126,19 @@ class Analysis:
 
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
+
+    def members(self, group: ChannelGroup) -> list[tuple[ChannelGroup, int]]:
+        """The group and the groups linked to it, each with its channels per channel of `group`."""
+        return [(group, 1)] + [(self.groups[gid], unit) for gid, unit in group.linked]
+
+    def effective(self, keep: dict) -> dict:
+        """`keep` over every group it touches: a group split into heads keeps, in each linked
+        group, the `unit` consecutive channels of each kept head."""
+        found = dict(keep)
+        for gid, kept in keep.items():
+            for linked, unit in self.groups[gid].linked:
+                found[linked] = (np.asarray(kept)[:, None] * unit + np.arange(unit)[None, :]).ravel()
+        return found
 
 
 class _UnionFind:
@@ -158,7 +172,10 @@ class _Context:
         self.sources: dict[Slot, list[Source]] = {}
         self.expanded: dict[Slot, list[ExpandedSink]] = {}
         self.sinks: dict[Slot, list[Sink]] = {}
-        self.reshape_targets: dict[Slot, list[tuple[str, int]]] = {}
+        self.reshape_targets: dict[Slot, list[tuple]] = {}
+        self.links: list[tuple[Slot, Slot, int]] = []  # (wide slot, heads slot, unit)
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.target_readers: dict[str, int] = {}  # target shapes -> Reshapes understood that read them
         self.depthwise: dict[Slot, list[str]] = {}
         self.blocks: dict[Slot, int] = {}
         self.touched: set[Slot] = set()
@@ -511,44 +528,114 @@ def _rule_flatten(ctx, node) -> bool:
     return True  # the spatial axes and the flat axis stay blocked (untouched)
 
 
+def _target_pieces(ctx: _Context, name: str) -> list[tuple] | None:
+    """The entries of a Reshape's target shape, each (value, how to rewrite it): a constant's
+    element ``("const", name, index)``, or a Concat input computed from a Shape (an exporter's
+    ``x.size(i)``: ``("concat", concat output, input index, (value, axis))``).  None when the
+    target is anything else, or shared."""
+    if name in ctx.aliases:
+        return None
+    if name in ctx.constants:  # may be shared: every reader must agree (see _check_targets)
+        return [(int(v), ("const", name, i)) for i, v in enumerate(np.asarray(ctx.constants[name]).ravel())]
+    if len(ctx.consumers.get(name, [])) != 1:
+        return None
+    node = ctx.producers.get(name)
+    if node is None or node.op_type != "Concat" or int(_attr(node, "axis", 0)) != 0:
+        return None
+    pieces = []
+    for index, part in enumerate(node.input):
+        if part in ctx.constants and part not in ctx.aliases:
+            values = np.asarray(ctx.constants[part]).ravel()
+            pieces += [(int(v), ("const", part, i)) for i, v in enumerate(values)]
+            continue
+        dim = _shape_dim(ctx, part)
+        if dim is None:
+            return None
+        pieces.append((int(ctx.shapes[dim[0]][dim[1]]), ("concat", name, index, dim)))
+    return pieces
+
+
+def _shape_dim(ctx: _Context, name: str) -> tuple[str, int] | None:
+    """(value, axis) when `name` is Unsqueeze(Gather(Shape(value), axis)) (or without the Unsqueeze)."""
+    node = ctx.producers.get(name)
+    if node is not None and node.op_type == "Unsqueeze":
+        node = ctx.producers.get(node.input[0])
+    if node is None or node.op_type != "Gather" or node.input[1] not in ctx.constants:
+        return None
+    shape = ctx.producers.get(node.input[0])
+    if shape is None or shape.op_type != "Shape" or len(shape.attribute) or ctx.rank(shape.input[0]) is None:
+        return None
+    return shape.input[0], int(np.asarray(ctx.constants[node.input[1]]).ravel()[0]) % ctx.rank(shape.input[0])
+
+
 def _rule_reshape(ctx, node) -> bool:
-    """A flatten (``_rule_flatten``), or a Reshape that only adds or drops size-1 axes (a bias
-    [C] made [1, C, 1, 1], [N, C, 1, 1] made [N, C]): the other axes keep their order.  An
-    explicit count in the target shape is rewritten with the group (``reshape_targets``); the
-    target must be a constant read by this node alone.  An activation's batch axis must be
-    copied (target 0), so that batch-1 shapes say the same as any batch."""
+    """A flatten (``_rule_flatten``), or a Reshape that keeps the order of the axes while it
+    adds or drops size-1 axes (a bias [C] made [1, C, 1, 1]), splits one axis in two ([N, S, D]
+    into heads [N, S, H, D/H]) or merges two: a split axis is *linked* to the heads axis (each
+    head holds D/H consecutive channels), a merged one likewise.  Entries of the target shape
+    that state a size are rewritten with the group (``reshape_targets``); an activation's batch
+    axis must be copied (0, or its own ``x.size(0)``), so that batch-1 shapes mean any batch."""
     x, shape_name, y = node.input[0], node.input[1], node.output[0]
     target = ctx.constants.get(shape_name)
     if target is not None and target.size == 2 and int(target.ravel()[1]) == -1 and int(target.ravel()[0]) != -1:
         return _rule_flatten(ctx, node)
-    if target is None or len(ctx.consumers.get(shape_name, [])) != 1 or shape_name in ctx.aliases:
+    pieces = _target_pieces(ctx, shape_name)
+    if pieces is None:
         return False
-    target = [int(v) for v in np.asarray(target).ravel()]
-    if int(_attr(node, "allowzero", 0)) and 0 in target:
+    values = [v for v, _ in pieces]
+    if int(_attr(node, "allowzero", 0)) and 0 in values:
         return False
     in_shape, out_shape = ctx.shapes[x], ctx.shapes[y]
+    if len(values) != len(out_shape):
+        return False
     start = 0
     if x not in ctx.constants:
-        if not target or target[0] != 0 or not in_shape or in_shape[0] != out_shape[0]:
+        how = pieces[0][1] if pieces else None
+        copies_batch = values[:1] == [0] or (how is not None and how[0] == "concat" and how[3][1] == 0)
+        if not copies_batch or not in_shape or in_shape[0] != out_shape[0]:
             return False
         ctx.join((x, 0), (y, 0))
         start = 1
     ins = [a for a in range(start, len(in_shape)) if in_shape[a] != 1]
-    outs = [a for a in range(start, len(out_shape)) if out_shape[a] != 1]
-    if [in_shape[a] for a in ins] != [out_shape[a] for a in outs]:
-        return False
-    for a, b in zip(ins, outs):
-        if target[b] == 0 and a != b:
+    outs = [b for b in range(start, len(out_shape)) if out_shape[b] != 1]
+    targets: list[tuple[Slot, tuple]] = []
+    links: list[tuple[Slot, Slot, int]] = []
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        a, b = ins[i], outs[j]
+        if values[b] == 0 and a != b:
             return False
-        ctx.join((x, a), (y, b))
-        if target[b] > 0:
-            ctx.reshape_targets.setdefault((y, b), []).append((shape_name, b))
+        if in_shape[a] == out_shape[b]:
+            ctx.join((x, a), (y, b))
+            targets.append(((y, b), pieces[b][1]))
+            i, j = i + 1, j + 1
+        elif j + 1 < len(outs) and outs[j + 1] == b + 1 and in_shape[a] == out_shape[b] * out_shape[b + 1]:
+            for slot in ((x, a), (y, b), (y, b + 1)):  # split: D into (heads, D / heads)
+                ctx.ok(slot)
+            links.append(((x, a), (y, b), out_shape[b + 1]))
+            targets.append(((y, b), pieces[b][1]))
+            i, j = i + 1, j + 2
+        elif i + 1 < len(ins) and ins[i + 1] == a + 1 and out_shape[b] == in_shape[a] * in_shape[a + 1]:
+            for slot in ((x, a), (x, a + 1), (y, b)):  # merge: (heads, D / heads) into D
+                ctx.ok(slot)
+            links.append(((y, b), (x, a), in_shape[a + 1]))
+            targets.append(((y, b), pieces[b][1]))
+            i, j = i + 2, j + 1
+        else:
+            return False
+    if i != len(ins) or j != len(outs):
+        return False
     for a in range(start, len(in_shape)):
         if in_shape[a] == 1:
             ctx.ok((x, a))
     for b in range(start, len(out_shape)):
         if out_shape[b] == 1:
             ctx.ok((y, b))
+    ctx.links += links
+    for slot, how in targets:
+        ctx.reshape_targets.setdefault(slot, []).append(how)
+    for name in {how[1] for _, how in pieces if how[0] == "const"}:
+        ctx.target_readers[name] = ctx.target_readers.get(name, 0) + 1
     return True
 
 
@@ -611,6 +698,8 @@ def analyze(model: onnx.ModelProto) -> Analysis:
         for name in node.input:
             if name:
                 ctx.consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            ctx.producers[name] = node
     for node in model.graph.node:
         if node.op_type == "Constant":
             continue
@@ -638,6 +727,46 @@ def analyze(model: onnx.ModelProto) -> Analysis:
     return _groups(ctx)
 
 
+def _link_heads(ctx: _Context, groups: list[ChannelGroup], slot_group: dict[Slot, int]) -> None:
+    """A wide group split into heads is pruned with them: it is linked to the heads' group
+    (which then needs it clean) and never pruned on its own."""
+    wide_of: dict[int, set[int]] = {}
+    for wide_slot, heads_slot, unit in ctx.links:
+        wide, heads = groups[slot_group[wide_slot]], groups[slot_group[heads_slot]]
+        if wide.size != heads.size * unit or wide.id == heads.id:
+            heads.blocked = heads.blocked or "heads of another size"
+            continue
+        if (wide.id, unit) not in heads.linked:
+            heads.linked.append((wide.id, unit))
+        wide_of.setdefault(wide.id, set()).add(heads.id)
+    for wide_id, heads_ids in wide_of.items():
+        wide = groups[wide_id]
+        for hid in heads_ids:
+            heads = groups[hid]
+            if len(heads_ids) > 1 or wide.linked or hid in wide_of:
+                heads.blocked = heads.blocked or "heads linked twice"
+            elif wide.blocked is not None:
+                heads.blocked = heads.blocked or wide.blocked
+            elif wide.blocks != 1 or wide.expanded or wide.depthwise:
+                heads.blocked = heads.blocked or "heads of a grouped or flattened axis"
+        wide.blocked = wide.blocked or f"split into heads (pruned by heads, group {min(heads_ids)})"
+
+
+def _check_targets(ctx: _Context, groups: list[ChannelGroup]) -> None:
+    """A target shape entry rewritten for a group must be read only by Reshapes this analysis
+    understood, and every entry by one group (else those groups are left as is)."""
+    owners: dict[tuple, set[int]] = {}
+    for g in groups:
+        for how in g.reshape_targets:
+            if how[0] == "const":
+                owners.setdefault((how[1], how[2]), set()).add(g.id)
+    for (name, _index), gids in owners.items():
+        readers = len(ctx.consumers.get(name, []))
+        if len(gids) > 1 or ctx.target_readers.get(name, 0) != readers:
+            for gid in gids:
+                groups[gid].blocked = groups[gid].blocked or f"target shape {name} read elsewhere"
+
+
 def _groups(ctx: _Context) -> Analysis:
     members: dict[Slot, list[Slot]] = {}
     for slot in sorted(ctx.uf.parent):
@@ -663,5 +792,7 @@ def _groups(ctx: _Context) -> Analysis:
             if group.blocked is None and slot in ctx.blocked:
                 group.blocked = ctx.blocked[slot]
         groups.append(group)
+    _check_targets(ctx, groups)
+    _link_heads(ctx, groups, slot_group)
     weight_slots = {(ctx.aliases.get(name, name), axis) for name, axis in ctx.weight_slots}
     return Analysis(groups, slot_group, ctx.constants, ctx.shapes, ctx.aliases, weight_slots)

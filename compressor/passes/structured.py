@@ -96,10 +96,13 @@ def importance(model: onnx.ModelProto, analysis: Analysis, groups: list[ChannelG
     scores = []
     for g in groups:
         norms = []
-        for s in g.sources:
-            n = channel_norms(analysis.constants[s.weight], s.axis, norm)
-            scale = _batchnorm_after(model, analysis, s.output)
-            norms.append(n * scale if scale is not None and scale.shape == n.shape else n)
+        for member, unit in analysis.members(g):
+            for s in member.sources:
+                n = channel_norms(analysis.constants[s.weight], s.axis, norm)
+                scale = _batchnorm_after(model, analysis, s.output)
+                n = n * scale if scale is not None and scale.shape == n.shape else n
+                per = n.reshape(-1, unit)
+                norms.append(per.sum(axis=1) if norm == "l1" else np.sqrt((per * per).sum(axis=1)))
         scores.append(group_scores(norms))
     return scores
 
@@ -153,12 +156,13 @@ def data_importance(analysis: Analysis, groups: list[ChannelGroup], stats) -> li
     scores = []
     for g in groups:
         total = np.zeros(g.size)
-        for sink in g.sinks:
-            rows = _rows_by_channel(analysis.constants[sink.weight], sink.axis, sink.unit)
-            _mean, var = stats[_sink_key(sink)]
-            energy = (var * np.einsum("cuk,cuk->cu", rows, rows)).sum(axis=1)
-            if energy.sum() > 0:
-                total += energy / energy.sum()
+        for member, unit in analysis.members(g):
+            for sink in member.sinks:
+                rows = _rows_by_channel(analysis.constants[sink.weight], sink.axis, sink.unit)
+                _mean, var = stats[_sink_key(sink)]
+                energy = (var * np.einsum("cuk,cuk->cu", rows, rows)).sum(axis=1)
+                if energy.sum() > 0:
+                    total += (energy / energy.sum()).reshape(-1, unit).sum(axis=1)
         scores.append(total)
     return scores
 
@@ -203,10 +207,9 @@ def fold_removed_means(
     deltas: dict[str, np.ndarray] = {}
     missing = 0
     refit_removed: dict[str, np.ndarray] = {}
-    for g in groups:
-        if g.id not in keep:
-            continue
-        removed = np.setdiff1d(np.arange(g.size), keep[g.id])
+    for gid, kept in analysis.effective(keep).items():
+        g = analysis.groups[gid]
+        removed = np.setdiff1d(np.arange(g.size), kept)
         for sink in g.sinks:
             if refit is not None and refit.covers(sink):
                 refit_removed[sink.weight] = removed
@@ -289,9 +292,19 @@ def _replace_constant(model: onnx.ModelProto, name: str, values_of) -> None:
             return
 
 
+def _set_concat_input(model: onnx.ModelProto, concat_output: str, index: int, size: int) -> None:
+    """Replace input `index` of the Concat producing `concat_output` by the constant [size]."""
+    name = f"{concat_output}_structured_{index}"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([size], np.int64), name))
+    for node in model.graph.node:
+        if node.op_type == "Concat" and node.output[0] == concat_output:
+            node.input[index] = name
+
+
 def remove_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> onnx.ModelProto:
     """A copy of the model with the channels not in `keep` removed from their groups."""
     out = graph.copy_model(model)
+    keep = analysis.effective(keep)
     for name, cuts in _slices(analysis, keep).items():
 
         def take(values, cuts=cuts):
@@ -303,14 +316,20 @@ def remove_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> o
     sizes = {gid: len(kept) for gid, kept in keep.items()}
     targets: dict[str, dict[int, int]] = {}
     for gid in keep:
-        for name, index in analysis.groups[gid].reshape_targets:
-            targets.setdefault(name, {})[index] = sizes[gid]
+        for how in analysis.groups[gid].reshape_targets:
+            if how[0] == "const":
+                _kind, name, index = how
+                if np.asarray(analysis.constants[name]).ravel()[index] > 0:  # not -1 (inferred) or 0 (copied)
+                    targets.setdefault(name, {})[index] = sizes[gid]
+            elif analysis.slot_group.get(how[3]) != gid:  # x.size(i) of a value that keeps its size
+                _set_concat_input(out, how[1], how[2], sizes[gid])
     for name, entries in targets.items():
 
         def resized(values, entries=entries):
             values = np.array(values)
+            flat = values.reshape(-1)
             for index, size in entries.items():
-                values[index] = size
+                flat[index] = size
             return values
 
         _replace_constant(out, name, resized)
@@ -343,7 +362,7 @@ def mask_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> onn
     (every Conv/Gemm/MatMul weight that writes or reads them, the rows a flatten feeds)."""
     out = graph.copy_model(model)
     zero: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for name, cuts in _slices(analysis, keep).items():
+    for name, cuts in _slices(analysis, analysis.effective(keep)).items():
         weight_cuts = [(axis, kept) for axis, kept in cuts if (name, axis) in analysis.weight_slots]
         if weight_cuts:
             zero[name] = weight_cuts
@@ -375,7 +394,11 @@ def _macs(model: onnx.ModelProto) -> int:
 def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGroup], keep: Keep) -> dict:
     """JSON-able: per prunable group its channels before/after; blocked groups that have a
     source, with why; params and MACs (batch 1) before and after."""
-    rows = [{**g.describe(), "kept": int(len(keep[g.id])) if g.id in keep else g.size, "blocked": None} for g in groups]
+    rows = []
+    for g in groups:
+        sources = sorted({s.weight for m, _unit in analysis.members(g) for s in m.sources})
+        kept = int(len(keep[g.id])) if g.id in keep else g.size
+        rows.append({**g.describe(), "sources": sources, "heads": bool(g.linked), "kept": kept, "blocked": None})
     untouchable = [g.describe() for g in analysis.groups if g.sources and not g.prunable and g.size > 1]
     before, after = _params(model), _params(pruned)
     macs_before, macs_after = _macs(model), _macs(pruned)
@@ -398,7 +421,7 @@ def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGrou
     }
 
 
-def channel_costs(model: onnx.ModelProto, groups: list[ChannelGroup]) -> list[float]:
+def channel_costs(model: onnx.ModelProto, analysis: Analysis, groups: list[ChannelGroup]) -> list[float]:
     """MACs (batch 1) one channel of each group costs: its share of every source's and sink's
     multiply-accumulates (the filter's parameters where shapes are unknown)."""
     macs = {row["node"]: row["macs"] for row in graph.node_macs(model)}
@@ -408,9 +431,10 @@ def channel_costs(model: onnx.ModelProto, groups: list[ChannelGroup]) -> list[fl
     costs = []
     for g in groups:
         total = 0.0
-        for output in [s.output for s in g.sources] + [s.output for s in g.sinks]:
-            m = by_output.get(output)
-            total += (m if m is not None else 0) / g.size
+        for member, _unit in analysis.members(g):
+            for output in [s.output for s in member.sources] + [s.output for s in member.sinks]:
+                m = by_output.get(output)
+                total += (m if m is not None else 0) / g.size
         costs.append(total if total > 0 else 1.0)
     return costs
 
@@ -434,11 +458,12 @@ class Pruner:
         self.model, self.max_ratio, self.align = model, max_ratio, align
         self.analysis = analyze(model)
         self.groups = selectable(self.analysis, exclude)
-        self.stats = channel_statistics(model, self.groups, calib) if calib is not None and self.groups else None
+        members = [m for g in self.groups for m, _unit in self.analysis.members(g)]
+        self.stats = channel_statistics(model, members, calib) if calib is not None and self.groups else None
         self.refit = None
         if self.stats is not None and refit:
             self.refit = SinkRefit(
-                model, self.analysis, self.groups, calib, lambda sink: _bias_target(model, self.analysis, sink)
+                model, self.analysis, members, calib, lambda sink: _bias_target(model, self.analysis, sink)
             )
         if self.stats is not None:
             self.scores = data_importance(self.analysis, self.groups, self.stats)
@@ -447,7 +472,7 @@ class Pruner:
         if cost == "macs" and self.groups:
             # A channel's importance per MAC it costs: what goes first is cheap to lose and
             # expensive to run (cost is uniform within a group: only the groups' balance moves).
-            costs = channel_costs(model, self.groups)
+            costs = channel_costs(model, self.analysis, self.groups)
             self.scores = [s / c for s, c in zip(self.scores, costs)]
         self.unfolded = 0
 
