@@ -59,13 +59,15 @@ def latency_alternating(sessions: list, feed: dict, runs: int = RUNS) -> list[fl
     return [float(statistics.median(t)) for t in times]
 
 
-def bench_model(name: str, model_path: Path, budget: float, threads: int, refit: bool = True) -> dict:
+def bench_model(
+    name: str, model_path: Path, budget: float, threads: int, refit: bool = True, heads: bool = False
+) -> dict:
     model = load_model(model_path)
     data = load_dataset(model_path.with_name(f"{name}_test.npz"), model)
     calib = load_dataset(model_path.with_name(f"{name}_calib.npz"), model)
     counts0 = ort_counts()
     t0 = time.perf_counter()
-    pruned, stats = structured_to_budget(model, data, budget, calib=calib, refit=refit)
+    pruned, stats = structured_to_budget(model, data, budget, calib=calib, refit=refit, heads=heads)
     search_seconds = time.perf_counter() - t0
     counts1 = ort_counts()
     # Accuracy before/after on the whole test set, and removal == masking on a batch.
@@ -76,14 +78,14 @@ def bench_model(name: str, model_path: Path, budget: float, threads: int, refit:
     kept = {int(k): np.asarray(v) for k, v in stats["kept_channels"].items()}
     if kept:
         # The same choice as zeros, on the model with the compensation (means, refit) applied.
-        pruner = Pruner(model, calib, refit=refit)
+        pruner = Pruner(model, calib, refit=refit, heads=heads)
         masked = mask_channels(pruner.prepared(kept), pruner.analysis, kept)
         sample = data.take(LATENCY_BATCH)
         masked_diff = float(np.max(np.abs(run_model(masked, sample)[0] - run_model(pruned, sample)[0])))
     # Selection bias check: the search on one half of the test set, the drop on the other.
     half = data.size // 2
     search_half, held_half = data.select(slice(0, half)), data.select(slice(half, None))
-    pruned_half, _ = structured_to_budget(model, search_half, budget, calib=calib, refit=refit)
+    pruned_half, _ = structured_to_budget(model, search_half, budget, calib=calib, refit=refit, heads=heads)
     held_drop = accuracy(run_model(model, held_half)[0], held_half.labels) - accuracy(
         run_model(pruned_half, held_half)[0], held_half.labels
     )
@@ -93,7 +95,7 @@ def bench_model(name: str, model_path: Path, budget: float, threads: int, refit:
     before_ms, after_ms = latency_alternating(sessions, feed)
     t = stats["totals"]
     return {
-        "model": name,
+        "model": name + (" +heads" if heads else ""),
         "budget_points": budget,
         "groups": t["prunable_groups"],
         "channels": t["channels"],
@@ -160,9 +162,10 @@ def main() -> int:
         if not model_path.exists():
             print(f"skipped {name}: no {model_path} (build the zoo with `make bench` first)", file=sys.stderr)
             continue
-        row = bench_model(name, model_path, args.budget, args.threads, refit=not args.no_refit)
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "trials"}), flush=True)
+        for heads in (False, True) if name == "transformer" else (False,):
+            row = bench_model(name, model_path, args.budget, args.threads, refit=not args.no_refit, heads=heads)
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "trials"}), flush=True)
     meta = {
         "machine": common.machine_info(),
         "threads": args.threads,

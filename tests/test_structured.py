@@ -107,7 +107,7 @@ def test_removal_gives_the_outputs_of_the_masked_model(name):
     # Shapes of every intermediate value recorded, so that stale value_info would be caught.
     model = onnx.shape_inference.infer_shapes(model)
     analysis = analyze(model)
-    groups = selectable(analysis)
+    groups = selectable(analysis, heads=True)
     assert groups, f"{name}: nothing prunable"
     keep = _random_keep(groups, 0.4)
     assert keep
@@ -198,7 +198,8 @@ def test_transformer_prunes_heads_and_the_ffn_and_leaves_the_residual_alone():
     model = transformer_encoder()  # d 64, 4 heads of 16
     analysis = analyze(model)
     groups = selectable(analysis)
-    heads = next(g for g in groups if g.linked)
+    heads = next(g for g in selectable(analysis, heads=True) if g.linked)
+    assert not any(g.linked for g in groups)  # heads only on request
     assert heads.size == 4 and sorted(unit for _, unit in heads.linked) == [16] * 4
     assert {s.weight for g in groups if not g.linked for s in g.sources} == {"ffn.fc1.weight"}
     reasons = {s.weight: g.blocked for g in analysis.groups for s in g.sources if g.blocked}
@@ -314,7 +315,9 @@ def test_importance_uses_the_batchnorm_scale():
 # --------------------------------------------------------------------------- compensation
 
 
-@pytest.mark.parametrize("name", ["conv_bn_chain", "depthwise_resnet", "conv_net_flatten", "mlp_matmul_bias"])
+@pytest.mark.parametrize(
+    "name", ["conv_bn_chain", "depthwise_resnet", "conv_net_flatten", "mlp_matmul_bias", "transformer"]
+)
 def test_compensated_removal_equals_its_masked_twin_and_is_closer(name):
     model = BUILDERS[name]()
     calib = make_inputs(model, n=512, seed=3)
@@ -322,7 +325,7 @@ def test_compensated_removal_equals_its_masked_twin_and_is_closer(name):
     reference = run_model(model, data)[0]
     errors = {}
     for label, kwargs in {"plain": {"calib": None}, "fold": {"refit": False}, "refit": {}}.items():
-        pruner = Pruner(model, **{"calib": calib, **kwargs}, align=1)
+        pruner = Pruner(model, **{"calib": calib, **kwargs}, align=1, heads=True)
         keep = pruner.keep(0.3)
         assert keep
         pruned = pruner.build(keep)

@@ -64,6 +64,8 @@ def _print_structured_table(stats: dict, output: str) -> None:
         click.echo(format_table(rows, ["channel group (producers)", "channels", "kept"]))
     for g in stats["untouchable"]:
         click.echo(f"left as is: {', '.join(g['sources'])} ({g['channels']} channels): {g['blocked']}")
+    if stats.get("head_groups_left"):
+        click.echo(f"left as is: {stats['head_groups_left']} attention head group(s) (--heads to prune them)")
     budget = stats.get("budget")
     if budget:
         final = budget["final"]
@@ -136,6 +138,9 @@ def _print_structured_table(stats: dict, output: str) -> None:
     help="With --structured: kept channel counts are multiples of this (ORT's fast conv layouts).",
 )
 @click.option(
+    "--heads", is_flag=True, help="With --structured: also remove whole attention heads (q/k/v/out together)."
+)
+@click.option(
     "--calib",
     "calib_path",
     type=click.Path(dir_okay=False),
@@ -158,6 +163,7 @@ def prune_command(
     structured,
     max_ratio,
     align,
+    heads,
     calib_path,
     as_json,
 ) -> None:
@@ -189,7 +195,7 @@ def prune_command(
     )
     if structured:
         calib = load_dataset(calib_path, loaded) if calib_path else None
-        options = {"max_ratio": max_ratio, "exclude": exclude, "align": align, "calib": calib}
+        options = {"max_ratio": max_ratio, "exclude": exclude, "align": align, "calib": calib, "heads": heads}
         if budget is not None:
             evals = min(max_evals, DEFAULT_MAX_EVALS)
             new_model, stats = structured_to_budget(

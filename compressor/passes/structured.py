@@ -245,10 +245,18 @@ def fold_removed_means(
     return out_model, missing
 
 
-def selectable(analysis: Analysis, exclude: str | None = None) -> list[ChannelGroup]:
-    """The prunable groups, without those with a source weight matching `exclude`."""
+def selectable(analysis: Analysis, exclude: str | None = None, heads: bool = False) -> list[ChannelGroup]:
+    """The prunable groups, without those with a source weight matching `exclude`, and without
+    attention heads unless `heads` (a head is a large step: softmax attention loses more than
+    the refit restores, measured in benchmarks/README.md)."""
     pattern = re.compile(exclude) if exclude else None
-    return [g for g in analysis.prunable() if not (pattern and any(pattern.search(s.weight) for s in g.sources))]
+    found = []
+    for g in analysis.prunable():
+        weights = [s.weight for m, _unit in analysis.members(g) for s in m.sources]
+        if (pattern and any(pattern.search(w) for w in weights)) or (g.linked and not heads):
+            continue
+        found.append(g)
+    return found
 
 
 def plan_keep(
@@ -454,10 +462,11 @@ class Pruner:
         align: int = DEFAULT_ALIGN,
         cost: str = "macs",
         refit: bool = True,
+        heads: bool = False,
     ):
         self.model, self.max_ratio, self.align = model, max_ratio, align
         self.analysis = analyze(model)
-        self.groups = selectable(self.analysis, exclude)
+        self.groups = selectable(self.analysis, exclude, heads)
         members = [m for g in self.groups for m, _unit in self.analysis.members(g)]
         self.stats = channel_statistics(model, members, calib) if calib is not None and self.groups else None
         self.refit = None
@@ -493,6 +502,7 @@ class Pruner:
     def report(self, pruned: onnx.ModelProto, keep: Keep) -> dict:
         stats = structured_stats(self.model, pruned, self.analysis, self.groups, keep)
         stats["importance"] = "data" if self.stats is not None else "norm"
+        stats["head_groups_left"] = sum(1 for g in self.analysis.prunable() if g.linked and g not in self.groups)
         if not self.groups:
             stats["warnings"].append("no channel group can be pruned (see 'untouchable')")
         return stats
@@ -506,11 +516,12 @@ def structured_prune(
     exclude: str | None = None,
     calib: Dataset | None = None,
     align: int = DEFAULT_ALIGN,
+    heads: bool = False,
 ) -> tuple[onnx.ModelProto, dict]:
     """Remove the `sparsity` fraction of the prunable channels with the lowest importance
     (with `calib`: measured on it, and the removed channels' means folded into biases)."""
     check_structured_options(sparsity, max_ratio, norm)
-    pruner = Pruner(model, calib, norm, max_ratio, exclude, align)
+    pruner = Pruner(model, calib, norm, max_ratio, exclude, align, heads=heads)
     keep = pruner.keep(sparsity)
     pruned = pruner.build(keep)
     stats = pruner.report(pruned, keep)

@@ -41,6 +41,7 @@ def structured_to_budget(
     calib: Dataset | None = None,
     align: int = DEFAULT_ALIGN,
     refit: bool = True,
+    heads: bool = False,
 ) -> tuple[onnx.ModelProto, dict]:
     """Remove as many channels as the judge allows within `budget` points (bisection over the
     global ratio, at most `max_evals` candidates measured).  The channel statistics (ranking,
@@ -49,7 +50,9 @@ def structured_to_budget(
     if judge is None:
         judge = Judge.of_model(model, data)
     runs_before = judge.runs
-    pruner = Pruner(model, calib if calib is not None else data, norm, max_ratio, exclude, align, refit=refit)
+    pruner = Pruner(
+        model, calib if calib is not None else data, norm, max_ratio, exclude, align, refit=refit, heads=heads
+    )
     groups = pruner.groups
     total = sum(g.size for g in groups)
     reachable = sum(group_cap(g.size, g.blocks, max_ratio) for g in groups) / total if total else 0.0
