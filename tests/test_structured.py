@@ -412,3 +412,11 @@ def test_reshapes_that_only_move_size_one_axes_follow_the_channels():
     data = make_inputs(model, n=4, seed=1)
     masked = mask_channels(model, analysis, keep)
     np.testing.assert_allclose(run_model(pruned, data)[0], run_model(masked, data)[0], atol=1e-5)
+
+
+def test_budget_search_says_when_the_cap_binds():
+    model = conv_bn_chain()
+    data = make_inputs(model, n=16, seed=2)
+    _pruned, stats = structured_to_budget(model, data, budget=100.0, max_ratio=0.5, max_evals=3)
+    assert stats["budget"]["evaluations"] == 1  # the cap first, and it fits
+    assert any("--max-ratio" in w for w in stats["warnings"])

@@ -91,6 +91,11 @@ def structured_to_budget(
         final_metrics, pruned, keep = best
     stats = pruner.report(pruned, keep)
     stats["sparsity"] = round(best_ratio, 6)
+    if best is not None and best_ratio >= reachable:
+        stats["warnings"].append(
+            f"every channel group is at its cap (--max-ratio {max_ratio:g}) within the budget: "
+            "a larger --max-ratio may remove more"
+        )
     stats["budget"] = {
         "budget_points": budget,
         "metric": judge.mode,
