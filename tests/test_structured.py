@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import graphs
 import numpy as np
 import onnx
 import pytest
@@ -420,3 +421,36 @@ def test_budget_search_says_when_the_cap_binds():
     _pruned, stats = structured_to_budget(model, data, budget=100.0, max_ratio=0.5, max_evals=3)
     assert stats["budget"]["evaluations"] == 1  # the cap first, and it fits
     assert any("--max-ratio" in w for w in stats["warnings"])
+
+
+GRAPH_ZOO = {
+    "gru": graphs.gru_model,
+    "lstm": graphs.lstm_model,
+    "streaming_vad": graphs.streaming_vad_model,
+    "if_subgraph": graphs.if_subgraph_model,
+    "constant_and_if": graphs.constant_and_if_net,
+    "qdq": graphs.quantized_qdq_model,
+    "integer_input": graphs.integer_input_model,
+    "fp16": graphs.fp16_model,
+    **{f"opset{v}": (lambda v=v: graphs.opset_model(v)) for v in graphs.OPSETS},
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH_ZOO))
+def test_every_test_graph_comes_out_valid_and_equal_to_its_masked_twin(name):
+    model = GRAPH_ZOO[name]()
+    analysis = analyze(model)
+    groups = selectable(analysis, heads=True)
+    keep = _random_keep(groups, 0.5) if groups else {}
+    pruned = remove_channels(model, analysis, keep)
+    onnx.checker.check_model(pruned, full_check=True)
+    data = make_inputs(model, n=4, seed=1)
+    out_pruned = run_model(pruned, data)
+    out_masked = run_model(mask_channels(model, analysis, keep), data)
+    for p, m in zip(out_pruned, out_masked):
+        assert p.shape == m.shape
+        if p.dtype.kind == "f":
+            scale = max(1.0, float(np.abs(m.astype(np.float64)).max()))
+            np.testing.assert_allclose(p.astype(np.float64), m.astype(np.float64), rtol=0, atol=2e-3 * scale)
+        else:
+            np.testing.assert_array_equal(p, m)
