@@ -13,9 +13,11 @@ from ..graph import load_model_and_files, save_model
 from ..passes.magnitude import check_sparsity
 from ..passes.prune import prune
 from ..passes.selection import DEFAULT_MIN_PARAMS
+from ..passes.structured import DEFAULT_ALIGN, DEFAULT_MAX_RATIO, structured_prune
 from ..paths import atomic_write_bytes, check_outputs
 from ..search.prune_budget import prune_to_budget
 from ..search.sensitivity import parse_ratios, sensitivity
+from ..search.structured_budget import DEFAULT_MAX_EVALS, structured_to_budget
 from .common import emit_json, format_table, report_pass, to_json, warn
 
 
@@ -56,6 +58,28 @@ def _print_prune_table(stats: dict, output: str) -> None:
     )
 
 
+def _print_structured_table(stats: dict, output: str) -> None:
+    rows = [[", ".join(g["sources"]), g["channels"], g["kept"]] for g in stats["groups"]]
+    if rows:
+        click.echo(format_table(rows, ["channel group (producers)", "channels", "kept"]))
+    for g in stats["untouchable"]:
+        click.echo(f"left as is: {', '.join(g['sources'])} ({g['channels']} channels): {g['blocked']}")
+    if stats.get("head_groups_left"):
+        click.echo(f"left as is: {stats['head_groups_left']} attention head group(s) (--heads to prune them)")
+    budget = stats.get("budget")
+    if budget:
+        final = budget["final"]
+        click.echo(
+            f"budget {budget['budget_points']:g} points: {budget['metric']} drop {final['drop']:.2f} points "
+            f"({budget['evaluations']} candidates measured)"
+        )
+    t = stats["totals"]
+    click.echo(
+        f"removed {t['removed_channels']} of {t['channels']} channels: params {t['params_before']:,} -> "
+        f"{t['params_after']:,}, MACs at batch 1 {t['macs_before']:,} -> {t['macs_after']:,} -> {output}"
+    )
+
+
 @click.command("prune")
 @click.argument("model", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
@@ -93,11 +117,58 @@ def _print_prune_table(stats: dict, output: str) -> None:
     "--max-evals", type=int, default=40, show_default=True, help="Candidate models measured by the --budget search."
 )
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed for --scope random.")
+@click.option(
+    "--structured",
+    is_flag=True,
+    help="Remove whole output channels / neurons (smaller tensors, fewer MACs); --sparsity is then "
+    "the fraction of the prunable channels removed.",
+)
+@click.option(
+    "--max-ratio",
+    type=float,
+    default=DEFAULT_MAX_RATIO,
+    show_default=True,
+    help="With --structured: the largest fraction of any channel group removed.",
+)
+@click.option(
+    "--align",
+    type=click.IntRange(1),
+    default=DEFAULT_ALIGN,
+    show_default=True,
+    help="With --structured: kept channel counts are multiples of this (ORT's fast conv layouts).",
+)
+@click.option(
+    "--heads", is_flag=True, help="With --structured: also remove whole attention heads (q/k/v/out together)."
+)
+@click.option(
+    "--calib",
+    "calib_path",
+    type=click.Path(dir_okay=False),
+    help="With --structured: .npz inputs to rank channels by their measured effect and fold the removed "
+    "channels' means into biases (default with --budget: the --data inputs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as one JSON object on stdout.")
 def prune_command(
-    model, output, sparsity, scope, exclude, min_params, include_embeddings, budget, data_path, max_evals, seed, as_json
+    model,
+    output,
+    sparsity,
+    scope,
+    exclude,
+    min_params,
+    include_embeddings,
+    budget,
+    data_path,
+    max_evals,
+    seed,
+    structured,
+    max_ratio,
+    align,
+    heads,
+    calib_path,
+    as_json,
 ) -> None:
-    """Zero the smallest-magnitude weights of MODEL and write OUT (same graph, names and dtypes)."""
+    """Zero the smallest-magnitude weights of MODEL and write OUT (same graph, names and dtypes);
+    with --structured, remove whole channels instead."""
     if budget is not None:
         if sparsity is not None:
             raise UsageError("give either --sparsity or --budget, not both")
@@ -115,8 +186,26 @@ def prune_command(
     loaded, external_files = load_model_and_files(model)
     check_outputs(
         {"-o": output},
-        {"the input model": model, "the model's external data": external_files, "--data": data_path},
+        {
+            "the input model": model,
+            "the model's external data": external_files,
+            "--data": data_path,
+            "--calib": calib_path,
+        },
     )
+    if structured:
+        calib = load_dataset(calib_path, loaded) if calib_path else None
+        options = {"max_ratio": max_ratio, "exclude": exclude, "align": align, "calib": calib, "heads": heads}
+        if budget is not None:
+            evals = min(max_evals, DEFAULT_MAX_EVALS)
+            new_model, stats = structured_to_budget(
+                loaded, load_dataset(data_path, loaded), budget, max_evals=evals, **options
+            )
+        else:
+            new_model, stats = structured_prune(loaded, sparsity, **options)
+        save_model(new_model, output, input_path=model)
+        report_pass(stats, as_json, lambda: _print_structured_table(stats, output))
+        return
     if budget is not None:
         data = load_dataset(data_path, loaded)
         new_model, stats = prune_to_budget(
