@@ -136,12 +136,14 @@ def uniform_quantize(
     max_level: int = MAX_LEVEL,
     importance: np.ndarray | None = None,
 ) -> UniformArray:
-    """`w` on the grid `step` (``rdo_levels``); values in `w`'s dtype (float64 arithmetic, so
-    each value is exactly the float nearest step·n)."""
+    """`w` (a float array) on the grid `step` (``rdo_levels``); the step and the values in `w`'s dtype."""
     w = np.asarray(w)
     levels = rdo_levels(w, step, rd_factor, iterations, max_level, importance)
-    values = (levels.astype(np.float64) * float(step)).astype(w.dtype)
-    return UniformArray(values, levels, float(step))
+    # the step in the tensor's dtype, the product in it too: exactly what DequantizeLinear
+    # computes from these levels and that step as its scale
+    step_t = np.asarray(step, dtype=w.dtype)
+    values = levels.astype(w.dtype) * step_t
+    return UniformArray(values, levels, float(step_t))
 
 
 def grid_step(values: np.ndarray, max_level: int = MAX_LEVEL, rtol: float = 1e-5) -> float | None:
