@@ -424,7 +424,11 @@ def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
     import re
 
     found = re.search(r"on (\d+) of 1000 samples$", first["option"])
-    assert first["option"].startswith("k-means bits or uniform steps per tensor") and found and 32 <= int(found.group(1)) <= 200
+    assert (
+        first["option"].startswith("k-means bits or uniform steps per tensor")
+        and found
+        and 32 <= int(found.group(1)) <= 200
+    )
     assert share_row["applied"] and share_row["accuracy_drop"] <= 1.0  # measured on all 1000
 
 
