@@ -49,7 +49,7 @@ STEP_EXPONENTS = tuple(range(-3, 9))
 # fraction of its front (0: the costliest, 1: the cheapest).
 START_POSITION = 0.5
 # Elements of the candidates whose layer errors are computed together (float64 stacks).
-ERROR_GROUP_ELEMENTS = 1 << 23
+ERROR_GROUP_ELEMENTS = 1 << 21
 
 
 def importance_of(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -129,8 +129,10 @@ def rate_curves(
             errors = variant_errors(values, variants[s : s + group], layer)
             for option, e in zip(options[s : s + group], errors):
                 option["error"] = float(max(e, 0.0))
-        arrays.update({(name, i): v for i, v in enumerate(variants)})
         front = pareto([dict(o, index=i) for i, o in enumerate(options) if np.isfinite(o["error"])])
+        # only a candidate on the front is ever measured
+        arrays.update({(name, o["index"]): variants[o["index"]] for o in front})
+        del variants
         curves.append(
             {
                 "name": name,
