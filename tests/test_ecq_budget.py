@@ -141,3 +141,17 @@ def test_share_uniform_steps_and_quantize_meet_in_one_grid():
         share(model, steps_by_name={"fc1.weight": 0.0})
     with pytest.raises(UsageError, match="no weight tensor"):
         share(model, steps_by_name={"nope": 0.1})
+
+
+def test_an_all_zero_tensor_keeps_one_candidate_whatever_the_method():
+    from compressor.search.ecq_budget import rate_curves
+
+    originals = {
+        "z": np.zeros((8, 8), np.float32),
+        "w": np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32),
+    }
+    curves, arrays, _ = rate_curves(originals, {}, {}, method="uniform")
+    z, w = curves
+    assert [o["method"] for o in z["options"]] == ["kmeans"] and z["front"] == [0]
+    assert np.array_equal(arrays[("z", 0)], originals["z"])
+    assert {o["method"] for o in w["options"]} == {"uniform"}

@@ -110,16 +110,18 @@ def rate_curves(
     for n, (name, values) in enumerate(originals.items()):
         layer = layers.get(name)
         options, variants = [], []
-        if method in ("kmeans", "auto"):
-            for bits in BITS:
-                shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name))
-                options.append({"method": "kmeans", "bits": bits, "bytes": estimated_bytes(shared.labels)})
-                variants.append(shared.values)
-        if method in ("uniform", "auto"):
+        steps = step_ladder(values, STEP_EXPONENTS) if method in ("uniform", "auto") else []
+        # an all-zero tensor has no grid: k-means (which leaves it as it is) is its one candidate
+        widths = BITS if method in ("kmeans", "auto") else () if steps else BITS[:1]
+        for bits in widths:
+            shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name))
+            options.append({"method": "kmeans", "bits": bits, "bytes": estimated_bytes(shared.labels)})
+            variants.append(shared.values)
+        if steps:
             weights = importance_of(layer, values.shape)
             if weights is not None:
                 importance[name] = weights
-            for step in step_ladder(values, STEP_EXPONENTS):
+            for step in steps:
                 uniform = uniform_quantize(values, step, rd_factor, importance=weights)
                 options.append({"method": "uniform", "step": step, "bytes": estimated_bytes(uniform.levels)})
                 variants.append(uniform.values)
