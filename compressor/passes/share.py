@@ -160,7 +160,9 @@ def share(
         raise UsageError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     check_min_params(min_params)
     steps_by_name = {str(k): _check_step(f"steps_by_name[{k!r}]", v) for k, v in (steps_by_name or {}).items()}
-    if not (isinstance(rd_factor, (int, float)) and np.isfinite(rd_factor) and rd_factor >= 0):
+    if isinstance(rd_factor, bool) or not (
+        isinstance(rd_factor, (int, float, np.integer, np.floating)) and np.isfinite(rd_factor) and rd_factor >= 0
+    ):
         raise UsageError(f"rd_factor must be a non-negative number, got {rd_factor!r}")
     importance_by_name = importance_by_name or {}
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -298,7 +300,8 @@ def _check_step(label: str, step) -> float:
 
 def _uniform_stats(meta: dict, arr: np.ndarray, uniform, rd_factor: float) -> dict:
     """A uniform-grid tensor's stats entry: the k-means entry's keys ("bits": the magnitude bits
-    its levels need, plus a sign bit), with "method", "step" and "levels"."""
+    its levels need plus a sign bit; "codebook_size": the non-zero levels used), with "method",
+    "step" and "rd_factor"."""
     a64 = arr.astype(np.float64).ravel()
     d = uniform.values.astype(np.float64).ravel() - a64
     sse, norm2 = float(np.dot(d, d)), float(np.dot(a64, a64))

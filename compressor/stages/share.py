@@ -1,6 +1,8 @@
 """The share stage: k-means weight sharing.  Its ladder starts with the per-tensor width search
 (search.share_budget), weighed by packed size against the first uniform rung that fits; then
-uniform widths, fewest bits first, up to the recipe's and more fc bits."""
+uniform widths, fewest bits first, up to the recipe's and more fc bits.  With ``method`` "auto"
+(the default) or "uniform", the per-tensor search is search.ecq_budget's instead: k-means
+widths and uniform grids (ECUQ) per tensor, by estimated packed bytes."""
 
 from __future__ import annotations
 
