@@ -155,3 +155,51 @@ def test_an_all_zero_tensor_keeps_one_candidate_whatever_the_method():
     assert [o["method"] for o in z["options"]] == ["kmeans"] and z["front"] == [0]
     assert np.array_equal(arrays[("z", 0)], originals["z"])
     assert {o["method"] for o in w["options"]} == {"uniform"}
+
+
+def constant_columns(model, n=128, columns=10, value=0.7) -> Dataset:
+    inputs = dict(graphs.make_inputs(model, n, 1).inputs)
+    inputs["x"] = inputs["x"].copy()
+    inputs["x"][:, :columns] = value  # a dead pixel after normalisation: constant, not zero
+    return Dataset(inputs, None)
+
+
+def test_constant_inputs_are_found_and_their_weights_folded_into_the_bias():
+    from compressor.search.ecq_budget import constant_mask, fold_into_biases
+    from compressor.search.layer_error import capture_layers
+
+    model = graphs.mlp()
+    calib = constant_columns(model)
+    ws = [w for w in graph.weights(model) if w.name == "fc1.weight"]
+    layers, _, _ = capture_layers(model, ws, calib, 1)
+    layer = layers["fc1.weight"]
+    assert layer.constant_inputs().tolist() == [True] * 10 + [False] * 54
+    mask = constant_mask(layer, ws[0].shape)
+    assert mask.shape == (128, 64) and mask[:, :10].all() and not mask[:, 10:].any()
+    originals = {"fc1.weight": ws[0].array()}
+    folded, stats = fold_into_biases(model, originals, {"fc1.weight": mask}, calib)
+    assert stats["folded"] == [{"name": "fc1.weight", "weights": 1280}]
+    w = next(x.array() for x in graph.weights(folded) if x.name == "fc1.weight")
+    assert np.all(w[:, :10] == 0) and np.array_equal(w[:, 10:], originals["fc1.weight"][:, 10:])
+    # the same outputs wherever those inputs keep their value
+    assert np.allclose(run_model(folded, calib)[0], run_model(model, calib)[0], atol=1e-4)
+
+
+def test_the_curves_pack_folded_weights_as_zeros_and_measure_them_as_they_were():
+    from compressor.search.ecq_budget import rate_curves
+    from compressor.search.layer_error import capture_layers
+
+    model = graphs.mlp()
+    calib = constant_columns(model)
+    ws = [w for w in graph.weights(model) if w.name == "fc1.weight"]
+    layers, reasons, _ = capture_layers(model, ws, calib, 1)
+    originals = {"fc1.weight": ws[0].array()}
+    folds = {}
+    folded, arrays, _ = rate_curves(originals, layers, reasons, "uniform", fold_constants=True, folds=folds)
+    plain, _, _ = rate_curves(originals, layers, reasons, "uniform")
+    assert set(folds) == {"fc1.weight"}
+    # every grid packs smaller with the constant columns folded, at no more layer error
+    for a, b in zip(folded[0]["options"], plain[0]["options"]):
+        assert a["bytes"] < b["bytes"] and a["error"] <= b["error"] + 1e-12
+    for (name, _i), array in arrays.items():
+        assert np.array_equal(array[:, :10], originals[name][:, :10])

@@ -29,15 +29,18 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from .. import graph
 from ..codec import rans
 from ..data import Dataset
 from ..ecq import RD_FACTOR, step_ladder, uniform_quantize
 from ..errors import CompressorError
 from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
+from ..passes.bias_correction import correct_biases
 from ..passes.layers import Layer
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
+from ..variants import with_arrays
 from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
 from .prune_budget import allocate_ratios
 from .share_budget import ALLOWANCE_STEP, BITS, MAX_SEARCH_RUNS, REFINE_RUNS, RESOLUTION
@@ -48,13 +51,25 @@ STEP_EXPONENTS = tuple(range(-3, 9))
 # The allowance search starts at the summed errors of every tensor's candidate at this
 # fraction of its front (0: the costliest, 1: the cheapest).
 START_POSITION = 0.5
+# Weights on inputs constant on the calibration data go into the layer's bias (uniform grids).
+FOLD_CONSTANTS = True
 # Elements of the candidates whose layer errors are computed together (float64 stacks).
 ERROR_GROUP_ELEMENTS = 1 << 21
 
 
-def importance_of(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Per-weight error weights in the tensor's own shape: the variance (second moment) of the
-    input each weight multiplies, over its mean on the inputs that vary; None without a layer."""
+def per_weight(layer: Layer, per_input: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A value per input of the layer, as an array of the weight tensor's shape."""
+    d_out = int(np.prod(shape)) // layer.d_in
+    m = np.broadcast_to(np.asarray(per_input)[:, None], (layer.d_in, d_out))  # the d_in x d_out view
+    if layer.kind == "conv":
+        return np.ascontiguousarray(m.T).reshape(shape)
+    return np.ascontiguousarray(m.T if layer.transpose_w else m).reshape(shape)
+
+
+def importance_of(layer: Layer | None, shape: tuple[int, ...], fold: bool = False) -> np.ndarray | None:
+    """Per-weight error weights in the tensor's own shape: the second moment of the input each
+    weight multiplies, over its mean on the inputs that vary; None without a layer.  `fold`: the
+    constant inputs weigh 0 too (their weights go into the bias, ``constant_mask``)."""
     if layer is None or layer.rows == 0:
         return None
     diag = np.clip(np.diag(layer.C), 0.0, None)
@@ -62,11 +77,18 @@ def importance_of(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | N
     if varying.size == 0:
         return None
     per_input = diag / float(varying.mean())
-    d_out = int(np.prod(shape)) // layer.d_in
-    m = np.broadcast_to(per_input[:, None], (layer.d_in, d_out))  # the layer's d_in x d_out view
-    if layer.kind == "conv":
-        return np.ascontiguousarray(m.T).reshape(shape)
-    return np.ascontiguousarray(m.T if layer.transpose_w else m).reshape(shape)
+    if fold:
+        per_input = np.where(layer.constant_inputs(), 0.0, per_input)
+    return per_weight(layer, per_input, shape)
+
+
+def constant_mask(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The weights on inputs that are constant but not zero on the calibration data (their output
+    is a constant: the bias can take it, and the weights become zeros), or None when there are none."""
+    if layer is None or layer.rows == 0:
+        return None
+    const = layer.constant_inputs() & (np.abs(layer.total) > 0)
+    return per_weight(layer, const, shape) if const.any() else None
 
 
 def estimated_bytes(levels: np.ndarray) -> int:
@@ -100,10 +122,17 @@ def rate_curves(
     init: str = "linear",
     seed: int = 0,
     progress=None,
+    fold_constants: bool = False,
+    folds: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[dict], dict[tuple[str, int], np.ndarray], dict[str, np.ndarray]]:
     """Per tensor ``{"name", "options": [{"method", "bits" | "step", "bytes", "error"}], "front",
     "method", "reason"}`` (``front``: indices into options, costliest first), the candidate
-    arrays by (name, option index), and the uniform rounding's importance by name."""
+    arrays by (name, option index), and the uniform rounding's importance by name.
+
+    `fold_constants`: the weights on constant non-zero inputs of a uniform candidate are
+    packed as zeros and measured as they are (the caller folds them into the bias); their
+    masks go into `folds` by name."""
+    folds = {} if folds is None else folds
     if method not in METHODS:
         raise CompressorError(f"share method must be one of {', '.join(METHODS)}, got {method!r}")
     curves, arrays, importance = [], {}, {}
@@ -118,13 +147,22 @@ def rate_curves(
             options.append({"method": "kmeans", "bits": bits, "bytes": estimated_bytes(shared.labels)})
             variants.append(shared.values)
         if steps:
-            weights = importance_of(layer, values.shape)
+            fold = constant_mask(layer, values.shape) if fold_constants else None
+            weights = importance_of(layer, values.shape, fold=fold is not None)
             if weights is not None:
                 importance[name] = weights
+            if fold is not None:
+                folds[name] = fold
             for step in steps:
                 uniform = uniform_quantize(values, step, rd_factor, importance=weights)
-                options.append({"method": "uniform", "step": step, "bytes": estimated_bytes(uniform.levels)})
-                variants.append(uniform.values)
+                levels, measured = uniform.levels, uniform.values
+                if fold is not None:
+                    # packed: zeros there (the bias takes their part); measured: the original
+                    # weights, which give the same outputs on the calibration inputs
+                    levels = np.where(fold, 0, levels)
+                    measured = np.where(fold, values, measured)
+                options.append({"method": "uniform", "step": step, "bytes": estimated_bytes(levels)})
+                variants.append(measured)
         # the error stacks in groups: each candidate of a large layer is d_in x d_out floats
         group = max(1, ERROR_GROUP_ELEMENTS // max(values.size, 1))
         for s in range(0, len(variants), group):
@@ -217,6 +255,30 @@ def refine(knapsack: list[dict], tried: list[dict], measure, saved) -> None:
             blocked.add(name)
 
 
+def fold_into_biases(
+    model: onnx.ModelProto, originals: dict[str, np.ndarray], masks: dict[str, np.ndarray], calib: Dataset
+) -> tuple[onnx.ModelProto, dict]:
+    """`model` with the weights under `masks` zeroed and their constant contribution (the input's
+    mean there) taken by the layer's bias (``bias_correction.correct_biases`` of exactly that
+    change, on `calib`).  A tensor whose bias cannot take it keeps its original weights there
+    (as the search measured it).  Returns (model, stats)."""
+    weights = [w for w in graph.weights(model) if w.name in masks]
+    current = {w.name: w.array() for w in weights}
+    kept = {n: np.where(m, originals[n].astype(current[n].dtype), current[n]) for n, m in masks.items()}
+    zeroed = {n: np.where(m, 0, current[n]).astype(current[n].dtype) for n, m in masks.items()}
+    before = with_arrays(model, weights, kept)
+    after = with_arrays(model, weights, zeroed)
+    corrected, stats = correct_biases(before, after, calib, sorted(masks))
+    done = {c["name"] for c in stats.get("corrected", [])} if stats.get("kept", True) else set()
+    if not done:
+        return before, {"folded": [], "skipped": stats.get("skipped", [])}
+    back = {n: kept[n] for n in masks if n not in done}
+    if back:
+        corrected = with_arrays(corrected, [w for w in graph.weights(corrected) if w.name in back], back)
+    folded = [{"name": n, "weights": int(np.count_nonzero(masks[n] & (kept[n] != 0)))} for n in sorted(done)]
+    return corrected, {"folded": folded, "skipped": stats.get("skipped", [])}
+
+
 def _trial(allowance, choice: dict[str, int], saved_bytes: int, metrics: dict) -> dict:
     return {
         "allowance": allowance,
@@ -247,10 +309,12 @@ def share_by_rate(
     bias_judge=None,
     judge: Judge | None = None,
     calib: Dataset | None = None,
+    fold_constants: bool = FOLD_CONSTANTS,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per tensor a k-means width or a uniform step within `budget_points` of `model` on `data`,
     fewest estimated packed bytes; returns (model, stats).  Arguments as ``share_to_budget``'s,
-    plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate) and `rd_factor`."""
+    plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor` and
+    `fold_constants` (``fold_into_biases``)."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -261,7 +325,10 @@ def share_by_rate(
     originals = runner.originals
     n_options = len(BITS) + len(STEP_EXPONENTS)
     layers, reasons, captures = capture_layers(model, selected, calib or data, n_options)
-    curves, arrays, importance = rate_curves(originals, layers, reasons, method, rd_factor, init, seed, progress)
+    folds: dict[str, np.ndarray] = {}
+    curves, arrays, importance = rate_curves(
+        originals, layers, reasons, method, rd_factor, init, seed, progress, fold_constants, folds
+    )
     for c, w in zip(curves, selected):
         c["role"] = w.role
     knapsack = knapsack_of(curves)
@@ -321,6 +388,9 @@ def share_by_rate(
         bias_data=bias_data,
         bias_judge=bias_judge,
     )
+    folded = {n: folds[n] for n in steps_by_name if n in folds}
+    if folded:
+        shared, stats["constant_inputs_folded"] = fold_into_biases(shared, originals, folded, calib or data)
     stats["budget_search"] = {
         "budget_points": budget_points,
         "method": method,
