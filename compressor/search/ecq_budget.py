@@ -14,7 +14,11 @@ model:
 
 The rounding is data-aware: each weight's squared error is weighted by the variance of the
 input it multiplies (diag C, normalised to mean 1 over the inputs that vary), so weights on
-inputs that never vary (an MNIST border pixel) go to the cheapest level, zero.
+inputs that never vary (an MNIST border pixel) go to the cheapest level, zero.  An input that
+is constant but not zero (that pixel after a normalising Sub/Div in the graph) adds a constant
+to the output: its weights are packed as zeros and their part goes into the layer's bias
+(``fold_into_biases``), and the search measures the candidate with them as they were, which
+gives the same outputs on the calibration inputs.
 
 A tensor's candidates are cut to their Pareto front (fewer bytes, larger error), and the
 allocation is ``share_budget``'s: a knapsack over the fronts (saving = bytes below the
