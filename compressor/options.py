@@ -106,6 +106,9 @@ class ShareOptions(_Section):
     exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
     min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
     seed: int = _option(0, check=NON_NEGATIVE)  # numpy's generators take non-negative seeds
+    # The per-tensor search's candidates: k-means widths, uniform grids (ECUQ), or both ("auto").
+    method: str = _option("auto", choices=("kmeans", "uniform", "auto"), shown_when_set=True)
+    rd_factor: float = _option(0.1, check=NON_NEGATIVE, shown_when_set=True)  # uniform: λ / step²
     given: frozenset[str] = _given()
 
     @property

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .ecq import grid_step
+
 INT_RANGES = {
     "int8": (-128, 127),
     "uint8": (0, 255),
@@ -264,6 +266,8 @@ def choose_codebook_scale(
 ) -> tuple[float, int, np.ndarray, int]:
     """One scale and zero point for a codebook: fewest merged centroids, then least error.
 
+    A codebook on a uniform grid (``grid_step``) also tries that grid's step: its error is zero.
+
     The min/max scale ``s0`` (the largest centroid on the last level) is always a candidate;
     the others span [low, high] x s0 (a slightly finer scale clips the extreme centroid by a
     level or so, a coarser one shifts where the rounding boundaries fall, which can separate
@@ -275,10 +279,15 @@ def choose_codebook_scale(
     counts = np.asarray(counts, dtype=np.float64)
     base_scale, base_zp = scale_zero_point(values.min(), values.max(), qmin, qmax, symmetric)
     base_scale, base_zp = float(base_scale), int(base_zp)
-    factors = np.concatenate([[1.0], np.geomspace(low, high, candidates)])
+    scales = [float(np.float32(base_scale * f)) for f in np.concatenate([[1.0], np.geomspace(low, high, candidates)])]
+    step = grid_step(values, max(abs(qmin), abs(qmax))) if symmetric else None
+    if step is not None:
+        # A uniform grid (share's "uniform" method): its own step maps every value to its
+        # level exactly; float32 neighbours too, in case the step estimate is an ulp off.
+        s32 = np.float32(step)
+        scales += [float(s32), float(np.nextafter(s32, np.float32(0))), float(np.nextafter(s32, np.float32(np.inf)))]
     best = None
-    for factor in factors:
-        s = float(np.float32(base_scale * factor))
+    for s in scales:
         if symmetric:
             zp = base_zp
         else:

@@ -66,7 +66,7 @@ def test_share_searches_bits_per_tensor_and_keeps_the_smaller_of_it_and_the_firs
     _, _, report = lenet5_run
     share_row = report["stages"][2]
     tried = share_row["attempts"]
-    assert tried[0]["option"].startswith("k-means bits per tensor, searched within")
+    assert tried[0]["option"].startswith("k-means bits or uniform steps per tensor, searched within")
     assert tried[1]["option"] == "k-means 4 bits conv / 4 bits fc"
     budget = report["budget_points"]
     assert tried[0]["accuracy_drop"] <= 0.7 * budget + 1e-9  # the search's share of the budget
@@ -424,7 +424,11 @@ def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
     import re
 
     found = re.search(r"on (\d+) of 1000 samples$", first["option"])
-    assert first["option"].startswith("k-means bits per tensor") and found and 32 <= int(found.group(1)) <= 200
+    assert (
+        first["option"].startswith("k-means bits or uniform steps per tensor")
+        and found
+        and 32 <= int(found.group(1)) <= 200
+    )
     assert share_row["applied"] and share_row["accuracy_drop"] <= 1.0  # measured on all 1000
 
 

@@ -35,6 +35,7 @@ class Layer:
         self.kind, self.x_name, self.d_in = kind, x_name, d_in
         self.transpose_w, self.trans_a, self.scale, self.conv = transpose_w, trans_a, scale, conv
         self.C = np.zeros((d_in, d_in))
+        self.total = np.zeros(d_in)  # the rows' sum: the inputs' means
         self.rows = 0
         self.kept: list[np.ndarray] | None = []  # the rows themselves, while there are at most d_in
 
@@ -59,9 +60,18 @@ class Layer:
     def accumulate(self, x: np.ndarray) -> None:
         for rows in self.rows_of(x):
             self.C += rows.T @ rows
+            self.total += rows.sum(axis=0)
             self.rows += rows.shape[0]
             if self.kept is not None:
                 self.kept = self.kept + [rows] if self.rows <= self.d_in else None
+
+    def constant_inputs(self, rtol: float = 1e-6) -> np.ndarray:
+        """Which inputs took one value over every row (variance within `rtol` of the second moment)."""
+        if self.rows == 0:
+            return np.zeros(self.d_in, dtype=bool)
+        second = np.diag(self.C) / self.rows
+        mean = self.total / self.rows
+        return second - mean * mean <= rtol * second
 
     def factor(self) -> np.ndarray:
         """R (r x d_in) with R^T R = scale * C (up to a 1e-10 ridge when r = d_in).

@@ -52,6 +52,7 @@ import onnx
 
 from .. import graph
 from ..data import Dataset, load_dataset
+from ..ecq import RD_FACTOR, uniform_quantize
 from ..errors import UsageError
 from ..kmeans import INITS, SharedArray, cast_codebook, share_array
 from .bias_correction import correct_biases
@@ -138,8 +139,16 @@ def share(
     refit_data: Dataset | str | None = None,
     bias_data: Dataset | str | None = None,
     bias_judge=None,
+    steps_by_name: dict[str, float] | None = None,
+    rd_factor: float = RD_FACTOR,
+    importance_by_name: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means weight sharing.  Returns ``(new model, stats)``; never mutates ``model``.
+
+    ``steps_by_name``: tensors put on a uniform grid of that step instead (``ecq.uniform_quantize``,
+    rate-distortion rounding with ``rd_factor``; ``importance_by_name``: per-tensor error weights
+    broadcastable to the tensor, e.g. its layer's input variances).  Their values are step x an
+    integer, so quantize keeps the grid; they are not refit.
 
     ``bias_data`` (calibration inputs): afterwards, lower each shared layer's bias by the mean
     output shift sharing caused (``bias_correction``; kept if it brings the outputs closer to
@@ -150,6 +159,12 @@ def share(
     if init not in INITS:
         raise UsageError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     check_min_params(min_params)
+    steps_by_name = {str(k): _check_step(f"steps_by_name[{k!r}]", v) for k, v in (steps_by_name or {}).items()}
+    if isinstance(rd_factor, bool) or not (
+        isinstance(rd_factor, (int, float, np.integer, np.floating)) and np.isfinite(rd_factor) and rd_factor >= 0
+    ):
+        raise UsageError(f"rd_factor must be a non-negative number, got {rd_factor!r}")
+    importance_by_name = importance_by_name or {}
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UsageError(f"seed must be an integer, got {seed!r}")
     pattern = compile_exclude(exclude)
@@ -160,7 +175,7 @@ def share(
     by_name: dict[str, list[graph.Weight]] = {}
     for w in ws:
         by_name.setdefault(w.name, []).append(w)
-    for name in bits_by_name:
+    for name in [*bits_by_name, *steps_by_name]:
         if name not in by_name:
             known = sorted({w.name for w in ws if w.is_matrix})
             hint = f" (matrix weights: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''})" if known else ""
@@ -172,7 +187,7 @@ def share(
                 f"(conv filters, Gemm/MatMul weights, recurrent W/R) are shared"
             )
 
-    selected, skipped = _select(ws, pattern, min_params, set(bits_by_name))
+    selected, skipped = _select(ws, pattern, min_params, set(bits_by_name) | set(steps_by_name))
     plan = [(w, bits_by_name.get(w.name, bits_conv if w.role in CONV_ROLES else bits_fc)) for w in selected]
 
     warnings: list[str] = []
@@ -208,6 +223,12 @@ def share(
                 skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": reason})
                 if reason == "non-finite values":
                     warnings.append(f"{w.name}: NaN or infinite values; left unshared")
+                continue
+            if w.name in steps_by_name:
+                step = steps_by_name[w.name]
+                uniform = uniform_quantize(arr, step, rd_factor, importance=importance_by_name.get(w.name))
+                w.set_array(uniform.values)
+                entries.append(_uniform_stats(_weight_meta(w), arr, uniform, rd_factor))
                 continue
             inflight.append((w, bits, arr, pool.submit(work, arr, bits, _weight_meta(w))))
             if len(inflight) >= workers:
@@ -250,6 +271,8 @@ def share(
         "bits_conv": bits_conv,
         "bits_fc": bits_fc,
         "bits_by_name": bits_by_name,
+        "steps_by_name": steps_by_name,
+        "rd_factor": float(rd_factor),
         "init": init,
         "seed": int(seed),
         "min_params": int(min_params),
@@ -263,6 +286,49 @@ def share(
         "warnings": warnings,
     }
     return model, stats
+
+
+def _check_step(label: str, step) -> float:
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, (int, float, np.floating))
+        or not (np.isfinite(step) and step > 0)
+    ):
+        raise UsageError(f"{label}: the step must be a positive number, got {step!r}")
+    return float(step)
+
+
+def _uniform_stats(meta: dict, arr: np.ndarray, uniform, rd_factor: float) -> dict:
+    """A uniform-grid tensor's stats entry: the k-means entry's keys ("bits": the magnitude bits
+    its levels need plus a sign bit; "codebook_size": the non-zero levels used), with "method",
+    "step" and "rd_factor"."""
+    a64 = arr.astype(np.float64).ravel()
+    d = uniform.values.astype(np.float64).ravel() - a64
+    sse, norm2 = float(np.dot(d, d)), float(np.dot(a64, a64))
+    levels = uniform.levels.ravel()
+    used = np.unique(levels[levels != 0])
+    peak = int(np.max(np.abs(used))) if used.size else 0
+    entry = {
+        "name": meta["name"],
+        "role": meta["role"],
+        "shape": meta["shape"],
+        "dtype": str(arr.dtype),
+        "size": meta["size"],
+        "method": "uniform",
+        "bits": int(peak).bit_length() + 1,
+        "step": uniform.step,
+        "rd_factor": float(rd_factor),
+        "codebook_size": int(used.size),
+        "distinct": int(used.size),
+        "zeros": int(np.count_nonzero(levels == 0)),
+        "rmse": (sse / max(meta["size"], 1)) ** 0.5,
+        "rel_error": (sse / norm2) ** 0.5 if norm2 > 0 else 0.0,
+        "iterations": 0,
+        "refit": None,
+    }
+    if meta["graph"]:
+        entry["graph"] = meta["graph"]
+    return entry
 
 
 def _weight_meta(w: graph.Weight) -> dict:
@@ -285,6 +351,7 @@ def _tensor_stats(meta: dict, bits: int, arr: np.ndarray, shared: SharedArray, r
         "shape": meta["shape"],
         "dtype": str(arr.dtype),
         "size": size,
+        "method": "kmeans",
         "bits": bits,
         "codebook_size": int(len(shared.codebook)),
         "distinct": distinct,

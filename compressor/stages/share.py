@@ -1,6 +1,8 @@
 """The share stage: k-means weight sharing.  Its ladder starts with the per-tensor width search
 (search.share_budget), weighed by packed size against the first uniform rung that fits; then
-uniform widths, fewest bits first, up to the recipe's and more fc bits."""
+uniform widths, fewest bits first, up to the recipe's and more fc bits.  With ``method`` "auto"
+(the default) or "uniform", the per-tensor search is search.ecq_budget's instead: k-means
+widths and uniform grids (ECUQ) per tensor, by estimated packed bytes."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 from ..graph import Weight
 from ..options import ShareOptions
 from ..passes.share import CONV_ROLES, share, shareable_weights
+from ..search.ecq_budget import share_by_rate
 from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 
@@ -142,8 +145,11 @@ def per_tensor_attempt(
             return None
         snr = -10 * math.log10(allowed)
 
+    by_rate = opts.method != "kmeans"
+    extra = {"method": opts.method, "rd_factor": opts.rd_factor} if by_rate else {}
+
     def searched():
-        shared, stats = share_to_budget(
+        shared, stats = (share_by_rate if by_rate else share_to_budget)(
             model,
             data,
             points,
@@ -157,11 +163,13 @@ def per_tensor_attempt(
             bias_data=bias_data,
             bias_judge=bias_judge,
             calib=calib,
+            **extra,
         )
         stats["search_plan"] = search_summary(stats["budget_search"])
         return shared, stats
 
-    return Attempt(f"k-means bits per tensor, searched within {points:.2g} points{where}", searched, reserve)
+    what = {"kmeans": "k-means bits", "uniform": "uniform steps", "auto": "k-means bits or uniform steps"}[opts.method]
+    return Attempt(f"{what} per tensor, searched within {points:.2g} points{where}", searched, reserve)
 
 
 def search_summary(search: dict) -> str:
@@ -169,8 +177,9 @@ def search_summary(search: dict) -> str:
     methods = list(search["methods"].values())
     by_covariance = methods.count("covariance")
     others = ", the others by weight error" if by_covariance < len(methods) else ""
+    uniform = f", {search['uniform_runs']} uniform grids" if "uniform_runs" in search else ""
     return (
         f"{by_covariance} of {len(methods)} tensors by layer output error{others}; "
-        f"{search['capture_runs']} capture run(s), {search['kmeans_runs']} k-means, "
+        f"{search['capture_runs']} capture run(s), {search['kmeans_runs']} k-means{uniform}, "
         f"{search['whole_model_runs']} whole-model runs for the candidates"
     )

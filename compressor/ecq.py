@@ -1,0 +1,169 @@
+"""Entropy-constrained uniform quantization (ECUQ) of one weight tensor — pure numpy.
+
+k-means minimises the error for a given *number* of centroids; what the container pays for
+is the *entropy* of the symbols.  At the rates weights are coded at, a uniform grid followed
+by an entropy coder is within a fraction of a bit of the rate-distortion bound whatever the
+distribution (Gish & Pierce 1968), and its integers are directly the QuantizeLinear values
+of an int8 tensor with that step as scale, so "share" and "quantize" meet in one grid.
+
+A tensor is quantized with one step Δ: each non-zero value becomes Δ·n for an integer n;
+zeros (pruned weights) stay exactly zero.  Rounding is rate-distortion optimised
+(``rdo_levels``): each value takes, of the two grid levels around it and zero, the one
+minimising ``(w - Δ·n)² + λ·R(n)``, with ``R(n) = -log2 p(n)`` the code length of level n
+in the tensor's own level distribution (zeros included), recomputed from the result a few
+times; ``λ = rd_factor · Δ²``.  (For a uniform quantizer at high rate dD/dR = -2 ln2 · Δ²/12,
+so factors around 0.1 trade error for bits at the quantizer's own slope.)  With
+``rd_factor = 0`` it is plain rounding.
+
+``step_ladder`` gives the steps a search tries for a tensor: geometric, from the RMS of its
+non-zero values, finest first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Rate-distortion rounding: the default λ / Δ² and the passes over the level distribution.
+RD_FACTOR = 0.1
+RD_ITERATIONS = 3
+# Largest |level| a step may give (int8 symmetric weights: one sign bit, 7 magnitude bits).
+MAX_LEVEL = 127
+# Steps of the ladder, relative to the RMS of the non-zero values: 2^(-i/2) for i in this range.
+LADDER_EXPONENTS = tuple(range(-2, 13))
+
+
+@dataclass(frozen=True)
+class UniformArray:
+    values: np.ndarray  # step * levels, in the input's dtype; zeros where the input had zeros
+    levels: np.ndarray  # int64, same shape
+    step: float
+
+
+def entropy_bits(levels: np.ndarray) -> float:
+    """Zero-order entropy of the levels (zeros included), in bits for the whole array."""
+    flat = np.asarray(levels).ravel()
+    if flat.size == 0:
+        return 0.0
+    _, counts = np.unique(flat, return_counts=True)
+    p = counts / flat.size
+    return float(-np.sum(counts * np.log2(p)))
+
+
+def smallest_step(values: np.ndarray, max_level: int = MAX_LEVEL) -> float:
+    """The finest step at which every value fits within ±max_level levels."""
+    peak = float(np.max(np.abs(values))) if np.size(values) else 0.0
+    return peak / (max_level + 0.5) if peak > 0 else 0.0
+
+
+def step_ladder(values: np.ndarray, exponents=LADDER_EXPONENTS, max_level: int = MAX_LEVEL) -> list[float]:
+    """Candidate steps for a tensor, finest first: RMS of its non-zero values x 2^(-e/2) for e in
+    decreasing `exponents`, none finer than ``smallest_step`` (duplicates dropped)."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    nz = flat[flat != 0]
+    if nz.size == 0:
+        return []
+    rms = float(np.sqrt(np.mean(nz * nz)))
+    floor = smallest_step(nz, max_level)
+    steps = []
+    for e in sorted(exponents, reverse=True):
+        s = max(rms * 2.0 ** (-e / 2), floor)
+        if not steps or s > steps[-1] * (1 + 1e-9):
+            steps.append(s)
+    return steps
+
+
+def _rates(levels: np.ndarray, offset: int, width: int, total: int) -> np.ndarray:
+    """Code length in bits of each level offset..offset+width-1 in `levels`' distribution; a
+    level that does not occur costs as much as one occurring once more than the total."""
+    counts = np.bincount(levels + offset, minlength=width).astype(np.float64)
+    counts[counts == 0] = 0.5
+    return -np.log2(counts / max(total, 1))
+
+
+def rdo_levels(
+    w: np.ndarray,
+    step: float,
+    rd_factor: float = RD_FACTOR,
+    iterations: int = RD_ITERATIONS,
+    max_level: int = MAX_LEVEL,
+    importance: np.ndarray | None = None,
+) -> np.ndarray:
+    """Integer levels of `w` on the grid `step` (zeros stay 0), rate-distortion rounded.
+
+    Each non-zero value takes the level among floor(w/Δ), ceil(w/Δ) and 0 minimising
+    (w - Δn)² + λ·R(n), λ = rd_factor·Δ², R from the previous pass's level counts (the
+    first pass: nearest rounding).  Levels are clipped to ±max_level.
+
+    `importance` (broadcastable to `w`, >= 0, about 1 on average): weights of the squared
+    errors, e.g. the variance of the input each weight multiplies, so a weight on an input
+    that never varies costs no error and goes to the cheapest level."""
+    if not step > 0 or not np.isfinite(step):
+        raise ValueError(f"step must be a positive finite number, got {step!r}")
+    flat = np.asarray(w, dtype=np.float64).ravel()
+    nz = np.flatnonzero(flat)
+    x = flat[nz] / step
+    levels = np.zeros(flat.size, dtype=np.int64)
+    near = np.clip(np.rint(x), -max_level, max_level).astype(np.int64)
+    levels[nz] = near
+    if rd_factor > 0 and nz.size:
+        lo = np.clip(np.floor(x), -max_level, max_level).astype(np.int64)
+        hi = np.clip(lo + 1, -max_level, max_level)
+        zero = np.zeros_like(lo)
+        candidates = np.stack([lo, hi, zero])  # ties: the first (lo, then hi) wins
+        # squared error in units of step², so λ / step² = rd_factor
+        errors = np.square(x[None, :] - candidates)
+        if importance is not None:
+            weight = np.broadcast_to(np.asarray(importance, dtype=np.float64), np.shape(w)).ravel()[nz]
+            errors *= weight[None, :]
+        width = 2 * max_level + 1
+        for _ in range(max(1, iterations)):
+            rates = _rates(levels, max_level, width, flat.size)
+            cost = errors + rd_factor * rates[candidates + max_level]
+            chosen = candidates[np.argmin(cost, axis=0), np.arange(nz.size)]
+            if np.array_equal(chosen, levels[nz]):
+                break
+            levels[nz] = chosen
+    return levels.reshape(np.shape(w))
+
+
+def uniform_quantize(
+    w: np.ndarray,
+    step: float,
+    rd_factor: float = RD_FACTOR,
+    iterations: int = RD_ITERATIONS,
+    max_level: int = MAX_LEVEL,
+    importance: np.ndarray | None = None,
+) -> UniformArray:
+    """`w` (a float array) on the grid `step` (``rdo_levels``); the step and the values in `w`'s dtype."""
+    w = np.asarray(w)
+    levels = rdo_levels(w, step, rd_factor, iterations, max_level, importance)
+    # the step in the tensor's dtype, the product in it too: exactly what DequantizeLinear
+    # computes from these levels and that step as its scale
+    step_t = np.asarray(step, dtype=w.dtype)
+    values = levels.astype(w.dtype) * step_t
+    return UniformArray(values, levels, float(step_t))
+
+
+def grid_step(values: np.ndarray, max_level: int = MAX_LEVEL, rtol: float = 1e-5) -> float | None:
+    """The step of the uniform grid the distinct non-zero `values` lie on, or None.
+
+    The step is the smallest |value| divided by each candidate integer up to the smallest
+    level that makes every value a multiple of it within `rtol` of the step, with no level
+    above `max_level`.  A k-means codebook (irregular spacing) gives None."""
+    v = np.unique(np.abs(np.asarray(values, dtype=np.float64).ravel()))
+    v = v[v > 0]
+    if v.size == 0:
+        return None
+    for divisor in range(1, max_level + 1):
+        step = v[0] / divisor
+        n = v / step
+        if n[-1] > max_level + 0.5:
+            return None
+        r = np.rint(n)
+        if np.all(np.abs(n - r) <= rtol * np.maximum(r, 1)):
+            # the least-squares step of those levels, so float32 rounding of the values
+            # does not bias it
+            return float(np.dot(r, v) / np.dot(r, r))
+    return None

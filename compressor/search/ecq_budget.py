@@ -1,0 +1,414 @@
+"""share_by_rate: per tensor, k-means or a uniform grid (ECUQ), chosen on estimated packed bytes.
+
+``share_budget`` picks k-means widths and counts savings in nominal bits; what the container
+pays is the coded stream.  This search gives every shareable tensor a list of candidates —
+k-means at each width of ``share_budget.BITS`` and, for ``method`` "uniform" or "auto", a
+uniform grid at each step of ``ecq.step_ladder`` with rate-distortion rounding
+(``ecq.uniform_quantize``) — and scores each on two numbers measured without running the
+model:
+
+* rate: the bytes ``codec.rans`` estimates for the candidate's symbols (zeros included, in
+  storage order, with its previous-symbol context model: what pack's dict-rans coder spends);
+* error: the layer's relative output error tr(ΔWᵀCΔW) / tr(WᵀCW) from the input covariance
+  C captured in one run (``layer_error``), or the weight-space proxy.
+
+The rounding is data-aware: each weight's squared error is weighted by the variance of the
+input it multiplies (diag C, normalised to mean 1 over the inputs that vary), so weights on
+inputs that never vary (an MNIST border pixel) go to the cheapest level, zero.  An input that
+is constant but not zero (that pixel after a normalising Sub/Div in the graph) adds a constant
+to the output: its weights are packed as zeros and their part goes into the layer's bias
+(``fold_into_biases``), and the search measures the candidate with them as they were, which
+gives the same outputs on the calibration inputs.
+
+A tensor's candidates are cut to their Pareto front (fewer bytes, larger error), and the
+allocation is ``share_budget``'s: a knapsack over the fronts (saving = bytes below the
+tensor's costliest candidate), an allowance searched on whole-model runs (at most
+`max_evals`), then single-tensor steps along the fronts (``refine``).  The best allocation
+within the budget is rebuilt with ``passes.share.share`` (``bits_by_name`` and
+``steps_by_name``), which reproduces the measured arrays exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .. import graph
+from ..codec import rans
+from ..data import Dataset
+from ..ecq import RD_FACTOR, step_ladder, uniform_quantize
+from ..errors import CompressorError
+from ..kmeans import share_array
+from ..measure import Judge, Trials, VariantRunner, search_allowance
+from ..passes.bias_correction import correct_biases
+from ..passes.layers import Layer
+from ..passes.selection import DEFAULT_MIN_PARAMS
+from ..passes.share import share, shareable_weights, tensor_rng
+from ..variants import with_arrays
+from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
+from .prune_budget import allocate_ratios
+from .share_budget import ALLOWANCE_STEP, BITS, MAX_SEARCH_RUNS, REFINE_RUNS, RESOLUTION
+
+METHODS = ("kmeans", "uniform", "auto")
+# Steps tried per tensor: RMS of its non-zero values x 2^(-e/2), coarsest (e = -3) to finest.
+STEP_EXPONENTS = tuple(range(-3, 9))
+# The allowance search starts at the summed errors of every tensor's candidate at this
+# fraction of its front (0: the costliest, 1: the cheapest).
+START_POSITION = 0.5
+# Weights on inputs constant on the calibration data go into the layer's bias (uniform grids).
+FOLD_CONSTANTS = True
+# Elements of the candidates whose layer errors are computed together (float64 stacks).
+ERROR_GROUP_ELEMENTS = 1 << 21
+
+
+def per_weight(layer: Layer, per_input: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A value per input of the layer, as an array of the weight tensor's shape."""
+    d_out = int(np.prod(shape)) // layer.d_in
+    m = np.broadcast_to(np.asarray(per_input)[:, None], (layer.d_in, d_out))  # the d_in x d_out view
+    if layer.kind == "conv":
+        return np.ascontiguousarray(m.T).reshape(shape)
+    return np.ascontiguousarray(m.T if layer.transpose_w else m).reshape(shape)
+
+
+def importance_of(layer: Layer | None, shape: tuple[int, ...], fold: bool = False) -> np.ndarray | None:
+    """Per-weight error weights in the tensor's own shape: the second moment of the input each
+    weight multiplies, over its mean on the inputs that vary; None without a layer.  `fold`: the
+    constant inputs weigh 0 too (their weights go into the bias, ``constant_mask``)."""
+    if layer is None or layer.rows == 0:
+        return None
+    diag = np.clip(np.diag(layer.C), 0.0, None)
+    varying = diag[diag > 0]
+    if varying.size == 0:
+        return None
+    per_input = diag / float(varying.mean())
+    if fold:
+        per_input = np.where(layer.constant_inputs(), 0.0, per_input)
+    return per_weight(layer, per_input, shape)
+
+
+def constant_mask(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The weights on inputs that are constant but not zero on the calibration data (their output
+    is a constant: the bias can take it, and the weights become zeros), or None when there are none."""
+    if layer is None or layer.rows == 0:
+        return None
+    const = layer.constant_inputs() & (np.abs(layer.total) > 0)
+    return per_weight(layer, const, shape) if const.any() else None
+
+
+def estimated_bytes(levels: np.ndarray) -> int:
+    """What dict-rans would spend on these symbols (any integers), codebook not included."""
+    flat = np.asarray(levels, dtype=np.int64).ravel()
+    if flat.size == 0:
+        return 0
+    low = int(flat.min())
+    used = np.bincount(flat - low) > 0  # small integers: a table, not a sort
+    index = np.cumsum(used) - 1
+    return int(rans.estimated_size(index[flat - low], int(used.sum())))
+
+
+def pareto(options: list[dict]) -> list[dict]:
+    """The options no other beats on both bytes and error, costliest first (ties: the first)."""
+    ordered = sorted(range(len(options)), key=lambda i: (options[i]["bytes"], options[i]["error"], i))
+    front, best_error = [], np.inf
+    for i in ordered:
+        if options[i]["error"] < best_error:
+            front.append(options[i])
+            best_error = options[i]["error"]
+    return front[::-1]
+
+
+def rate_curves(
+    originals: dict[str, np.ndarray],
+    layers: dict,
+    reasons: dict[str, str],
+    method: str = "auto",
+    rd_factor: float = RD_FACTOR,
+    init: str = "linear",
+    seed: int = 0,
+    progress=None,
+    fold_constants: bool = False,
+    folds: dict[str, np.ndarray] | None = None,
+) -> tuple[list[dict], dict[tuple[str, int], np.ndarray], dict[str, np.ndarray]]:
+    """Per tensor ``{"name", "options": [{"method", "bits" | "step", "bytes", "error"}], "front",
+    "method", "reason"}`` (``front``: indices into options, costliest first), the candidate
+    arrays by (name, option index), and the uniform rounding's importance by name.
+
+    `fold_constants`: the weights on constant non-zero inputs of a uniform candidate are
+    packed as zeros and measured as they are (the caller folds them into the bias); their
+    masks go into `folds` by name."""
+    folds = {} if folds is None else folds
+    if method not in METHODS:
+        raise CompressorError(f"share method must be one of {', '.join(METHODS)}, got {method!r}")
+    curves, arrays, importance = [], {}, {}
+    for n, (name, values) in enumerate(originals.items()):
+        layer = layers.get(name)
+        options, variants = [], []
+        steps = step_ladder(values, STEP_EXPONENTS) if method in ("uniform", "auto") else []
+        # an all-zero tensor has no grid: k-means (which leaves it as it is) is its one candidate
+        widths = BITS if method in ("kmeans", "auto") else () if steps else BITS[:1]
+        for bits in widths:
+            shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name))
+            options.append({"method": "kmeans", "bits": bits, "bytes": estimated_bytes(shared.labels)})
+            variants.append(shared.values)
+        if steps:
+            fold = constant_mask(layer, values.shape) if fold_constants else None
+            weights = importance_of(layer, values.shape, fold=fold is not None)
+            if weights is not None:
+                importance[name] = weights
+            if fold is not None:
+                folds[name] = fold
+            for step in steps:
+                uniform = uniform_quantize(values, step, rd_factor, importance=weights)
+                levels, measured = uniform.levels, uniform.values
+                if fold is not None:
+                    # packed: zeros there (the bias takes their part); measured: the original
+                    # weights, which give the same outputs on the calibration inputs
+                    levels = np.where(fold, 0, levels)
+                    measured = np.where(fold, values, measured)
+                options.append({"method": "uniform", "step": step, "bytes": estimated_bytes(levels)})
+                variants.append(measured)
+        # the error stacks in groups: each candidate of a large layer is d_in x d_out floats
+        group = max(1, ERROR_GROUP_ELEMENTS // max(values.size, 1))
+        for s in range(0, len(variants), group):
+            errors = variant_errors(values, variants[s : s + group], layer)
+            for option, e in zip(options[s : s + group], errors):
+                option["error"] = float(max(e, 0.0))
+        front = pareto([dict(o, index=i) for i, o in enumerate(options) if np.isfinite(o["error"])])
+        # only a candidate on the front is ever measured
+        arrays.update({(name, o["index"]): variants[o["index"]] for o in front})
+        del variants
+        curves.append(
+            {
+                "name": name,
+                "options": options,
+                "front": [o["index"] for o in front],
+                "method": COVARIANCE if layer is not None else WEIGHT,
+                "reason": None if layer is not None else reasons.get(name, "no layer"),
+            }
+        )
+        if progress is not None:
+            progress(n + 1, len(originals))
+    return curves, arrays, importance
+
+
+def knapsack_of(curves: list[dict]) -> list[dict]:
+    """The fronts as ``allocate_ratios`` takes them: params = the costliest candidate's bits,
+    ratio = the share of them saved, drop = the error added to the costliest candidate's."""
+    out = []
+    for c in curves:
+        front = [c["options"][i] for i in c["front"]]
+        top = max(front[0]["bytes"], 1) if front else 1
+        out.append(
+            {
+                "name": c["name"],
+                "params": 8 * top,
+                "choices": list(c["front"]),
+                "ratios": [1 - o["bytes"] / top for o in front],
+                "drops": [max(o["error"] - front[0]["error"], 0.0) for o in front],
+            }
+        )
+    return out
+
+
+def allocated(knapsack: list[dict], allowance: float) -> dict[str, int]:
+    """Each tensor's option index for `allowance`: the allocation's ratio snapped down to its front."""
+    ratios = allocate_ratios(knapsack, allowance)
+    out = {}
+    for k in knapsack:
+        wanted = ratios.get(k["name"], 0.0)
+        position = max((j for j, r in enumerate(k["ratios"]) if r <= wanted + 1e-12), default=0)
+        out[k["name"]] = k["choices"][position] if k["choices"] else 0
+    return out
+
+
+def refine(knapsack: list[dict], tried: list[dict], measure, saved) -> None:
+    """From the best allocation within the budget in `tried`, one tensor one step further along
+    its front, the least error per saved byte first, while `measure(choice, record)` has runs
+    left; a tensor whose step does not fit is not stepped again."""
+    fronts = {k["name"]: k for k in knapsack}
+    blocked: set[str] = set()
+    while True:
+        feasible = [t for t in tried if t["within_budget"]]
+        if not feasible:
+            return
+        best = max(feasible, key=lambda t: t["saved_bytes"])
+        steps = []
+        for name, index in best["choice"].items():
+            k = fronts[name]
+            if name in blocked or index not in k["choices"]:
+                continue
+            j = k["choices"].index(index)
+            if j + 1 >= len(k["choices"]):
+                continue
+            gain = k["params"] * (k["ratios"][j + 1] - k["ratios"][j])
+            if gain > 0:
+                steps.append((max(k["drops"][j + 1] - k["drops"][j], 0.0) / gain, name))
+        if not steps:
+            return
+        _, name = min(steps)
+        k = fronts[name]
+        candidate = {**best["choice"], name: k["choices"][k["choices"].index(best["choice"][name]) + 1]}
+
+        def record(metrics: dict, candidate=candidate) -> None:
+            tried.append(_trial(None, candidate, saved(candidate), metrics))
+
+        ok = measure(candidate, record)
+        if ok is None:
+            return
+        if not ok:
+            blocked.add(name)
+
+
+def fold_into_biases(
+    model: onnx.ModelProto, originals: dict[str, np.ndarray], masks: dict[str, np.ndarray], calib: Dataset
+) -> tuple[onnx.ModelProto, dict]:
+    """`model` with the weights under `masks` zeroed and their constant contribution (the input's
+    mean there) taken by the layer's bias (``bias_correction.correct_biases`` of exactly that
+    change, on `calib`).  A tensor whose bias cannot take it keeps its original weights there
+    (as the search measured it).  Returns (model, stats)."""
+    weights = [w for w in graph.weights(model) if w.name in masks]
+    current = {w.name: w.array() for w in weights}
+    kept = {n: np.where(m, originals[n].astype(current[n].dtype), current[n]) for n, m in masks.items()}
+    zeroed = {n: np.where(m, 0, current[n]).astype(current[n].dtype) for n, m in masks.items()}
+    before = with_arrays(model, weights, kept)
+    after = with_arrays(model, weights, zeroed)
+    corrected, stats = correct_biases(before, after, calib, sorted(masks))
+    done = {c["name"] for c in stats.get("corrected", [])} if stats.get("kept", True) else set()
+    if not done:
+        return before, {"folded": [], "skipped": stats.get("skipped", [])}
+    back = {n: kept[n] for n in masks if n not in done}
+    if back:
+        corrected = with_arrays(corrected, [w for w in graph.weights(corrected) if w.name in back], back)
+    folded = [{"name": n, "weights": int(np.count_nonzero(masks[n] & (kept[n] != 0)))} for n in sorted(done)]
+    return corrected, {"folded": folded, "skipped": stats.get("skipped", [])}
+
+
+def _trial(allowance, choice: dict[str, int], saved_bytes: int, metrics: dict) -> dict:
+    return {
+        "allowance": allowance,
+        "choice": dict(choice),
+        "saved_bytes": saved_bytes,
+        "drop": metrics["drop"],
+        "snr_db": metrics.get("snr_db"),
+        "within_budget": metrics["within_budget"],
+    }
+
+
+def share_by_rate(
+    model: onnx.ModelProto,
+    data: Dataset,
+    budget_points: float,
+    *,
+    method: str = "auto",
+    rd_factor: float = RD_FACTOR,
+    min_snr_db: float | None = None,
+    init: str = "linear",
+    seed: int = 0,
+    exclude: str | None = None,
+    min_params: int = DEFAULT_MIN_PARAMS,
+    max_evals: int = MAX_SEARCH_RUNS,
+    progress=None,
+    reference_outputs: list[np.ndarray] | None = None,
+    bias_data: Dataset | None = None,
+    bias_judge=None,
+    judge: Judge | None = None,
+    calib: Dataset | None = None,
+    fold_constants: bool = FOLD_CONSTANTS,
+) -> tuple[onnx.ModelProto, dict]:
+    """Per tensor a k-means width or a uniform step within `budget_points` of `model` on `data`,
+    fewest estimated packed bytes; returns (model, stats).  Arguments as ``share_to_budget``'s,
+    plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor` and
+    `fold_constants` (``fold_into_biases``)."""
+    selected = shareable_weights(model, exclude, min_params)
+    if not selected:
+        raise CompressorError("no tensor to share")
+    if judge is None:
+        judge = Judge.of_model(model, data, reference=reference_outputs)
+    runs_before = judge.runs
+    runner = VariantRunner(model, judge, selected)
+    originals = runner.originals
+    n_options = len(BITS) + len(STEP_EXPONENTS)
+    layers, reasons, captures = capture_layers(model, selected, calib or data, n_options)
+    folds: dict[str, np.ndarray] = {}
+    curves, arrays, importance = rate_curves(
+        originals, layers, reasons, method, rd_factor, init, seed, progress, fold_constants, folds
+    )
+    for c, w in zip(curves, selected):
+        c["role"] = w.role
+    knapsack = knapsack_of(curves)
+    top = {k["name"]: k["params"] // 8 for k in knapsack}
+    options = {c["name"]: c["options"] for c in curves}
+
+    def saved(choice: dict[str, int]) -> int:
+        return sum(top[n] - options[n][i]["bytes"] for n, i in choice.items())
+
+    trials = Trials(lambda metrics: judge.fits(metrics, budget_points, min_snr_db), max(1, int(max_evals)))
+    tried: list[dict] = []
+
+    def measure(choice: dict[str, int], record) -> bool | None:
+        key = tuple(choice[w.name] for w in selected)
+        measured = trials.measure(
+            key, lambda: runner.measure_arrays({n: arrays[(n, i)] for n, i in choice.items()}), record
+        )
+        return None if measured is None else measured["within_budget"]
+
+    def fits(allowance: float) -> bool | None:
+        choice = allocated(knapsack, allowance)
+        return measure(choice, lambda metrics: tried.append(_trial(allowance, choice, saved(choice), metrics)))
+
+    total = sum(max(k["drops"], default=0.0) for k in knapsack)
+    positive = [d for k in knapsack for d in k["drops"] if d > 0]
+    smallest = min(positive, default=0.0)
+    start = sum(k["drops"][int(START_POSITION * (len(k["drops"]) - 1))] for k in knapsack if k["drops"])
+    accepted, rejected = search_allowance(
+        fits,
+        min(max(start, smallest), total),
+        grow=lambda a: None if a >= total or total == 0 else min(a * ALLOWANCE_STEP, total),
+        shrink=lambda a: None if not positive else 0.0 if a <= smallest else max(a / ALLOWANCE_STEP, smallest / 2),
+        geometric=True,
+        resolution=RESOLUTION,
+        max_steps=max(1, int(max_evals) - REFINE_RUNS),
+    )
+    refine(knapsack, tried, measure, saved)
+    runner.close()
+    feasible = [t for t in tried if t["within_budget"]]
+    if not feasible:
+        raise CompressorError(f"no per-tensor share setting fits {budget_points:g} points (tried {len(tried)})")
+    best = max(feasible, key=lambda t: t["saved_bytes"])
+    arrays.clear()
+    chosen = {n: options[n][i] for n, i in best["choice"].items()}
+    bits_by_name = {n: o["bits"] for n, o in chosen.items() if o["method"] == "kmeans"}
+    steps_by_name = {n: o["step"] for n, o in chosen.items() if o["method"] == "uniform"}
+    shared, stats = share(
+        model,
+        bits_by_name=bits_by_name,
+        steps_by_name=steps_by_name,
+        rd_factor=rd_factor,
+        importance_by_name={n: importance[n] for n in steps_by_name if n in importance},
+        init=init,
+        seed=seed,
+        exclude=exclude,
+        min_params=min_params,
+        bias_data=bias_data,
+        bias_judge=bias_judge,
+    )
+    folded = {n: folds[n] for n in steps_by_name if n in folds}
+    if folded:
+        shared, stats["constant_inputs_folded"] = fold_into_biases(shared, originals, folded, calib or data)
+    stats["budget_search"] = {
+        "budget_points": budget_points,
+        "method": method,
+        "rd_factor": rd_factor,
+        "widths": list(BITS),
+        "curves": curves,
+        "methods": {c["name"]: c["method"] for c in curves},
+        "tried": tried,
+        "allowance": {"accepted": accepted, "rejected": rejected},
+        "evaluations": len(trials.seen),
+        "whole_model_runs": judge.runs - runs_before,
+        "capture_runs": captures,
+        "kmeans_runs": sum(o["method"] == "kmeans" for c in curves for o in c["options"]),
+        "uniform_runs": sum(o["method"] == "uniform" for c in curves for o in c["options"]),
+        "chosen": {n: {k: v for k, v in o.items() if k != "index"} for n, o in chosen.items()},
+    }
+    return shared, stats
