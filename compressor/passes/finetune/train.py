@@ -15,7 +15,7 @@ The loss per output, against the teacher's outputs (computed once, with ONNX Run
 class scores (output_kinds "classes" / "positions"): KL divergence on softened probabilities
 (temperature T, scaled by T^2, Hinton et al.); any other float output: mean squared error over
 the teacher's variance.  With labels, cross-entropy on the first class-score output is added.
-Adam, seeded shuffles, deterministic algorithms on one thread: the same inputs give the same
+Adam with a cosine decay of the step size, seeded shuffles, deterministic algorithms on one thread: the same inputs give the same
 bytes.  Only initializer values change; they are written back by name.
 """
 
@@ -234,6 +234,8 @@ def finetune(
         n = train.size
         batch = max(1, min(settings.batch_size, n))
         steps = (n + batch - 1) // batch
+        # Cosine decay to zero over the whole fine-tune: the last steps polish instead of jumping.
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps * settings.epochs)
         losses, started = [], time.perf_counter()
         for epoch in range(1, settings.epochs + 1):
             order = torch.randperm(n, generator=generator).numpy()
@@ -247,6 +249,7 @@ def finetune(
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
+                schedule.step()
                 total += float(loss.detach()) * len(index)
                 if settings.progress:
                     sys.stderr.write(

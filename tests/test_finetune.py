@@ -1,0 +1,63 @@
+"""Fine-tuning without torch: the core install says in one line how to get the extra, and nothing
+else changes (the recipe's finetune section is off by default)."""
+
+import numpy as np
+import onnx
+import pytest
+from graphs import make_inputs, mlp
+
+import compressor.passes.finetune as front
+from compressor.cli import main
+from compressor.options import Recipe
+from compressor.stages import STAGES
+
+
+@pytest.fixture()
+def no_torch(monkeypatch):
+    monkeypatch.setattr(front, "torch_available", lambda: False)
+
+
+@pytest.fixture()
+def files(tmp_path):
+    model = mlp()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    data = make_inputs(model, n=32)
+    np.savez(tmp_path / "t.npz", **data.inputs)
+    return path, tmp_path / "t.npz"
+
+
+def test_finetune_without_torch_says_how_to_install(no_torch, files, tmp_path, capsys):
+    path, train = files
+    code = main(["finetune", str(path), "--teacher", str(path), "--train", str(train), "-o", str(tmp_path / "o.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "pip install 'compressor[finetune]'" in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_run_finetune_without_torch_fails_before_any_work(no_torch, files, tmp_path, capsys):
+    path, train = files
+    out = tmp_path / "o.cmpz"
+    code = main(["run", str(path), "-o", str(out), "--calib", str(train), "--finetune", "1", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "compressor[finetune]" in err
+    assert not out.exists()
+
+
+def test_finetune_is_off_by_default_and_has_no_row():
+    recipe = Recipe.for_mode("accuracy")
+    assert not recipe.finetune.enabled
+    assert recipe.as_dict()["finetune"]["epochs"] == 0
+    optional = [s for s in STAGES if getattr(s, "OPTIONAL", False)]
+    assert [s.after for s in optional] == ["prune", "share"]
+
+
+def test_run_finetune_needs_training_inputs(files, tmp_path, capsys):
+    path, train = files
+    # --data only: the fine-tune never trains on what it is judged on.
+    code = main(["run", str(path), "-o", str(tmp_path / "o.cmpz"), "--data", str(train), "--finetune", "1", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--train" in err or "compressor[finetune]" in err
