@@ -137,20 +137,17 @@ def test_finetune_command_writes_the_model(tmp_path, capsys):
     np.testing.assert_array_equal(_arrays(tuned)["fc1.weight"] == 0, _arrays(pruned)["fc1.weight"] == 0)
 
 
-def test_run_finetune_adds_rows_after_prune_and_share(tmp_path, capsys):
-    original = graphs.mlp()
-    train, _ = _train(original, n=128)
-    test, _ = _train(original, n=64, seed=2)
-    onnx.save(original, tmp_path / "m.onnx")
-    np.savez(tmp_path / "train.npz", x=train.inputs["x"], y=train.labels)
-    np.savez(tmp_path / "test.npz", x=test.inputs["x"], y=test.labels)
+def test_run_finetune_adds_rows_after_prune_and_share(tmp_path, sample_subset):
+    # No --train: the fine-tune trains on the --calib inputs (unlabeled), never on --data.
     report = tmp_path / "r.json"
-    args = ["run", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.cmpz"), "--data", str(tmp_path / "test.npz")]
-    args += ["--train", str(tmp_path / "train.npz"), "--finetune", "1", "--report", str(report), "-q"]
+    args = ["run", str(SAMPLES / "lenet300.onnx"), "-o", str(tmp_path / "o.cmpz")]
+    args += ["--data", str(sample_subset("lenet300_test", 200)), "--calib", str(SAMPLES / "lenet300_calib.npz")]
+    args += ["--finetune", "1", "--report", str(report), "-q"]
     assert main(args) == 0
     rows = json.loads(report.read_text())["stages"]
-    stages = [r["stage"] for r in rows]
-    assert stages[:5] == ["original", "prune", "finetune", "share", "finetune"]
-    for row in rows:
-        if row["stage"] == "finetune" and row["applied"]:
-            assert {"before", "after"} <= set(row["stats"])
+    assert [r["stage"] for r in rows][:5] == ["original", "prune", "finetune", "share", "finetune"]
+    tunes = [row for row in rows if row["stage"] == "finetune"]
+    assert tunes[0]["applied"], tunes[0]["note"]
+    for row in tunes:
+        assert {"before", "after", "finetune"} <= set(row["finetune"]), row["note"]
+        assert row["finetune"]["finetune"]["samples"] == 200 and not row["finetune"]["finetune"]["labels"]

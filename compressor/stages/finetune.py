@@ -82,8 +82,15 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
     metrics, outputs = ctx.measure(model)
     before = _summary(ctx, previous.metrics)
     log(f"finetune: after {after}: {loss_text(ctx.measure, previous.metrics)} -> {loss_text(ctx.measure, metrics)}")
+    rounds = []
+    if opts.further:
+        further = _prune_further if after == "prune" else _share_fewer_bits
+        share = FURTHER_BUDGET_SHARE[after]
+        model, metrics, outputs, rounds = _go_further(ctx, model, metrics, outputs, further, tuned, share)
     loss_before, loss_after = ctx.measure.loss(previous.metrics), ctx.measure.loss(metrics)
-    if loss_before is not None and loss_after is not None and loss_after > loss_before:
+    worse = loss_before is not None and loss_after is not None and loss_after > loss_before
+    if worse and not any(r["kept"] for r in rounds):
+        # Nothing was bought with it: the input stays.
         row = StageRow(
             NAME,
             False,
@@ -91,15 +98,10 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
             previous.metrics,
             time.perf_counter() - t0,
             options={"setting": f"{opts.epochs} epochs after {after}"},
-            stats={"finetune": stats, "before": before, "after": _summary(ctx, metrics)},
+            stats={"finetune": stats, "before": before, "after": _summary(ctx, metrics), "further": rounds},
             note=f"not kept: fine-tuning after {after} raised the loss ({loss_before:.2f} -> {loss_after:.2f} points)",
         )
         return StageResult(row, ctx.model, ctx.outputs)
-    rounds = []
-    if opts.further:
-        further = _prune_further if after == "prune" else _share_fewer_bits
-        share = FURTHER_BUDGET_SHARE[after]
-        model, metrics, outputs, rounds = _go_further(ctx, model, metrics, outputs, further, tuned, share)
     note = f"after {after}: {_words(before)} -> {_words(_summary(ctx, metrics))}"
     if rounds:
         kept = sum(r["kept"] for r in rounds)
