@@ -161,7 +161,11 @@ def run_pipeline(
     final_packing = packer.packing(model)
     shared_model = None
     if rows[-1].stage != "floor":
-        shared_model = next((m for r, m in zip(rows, route.models) if r.stage == "share" and r.applied), None)
+        shared_at = next((i for i, r in enumerate(rows) if r.stage == "share" and r.applied), None)
+        if shared_at is not None:
+            # The codebooks as the fine-tune after share left them, when it ran (the container's).
+            tuned = [i for i in range(shared_at + 1, len(rows)) if rows[i].stage == "finetune" and rows[i].applied]
+            shared_model = route.models[tuned[-1] if tuned else shared_at]
 
     # ---- gate (before anything is written)
     final_metrics = rows[-1].metrics
