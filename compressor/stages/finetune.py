@@ -103,16 +103,19 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
         )
         return StageResult(row, ctx.model, ctx.outputs)
     note = f"after {after}: {_words(before)} -> {_words(_summary(ctx, metrics))}"
+    setting = f"{opts.epochs} epochs after {after}"
+    kept = [r for r in rounds if r["kept"]]
     if rounds:
-        kept = sum(r["kept"] for r in rounds)
-        note += f"; {'pruned further' if after == 'prune' else 'fewer bits'}: {kept} of {len(rounds)} rounds kept"
+        note += f"; {'pruned further' if after == 'prune' else 'fewer bits'}: {len(kept)} of {len(rounds)} rounds kept"
+    if kept:
+        setting += f", {len(kept)} rounds: {kept[-1]['what']}"
     row = StageRow(
         NAME,
         True,
         model_bytes(model),
         metrics,
         time.perf_counter() - t0,
-        options={"setting": f"{opts.epochs} epochs after {after}"},
+        options={"setting": setting},
         stats={"finetune": stats, "before": before, "after": _summary(ctx, metrics), "further": rounds},
         note=note,
     )
