@@ -8,6 +8,7 @@ from graphs import make_inputs, mlp
 
 import compressor.passes.finetune as front
 from compressor.cli import main
+from compressor.errors import UsageError
 from compressor.options import Recipe
 from compressor.stages import STAGES
 
@@ -61,3 +62,11 @@ def test_run_finetune_needs_training_inputs(files, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "--train" in err or "compressor[finetune]" in err
+
+
+def test_the_recipe_section_turns_finetune_on_and_checks_its_values():
+    recipe = Recipe.for_mode("accuracy", {"finetune": {"epochs": 2, "train": "t.npz"}})
+    assert recipe.finetune.enabled and recipe.finetune.epochs == 2 and recipe.finetune.train == "t.npz"
+    assert recipe.as_dict()["finetune"]["train"] == "t.npz"
+    with pytest.raises(UsageError, match=r"'finetune\.lr' must be > 0"):
+        Recipe.for_mode("accuracy", {"finetune": {"epochs": 1, "lr": 0.0}})
