@@ -98,7 +98,7 @@ def run_pipeline(
         "--data": data_path,
         "--calib": calib_path,
         "--recipe": recipe_path,
-        "--train": ((overrides or {}).get("finetune") or {}).get("train"),
+        "--train": _train_path(overrides),
     }
     check_outputs(outputs, inputs)
     original_bytes = Path(model_path).stat().st_size if model_path != "-" else model_bytes(original)
@@ -126,6 +126,8 @@ def run_pipeline(
                 "--finetune needs training inputs: --train T.npz (or --calib; never the --data it is judged on)"
             )
         train_data = load_dataset(recipe.finetune.train, original) if recipe.finetune.train else calib
+    elif recipe.finetune.train is not None:
+        log("--train is only used with --finetune EPOCHS; ignored")
     if calib_data is not None and calib_data.size > MAX_CALIB_SAMPLES:
         calib_data = calib_data.take(MAX_CALIB_SAMPLES)
 
@@ -268,6 +270,13 @@ def _metric_arrays(path: str, total: int, index: np.ndarray | None) -> dict[str,
     if index is None:
         return arrays
     return {k: a[index] if a.ndim and a.shape[0] == total else a for k, a in arrays.items()}
+
+
+def _train_path(overrides: dict | None) -> str | None:
+    """The fine-tune's training file as given (checked with the other inputs before any work)."""
+    section = (overrides or {}).get("finetune")
+    path = section.get("train") if isinstance(section, dict) else None
+    return path if isinstance(path, str) else None
 
 
 def _dataset_mode(data: Dataset | None, calib: Dataset | None) -> str:

@@ -70,3 +70,11 @@ def test_the_recipe_section_turns_finetune_on_and_checks_its_values():
     assert recipe.as_dict()["finetune"]["train"] == "t.npz"
     with pytest.raises(UsageError, match=r"'finetune\.lr' must be > 0"):
         Recipe.for_mode("accuracy", {"finetune": {"epochs": 1, "lr": 0.0}})
+
+
+def test_run_never_writes_over_the_training_file(files, capsys):
+    path, train = files
+    before = train.read_bytes()
+    code = main(["run", str(path), "-o", str(train), "--calib", str(train), "--train", str(train), "--finetune", "1"])
+    assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert train.read_bytes() == before
