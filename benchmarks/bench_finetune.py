@@ -129,6 +129,7 @@ def one(name: str, variant: str, epochs: int, train: Path | None) -> dict:
             "after": s["setting"],
             "applied": s["applied"],
             "before": (s.get("finetune") or {}).get("before"),
+            "finetuned": (s.get("finetune") or {}).get("finetuned"),
             "after_metrics": (s.get("finetune") or {}).get("after"),
             "further": [
                 {k: r.get(k) for k in ("what", "kept", "accuracy")}
@@ -191,7 +192,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['model']} | {r['variant']} | {r['bytes']:,} | {r['ratio']:.1f}x ({r['target_ratio']:g}x) | "
             f"{r['drop_search_half']:+.1f} | {r['drop_held_out_half']:+.1f} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
-    lines += ["", "Fine-tunes (accuracy on the --data half before -> after; further rounds):", ""]
+    lines += ["", "Fine-tunes (accuracy on the --data half before -> fine-tuned; further rounds -> kept):", ""]
     for r in rows:
         for t in r.get("finetunes", []):
             lines.append(f"- {r['model']} {r['variant']}, {t['after']}: {t['note']}")

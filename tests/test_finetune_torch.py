@@ -149,5 +149,5 @@ def test_run_finetune_adds_rows_after_prune_and_share(tmp_path, sample_subset):
     tunes = [row for row in rows if row["stage"] == "finetune"]
     assert tunes[0]["applied"], tunes[0]["note"]
     for row in tunes:
-        assert {"before", "after", "finetune"} <= set(row["finetune"]), row["note"]
+        assert {"before", "finetuned", "after", "finetune"} <= set(row["finetune"]), row["note"]
         assert row["finetune"]["finetune"]["samples"] == 200 and not row["finetune"]["finetune"]["labels"]

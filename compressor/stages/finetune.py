@@ -80,7 +80,7 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
         log(f"finetune: {e}")
         return ctx.skipped(NAME, f"skipped after {after}: {e}")
     metrics, outputs = ctx.measure(model)
-    before = _summary(ctx, previous.metrics)
+    before, finetuned = _summary(ctx, previous.metrics), _summary(ctx, metrics)
     log(f"finetune: after {after}: {loss_text(ctx.measure, previous.metrics)} -> {loss_text(ctx.measure, metrics)}")
     rounds = []
     if opts.further:
@@ -98,17 +98,24 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
             previous.metrics,
             time.perf_counter() - t0,
             options={"setting": f"{opts.epochs} epochs after {after}"},
-            stats={"finetune": stats, "before": before, "after": _summary(ctx, metrics), "further": rounds},
+            stats={
+                "finetune": stats,
+                "before": before,
+                "finetuned": finetuned,
+                "after": _summary(ctx, metrics),
+                "further": rounds,
+            },
             note=f"not kept: fine-tuning after {after} raised the loss ({loss_before:.2f} -> {loss_after:.2f} points)",
         )
         return StageResult(row, ctx.model, ctx.outputs)
-    note = f"after {after}: {_words(before)} -> {_words(_summary(ctx, metrics))}"
+    note = f"after {after}: {_words(before)} -> {_words(finetuned)} fine-tuned"
     setting = f"{opts.epochs} epochs after {after}"
     kept = [r for r in rounds if r["kept"]]
     if rounds:
         note += f"; {'pruned further' if after == 'prune' else 'fewer bits'}: {len(kept)} of {len(rounds)} rounds kept"
     if kept:
         setting += f", {len(kept)} rounds: {kept[-1]['what']}"
+        note += f" -> {_words(_summary(ctx, metrics))}"
     row = StageRow(
         NAME,
         True,
@@ -116,7 +123,13 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
         metrics,
         time.perf_counter() - t0,
         options={"setting": setting},
-        stats={"finetune": stats, "before": before, "after": _summary(ctx, metrics), "further": rounds},
+        stats={
+            "finetune": stats,
+            "before": before,
+            "finetuned": finetuned,
+            "after": _summary(ctx, metrics),
+            "further": rounds,
+        },
         note=note,
     )
     return StageResult(row, model, outputs)
