@@ -10,7 +10,10 @@ import compressor.passes.finetune as front
 from compressor.cli import main
 from compressor.errors import UsageError
 from compressor.options import Recipe
+from compressor.passes.prune import prune
+from compressor.passes.share import share
 from compressor.stages import STAGES
+from compressor.stages import finetune as finetune_stage
 
 
 @pytest.fixture()
@@ -78,3 +81,28 @@ def test_run_never_writes_over_the_training_file(files, capsys):
     code = main(["run", str(path), "-o", str(train), "--calib", str(train), "--train", str(train), "--finetune", "1"])
     assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert train.read_bytes() == before
+
+
+def _arrays(model):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_pruning_further_keeps_the_zeros_and_three_quarters_of_the_rest():
+    pruned, _ = prune(mlp(), 0.5, min_params=0, exclude="fc3")
+    further, what = finetune_stage._prune_further(pruned)
+    before, after = _arrays(pruned), _arrays(further)
+    for name in ("fc1.weight", "fc2.weight"):
+        assert np.all(after[name][before[name] == 0] == 0)
+        kept = np.count_nonzero(after[name]) / np.count_nonzero(before[name])
+        assert kept == pytest.approx(finetune_stage.FURTHER_KEEP, abs=0.01)
+    np.testing.assert_array_equal(before["fc3.weight"], after["fc3.weight"])  # never pruned: left alone
+    assert "sparsity" in what
+
+
+def test_narrower_codebooks_only_for_shared_tensors():
+    shared, _ = share(mlp(), bits_fc=3, bits_conv=3, min_params=0, exclude="fc3")
+    narrower, _ = finetune_stage._share_fewer_bits(shared)
+    before, after = _arrays(shared), _arrays(narrower)
+    for name in ("fc1.weight", "fc2.weight"):
+        assert np.unique(before[name]).size <= 8 and np.unique(after[name]).size <= 4
+    np.testing.assert_array_equal(before["fc3.weight"], after["fc3.weight"])  # not shared: not clustered

@@ -35,6 +35,10 @@ FURTHER_KEEP = 0.75
 MAX_FURTHER_ROUNDS = 8
 # Codebooks are not narrowed below this many bits.
 MIN_BITS = 2
+# A tensor counts as shared (its codebook may be narrowed) with at most this many distinct
+# non-zero values, each used this many times on average: a tensor share left alone has not.
+SHARED_MAX_VALUES = 256
+SHARED_MIN_REPEAT = 4
 # The part of the budget a further-compressed, fine-tuned model may spend: after prune, the
 # rest is left to share and quantize (whose losses the second fine-tune takes back in part);
 # after share, to quantize.
@@ -185,7 +189,7 @@ def _share_fewer_bits(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str] | N
         values = w.array()
         distinct = np.unique(values[values != 0]).size
         bits = math.ceil(math.log2(distinct)) if distinct > 1 else 0
-        if distinct > 256 or bits <= MIN_BITS:
+        if distinct > SHARED_MAX_VALUES or distinct * SHARED_MIN_REPEAT > values.size or bits <= MIN_BITS:
             continue
         w.set_array(share_array(values, 2 ** (bits - 1)).values)
         narrowed.append(bits - 1)
