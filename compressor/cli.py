@@ -12,6 +12,7 @@ import threading
 import click
 
 from .commands import eval as eval_cmd
+from .commands import finetune as finetune_cmd
 from .commands import inspect as inspect_cmd
 from .commands import pack as pack_cmd
 from .commands import prune as prune_cmd
@@ -29,7 +30,7 @@ def cli(debug: bool) -> None:
     """Compress ONNX models: prune, share, quantize, pack."""
 
 
-for module in (inspect_cmd, eval_cmd, prune_cmd, share_cmd, quantize_cmd, pack_cmd, run_cmd):
+for module in (inspect_cmd, eval_cmd, prune_cmd, share_cmd, quantize_cmd, pack_cmd, run_cmd, finetune_cmd):
     for command in module.COMMANDS:
         cli.add_command(command)
 

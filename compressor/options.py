@@ -174,6 +174,24 @@ class RunOptions(_Section):
     given: frozenset[str] = _given()
 
 
+@dataclass(frozen=True)
+class FinetuneOptions(_Section):
+    """Distillation after prune and after share (`run --finetune EPOCHS`, the `finetune` extra).
+    Trains on `train` (an .npz; default: the --calib inputs, never --data), then prunes further
+    / shares with fewer bits while a fine-tuned result stays within the budget (`further`)."""
+
+    epochs: int = _option(0, check=NON_NEGATIVE)  # 0: no fine-tuning
+    train: str | None = _option(None, shown_when_set=True)
+    lr: float = _option(1e-3, check=POSITIVE)
+    seed: int = _option(0, check=NON_NEGATIVE)
+    further: bool = True
+    given: frozenset[str] = _given()
+
+    @property
+    def enabled(self) -> bool:
+        return self.epochs > 0
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "prune": PruneOptions,
     "share": ShareOptions,
@@ -181,6 +199,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "pack": PackOptions,
     "gate": GateOptions,
     "run": RunOptions,
+    "finetune": FinetuneOptions,
 }
 STAGES = ("prune", "share", "quantize", "pack")
 
@@ -205,6 +224,7 @@ class Recipe:
     pack: PackOptions = PackOptions()
     gate: GateOptions = GateOptions()
     run: RunOptions = RunOptions()
+    finetune: FinetuneOptions = FinetuneOptions()
 
     @classmethod
     def for_mode(cls, mode: str, overrides: Mapping[str, Mapping] | None = None) -> Recipe:

@@ -35,6 +35,7 @@ from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import make_session, run_model
 from .measure import Measure, load_metric
 from .options import Recipe, check_value
+from .passes.finetune import require_torch
 from .passes.quantize import QuantizeSettings, quantize
 from .paths import check_outputs, write_all_atomically
 from .present import to_json
@@ -97,6 +98,7 @@ def run_pipeline(
         "--data": data_path,
         "--calib": calib_path,
         "--recipe": recipe_path,
+        "--train": _train_path(overrides),
     }
     check_outputs(outputs, inputs)
     original_bytes = Path(model_path).stat().st_size if model_path != "-" else model_bytes(original)
@@ -116,6 +118,16 @@ def run_pipeline(
     verdict_path = data_path if data is not None else calib_path
     eval_data, search_data, verdict_index = verdict_and_search(data, calib, gate.hold_out)
     calib_data = calib if calib is not None else search_data
+    train_data = None
+    if recipe.finetune.enabled:
+        require_torch()
+        if recipe.finetune.train is None and calib is None:
+            raise UsageError(
+                "--finetune needs training inputs: --train T.npz (or --calib; never the --data it is judged on)"
+            )
+        train_data = load_dataset(recipe.finetune.train, original) if recipe.finetune.train else calib
+    elif recipe.finetune.train is not None:
+        log("--train is only used with --finetune EPOCHS; ignored")
     if calib_data is not None and calib_data.size > MAX_CALIB_SAMPLES:
         calib_data = calib_data.take(MAX_CALIB_SAMPLES)
 
@@ -138,7 +150,7 @@ def run_pipeline(
     packer = Packer(log)
     first = StageRow("original", True, original_bytes, measure.start(original))
     # The stages search on `search_data`; the judge's verdict is on `eval_data` (see verdict_and_search).
-    run_stages = _stage_runner(recipe, measure, search_data, calib_data, log, packer)
+    run_stages = _stage_runner(recipe, measure, search_data, calib_data, log, packer, train_data)
     route = run_stages(Route([first], [original], [measure.last_outputs]), STAGES)
     objective = recipe.run.objective
     _fill_packed_bytes(route, packer)
@@ -151,7 +163,11 @@ def run_pipeline(
     final_packing = packer.packing(model)
     shared_model = None
     if rows[-1].stage != "floor":
-        shared_model = next((m for r, m in zip(rows, route.models) if r.stage == "share" and r.applied), None)
+        shared_at = next((i for i, r in enumerate(rows) if r.stage == "share" and r.applied), None)
+        if shared_at is not None:
+            # The codebooks as the fine-tune after share left them, when it ran (the container's).
+            tuned = [i for i in range(shared_at + 1, len(rows)) if rows[i].stage == "finetune" and rows[i].applied]
+            shared_model = route.models[tuned[-1] if tuned else shared_at]
 
     # ---- gate (before anything is written)
     final_metrics = rows[-1].metrics
@@ -256,6 +272,13 @@ def _metric_arrays(path: str, total: int, index: np.ndarray | None) -> dict[str,
     return {k: a[index] if a.ndim and a.shape[0] == total else a for k, a in arrays.items()}
 
 
+def _train_path(overrides: dict | None) -> str | None:
+    """The fine-tune's training file as given (checked with the other inputs before any work)."""
+    section = (overrides or {}).get("finetune")
+    path = section.get("train") if isinstance(section, dict) else None
+    return path if isinstance(path, str) else None
+
+
 def _dataset_mode(data: Dataset | None, calib: Dataset | None) -> str:
     if data is not None and data.labels is not None:
         return "accuracy"
@@ -311,14 +334,27 @@ class Route:
     outputs: list[list | None]
 
 
-def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log: Log, packer: Packer):
+def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log: Log, packer: Packer, train_data=None):
     def run_stages(route: Route, stages, keep: Route | None = None) -> Route:
         """`keep`: another route whose packings the packer keeps meanwhile."""
         rows, models, outputs = list(route.rows), list(route.models), list(route.outputs)
         kept = keep.models if keep is not None else []
         for stage in stages:
-            ctx = StageContext(models[-1], measure, search_data, calib_data, outputs[-1], tuple(rows), log, packer.size)
             options = getattr(recipe, stage.NAME)
+            if not options.enabled and getattr(stage, "OPTIONAL", False):
+                continue  # an optional stage (fine-tune) has no row unless asked for
+            ctx = StageContext(
+                models[-1],
+                measure,
+                search_data,
+                calib_data,
+                outputs[-1],
+                tuple(rows),
+                log,
+                packer.size,
+                original=route.models[0],
+                train_data=train_data,
+            )
             result = stage.run(options, ctx) if options.enabled else ctx.skipped(stage.NAME, "disabled")
             rows.append(result.row)
             models.append(result.model)

@@ -132,6 +132,8 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
         "attempts": r.attempts,
         "rejected_by": r.rejected_by,
         "cost_bytes": r.cost_bytes,
+        # A fine-tune's row: the accuracy before and after it, its training, its further rounds.
+        **({"finetune": r.stats} if r.stage == "finetune" and r.stats else {}),
     }
 
 

@@ -68,7 +68,7 @@ def test_no_data_defaults_are_data_free():
 
 def test_report_recipe_is_one_dict_per_stage_with_every_option():
     d = Recipe.for_mode("fidelity", {"gate": {"min_snr_db": 30}}).as_dict()
-    assert list(d) == ["prune", "share", "quantize", "pack", "gate", "run"]
+    assert list(d) == ["prune", "share", "quantize", "pack", "gate", "run", "finetune"]
     assert d["prune"] == {
         "enabled": True,
         "budget": None,
@@ -83,6 +83,8 @@ def test_report_recipe_is_one_dict_per_stage_with_every_option():
     assert d["gate"] == {"max_accuracy_drop": None, "budget": 1.0, "min_snr_db": 30.0, "max_kl": 0.3, "hold_out": True}
     assert "given" not in d["share"]
     assert d["run"] == {"objective": "size"}
+    # Off unless asked for (`run --finetune EPOCHS`); the training file shown only when set.
+    assert d["finetune"] == {"epochs": 0, "lr": 0.001, "seed": 0, "further": True}
 
 
 def test_the_objective_is_size_by_default_and_checked():

@@ -29,6 +29,8 @@ def _overrides(
     seed,
     objective,
     metric,
+    finetune=None,
+    train_path=None,
 ) -> dict:
     overrides = read_recipe(recipe_path) if recipe_path else {}
     cli = {
@@ -37,6 +39,7 @@ def _overrides(
         "quantize": {"activations": activations},
         "run": {"objective": objective},
         "gate": {"metric": metric},
+        "finetune": {"epochs": finetune, "train": train_path},
     }
     for stage, flag in (("prune", no_prune), ("share", no_share), ("quantize", no_quantize)):
         if flag:
@@ -97,6 +100,8 @@ STAGE_FLAGS = (
     "seed",
     "objective",
     "metric",
+    "finetune",
+    "train_path",
 )
 
 
@@ -154,6 +159,19 @@ def stage_options(command):
                 type=click.Choice(["size", "int8-kernels"]),
                 help="What the run optimises: the smallest container (size, the default) or int8 kernels at run "
                 "time (int8-kernels: the quantized model is kept even when it packs larger; the report says the cost).",
+            ),
+            click.option(
+                "--finetune",
+                type=click.IntRange(1),
+                metavar="EPOCHS",
+                help="Fine-tune (distil from the original) for EPOCHS after prune and after share, then compress "
+                "further while within budget (needs the finetune extra: pip install 'compressor[finetune]').",
+            ),
+            click.option(
+                "--train",
+                "train_path",
+                type=click.Path(dir_okay=False),
+                help="Training inputs for --finetune (.npz; with y: labels used).  Default: the --calib inputs.",
             ),
             click.option("--quiet", "-q", is_flag=True, help="No progress output."),
             click.option("--verbose", "-v", is_flag=True, help="Progress output even when stderr is not a terminal."),

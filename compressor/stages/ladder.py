@@ -47,6 +47,8 @@ class StageContext:
     rows: Sequence[StageRow]  # the rows of the stages before (rows[-1].metrics: what was spent so far)
     log: Log
     packed_size: Callable[[onnx.ModelProto], int]  # bytes of the container a model packs to
+    original: onnx.ModelProto | None = None  # the run's input model (the fine-tune's teacher)
+    train_data: Dataset | None = None  # the fine-tune's inputs (--train, else --calib; never --data)
 
     @property
     def previous(self) -> StageRow:
