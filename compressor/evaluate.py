@@ -108,11 +108,43 @@ def run_batches(
     extra_feed: dict[str, np.ndarray] | None = None,
 ) -> Iterator[list[np.ndarray]]:
     """Run the session batch by batch; yields the list of outputs for each batch.
-    `extra_feed`: more inputs fed with every batch (weights fed as inputs, see measure.py)."""
+    `extra_feed`: more inputs fed with every batch (weights fed as inputs, see measure.py).
+    Recurrent data (``Dataset.recurrent``) runs step by step, see ``run_sequence``."""
+    if data.recurrent:
+        yield from run_sequence(session, data, output_names, extra_feed)
+        return
     for feed in data.batches(batch_size):
         if extra_feed:
             feed.update(extra_feed)
         yield run_once(session, feed, output_names)
+
+
+def run_sequence(
+    session,
+    data: Dataset,
+    output_names: Sequence[str] | None = None,
+    extra_feed: dict[str, np.ndarray] | None = None,
+) -> Iterator[list[np.ndarray]]:
+    """Run the steps of recurrent data in order, each fed the state the model itself gave at
+    the step before (its outputs `data.recurrent` names), so that what a candidate loses
+    through its state accumulates as when it is deployed.  The stored state is fed at the
+    first step and wherever it is all zeros (a sequence starts there)."""
+    wanted = list(output_names) if output_names else [o.name for o in session.get_outputs()]
+    fetch = list(dict.fromkeys([*wanted, *(out for out, _ in data.recurrent)]))
+    carried: dict[str, np.ndarray] = {}
+    for feed in data.batches(1):
+        if extra_feed:
+            feed.update(extra_feed)
+        for name, state in carried.items():
+            if np.any(feed[name]):
+                if state.shape != feed[name].shape:
+                    raise CompressorError(
+                        f"recurrent state {name!r}: the model gives shape {state.shape}, the data {feed[name].shape}"
+                    )
+                feed[name] = state
+        outs = dict(zip(fetch, run_once(session, feed, fetch)))
+        carried = {inp: np.asarray(outs[out]) for out, inp in data.recurrent}
+        yield [outs[name] for name in wanted]
 
 
 def run_once(session, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:

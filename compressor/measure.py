@@ -402,6 +402,8 @@ class Judge:
             "map_threshold": output_kinds.MAP_THRESHOLD if "map" in self.kinds and self.mode == "fidelity" else None,
             "metric": getattr(self.metric, "spec", None) if self.metric is not None else None,
             "reference_score": self.reference_score,
+            # States fed back: each step of the data is run with the candidate's own state.
+            "recurrent": [f"{o}={i}" for o, i in self.data.recurrent] or None,
         }
 
 

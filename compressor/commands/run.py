@@ -172,6 +172,11 @@ def stage_options(command):
     help="Task metric MODULE:FUNCTION (or path/to/file.py:FUNCTION): called with (outputs, the data "
     "file's arrays), returns a score in [0, 1], higher is better; the budget is its drop in points.",
 )
+@click.option(
+    "--recurrent",
+    help="States the model feeds back, OUT=IN[,OUT=IN...] ('auto': found by name and shape, the default; "
+    "'none'): per-sample data then runs its steps in order, each fed the model's own state.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @stage_options
 def run_command(
@@ -183,6 +188,7 @@ def run_command(
     html_path,
     max_accuracy_drop,
     metric,
+    recurrent,
     as_json,
     recipe_path,
     overrides,
@@ -192,6 +198,8 @@ def run_command(
     """Compress MODEL with the whole pipeline and write a container plus a report."""
     if metric is not None:
         overrides.setdefault("gate", {}).update(validate_overrides({"gate": {"metric": metric}})["gate"])
+    if recurrent is not None:
+        overrides.setdefault("gate", {}).update(validate_overrides({"gate": {"recurrent": recurrent}})["gate"])
     failure = None
     try:
         report = run_pipeline(
