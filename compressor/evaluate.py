@@ -84,13 +84,58 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = DEFAULT_BATCH) -> int:
 
 def run_batch_size(model: onnx.ModelProto, data: Dataset, wanted: int = DEFAULT_BATCH) -> int:
     """The batch of a whole-model run: the model's fixed batch, else `wanted`, fewer when the
-    intermediate tensors of a batch (ACTIVATION_BYTES_PER_INPUT_BYTE per input byte) would
-    exceed CAPTURE_BYTES."""
+    intermediate tensors of a batch would exceed CAPTURE_BYTES: per sample the larger of
+    ACTIVATION_BYTES_PER_INPUT_BYTE per input byte and the largest node's tensors
+    (``node_activation_bytes``)."""
     fixed = fixed_batch_size(model)
     if fixed or data.per_sample:
         return fixed or wanted
     per_sample = sum(int(v[:1].nbytes) for v in data.inputs.values())
-    return min(wanted, bounded_batch_size(ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample, data.size))
+    shapes = {k: v[:1].shape for k, v in data.inputs.items()}
+    per_sample = max(ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample, node_activation_bytes(model, shapes))
+    return min(wanted, bounded_batch_size(per_sample, data.size))
+
+
+def node_activation_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
+    """The bytes one sample's inputs and outputs of the main graph's largest node take (what
+    must be live at once while it runs), from shapes inferred at batch 1 with the inputs'
+    dynamic dims as in `sample_shapes` (one sample's shape per input); 0 when unknown.  A long
+    input through a wide conv (a spectrogram model) makes this far more than its input."""
+    key = (hash(tuple(o for n in model.graph.node for o in n.output)), tuple(sorted((sample_shapes or {}).items())))
+    if key not in _ACTIVATION_BYTES:
+        _ACTIVATION_BYTES.clear()  # one model (and its candidates' structure) at a time
+        _ACTIVATION_BYTES[key] = _largest_node_bytes(model, sample_shapes or {})
+    return _ACTIVATION_BYTES[key]
+
+
+_ACTIVATION_BYTES: dict[tuple, int] = {}
+
+
+def _largest_node_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]]) -> int:
+    floats = {
+        t.name for t in model.graph.initializer if t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    }
+    m = graph.skeleton(model, floats)
+    for vi in graph.graph_inputs(m):
+        shape = sample_shapes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if shape is None or len(shape) != len(dims):
+            continue
+        for d, n in zip(list(dims)[1:], shape[1:]):  # the batch axis stays symbolic (1 below)
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.ClearField("dim_param")
+                d.dim_value = int(n)
+    try:
+        shapes = graph.infer_shapes_batch1(m)
+    except Exception:  # shape inference is best effort
+        return 0
+    inits = {t.name for t in model.graph.initializer}
+    largest = 0
+    for node in model.graph.node:
+        names = dict.fromkeys(n for n in (*node.input, *node.output) if n and n not in inits)
+        elements = sum(int(np.prod(shapes[n], dtype=np.int64)) for n in names if n in shapes)
+        largest = max(largest, elements * 4)  # float32 for the estimate
+    return largest
 
 
 def bounded_batch_size(bytes_per_sample: int, samples: int, budget: int | None = None) -> int:
