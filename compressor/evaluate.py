@@ -111,7 +111,9 @@ def node_activation_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple
 _ACTIVATION_BYTES: dict[tuple, int] = {}
 
 
-def _largest_node_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]]) -> int:
+def value_shapes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the main graph's values for one sample: shapes inferred at batch 1
+    with the inputs' other dynamic dims as in `sample_shapes`; {} when inference fails."""
     floats = {
         t.name for t in model.graph.initializer if t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
     }
@@ -126,9 +128,13 @@ def _largest_node_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[i
                 d.ClearField("dim_param")
                 d.dim_value = int(n)
     try:
-        shapes = graph.infer_shapes_batch1(m)
+        return graph.infer_shapes_batch1(m)
     except Exception:  # shape inference is best effort
-        return 0
+        return {}
+
+
+def _largest_node_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]]) -> int:
+    shapes = value_shapes(model, sample_shapes)
     inits = {t.name for t in model.graph.initializer}
     largest = 0
     for node in model.graph.node:
@@ -374,9 +380,33 @@ def capture(
     model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield, batch by batch, the values of intermediate tensors `names` (never all in memory).
-    Batches as ``capture_with_feeds`` makes them unless `batch_size` is given."""
-    for _, values in capture_with_feeds(model, names, data, batch_size):
-        yield values
+    Batches as ``capture_with_feeds`` makes them unless `batch_size` is given.  When one
+    sample's values of all `names` would pass CAPTURE_BYTES, they are captured in groups
+    (``capture_groups``), one pass over the data each: a batch then holds its group's names."""
+    for group in capture_groups(model, names, data):
+        for _, values in capture_with_feeds(model, group, data, batch_size):
+            yield values
+
+
+def capture_groups(model: onnx.ModelProto, names: Sequence[str], data: Dataset) -> list[list[str]]:
+    """`names` cut, in order, into groups whose values for one sample take at most
+    CAPTURE_BYTES together, from the shapes inferred with the data's dims; one group when
+    they fit or the shapes are unknown."""
+    names = list(dict.fromkeys(names))
+    sample = {k: v[:1].shape if not data.per_sample else v[0].shape for k, v in data.inputs.items()}
+    shapes = value_shapes(model, sample) if names else {}
+    sizes = [4 * int(np.prod(shapes[n], dtype=np.int64)) if n in shapes else 0 for n in names]
+    if sum(sizes) <= CAPTURE_BYTES:
+        return [names] if names else []
+    groups: list[list[str]] = [[]]
+    held = 0
+    for name, size in zip(names, sizes):
+        if groups[-1] and held + size > CAPTURE_BYTES:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += size
+    return groups
 
 
 def capture_with_feeds(

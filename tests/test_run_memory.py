@@ -55,3 +55,19 @@ def test_small_models_keep_their_batch():
     model = widening_model()
     data = Dataset({"x": np.ones((300, 64), np.float32)}, None)
     assert run_batch_size(model, data) == evaluate.DEFAULT_BATCH
+
+
+def test_captures_too_large_for_one_pass_are_taken_in_groups(monkeypatch):
+    from compressor.passes.quantize.calibrate import collect
+
+    model = widening_model()
+    data = Dataset({"x": np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)}, None)
+    whole = collect(model, ["wide", "y"], data)
+    assert evaluate.capture_groups(model, ["wide", "y"], data) == [["wide", "y"]]
+    monkeypatch.setattr(evaluate, "CAPTURE_BYTES", 64 * REPEATS * 4 - 1)  # one sample of "wide" alone passes it
+    assert evaluate.capture_groups(model, ["y", "wide", "y"], data) == [["y"], ["wide"]]
+    grouped = collect(model, ["wide", "y"], data)
+    for name in ("wide", "y"):
+        a, b = whole[name], grouped[name]
+        assert (a.min, a.max, a.count) == (b.min, b.max, b.count)
+        assert np.array_equal(a.pos, b.pos) and np.array_equal(a.neg, b.neg)
