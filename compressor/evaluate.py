@@ -390,18 +390,18 @@ def capture(
 
 def capture_groups(model: onnx.ModelProto, names: Sequence[str], data: Dataset) -> list[list[str]]:
     """`names` cut, in order, into groups whose values for one sample take at most
-    CAPTURE_BYTES together, from the shapes inferred with the data's dims; one group when
-    they fit or the shapes are unknown."""
+    CAPTURE_BYTES // 2 together (ORT holds a run's outputs besides its working tensors), from
+    the shapes inferred with the data's dims; one group when they fit or the shapes are unknown."""
     names = list(dict.fromkeys(names))
     sample = {k: v[:1].shape if not data.per_sample else v[0].shape for k, v in data.inputs.items()}
     shapes = value_shapes(model, sample) if names else {}
     sizes = [4 * int(np.prod(shapes[n], dtype=np.int64)) if n in shapes else 0 for n in names]
-    if sum(sizes) <= CAPTURE_BYTES:
+    if sum(sizes) <= CAPTURE_BYTES // 2:
         return [names] if names else []
     groups: list[list[str]] = [[]]
     held = 0
     for name, size in zip(names, sizes):
-        if groups[-1] and held + size > CAPTURE_BYTES:
+        if groups[-1] and held + size > CAPTURE_BYTES // 2:
             groups.append([])
             held = 0
         groups[-1].append(name)

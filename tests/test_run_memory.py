@@ -64,10 +64,32 @@ def test_captures_too_large_for_one_pass_are_taken_in_groups(monkeypatch):
     data = Dataset({"x": np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)}, None)
     whole = collect(model, ["wide", "y"], data)
     assert evaluate.capture_groups(model, ["wide", "y"], data) == [["wide", "y"]]
-    monkeypatch.setattr(evaluate, "CAPTURE_BYTES", 64 * REPEATS * 4 - 1)  # one sample of "wide" alone passes it
+    monkeypatch.setattr(evaluate, "CAPTURE_BYTES", 2 * 64 * REPEATS * 4 - 1)  # half: one sample of "wide" passes it
     assert evaluate.capture_groups(model, ["y", "wide", "y"], data) == [["y"], ["wide"]]
     grouped = collect(model, ["wide", "y"], data)
     for name in ("wide", "y"):
         a, b = whole[name], grouped[name]
         assert (a.min, a.max, a.count) == (b.min, b.max, b.count)
         assert np.array_equal(a.pos, b.pos) and np.array_equal(a.neg, b.neg)
+
+
+def test_range_statistics_in_chunks_are_those_in_one_piece(monkeypatch):
+    from compressor import quant_math
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([np.zeros(500), rng.standard_normal(3000) * 0.01, rng.standard_normal(3000) * 50]).astype(
+        np.float32
+    )
+    whole = quant_math.RangeCollector()
+    whole.update(x)
+    monkeypatch.setattr(quant_math, "UPDATE_CHUNK", 700)  # the first chunk is all zeros, the range grows later
+    chunked = quant_math.RangeCollector()
+    chunked.update(x)
+    assert (whole.min, whole.max, whole.count, whole.zeros, whole.limit) == (
+        chunked.min,
+        chunked.max,
+        chunked.count,
+        chunked.zeros,
+        chunked.limit,
+    )
+    assert np.array_equal(whole.pos, chunked.pos) and np.array_equal(whole.neg, chunked.neg)
