@@ -26,6 +26,7 @@ import onnx
 
 from .data import Dataset
 from .errors import UsageError
+from .evaluate import run_once
 from .graph import graph_inputs
 
 # The spellings of a state fed back: the output is the input's name with one of
@@ -119,7 +120,7 @@ def confirmed(session, data: Dataset, pairs: tuple[tuple[str, str], ...]) -> tup
     if not pairs:
         return ()
     feed = next(data.batches(1))
-    values = session.run([o for o, _ in pairs], feed)
+    values = run_once(session, feed, [o for o, _ in pairs])
     return tuple(
         (o, i)
         for (o, i), v in zip(pairs, values)
