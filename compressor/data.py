@@ -36,12 +36,17 @@ class Dataset:
       (recurrent state [layers, N, H], sequence-first [T, N, F]) or that have no batch axis.
 
     ``constants`` are fed unchanged to every run (a scalar sample rate, say).
+
+    ``recurrent``: (output, input) pairs of a model that feeds a state back (``sequences``):
+    the samples of a per-sample file are the steps of sequences in order, and a run feeds each
+    step the state output of the step before (``evaluate.run_batches``).
     """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     per_sample: bool = False
+    recurrent: tuple[tuple[str, str], ...] = ()
 
     @property
     def size(self) -> int:
@@ -62,7 +67,15 @@ class Dataset:
             None if self.labels is None else self.labels[index],
             self.constants,
             self.per_sample,
+            self.recurrent,
         )
+
+    def spread(self, n: int) -> Dataset:
+        """`n` samples evenly spread over the data; the first `n` steps of a recurrent sequence
+        (a step is only meaningful after the ones before it)."""
+        if self.recurrent or n >= self.size:
+            return self.take(n)
+        return self.select((np.arange(n) * (self.size / n)).astype(np.int64))
 
     def take(self, n: int) -> Dataset:
         return self.select(slice(0, n))

@@ -84,13 +84,64 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = DEFAULT_BATCH) -> int:
 
 def run_batch_size(model: onnx.ModelProto, data: Dataset, wanted: int = DEFAULT_BATCH) -> int:
     """The batch of a whole-model run: the model's fixed batch, else `wanted`, fewer when the
-    intermediate tensors of a batch (ACTIVATION_BYTES_PER_INPUT_BYTE per input byte) would
-    exceed CAPTURE_BYTES."""
+    intermediate tensors of a batch would exceed CAPTURE_BYTES: per sample the larger of
+    ACTIVATION_BYTES_PER_INPUT_BYTE per input byte and the largest node's tensors
+    (``node_activation_bytes``)."""
     fixed = fixed_batch_size(model)
     if fixed or data.per_sample:
         return fixed or wanted
     per_sample = sum(int(v[:1].nbytes) for v in data.inputs.values())
-    return min(wanted, bounded_batch_size(ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample, data.size))
+    shapes = {k: v[:1].shape for k, v in data.inputs.items()}
+    per_sample = max(ACTIVATION_BYTES_PER_INPUT_BYTE * per_sample, node_activation_bytes(model, shapes))
+    return min(wanted, bounded_batch_size(per_sample, data.size))
+
+
+def node_activation_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
+    """The bytes one sample's inputs and outputs of the main graph's largest node take (what
+    must be live at once while it runs), from shapes inferred at batch 1 with the inputs'
+    dynamic dims as in `sample_shapes` (one sample's shape per input); 0 when unknown.  A long
+    input through a wide conv (a spectrogram model) makes this far more than its input."""
+    key = (hash(tuple(o for n in model.graph.node for o in n.output)), tuple(sorted((sample_shapes or {}).items())))
+    if key not in _ACTIVATION_BYTES:
+        _ACTIVATION_BYTES.clear()  # one model (and its candidates' structure) at a time
+        _ACTIVATION_BYTES[key] = _largest_node_bytes(model, sample_shapes or {})
+    return _ACTIVATION_BYTES[key]
+
+
+_ACTIVATION_BYTES: dict[tuple, int] = {}
+
+
+def value_shapes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the main graph's values for one sample: shapes inferred at batch 1
+    with the inputs' other dynamic dims as in `sample_shapes`; {} when inference fails."""
+    floats = {
+        t.name for t in model.graph.initializer if t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    }
+    m = graph.skeleton(model, floats)
+    for vi in graph.graph_inputs(m):
+        shape = sample_shapes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if shape is None or len(shape) != len(dims):
+            continue
+        for d, n in zip(list(dims)[1:], shape[1:]):  # the batch axis stays symbolic (1 below)
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.ClearField("dim_param")
+                d.dim_value = int(n)
+    try:
+        return graph.infer_shapes_batch1(m)
+    except Exception:  # shape inference is best effort
+        return {}
+
+
+def _largest_node_bytes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]]) -> int:
+    shapes = value_shapes(model, sample_shapes)
+    inits = {t.name for t in model.graph.initializer}
+    largest = 0
+    for node in model.graph.node:
+        names = dict.fromkeys(n for n in (*node.input, *node.output) if n and n not in inits)
+        elements = sum(int(np.prod(shapes[n], dtype=np.int64)) for n in names if n in shapes)
+        largest = max(largest, elements * 4)  # float32 for the estimate
+    return largest
 
 
 def bounded_batch_size(bytes_per_sample: int, samples: int, budget: int | None = None) -> int:
@@ -108,11 +159,43 @@ def run_batches(
     extra_feed: dict[str, np.ndarray] | None = None,
 ) -> Iterator[list[np.ndarray]]:
     """Run the session batch by batch; yields the list of outputs for each batch.
-    `extra_feed`: more inputs fed with every batch (weights fed as inputs, see measure.py)."""
+    `extra_feed`: more inputs fed with every batch (weights fed as inputs, see measure.py).
+    Recurrent data (``Dataset.recurrent``) runs step by step, see ``run_sequence``."""
+    if data.recurrent:
+        yield from run_sequence(session, data, output_names, extra_feed)
+        return
     for feed in data.batches(batch_size):
         if extra_feed:
             feed.update(extra_feed)
         yield run_once(session, feed, output_names)
+
+
+def run_sequence(
+    session,
+    data: Dataset,
+    output_names: Sequence[str] | None = None,
+    extra_feed: dict[str, np.ndarray] | None = None,
+) -> Iterator[list[np.ndarray]]:
+    """Run the steps of recurrent data in order, each fed the state the model itself gave at
+    the step before (its outputs `data.recurrent` names), so that what a candidate loses
+    through its state accumulates as when it is deployed.  The stored state is fed at the
+    first step and wherever it is all zeros (a sequence starts there)."""
+    wanted = list(output_names) if output_names else [o.name for o in session.get_outputs()]
+    fetch = list(dict.fromkeys([*wanted, *(out for out, _ in data.recurrent)]))
+    carried: dict[str, np.ndarray] = {}
+    for feed in data.batches(1):
+        if extra_feed:
+            feed.update(extra_feed)
+        for name, state in carried.items():
+            if np.any(feed[name]):
+                if state.shape != feed[name].shape:
+                    raise CompressorError(
+                        f"recurrent state {name!r}: the model gives shape {state.shape}, the data {feed[name].shape}"
+                    )
+                feed[name] = state
+        outs = dict(zip(fetch, run_once(session, feed, fetch)))
+        carried = {inp: np.asarray(outs[out]) for out, inp in data.recurrent}
+        yield [outs[name] for name in wanted]
 
 
 def run_once(session, feed: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
@@ -297,9 +380,33 @@ def capture(
     model: onnx.ModelProto, names: Sequence[str], data: Dataset, batch_size: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield, batch by batch, the values of intermediate tensors `names` (never all in memory).
-    Batches as ``capture_with_feeds`` makes them unless `batch_size` is given."""
-    for _, values in capture_with_feeds(model, names, data, batch_size):
-        yield values
+    Batches as ``capture_with_feeds`` makes them unless `batch_size` is given.  When one
+    sample's values of all `names` would pass CAPTURE_BYTES, they are captured in groups
+    (``capture_groups``), one pass over the data each: a batch then holds its group's names."""
+    for group in capture_groups(model, names, data):
+        for _, values in capture_with_feeds(model, group, data, batch_size):
+            yield values
+
+
+def capture_groups(model: onnx.ModelProto, names: Sequence[str], data: Dataset) -> list[list[str]]:
+    """`names` cut, in order, into groups whose values for one sample take at most
+    CAPTURE_BYTES // 2 together (ORT holds a run's outputs besides its working tensors), from
+    the shapes inferred with the data's dims; one group when they fit or the shapes are unknown."""
+    names = list(dict.fromkeys(names))
+    sample = {k: v[:1].shape if not data.per_sample else v[0].shape for k, v in data.inputs.items()}
+    shapes = value_shapes(model, sample) if names else {}
+    sizes = [4 * int(np.prod(shapes[n], dtype=np.int64)) if n in shapes else 0 for n in names]
+    if sum(sizes) <= CAPTURE_BYTES // 2:
+        return [names] if names else []
+    groups: list[list[str]] = [[]]
+    held = 0
+    for name, size in zip(names, sizes):
+        if groups[-1] and held + size > CAPTURE_BYTES // 2:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += size
+    return groups
 
 
 def capture_with_feeds(

@@ -37,8 +37,8 @@ from .errors import CompressorError, UsageError
 from .evaluate import (
     DEFAULT_BATCH,
     accuracy,
-    batch_size_for,
     make_session,
+    run_batch_size,
     run_model,
 )
 from .variants import feedable, weights_as_inputs, with_arrays
@@ -217,7 +217,7 @@ class Judge:
         judge = cls(
             data,
             "accuracy" if data.labels is not None else "fidelity",
-            batch_size=batch_size or batch_size_for(model, DEFAULT_BATCH),
+            batch_size=batch_size or run_batch_size(model, data),
         )
         judge.reference_outputs = reference if reference is not None else judge.outputs(make_session(model))
         if data.labels is not None:
@@ -329,7 +329,7 @@ class Judge:
         """Measure the original: its outputs become the reference; returns the run's metrics."""
         if self.data is None:
             return dict(EMPTY_RUN_METRICS)
-        self._session_batch = self.batch_size or batch_size_for(model, DEFAULT_BATCH)
+        self._session_batch = self.batch_size or run_batch_size(model, self.data)
         t0 = time.perf_counter()
         self.reference_outputs = self.outputs(model)
         self.eval_seconds = (time.perf_counter() - t0) * self.search_data.size / max(self.data.size, 1)
@@ -402,6 +402,8 @@ class Judge:
             "map_threshold": output_kinds.MAP_THRESHOLD if "map" in self.kinds and self.mode == "fidelity" else None,
             "metric": getattr(self.metric, "spec", None) if self.metric is not None else None,
             "reference_score": self.reference_score,
+            # States fed back: each step of the data is run with the candidate's own state.
+            "recurrent": [f"{o}={i}" for o, i in self.data.recurrent] or None,
         }
 
 

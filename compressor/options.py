@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 from .measure import DEFAULT_MAX_KL, DEFAULT_MIN_SNR_DB
 from .passes.selection import DEFAULT_MIN_PARAMS
+from .sequences import is_recurrent_spec
 
 # Points of top-1 accuracy (labeled data) or of top-1 agreement (unlabeled inputs) the whole run
 # may spend (the output SNR floor, DEFAULT_MIN_SNR_DB, is the judge's).
@@ -53,6 +54,7 @@ def _is_metric_spec(value: str) -> bool:
 
 
 METRIC_SPEC: Check = (_is_metric_spec, "MODULE:FUNCTION or path/to/file.py:FUNCTION")
+RECURRENT_SPEC: Check = (is_recurrent_spec, "'auto', 'none' or OUT=IN[,OUT=IN...]")
 
 
 def _option(default, *, choices: tuple | None = None, check: Check | None = None, shown_when_set: bool = False):
@@ -151,6 +153,8 @@ class GateOptions(_Section):
     max_kl: float = _option(DEFAULT_MAX_KL, check=NON_NEGATIVE)
     hold_out: bool = True
     metric: str | None = _option(None, check=METRIC_SPEC, shown_when_set=True)
+    # States fed back (see sequences): "auto" finds them by name and shape in per-sample data.
+    recurrent: str = _option("auto", check=RECURRENT_SPEC, shown_when_set=True)
     given: frozenset[str] = _given()
 
     @property

@@ -17,6 +17,9 @@ kind           recognised by (on the original's output)                 judged b
                                                                         the original's own regions as pseudo-labels
                                                                         (points = 100 x (1 - F1)); moved edges are free
 ``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
+``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  agreement of the decisions (value > DECISION_
+               (voice activity, binary classifier)                      THRESHOLD, points = 100 - agreement %) and
+                                                                        centred SNR at least ``gate.min_snr_db``
 ``regressor``  float [N], [N, 1], or [N, C] raw scores with             centred SNR at least ``gate.min_snr_db``
                C < MIN_RAW_CLASSES (few columns and no softmax
                structure: quality scores, coordinates, ...)
@@ -50,14 +53,16 @@ MAP_THRESHOLD = 0.3
 # reference one at this intersection over union (the usual detection match).
 MIN_REGION_PIXELS = 9
 REGION_IOU = 0.5
+# A probability column is a decision at this threshold (a thresholded sigmoid: speech / not).
+DECISION_THRESHOLD = 0.5
 # Values handled per chunk (bounded memory whatever the output's size).
 CHUNK_VALUES = 1 << 21
 # Rows sampled to recognise (log-)probabilities and unit-norm rows.
 SAMPLED_ROWS = 256
 
-KINDS = ("classes", "positions", "map", "embedding", "regressor", "values", "exact")
+KINDS = ("classes", "positions", "map", "embedding", "probability", "regressor", "values", "exact")
 TOP1_KINDS = ("classes", "positions")
-SNR_KINDS = ("embedding", "regressor", "values")
+SNR_KINDS = ("embedding", "probability", "regressor", "values")
 
 
 def _sample_rows(output: np.ndarray) -> np.ndarray:
@@ -90,8 +95,9 @@ def output_kind(output: np.ndarray) -> str:
         return "exact"
     if output.ndim == 0 or output.shape[0] == 0 or output.size == 0:
         return "values"
-    if output.ndim == 1:
-        return "regressor"
+    if output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1):
+        lo, hi = _min_max(output)
+        return "probability" if 0.0 <= lo and hi <= 1.0 else "regressor"
     if all(d == 1 for d in output.shape[2:]):  # [N, C] (or [N, C, 1, 1])
         scores = output.reshape(output.shape[0], output.shape[1])
         if scores.shape[1] == 1:
@@ -300,6 +306,14 @@ def map_f1(
     return 2.0 * found / (n_ref + n_out)
 
 
+def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: float = DECISION_THRESHOLD) -> float:
+    """Percent of values on the same side of `threshold` as the reference's."""
+    if reference.size == 0:
+        return 100.0
+    same = sum(int(np.count_nonzero((r > threshold) == (o > threshold))) for r, o in _chunks(reference, output))
+    return 100.0 * same / reference.size
+
+
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
     positions), map_f1 (maps), and for every float output centred_snr_db and raw_snr_db."""
@@ -316,4 +330,6 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
         result["kl"] = mean_kl(reference, output, ref.form)
     elif ref.kind == "map":
         result["map_f1"] = map_f1(reference, output)
+    elif ref.kind == "probability":
+        result["top1_agreement"] = decision_agreement(reference, output)  # budgeted as top-1 agreement
     return result

@@ -40,6 +40,7 @@ from .passes.quantize import QuantizeSettings, quantize
 from .paths import check_outputs, write_all_atomically
 from .present import to_json
 from .report import RunResult, StageRow, build_report, check_html_available, render_html
+from .sequences import confirmed, recurrent_pairs, split_sequences
 from .stages import STAGES, StageContext
 from .stages.ladder import fits_without, model_bytes, rejection, rejection_text
 
@@ -115,8 +116,12 @@ def run_pipeline(
             raise UsageError("--metric needs --data (or --calib) to score the outputs on")
         metric = load_metric(gate.metric)
         mode = "metric"
+    data, calib = (_with_recurrence(original, d, gate.recurrent) for d in (data, calib))
     verdict_path = data_path if data is not None else calib_path
-    eval_data, search_data, verdict_index = verdict_and_search(data, calib, gate.hold_out)
+    # A user metric reads the verdict's rows of its file: recurrent data is then not split by sequence.
+    recurrent = (data or calib) is not None and bool((data or calib).recurrent)
+    hold_out = gate.hold_out and not (recurrent and metric is not None)
+    eval_data, search_data, verdict_index = verdict_and_search(data, calib, hold_out, original)
     calib_data = calib if calib is not None else search_data
     train_data = None
     if recipe.finetune.enabled:
@@ -239,7 +244,7 @@ def run_pipeline(
 
 
 def verdict_and_search(
-    data: Dataset | None, calib: Dataset | None, hold_out: bool = True
+    data: Dataset | None, calib: Dataset | None, hold_out: bool = True, model: onnx.ModelProto | None = None
 ) -> tuple[Dataset | None, Dataset | None, np.ndarray | None]:
     """(the verdict's data, the searches' data, the verdict's sample indices in its file).
 
@@ -251,16 +256,34 @@ def verdict_and_search(
     set and `hold_out`: split by index (counts only): the odd samples are held out for the
     verdict, the even ones searched on, so that the verdict is never taken on samples the
     searches tuned on; interleaved, since data files are often sorted by class.  A set of
-    fewer than 2 * MIN_HOLD_OUT samples is not split."""
+    fewer than 2 * MIN_HOLD_OUT samples is not split.  Recurrent data (steps of sequences, see
+    sequences) is split by sequence (the odd ones held out), never by step; not split when
+    the sequences' axis is unclear (`model` declares the inputs' static axes)."""
     if data is not None and data.labels is not None:
         return data, data, None
     if data is not None and calib is not None:
         return data, calib, None
     only = data if data is not None else calib
+    if only is not None and hold_out and only.recurrent:
+        split = split_sequences(model, only, MIN_HOLD_OUT) if model is not None else None
+        return (*split, None) if split is not None else (only, only, None)
     if only is None or not hold_out or only.size < 2 * MIN_HOLD_OUT:
         return only, only, None
     index = np.arange(only.size)
     return only.select(index[1::2]), only.select(index[0::2]), index[1::2]
+
+
+def _with_recurrence(model: onnx.ModelProto, data: Dataset | None, spec: str) -> Dataset | None:
+    """`data` with the model's states fed back (sequences.recurrent_pairs); the pairs found by
+    name are kept only when the output has the stored state's shape on the first step."""
+    if data is None:
+        return None
+    pairs = recurrent_pairs(model, data, spec)
+    if pairs and spec == "auto":
+        pairs = confirmed(make_session(model), data, pairs)
+    if not pairs:
+        return data
+    return Dataset(data.inputs, data.labels, data.constants, data.per_sample, pairs)
 
 
 def _metric_arrays(path: str, total: int, index: np.ndarray | None) -> dict[str, np.ndarray]:

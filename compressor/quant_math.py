@@ -329,6 +329,10 @@ def quantize_codebook(x, qmin: int, qmax: int, symmetric: bool, book: tuple[np.n
 # ------------------------------------------------------------------ calibration
 
 
+# Values folded into a RangeCollector at a time.
+UPDATE_CHUNK = 1 << 20
+
+
 class RangeCollector:
     """Streaming range statistics of one tensor (min, max, signed histogram)."""
 
@@ -347,6 +351,12 @@ class RangeCollector:
         if x.size == 0:
             return
         x = x.astype(np.float32, copy=False).ravel()
+        # Chunks bound the temporaries (masks, bin indices) of a large activation; the result is
+        # the same as in one piece (power-of-two limits: a grown histogram merges exactly).
+        for start in range(0, x.size, UPDATE_CHUNK):
+            self._update(x[start : start + UPDATE_CHUNK])
+
+    def _update(self, x: np.ndarray) -> None:
         finite = x[np.isfinite(x)] if not np.all(np.isfinite(x)) else x
         if finite.size == 0:
             return

@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.variants",
             "compressor.data",
             "compressor.evaluate",
+            "compressor.sequences",
             "compressor.inspect_model",
             "compressor.container",
             "compressor.container.*",

@@ -127,3 +127,16 @@ def test_map_regions_never_join_across_images():
     out = ref.copy()
     out[1] = 0.0
     assert ok.map_f1(ref, out) == pytest.approx(2 * 1 / 3)
+
+
+def test_a_probability_column_is_judged_by_its_decisions_and_snr():
+    rng = np.random.default_rng(5)
+    p = rng.uniform(size=(200, 1)).astype(np.float32)
+    assert ok.output_kind(p) == "probability" and ok.output_kind(p[:, 0]) == "probability"
+    assert ok.output_kind(p * 3) == "regressor"  # not in [0, 1]
+    flipped = p.copy()
+    near = np.argsort(np.abs(p[:, 0] - 0.5))[:4]  # the four values nearest the threshold cross it
+    flipped[near, 0] = 1.0 - flipped[near, 0]
+    got = ok.compare(p, flipped, ok.reference_of(p))
+    assert got["top1_agreement"] == pytest.approx(98.0) and got["centred_snr_db"] > 20
+    assert "probability" in ok.SNR_KINDS and "probability" not in ok.TOP1_KINDS

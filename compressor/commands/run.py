@@ -29,6 +29,7 @@ def _overrides(
     seed,
     objective,
     metric,
+    recurrent,
     finetune=None,
     train_path=None,
 ) -> dict:
@@ -38,7 +39,7 @@ def _overrides(
         "share": {"bits_conv": bits_conv, "bits_fc": bits_fc, "seed": seed},
         "quantize": {"activations": activations},
         "run": {"objective": objective},
-        "gate": {"metric": metric},
+        "gate": {"metric": metric, "recurrent": recurrent},
         "finetune": {"epochs": finetune, "train": train_path},
     }
     for stage, flag in (("prune", no_prune), ("share", no_share), ("quantize", no_quantize)):
@@ -100,6 +101,7 @@ STAGE_FLAGS = (
     "seed",
     "objective",
     "metric",
+    "recurrent",
     "finetune",
     "train_path",
 )
@@ -153,6 +155,11 @@ def stage_options(command):
                 "--metric",
                 help="Task metric MODULE:FUNCTION (or path/to/file.py:FUNCTION): called with (outputs, the data "
                 "file's arrays), returns a score in [0, 1], higher is better; the budget is its drop in points.",
+            ),
+            click.option(
+                "--recurrent",
+                help="States the model feeds back, OUT=IN[,OUT=IN...] ('auto': found by name and shape, the default; "
+                "'none'): per-sample data then runs its steps in order, each fed the model's own state.",
             ),
             click.option(
                 "--objective",

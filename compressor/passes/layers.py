@@ -17,6 +17,14 @@ from ..evaluate import capture_with_feeds
 
 # Refit cost cap: k · d_in · d_in · d_out multiply-adds per layer (~ a few seconds).
 REFIT_MAX_FLOPS = 2e10
+# A layer's covariance is estimated from at most max(COVARIANCE_ROWS_PER_INPUT · d_in,
+# COVARIANCE_MAX_FLOPS / d_in²) input rows spread evenly over the data (every k-th row,
+# scaled by k): a conv over a long spectrogram has 10⁵ rows per sample, and all of them cost
+# minutes of float64 products and a gigabyte of im2col per sample for no better estimate.
+COVARIANCE_ROWS_PER_INPUT = 16
+COVARIANCE_MAX_FLOPS = 1e10
+# Float64 elements of the rows formed at once (im2col of selected positions).
+ROW_CHUNK_ELEMENTS = 1 << 22
 
 
 class Layer:
@@ -38,6 +46,8 @@ class Layer:
         self.total = np.zeros(d_in)  # the rows' sum: the inputs' means
         self.rows = 0
         self.kept: list[np.ndarray] | None = []  # the rows themselves, while there are at most d_in
+        self.stride = 1  # every stride-th input row is used (see row_stride), weighted by it
+        self._seen = 0  # input rows seen, used or not (where the next stride starts)
 
     def matrix(self, a: np.ndarray) -> np.ndarray:
         """The weight (or labels) as the d_in x d_out matrix of this layer."""
@@ -45,25 +55,51 @@ class Layer:
             return a.reshape(a.shape[0], -1).T
         return a.T if self.transpose_w else a
 
-    def rows_of(self, x: np.ndarray) -> Iterable[np.ndarray]:
+    def row_count(self, x: np.ndarray) -> int:
+        """The number of input rows (of d_in values) in a captured input `x`."""
         x = np.asarray(x)
         if self.kind == "conv":
-            step = max(1, (1 << 22) // max(1, int(np.prod(x.shape[1:]))))
-            for s in range(0, x.shape[0], step):
-                yield im2col(x[s : s + step].astype(np.float64), **self.conv)
-        elif self.kind == "gemm":
-            x = x.astype(np.float64)
-            yield x.T if self.trans_a else x
+            return x.shape[0] * int(np.prod(conv_output_hw(x.shape[2:], **self.conv)))
+        if self.kind == "gemm":
+            return x.shape[1] if self.trans_a else x.shape[0]
+        return x.size // self.d_in
+
+    def rows_of(self, x: np.ndarray) -> Iterable[np.ndarray]:
+        """The input rows of `x` this layer uses (every `stride`-th, continuing across calls),
+        in float64, a bounded chunk at a time."""
+        x = np.asarray(x)
+        total = self.row_count(x)
+        start = (-self._seen) % self.stride
+        self._seen += total
+        if self.kind == "conv":
+            if self.stride == 1:
+                step = max(1, ROW_CHUNK_ELEMENTS // max(1, int(np.prod(x.shape[1:]))))
+                for s in range(0, x.shape[0], step):
+                    yield im2col(x[s : s + step].astype(np.float64), **self.conv)
+                return
+            picked = np.arange(start, total, self.stride)
+            step = max(1, ROW_CHUNK_ELEMENTS // self.d_in)
+            for s in range(0, picked.size, step):
+                yield im2col_rows(x, picked[s : s + step], **self.conv)
+            return
+        if self.kind == "gemm":
+            mat = x.T if self.trans_a else x
         else:
-            yield x.astype(np.float64).reshape(-1, self.d_in)
+            mat = x.reshape(-1, self.d_in)
+        yield mat[start :: self.stride].astype(np.float64)
 
     def accumulate(self, x: np.ndarray) -> None:
         for rows in self.rows_of(x):
-            self.C += rows.T @ rows
-            self.total += rows.sum(axis=0)
-            self.rows += rows.shape[0]
+            self.C += (rows.T @ rows) * self.stride
+            self.total += rows.sum(axis=0) * self.stride
+            self.rows += rows.shape[0] * self.stride
             if self.kept is not None:
-                self.kept = self.kept + [rows] if self.rows <= self.d_in else None
+                self.kept = self.kept + [rows] if self.rows <= self.d_in and self.stride == 1 else None
+
+    def row_stride(self, rows_per_sample: float, samples: int) -> int:
+        """The stride that keeps the rows used within the covariance's row budget."""
+        budget = max(COVARIANCE_ROWS_PER_INPUT * self.d_in, COVARIANCE_MAX_FLOPS / self.d_in**2)
+        return max(1, int(np.ceil(rows_per_sample * samples / budget)))
 
     def constant_inputs(self, rtol: float = 1e-6) -> np.ndarray:
         """Which inputs took one value over every row (variance within `rtol` of the second moment)."""
@@ -128,6 +164,56 @@ def im2col(x: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
 
 
+def _conv_padding(h: int, w: int, kshape, strides, dilations, pads, auto_pad) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) padding of a conv input of spatial size (h, w)."""
+    (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads_hw = []
+        for size, s, e in ((h, sh, eh), (w, sw, ew)):
+            total = max((-(-size // s) - 1) * s + e - size, 0)
+            small = total // 2
+            pads_hw.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
+        (pt, pb), (pl, pr) = pads_hw
+        return pt, pl, pb, pr
+    if auto_pad == "VALID":
+        return 0, 0, 0, 0
+    pt, pl, pb, pr = pads
+    return pt, pl, pb, pr
+
+
+def conv_output_hw(hw, kshape, strides, dilations, pads, auto_pad="NOTSET") -> tuple[int, int]:
+    """The output's spatial size of a conv with input spatial size `hw`."""
+    h, w = int(hw[0]), int(hw[1])
+    pt, pl, pb, pr = _conv_padding(h, w, kshape, strides, dilations, pads, auto_pad)
+    (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    return (h + pt + pb - eh) // sh + 1, (w + pl + pr - ew) // sw + 1
+
+
+def im2col_rows(x: np.ndarray, rows: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -> np.ndarray:
+    """The rows of ``im2col(x)`` at the indices `rows` (into its N·Ho·Wo rows), in float64,
+    without forming the others."""
+    n, c, h, w = x.shape
+    pt, pl, pb, pr = _conv_padding(h, w, kshape, strides, dilations, pads, auto_pad)
+    (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
+    ho, wo = conv_output_hw((h, w), kshape, strides, dilations, pads, auto_pad)
+    sample, pos = np.divmod(rows, ho * wo)
+    oy, ox = np.divmod(pos, wo)
+    # Input coordinates of each row's window (rows, kh) and (rows, kw), padding as -1.
+    iy = oy[:, None] * sh - pt + np.arange(kh)[None, :] * dh
+    ix = ox[:, None] * sw - pl + np.arange(kw)[None, :] * dw
+    inside = (iy >= 0)[:, :, None] & (iy < h)[:, :, None] & (ix >= 0)[:, None, :] & (ix < w)[:, None, :]
+    vals = x[
+        sample[:, None, None, None],
+        np.arange(c)[None, :, None, None],
+        np.clip(iy, 0, h - 1)[:, None, :, None],
+        np.clip(ix, 0, w - 1)[:, None, None, :],
+    ].astype(np.float64)
+    vals *= inside[:, None, :, :]
+    return vals.reshape(rows.size, c * kh * kw)
+
+
 def layers_for(w: graph.Weight, k: int, known: set[str], max_flops: float | None = None) -> list[Layer] | str:
     """The refit view of every consumer of w (clustered into k values), or the reason the refit
     does not apply: one consumer in a subgraph, another op, or a refit costing more than
@@ -182,7 +268,18 @@ def accumulate_inputs(model: onnx.ModelProto, layers: list[Layer], data: Dataset
     wanted = sorted({layer.x_name for layer in layers})
     to_capture = [n for n in wanted if n not in input_names]
     batches = capture_with_feeds(model, to_capture, data) if to_capture else ((f, {}) for f in data.batches(1 << 30))
+    first = True
     for feed, captured in batches:
         values = {**feed, **captured}
+        if first:
+            # The first batch's rows per sample set each layer's stride for the whole data.
+            fed = (
+                1
+                if data.per_sample
+                else max(1, next(iter(np.asarray(v).shape[0] for v in feed.values() if np.ndim(v))))
+            )
+            for layer in layers:
+                layer.stride = layer.row_stride(layer.row_count(values[layer.x_name]) / fed, data.size)
+            first = False
         for layer in layers:
             layer.accumulate(values[layer.x_name])

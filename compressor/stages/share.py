@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..graph import Weight
 from ..options import ShareOptions
 from ..passes.share import CONV_ROLES, share, shareable_weights
@@ -125,7 +123,7 @@ def per_tensor_attempt(
         if samples < MIN_SEARCH_SAMPLES:
             log(f"share: per-tensor bit search skipped (estimated {estimate:.0f} nominal s > {SHARE_SEARCH_SECONDS:g})")
             return None
-        data = data.select((np.arange(samples) * (data.size / samples)).astype(np.int64))
+        data = data.spread(samples)
         reference, where = None, f" on {samples} of {measure.search_data.size} samples"
     reserve = measure.budget * SHARE_SEARCH_BUDGET_SHARE
     spent = measure.loss(ctx.previous.metrics) or 0.0
