@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.kmeans",
             "compressor.output_kinds",
             "compressor.quant_math",
+            "compressor.lowrank_math",
             "compressor.codec",
             "compressor.codec.*",
             "compressor.container.format",
