@@ -219,6 +219,7 @@ def apply_ranks(
     layers = layers or {}
     model = graph.copy_model(model)
     by_name = {w.name: w for w in graph.weights(model)}
+    model_params = sum(w.size for w in by_name.values())
     taken = _names_in(model)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     dropped: set[str] = set()
@@ -269,7 +270,13 @@ def apply_ranks(
     after = sum(t["factored_params"] for t in tensors)
     stats = {
         "tensors": tensors,
-        "totals": {"factored_tensors": len(tensors), "params_before": before, "params_after": after},
+        "totals": {
+            "factored_tensors": len(tensors),
+            "params_before": before,
+            "params_after": after,
+            "model_params_before": model_params,
+            "model_params_after": model_params - before + after,
+        },
         "warnings": [],
     }
     return model, stats
