@@ -319,6 +319,8 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
         for stage in stages:
             ctx = StageContext(models[-1], measure, search_data, calib_data, outputs[-1], tuple(rows), log, packer.size)
             options = getattr(recipe, stage.NAME)
+            if not options.enabled and getattr(stage, "OPTIONAL", False):
+                continue  # an opt-in stage (lowrank) leaves no row while off
             result = stage.run(options, ctx) if options.enabled else ctx.skipped(stage.NAME, "disabled")
             rows.append(result.row)
             models.append(result.model)

@@ -7,9 +7,9 @@ it to ``ladder.run_ladder``.  Adding a stage: one module, one entry in STAGES, i
 
 from __future__ import annotations
 
-from . import prune, quantize, share
+from . import lowrank, prune, quantize, share
 from .ladder import StageContext, StageResult
 
-STAGES = (prune, share, quantize)
+STAGES = (prune, lowrank, share, quantize)
 
 __all__ = ["STAGES", "StageContext", "StageResult"]
