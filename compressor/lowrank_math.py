@@ -17,6 +17,7 @@ A (the optional refit on calibration inputs).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,21 +136,30 @@ def refit_right(w: np.ndarray, a: np.ndarray, cov: np.ndarray, damp: float = DAM
     return np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), ca.T @ w)
 
 
-def choose_ranks(factorizations: dict[str, Factorization], weight: float, margin: float = MARGIN) -> dict[str, int]:
+def choose_ranks(
+    factorizations: dict[str, Factorization],
+    weight: float,
+    margin: float = MARGIN,
+    dense_values: Mapping[str, int] | None = None,
+) -> dict[str, int]:
     """Per tensor the rank minimising  e(r) + weight · values(r) / values(all tensors),  dense
-    (rank 0 in the result: left as it is, no error) among the choices; only ranks within
-    `margin` count.  A larger `weight` trades more error for fewer values (a Lagrangian
-    allocation: one number steers every layer)."""
-    total = sum(f.shape[0] * f.shape[1] for f in factorizations.values()) or 1
+    (rank 0 in the result: left as it is, no error) among the choices; only ranks whose factors
+    hold at most `margin` of the dense layer's values count.  `dense_values`: what each dense
+    layer costs when not m·n (its nonzeros, once pruned: sparse weights pack to about those).
+    A larger `weight` trades more error for fewer values (a Lagrangian allocation: one number
+    steers every layer)."""
+    dense_values = dense_values or {}
+    dense = {name: int(dense_values.get(name, f.shape[0] * f.shape[1])) for name, f in factorizations.items()}
+    total = sum(dense.values()) or 1
     ranks = {}
     for name, f in factorizations.items():
         m, n = f.shape
-        top = min(max_rank(m, n, margin), len(f.errors) - 1)
+        top = min(int(np.floor(margin * dense[name] / (m + n))), len(f.errors) - 1)
         if top < 1:
             ranks[name] = 0
             continue
         candidates = np.arange(1, top + 1)
         cost = f.errors[1 : top + 1] + weight * candidates * (m + n) / total
         best = int(np.argmin(cost))
-        ranks[name] = int(candidates[best]) if cost[best] < weight * m * n / total else 0
+        ranks[name] = int(candidates[best]) if cost[best] < weight * dense[name] / total else 0
     return ranks

@@ -89,3 +89,10 @@ def test_choose_ranks_trades_error_for_values():
 def test_factorize_rejects_a_tensor():
     with pytest.raises(ValueError):
         lm.factorize(np.zeros((2, 2, 2)))
+
+
+def test_choose_ranks_weighs_a_sparse_layer_by_its_nonzeros():
+    f = lm.factorize(_low_rank(64, 64, 3, noise=0.01))
+    assert lm.choose_ranks({"w": f}, 1.0)["w"] >= 3
+    # Pruned to 1 % nonzeros: no rank's factors are smaller than what is left.
+    assert lm.choose_ranks({"w": f}, 1.0, dense_values={"w": 40})["w"] == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from ..data import Dataset
@@ -42,6 +43,7 @@ class Prepared:
     layers: dict[str, Layer]
     factorizations: dict
     capture_runs: int
+    nonzeros: dict[str, int]  # what each dense weight holds (a pruned one packs to about its nonzeros)
     candidates: dict = field(default_factory=dict)  # ranks key -> measured metrics, across searches
 
 
@@ -53,7 +55,8 @@ def prepare(
 ) -> Prepared:
     weights, skipped = factorable_weights(model, exclude, min_params)
     layers = layer_covariances(model, weights, calib) if calib is not None and weights else {}
-    return Prepared(weights, skipped, layers, factorize_weights(weights, layers), 1 if layers else 0)
+    nonzeros = {w.name: int(np.count_nonzero(w.array())) for w in weights}
+    return Prepared(weights, skipped, layers, factorize_weights(weights, layers), 1 if layers else 0, nonzeros)
 
 
 def _key(ranks: dict[str, int]) -> tuple:
@@ -87,7 +90,7 @@ def lowrank_to_budget(
         return apply_ranks(model, facs, ranks, layers, refit)
 
     def fits(weight: float) -> bool | None:
-        ranks = choose_ranks(facs, weight)
+        ranks = choose_ranks(facs, weight, dense_values=prepared.nonzeros)
         key = _key(ranks)
         if not key:
             return True  # nothing factorised: the model itself
@@ -118,7 +121,7 @@ def lowrank_to_budget(
         resolution=WEIGHT_RESOLUTION,
         max_steps=max_evals + 4,
     )
-    ranks = choose_ranks(facs, best) if best is not None else {}
+    ranks = choose_ranks(facs, best, dense_values=prepared.nonzeros) if best is not None else {}
     new_model, stats = build(ranks)
     final = prepared.candidates.get(_key(ranks), judge.baseline) if _key(ranks) else judge.baseline
     stats["skipped"] = [s.as_dict() for s in prepared.skipped]

@@ -3,7 +3,8 @@ before share, so that the factors are shared, quantized and packed like any weig
 
 A fixed rank ratio as asked, or the budget search (``search.lowrank_budget``) within a share of
 the budget, backing off to half and a quarter of it.  The result is kept only when its
-container is smaller than the stage input's (``ctx.packed_size``); off by default (recipe
+container is smaller than the stage input's (``ctx.packed_size``), as it is and after a plain
+share (``kept_if_smaller``); off by default (recipe
 ``[lowrank] enabled = true``), and without a row in the report while off.
 """
 
@@ -14,6 +15,7 @@ import onnx
 
 from ..options import LowRankOptions
 from ..passes.lowrank import lowrank
+from ..passes.share import share
 from ..report import StageRow
 from ..search.lowrank_budget import MAX_SEARCH_RUNS, lowrank_to_budget, prepare
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
@@ -92,25 +94,39 @@ def _search_attempts(opts: LowRankOptions, ctx: StageContext) -> list[Attempt]:
 
 
 def kept_if_smaller(result: StageResult, ctx: StageContext) -> StageResult:
-    """The stage's model only when its container is smaller than its input's; else the input."""
+    """The stage's model only when its container is smaller than its input's, both as they are
+    and after a plain k-means share (``passes.share`` defaults): a pruned sparse weight can pack
+    smaller once shared than the dense factors that replace it.  Else the input, unchanged."""
     row = result.row
     if not row.applied:
         return result
     size, before = ctx.packed_size(result.model), ctx.packed_size(ctx.model)
     if size < before:
-        row.packed_bytes = size
-        return result
-    ctx.log(f"lowrank: packs to {size:,} bytes, not smaller than its input's {before:,}; not kept")
+        shared, shared_before = ctx.packed_size(_shared(result.model)), ctx.packed_size(_shared(ctx.model))
+        if shared < shared_before:
+            row.packed_bytes = size
+            row.note = "; ".join(
+                filter(None, [row.note, f"after a plain share {shared:,} bytes packed vs {shared_before:,} without"])
+            )
+            return result
+        size, before, what = shared, shared_before, "once shared "
+    else:
+        what = ""
+    ctx.log(f"lowrank: packs {what}to {size:,} bytes, not smaller than its input's {before:,}; not kept")
     skipped = StageRow(
         NAME,
         False,
         model_bytes(ctx.model),
         ctx.previous.metrics,
         row.seconds,
-        note=f"not kept: packs to {size:,} bytes, not smaller than its input's {before:,}",
+        note=f"not kept: packs {what}to {size:,} bytes, not smaller than its input's {before:,}",
         attempts=row.attempts,
-        packed_bytes=before,
+        packed_bytes=ctx.packed_size(ctx.model),
         rejected_by=[{"measure": "packed_bytes", "value": size, "limit": before, "by": size - before}],
         rejected_metrics=row.metrics,
     )
     return StageResult(skipped, ctx.model, ctx.outputs)
+
+
+def _shared(model: onnx.ModelProto) -> onnx.ModelProto:
+    return share(model)[0]
