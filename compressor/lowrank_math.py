@@ -39,6 +39,19 @@ def max_rank(m: int, n: int, margin: float = MARGIN) -> int:
     return int(np.floor(margin * m * n / (m + n)))
 
 
+def sparse_values(nonzeros: int, size: int, bits: float = 5.0) -> float:
+    """What a weight with `nonzeros` of `size` values costs, in values of `bits` bits: the
+    nonzeros plus where they are (the entropy of the zero mask, H(d) bits per value at density
+    d), as a shared and entropy-coded sparse tensor packs.  `size` when dense."""
+    if size <= 0 or nonzeros >= size:
+        return float(size)
+    d = nonzeros / size
+    if d <= 0:
+        return 0.0
+    mask_bits = -(d * np.log2(d) + (1 - d) * np.log2(1 - d))
+    return nonzeros + size * mask_bits / bits
+
+
 def worthwhile(m: int, n: int, rank: int, margin: float = MARGIN) -> bool:
     return 0 < rank <= max_rank(m, n, margin)
 
@@ -140,16 +153,16 @@ def choose_ranks(
     factorizations: dict[str, Factorization],
     weight: float,
     margin: float = MARGIN,
-    dense_values: Mapping[str, int] | None = None,
+    dense_values: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """Per tensor the rank minimising  e(r) + weight · values(r) / values(all tensors),  dense
     (rank 0 in the result: left as it is, no error) among the choices; only ranks whose factors
     hold at most `margin` of the dense layer's values count.  `dense_values`: what each dense
-    layer costs when not m·n (its nonzeros, once pruned: sparse weights pack to about those).
+    layer costs when not m·n (``sparse_values``, once pruned).
     A larger `weight` trades more error for fewer values (a Lagrangian allocation: one number
     steers every layer)."""
     dense_values = dense_values or {}
-    dense = {name: int(dense_values.get(name, f.shape[0] * f.shape[1])) for name, f in factorizations.items()}
+    dense = {name: float(dense_values.get(name, f.shape[0] * f.shape[1])) for name, f in factorizations.items()}
     total = sum(dense.values()) or 1
     ranks = {}
     for name, f in factorizations.items():

@@ -95,4 +95,12 @@ def test_choose_ranks_weighs_a_sparse_layer_by_its_nonzeros():
     f = lm.factorize(_low_rank(64, 64, 3, noise=0.01))
     assert lm.choose_ranks({"w": f}, 1.0)["w"] >= 3
     # Pruned to 1 % nonzeros: no rank's factors are smaller than what is left.
-    assert lm.choose_ranks({"w": f}, 1.0, dense_values={"w": 40})["w"] == 0
+    assert lm.choose_ranks({"w": f}, 1.0, dense_values={"w": lm.sparse_values(40, 4096)})["w"] == 0
+
+
+def test_sparse_values_count_the_nonzeros_and_where_they_are():
+    assert lm.sparse_values(100, 100) == 100
+    assert lm.sparse_values(0, 100) == 0
+    # Half dense: one bit of mask per value, a fifth of a 5-bit value.
+    assert lm.sparse_values(50, 100) == pytest.approx(50 + 100 / 5)
+    assert 10 < lm.sparse_values(10, 100) < 50

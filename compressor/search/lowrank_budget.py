@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..data import Dataset
-from ..lowrank_math import choose_ranks
+from ..lowrank_math import choose_ranks, sparse_values
 from ..measure import Judge, Trials, search_allowance
 from ..passes.layers import Layer
 from ..passes.lowrank import apply_ranks, factorable_weights, factorize_weights, layer_covariances
@@ -43,7 +43,7 @@ class Prepared:
     layers: dict[str, Layer]
     factorizations: dict
     capture_runs: int
-    nonzeros: dict[str, int]  # what each dense weight holds (a pruned one packs to about its nonzeros)
+    dense_values: dict[str, float]  # what each weight costs as it is (lowrank_math.sparse_values)
     candidates: dict = field(default_factory=dict)  # ranks key -> measured metrics, across searches
 
 
@@ -55,8 +55,8 @@ def prepare(
 ) -> Prepared:
     weights, skipped = factorable_weights(model, exclude, min_params)
     layers = layer_covariances(model, weights, calib) if calib is not None and weights else {}
-    nonzeros = {w.name: int(np.count_nonzero(w.array())) for w in weights}
-    return Prepared(weights, skipped, layers, factorize_weights(weights, layers), 1 if layers else 0, nonzeros)
+    dense = {w.name: sparse_values(int(np.count_nonzero(w.array())), w.size) for w in weights}
+    return Prepared(weights, skipped, layers, factorize_weights(weights, layers), 1 if layers else 0, dense)
 
 
 def _key(ranks: dict[str, int]) -> tuple:
@@ -75,13 +75,17 @@ def lowrank_to_budget(
     refit: bool = False,
     reference_outputs: list | None = None,
     prepared: Prepared | None = None,
+    sparse_cost: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """The model with per-layer ranks chosen within `budget_points` of loss on `data` (the
-    covariances from `calib`, default `data`); returns (model, stats with "budget")."""
+    covariances from `calib`, default `data`); returns (model, stats with "budget").
+    `sparse_cost`: a pruned layer costs its nonzeros and their positions in the allocation
+    (``lowrank_math.sparse_values``), else all its values."""
     if prepared is None:
         prepared = prepare(model, calib if calib is not None else data, exclude, min_params)
     facs, layers = prepared.factorizations, prepared.layers
+    dense_values = prepared.dense_values if sparse_cost else None
     judge = Judge.of_model(model, data, reference=reference_outputs)
     trials = Trials(lambda m: judge.fits(m, budget_points, min_snr_db), max_evals)
     measured: list[dict] = []
@@ -90,7 +94,7 @@ def lowrank_to_budget(
         return apply_ranks(model, facs, ranks, layers, refit)
 
     def fits(weight: float) -> bool | None:
-        ranks = choose_ranks(facs, weight, dense_values=prepared.nonzeros)
+        ranks = choose_ranks(facs, weight, dense_values=dense_values)
         key = _key(ranks)
         if not key:
             return True  # nothing factorised: the model itself
@@ -121,7 +125,7 @@ def lowrank_to_budget(
         resolution=WEIGHT_RESOLUTION,
         max_steps=max_evals + 4,
     )
-    ranks = choose_ranks(facs, best, dense_values=prepared.nonzeros) if best is not None else {}
+    ranks = choose_ranks(facs, best, dense_values=dense_values) if best is not None else {}
     new_model, stats = build(ranks)
     final = prepared.candidates.get(_key(ranks), judge.baseline) if _key(ranks) else judge.baseline
     stats["skipped"] = [s.as_dict() for s in prepared.skipped]
@@ -129,6 +133,7 @@ def lowrank_to_budget(
     stats["budget"] = {
         "budget_points": budget_points,
         "weight": best,
+        "sparse_cost": sparse_cost,
         "whole_model_runs": len(trials.seen),
         "candidates": measured,
         "final": {k: final.get(k) for k in ("drop", "accuracy", "top1_agreement", "snr_db")},

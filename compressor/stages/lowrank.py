@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..errors import CompressorError
 from ..options import LowRankOptions
 from ..passes.lowrank import lowrank
 from ..passes.share import share
@@ -38,6 +39,7 @@ SHRINK = MustShrink("not smaller than the stage's input (no weight worth factori
 def run(opts: LowRankOptions, ctx: StageContext) -> StageResult:
     model = ctx.model
     common = dict(exclude=opts.exclude, min_params=opts.min_params, refit=opts.refit)
+    gate = SmallerGate(ctx)
     if opts.rank_ratio is not None:
         fixed = Attempt(
             f"rank ratio {opts.rank_ratio:g}",
@@ -47,8 +49,9 @@ def run(opts: LowRankOptions, ctx: StageContext) -> StageResult:
     elif ctx.eval_data is None:
         return ctx.skipped(NAME, "skipped: the rank search needs data")
     else:
-        result = run_ladder(Ladder(NAME, _search_attempts(opts, ctx), adaptive=True, must_shrink=SHRINK), ctx)
-    return kept_if_smaller(result, ctx)
+        attempts = _search_attempts(opts, ctx, gate)
+        result = run_ladder(Ladder(NAME, attempts, adaptive=True, must_shrink=SHRINK), ctx)
+    return kept_if_smaller(result, ctx, gate)
 
 
 def search_runs(eval_cost: float) -> int:
@@ -57,7 +60,38 @@ def search_runs(eval_cost: float) -> int:
     return max(MIN_SEARCH_RUNS, min(MAX_SEARCH_RUNS, fits))
 
 
-def _search_attempts(opts: LowRankOptions, ctx: StageContext) -> list[Attempt]:
+class SmallerGate:
+    """Does a candidate pack smaller than the stage's input, as it is and after a plain k-means
+    share (8 bits conv, 5 bits fc, every matrix weight)?  A pruned sparse weight can pack
+    smaller once shared than the dense factors that replace it, though not as float.  Each
+    model's sizes are computed once."""
+
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        self.sizes: dict[int, tuple[onnx.ModelProto, int, int]] = {}
+
+    def sizes_of(self, model: onnx.ModelProto) -> tuple[int, int]:
+        entry = self.sizes.get(id(model))
+        if entry is None or entry[0] is not model:
+            entry = (model, self.ctx.packed_size(model), self.ctx.packed_size(_shared(model)))
+            self.sizes[id(model)] = entry
+        return entry[1], entry[2]
+
+    def why_not(self, candidate: onnx.ModelProto) -> str | None:
+        """None when the candidate packs smaller both ways, else why not."""
+        (size, shared), (before, shared_before) = self.sizes_of(candidate), self.sizes_of(self.ctx.model)
+        if size >= before:
+            return f"packs to {size:,} bytes, not smaller than its input's {before:,}"
+        if shared >= shared_before:
+            return f"packs once shared to {shared:,} bytes, not smaller than its input's {shared_before:,}"
+        return None
+
+    def note(self, candidate: onnx.ModelProto) -> str:
+        (_, shared), (_, shared_before) = self.sizes_of(candidate), self.sizes_of(self.ctx.model)
+        return f"after a plain share {shared:,} bytes packed vs {shared_before:,} without"
+
+
+def _search_attempts(opts: LowRankOptions, ctx: StageContext, gate: SmallerGate) -> list[Attempt]:
     model, measure, eval_data, log = ctx.model, ctx.measure, ctx.eval_data, ctx.log
     points = opts.budget if opts.budget is not None else measure.budget * LOWRANK_BUDGET_SHARE
     # Noise powers of independent stages add: the same share of the noise allowance.
@@ -68,9 +102,12 @@ def _search_attempts(opts: LowRankOptions, ctx: StageContext) -> list[Attempt]:
     # One capture run and one SVD per layer for every attempt; candidates measured once.
     cached: dict = {}
 
-    def searched(budget: float) -> tuple[onnx.ModelProto, dict]:
+    def prepared():
         if "prepared" not in cached:
             cached["prepared"] = prepare(model, calib, opts.exclude, opts.min_params)
+        return cached["prepared"]
+
+    def searched(budget: float, sparse: bool) -> tuple[onnx.ModelProto, dict]:
         found, stats = lowrank_to_budget(
             model,
             eval_data,
@@ -79,7 +116,8 @@ def _search_attempts(opts: LowRankOptions, ctx: StageContext) -> list[Attempt]:
             max_evals=max_evals,
             refit=opts.refit,
             reference_outputs=reference,
-            prepared=cached["prepared"],
+            prepared=prepared(),
+            sparse_cost=sparse,
             log=log,
         )
         b = stats["budget"]
@@ -88,45 +126,65 @@ def _search_attempts(opts: LowRankOptions, ctx: StageContext) -> list[Attempt]:
             f"tensors by layer output error; {stats['capture_runs']} capture run(s), "
             f"{b['whole_model_runs']} whole-model runs for the candidates"
         )
+        # Checked before the judge's run: a candidate that packs no smaller is not measured.
+        if stats["totals"]["factored_tensors"]:
+            reason = gate.why_not(found)
+            if reason is not None:
+                raise CompressorError(reason)
         return found, stats
 
-    return [Attempt(f"ranks within {b:.2g} points", lambda b=b: searched(b)) for b in (points, points / 2, points / 4)]
+    def pruned() -> bool:
+        p = prepared()
+        return any(p.dense_values[w.name] < w.size for w in p.weights)
+
+    attempts = []
+    for b in (points, points / 2, points / 4):
+        attempts.append(Attempt(f"ranks within {b:.2g} points", lambda b=b: searched(b, False)))
+        # A pruned layer replaced only where the factors hold fewer values than its nonzeros
+        # and their positions (lowrank_math.sparse_values): when the plain costing packs larger.
+        attempts.append(
+            Attempt(
+                f"ranks within {b:.2g} points, pruned layers by their nonzeros",
+                lambda b=b: searched(b, True) if pruned() else _same(),
+            )
+        )
+    return attempts
 
 
-def kept_if_smaller(result: StageResult, ctx: StageContext) -> StageResult:
-    """The stage's model only when its container is smaller than its input's, both as they are
-    and after a plain k-means share (``passes.share`` defaults): a pruned sparse weight can pack
-    smaller once shared than the dense factors that replace it.  Else the input, unchanged."""
+def _same() -> tuple[onnx.ModelProto, dict]:
+    raise CompressorError("no pruned layer: the same candidate as the attempt before")
+
+
+def kept_if_smaller(result: StageResult, ctx: StageContext, gate: SmallerGate) -> StageResult:
+    """The stage's model only when it packs smaller than its input's, both as it is and after a
+    plain share (``SmallerGate``); else the input, unchanged."""
     row = result.row
     if not row.applied:
         return result
-    size, before = ctx.packed_size(result.model), ctx.packed_size(ctx.model)
-    if size < before:
-        shared, shared_before = ctx.packed_size(_shared(result.model)), ctx.packed_size(_shared(ctx.model))
-        if shared < shared_before:
-            row.packed_bytes = size
-            row.note = "; ".join(
-                filter(None, [row.note, f"after a plain share {shared:,} bytes packed vs {shared_before:,} without"])
-            )
-            return result
-        size, before, what = shared, shared_before, "once shared "
-    else:
-        what = ""
-    ctx.log(f"lowrank: packs {what}to {size:,} bytes, not smaller than its input's {before:,}; not kept")
+    reason = gate.why_not(result.model)
+    if reason is None:
+        row.packed_bytes = ctx.packed_size(result.model)
+        row.note = "; ".join(filter(None, [row.note, gate.note(result.model)]))
+        return result
+    ctx.log(f"lowrank: {reason}; not kept")
+    (size, shared), (before, shared_before) = gate.sizes_of(result.model), gate.sizes_of(ctx.model)
+    value, limit = (size, before) if size >= before else (shared, shared_before)
     skipped = StageRow(
         NAME,
         False,
         model_bytes(ctx.model),
         ctx.previous.metrics,
         row.seconds,
-        note=f"not kept: packs {what}to {size:,} bytes, not smaller than its input's {before:,}",
+        note=f"not kept: {reason}",
         attempts=row.attempts,
-        packed_bytes=ctx.packed_size(ctx.model),
-        rejected_by=[{"measure": "packed_bytes", "value": size, "limit": before, "by": size - before}],
+        packed_bytes=before,
+        rejected_by=[{"measure": "packed_bytes", "value": value, "limit": limit, "by": value - limit}],
         rejected_metrics=row.metrics,
     )
     return StageResult(skipped, ctx.model, ctx.outputs)
 
 
 def _shared(model: onnx.ModelProto) -> onnx.ModelProto:
-    return share(model)[0]
+    # Every matrix weight, the factors included whatever share.min_params: a factor left out
+    # of share is still made int8 by quantize, not kept as float.
+    return share(model, min_params=0)[0]
