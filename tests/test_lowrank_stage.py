@@ -109,6 +109,10 @@ def test_run_with_the_stage_on_lenet300(tmp_path):
     row = report["stages"][2]
     assert row["applied"] and row["packed_bytes"] < report["stages"][1]["packed_bytes"]
     assert report["recipe"]["lowrank"]["enabled"] is True
+    # The per-layer rows show the factors of the weights they replaced, and their bytes.
+    fc1 = next(layer for layer in report["layers"] if layer["name"] == "fc1.weight")
+    assert fc1["lowrank_rank"] >= 1 and fc1["factored_params"] == fc1["lowrank_rank"] * (300 + 784)
+    assert 0 < fc1["container_bytes"] < fc1["factored_params"]
     # The container unpacks to the factorised model, with the run's accuracy.
     unpacked = tmp_path / "u.onnx"
     unpack_file(out, unpacked, verify=True)
