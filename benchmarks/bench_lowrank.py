@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -107,10 +106,12 @@ def _run(path: Path, enabled: bool, folder: Path) -> dict:
     command = [sys.executable, "-m", "compressor", "run", str(path), "-o", str(out)]
     command += ["--data", str(test_path), "--calib", str(calib_path), "--report", str(report), "--recipe", str(recipe)]
     t0 = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, command)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     r = json.loads(report.read_text())
     stages = r["stages"]
     row = next((s for s in stages if s["stage"] == "lowrank"), None)
@@ -120,7 +121,7 @@ def _run(path: Path, enabled: bool, folder: Path) -> dict:
         "accuracy": final.get("accuracy"),
         "drop_points": stages[0]["accuracy"] - final["accuracy"] if final.get("accuracy") is not None else None,
         "seconds": round(seconds, 1),
-        "peak_rss_mb": round(peak / 1024, 1) if peak > before else None,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "lowrank_stage": None
         if row is None
         else {
@@ -171,8 +172,8 @@ def _markdown(result: dict) -> str:
     if result["run"]:
         lines += ["## `compressor run`: the lowrank stage enabled vs disabled", ""]
         lines += [
-            "| model | container off | container on | gain | drop off | drop on | lowrank stage |",
-            "|---|---|---|---|---|---|---|",
+            "| model | container off | container on | gain | drop off | drop on | s off / on | lowrank stage |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in result["run"]:
             off, on = r["disabled"], r["enabled"]
@@ -181,7 +182,8 @@ def _markdown(result: dict) -> str:
             gain = f"{100 * r['container_gain']:.1f} %" if r["container_gain"] is not None else "-"
             lines.append(
                 f"| {r['model']} | {off['container_bytes']:,} | {on['container_bytes']:,} | {gain} "
-                f"| {off['drop_points']:.2f} | {on['drop_points']:.2f} | {what} |"
+                f"| {off['drop_points']:.2f} | {on['drop_points']:.2f} | {off['seconds']:.0f} / {on['seconds']:.0f} "
+                f"| {what} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -228,6 +228,11 @@ def plot_data(original: onnx.ModelProto, shared_model: onnx.ModelProto | None) -
         return {}
     biggest = max(matrices, key=lambda w: w.size)
     shared = graph.weight_by_name(shared_model).get(biggest.name) if shared_model is not None else None
+    if shared is None and shared_model is not None:
+        # The largest weight was replaced (by the lowrank stage's factors): the shared model's largest.
+        held = [w for w in graph.weights(shared_model) if w.is_matrix]
+        if held:
+            biggest = shared = max(held, key=lambda w: w.size)
     drawn = shared if shared is not None else biggest
     values = drawn.array().astype(np.float32).ravel()
     finite = np.isfinite(values)

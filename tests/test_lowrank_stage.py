@@ -15,7 +15,7 @@ from compressor.data import Dataset, load_dataset
 from compressor.evaluate import accuracy, run_model
 from compressor.graph import load_model, weight_by_name
 from compressor.measure import Measure
-from compressor.options import LowRankOptions
+from compressor.options import LowRankOptions, Recipe
 from compressor.pipeline import run_pipeline
 from compressor.report import StageRow
 from compressor.stages import STAGES
@@ -55,10 +55,11 @@ def _context(model, budget: float = 1.0) -> StageContext:
     )
 
 
-def test_the_stage_runs_before_share_and_is_off_by_default():
+def test_the_stage_runs_before_share_on_by_default_with_data_only():
     names = [s.NAME for s in STAGES]
     assert names.index("lowrank") == names.index("share") - 1
-    assert not LowRankOptions().enabled
+    assert Recipe.for_mode("accuracy").lowrank.enabled and Recipe.for_mode("fidelity").lowrank.enabled
+    assert not Recipe.for_mode("none").lowrank.enabled
 
 
 def test_kept_when_the_container_shrinks_within_the_budget():

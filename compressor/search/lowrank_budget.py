@@ -19,7 +19,7 @@ import onnx
 
 from ..data import Dataset
 from ..lowrank_math import choose_ranks, sparse_values
-from ..measure import Judge, Trials, search_allowance
+from ..measure import DEFAULT_MIN_SNR_DB, Judge, Trials, search_allowance
 from ..passes.layers import Layer
 from ..passes.lowrank import apply_ranks, factorable_weights, factorize_weights, layer_covariances
 from ..passes.selection import DEFAULT_MIN_PARAMS, Skipped
@@ -68,7 +68,7 @@ def lowrank_to_budget(
     data: Dataset,
     budget_points: float,
     calib: Dataset | None = None,
-    min_snr_db: float | None = None,
+    min_snr_db: float | None = DEFAULT_MIN_SNR_DB,
     max_evals: int = MAX_SEARCH_RUNS,
     exclude: str | None = None,
     min_params: int = DEFAULT_MIN_PARAMS,
@@ -79,7 +79,8 @@ def lowrank_to_budget(
     log: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """The model with per-layer ranks chosen within `budget_points` of loss on `data` (the
-    covariances from `calib`, default `data`); returns (model, stats with "budget").
+    covariances from `calib`, default `data`; outputs that are not class scores also held to
+    `min_snr_db`); returns (model, stats with "budget").
     `sparse_cost`: a pruned layer costs its nonzeros and their positions in the allocation
     (``lowrank_math.sparse_values``), else all its values."""
     if prepared is None:
