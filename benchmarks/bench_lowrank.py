@@ -150,9 +150,9 @@ def _markdown(result: dict) -> str:
     lines = ["# Low-rank factorisation (benchmarks/bench_lowrank.py)", ""]
     lines += [
         f"Budget {BUDGET:g} point(s) of accuracy on each model's labeled test set; calibration inputs for the",
+        "covariances.  Latency: ORT, one thread, median of 30 runs.  Generated; do not edit.",
         "",
     ]
-    lines += ["covariances.  Generated; do not edit.", ""]
     if result["pass"]:
         lines += ["## `compressor lowrank --budget 1` (the pass alone)", ""]
         lines += [
