@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from graphs import make_model, vi
+from graphs import constant_and_if_net, make_model, vi
 from onnx import helper, numpy_helper
 
 from compressor import graph
 from compressor.data import Dataset
 from compressor.errors import UsageError
-from compressor.passes.lowrank import apply_ranks, factorable_weights, factorize_weights, lowrank
+from compressor.passes.lowrank import apply_ranks, factorable_weights, factorize_weights, layer_covariances, lowrank
 
 
 def _low_rank(rng, m, n, rank):
@@ -120,8 +120,6 @@ def test_shared_weight_left_alone_and_reported():
 
 
 def test_subgraph_weights_left_alone():
-    from graphs import constant_and_if_net  # noqa: I001
-
     model = constant_and_if_net()
     weights, skipped = factorable_weights(model, min_params=0)
     reasons = {s.name: s.reason for s in skipped}
@@ -177,8 +175,6 @@ def test_refit_keeps_the_output_error_at_most_the_same():
     model = make_model([node], [vi("x", ["N", 64])], [vi("y", ["N", 48])], [numpy_helper.from_array(w, "w")])
     data = Dataset({"x": rng.normal(size=(128, 64)).astype(np.float32)}, None)
     weights, _ = factorable_weights(model)
-    from compressor.passes.lowrank import layer_covariances
-
     layers = layer_covariances(model, weights, data)
     f = factorize_weights(weights, layers)
     _, plain = apply_ranks(model, f, {"w": 10}, layers)
