@@ -135,9 +135,9 @@ class QuantizeOptions(_Section):
 @dataclass(frozen=True)
 class LowRankOptions(_Section):
     """Low-rank factorisation of Gemm/MatMul weights (and 1x1 convs), before share (stages/lowrank.py).
-    On with data: it made every bench model's container smaller (benchmarks/README.md)."""
+    Opt-in: it competes with share for the budget, and wins or loses by model (benchmarks/README.md)."""
 
-    enabled: bool = True
+    enabled: bool = False
     budget: float | None = _option(None, check=NON_NEGATIVE)  # points; None: a share of the gate's budget
     rank_ratio: float | None = _option(None, check=RANK_RATIO)  # a fixed rank ratio instead of the search
     refit: bool = False  # the second factors solved again by least squares on the calibration inputs
@@ -205,7 +205,6 @@ def defaults_for(mode: str) -> dict[str, dict]:
     measured = mode != "none"
     return {
         "prune": {"enabled": measured},
-        "lowrank": {"enabled": measured},
         "share": {"enabled": measured},
         "quantize": {"activations": "static" if measured else "none", "small_constants": measured},
     }

@@ -7,7 +7,7 @@ A recipe has one table per stage plus an optional ``[gate]`` and ``[run]``::
     scope = "global"
 
     [lowrank]
-    enabled = true        # Gemm/MatMul weights as two low-rank factors (on by default with data)
+    enabled = true        # Gemm/MatMul weights as two low-rank factors (off by default)
 
     [share]
     bits_conv = 8

@@ -18,10 +18,6 @@ LENET300 = SAMPLES / "lenet300.onnx"
 LENET5 = SAMPLES / "lenet5.onnx"
 
 
-def _row(report: dict, stage: str) -> dict:
-    return next(s for s in report["stages"] if s["stage"] == stage)
-
-
 def _unpacked_accuracy(container: Path, tmp_path: Path, data_path: Path) -> float:
     out = tmp_path / "unpacked.onnx"
     unpack_file(container, out, verify=True)
@@ -48,21 +44,15 @@ def test_default_pipeline_is_10x_within_one_point_measured_on_the_unpacked_conta
     acc = _unpacked_accuracy(out, tmp, SAMPLES / "lenet5_test.npz")
     assert report["stages"][0]["accuracy"] - acc <= 1.0
     assert acc == pytest.approx(report["stages"][-1]["accuracy"])
-    assert [s["stage"] for s in report["stages"]] == ["original", "prune", "lowrank", "share", "quantize", "pack"]
-    # With the lowrank factors, int8 weights + activations pack larger than the shared model:
-    # quantize is given up (objective size); every other stage applies.
-    assert all(s["applied"] for s in report["stages"] if s["stage"] != "quantize")
-    quantize = _row(report, "quantize")
-    assert quantize["applied"] or quantize["note"].startswith("not kept")
+    assert [s["stage"] for s in report["stages"]] == ["original", "prune", "share", "quantize", "pack"]
+    assert all(s["applied"] for s in report["stages"])
 
 
 def test_plot_data_is_the_histogram_of_the_shared_weights_with_their_centroids(lenet5_run):
     _, _, report = lenet5_run
     plots = report["plots"]
-    # The biggest weight the shared model holds (fc1.weight was factorised by the lowrank stage).
-    biggest = max(report["layers"], key=lambda layer: layer.get("factored_params", layer["params"]))
-    assert plots["source"] == "shared"
-    assert plots["layer"] == biggest["name"] or plots["layer"].startswith(biggest["name"] + ".lowrank_")
+    biggest = max(report["layers"], key=lambda layer: layer["params"])
+    assert plots["layer"] == biggest["name"] and plots["source"] == "shared"
     # drawn from the shared model: only non-zero values, each one of the centroids
     centroids = plots["centroids"]
     assert sum(plots["hist_counts"]) < biggest["params"] and len(centroids) <= 2**8
@@ -74,7 +64,7 @@ def test_plot_data_is_the_histogram_of_the_shared_weights_with_their_centroids(l
 
 def test_share_searches_bits_per_tensor_and_keeps_the_smaller_of_it_and_the_first_uniform_rung_that_fits(lenet5_run):
     _, _, report = lenet5_run
-    share_row = _row(report, "share")
+    share_row = report["stages"][2]
     tried = share_row["attempts"]
     assert tried[0]["option"].startswith("k-means bits per tensor, searched within")
     assert tried[1]["option"] == "k-means 4 bits conv / 4 bits fc"
@@ -95,17 +85,15 @@ def test_share_ladder_names_only_the_kinds_of_weights_the_model_has(tmp_path, sa
         data_path=str(sample_subset("lenet300_test", 200)),
         overrides={"quantize": {"enabled": False}},
     )
-    tried = [a["option"] for a in _row(report, "share")["attempts"]]
+    tried = [a["option"] for a in report["stages"][2]["attempts"]]
     assert tried[1] == "k-means 4 bits fc" and not any("conv" in t for t in tried)
 
 
 def test_report_has_per_layer_rows_and_the_entropy_bound(lenet5_run):
     _, _, report = lenet5_run
     layers = {layer["name"]: layer for layer in report["layers"]}
-    assert layers["fc1.weight"]["lowrank_rank"] >= 1  # factorised: its row shows the factors
-    # The largest layer left whole (conv2): pruned, shared, packed.
-    fc1 = max((layer for layer in report["layers"] if "lowrank_rank" not in layer), key=lambda layer: layer["params"])
-    assert fc1["sparsity"] >= 0.5 and fc1["bits"] <= 8
+    fc1 = layers["fc1.weight"]
+    assert fc1["sparsity"] > 0.5 and fc1["bits"] <= 5
     # Huffman streams cost at least their zero-order entropy, and not much more; the rANS
     # stream's context model may go below it (the previous symbol predicts the next).
     bound = fc1["entropy_bound_bytes"]
@@ -167,7 +155,7 @@ def test_without_data_only_data_free_steps_run_and_the_report_says_so(tmp_path):
     assert report["measured"] is False and "nothing was measured" in report["note"]
     applied = {s["stage"]: s["applied"] for s in report["stages"]}
     assert applied == {"original": True, "prune": False, "share": False, "quantize": True, "pack": True}
-    assert _row(report, "quantize")["setting"] == "int8 weights only"
+    assert report["stages"][3]["setting"] == "int8 weights only"
     assert out.stat().st_size < LENET300.stat().st_size / 3.5
 
 
@@ -220,7 +208,6 @@ def test_overrides_and_disabled_stages(tmp_path):
         data_path=str(SAMPLES / "lenet300_test.npz"),
         overrides={
             "prune": {"sparsity": 0.8, "scope": "layer"},
-            "lowrank": {"enabled": False},
             "share": {"enabled": False},
             "quantize": {"activations": "none"},
         },
@@ -409,7 +396,7 @@ def test_quantize_gives_back_the_small_constants_first_when_they_cost_too_much(t
         data_path=str(tmp_path / "d.npz"),
         overrides={"prune": {"enabled": False}, "share": {"enabled": False}},
     )
-    row = _row(report, "quantize")
+    row = report["stages"][3]
     tried = [a["option"] for a in row["attempts"]]
     assert tried[:2] == [
         "int8 weights + static int8 activations",
@@ -430,9 +417,9 @@ def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
         str(LENET5),
         str(tmp_path / "m.cmpz"),
         data_path=str(SAMPLES / "lenet5_test.npz"),
-        overrides={"prune": {"enabled": False}, "lowrank": {"enabled": False}, "quantize": {"enabled": False}},
+        overrides={"prune": {"enabled": False}, "quantize": {"enabled": False}},
     )
-    share_row = _row(report, "share")
+    share_row = report["stages"][2]
     first = share_row["attempts"][0]
     import re
 
@@ -518,7 +505,6 @@ def test_the_floor_returns_int8_weights_when_they_pack_smaller_within_the_budget
         data_path=str(data),
         overrides={
             "prune": {"enabled": False},
-            "lowrank": {"enabled": False},
             "share": {"bits_fc": 8, "bits_conv": 8, "min_params": 0},
             "gate": {"budget": 5.0, "min_snr_db": 35.0},
         },
@@ -644,6 +630,6 @@ def test_share_ladder_tries_each_candidate_once_when_the_model_has_one_kind_of_w
             "gate": {"min_snr_db": 80.0},  # nothing fits: every rung is tried
         },
     )
-    tried = [a["option"] for a in _row(report, "share")["attempts"]]
+    tried = [a["option"] for a in report["stages"][2]["attempts"]]
     assert tried and len(tried) == len(set(tried)) and not any("fc" in t for t in tried)
     assert "k-means 8 bits conv" in tried

@@ -4,8 +4,8 @@ before share, so that the factors are shared, quantized and packed like any weig
 A fixed rank ratio as asked, or the budget search (``search.lowrank_budget``) within a share of
 the budget, backing off to half and a quarter of it.  The result is kept only when its
 container is smaller than the stage input's (``ctx.packed_size``), as it is and after a plain
-share (``SmallerGate``); on by default with data (recipe ``[lowrank] enabled = false`` turns it
-off), and without a row in the report while off.
+share (``SmallerGate``).  Opt-in (recipe ``[lowrank] enabled = true``), and without a row in the
+report while off.
 """
 
 from __future__ import annotations
