@@ -14,6 +14,7 @@ import click
 from .commands import eval as eval_cmd
 from .commands import finetune as finetune_cmd
 from .commands import inspect as inspect_cmd
+from .commands import lowrank as lowrank_cmd
 from .commands import pack as pack_cmd
 from .commands import prune as prune_cmd
 from .commands import quantize as quantize_cmd
@@ -33,6 +34,8 @@ def cli(debug: bool) -> None:
 for module in (inspect_cmd, eval_cmd, prune_cmd, share_cmd, quantize_cmd, pack_cmd, run_cmd, finetune_cmd):
     for command in module.COMMANDS:
         cli.add_command(command)
+for command in lowrank_cmd.COMMANDS:
+    cli.add_command(command)
 
 
 class Terminated(KeyboardInterrupt):

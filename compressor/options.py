@@ -35,6 +35,7 @@ UNIT_INTERVAL: Check = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 POSITIVE: Check = (lambda v: v > 0, "> 0")
 BITS: Check = (lambda v: 1 <= v <= 8, "between 1 and 8")
+RANK_RATIO: Check = (lambda v: 0.0 < v <= 1.0, "in (0, 1]")
 
 
 def _is_regex(value: str) -> bool:
@@ -137,6 +138,20 @@ class QuantizeOptions(_Section):
 
 
 @dataclass(frozen=True)
+class LowRankOptions(_Section):
+    """Low-rank factorisation of Gemm/MatMul weights (and 1x1 convs), before share (stages/lowrank.py).
+    Opt-in: it competes with share for the budget, and wins or loses by model (benchmarks/README.md)."""
+
+    enabled: bool = False
+    budget: float | None = _option(None, check=NON_NEGATIVE)  # points; None: a share of the gate's budget
+    rank_ratio: float | None = _option(None, check=RANK_RATIO)  # a fixed rank ratio instead of the search
+    refit: bool = False  # the second factors solved again by least squares on the calibration inputs
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
+    min_params: int = _option(DEFAULT_MIN_PARAMS, check=NON_NEGATIVE)
+    given: frozenset[str] = _given()
+
+
+@dataclass(frozen=True)
 class PackOptions(_Section):
     enabled: bool = True
     given: frozenset[str] = _given()
@@ -204,6 +219,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "gate": GateOptions,
     "run": RunOptions,
     "finetune": FinetuneOptions,
+    "lowrank": LowRankOptions,
 }
 STAGES = ("prune", "share", "quantize", "pack")
 
@@ -229,6 +245,7 @@ class Recipe:
     gate: GateOptions = GateOptions()
     run: RunOptions = RunOptions()
     finetune: FinetuneOptions = FinetuneOptions()
+    lowrank: LowRankOptions = LowRankOptions()
 
     @classmethod
     def for_mode(cls, mode: str, overrides: Mapping[str, Mapping] | None = None) -> Recipe:

@@ -6,6 +6,9 @@ A recipe has one table per stage plus an optional ``[gate]`` and ``[run]``::
     budget = 1.0          # accuracy (or fidelity) points; or `sparsity = 0.8` for a fixed ratio
     scope = "global"
 
+    [lowrank]
+    enabled = true        # Gemm/MatMul weights as two low-rank factors (off by default)
+
     [share]
     bits_conv = 8
     bits_fc = 5

@@ -172,8 +172,34 @@ def per_layer(
             bound = sum(st.get("entropy_bound_bytes", 0) for st in p.get("streams", []))
             row["entropy_bound_bytes"] = round(bound, 1) if p.get("streams") else None
             row["encoding"] = p.get("encoding")
+        elif name not in tensors:
+            _factored_row(row, w, tensors, packed, held_as)
         layers.append(row)
     return layers
+
+
+def _factored_row(row: dict, w: graph.Weight, tensors: dict, packed: dict, held_as: dict[str, str]) -> None:
+    """A weight the lowrank stage wrote as two factors (passes/lowrank.py names them
+    ``<name>.lowrank_a`` and ``_b``): its rank, and the factors' values, bits and bytes."""
+    base = w.name.replace("/", "_")
+    names = [held_as.get(f"{base}.lowrank_{k}", f"{base}.lowrank_{k}") for k in ("a", "b")]
+    if not all(n in tensors for n in names):
+        return
+    arrays = [numpy_helper.to_array(tensors[n]) for n in names]
+    values = np.concatenate([a.ravel() for a in arrays])
+    row["lowrank_rank"] = int(values.size // max(w.shape[0] + w.shape[1], 1))
+    row["factored_params"] = int(values.size)
+    row["sparsity"] = float(np.count_nonzero(values == 0) / values.size) if values.size else 0.0
+    row["distinct_nonzero"] = int(np.unique(sortable(values[values != 0])).size)
+    row["bits"] = max(_bits_of(a) for a in arrays)
+    found = [packed[n] for n in names if n in packed]
+    if found:
+        row["container_bytes"] = sum(p.get("bytes_after") or 0 for p in found)
+        streams = [st for p in found for st in p.get("streams", [])]
+        row["entropy_bound_bytes"] = (
+            round(sum(st.get("entropy_bound_bytes", 0) for st in streams), 1) if streams else None
+        )
+        row["encoding"] = "+".join(str(p.get("encoding")) for p in found)
 
 
 def quantized_names(rows: list[StageRow]) -> dict[str, str]:
@@ -204,6 +230,11 @@ def plot_data(original: onnx.ModelProto, shared_model: onnx.ModelProto | None) -
         return {}
     biggest = max(matrices, key=lambda w: w.size)
     shared = graph.weight_by_name(shared_model).get(biggest.name) if shared_model is not None else None
+    if shared is None and shared_model is not None:
+        # The largest weight was replaced (by the lowrank stage's factors): the shared model's largest.
+        held = [w for w in graph.weights(shared_model) if w.is_matrix]
+        if held:
+            biggest = shared = max(held, key=lambda w: w.size)
     drawn = shared if shared is not None else biggest
     values = drawn.array().astype(np.float32).ravel()
     finite = np.isfinite(values)
@@ -301,7 +332,7 @@ def format_report(report: dict) -> str:
         out.append("")
         rows = [
             [
-                layer["name"],
+                layer["name"] + (f" (rank {layer['lowrank_rank']})" if layer.get("lowrank_rank") else ""),
                 layer["params"],
                 _pct(100 * layer.get("sparsity", 0.0)),
                 layer.get("bits"),

@@ -54,8 +54,8 @@ def test_finetune_is_off_by_default_and_has_no_row():
     recipe = Recipe.for_mode("accuracy")
     assert not recipe.finetune.enabled
     assert recipe.as_dict()["finetune"]["epochs"] == 0
-    optional = [s for s in STAGES if getattr(s, "OPTIONAL", False)]
-    assert [s.after for s in optional] == ["prune", "share"]
+    finetunes = [s for s in STAGES if s.NAME == "finetune"]
+    assert all(s.OPTIONAL for s in finetunes) and [s.after for s in finetunes] == ["prune", "share"]
 
 
 def test_run_finetune_needs_training_inputs(files, tmp_path, capsys):

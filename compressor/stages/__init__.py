@@ -7,10 +7,11 @@ it to ``ladder.run_ladder``.  Adding a stage: one module, one entry in STAGES, i
 
 from __future__ import annotations
 
-from . import finetune, prune, quantize, share
+from . import finetune, lowrank, prune, quantize, share
 from .ladder import StageContext, StageResult
 
-# The fine-tunes (optional: no row unless the recipe asks) follow prune and share, as the paper retrains.
-STAGES = (prune, finetune.AFTER_PRUNE, share, finetune.AFTER_SHARE, quantize)
+# The fine-tunes (optional: no row unless the recipe asks) follow prune and share, as the paper
+# retrains; low-rank (opt-in) factorises the pruned model before share.
+STAGES = (prune, finetune.AFTER_PRUNE, lowrank, share, finetune.AFTER_SHARE, quantize)
 
 __all__ = ["STAGES", "StageContext", "StageResult"]
