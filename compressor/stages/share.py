@@ -157,6 +157,8 @@ def per_tensor_attempt(
             bias_data=bias_data,
             bias_judge=bias_judge,
             calib=calib,
+            # The ladder's default widths: the search starts from them when they fit.
+            seeds=[{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}],
         )
         stats["search_plan"] = search_summary(stats["budget_search"])
         return shared, stats
