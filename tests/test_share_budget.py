@@ -211,4 +211,4 @@ def test_a_seed_that_fits_is_measured_first_and_the_search_never_does_worse():
     params = {c["name"]: c["params"] for c in stats["budget_search"]["curves"]}
     chosen = stats["budget_search"]["chosen"]
     assert sum(params[n] * (8 - b) for n, b in chosen.items()) >= sum(params[n] * (8 - b) for n, b in seed.items())
-    assert len(tried) <= 4
+    assert len(tried) <= 5  # the seed, then at most max_evals

@@ -130,11 +130,6 @@ def snapped_bits(knapsack: list[dict], wanted: dict[str, int]) -> dict[str, int]
     return out
 
 
-def allocation_error(knapsack: list[dict], bits_by_name: dict[str, int]) -> float:
-    """The summed layer errors (the allocation's own measure) of an allocation."""
-    return sum(c["drops"][c["bits"].index(bits_by_name[c["name"]])] for c in knapsack if c["drops"])
-
-
 def refine(knapsack: list[dict], tried: list[dict], measure) -> None:
     """From the best allocation within the budget in `tried`, each tensor's next narrower width
     alone, the least error per saved bit first, while `measure(bits_by_name, record)` has runs
@@ -208,9 +203,9 @@ def share_to_budget(
     correction of the model built (the search measures without it, so it only gains).  Raises
     CompressorError when no allocation (not even every tensor at 8 bits) fits.  `judge`: the
     ``measure.Judge`` to measure with (default ``Judge.of_model(model, data, reference=...)``).
-    `seeds`: allocations (bits by tensor name, e.g. the ladder's uniform widths) measured first;
-    the allowance search then starts from the layer errors of the best one that fits, so
-    that it begins where allocations are known to fit, and ``refine`` can step from it."""
+    `seeds`: allocations (bits by tensor name, e.g. the ladder's uniform widths) measured first,
+    one run each besides `max_evals`: when the allowance search finds nothing better within
+    the budget, ``refine`` steps from the best seed that fits."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -234,7 +229,7 @@ def share_to_budget(
         return sum(params[n] * (BITS[0] - b) for n, b in bits_by_name.items())
 
     evals = max(1, int(max_evals))
-    trials = Trials(lambda metrics: judge.fits(metrics, budget_points, min_snr_db), evals)
+    trials = Trials(lambda metrics: judge.fits(metrics, budget_points, min_snr_db), evals + len(seeds))
     tried = []
 
     def fits(allowance: float) -> bool | None:
@@ -266,7 +261,6 @@ def share_to_budget(
     smallest = min(positive, default=0.0)
     start_at = BITS.index(START_BITS)
     start = sum(k["drops"][min(start_at, len(k["drops"]) - 1)] for k in knapsack if k["drops"])
-    seeded = 0
     for wanted in seeds:
         bits_by_name = snapped_bits(knapsack, wanted)
 
@@ -283,9 +277,7 @@ def share_to_budget(
                 }
             )
 
-        seeded += 1
-        if measure(bits_by_name, record_seed):
-            start = max(min(start, allocation_error(knapsack, bits_by_name)), smallest)
+        measure(bits_by_name, record_seed)
     accepted, rejected = search_allowance(
         fits,
         min(max(start, smallest), total),
@@ -297,7 +289,7 @@ def share_to_budget(
         ),
         geometric=True,
         resolution=RESOLUTION,
-        max_steps=max(1, evals - REFINE_RUNS - seeded),
+        max_steps=max(1, evals - REFINE_RUNS),
     )
     refine(knapsack, tried, measure)
     runner.close()
