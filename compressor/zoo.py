@@ -235,6 +235,9 @@ def _already_done(model: Path, name: str, out_dir: Path, overrides, data_dir, ga
 def _die_with_parent() -> None:
     """In a worker: be sent SIGTERM when the batch process dies, so no worker is orphaned
     (Linux prctl PR_SET_PDEATHSIG; elsewhere the parent's own cleanup has to do)."""
+    # A forked worker inherits the CLI's SIGTERM handler, which raises an exception that the
+    # pool's worker loop catches and reports instead of ending: SIGTERM must end a worker.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -249,6 +252,9 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         process.terminate()
     for process in processes:
         process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 def _run_serial(todo: list[Task], log: Log) -> Iterator[tuple[Task, dict]]:
