@@ -134,7 +134,15 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
         "cost_bytes": r.cost_bytes,
         # A fine-tune's row: the accuracy before and after it, its training, its further rounds.
         **({"finetune": r.stats} if r.stage == "finetune" and r.stats else {}),
+        # The structured stage's row: parameters and MACs (batch 1) before and after it.
+        **({"structured": structured_totals(r.stats)} if r.stage == "structured" and r.stats else {}),
     }
+
+
+def structured_totals(stats: dict) -> dict:
+    """What the structured stage removed: channels, parameters and MACs (batch 1) before/after."""
+    keys = ("channels", "removed_channels", "params_before", "params_after", "macs_before", "macs_after")
+    return {k: stats.get("totals", {}).get(k) for k in keys}
 
 
 def _bits_of(values: np.ndarray) -> int | None:
