@@ -39,7 +39,7 @@ from .passes.finetune import require_torch
 from .passes.quantize import QuantizeSettings, quantize
 from .paths import check_outputs, write_all_atomically
 from .present import to_json
-from .report import RunResult, StageRow, build_report, check_html_available, render_html
+from .report import RunResult, StageRow, build_report, check_html_available, model_macs, render_html
 from .sequences import confirmed, recurrent_pairs, split_sequences
 from .stages import STAGES, StageContext
 from .stages.ladder import fits_without, model_bytes, rejection, rejection_text
@@ -164,6 +164,7 @@ def run_pipeline(
     floor = None
     if recipe.pack.enabled and objective == "size" and recipe.quantize.enabled and mode != "none":
         floor = _floor(route, original, recipe, measure, packer, log)
+    _fill_macs(route)
     model, outputs, rows = route.models[-1], route.outputs[-1], route.rows
     final_packing = packer.packing(model)
     shared_model = None
@@ -203,6 +204,7 @@ def run_pipeline(
             else "tensors verified bit-identical"
         )
         rows.append(StageRow("pack", True, container["bytes"], final_metrics, time.perf_counter() - t0, note=note))
+        rows[-1].macs = rows[-2].macs
     elif not recipe.pack.enabled and out_path is not None and gate_result["passed"]:
         if graph.model_bytes(model) > graph.EXTERNAL_DATA_THRESHOLD:  # beside its external data: written now
             graph.save_model(model, out_path, input_path=model_path)
@@ -395,6 +397,16 @@ def _fill_packed_bytes(route: Route, packer: Packer) -> None:
     last = len(route.models) - 1
     for i, (row, m) in enumerate(zip(route.rows, route.models)):
         row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}")
+
+
+def _fill_macs(route: Route) -> None:
+    """Each stage row's MACs (batch 1), counted once per distinct model (a skipped stage's is
+    its input's)."""
+    counted: dict[int, int | None] = {}
+    for row, m in zip(route.rows, route.models):
+        if id(m) not in counted:
+            counted[id(m)] = model_macs(m)
+        row.macs = counted[id(m)]
 
 
 def _apply_objective(route: Route, objective: str, log: Log) -> None:

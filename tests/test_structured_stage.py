@@ -15,7 +15,7 @@ from compressor.graph import load_model, node_macs
 from compressor.measure import Measure
 from compressor.options import Recipe, StructuredOptions
 from compressor.pipeline import run_pipeline
-from compressor.report import StageRow
+from compressor.report import StageRow, format_report
 from compressor.stages import STAGES
 from compressor.stages import structured as stage
 from compressor.stages.ladder import StageContext
@@ -132,6 +132,14 @@ def test_run_with_the_stage_unpacks_and_runs(tmp_path):
     assert row["structured"]["macs_after"] < row["structured"]["macs_before"] == _macs(model)
     assert row["structured"]["params_after"] < row["structured"]["params_before"]
     assert report["recipe"]["structured"]["enabled"] is True
+    # Every row has its model's MACs (batch 1): the original's, fewer from structured on (the
+    # later stages zero or quantize weights, they remove no layer), the container's on pack's row.
+    macs = {s["stage"]: s["macs"] for s in report["stages"]}
+    assert macs["original"] == _macs(model)
+    assert macs["structured"] == row["structured"]["macs_after"]
+    assert all(s["macs"] == macs["structured"] for s in report["stages"][1:]), report["stages"]
+    ratio = _macs(model) / macs["structured"]
+    assert f"MACs (batch 1): {_macs(model):,} -> {macs['structured']:,} ({ratio:.1f}x fewer" in format_report(report)
     unpacked = tmp_path / "u.onnx"
     unpack_file(out, unpacked, verify=True)
     final = load_model(unpacked)
@@ -150,3 +158,5 @@ def test_off_the_report_has_no_row(tmp_path):
     off = run_pipeline(str(path), str(tmp_path / "a.cmpz"), {"prune": {"enabled": False}}, **common)
     assert "structured" not in [s["stage"] for s in off["stages"]]
     assert not any("structured" in s for s in off["stages"])
+    assert all(s["macs"] == off["stages"][0]["macs"] for s in off["stages"])
+    assert "MACs (batch 1)" not in format_report(off)
