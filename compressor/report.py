@@ -384,6 +384,12 @@ def format_report(report: dict) -> str:
     floor, retry = report.get("floor"), report.get("retry")
     if floor:
         out.append(f"floor (int8 weights only): {floor['note']}")
+    compared = report.get("structured_compare")
+    if compared:
+        out.append(
+            f"later stages run with and without structured pruning: kept {compared['kept']} "
+            f"({compared['packed_bytes_with']:,} vs {compared['packed_bytes_without']:,} bytes)"
+        )
     if retry:
         out.append(
             f"retry without pruning ({retry['reason']}): kept {retry['kept']} "

@@ -121,10 +121,12 @@ def test_run_with_the_stage_unpacks_and_runs(tmp_path):
     report = run_pipeline(
         str(path),
         str(out),
-        {"structured": {"enabled": True, "align": 1}, "gate": {"budget": BUDGET}},
+        # Objective speed: kept whatever the later stages make of it (size: see the next test).
+        {"structured": {"enabled": True, "align": 1, "objective": "speed"}, "gate": {"budget": BUDGET}},
         data_path=str(data),
         calib_path=str(data),
     )
+    assert "structured_compare" not in report
     stages = [s["stage"] for s in report["stages"]]
     assert stages[:3] == ["original", "structured", "prune"]
     row = report["stages"][1]
@@ -150,6 +152,26 @@ def test_run_with_the_stage_unpacks_and_runs(tmp_path):
     # Fewer channels in the container's model than in the original.
     assert _macs(final) < _macs(model)
     assert report["stages"][-1]["accuracy"] == pytest.approx(100.0 * np.mean(logits.argmax(1) == dataset.labels))
+
+
+def test_size_objective_keeps_the_smaller_final_container(tmp_path):
+    _model, path, data, _x, _labels = _files(tmp_path)
+    report = run_pipeline(
+        str(path),
+        str(tmp_path / "m.cmpz"),
+        {"structured": {"enabled": True, "align": 1}, "gate": {"budget": BUDGET}},
+        data_path=str(data),
+        calib_path=str(data),
+    )
+    compared = report["structured_compare"]
+    smaller = min(compared["packed_bytes_with"], compared["packed_bytes_without"])
+    assert report["container"]["bytes"] == smaller
+    row = report["stages"][1]
+    assert row["stage"] == "structured"
+    assert row["applied"] == (compared["kept"] == "with structured pruning")
+    assert row["applied"] == (compared["packed_bytes_with"] <= compared["packed_bytes_without"])
+    assert compared["other_way"][0]["stage"] == "structured"
+    assert "later stages run with and without structured pruning" in format_report(report)
 
 
 def test_off_the_report_has_no_row(tmp_path):
