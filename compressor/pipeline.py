@@ -561,7 +561,15 @@ def _compare_without_structured(
         "packed_bytes_with": with_bytes,
         "packed_bytes_without": without_bytes,
         "other_way": [
-            {"stage": r.stage, "applied": r.applied, "setting": r.options.get("setting"), "note": r.note}
+            {
+                "stage": r.stage,
+                "applied": r.applied,
+                "setting": r.options.get("setting"),
+                "note": r.note,
+                "packed_bytes": r.packed_bytes,
+                "accuracy": r.metrics.get("accuracy"),
+                "top1_agreement": r.metrics.get("top1_agreement"),
+            }
             for r in (other if kept is route else route).rows[at:]
         ],
     }
