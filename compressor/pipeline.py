@@ -539,7 +539,7 @@ def _compare_without_structured(
         rows[at - 1].bytes,
         rows[at - 1].metrics,
         rows[at].seconds,
-        note="undone: the later stages give a smaller container without it",
+        note="the later stages run without it",
         attempts=rows[at].attempts,
         packed_bytes=rows[at - 1].packed_bytes,
     )
@@ -554,6 +554,10 @@ def _compare_without_structured(
     _apply_objective(other, recipe.run.objective, log)
     with_bytes, without_bytes = rows[-1].packed_bytes, other.rows[-1].packed_bytes
     kept = other if without_bytes < with_bytes else route
+    if kept is other:
+        undone.note = (
+            f"undone: the later stages give a smaller container without it ({without_bytes:,} vs {with_bytes:,} bytes)"
+        )
     packer.keep_only(kept.models)
     log(f"structured: {with_bytes:,} bytes with it, {without_bytes:,} without")
     return kept, {

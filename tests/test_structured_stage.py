@@ -171,6 +171,10 @@ def test_size_objective_keeps_the_smaller_final_container(tmp_path):
     assert row["applied"] == (compared["kept"] == "with structured pruning")
     assert row["applied"] == (compared["packed_bytes_with"] <= compared["packed_bytes_without"])
     assert compared["other_way"][0]["stage"] == "structured"
+    if not row["applied"]:
+        assert row["note"].startswith("undone: the later stages give a smaller container without it")
+    else:
+        assert compared["other_way"][0]["note"] == "the later stages run without it"
     assert "later stages run with and without structured pruning" in format_report(report)
 
 
