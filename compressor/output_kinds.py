@@ -16,6 +16,12 @@ kind           recognised by (on the original's output)                 judged b
                MIN_MAP_SIDE, every value in [0, 1]: a sigmoid map       MAP_THRESHOLD matched (IoU >= REGION_IOU) to
                                                                         the original's own regions as pseudo-labels
                                                                         (points = 100 x (1 - F1)); moved edges are free
+``detections`` float [N, A, K], A >= MIN_ANCHORS rows (anchors), 5 <=  the worst SNR at least ``gate.min_snr_db`` of:
+               K < A columns: 4 box values, then scores in [0, 1]       the anchors' scores (objectness x best class,
+               (objectness, classes; YOLO-style heads), when no         centred), and the boxes and the class columns
+               other kind fits                                          weighted by the original's score of each anchor
+                                                                        (a background anchor's box is noise the
+                                                                        decoding drops)
 ``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
 ``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  agreement of the decisions (value > DECISION_
                (voice activity, binary classifier)                      THRESHOLD, points = 100 - agreement %) and
@@ -60,9 +66,13 @@ CHUNK_VALUES = 1 << 21
 # Rows sampled to recognise (log-)probabilities and unit-norm rows.
 SAMPLED_ROWS = 256
 
-KINDS = ("classes", "positions", "map", "embedding", "probability", "regressor", "values", "exact")
+# A detection head: at least this many anchor rows, 4 box columns, then score columns.
+MIN_ANCHORS = 64
+BOX_COLUMNS = 4
+
+KINDS = ("classes", "positions", "map", "detections", "embedding", "probability", "regressor", "values", "exact")
 TOP1_KINDS = ("classes", "positions")
-SNR_KINDS = ("embedding", "probability", "regressor", "values")
+SNR_KINDS = ("detections", "embedding", "probability", "regressor", "values")
 
 
 def _sample_rows(output: np.ndarray) -> np.ndarray:
@@ -116,7 +126,18 @@ def output_kind(output: np.ndarray) -> str:
             return "map"
     if _unit_rows(output):
         return "embedding"
+    if _detection_rows(output):
+        return "detections"
     return "values"
+
+
+def _detection_rows(output: np.ndarray) -> bool:
+    """[N, A, K] anchor rows of 4 box values then scores in [0, 1] (not all box values in [0, 1]:
+    then it would be a map or plain probabilities)."""
+    if output.ndim != 3 or not BOX_COLUMNS < output.shape[2] < output.shape[1] or output.shape[1] < MIN_ANCHORS:
+        return False
+    lo, hi = _min_max(output[..., BOX_COLUMNS:])
+    return 0.0 <= lo and hi <= 1.0
 
 
 def _min_max(output: np.ndarray) -> tuple[float, float]:
@@ -163,6 +184,9 @@ class Reference:
     centred_power: float = 0.0
     raw_power: float = 0.0
     form: str | None = None  # classes / positions: "probs", "logprobs" or None (raw scores)
+    score_power: float = 0.0  # detections: centred power of the anchors' scores
+    box_power: float = 0.0  # detections: score-weighted centred power of the boxes
+    class_power: float = 0.0  # detections: and of the class columns
 
 
 def reference_of(output: np.ndarray, kind: str | None = None) -> Reference:
@@ -172,7 +196,59 @@ def reference_of(output: np.ndarray, kind: str | None = None) -> Reference:
         return Reference(kind)
     centred, raw = centred_and_raw_power(output)
     form = row_form(output) if kind in TOP1_KINDS else None
+    if kind == "detections":
+        score_power, _ = centred_and_raw_power(anchor_scores(output))
+        box_power, class_power = _weighted_powers(output)
+        return Reference(kind, centred, raw, form, score_power, box_power, class_power)
     return Reference(kind, centred, raw, form)
+
+
+def anchor_scores(output: np.ndarray) -> np.ndarray:
+    """Each anchor row's detection score (float32), what a decoder thresholds: objectness x the
+    best class score (the objectness alone when there is no class column)."""
+    scores = np.asarray(output[..., BOX_COLUMNS:], dtype=np.float32)
+    return scores[..., 0] * scores[..., 1:].max(axis=-1) if scores.shape[-1] > 1 else scores[..., 0]
+
+
+def _column_groups(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # The box columns, and the class columns after the objectness (maybe none).
+    return chunk[..., :BOX_COLUMNS], chunk[..., BOX_COLUMNS + 1 :]
+
+
+def _weighted_powers(output: np.ndarray) -> tuple[float, float]:
+    """(boxes, classes): sum over anchors of score x (value - the score-weighted mean)^2,
+    streamed: where the original sees nothing, neither says anything."""
+    weight = 0.0
+    totals = [np.zeros(output.shape[-1], dtype=np.float64)]
+    for chunk in _chunks(output):
+        w = anchor_scores(chunk)[..., None].astype(np.float64)
+        weight += float(w.sum())
+        totals[0] += (w * chunk).sum(axis=(0, 1))
+    if weight <= 0.0:
+        return 0.0, 0.0
+    mean = (totals[0] / weight).astype(np.float32)
+    powers = [0.0, 0.0]
+    for chunk in _chunks(output):
+        w = anchor_scores(chunk)[..., None]
+        for i, group in enumerate(_column_groups((chunk - mean) ** 2 * w)):
+            powers[i] += float(np.sum(group, dtype=np.float64))
+    return powers[0], powers[1]
+
+
+def detection_snr_db(reference: np.ndarray, output: np.ndarray, ref: Reference) -> float:
+    """The worst of three SNRs: the anchors' detection scores (centred), and the boxes' and the
+    class scores' weighted by the original's score of each anchor (a box where the original
+    sees nothing is noise its decoding drops)."""
+    score_noise, noises = 0.0, [0.0, 0.0]
+    for r, o in _chunks(reference, output):
+        d = anchor_scores(o) - anchor_scores(r)
+        score_noise += float(np.sum(d * d, dtype=np.float64))
+        weighted = (o - r) ** 2 * anchor_scores(r)[..., None]
+        for i, group in enumerate(_column_groups(weighted)):
+            noises[i] += float(np.sum(group, dtype=np.float64))
+    snrs = [_db(ref.score_power if ref.score_power > 0 else ref.raw_power, score_noise)]
+    snrs += [_db(power, noise) for power, noise in zip((ref.box_power, ref.class_power), noises) if power > 0]
+    return min(snrs)
 
 
 def centred_and_raw_power(output: np.ndarray) -> tuple[float, float]:
@@ -316,7 +392,8 @@ def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: flo
 
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
-    positions), map_f1 (maps), and for every float output centred_snr_db and raw_snr_db."""
+    positions), map_f1 (maps), and for every float output centred_snr_db (detections: their
+    ``detection_snr_db``) and raw_snr_db."""
     if reference.shape != output.shape:
         raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
     result: dict = {"kind": ref.kind}
@@ -325,6 +402,8 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     noise = noise_power(reference, output)
     result["centred_snr_db"] = _db(ref.centred_power if ref.centred_power > 0 else ref.raw_power, noise)
     result["raw_snr_db"] = _db(ref.raw_power, noise)
+    if ref.kind == "detections":
+        result["centred_snr_db"] = detection_snr_db(reference, output, ref)
     if ref.kind in TOP1_KINDS:
         result["top1_agreement"] = top1_agreement(reference, output)
         result["kl"] = mean_kl(reference, output, ref.form)

@@ -140,3 +140,45 @@ def test_a_probability_column_is_judged_by_its_decisions_and_snr():
     got = ok.compare(p, flipped, ok.reference_of(p))
     assert got["top1_agreement"] == pytest.approx(98.0) and got["centred_snr_db"] > 20
     assert "probability" in ok.SNR_KINDS and "probability" not in ok.TOP1_KINDS
+
+
+def _detections(rng, n=6, anchors=200, classes=2):
+    """A YOLO-style head [n, anchors, 4 + 1 + classes]: raw boxes, sigmoid objectness and classes,
+    a few anchors per image with an object."""
+    boxes = rng.normal(size=(n, anchors, 4)).astype(np.float32)
+    objectness = np.where(rng.random((n, anchors, 1)) < 0.05, 0.9, 0.001).astype(np.float32)
+    cls = rng.uniform(size=(n, anchors, classes)).astype(np.float32)
+    return np.concatenate([boxes, objectness, cls], axis=-1)
+
+
+def test_a_yolo_style_head_is_detections():
+    rng = np.random.default_rng(1)
+    assert ok.output_kind(_detections(rng)) == "detections"
+    assert ok.output_kind(_detections(rng, classes=0)) == "detections"  # objectness alone
+    few_rows = _detections(rng, anchors=20)
+    assert ok.output_kind(few_rows) == "values"
+    scores_out_of_range = _detections(rng)
+    scores_out_of_range[..., 5] += 2.0
+    assert ok.output_kind(scores_out_of_range) == "values"
+
+
+def test_detections_judge_boxes_where_the_original_sees_an_object():
+    rng = np.random.default_rng(2)
+    ref = _detections(rng)
+    reference = ok.reference_of(ref)
+    assert reference.kind == "detections"
+    background = ok.anchor_scores(ref) < 0.1
+    noisy_background = ref.copy()
+    noisy_background[..., :4] += np.where(background[..., None], 0.3 * rng.normal(size=ref[..., :4].shape), 0.0)
+    noisy_objects = ref.copy()
+    noisy_objects[..., :4] += np.where(background[..., None], 0.0, 0.3 * rng.normal(size=ref[..., :4].shape))
+    quiet = ok.compare(ref, noisy_background, reference)["centred_snr_db"]
+    loud = ok.compare(ref, noisy_objects, reference)["centred_snr_db"]
+    plain = ok.centred_snr_db(ref, noisy_background)  # the whole output's SNR sees every anchor alike
+    assert quiet > 20.0 > plain
+    assert loud < 15.0
+    # a score that moves is judged too
+    moved = ref.copy()
+    moved[..., 4] = np.clip(moved[..., 4] + 0.2 * rng.normal(size=moved[..., 4].shape), 0.0, 1.0)
+    assert ok.compare(ref, moved, reference)["centred_snr_db"] < 15.0
+    assert ok.compare(ref, ref, reference)["centred_snr_db"] == math.inf

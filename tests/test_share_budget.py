@@ -199,3 +199,16 @@ def test_the_stage_summarises_the_search(searched):
         summary
         == f"3 of 3 tensors by layer output error; 1 capture run(s), 18 k-means, {runs} whole-model runs for the candidates"
     )
+
+
+def test_a_seed_that_fits_is_measured_first_and_the_search_never_does_worse():
+    model = graphs.mlp()
+    data = labeled(model)
+    seed = {"fc1.weight": 6, "fc2.weight": 6, "fc3.weight": 8}
+    _, stats = share_to_budget(model, data, 2.0, min_params=0, seeds=[seed], max_evals=4)
+    tried = stats["budget_search"]["tried"]
+    assert tried[0].get("seed") and tried[0]["bits"] == seed and tried[0]["within_budget"]
+    params = {c["name"]: c["params"] for c in stats["budget_search"]["curves"]}
+    chosen = stats["budget_search"]["chosen"]
+    assert sum(params[n] * (8 - b) for n, b in chosen.items()) >= sum(params[n] * (8 - b) for n, b in seed.items())
+    assert len(tried) <= 5  # the seed, then at most max_evals

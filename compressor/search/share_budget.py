@@ -27,6 +27,8 @@ Cost: one capture run, tensors x widths k-means (vectorised, no model run) and a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 
@@ -118,6 +120,16 @@ def allocated_bits(knapsack: list[dict], allowance: float) -> dict[str, int]:
     return out
 
 
+def snapped_bits(knapsack: list[dict], wanted: dict[str, int]) -> dict[str, int]:
+    """`wanted` widths (tensors it lacks: the widest) as the curves allow: each the narrowest
+    usable width at least the wanted one."""
+    out = {}
+    for c in knapsack:
+        want = wanted.get(c["name"], BITS[0])
+        out[c["name"]] = min((b for b in c["bits"] if b >= want), default=max(c["bits"]))
+    return out
+
+
 def refine(knapsack: list[dict], tried: list[dict], measure) -> None:
     """From the best allocation within the budget in `tried`, each tensor's next narrower width
     alone, the least error per saved bit first, while `measure(bits_by_name, record)` has runs
@@ -182,6 +194,7 @@ def share_to_budget(
     bias_judge=None,
     judge: Judge | None = None,
     calib: Dataset | None = None,
+    seeds: Sequence[dict[str, int]] = (),
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
@@ -189,7 +202,10 @@ def share_to_budget(
     `reference_outputs`: the model's outputs on `data` if already computed.  `bias_data`: bias
     correction of the model built (the search measures without it, so it only gains).  Raises
     CompressorError when no allocation (not even every tensor at 8 bits) fits.  `judge`: the
-    ``measure.Judge`` to measure with (default ``Judge.of_model(model, data, reference=...)``)."""
+    ``measure.Judge`` to measure with (default ``Judge.of_model(model, data, reference=...)``).
+    `seeds`: allocations (bits by tensor name, e.g. the ladder's uniform widths) measured first,
+    one run each besides `max_evals`: when the allowance search finds nothing better within
+    the budget, ``refine`` steps from the best seed that fits."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -213,7 +229,7 @@ def share_to_budget(
         return sum(params[n] * (BITS[0] - b) for n, b in bits_by_name.items())
 
     evals = max(1, int(max_evals))
-    trials = Trials(lambda metrics: judge.fits(metrics, budget_points, min_snr_db), evals)
+    trials = Trials(lambda metrics: judge.fits(metrics, budget_points, min_snr_db), evals + len(seeds))
     tried = []
 
     def fits(allowance: float) -> bool | None:
@@ -245,6 +261,23 @@ def share_to_budget(
     smallest = min(positive, default=0.0)
     start_at = BITS.index(START_BITS)
     start = sum(k["drops"][min(start_at, len(k["drops"]) - 1)] for k in knapsack if k["drops"])
+    for wanted in seeds:
+        bits_by_name = snapped_bits(knapsack, wanted)
+
+        def record_seed(metrics: dict, bits_by_name=bits_by_name) -> None:
+            tried.append(
+                {
+                    "allowance": None,
+                    "seed": True,
+                    "bits": dict(bits_by_name),
+                    "saved_bits": saved(bits_by_name),
+                    "drop": metrics["drop"],
+                    "snr_db": metrics.get("snr_db"),
+                    "within_budget": metrics["within_budget"],
+                }
+            )
+
+        measure(bits_by_name, record_seed)
     accepted, rejected = search_allowance(
         fits,
         min(max(start, smallest), total),
