@@ -98,6 +98,9 @@ def describe_model(model: onnx.ModelProto, file_bytes: int | None = None, base_d
             "zeros": int(sum(round(r["sparsity"] * r["params"]) for r in rows)),
             "bytes_by_dtype": dict(sorted(bytes_by_dtype.items())),
             "macs": int(total_macs),
+            # Layers whose shapes inference could not tell (input-dependent reshapes, custom ops):
+            # not in the total.
+            "macs_unknown": sum(m["macs"] is None for m in macs),
         },
         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "macs": macs,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .measure import DEFAULT_MAX_KL, DEFAULT_MIN_SNR_DB
+from .passes.channel_plan import DEFAULT_ALIGN, DEFAULT_MAX_RATIO
 from .passes.selection import DEFAULT_MIN_PARAMS
 from .sequences import is_recurrent_spec
 
@@ -151,6 +152,28 @@ class LowRankOptions(_Section):
     given: frozenset[str] = _given()
 
 
+# What the structured stage is kept for (recipe `[structured] objective`): a smaller container,
+# or fewer MACs (a faster model) whatever the container costs (the report says how much).
+STRUCTURED_OBJECTIVES = ("size", "speed")
+SHARE_OF_BUDGET: Check = (lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+CHANNEL_CAP: Check = (lambda v: 0.0 < v < 1.0, "in (0, 1)")
+
+
+@dataclass(frozen=True)
+class StructuredOptions(_Section):
+    """Structured pruning (whole channels, neurons, heads removed), first of the stages
+    (stages/structured.py).  Opt-in: unstructured pruning and share often buy more bytes."""
+
+    enabled: bool = False
+    budget_share: float = _option(0.45, check=SHARE_OF_BUDGET)  # of the gate's budget
+    max_ratio: float = _option(DEFAULT_MAX_RATIO, check=CHANNEL_CAP)  # no group loses more
+    align: int = _option(DEFAULT_ALIGN, check=POSITIVE)  # kept channels a multiple of this
+    heads: bool = False  # attention heads too
+    objective: str = _option("size", choices=STRUCTURED_OBJECTIVES)
+    exclude: str | None = _option(None, check=REGEX)  # node or tensor names kept as they are
+    given: frozenset[str] = _given()
+
+
 @dataclass(frozen=True)
 class PackOptions(_Section):
     enabled: bool = True
@@ -220,6 +243,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "run": RunOptions,
     "finetune": FinetuneOptions,
     "lowrank": LowRankOptions,
+    "structured": StructuredOptions,
 }
 STAGES = ("prune", "share", "quantize", "pack")
 
@@ -246,6 +270,7 @@ class Recipe:
     run: RunOptions = RunOptions()
     finetune: FinetuneOptions = FinetuneOptions()
     lowrank: LowRankOptions = LowRankOptions()
+    structured: StructuredOptions = StructuredOptions()
 
     @classmethod
     def for_mode(cls, mode: str, overrides: Mapping[str, Mapping] | None = None) -> Recipe:

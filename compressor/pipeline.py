@@ -39,7 +39,7 @@ from .passes.finetune import require_torch
 from .passes.quantize import QuantizeSettings, quantize
 from .paths import check_outputs, write_all_atomically
 from .present import to_json
-from .report import RunResult, StageRow, build_report, check_html_available, render_html
+from .report import RunResult, StageRow, build_report, check_html_available, model_macs, render_html
 from .sequences import confirmed, recurrent_pairs, split_sequences
 from .stages import STAGES, StageContext
 from .stages.ladder import fits_without, model_bytes, rejection, rejection_text
@@ -161,9 +161,11 @@ def run_pipeline(
     _fill_packed_bytes(route, packer)
     _apply_objective(route, objective, log)
     route, retry = _retry_unpruned(route, recipe, measure, run_stages, packer, log)
+    route, structured_compare = _compare_without_structured(route, recipe, run_stages, packer, log)
     floor = None
     if recipe.pack.enabled and objective == "size" and recipe.quantize.enabled and mode != "none":
         floor = _floor(route, original, recipe, measure, packer, log)
+    _fill_macs(route)
     model, outputs, rows = route.models[-1], route.outputs[-1], route.rows
     final_packing = packer.packing(model)
     shared_model = None
@@ -203,6 +205,7 @@ def run_pipeline(
             else "tensors verified bit-identical"
         )
         rows.append(StageRow("pack", True, container["bytes"], final_metrics, time.perf_counter() - t0, note=note))
+        rows[-1].macs = rows[-2].macs
     elif not recipe.pack.enabled and out_path is not None and gate_result["passed"]:
         if graph.model_bytes(model) > graph.EXTERNAL_DATA_THRESHOLD:  # beside its external data: written now
             graph.save_model(model, out_path, input_path=model_path)
@@ -229,6 +232,8 @@ def run_pipeline(
     report = build_report(run, rows)
     report["objective"] = objective
     report["retry"] = retry
+    if structured_compare is not None:
+        report["structured_compare"] = structured_compare
     report["floor"] = floor
     report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3)}
     report["seconds"] = time.perf_counter() - started
@@ -397,6 +402,16 @@ def _fill_packed_bytes(route: Route, packer: Packer) -> None:
         row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}")
 
 
+def _fill_macs(route: Route) -> None:
+    """Each stage row's MACs (batch 1), counted once per distinct model (a skipped stage's is
+    its input's)."""
+    counted: dict[int, int | None] = {}
+    for row, m in zip(route.rows, route.models):
+        if id(m) not in counted:
+            counted[id(m)] = model_macs(m)
+        row.macs = counted[id(m)]
+
+
 def _apply_objective(route: Route, objective: str, log: Log) -> None:
     """The quantize stage against its input's container (run.objective): with "size" a result
     that packs larger is not kept; with "int8-kernels" it is, and its row says what it cost."""
@@ -501,6 +516,65 @@ def _retry_unpruned(
         "other_way": [
             {"stage": r.stage, "applied": r.applied, "setting": r.options.get("setting"), "note": r.note}
             for r in dropped.rows[prune:]
+        ],
+    }
+
+
+def _compare_without_structured(
+    route: Route, recipe: Recipe, run_stages, packer: Packer, log: Log
+) -> tuple[Route, dict | None]:
+    """Objective "size": the structured stage checks its model against its input, but the later
+    stages may buy less on the smaller model than on the whole one (unstructured pruning and
+    share then have fewer weights to spend the budget on).  The later stages run once more
+    without it and the smaller final container wins (structured pruning on a tie: fewer MACs).
+    Returns the route kept and what the report says (None when not compared)."""
+    rows = route.rows
+    at = next((i for i, r in enumerate(rows) if r.stage == "structured"), None)
+    if at is None or not rows[at].applied or recipe.structured.objective != "size":
+        return route, None
+    log("structured: running the later stages without it, to compare the containers")
+    undone = StageRow(
+        "structured",
+        False,
+        rows[at - 1].bytes,
+        rows[at - 1].metrics,
+        rows[at].seconds,
+        note="the later stages run without it",
+        attempts=rows[at].attempts,
+        packed_bytes=rows[at - 1].packed_bytes,
+    )
+    without = Route(
+        rows[:at] + [undone],
+        route.models[:at] + [route.models[at - 1]],
+        route.outputs[:at] + [route.outputs[at - 1]],
+    )
+    later = [s for s in STAGES if s.NAME in {r.stage for r in rows[at + 1 :]}]
+    other = run_stages(without, later, keep=route)
+    _fill_packed_bytes(other, packer)
+    _apply_objective(other, recipe.run.objective, log)
+    with_bytes, without_bytes = rows[-1].packed_bytes, other.rows[-1].packed_bytes
+    kept = other if without_bytes < with_bytes else route
+    if kept is other:
+        undone.note = (
+            f"undone: the later stages give a smaller container without it ({without_bytes:,} vs {with_bytes:,} bytes)"
+        )
+    packer.keep_only(kept.models)
+    log(f"structured: {with_bytes:,} bytes with it, {without_bytes:,} without")
+    return kept, {
+        "kept": "with structured pruning" if kept is route else "without structured pruning",
+        "packed_bytes_with": with_bytes,
+        "packed_bytes_without": without_bytes,
+        "other_way": [
+            {
+                "stage": r.stage,
+                "applied": r.applied,
+                "setting": r.options.get("setting"),
+                "note": r.note,
+                "packed_bytes": r.packed_bytes,
+                "accuracy": r.metrics.get("accuracy"),
+                "top1_agreement": r.metrics.get("top1_agreement"),
+            }
+            for r in (other if kept is route else route).rows[at:]
         ],
     }
 

@@ -9,6 +9,9 @@ A recipe has one table per stage plus an optional ``[gate]`` and ``[run]``::
     [lowrank]
     enabled = true        # Gemm/MatMul weights as two low-rank factors (off by default)
 
+    [structured]
+    enabled = true        # whole channels removed first (off by default); objective "size" or "speed"
+
     [share]
     bits_conv = 8
     bits_fc = 5

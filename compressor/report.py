@@ -53,6 +53,8 @@ class StageRow:
     # Bytes of container the stage cost on purpose (run.objective "int8-kernels" keeping a
     # quantize result that packs larger than its input).
     cost_bytes: int | None = None
+    # Multiply-accumulates (batch 1) of this stage's model (``model_macs``; None: no layer's shape known).
+    macs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,39 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
         "attempts": r.attempts,
         "rejected_by": r.rejected_by,
         "cost_bytes": r.cost_bytes,
+        "macs": r.macs,
         # A fine-tune's row: the accuracy before and after it, its training, its further rounds.
         **({"finetune": r.stats} if r.stage == "finetune" and r.stats else {}),
+        # The structured stage's row: parameters and MACs (batch 1) before and after it.
+        **({"structured": structured_totals(r.stats)} if r.stage == "structured" and r.stats else {}),
     }
+
+
+def model_macs(model: onnx.ModelProto) -> int | None:
+    """MACs (batch 1) of the model's Conv/ConvTranspose/Gemm/MatMul layers (``graph.node_macs``)
+    over those of known shape; None when there is none.  Shapes are inferred on a copy without
+    the float weights' data (integer constants such as Reshape targets kept)."""
+    floats = {t.name for t in model.graph.initializer if t.data_type in graph.FLOAT_TYPES}
+    counted = [row["macs"] for row in graph.node_macs(graph.skeleton(model, floats)) if row["macs"] is not None]
+    return int(sum(counted)) if counted else None
+
+
+def mac_reduction(report: dict) -> str | None:
+    """'MACs (batch 1): 2,293,000 -> 1,012,345 (2.3x fewer, structured pruning)' when a
+    structured stage applied, else None."""
+    stages = report.get("stages") or []
+    if not any(s["stage"] == "structured" and s["applied"] for s in stages):
+        return None
+    known = [s["macs"] for s in stages if s.get("macs") is not None]
+    if len(known) < 2 or not known[-1]:
+        return None
+    return f"MACs (batch 1): {known[0]:,} -> {known[-1]:,} ({known[0] / known[-1]:.1f}x fewer, structured pruning)"
+
+
+def structured_totals(stats: dict) -> dict:
+    """What the structured stage removed: channels, parameters and MACs (batch 1) before/after."""
+    keys = ("channels", "removed_channels", "params_before", "params_after", "macs_before", "macs_after")
+    return {k: stats.get("totals", {}).get(k) for k in keys}
 
 
 def _bits_of(values: np.ndarray) -> int | None:
@@ -344,11 +376,20 @@ def format_report(report: dict) -> str:
         out.append(format_table(rows, ["layer", "params", "sparsity %", "bits", "container B", "entropy bound B"]))
     c = report.get("container")
     out.append("")
+    macs = mac_reduction(report)
+    if macs:
+        out.append(macs)
     if c:
         out.append(f"container: {c['path']}  {c['bytes']:,} bytes on disk, {c['ratio']:.1f}x smaller than the original")
     floor, retry = report.get("floor"), report.get("retry")
     if floor:
         out.append(f"floor (int8 weights only): {floor['note']}")
+    compared = report.get("structured_compare")
+    if compared:
+        out.append(
+            f"later stages run with and without structured pruning: kept {compared['kept']} "
+            f"({compared['packed_bytes_with']:,} vs {compared['packed_bytes_without']:,} bytes)"
+        )
     if retry:
         out.append(
             f"retry without pruning ({retry['reason']}): kept {retry['kept']} "

@@ -68,7 +68,7 @@ def test_no_data_defaults_are_data_free():
 
 def test_report_recipe_is_one_dict_per_stage_with_every_option():
     d = Recipe.for_mode("fidelity", {"gate": {"min_snr_db": 30}}).as_dict()
-    assert list(d) == ["prune", "share", "quantize", "pack", "gate", "run", "finetune", "lowrank"]
+    assert list(d) == ["prune", "share", "quantize", "pack", "gate", "run", "finetune", "lowrank", "structured"]
     assert d["prune"] == {
         "enabled": True,
         "budget": None,

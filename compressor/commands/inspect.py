@@ -72,7 +72,9 @@ def inspect_command(model: str, as_json: bool) -> None:
                 ["node", "op", "weight", "MACs (batch 1)"],
             )
         )
-        click.echo(f"total MACs (batch 1): {t['macs']:,}")
+        unknown = t["macs_unknown"]
+        missing = f"  ({unknown} layer(s) of unknown shape not counted)" if unknown else ""
+        click.echo(f"total MACs (batch 1): {t['macs']:,}{missing}")
 
 
 COMMANDS = [inspect_command]

@@ -42,17 +42,22 @@ def structured_to_budget(
     align: int = DEFAULT_ALIGN,
     refit: bool = True,
     heads: bool = False,
+    min_snr_db: float | None = None,
+    pruner: Pruner | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Remove as many channels as the judge allows within `budget` points (bisection over the
     global ratio, at most `max_evals` candidates measured).  The channel statistics (ranking,
-    means folded into biases) come from `calib`, else from `data`."""
+    means folded into biases) come from `calib`, else from `data`.  `min_snr_db`: an SNR floor
+    as well (``Judge.fits``).  `pruner`: one built before for this model (the run's stage
+    searches several budgets with one analysis and one capture)."""
     check_structured_options(0.0, max_ratio, norm)
     if judge is None:
         judge = Judge.of_model(model, data)
     runs_before = judge.runs
-    pruner = Pruner(
-        model, calib if calib is not None else data, norm, max_ratio, exclude, align, refit=refit, heads=heads
-    )
+    if pruner is None:
+        pruner = Pruner(
+            model, calib if calib is not None else data, norm, max_ratio, exclude, align, refit=refit, heads=heads
+        )
     groups = pruner.groups
     total = sum(g.size for g in groups)
     reachable = sum(group_cap(g.size, g.blocks, max_ratio) for g in groups) / total if total else 0.0
@@ -65,7 +70,7 @@ def structured_to_budget(
         if removed not in seen:
             candidate = pruner.build(keep)
             metrics = judge.measure_model(candidate)
-            metrics["within_budget"] = judge.fits(metrics, budget)
+            metrics["within_budget"] = judge.fits(metrics, budget, min_snr_db)
             seen[removed] = (metrics, candidate, keep)
             trials.append(_metrics_row(ratio, removed, metrics))
         return seen[removed]

@@ -7,11 +7,12 @@ it to ``ladder.run_ladder``.  Adding a stage: one module, one entry in STAGES, i
 
 from __future__ import annotations
 
-from . import finetune, lowrank, prune, quantize, share
+from . import finetune, lowrank, prune, quantize, share, structured
 from .ladder import StageContext, StageResult
 
 # The fine-tunes (optional: no row unless the recipe asks) follow prune and share, as the paper
-# retrains; low-rank (opt-in) factorises the pruned model before share.
-STAGES = (prune, finetune.AFTER_PRUNE, lowrank, share, finetune.AFTER_SHARE, quantize)
+# retrains; low-rank (opt-in) factorises the pruned model before share.  Structured pruning
+# (opt-in) comes first: unstructured pruning then zeroes weights of the channels that remain.
+STAGES = (structured, prune, finetune.AFTER_PRUNE, lowrank, share, finetune.AFTER_SHARE, quantize)
 
 __all__ = ["STAGES", "StageContext", "StageResult"]
