@@ -23,7 +23,7 @@ INSTALL_HINT = "fine-tuning needs torch: pip install 'compressor[finetune]' (tor
 # The torch-side module, loaded by name once torch is known to be there.
 TRAINER = "compressor.passes.finetune.train"
 DEFAULT_EPOCHS = 3
-DEFAULT_LR = 1e-4
+DEFAULT_LR = 1e-3  # the same as run's [finetune] lr
 
 Log = Callable[[str], None]
 

@@ -62,7 +62,7 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class Settings:
     epochs: int = 3
-    lr: float = 1e-4
+    lr: float = 1e-3
     seed: int = 0
     batch_size: int = 64
     temperature: float = 2.0
