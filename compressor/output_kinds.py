@@ -56,9 +56,11 @@ MIN_RAW_CLASSES = 10
 MIN_MAP_SIDE = 16
 MAP_THRESHOLD = 0.3
 # Regions of a map: smaller ones are specks a detector drops; a candidate region finds a
-# reference one at this intersection over union (the usual detection match).
+# reference one at this intersection over union: stricter than the usual 0.5 of a detection
+# match, because the reference is the original's own region, not the truth, and a region that
+# drifts from it by IoU 0.5 can lose its match with the truth (benchmarks/README.md, ppocr_det).
 MIN_REGION_PIXELS = 9
-REGION_IOU = 0.5
+REGION_IOU = 0.8
 # A probability column is a decision at this threshold (a thresholded sigmoid: speech / not).
 DECISION_THRESHOLD = 0.5
 # Values handled per chunk (bounded memory whatever the output's size).

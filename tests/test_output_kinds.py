@@ -100,18 +100,24 @@ def test_per_position_agreement_and_kl():
 def test_map_f1_judges_regions_not_pixel_values():
     ref = np.zeros((2, 1, 32, 32), np.float32)
     ref[:, :, 8:16, 4:28] = 0.9  # one text region per image
-    ref[0, :, 20:26, 4:10] = 0.8  # and a second one in the first
+    ref[0, :, 20:26, 4:16] = 0.8  # and a second one in the first
     r = ok.reference_of(ref)
     assert r.kind == "map"
     scaled = ref * np.float32(0.6)  # values moved a lot, regions above 0.3 unchanged
     assert ok.map_f1(ref, scaled) == 1.0 and ok.centred_snr_db(ref, scaled, r) < 10.0
-    moved = np.roll(ref, 2, axis=-1)  # every edge two pixels to the right: the same regions
+    moved = np.roll(ref, 1, axis=-1)  # every edge a pixel to the right: the same regions
     assert ok.map_f1(ref, moved) == 1.0
+    # Moved by a quarter of its width (IoU 0.6 < REGION_IOU), the small region no longer
+    # matches: a box that drifts that far from the original's can lose the task's own match.
+    drifted = ref.copy()
+    drifted[0, :, 20:26, 4:16] = 0.0
+    drifted[0, :, 20:26, 7:19] = 0.8
+    assert ok.map_f1(ref, drifted) == pytest.approx(2 * 2 / 6)
     lost = ref.copy()
-    lost[0, :, 20:26, 4:10] = 0.1  # one of 3 regions lost: found 2, 3 + 2 regions
+    lost[0, :, 20:26, 4:16] = 0.1  # one of 3 regions lost: found 2, 3 + 2 regions
     assert ok.map_f1(ref, lost) == pytest.approx(2 * 2 / 5)
     split = ref.copy()
-    split[1, :, 8:16, 10] = 0.0  # a region cut in two: the larger part (17 of 24 columns) still matches
+    split[1, :, 8:16, 7] = 0.0  # a region cut in two: the larger part (20 of 24 columns) still matches
     assert ok.map_f1(ref, split) == pytest.approx(2 * 3 / 7)
     speck = ref.copy()
     speck[1, :, 0:2, 0:2] = 0.9  # below MIN_REGION_PIXELS: not a region
