@@ -348,6 +348,27 @@ def latency_ms(session, data: Dataset, batch_size: int, repeats: int = 20, warmu
     return float(statistics.median(times))
 
 
+# Batches of the before/after latency a run reports when a stage changed the model's shapes.
+SPEEDUP_BATCHES = (1, 64)
+
+
+def speedup(before: onnx.ModelProto, after: onnx.ModelProto, data: Dataset, threads: int = 1) -> dict:
+    """Median ORT latency (ms) of two models at SPEEDUP_BATCHES, same thread count, their runs
+    interleaved so that load on the machine hits both alike; the speedup is before / after."""
+    sessions = [make_session(before, threads=threads), make_session(after, threads=threads)]
+    result = {"threads": threads}
+    for batch in SPEEDUP_BATCHES if not data.per_sample else (1,):
+        rounds = [[latency_ms(s, data, batch, repeats=5, warmup=1) for s in sessions] for _ in range(3)]
+        ms_before = statistics.median(r[0] for r in rounds)
+        ms_after = statistics.median(r[1] for r in rounds)
+        result[f"batch{batch}"] = {
+            "before_ms": round(ms_before, 4),
+            "after_ms": round(ms_after, 4),
+            "speedup": round(ms_before / ms_after, 3) if ms_after > 0 else None,
+        }
+    return result
+
+
 def evaluate(
     model: onnx.ModelProto,
     data: Dataset,

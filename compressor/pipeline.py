@@ -32,7 +32,7 @@ from . import graph
 from .container import pack_model, unpack_container
 from .data import Dataset, load_dataset, read_npz
 from .errors import CompressorError, GateFailed, UsageError
-from .evaluate import make_session, run_model
+from .evaluate import make_session, run_model, speedup
 from .measure import Measure, load_metric
 from .options import Recipe, check_value
 from .passes.finetune import require_torch
@@ -234,6 +234,10 @@ def run_pipeline(
     report["retry"] = retry
     if structured_compare is not None:
         report["structured_compare"] = structured_compare
+    if eval_data is not None and any(r.applied and r.stage in SHAPE_STAGES for r in rows):
+        # Shapes shrank: what that buys at run time, measured (the report's only timing of models).
+        log("speed: ORT latency before and after")
+        report["speed"] = speedup(original, model, eval_data)
     report["floor"] = floor
     report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3)}
     report["seconds"] = time.perf_counter() - started
@@ -518,6 +522,10 @@ def _retry_unpruned(
             for r in dropped.rows[prune:]
         ],
     }
+
+
+# Stages that change tensor shapes (and MACs), so the report measures the latency they buy.
+SHAPE_STAGES = ("structured", "lowrank")
 
 
 def _compare_without_structured(

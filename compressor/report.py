@@ -163,6 +163,19 @@ def mac_reduction(report: dict) -> str | None:
     return f"MACs (batch 1): {known[0]:,} -> {known[-1]:,} ({known[0] / known[-1]:.1f}x fewer, structured pruning)"
 
 
+def speed_line(report: dict) -> str | None:
+    """'ORT latency, 1 thread: batch 1 0.41 -> 0.17 ms (2.4x), batch 64 ...' when the run measured it."""
+    speed = report.get("speed")
+    if not speed:
+        return None
+    parts = [
+        f"batch {key[5:]} {v['before_ms']:.3g} -> {v['after_ms']:.3g} ms ({v['speedup']:.2f}x)"
+        for key, v in speed.items()
+        if key.startswith("batch") and v.get("speedup")
+    ]
+    return f"ORT latency, {speed['threads']} thread(s): " + ", ".join(parts) if parts else None
+
+
 def structured_totals(stats: dict) -> dict:
     """What the structured stage removed: channels, parameters and MACs (batch 1) before/after."""
     keys = ("channels", "removed_channels", "params_before", "params_after", "macs_before", "macs_after")
@@ -379,6 +392,9 @@ def format_report(report: dict) -> str:
     macs = mac_reduction(report)
     if macs:
         out.append(macs)
+    speed = speed_line(report)
+    if speed:
+        out.append(speed)
     if c:
         out.append(f"container: {c['path']}  {c['bytes']:,} bytes on disk, {c['ratio']:.1f}x smaller than the original")
     floor, retry = report.get("floor"), report.get("retry")

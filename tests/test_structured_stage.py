@@ -142,6 +142,11 @@ def test_run_with_the_stage_unpacks_and_runs(tmp_path):
     assert all(s["macs"] == macs["structured"] for s in report["stages"][1:]), report["stages"]
     ratio = _macs(model) / macs["structured"]
     assert f"MACs (batch 1): {_macs(model):,} -> {macs['structured']:,} ({ratio:.1f}x fewer" in format_report(report)
+    # Shapes shrank, so the run measured the latency it buys (values are timings: only their form is tested).
+    speed = report["speed"]
+    assert set(speed) == {"threads", "batch1", "batch64"} and speed["threads"] == 1
+    assert all(speed[b]["before_ms"] > 0 and speed[b]["after_ms"] > 0 for b in ("batch1", "batch64"))
+    assert "ORT latency, 1 thread(s): batch 1 " in format_report(report)
     unpacked = tmp_path / "u.onnx"
     unpack_file(out, unpacked, verify=True)
     final = load_model(unpacked)
@@ -186,3 +191,4 @@ def test_off_the_report_has_no_row(tmp_path):
     assert not any("structured" in s for s in off["stages"])
     assert all(s["macs"] == off["stages"][0]["macs"] for s in off["stages"])
     assert "MACs (batch 1)" not in format_report(off)
+    assert "speed" not in off and "ORT latency" not in format_report(off)
