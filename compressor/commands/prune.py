@@ -76,7 +76,13 @@ def _print_structured_table(stats: dict, output: str) -> None:
     t = stats["totals"]
     click.echo(
         f"removed {t['removed_channels']} of {t['channels']} channels: params {t['params_before']:,} -> "
-        f"{t['params_after']:,}, MACs at batch 1 {t['macs_before']:,} -> {t['macs_after']:,} -> {output}"
+        f"{t['params_after']:,}, MACs at batch 1 {t['macs_before']:,} -> {t['macs_after']:,}"
+        + (
+            f" (of the layers with known shapes; {t['macs_unknown_layers']} unknown)"
+            if t.get("macs_unknown_layers")
+            else ""
+        )
+        + f" -> {output}"
     )
 
 

@@ -390,13 +390,23 @@ def mask_channels(model: onnx.ModelProto, analysis: Analysis, keep: Keep) -> onn
 
 
 def _params(model: onnx.ModelProto) -> int:
+    # Initializers and Constant-node tensors alike (exporters put weights in either).
     return int(
-        sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer if t.data_type in graph.FLOAT_TYPES)
+        sum(
+            np.prod(r.proto.dims, dtype=np.int64)
+            for r in graph.iter_tensors(model)
+            if r.proto.data_type in graph.FLOAT_TYPES
+        )
     )
 
 
 def _macs(model: onnx.ModelProto) -> int:
     return int(sum(row["macs"] or 0 for row in graph.node_macs(model)))
+
+
+def _macs_unknown(model: onnx.ModelProto) -> int:
+    """Layers whose MACs shape inference cannot tell (dynamic spatial sizes): not in ``_macs``."""
+    return sum(1 for row in graph.node_macs(model) if row["macs"] is None)
 
 
 def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGroup], keep: Keep) -> dict:
@@ -423,6 +433,7 @@ def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGrou
             "params_before": before,
             "params_after": after,
             "macs_before": macs_before,
+            "macs_unknown_layers": _macs_unknown(model),
             "macs_after": macs_after,
         },
         "warnings": [],
