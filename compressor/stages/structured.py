@@ -18,10 +18,9 @@ from ..errors import CompressorError
 from ..measure import Judge
 from ..options import StructuredOptions
 from ..passes.structured import Pruner
-from ..report import StageRow
 from ..search.structured_budget import DEFAULT_MAX_EVALS, structured_to_budget
-from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
-from .lowrank import SmallerGate
+from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, run_ladder
+from .smaller import SmallerGate, kept_if_smaller
 
 NAME = "structured"
 # Disabled, the stage leaves no row in the report (pipeline's run_stages).
@@ -44,7 +43,7 @@ def run(opts: StructuredOptions, ctx: StageContext) -> StageResult:
     attempts = _search_attempts(opts, ctx, gate)
     result = run_ladder(Ladder(NAME, attempts, adaptive=True, must_shrink=SHRINK), ctx)
     if opts.objective == "size":
-        return kept_if_smaller(result, ctx, gate)
+        return kept_if_smaller(NAME, result, ctx, gate)
     return with_container_cost(result, ctx)
 
 
@@ -115,35 +114,6 @@ def _search_attempts(opts: StructuredOptions, ctx: StageContext, gate: SmallerGa
         return found, stats
 
     return [Attempt(f"channels within {points * f:.2g} points", lambda b=points * f: searched(b)) for f in BACKOFF]
-
-
-def kept_if_smaller(result: StageResult, ctx: StageContext, gate: SmallerGate) -> StageResult:
-    """The stage's model only when it packs smaller than its input's, both as it is and after a
-    plain share (``SmallerGate``); else the input, unchanged."""
-    row = result.row
-    if not row.applied:
-        return result
-    reason = gate.why_not(result.model)
-    if reason is None:
-        row.packed_bytes = ctx.packed_size(result.model)
-        row.note = "; ".join(filter(None, [row.note, gate.note(result.model)]))
-        return result
-    ctx.log(f"structured: {reason}; not kept")
-    (size, shared), (before, shared_before) = gate.sizes_of(result.model), gate.sizes_of(ctx.model)
-    value, limit = (size, before) if size >= before else (shared, shared_before)
-    skipped = StageRow(
-        NAME,
-        False,
-        model_bytes(ctx.model),
-        ctx.previous.metrics,
-        row.seconds,
-        note=f"not kept: {reason}",
-        attempts=row.attempts,
-        packed_bytes=before,
-        rejected_by=[{"measure": "packed_bytes", "value": value, "limit": limit, "by": value - limit}],
-        rejected_metrics=row.metrics,
-    )
-    return StageResult(skipped, ctx.model, ctx.outputs)
 
 
 def with_container_cost(result: StageResult, ctx: StageContext) -> StageResult:
