@@ -458,6 +458,24 @@ def _apply_objective(route: Route, objective: str, log: Log) -> None:
     route.models[i], route.outputs[i] = route.models[i - 1], route.outputs[i - 1]
 
 
+def _run_without(
+    route: Route, at: int, undone: StageRow, run_stages, recipe: Recipe, packer: Packer, log: Log
+) -> Route:
+    """The route's later stages run once more from the model before stage `at` (its row replaced
+    by `undone`), with their packed bytes and the objective applied; `route`'s packings are kept."""
+    rows = route.rows
+    without = Route(
+        rows[:at] + [undone],
+        route.models[:at] + [route.models[at - 1]],
+        route.outputs[:at] + [route.outputs[at - 1]],
+    )
+    later = [s for s in STAGES if s.NAME in {r.stage for r in rows[at + 1 :]}]
+    other = run_stages(without, later, keep=route)
+    _fill_packed_bytes(other, packer)
+    _apply_objective(other, recipe.run.objective, log)
+    return other
+
+
 def _retry_unpruned(
     route: Route, recipe: Recipe, measure: Measure, run_stages, packer: Packer, log: Log
 ) -> tuple[Route, dict | None]:
@@ -499,15 +517,7 @@ def _retry_unpruned(
         attempts=rows[prune].attempts,
         packed_bytes=before,
     )
-    unpruned = Route(
-        rows[:prune] + [undone],
-        route.models[:prune] + [route.models[prune - 1]],
-        route.outputs[:prune] + [route.outputs[prune - 1]],
-    )
-    later = [s for s in STAGES if s.NAME in {r.stage for r in rows[prune + 1 :]}]
-    other = run_stages(unpruned, later, keep=route)
-    _fill_packed_bytes(other, packer)
-    _apply_objective(other, recipe.run.objective, log)
+    other = _run_without(route, prune, undone, run_stages, recipe, packer, log)
     pruned_bytes, unpruned_bytes = rows[-1].packed_bytes, other.rows[-1].packed_bytes
     kept, dropped = (other, route) if unpruned_bytes < pruned_bytes else (route, other)
     packer.keep_only(kept.models)
@@ -551,15 +561,7 @@ def _compare_without_structured(
         attempts=rows[at].attempts,
         packed_bytes=rows[at - 1].packed_bytes,
     )
-    without = Route(
-        rows[:at] + [undone],
-        route.models[:at] + [route.models[at - 1]],
-        route.outputs[:at] + [route.outputs[at - 1]],
-    )
-    later = [s for s in STAGES if s.NAME in {r.stage for r in rows[at + 1 :]}]
-    other = run_stages(without, later, keep=route)
-    _fill_packed_bytes(other, packer)
-    _apply_objective(other, recipe.run.objective, log)
+    other = _run_without(route, at, undone, run_stages, recipe, packer, log)
     with_bytes, without_bytes = rows[-1].packed_bytes, other.rows[-1].packed_bytes
     kept = other if without_bytes < with_bytes else route
     if kept is other:

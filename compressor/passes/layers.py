@@ -147,17 +147,7 @@ def im2col(x: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads_hw = []
-        for size, s, e in ((h, sh, eh), (w, sw, ew)):
-            total = max((-(-size // s) - 1) * s + e - size, 0)
-            small = total // 2
-            pads_hw.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
-        (pt, pb), (pl, pr) = pads_hw
-    elif auto_pad == "VALID":
-        pt = pl = pb = pr = 0
-    else:
-        pt, pl, pb, pr = pads
+    pt, pl, pb, pr = _conv_padding(h, w, kshape, strides, dilations, pads, auto_pad)
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
