@@ -52,6 +52,10 @@ class Dataset:
     def size(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
 
+    def sample_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> the shape of one run's feed of one sample (batch axis 1)."""
+        return {k: (v[0].shape if self.per_sample else v[:1].shape) for k, v in self.inputs.items()}
+
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         if self.per_sample:
             for i in range(self.size):

@@ -117,16 +117,7 @@ def value_shapes(model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...
     floats = {
         t.name for t in model.graph.initializer if t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
     }
-    m = graph.skeleton(model, floats)
-    for vi in graph.graph_inputs(m):
-        shape = sample_shapes.get(vi.name)
-        dims = vi.type.tensor_type.shape.dim
-        if shape is None or len(shape) != len(dims):
-            continue
-        for d, n in zip(list(dims)[1:], shape[1:]):  # the batch axis stays symbolic (1 below)
-            if not d.HasField("dim_value") or d.dim_value <= 0:
-                d.ClearField("dim_param")
-                d.dim_value = int(n)
+    m = graph.with_input_dims(graph.skeleton(model, floats), sample_shapes)
     try:
         return graph.infer_shapes_batch1(m)
     except Exception:  # shape inference is best effort
@@ -414,8 +405,7 @@ def capture_groups(model: onnx.ModelProto, names: Sequence[str], data: Dataset) 
     CAPTURE_BYTES // 2 together (ORT holds a run's outputs besides its working tensors), from
     the shapes inferred with the data's dims; one group when they fit or the shapes are unknown."""
     names = list(dict.fromkeys(names))
-    sample = {k: v[:1].shape if not data.per_sample else v[0].shape for k, v in data.inputs.items()}
-    shapes = value_shapes(model, sample) if names else {}
+    shapes = value_shapes(model, data.sample_shapes()) if names else {}
     sizes = [4 * int(np.prod(shapes[n], dtype=np.int64)) if n in shapes else 0 for n in names]
     if sum(sizes) <= CAPTURE_BYTES // 2:
         return [names] if names else []

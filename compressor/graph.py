@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -850,14 +850,41 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def infer_shapes_batch1(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every value, with every symbolic input dimension set to 1."""
+def with_input_dims(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """A copy whose inputs' symbolic dimensions after the first (the batch axis, left as it
+    is) are those of `sample_shapes` (input name -> one feed's shape); inputs missing from
+    it, or of another rank, unchanged."""
     m = _copy(model)
     for vi in graph_inputs(m):
-        for d in vi.type.tensor_type.shape.dim:
+        shape = sample_shapes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if shape is None or len(shape) != len(dims):
+            continue
+        for d, n in zip(list(dims)[1:], list(shape)[1:]):
             if not d.HasField("dim_value") or d.dim_value <= 0:
                 d.ClearField("dim_param")
-                d.dim_value = 1
+                d.dim_value = int(n)
+    return m
+
+
+def dynamic_input_dims(model: onnx.ModelProto) -> bool:
+    """Whether an input has a symbolic (or unknown) dimension besides its first, the batch."""
+    return any(
+        not d.HasField("dim_value") or d.dim_value <= 0
+        for vi in graph_inputs(model)
+        for d in list(vi.type.tensor_type.shape.dim)[1:]
+    )
+
+
+def infer_shapes_batch1(model: onnx.ModelProto, fill: int = 1) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every value, with the inputs' symbolic batch dimension set to 1 and
+    every other symbolic input dimension to `fill`."""
+    m = _copy(model)
+    for vi in graph_inputs(m):
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.ClearField("dim_param")
+                d.dim_value = 1 if axis == 0 else fill
     try:
         m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception:  # shape inference is best effort (custom ops, etc.)
@@ -877,34 +904,52 @@ def infer_shapes_batch1(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def node_macs(model: onnx.ModelProto) -> list[dict]:
-    """Multiply-accumulates per Conv/ConvTranspose/Gemm/MatMul of the main graph at batch 1."""
+def _layer_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    try:
+        if node.op_type == "Conv":
+            out = shapes[node.output[0]]
+            w = shapes[node.input[1]]
+            return int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        if node.op_type == "ConvTranspose":
+            x = shapes[node.input[0]]
+            w = shapes[node.input[1]]
+            return int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        if node.op_type == "Gemm":
+            a = shapes[node.input[0]]
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            out = shapes[node.output[0]]
+            return int(np.prod(out, dtype=np.int64)) * int(a[0] if trans_a else a[1])
+        a = shapes[node.input[0]]
+        out = shapes[node.output[0]]
+        return int(np.prod(out, dtype=np.int64)) * int(a[-1])
+    except (KeyError, IndexError):
+        return None
+
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def node_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]] | None = None) -> list[dict]:
+    """Multiply-accumulates per Conv/ConvTranspose/Gemm/MatMul of the main graph at batch 1,
+    with the inputs' other symbolic dimensions from `sample_shapes` (one feed's shape per
+    input).  A layer whose MACs still depend on a symbolic input dimension (an image model with
+    dynamic height and width, no sample shapes given) is None: its size is not known."""
+    if sample_shapes:
+        model = with_input_dims(model, sample_shapes)
     shapes = infer_shapes_batch1(model)
+    # Inferred again with the remaining symbolic dims at two sizes far apart (strides and
+    # pooling round small ones alike): a layer whose count moves depends on them and is None,
+    # where one size for all would silently count a 1x1 image.  When inference fails at those
+    # sizes (a fixed-size Reshape or position table), the counts at 1 stand.
+    probes = [infer_shapes_batch1(model, fill=n) for n in (64, 128)] if dynamic_input_dims(model) else []
+    if not all(probes):
+        probes = []
     result = []
     for i, node in enumerate(model.graph.node):
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if node.op_type not in MAC_OPS:
             continue
-        macs = None
-        try:
-            if node.op_type == "Conv":
-                out = shapes[node.output[0]]
-                w = shapes[node.input[1]]
-                macs = int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-            elif node.op_type == "ConvTranspose":
-                x = shapes[node.input[0]]
-                w = shapes[node.input[1]]
-                macs = int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
-            elif node.op_type == "Gemm":
-                a = shapes[node.input[0]]
-                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-                out = shapes[node.output[0]]
-                k = a[0] if trans_a else a[1]
-                macs = int(np.prod(out, dtype=np.int64)) * int(k)
-            else:
-                a = shapes[node.input[0]]
-                out = shapes[node.output[0]]
-                macs = int(np.prod(out, dtype=np.int64)) * int(a[-1])
-        except (KeyError, IndexError):
+        macs = _layer_macs(node, shapes)
+        if macs is not None and probes and _layer_macs(node, probes[0]) != _layer_macs(node, probes[1]):
             macs = None
         result.append(
             {

@@ -165,7 +165,8 @@ def run_pipeline(
     floor = None
     if recipe.pack.enabled and objective == "size" and recipe.quantize.enabled and mode != "none":
         floor = _floor(route, original, recipe, measure, packer, log)
-    _fill_macs(route)
+    shape_data = calib_data if calib_data is not None else eval_data
+    _fill_macs(route, shape_data.sample_shapes() if shape_data is not None else None)
     model, outputs, rows = route.models[-1], route.outputs[-1], route.rows
     final_packing = packer.packing(model)
     shared_model = None
@@ -406,13 +407,13 @@ def _fill_packed_bytes(route: Route, packer: Packer) -> None:
         row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}")
 
 
-def _fill_macs(route: Route) -> None:
-    """Each stage row's MACs (batch 1), counted once per distinct model (a skipped stage's is
-    its input's)."""
+def _fill_macs(route: Route, sample_shapes: dict[str, tuple[int, ...]] | None) -> None:
+    """Each stage row's MACs (batch 1, dynamic input dims as the data's), counted once per
+    distinct model (a skipped stage's is its input's)."""
     counted: dict[int, int | None] = {}
     for row, m in zip(route.rows, route.models):
         if id(m) not in counted:
-            counted[id(m)] = model_macs(m)
+            counted[id(m)] = model_macs(m, sample_shapes)
         row.macs = counted[id(m)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,12 +143,14 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
     }
 
 
-def model_macs(model: onnx.ModelProto) -> int | None:
-    """MACs (batch 1) of the model's Conv/ConvTranspose/Gemm/MatMul layers (``graph.node_macs``)
-    over those of known shape; None when there is none.  Shapes are inferred on a copy without
-    the float weights' data (integer constants such as Reshape targets kept)."""
+def model_macs(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]] | None = None) -> int | None:
+    """MACs (batch 1) of the model's Conv/ConvTranspose/Gemm/MatMul layers (``graph.node_macs``,
+    dynamic input dims from `sample_shapes`) over those of known shape; None when there is
+    none.  Shapes are inferred on a copy without the float weights' data (integer constants
+    such as Reshape targets kept)."""
     floats = {t.name for t in model.graph.initializer if t.data_type in graph.FLOAT_TYPES}
-    counted = [row["macs"] for row in graph.node_macs(graph.skeleton(model, floats)) if row["macs"] is not None]
+    rows = graph.node_macs(graph.skeleton(model, floats), sample_shapes)
+    counted = [row["macs"] for row in rows if row["macs"] is not None]
     return int(sum(counted)) if counted else None
 
 

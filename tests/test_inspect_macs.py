@@ -72,3 +72,28 @@ def test_inspect_prints_macs_per_layer_and_the_total(tmp_path, capsys):
     desc = json.loads(capsys.readouterr().out)
     assert desc["totals"]["macs"] == known and desc["totals"]["macs_unknown"] == 1
     assert desc == json.loads(json.dumps(describe_model(_net(), path.stat().st_size)))
+
+
+def _dynamic_net() -> onnx.ModelProto:
+    """x [N,1,H,W] -> conv 3x3 pad 1 (4 out) -> global average pool -> Flatten -> fc 4 -> 2."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat", axis=1),
+        helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc", transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(2, 4)).astype(np.float32), "w2"),
+    ]
+    return make_model(nodes, [vi("x", ["N", 1, "H", "W"])], [vi("y", ["N", 2])], inits)
+
+
+def test_macs_of_a_layer_on_dynamic_height_and_width_are_unknown_without_sample_shapes():
+    # Counting H = W = 1 would say 36 for the conv; its count depends on the image size.
+    rows = {r["node"]: r["macs"] for r in node_macs(_dynamic_net())}
+    assert rows == {"conv": None, "fc": 8}
+    # With one sample's shape (the data's), the conv is 4*48*192 outputs x 9 taps.
+    rows = {r["node"]: r["macs"] for r in node_macs(_dynamic_net(), {"x": (1, 1, 48, 192)})}
+    assert rows == {"conv": 4 * 48 * 192 * 9, "fc": 8}

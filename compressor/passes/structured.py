@@ -37,6 +37,9 @@ from .channels import Analysis, ChannelGroup, Sink, analyze
 from .channels import constants as graph_constants
 from .structured_refit import SinkRefit
 
+# Input name -> one feed's shape (``Dataset.sample_shapes``): the dynamic dims MACs are counted at.
+SampleShapes = Mapping[str, tuple[int, ...]] | None
+
 __all__ = [
     "DEFAULT_ALIGN",
     "DEFAULT_MAX_RATIO",
@@ -400,16 +403,19 @@ def _params(model: onnx.ModelProto) -> int:
     )
 
 
-def _macs(model: onnx.ModelProto) -> int:
-    return int(sum(row["macs"] or 0 for row in graph.node_macs(model)))
+def _macs(model: onnx.ModelProto, sample_shapes: SampleShapes = None) -> int:
+    return int(sum(row["macs"] or 0 for row in graph.node_macs(model, sample_shapes)))
 
 
-def _macs_unknown(model: onnx.ModelProto) -> int:
-    """Layers whose MACs shape inference cannot tell (dynamic spatial sizes): not in ``_macs``."""
-    return sum(1 for row in graph.node_macs(model) if row["macs"] is None)
+def _macs_unknown(model: onnx.ModelProto, sample_shapes: SampleShapes = None) -> int:
+    """Layers whose MACs shape inference cannot tell (dynamic spatial sizes and no data to
+    fix them): not in ``_macs``."""
+    return sum(1 for row in graph.node_macs(model, sample_shapes) if row["macs"] is None)
 
 
-def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGroup], keep: Keep) -> dict:
+def structured_stats(
+    model, pruned, analysis: Analysis, groups: list[ChannelGroup], keep: Keep, sample_shapes: SampleShapes = None
+) -> dict:
     """JSON-able: per prunable group its channels before/after; blocked groups that have a
     source, with why; params and MACs (batch 1) before and after."""
     rows = []
@@ -419,7 +425,7 @@ def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGrou
         rows.append({**g.describe(), "sources": sources, "heads": bool(g.linked), "kept": kept, "blocked": None})
     untouchable = [g.describe() for g in analysis.groups if g.sources and not g.prunable and g.size > 1]
     before, after = _params(model), _params(pruned)
-    macs_before, macs_after = _macs(model), _macs(pruned)
+    macs_before, macs_after = _macs(model, sample_shapes), _macs(pruned, sample_shapes)
     channels = sum(g.size for g in groups)
     removed = sum(g.size - len(k) for gid, k in keep.items() for g in [analysis.groups[gid]])
     return {
@@ -433,17 +439,19 @@ def structured_stats(model, pruned, analysis: Analysis, groups: list[ChannelGrou
             "params_before": before,
             "params_after": after,
             "macs_before": macs_before,
-            "macs_unknown_layers": _macs_unknown(model),
+            "macs_unknown_layers": _macs_unknown(model, sample_shapes),
             "macs_after": macs_after,
         },
         "warnings": [],
     }
 
 
-def channel_costs(model: onnx.ModelProto, analysis: Analysis, groups: list[ChannelGroup]) -> list[float]:
-    """MACs (batch 1) one channel of each group costs: its share of every source's and sink's
-    multiply-accumulates (the filter's parameters where shapes are unknown)."""
-    macs = {row["node"]: row["macs"] for row in graph.node_macs(model)}
+def channel_costs(
+    model: onnx.ModelProto, analysis: Analysis, groups: list[ChannelGroup], sample_shapes: SampleShapes = None
+) -> list[float]:
+    """MACs (batch 1, dynamic input dims from `sample_shapes`) one channel of each group costs:
+    its share of every source's and sink's multiply-accumulates (none where shapes are unknown)."""
+    macs = {row["node"]: row["macs"] for row in graph.node_macs(model, sample_shapes)}
     by_output = {}
     for i, node in enumerate(model.graph.node):
         by_output[node.output[0]] = macs.get(node.name or f"{node.op_type}_{i}")
@@ -476,6 +484,7 @@ class Pruner:
         heads: bool = False,
     ):
         self.model, self.max_ratio, self.align = model, max_ratio, align
+        self.sample_shapes = calib.sample_shapes() if calib is not None else None
         self.analysis = analyze(model)
         self.groups = selectable(self.analysis, exclude, heads)
         members = [m for g in self.groups for m, _unit in self.analysis.members(g)]
@@ -492,7 +501,7 @@ class Pruner:
         if cost == "macs" and self.groups:
             # A channel's importance per MAC it costs: what goes first is cheap to lose and
             # expensive to run (cost is uniform within a group: only the groups' balance moves).
-            costs = channel_costs(model, self.analysis, self.groups)
+            costs = channel_costs(model, self.analysis, self.groups, self.sample_shapes)
             self.scores = [s / c for s, c in zip(self.scores, costs)]
         self.unfolded = 0
 
@@ -511,7 +520,7 @@ class Pruner:
         return remove_channels(self.prepared(keep), self.analysis, keep)
 
     def report(self, pruned: onnx.ModelProto, keep: Keep) -> dict:
-        stats = structured_stats(self.model, pruned, self.analysis, self.groups, keep)
+        stats = structured_stats(self.model, pruned, self.analysis, self.groups, keep, self.sample_shapes)
         stats["importance"] = "data" if self.stats is not None else "norm"
         stats["head_groups_left"] = sum(1 for g in self.analysis.prunable() if g.linked and g not in self.groups)
         if not self.groups:
