@@ -39,7 +39,12 @@ FLOAT_TYPES = {
 }
 
 # Roles whose weights are multiplied into activations: prune and share act on these.
-MATRIX_ROLES = ("conv_filter", "convtranspose_filter", "gemm_b", "matmul_const", "rnn_w", "rnn_r")
+# "routed": a tensor whose values reach such inputs only through data-movement ops (an
+# exporter's Slice + Concat reordering an LSTM's gates, say): its values are weights, but no
+# one layer holds it whole, so it has no axes (per-layer passes measure it in weight space).
+MATRIX_ROLES = ("conv_filter", "convtranspose_filter", "gemm_b", "matmul_const", "rnn_w", "rnn_r", "routed")
+# Ops that only move their data input's values (input 0; Concat: every input).
+MOVEMENT_OPS = ("Slice", "Split", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Flatten")
 
 
 # --------------------------------------------------------------------------- I/O
@@ -751,6 +756,8 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
                 alias[node.output[0]] = alias.get(node.input[0]) or local[node.input[0]]
         # Context for role_of: who produces each value, and the static shapes known here.
         prods = {**outer_producers, **producers(graph)}
+        consumers = consumers_of(graph)
+        graph_outputs = {o.name for o in graph.output}
         shapes = {**outer_shapes, **_value_info_shapes(graph)}
         shapes.update({name: w.shape for name, w in local.items()})
         shapes.update({name: w.shape for name, w in alias.items()})
@@ -762,6 +769,8 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
                 if w is None or node.op_type == "Identity":
                     continue
                 info = role_of(node, idx, w.shape, prods, shapes)
+                if info[0] == "other" and _moves_values(node, idx):
+                    info = _routed_role(node, consumers, graph_outputs, prods, shapes)
                 w.consumers.append(Consumer(node, idx, path, info[0]))
                 role_infos[id(w.consumers[-1])] = info
                 if name in alias:
@@ -787,6 +796,44 @@ def weights(model: onnx.ModelProto, include_non_float: bool = False) -> list[Wei
         _assign_role(w, [role_infos[id(c)] for c in w.consumers])
         out.append(w)
     return out
+
+
+def _moves_values(node: onnx.NodeProto, index: int) -> bool:
+    return node.domain in ("", "ai.onnx") and node.op_type in MOVEMENT_OPS and (index == 0 or node.op_type == "Concat")
+
+
+def _routed_role(
+    node: onnx.NodeProto,
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]],
+    graph_outputs: set[str],
+    prods: dict[str, onnx.NodeProto],
+    shapes: dict[str, tuple[int | None, ...]],
+) -> tuple[str, int | None, int | None, int]:
+    """("routed", ...) when every value `node` moves ends, through data-movement ops of this
+    graph only, at a matrix-weight input (rnn_w, matmul_const, ...); else ("other", ...)."""
+    seen: set[str] = set()
+    frontier = [out for out in node.output if out]
+    while frontier:
+        value = frontier.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        uses = consumers.get(value, [])
+        if not uses or value in graph_outputs:  # leaves the graph (or only into a subgraph)
+            return "other", None, None, 1
+        for user, index in uses:
+            if _moves_values(user, index):
+                frontier.extend(out for out in user.output if out)
+                continue
+            shape = shapes.get(value)
+            if shape is None or any(d is None for d in shape):
+                shape = (0, 0, 0) if user.op_type in ("LSTM", "GRU", "RNN") else None  # their rank is fixed
+            if shape is None:
+                return "other", None, None, 1
+            role = role_of(user, index, tuple(int(d) for d in shape), prods, shapes)[0]
+            if role not in MATRIX_ROLES:
+                return "other", None, None, 1
+    return "routed", None, None, 1
 
 
 def _value_info_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int | None, ...]]:

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor import graph
 from compressor.errors import CompressorError, UsageError
+from compressor.passes.selection import prunable_weights
 
 # =========================================================================== load / save
 
@@ -566,3 +567,38 @@ def test_role_of_is_public_and_the_private_name_is_gone():
     assert callable(graph.role_of) and not hasattr(graph, "_role_of")
     node = helper.make_node("Conv", ["x", "w"], ["y"], group=4)
     assert graph.role_of(node, 1, (8, 1, 3, 3)) == ("conv_filter", 0, 1, 4)
+
+
+def _lstm_through_slices(route_to_output: bool = False) -> onnx.ModelProto:
+    """An exporter's LSTM: W [4H, I] is cut into two halves by Slice and put back in the other
+    order by Concat, then Unsqueezed to [1, 4H, I] for the LSTM (PyTorch's gate order -> ONNX's)."""
+    hidden, inputs = 4, 3
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4 * hidden, inputs)).astype(np.float32), "w")
+    r = numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, hidden)).astype(np.float32), "r")
+    ints = {
+        name: numpy_helper.from_array(np.array(v, np.int64), name)
+        for name, v in {"s0": [0], "mid": [2 * hidden], "end": [4 * hidden], "ax0": [0]}.items()
+    }
+    nodes = [
+        helper.make_node("Slice", ["w", "s0", "mid", "ax0"], ["lo"]),
+        helper.make_node("Slice", ["w", "mid", "end", "ax0"], ["hi"]),
+        helper.make_node("Concat", ["hi", "lo"], ["reordered"], axis=0),
+        helper.make_node("Unsqueeze", ["reordered", "ax0"], ["w3"]),
+        helper.make_node("LSTM", ["x", "w3", "r"], ["y"], hidden_size=hidden),
+    ]
+    outputs = [graphs.vi("y", [5, 1, 1, hidden])]
+    if route_to_output:
+        outputs.append(graphs.vi("lo", [2 * hidden, inputs]))
+    return graphs.make_model(nodes, [graphs.vi("x", [5, 1, inputs])], outputs, [w, r, *ints.values()])
+
+
+def test_weights_reaching_an_lstm_through_slice_and_concat_are_routed_matrix_weights():
+    roles = {w.name: w.role for w in graph.weights(_lstm_through_slices())}
+    assert roles["w"] == "routed" and roles["r"] == "rnn_r"
+    selected, _ = prunable_weights(_lstm_through_slices(), min_params=1)
+    assert {w.name for w in selected} == {"w", "r"}
+    # Values that also leave the graph (or reach anything but a weight input) are not weights.
+    leaking = _lstm_through_slices(route_to_output=True)
+    assert {w.name: w.role for w in graph.weights(leaking)}["w"] not in graph.MATRIX_ROLES
+    assert {w.name for w in prunable_weights(leaking, min_params=1)[0]} == {"r"}
