@@ -390,11 +390,15 @@ class Judge:
         if self.data is None:
             return {"verdict_samples": 0, "search_samples": 0}
         verdict, search = self.data.size, self.search_data.size
-        rows = verdict
+        # One decision is one row of the output: a sample of per-sample data (steps of
+        # recurrent sequences, say) holds a batch of them.
+        outputs = self.reference_outputs
+        rows = int(np.shape(outputs[0])[0]) if outputs and np.ndim(outputs[0]) else verdict
         return {
             "verdict_samples": verdict,
             "search_samples": search,
             "held_out": self.search_data is not self.data,
+            "verdict_rows": rows,
             "resolution_points": round(100.0 / max(rows, 1), 3),
             "output_kinds": self.kinds,
             "max_kl": self.max_kl if self.kl_gated else None,

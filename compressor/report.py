@@ -367,9 +367,11 @@ def format_report(report: dict) -> str:
         out.append(f"measured with ONNX Runtime on {report['samples']} samples ({budget})")
         if guard.get("verdict_samples"):
             searched = "held out from" if guard.get("held_out") else "the same as"
+            rows = guard.get("verdict_rows", guard["verdict_samples"])
+            unit = "one sample" if rows == guard["verdict_samples"] else f"one of their {rows} output rows"
             out.append(
                 f"verdict on {guard['verdict_samples']} samples ({searched} the {guard['search_samples']} "
-                f"the searches tuned on; one sample = {guard['resolution_points']:g} points)"
+                f"the searches tuned on; {unit} = {guard['resolution_points']:g} points)"
             )
     else:
         out.append(report.get("note", "nothing measured"))

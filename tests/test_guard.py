@@ -178,3 +178,14 @@ def test_batch_takes_the_metric_too(regressor, tmp_path, capsys):
     assert report["guard"]["metric"] == f"{metric}:within_tenth"
     code = main(["batch", str(zoo), "-o", str(tmp_path / "out2"), "--metric", "nocolon", *FAST])
     assert code == 2 and "MODULE:FUNCTION" in capsys.readouterr().err
+
+
+def test_the_resolution_counts_output_rows_when_a_sample_holds_a_batch():
+    # Per-sample data (steps of 4 sequences): one sample's run gives 4 decisions, so one
+    # flipped decision is 100 / (8 x 4) points, not 100 / 8.
+    data = Dataset({"x": np.zeros((8, 4, 1), np.float32)}, None, per_sample=True)
+    judge = Judge(data, "fidelity", budget=1.0)
+    judge.reference_outputs = [np.zeros((32, 1), np.float32)]
+    guard = judge.describe()
+    assert guard["verdict_samples"] == 8 and guard["verdict_rows"] == 32
+    assert guard["resolution_points"] == pytest.approx(100 / 32, abs=1e-3)
