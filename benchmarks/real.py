@@ -983,28 +983,44 @@ TEMPLATES = (
 )
 
 
-def say(fact: tuple[str, int, int, int], template: int, choice: np.ndarray) -> str:
-    """The fact (topic, action, person, time) in one template, each slot's synonym picked by `choice`."""
-    topic, action, person, time_ = fact
+def say(fact: tuple, template: int, choice: np.ndarray) -> str:
+    """The fact (topic, action, person, time, *words) in one template, each slot's synonym picked by
+    `choice`; the words, if any, are placed beside the object ("... near the w1 and the w2")."""
+    topic, action, person, time_, *words = fact
     verbs, objects = ACTIONS[topic][action]
     past, participle = verbs[choice[0]]
+    obj = objects[choice[2]] + (" near the " + " and the ".join(words) if words else "")
     text = TEMPLATES[template].format(
-        s=PEOPLE[person][choice[1]], v=past, p=participle, o=objects[choice[2]], t=TIMES[time_][choice[3]]
+        s=PEOPLE[person][choice[1]], v=past, p=participle, o=obj, t=TIMES[time_][choice[3]]
     )
     return text[0].upper() + text[1:]
 
 
+def vocab_words(vocab: dict[str, int], rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """The vocabulary's whole lowercase words (3+ letters) in two disjoint random halves: one for the
+    calibration sentences, one for the test sentences.  The templates alone touch a few hundred rows
+    of the 30,522-row token-embedding table (most of the model's weights); random words spread both
+    splits over it, and test rows no calibration sentence used measure what the search could not see."""
+    words = sorted(w for w in vocab if len(w) >= 3 and w.isascii() and w.isalpha() and w.islower())
+    order = rng.permutation(len(words))
+    half = len(words) // 2
+    return [words[i] for i in order[:half]], [words[i] for i in order[half:]]
+
+
 def paraphrase_pairs(
-    rng: np.random.Generator, n: int, exclude: set | None = None
+    rng: np.random.Generator, n: int, exclude: set | None = None, words: list[str] | None = None
 ) -> tuple[list[str], list[str], list[str]]:
     """`n` distinct facts, each said twice (two different templates, synonyms drawn independently):
-    the first sayings, the second sayings, and each fact's topic."""
+    the first sayings, the second sayings, and each fact's topic.  With `words`, each fact also
+    names two of them (the same two in both sayings)."""
     seen = set() if exclude is None else exclude
     topics = list(ACTIONS)
     a, b, kinds = [], [], []
     while len(a) < n:
         topic = topics[int(rng.integers(len(topics)))]
         fact = (topic, int(rng.integers(4)), int(rng.integers(len(PEOPLE))), int(rng.integers(len(TIMES))))
+        if words:
+            fact += tuple(words[int(i)] for i in rng.choice(len(words), size=2, replace=False))
         if fact in seen:
             continue
         seen.add(fact)
@@ -1033,8 +1049,9 @@ def make_minilm(model, sess, n_calib=64, n_test=200) -> dict:
     rng = np.random.default_rng(SEED + 7)
     vocab = wordpiece_vocab()
     seen: set = set()
-    ca, cb, _ = paraphrase_pairs(rng, n_calib, seen)
-    ta, tb, topics = paraphrase_pairs(rng, n_test, seen)  # no fact of the test split is in calib
+    calib_words, test_words = vocab_words(vocab, rng)
+    ca, cb, _ = paraphrase_pairs(rng, n_calib, seen, calib_words)
+    ta, tb, topics = paraphrase_pairs(rng, n_test, seen, test_words)  # no fact or random word of calib
     calib_ids, calib_mask = encode(ca + cb, vocab)
     ids, mask = encode(ta + tb, vocab)
     original = run_batched(sess, {"input_ids": ids, "attention_mask": mask}, 64)

@@ -113,3 +113,17 @@ def test_embedding_scores_of_the_original_and_of_noisy_embeddings():
     assert abs(same["cos_to_original"] - 1.0) < 1e-9
     noisy = real.embedding_scores(original + 0.5 * rng.normal(size=original.shape), original, pairs)
     assert noisy["spearman"] < same["spearman"] and noisy["cos_to_original"] < 0.99
+
+
+def test_vocab_words_are_two_disjoint_halves_of_the_whole_words():
+    vocab = {w: i for i, w in enumerate(["[PAD]", "##ing", "ab", "apple", "tree", "Cafe", "dog", "x1y", "ship"])}
+    calib, test = real.vocab_words(vocab, np.random.default_rng(0))
+    assert sorted(calib + test) == ["apple", "dog", "ship", "tree"] and len(calib) == len(test) == 2
+
+
+def test_paraphrase_pairs_with_words_name_the_same_two_words_in_both_sayings():
+    words = ["lantern", "sheriff", "banana", "tractor", "violin"]
+    a, b, _ = real.paraphrase_pairs(np.random.default_rng(5), 10, words=words)
+    for x, y in zip(a, b):
+        named = [w for w in words if f"the {w}" in x]
+        assert len(named) == 2 and all(f"the {w}" in y for w in named)
