@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Rate-distortion rounding: the default λ / Δ² and the passes over the level distribution.
-RD_FACTOR = 0.1
+RD_FACTOR = 0.05
 RD_ITERATIONS = 3
 # Largest |level| a step may give (int8 symmetric weights: one sign bit, 7 magnitude bits).
 MAX_LEVEL = 127

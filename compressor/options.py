@@ -112,7 +112,7 @@ class ShareOptions(_Section):
     seed: int = _option(0, check=NON_NEGATIVE)  # numpy's generators take non-negative seeds
     # The per-tensor search's candidates: k-means widths, uniform grids (ECUQ), or both ("auto").
     method: str = _option("auto", choices=("kmeans", "uniform", "auto"), shown_when_set=True)
-    rd_factor: float = _option(0.1, check=NON_NEGATIVE, shown_when_set=True)  # uniform: λ / step²
+    rd_factor: float = _option(0.05, check=NON_NEGATIVE, shown_when_set=True)  # uniform: λ / step²
     given: frozenset[str] = _given()
 
     @property

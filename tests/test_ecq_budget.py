@@ -9,18 +9,25 @@ import pytest
 from compressor import graph
 from compressor.codec import rans
 from compressor.data import Dataset
+from compressor.ecq import step_ladder
 from compressor.errors import UsageError
 from compressor.evaluate import accuracy, run_model
 from compressor.passes.layers import Layer
 from compressor.passes.quantize import DEFAULT_SETTINGS, quantize
 from compressor.passes.share import share
 from compressor.search.ecq_budget import (
+    STEP_EXPONENTS,
     allocated,
     estimated_bytes,
     importance_of,
     knapsack_of,
     pareto,
     share_by_rate,
+)
+from compressor.stages.share import (
+    SHARE_SEARCH_BUDGET_SHARE,
+    SHARE_SEARCH_BUDGET_SHARE_LABELED,
+    share_search_budget_share,
 )
 
 
@@ -75,9 +82,10 @@ def test_auto_is_never_costlier_than_either_method_alone_in_its_estimates(search
 def test_one_method_alone(method):
     model = graphs.mlp()
     data = labeled(model, 128)
-    shared, stats = share_by_rate(model, data, 3.0, method=method, min_params=0, max_evals=6)
+    # 7 runs: 4 allowance steps (this toy's quarter-octave front starts coarse) and 3 refinements
+    shared, stats = share_by_rate(model, data, 3.0, method=method, min_params=0, max_evals=7)
     assert {t["method"] for t in stats["tensors"]} == {method}
-    assert stats["budget_search"]["whole_model_runs"] <= 6
+    assert stats["budget_search"]["whole_model_runs"] <= 7
 
 
 def test_pareto_keeps_only_the_undominated():
@@ -203,3 +211,18 @@ def test_the_curves_pack_folded_weights_as_zeros_and_measure_them_as_they_were()
         assert a["bytes"] < b["bytes"] and a["error"] <= b["error"] + 1e-12
     for (name, _i), array in arrays.items():
         assert np.array_equal(array[:, :10], originals[name][:, :10])
+
+
+def test_the_step_ladder_is_a_quarter_octave_apart():
+    values = np.random.default_rng(0).normal(size=4096)
+    steps = step_ladder(values, STEP_EXPONENTS)
+    ratios = np.array(steps[1:]) / np.array(steps[:-1])
+    assert np.allclose(ratios, 2**0.25)
+    # the octave ladder of before is a subset: every step it tried is still a candidate
+    assert set(np.round(step_ladder(values, tuple(range(-3, 9))), 12)) <= set(np.round(steps, 12))
+
+
+def test_labeled_runs_let_the_share_search_take_more_of_the_budget():
+    assert share_search_budget_share("accuracy") == SHARE_SEARCH_BUDGET_SHARE_LABELED > SHARE_SEARCH_BUDGET_SHARE
+    for mode in ("fidelity", "metric", "none"):
+        assert share_search_budget_share(mode) == SHARE_SEARCH_BUDGET_SHARE

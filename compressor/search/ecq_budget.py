@@ -50,8 +50,9 @@ from .prune_budget import allocate_ratios
 from .share_budget import ALLOWANCE_STEP, BITS, MAX_SEARCH_RUNS, REFINE_RUNS, RESOLUTION
 
 METHODS = ("kmeans", "uniform", "auto")
-# Steps tried per tensor: RMS of its non-zero values x 2^(-e/2), coarsest (e = -3) to finest.
-STEP_EXPONENTS = tuple(range(-3, 9))
+# Steps tried per tensor: RMS of its non-zero values x 2^(-e/2), coarsest (e = -3) to finest, a
+# quarter octave apart: at coarse steps one octave changes a layer's bytes by half.
+STEP_EXPONENTS = tuple(e / 2 for e in range(-6, 17))
 # The allowance search starts at the summed errors of every tensor's candidate at this
 # fraction of its front (0: the costliest, 1: the cheapest).
 START_POSITION = 0.5
