@@ -214,6 +214,13 @@ def model_bytes(model: onnx.ModelProto, base_dir: str | os.PathLike | None = Non
     return _message_bytes(model, None if base_dir is None else Path(base_dir))
 
 
+def fits_in_one_message(model: onnx.ModelProto, threshold: int | None = None) -> bool:
+    """Whether the model (its tensors inline) may be serialized as one message: at most
+    ``threshold`` bytes (None: EXTERNAL_DATA_THRESHOLD, read when called).  A model over it
+    is written with external data and checked or shape-inferred on its skeleton."""
+    return model_bytes(model) <= (EXTERNAL_DATA_THRESHOLD if threshold is None else threshold)
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
     return any(True for _ in _tensors_with_external_data(model))
 
@@ -319,13 +326,13 @@ def save_model(
     *,
     input_path: str | os.PathLike | None = None,
     overwrite_input: bool = False,
-    external_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    external_threshold: int | None = None,
 ) -> Path:
     """Write a model atomically: temp file in the target folder, then rename.
 
     Refuses to overwrite ``input_path`` unless ``overwrite_input``.  Models larger than
-    ``external_threshold`` (by default: near protobuf's 2 GB limit) are written with their
-    tensors in ``<name>.data`` beside them, tensor by tensor.
+    ``external_threshold`` (None: EXTERNAL_DATA_THRESHOLD, near protobuf's 2 GB limit) are
+    written with their tensors in ``<name>.data`` beside them, tensor by tensor.
     """
     out = Path(path)
     if input_path is not None and str(input_path) != "-" and _same_file(out, input_path) and not overwrite_input:
@@ -333,7 +340,7 @@ def save_model(
     folder = out.resolve().parent
     if not folder.is_dir():
         raise UsageError(f"output folder does not exist: {folder}")
-    if model_bytes(model) > external_threshold:
+    if not fits_in_one_message(model, external_threshold):
         in_memory = (
             (i, ref.proto.raw_data) for i, ref in enumerate(iter_tensors(model)) if ref.proto.HasField("raw_data")
         )

@@ -91,7 +91,7 @@ def run_pipeline(
     max_accuracy_drop = check_value("gate", "max_accuracy_drop", max_accuracy_drop)
     if html_path is not None:
         check_html_available()
-    original, external_files = graph.load_model_and_files(model_path)
+    original, external_files = graph.load_model_and_files(model_path, max_bytes=None)
     outputs = {"-o": out_path, "--report": report_path, "--html": html_path}
     inputs = {
         "the input model": model_path,
