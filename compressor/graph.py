@@ -221,6 +221,17 @@ def fits_in_one_message(model: onnx.ModelProto, threshold: int | None = None) ->
     return model_bytes(model) <= (EXTERNAL_DATA_THRESHOLD if threshold is None else threshold)
 
 
+def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model itself when it fits in one message, else a copy whose large tensors hold no
+    data (name, type and dims kept): what onnx's shape inference serializes."""
+    if fits_in_one_message(model):
+        return model
+    large = {
+        i for i, ref in enumerate(iter_tensors(model)) if (_expected_raw_bytes(ref.proto) or 0) >= _COUNTED_RAW_BYTES
+    }
+    return copy_without_data(model, large)
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
     return any(True for _ in _tensors_with_external_data(model))
 
@@ -232,6 +243,12 @@ def check_model(model: onnx.ModelProto) -> None:
     graph and the external records), so a model of any size is checked in the memory of
     its graph; a message protobuf cannot hold is not checked."""
     external = {i for i, ref in enumerate(iter_tensors(model)) if ref.proto.data_location == onnx.TensorProto.EXTERNAL}
+    if not fits_in_one_message(model):  # held in memory over the limit: its large tensors as external ones
+        external |= {
+            i
+            for i, ref in enumerate(iter_tensors(model))
+            if (_expected_raw_bytes(ref.proto) or 0) >= _COUNTED_RAW_BYTES
+        }
     if external:
         # Checked in memory, the graph only (external_data_span made the file checks, confined to
         # the model's folder): for the checker, each external tensor is an empty one of its rank.
@@ -859,7 +876,8 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 def infer_shapes_batch1(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Static shapes of every value, with every symbolic input dimension set to 1."""
-    m = _copy(model)
+    m = without_large_data(model)
+    m = _copy(m) if m is model else m
     for vi in graph_inputs(m):
         for d in vi.type.tensor_type.shape.dim:
             if not d.HasField("dim_value") or d.dim_value <= 0:

@@ -28,14 +28,18 @@ def lowered_limit(monkeypatch):
     monkeypatch.setattr(graph, "PROTOBUF_LIMIT", LIMIT)
     monkeypatch.setattr(graph, "EXTERNAL_DATA_THRESHOLD", LIMIT // 2)
     serialize = onnx.ModelProto.SerializeToString
+    tripped = []  # also the serializations a best-effort path caught and fell back from
 
     def guarded(self, *args, **kwargs):
         data = serialize(self, *args, **kwargs)
         if len(data) > LIMIT:
+            tripped.append((len(data), "".join(__import__("traceback").format_stack(limit=9)[:-1])))
             raise ValueError("serialized a whole model over the (lowered) protobuf limit")
         return data
 
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", guarded)
+    yield
+    assert not tripped, "a whole model over the limit was serialized (and the failure caught): " + tripped[0][1]
 
 
 @pytest.fixture
@@ -69,11 +73,11 @@ def test_quantize_writes_external_data_close_to_the_original(tmp_path, big_model
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
 
 
-@pytest.mark.parametrize("with_calib", [False, True])
-def test_run_packs_a_model_over_the_limit(tmp_path, big_model, lowered_limit, with_calib):
+@pytest.mark.parametrize("with_calib,extra", [(False, []), (True, []), (False, ["--no-quantize"])])
+def test_run_packs_a_model_over_the_limit(tmp_path, big_model, lowered_limit, with_calib, extra):
     calib, x = _calib(tmp_path)
     out = tmp_path / "r.cmpz"
-    args = ["run", str(big_model), "-o", str(out), "--report", str(tmp_path / "r.json")]
+    args = ["run", str(big_model), "-o", str(out), "--report", str(tmp_path / "r.json"), *extra]
     args += ["--calib", str(calib)] if with_calib else []
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -82,3 +86,17 @@ def test_run_packs_a_model_over_the_limit(tmp_path, big_model, lowered_limit, wi
     a, b = _outputs(big_model, x), _outputs(tmp_path / "u.onnx", x)
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
     assert json.loads((tmp_path / "r.json").read_text())["container"]["bytes"] == out.stat().st_size
+
+
+def test_the_checker_sees_the_graph_of_a_model_held_over_the_limit(big_model, lowered_limit):
+    model = graph.load_model(big_model, max_bytes=None)
+    graph.check_model(model)
+    model.graph.node[0].input[1] = "missing"
+    with pytest.raises(Exception, match="onnx checker"):
+        graph.check_model(model)
+
+
+def test_shapes_of_a_model_held_over_the_limit_are_inferred_on_its_skeleton(big_model, lowered_limit):
+    model = graph.load_model(big_model, max_bytes=None)
+    assert graph.infer_shapes_batch1(model)["h2"] == (1, 300)
+    assert graph.without_large_data(model).ByteSize() < 10_000

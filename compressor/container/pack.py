@@ -227,28 +227,41 @@ def _held_indices(model: onnx.ModelProto, external: set[int]) -> set[int]:
     }
 
 
+def streamed_chunks(
+    model: onnx.ModelProto, base_dir: Path | None = None, external: set[int] = frozenset(), held: set[int] | None = None
+) -> list:
+    """The model's serialization with every tensor inline, as chunks: bytes, or payloads whose
+    ``read()`` gives one external (or large ``held``) tensor's bytes when its turn comes, so the
+    serialization never exists whole.  ``held`` None: as ``_held_indices`` chooses."""
+    held = _held_indices(model, external) if held is None else held
+    if not external and not held:
+        return [model.SerializeToString()]
+    with_markers = copy_without_data(model, external | held)
+    payloads = {}
+    for index, (ref, target) in enumerate(zip(iter_tensors(model), iter_tensors(with_markers))):
+        if index in external:
+            key = marker(index)
+            payloads[key] = _ExternalPayload(ref.proto, base_dir, external_data_span(ref.proto, base_dir)[2])
+            inline_data(target.proto, key)
+        elif index in held:
+            key = marker(index)
+            payloads[key] = _HeldPayload(ref.proto)
+            _restore_held(target.proto, ref.proto, key)
+    return spliced_chunks(with_markers.SerializeToString(), payloads)
+
+
+def chunk_bytes(chunk) -> bytes:
+    """One chunk of ``streamed_chunks`` as bytes."""
+    return chunk.read() if isinstance(chunk, _ExternalPayload) else chunk
+
+
 def _model_digest(
     model: onnx.ModelProto, base_dir: Path | None, external: set[int], held: set[int] = frozenset()
 ) -> tuple[int, str]:
-    """(length, SHA-256) of the model's serialization with every tensor inline, streamed: the
-    external (and the large ``held``) tensors are read one at a time into a serialization that
-    never exists whole."""
+    """(length, SHA-256) of the model's serialization with every tensor inline, streamed
+    (``streamed_chunks``)."""
     try:
-        if not external and not held:
-            original = model.SerializeToString()
-            return len(original), hashlib.sha256(original).hexdigest()
-        with_markers = copy_without_data(model, external | held)
-        payloads = {}
-        for index, (ref, target) in enumerate(zip(iter_tensors(model), iter_tensors(with_markers))):
-            if index in external:
-                key = marker(index)
-                payloads[key] = _ExternalPayload(ref.proto, base_dir, external_data_span(ref.proto, base_dir)[2])
-                inline_data(target.proto, key)
-            elif index in held:
-                key = marker(index)
-                payloads[key] = _HeldPayload(ref.proto)
-                _restore_held(target.proto, ref.proto, key)
-        chunks = spliced_chunks(with_markers.SerializeToString(), payloads)
+        chunks = streamed_chunks(model, base_dir, external, held)
     except (EncodeError, ValueError, OverflowError):  # over protobuf's 2 GiB limit (upb raises EncodeError)
         raise CompressorError(
             "models larger than protobuf's 2 GiB limit must keep their tensors in external data to be packed"
@@ -256,7 +269,7 @@ def _model_digest(
     digest = hashlib.sha256()
     length = 0
     for chunk in chunks:
-        data = chunk.read() if isinstance(chunk, _ExternalPayload) else chunk
+        data = chunk_bytes(chunk)
         digest.update(data)
         length += len(data)
     return length, digest.hexdigest()
