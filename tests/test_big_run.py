@@ -85,7 +85,9 @@ def test_run_packs_a_model_over_the_limit(tmp_path, big_model, lowered_limit, wi
     assert result.exit_code == 0, result.output
     a, b = _outputs(big_model, x), _outputs(tmp_path / "u.onnx", x)
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
-    assert json.loads((tmp_path / "r.json").read_text())["container"]["bytes"] == out.stat().st_size
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["container"]["bytes"] == out.stat().st_size
+    assert report["original_bytes"] == big_model.stat().st_size + (big_model.parent / "model.onnx.data").stat().st_size
 
 
 def test_the_checker_sees_the_graph_of_a_model_held_over_the_limit(big_model, lowered_limit):

@@ -139,7 +139,9 @@ def quantize(
     stats["subgraphs_left_float"] = subgraphs
     n_bn, factors = prepare.fold_batchnorm(model)
     stats["batchnorm_folded"] = n_bn
-    float_model = graph.copy_model(model)
+    # Dynamic and weight-only modes build once: on this copy, no float copy kept (a model of any size).
+    single_build = mode != "static"
+    float_model = model if single_build else graph.copy_model(model)
     options = {
         "quantize_attention": settings.quantize_attention,
         "activation_symmetric": False,
@@ -207,7 +209,7 @@ def quantize(
             )
             if skip:
                 qparams = params_without(skip)
-    built = _build(float_model, qparams, skip=skip, **config)
+    built = _build(float_model, qparams, skip=skip, in_place=single_build, **config)
     stats["reduce_range"] = settings.reduce_range is not False
     if settings.reduce_range is None and mode == "static":
         # Whether 8-bit weights are safe depends on the CPU ORT runs on (see _weight_range): with
@@ -262,9 +264,10 @@ def _build(
     weight_type,
     weight_range,
     skip=frozenset(),
+    in_place=False,
 ):
-    """Plans + rewrite + fold on a fresh copy of the prepared float model."""
-    model = graph.copy_model(float_model)
+    """Plans + rewrite + fold on a fresh copy of the prepared float model (on it: ``in_place``)."""
+    model = float_model if in_place else graph.copy_model(float_model)
     plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
     scope = NameScope(model)
     store = WeightStore(scope, symmetric, factors, weight_type, weight_range)
