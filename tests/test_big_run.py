@@ -102,3 +102,25 @@ def test_shapes_of_a_model_held_over_the_limit_are_inferred_on_its_skeleton(big_
     model = graph.load_model(big_model, max_bytes=None)
     assert graph.infer_shapes_batch1(model)["h2"] == (1, 300)
     assert graph.without_large_data(model).ByteSize() < 10_000
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["prune", "--sparsity", "0.5"], ["share", "--bits-fc", "4"]],
+)
+def test_prune_and_share_write_external_data_close_to_the_original(tmp_path, big_model, lowered_limit, command):
+    _, x = _calib(tmp_path)
+    out = tmp_path / "p.onnx"
+    result = CliRunner().invoke(cli, [command[0], str(big_model), "-o", str(out), *command[1:]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.onnx.data").exists()
+    a, b = _outputs(big_model, x), _outputs(out, x)
+    assert np.abs(a - b).max() < 0.5 * np.abs(a).max()
+
+
+def test_eval_measures_a_model_over_the_limit(tmp_path, big_model, lowered_limit):
+    data, _ = _calib(tmp_path)
+    args = ["eval", str(big_model), "--data", str(data), "--reference", str(big_model), "--no-latency", "--json"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["samples"] == 8
