@@ -65,6 +65,8 @@ def make_session(
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     if isinstance(model, onnx.ModelProto) and not graph.fits_in_one_message(model, external_threshold):
+        # Prepacked weights would be a second copy of every MatMul/Gemm weight in ORT's memory.
+        opts.add_session_config_entry("session.disable_prepacking", "1")
         if optimized_path:  # ORT's own serialization has protobuf's limit too
             name = Path(optimized_path).name + ".data"
             opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", name)

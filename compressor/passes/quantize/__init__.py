@@ -139,8 +139,10 @@ def quantize(
     stats["subgraphs_left_float"] = subgraphs
     n_bn, factors = prepare.fold_batchnorm(model)
     stats["batchnorm_folded"] = n_bn
-    # Dynamic and weight-only modes build once: on this copy, no float copy kept (a model of any size).
-    single_build = mode != "static"
+    # Dynamic and weight-only modes build once: on this copy, no float copy kept.  So does static
+    # mode on a model too large for one message (no mixed precision, no 8-bit probe: 7-bit weights).
+    large = not graph.fits_in_one_message(model)
+    single_build = mode != "static" or (large and settings.min_output_snr is None)
     float_model = model if single_build else graph.copy_model(model)
     options = {
         "quantize_attention": settings.quantize_attention,
@@ -211,7 +213,7 @@ def quantize(
                 qparams = params_without(skip)
     built = _build(float_model, qparams, skip=skip, in_place=single_build, **config)
     stats["reduce_range"] = settings.reduce_range is not False
-    if settings.reduce_range is None and mode == "static":
+    if settings.reduce_range is None and mode == "static" and not large:
         # Whether 8-bit weights are safe depends on the CPU ORT runs on (see _weight_range): with
         # VNNI (or on ARM) they are about 0.5 dB better than 7-bit ones and match what ORT's own
         # quantizer emits; without it they saturate.  Both run on the calibration data here and the
