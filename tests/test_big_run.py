@@ -71,6 +71,10 @@ def test_quantize_writes_external_data_close_to_the_original(tmp_path, big_model
     assert (tmp_path / "q.onnx.data").exists()
     a, b = _outputs(big_model, x), _outputs(out, x)
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    stats = json.loads(result.stdout)
+    assert stats["mode"] == ("static" if with_calib else "none")
+    # One build of a model over the limit: 7-bit weights, no 8-bit probe (a second model in memory).
+    assert stats["reduce_range"] and "weight_range_snr_db" not in stats
 
 
 @pytest.mark.parametrize("with_calib,extra", [(False, []), (True, []), (False, ["--no-quantize"])])

@@ -235,6 +235,9 @@ def quantize(
             built = full[-1]
     model, rows, store, fold_counts = built
     removed = cleanup.remove_unused(model)
+    if large:  # a fresh message: the built one's memory still holds the float weights it replaced
+        del built, float_model
+        model = graph.copy_model(model)
     stats["kept_float_mixed"] = sorted(skip)
     stats["nodes"] = rows
     stats["weights"] = store.report()
