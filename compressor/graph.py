@@ -224,12 +224,14 @@ def fits_in_one_message(model: onnx.ModelProto, threshold: int | None = None) ->
 def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model itself when it fits in one message, else a copy whose large tensors hold no
     data (name, type and dims kept): what onnx's shape inference serializes."""
-    if fits_in_one_message(model):
-        return model
-    large = {
+    return model if fits_in_one_message(model) else copy_without_data(model, _large_tensors(model))
+
+
+def _large_tensors(model: onnx.ModelProto) -> set[int]:
+    """iter_tensors positions of the tensors whose data is counted, not serialized, in model_bytes."""
+    return {
         i for i, ref in enumerate(iter_tensors(model)) if (_expected_raw_bytes(ref.proto) or 0) >= _COUNTED_RAW_BYTES
     }
-    return copy_without_data(model, large)
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
@@ -241,14 +243,10 @@ def check_model(model: onnx.ModelProto) -> None:
 
     A model loaded with its external data left in its files is checked as held (its
     graph and the external records), so a model of any size is checked in the memory of
-    its graph; a message protobuf cannot hold is not checked."""
+    its graph; so is one held in memory over the limit (its large tensors as empty ones)."""
     external = {i for i, ref in enumerate(iter_tensors(model)) if ref.proto.data_location == onnx.TensorProto.EXTERNAL}
     if not fits_in_one_message(model):  # held in memory over the limit: its large tensors as external ones
-        external |= {
-            i
-            for i, ref in enumerate(iter_tensors(model))
-            if (_expected_raw_bytes(ref.proto) or 0) >= _COUNTED_RAW_BYTES
-        }
+        external |= _large_tensors(model)
     if external:
         # Checked in memory, the graph only (external_data_span made the file checks, confined to
         # the model's folder): for the checker, each external tensor is an empty one of its rank.
