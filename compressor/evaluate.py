@@ -47,7 +47,8 @@ def make_session(
     """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path.
 
     A ModelProto over ``external_threshold`` bytes (None: graph.EXTERNAL_DATA_THRESHOLD;
-    protobuf cannot serialize one over 2 GB) is saved with external data in a temp folder, tensor by tensor, and loaded from there."""
+    protobuf cannot serialize one over 2 GB) is saved with external data in a temp folder,
+    tensor by tensor, and loaded from there."""
     # Imported on first use: loading ORT is slow, and commands that never run a model (pack,
     # inspect, quantize without calibration) should not pay for it.
     import onnxruntime as ort
