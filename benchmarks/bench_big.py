@@ -7,14 +7,18 @@ tensor (tests/big_models.py), then runs, each in a child process of its own,
 * ``compressor pack model.onnx -o m.cmpz``
 * ``compressor unpack m.cmpz -o u.onnx --verify`` (ONNX with external data, checked by SHA-256)
 * ``compressor quantize model.onnx -o q.onnx`` and ``compressor run model.onnx -o r.cmpz``
-  (data-free; both refused in one line: they hold the model in memory, up to 2 GiB)
+  (data-free: the model held in memory, never serialized whole; q.onnx has external data)
+* with ``--calib N``: the same two with ``--calib`` of N random inputs (``quantize_calib``,
+  ``run_calib``: static activations, calibrated in ORT sessions of the model)
 * with ``--inspect``: ``compressor inspect model.onnx``
 
 and reports wall seconds and the child's peak RSS (``resource.getrusage(RUSAGE_CHILDREN)``
 read by a wrapper process around each command, so each step is measured alone).  Results
-in benchmarks/results/big.json.  Needs ~5 GB of disk in ``--dir`` (deleted at the end).
+in benchmarks/results/big.json (with ``--only A,B``: big-A-B.json).  Needs ~5 GB of disk in
+``--dir`` (deleted at the end; ~8 GB with quantize and run).
 
-    python benchmarks/bench_big.py [--dir FOLDER] [--layers 4] [--width 12000] [--inspect] [--only pack,unpack]
+    python benchmarks/bench_big.py [--dir FOLDER] [--layers 4] [--width 12000] [--inspect] [--calib N]
+                                   [--only pack,unpack]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import numpy as np  # noqa: E402
 from big_models import write_external_model  # noqa: E402
 
 
@@ -57,6 +62,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=12000)
     parser.add_argument("--inspect", action="store_true", help="also time `compressor inspect` of the model")
+    parser.add_argument("--calib", type=int, default=0, help="also quantize and run with N calibration inputs")
     parser.add_argument("--only", default="", help="comma-separated steps to run (pack needs to run before unpack)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-big-", dir=args.dir))
@@ -74,6 +80,12 @@ def main() -> None:
             "quantize": [*env_python, "quantize", str(model), "-o", str(folder / "q.onnx")],
             "run": [*env_python, "run", str(model), "-o", str(folder / "r.cmpz")],
         }
+        if args.calib:
+            calib = folder / "calib.npz"
+            rng = np.random.default_rng(0)
+            np.savez(calib, h0=rng.standard_normal((args.calib, args.width)).astype(np.float32))
+            steps["quantize_calib"] = [*steps["quantize"][:-1], str(folder / "qc.onnx"), "--calib", str(calib)]
+            steps["run_calib"] = [*steps["run"][:-1], str(folder / "rc.cmpz"), "--calib", str(calib)]
         if args.inspect:
             steps["inspect"] = [*env_python, "inspect", str(model)]
         if args.only:
@@ -91,6 +103,12 @@ def main() -> None:
             }
             if name == "pack":
                 results["container_bytes"] = (folder / "m.cmpz").stat().st_size
+            for output, key in (("q.onnx", "quantize"), ("qc.onnx", "quantize_calib")):
+                if name == key and r["rc"] == 0:  # the graph file and its external data
+                    results[name]["output_bytes"] = sum(p.stat().st_size for p in folder.glob(output + "*"))
+            for output, key in (("r.cmpz", "run"), ("rc.cmpz", "run_calib")):
+                if name == key and r["rc"] == 0:
+                    results[name]["output_bytes"] = (folder / output).stat().st_size
             print(name, json.dumps(results[name]), flush=True)
         results["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     finally:

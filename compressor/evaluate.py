@@ -42,12 +42,13 @@ def make_session(
     threads: int = 0,
     optimized_path: str | None = None,
     level: str = "all",
-    external_threshold: int = graph.EXTERNAL_DATA_THRESHOLD,
+    external_threshold: int | None = None,
 ):
     """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path.
 
-    A ModelProto over ``external_threshold`` bytes (protobuf cannot serialize one over 2 GB)
-    is saved with external data in a temp folder, tensor by tensor, and loaded from there."""
+    A ModelProto over ``external_threshold`` bytes (None: graph.EXTERNAL_DATA_THRESHOLD;
+    protobuf cannot serialize one over 2 GB) is saved with external data in a temp folder,
+    tensor by tensor, and loaded from there."""
     # Imported on first use: loading ORT is slow, and commands that never run a model (pack,
     # inspect, quantize without calibration) should not pay for it.
     import onnxruntime as ort
@@ -64,12 +65,20 @@ def make_session(
     }[level]
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
-    if isinstance(model, onnx.ModelProto) and graph.model_bytes(model) > external_threshold:
+    if isinstance(model, onnx.ModelProto) and not graph.fits_in_one_message(model, external_threshold):
+        # Prepacked weights would be a second copy of every MatMul/Gemm weight in ORT's memory.
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        if optimized_path:  # ORT's own serialization has protobuf's limit too
+            name = Path(optimized_path).name + ".data"
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", name)
         with tempfile.TemporaryDirectory(prefix="compressor-session-") as folder:
             path = Path(folder) / "model.onnx"
             graph.save_model(model, path, external_threshold=external_threshold)
-            return make_session(str(path), threads, optimized_path, level)
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+            return _session(ort, str(path), opts)
+    return _session(ort, model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, opts)
+
+
+def _session(ort, src: str | bytes, opts):
     ORT_COUNTS["sessions"] += 1
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])

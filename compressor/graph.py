@@ -219,6 +219,26 @@ def model_bytes(model: onnx.ModelProto, base_dir: str | os.PathLike | None = Non
     return _message_bytes(model, None if base_dir is None else Path(base_dir))
 
 
+def fits_in_one_message(model: onnx.ModelProto, threshold: int | None = None) -> bool:
+    """Whether the model (its tensors inline) may be serialized as one message: at most
+    ``threshold`` bytes (None: EXTERNAL_DATA_THRESHOLD, read when called).  A model over it
+    is written with external data and checked or shape-inferred on its skeleton."""
+    return model_bytes(model) <= (EXTERNAL_DATA_THRESHOLD if threshold is None else threshold)
+
+
+def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model itself when it fits in one message, else a copy whose large tensors hold no
+    data (name, type and dims kept): what onnx's shape inference serializes."""
+    return model if fits_in_one_message(model) else copy_without_data(model, _large_tensors(model))
+
+
+def _large_tensors(model: onnx.ModelProto) -> set[int]:
+    """iter_tensors positions of the tensors whose data is counted, not serialized, in model_bytes."""
+    return {
+        i for i, ref in enumerate(iter_tensors(model)) if (_expected_raw_bytes(ref.proto) or 0) >= _COUNTED_RAW_BYTES
+    }
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
     return any(True for _ in _tensors_with_external_data(model))
 
@@ -228,8 +248,10 @@ def check_model(model: onnx.ModelProto) -> None:
 
     A model loaded with its external data left in its files is checked as held (its
     graph and the external records), so a model of any size is checked in the memory of
-    its graph; a message protobuf cannot hold is not checked."""
+    its graph; so is one held in memory over the limit (its large tensors as empty ones)."""
     external = {i for i, ref in enumerate(iter_tensors(model)) if ref.proto.data_location == onnx.TensorProto.EXTERNAL}
+    if not fits_in_one_message(model):  # held in memory over the limit: its large tensors as external ones
+        external |= _large_tensors(model)
     if external:
         # Checked in memory, the graph only (external_data_span made the file checks, confined to
         # the model's folder): for the checker, each external tensor is an empty one of its rank.
@@ -324,13 +346,13 @@ def save_model(
     *,
     input_path: str | os.PathLike | None = None,
     overwrite_input: bool = False,
-    external_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    external_threshold: int | None = None,
 ) -> Path:
     """Write a model atomically: temp file in the target folder, then rename.
 
     Refuses to overwrite ``input_path`` unless ``overwrite_input``.  Models larger than
-    ``external_threshold`` (by default: near protobuf's 2 GB limit) are written with their
-    tensors in ``<name>.data`` beside them, tensor by tensor.
+    ``external_threshold`` (None: EXTERNAL_DATA_THRESHOLD, near protobuf's 2 GB limit) are
+    written with their tensors in ``<name>.data`` beside them, tensor by tensor.
     """
     out = Path(path)
     if input_path is not None and str(input_path) != "-" and _same_file(out, input_path) and not overwrite_input:
@@ -338,7 +360,7 @@ def save_model(
     folder = out.resolve().parent
     if not folder.is_dir():
         raise UsageError(f"output folder does not exist: {folder}")
-    if model_bytes(model) > external_threshold:
+    if not fits_in_one_message(model, external_threshold):
         in_memory = (
             (i, ref.proto.raw_data) for i, ref in enumerate(iter_tensors(model)) if ref.proto.HasField("raw_data")
         )
@@ -926,7 +948,8 @@ def dynamic_input_dims(model: onnx.ModelProto) -> bool:
 def infer_shapes_batch1(model: onnx.ModelProto, fill: int = 1) -> dict[str, tuple[int, ...]]:
     """Static shapes of every value, with the inputs' symbolic batch dimension set to 1 and
     every other symbolic input dimension to `fill`."""
-    m = _copy(model)
+    m = without_large_data(model)
+    m = _copy(m) if m is model else m
     for vi in graph_inputs(m):
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             if not d.HasField("dim_value") or d.dim_value <= 0:

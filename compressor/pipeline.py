@@ -91,7 +91,7 @@ def run_pipeline(
     max_accuracy_drop = check_value("gate", "max_accuracy_drop", max_accuracy_drop)
     if html_path is not None:
         check_html_available()
-    original, external_files = graph.load_model_and_files(model_path)
+    original, external_files = graph.load_model_and_files(model_path, max_bytes=None)
     outputs = {"-o": out_path, "--report": report_path, "--html": html_path}
     inputs = {
         "the input model": model_path,
@@ -102,7 +102,11 @@ def run_pipeline(
         "--train": _train_path(overrides),
     }
     check_outputs(outputs, inputs)
-    original_bytes = Path(model_path).stat().st_size if model_path != "-" else model_bytes(original)
+    original_bytes = (
+        Path(model_path).stat().st_size + sum(Path(f).stat().st_size for f in external_files)
+        if model_path != "-"
+        else model_bytes(original)
+    )  # with its external data: what the container replaces
     data = load_dataset(data_path, original) if data_path else None
     calib = load_dataset(calib_path, original) if calib_path else None
     mode = _dataset_mode(data, calib)

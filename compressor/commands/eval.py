@@ -36,9 +36,9 @@ from .common import emit_json, format_table
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def eval_command(model, data_path, reference, batch_size, latency_batch, no_latency, as_json) -> None:
     """Measure MODEL on labeled (or unlabeled) data with ONNX Runtime."""
-    loaded = load_model(model)
+    loaded = load_model(model, max_bytes=None)
     data = load_dataset(data_path, loaded)
-    ref_model = load_model(reference) if reference else None
+    ref_model = load_model(reference, max_bytes=None) if reference else None
     result = evaluate_with_latency(
         loaded, data, ref_model, batch_size or batch_size_for(loaded), None if no_latency else latency_batch
     )

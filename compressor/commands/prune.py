@@ -189,7 +189,7 @@ def prune_command(
             warn("--data is only used with --budget; ignored")
         sparsity = 0.5 if sparsity is None else sparsity
         check_sparsity(sparsity)  # before reading the model: a usage error is a usage error
-    loaded, external_files = load_model_and_files(model)
+    loaded, external_files = load_model_and_files(model, max_bytes=None)
     check_outputs(
         {"-o": output},
         {

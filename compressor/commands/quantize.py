@@ -111,7 +111,7 @@ def quantize_command(
         raise UsageError(f"--min-output-snr must be a finite number of dB, got {min_output_snr}")
     if min_output_snr is not None and not (calib_path and activations in (None, "static")):
         raise UsageError("--min-output-snr needs static activations (--calib)")
-    loaded, external_files = load_model_and_files(model)
+    loaded, external_files = load_model_and_files(model, max_bytes=None)
     check_outputs(
         {"-o": output},
         {

@@ -87,7 +87,7 @@ def share_command(
     if data_path and not (refit or bias_correction):
         warn("--data is only used with --refit or --bias-correction; ignored")
     bits_by_name = _parse_bits(bits_items)
-    loaded, external_files = load_model_and_files(model)
+    loaded, external_files = load_model_and_files(model, max_bytes=None)
     check_outputs(
         {"-o": output},
         {"the input model": model, "the model's external data": external_files, "--data": data_path},

@@ -26,6 +26,7 @@ from ..errors import CompressorError
 from ..graph import (
     copy_without_data,
     external_data_span,
+    fits_in_one_message,
     inline_data,
     iter_tensors,
     load_model_and_files,
@@ -60,6 +61,16 @@ class _ExternalPayload:
 
     def read(self) -> bytes:
         return read_external_data(self.tensor, self.base_dir)
+
+
+class _HeldPayload(_ExternalPayload):
+    """A held tensor's raw_data, copied out of protobuf when its turn comes (a splice payload)."""
+
+    def __init__(self, tensor: onnx.TensorProto):
+        self.tensor, self.length = tensor, len(tensor.raw_data)
+
+    def read(self) -> bytes:
+        return self.tensor.raw_data
 
 
 @dataclass
@@ -202,21 +213,55 @@ def _external_indices(model: onnx.ModelProto) -> set[int]:
     return {i for i, ref in enumerate(iter_tensors(model)) if ref.proto.data_location == T.EXTERNAL}
 
 
-def _model_digest(model: onnx.ModelProto, base_dir: Path | None, external: set[int]) -> tuple[int, str]:
-    """(length, SHA-256) of the model's serialization with every tensor inline, streamed: the
-    external tensors are read one at a time into a serialization that never exists whole."""
+def _held_indices(model: onnx.ModelProto, external: set[int]) -> set[int]:
+    """The tensors of a model too large for one message whose data, held in raw_data, is taken
+    out of the graph and streamed (none when the model fits)."""
+    if fits_in_one_message(model):
+        return set()
+    return {
+        i
+        for i, ref in enumerate(iter_tensors(model))
+        if i not in external
+        and ref.proto.HasField("raw_data")
+        and all(d.name in ("raw_data", "data_location") for d, _ in ref.proto.ListFields() if d.name in DATA_FIELDS)
+    }
+
+
+def streamed_chunks(
+    model: onnx.ModelProto, base_dir: Path | None = None, external: set[int] = frozenset(), held: set[int] | None = None
+) -> list:
+    """The model's serialization with every tensor inline, as chunks: bytes, or payloads whose
+    ``read()`` gives one external (or large ``held``) tensor's bytes when its turn comes, so the
+    serialization never exists whole.  ``held`` None: as ``_held_indices`` chooses."""
+    held = _held_indices(model, external) if held is None else held
+    if not external and not held:
+        return [model.SerializeToString()]
+    with_markers = copy_without_data(model, external | held)
+    payloads = {}
+    for index, (ref, target) in enumerate(zip(iter_tensors(model), iter_tensors(with_markers))):
+        if index in external:
+            key = marker(index)
+            payloads[key] = _ExternalPayload(ref.proto, base_dir, external_data_span(ref.proto, base_dir)[2])
+            inline_data(target.proto, key)
+        elif index in held:
+            key = marker(index)
+            payloads[key] = _HeldPayload(ref.proto)
+            _restore_held(target.proto, ref.proto, key)
+    return spliced_chunks(with_markers.SerializeToString(), payloads)
+
+
+def chunk_bytes(chunk) -> bytes:
+    """One chunk of ``streamed_chunks`` as bytes."""
+    return chunk.read() if isinstance(chunk, _ExternalPayload) else chunk
+
+
+def _model_digest(
+    model: onnx.ModelProto, base_dir: Path | None, external: set[int], held: set[int] = frozenset()
+) -> tuple[int, str]:
+    """(length, SHA-256) of the model's serialization with every tensor inline, streamed
+    (``streamed_chunks``)."""
     try:
-        if not external:
-            original = model.SerializeToString()
-            return len(original), hashlib.sha256(original).hexdigest()
-        with_markers = copy_without_data(model, external)
-        payloads = {}
-        for index, (ref, target) in enumerate(zip(iter_tensors(model), iter_tensors(with_markers))):
-            if index in external:
-                key = marker(index)
-                payloads[key] = _ExternalPayload(ref.proto, base_dir, external_data_span(ref.proto, base_dir)[2])
-                inline_data(target.proto, key)
-        chunks = spliced_chunks(with_markers.SerializeToString(), payloads)
+        chunks = streamed_chunks(model, base_dir, external, held)
     except (EncodeError, ValueError, OverflowError):  # over protobuf's 2 GiB limit (upb raises EncodeError)
         raise CompressorError(
             "models larger than protobuf's 2 GiB limit must keep their tensors in external data to be packed"
@@ -224,10 +269,17 @@ def _model_digest(model: onnx.ModelProto, base_dir: Path | None, external: set[i
     digest = hashlib.sha256()
     length = 0
     for chunk in chunks:
-        data = chunk.read() if isinstance(chunk, _ExternalPayload) else chunk
+        data = chunk_bytes(chunk)
         digest.update(data)
         length += len(data)
     return length, digest.hexdigest()
+
+
+def _restore_held(target: onnx.TensorProto, source: onnx.TensorProto, raw_data: bytes) -> None:
+    """A held tensor's data back into its data-less copy (data_location as it was)."""
+    target.raw_data = raw_data
+    if source.HasField("data_location"):
+        target.data_location = source.data_location
 
 
 def pack_model(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None, *, spool=None) -> tuple[bytes, dict]:
@@ -249,8 +301,9 @@ def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], t
             f"tensor {name!r} has external data that is not loaded (load the model with compressor.graph.load_model)"
         )
     base_dir = None if base_dir is None else Path(base_dir)
-    model_length, model_sha256 = _model_digest(model, base_dir, external)
-    stripped = copy_without_data(model, external)
+    held = _held_indices(model, external)
+    model_length, model_sha256 = _model_digest(model, base_dir, external, held)
+    stripped = copy_without_data(model, external | held)
     refs = list(iter_tensors(model))
     stripped_refs = list(iter_tensors(stripped))
     products = find_products([ref.proto for ref in refs])
@@ -272,6 +325,10 @@ def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], t
         external_data = read_external_data(tensor, base_dir) if index in external else None
         if external_data is not None:
             target.proto.data_location = T.DEFAULT  # as load_model leaves a loaded tensor
+        elif index in held:  # streamed like an external tensor; left out of the graph copy
+            external_data = tensor.raw_data
+            if tensor.HasField("data_location"):
+                target.proto.data_location = tensor.data_location
         kept = 0
         for field_name in DATA_FIELDS:
             if external_data is not None:

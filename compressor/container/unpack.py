@@ -21,12 +21,19 @@ from google.protobuf.message import DecodeError, EncodeError
 
 from ..codec import CorruptData
 from ..errors import CompressorError, UsageError
-from ..graph import EXTERNAL_DATA_THRESHOLD, EXTERNAL_MIN_BYTES, iter_tensors, write_external_model
+from ..graph import (
+    EXTERNAL_DATA_THRESHOLD,
+    EXTERNAL_MIN_BYTES,
+    fits_in_one_message,
+    iter_tensors,
+    write_external_model,
+)
 from ..paths import write_chunks_atomically
 from . import format as fmt
 from .coders import registry
 from .layout import MAX_GRAPH_BYTES, dtype_name, field_layout, field_present, num_values, set_field
 from .manifest import read_manifest
+from .pack import chunk_bytes, streamed_chunks
 from .splice import SpliceFailed, marker, nbytes, spliced_chunks
 
 T = onnx.TensorProto
@@ -277,9 +284,12 @@ def _verify(chunks: list | None, info: dict) -> None:
     if chunks is None or any(c is None for c in chunks):
         raise CompressorError("cannot verify: the unpacked model is larger than protobuf's 2 GiB limit")
     digest = hashlib.sha256()
+    size = 0
     for chunk in chunks:
-        digest.update(chunk)
-    size = sum(nbytes(c) for c in chunks)
+        data = chunk_bytes(chunk)
+        digest.update(data)
+        size += nbytes(data)
+        del data
     if size != info["model_bytes"] or digest.hexdigest() != info["model_sha256"]:
         raise CompressorError("verification failed: the unpacked model differs from the packed one (SHA-256)")
 
@@ -302,7 +312,10 @@ def unpack_container(
         )
     info = _info(plan)
     if verify:
-        _verify([serialize_model(plan.model)], info)
+        # A model too large for one message is hashed as streamed chunks, tensor by tensor.
+        _verify(
+            streamed_chunks(plan.model) if not fits_in_one_message(plan.model) else [serialize_model(plan.model)], info
+        )
         info["verified"] = True
     return plan.model, info
 

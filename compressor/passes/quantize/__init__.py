@@ -139,7 +139,11 @@ def quantize(
     stats["subgraphs_left_float"] = subgraphs
     n_bn, factors = prepare.fold_batchnorm(model)
     stats["batchnorm_folded"] = n_bn
-    float_model = graph.copy_model(model)
+    # Dynamic and weight-only modes build once: on this copy, no float copy kept.  So does static
+    # mode on a model too large for one message (no mixed precision, no 8-bit probe: 7-bit weights).
+    large = not graph.fits_in_one_message(model)
+    single_build = mode != "static" or (large and settings.min_output_snr is None)
+    float_model = model if single_build else graph.copy_model(model)
     options = {
         "quantize_attention": settings.quantize_attention,
         "activation_symmetric": False,
@@ -207,9 +211,9 @@ def quantize(
             )
             if skip:
                 qparams = params_without(skip)
-    built = _build(float_model, qparams, skip=skip, **config)
+    built = _build(float_model, qparams, skip=skip, in_place=single_build, **config)
     stats["reduce_range"] = settings.reduce_range is not False
-    if settings.reduce_range is None and mode == "static":
+    if settings.reduce_range is None and mode == "static" and not large:
         # Whether 8-bit weights are safe depends on the CPU ORT runs on (see _weight_range): with
         # VNNI (or on ARM) they are about 0.5 dB better than 7-bit ones and match what ORT's own
         # quantizer emits; without it they saturate.  Both run on the calibration data here and the
@@ -231,6 +235,9 @@ def quantize(
             built = full[-1]
     model, rows, store, fold_counts = built
     removed = cleanup.remove_unused(model)
+    if large:  # a fresh message: the built one's memory still holds the float weights it replaced
+        del built, float_model
+        model = graph.copy_model(model)
     stats["kept_float_mixed"] = sorted(skip)
     stats["nodes"] = rows
     stats["weights"] = store.report()
@@ -262,9 +269,10 @@ def _build(
     weight_type,
     weight_range,
     skip=frozenset(),
+    in_place=False,
 ):
-    """Plans + rewrite + fold on a fresh copy of the prepared float model."""
-    model = graph.copy_model(float_model)
+    """Plans + rewrite + fold on a fresh copy of the prepared float model (on it: ``in_place``)."""
+    model = float_model if in_place else graph.copy_model(float_model)
     plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
     scope = NameScope(model)
     store = WeightStore(scope, symmetric, factors, weight_type, weight_range)

@@ -93,7 +93,7 @@ class PlanContext:
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     types = {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(graph.without_large_data(model))
     except Exception:
         inferred = model
     g = inferred.graph

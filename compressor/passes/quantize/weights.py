@@ -12,6 +12,8 @@ Biases of quantized Conv / Gemm become int32 with scale = input scale x weight s
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -91,7 +93,9 @@ class WeightStore:
         parts = ("q", "scale") + (("zero_point",) if explicit else ())
         names = {part: self.scope.new(f"{w.name}{tag}_{part if part != 'q' else 'quantized'}") for part in parts}
         names.setdefault("zero_point", "")
-        self.initializers.append(numpy_helper.from_array(qa.q.astype(self.np_type), names["q"]))
+        # Kept in the stored type (int8/uint8), not int64: every weight's integers stay alive here.
+        qa = dataclasses.replace(qa, q=qa.q.astype(self.np_type))
+        self.initializers.append(numpy_helper.from_array(qa.q, names["q"]))
         self.initializers.append(numpy_helper.from_array(np.asarray(qa.scale, dtype=np.float32), names["scale"]))
         if names["zero_point"]:
             self.initializers.append(
