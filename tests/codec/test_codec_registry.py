@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from compressor.codec import CorruptData
+from compressor.codec import CorruptData, estimate_best
 from compressor.container import (
     describe_container,
     encode_tensor_data,
@@ -23,7 +23,8 @@ from compressor.container import (
     unpack_container,
 )
 from compressor.container import format as fmt
-from compressor.container.coders import registry
+from compressor.container.coders import generic, registry
+from compressor.container.coders.registry import GENERIC_MARGIN, Candidate, EncodeRequest, generic_margin
 
 # ------------------------------------------------------------------ a test-only coder, all in this module
 
@@ -201,3 +202,17 @@ def test_the_format_and_the_codecs_import_no_model_code(path):
         assert not name.startswith(("onnx", "google")), f"{path.name} imports {name}"
         if name.startswith("compressor"):
             assert name.startswith(allowed), f"{path.name} imports {name}"
+
+
+def test_a_large_field_builds_a_general_purpose_codec_only_when_its_estimate_wins():
+    # 17 MiB: zstd -19 of all of it would take long; its sampled estimate within the small-field
+    # margin above the best coded layout no longer builds it, one below still does.
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 16, size=17 << 20, dtype=np.uint8).tobytes()
+    _codec, estimate = estimate_best(data)
+    assert generic_margin(len(data)) == 1.0 and generic_margin(1 << 20) == GENERIC_MARGIN
+    above = Candidate(0, int(estimate / 1.05), lambda: b"")
+    assert generic.propose(EncodeRequest(data, 1), above) is None
+    small = data[: 1 << 20]
+    _codec, small_estimate = estimate_best(small)
+    assert generic.propose(EncodeRequest(small, 1), Candidate(0, int(small_estimate / 1.05), lambda: b"")) is not None

@@ -2,13 +2,13 @@
 
 The only codecs allowed for the manifest and graph sections.  For a tensor field, pack
 proposes the smallest of the three, measured in full up to 256 KiB and on a sample above
-(then built only if it could beat the best coded layout).
+(then built only if it could beat the best coded layout: ``registry.generic_margin``).
 """
 
 from __future__ import annotations
 
 from ...codec import SAMPLE_THRESHOLD, STORED, XZ, ZSTD, compress_best, decompress, estimate_best
-from .registry import GENERIC_MARGIN, Candidate, Coder, EncodeRequest, name_of, register
+from .registry import Candidate, Coder, EncodeRequest, generic_margin, name_of, register
 
 
 def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
@@ -18,7 +18,7 @@ def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
         codec, payload = compress_best(data)
     else:
         codec, estimate = estimate_best(data)
-        if estimate >= GENERIC_MARGIN * best.size:
+        if estimate >= generic_margin(len(data)) * best.size:
             request.report(name_of(codec), estimate, [], exact=False)
             return None
         codec, payload = compress_best(data, codec)

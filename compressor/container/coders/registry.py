@@ -22,6 +22,16 @@ from ...codec.sparse import StreamInfo, element_view
 # Encoder policy shared by the coders' proposals.
 MIN_CODED_ELEMENTS = 64  # fewer elements: Huffman tables cost more than they save
 GENERIC_MARGIN = 1.15  # a sampled estimate this far above the best exact size is not built
+# Above this many bytes a general-purpose codec is built only when its sampled estimate beats
+# the best exact size outright: the sample is large enough to trust, and zstd -19 / xz -9 of a
+# field this big costs minutes for what the margin might win.
+LARGE_FIELD_BYTES = 16 << 20
+
+
+def generic_margin(data_bytes: int) -> float:
+    """How far above the best exact size a general-purpose codec's sampled estimate may be
+    and the codec still be built to measure it exactly."""
+    return GENERIC_MARGIN if data_bytes < LARGE_FIELD_BYTES else 1.0
 
 
 class DecodeContext(Protocol):
