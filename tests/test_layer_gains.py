@@ -12,7 +12,9 @@ from onnx import helper, numpy_helper
 from compressor import graph
 from compressor.data import Dataset
 from compressor.measure import Judge, VariantRunner
+from compressor.options import PruneOptions, ShareOptions
 from compressor.search import layer_gains
+from compressor.search.ecq_budget import share_by_rate
 from compressor.search.layer_gains import (
     contiguous_groups,
     estimate_gains,
@@ -137,8 +139,8 @@ def test_one_run_for_all_when_one_group_and_no_probe_takes_the_median():
 def test_prune_search_prunes_the_quiet_branch_more_with_gains():
     model, data = _two_branch_model(quiet=0.05)
     kwargs = dict(min_params=0, min_snr_db=20.0)
-    _, plain = prune_to_budget(model, data, 0.0, gain_runs=0, **kwargs)
-    _, weighted = prune_to_budget(model, data, 0.0, **kwargs)
+    _, plain = prune_to_budget(model, data, 0.0, **kwargs)  # off by default
+    _, weighted = prune_to_budget(model, data, 0.0, gain_runs=layer_gains.MAX_RUNS, **kwargs)
     assert "gains" not in plain["layer_errors"]
     assert weighted["layer_errors"]["gains"]["runs"] == 2
     ratios, plain_ratios = weighted["budget"]["ratios"], plain["budget"]["ratios"]
@@ -149,11 +151,21 @@ def test_prune_search_prunes_the_quiet_branch_more_with_gains():
 
 def test_share_search_reports_its_gains_and_narrows_the_quiet_branch():
     model, data = _two_branch_model(quiet=0.05)
-    _, stats = share_to_budget(model, data, 0.0, min_params=0, min_snr_db=30.0)
+    _, stats = share_to_budget(model, data, 0.0, min_params=0, min_snr_db=30.0, gain_runs=layer_gains.MAX_RUNS)
     search = stats["budget_search"]
     assert search["gains"]["runs"] == 2 and search["gains"]["groups"] == [["w1"], ["w2"]]
     assert search["chosen"]["w2"] <= search["chosen"]["w1"]
-    _, plain = share_to_budget(model, data, 0.0, min_params=0, min_snr_db=30.0, gain_runs=0)
+    _, plain = share_to_budget(model, data, 0.0, min_params=0, min_snr_db=30.0)  # off by default
     assert plain["budget_search"]["gains"] is None
     assert sum(search["chosen"].values()) <= sum(plain["budget_search"]["chosen"].values())
     assert search["whole_model_runs"] == search["evaluations"] + search["gains"]["runs"]
+
+
+def test_share_by_rate_takes_gains_from_its_front_and_the_recipe_sets_them():
+    model, data = _two_branch_model(quiet=0.05)
+    _, stats = share_by_rate(model, data, 0.0, min_params=0, min_snr_db=30.0, gain_runs=2)
+    search = stats["budget_search"]
+    assert search["gains"]["runs"] == 2
+    assert search["gains"]["gains"]["w2"] < search["gains"]["gains"]["w1"]
+    assert search["whole_model_runs"] == search["evaluations"] + 2
+    assert PruneOptions().gain_runs == ShareOptions().gain_runs == layer_gains.DEFAULT_RUNS == 0

@@ -14,7 +14,6 @@ from compressor.errors import CompressorError
 from compressor.evaluate import accuracy, run_model
 from compressor.passes.share import share
 from compressor.search.layer_error import capture_layers
-from compressor.search.layer_gains import MAX_RUNS as GAIN_RUNS
 from compressor.search.share_budget import (
     BITS,
     MAX_SEARCH_RUNS,
@@ -73,9 +72,7 @@ def test_the_search_reports_its_curves_methods_and_runs(searched):
         assert curve["method"] == "covariance" and curve["errors"][0] <= curve["errors"][-1]
     assert search["methods"] == {c["name"]: "covariance" for c in search["curves"]}
     assert search["capture_runs"] == 1 and search["kmeans_runs"] == 3 * len(BITS)
-    # the candidates, and the runs that measured the layers' gains (search/layer_gains.py)
-    assert search["whole_model_runs"] == search["evaluations"] + search["gains"]["runs"]
-    assert 1 <= search["evaluations"] <= MAX_SEARCH_RUNS and search["gains"]["runs"] <= GAIN_RUNS
+    assert 1 <= search["whole_model_runs"] == search["evaluations"] <= MAX_SEARCH_RUNS
 
 
 def _one_layer(trans_b: int, seed: int = 3) -> onnx.ModelProto:
@@ -147,7 +144,7 @@ def test_whole_model_runs_stay_bounded_as_the_tensors_grow():
         search = stats["budget_search"]
         assert search["kmeans_runs"] == n * len(BITS) and search["capture_runs"] == 1
         runs[n] = search["whole_model_runs"]
-    assert all(1 <= r <= MAX_SEARCH_RUNS + GAIN_RUNS for r in runs.values())  # not tensors x widths
+    assert all(1 <= r <= MAX_SEARCH_RUNS for r in runs.values())  # not tensors x widths
 
 
 def test_no_fitting_widths_is_an_error_and_no_tensors_is_an_error():

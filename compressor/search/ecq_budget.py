@@ -46,7 +46,7 @@ from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from ..variants import with_arrays
 from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
-from .layer_gains import MAX_RUNS as GAIN_RUNS
+from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
 from .prune_budget import allocate_ratios
 from .share_budget import ALLOWANCE_STEP, BITS, MAX_SEARCH_RUNS, REFINE_RUNS, RESOLUTION

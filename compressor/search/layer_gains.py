@@ -30,8 +30,11 @@ import onnx
 from ..measure import VariantRunner
 from ..variants import with_arrays
 
-# Whole-model runs a gain estimate makes at most (one per group of tensors).
+# Whole-model runs a gain estimate makes at most (one per group of tensors) when it is asked for,
+# and the searches' default: off (measured on the sample and real models, the weighting did not
+# make the containers smaller; benchmarks/README.md, "Layer gains").
 MAX_RUNS = 6
+DEFAULT_RUNS = 0
 # The layer error (relative) each perturbed tensor is given, as near as its candidates allow.
 TARGET_ERROR = 1e-3
 # Gains kept within this factor of their median either way (a group whose perturbation did not

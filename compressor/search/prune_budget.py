@@ -24,7 +24,7 @@ from ..passes.magnitude import layer_pruned, target_zeros
 from ..passes.prune import prune, prune_with_ratios
 from ..passes.selection import DEFAULT_MIN_PARAMS, prunable_weights, unique_names
 from .layer_error import layer_errors as measure_layer_errors
-from .layer_gains import MAX_RUNS as GAIN_RUNS
+from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
 from .sensitivity import BUDGET_RATIOS
 
