@@ -96,6 +96,9 @@ class PruneOptions(_Section):
     # plan that depends on the machine and its load; the report says so).
     time_limit: float | None = _option(None, check=POSITIVE, shown_when_set=True)
     compensate: bool = True
+    # Whole-model runs measuring each layer's gain, by which the search weights its layer errors
+    # (search/layer_gains.py; 0: unweighted).
+    gain_runs: int = _option(0, check=NON_NEGATIVE, shown_when_set=True)
     given: frozenset[str] = _given()
 
 
@@ -113,6 +116,7 @@ class ShareOptions(_Section):
     # The per-tensor search's candidates: k-means widths, uniform grids (ECUQ), or both ("auto").
     method: str = _option("auto", choices=("kmeans", "uniform", "auto"), shown_when_set=True)
     rd_factor: float = _option(0.05, check=NON_NEGATIVE, shown_when_set=True)  # uniform: λ / step²
+    gain_runs: int = _option(0, check=NON_NEGATIVE, shown_when_set=True)  # as prune.gain_runs
     given: frozenset[str] = _given()
 
     @property

@@ -46,6 +46,8 @@ from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from ..variants import with_arrays
 from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
+from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
+from .layer_gains import runner_gains, weigh
 from .prune_budget import allocate_ratios
 from .share_budget import ALLOWANCE_STEP, BITS, MAX_SEARCH_RUNS, REFINE_RUNS, RESOLUTION
 
@@ -315,11 +317,12 @@ def share_by_rate(
     judge: Judge | None = None,
     calib: Dataset | None = None,
     fold_constants: bool = FOLD_CONSTANTS,
+    gain_runs: int = GAIN_RUNS,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per tensor a k-means width or a uniform step within `budget_points` of `model` on `data`,
     fewest estimated packed bytes; returns (model, stats).  Arguments as ``share_to_budget``'s,
-    plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor` and
-    `fold_constants` (``fold_into_biases``)."""
+    plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor`,
+    `fold_constants` (``fold_into_biases``) and `gain_runs`."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -337,6 +340,14 @@ def share_by_rate(
     for c, w in zip(curves, selected):
         c["role"] = w.role
     knapsack = knapsack_of(curves)
+    gains = None
+    if gain_runs > 0:
+        # only a candidate on the front has an array: the others are no probe
+        errors = {
+            c["name"]: [o["error"] if i in c["front"] else None for i, o in enumerate(c["options"])] for c in curves
+        }
+        gains = runner_gains(runner, errors, lambda n, i: arrays[(n, i)], gain_runs)
+        knapsack = weigh(knapsack, gains["gains"])
     top = {k["name"]: k["params"] // 8 for k in knapsack}
     options = {c["name"]: c["options"] for c in curves}
 
@@ -411,5 +422,6 @@ def share_by_rate(
         "kmeans_runs": sum(o["method"] == "kmeans" for c in curves for o in c["options"]),
         "uniform_runs": sum(o["method"] == "uniform" for c in curves for o in c["options"]),
         "chosen": {n: {k: v for k, v in o.items() if k != "index"} for n, o in chosen.items()},
+        "gains": gains,
     }
     return shared, stats

@@ -24,6 +24,8 @@ from ..passes.magnitude import layer_pruned, target_zeros
 from ..passes.prune import prune, prune_with_ratios
 from ..passes.selection import DEFAULT_MIN_PARAMS, prunable_weights, unique_names
 from .layer_error import layer_errors as measure_layer_errors
+from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
+from .layer_gains import runner_gains, weigh
 from .sensitivity import BUDGET_RATIOS
 
 
@@ -249,6 +251,7 @@ def prune_to_budget(
     compensate=None,
     judge: Judge | None = None,
     calib: Dataset | None = None,
+    gain_runs: int = GAIN_RUNS,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor ratios within a measured accuracy budget: layer-local errors, whole-model verdicts.
 
@@ -275,6 +278,8 @@ def prune_to_budget(
     `reference_outputs`: the model's outputs on `data`, when the caller has them (not run again).
     `judge`: the ``measure.Judge`` to measure with (its reference: the model's outputs on `data`);
     by default ``Judge.of_model(model, data, batch_size, reference_outputs)``.
+    `gain_runs`: whole-model runs that measure each layer's gain (``search.layer_gains``; the
+    errors are weighted by it; 0: unweighted), once per `layer_errors` (kept there as "gains").
     The data is used both to choose and to verify, so the drop reported is the drop on that
     data.  `seed` is accepted for symmetry with ``prune`` (nothing here is random).
     """
@@ -311,6 +316,13 @@ def prune_to_budget(
     curves = [{**by_name[w.name], "drops": by_name[w.name]["errors"]} for w in selected]
     evals = min(int(max_evals), MAX_SEARCH_RUNS)
     variants = _PrunedVariants(VariantRunner(model, judge, selected), compensator)
+    if gain_runs > 0:
+        if "gains" not in layer_errors:
+            errors = {c["name"]: c["errors"] for c in curves}
+            layer_errors["gains"] = runner_gains(
+                variants.runner, errors, lambda n, i: variants.pruned(n, by_name[n]["ratios"][i]), gain_runs
+            )
+        curves = weigh(curves, layer_errors["gains"]["gains"])
     search = _BudgetSearch(variants, judge, curves, budget, min_snr_db, evals)
     accepted, rejected = _search_allowance(search, curves, evals)
     variants.runner.close()

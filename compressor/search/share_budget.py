@@ -39,6 +39,8 @@ from ..measure import Judge, Trials, VariantRunner, search_allowance
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
+from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
+from .layer_gains import runner_gains, weigh
 from .prune_budget import allocate_ratios
 
 # Widths clustered, widest first; the widest is the reference every saving is counted from.
@@ -195,6 +197,7 @@ def share_to_budget(
     judge: Judge | None = None,
     calib: Dataset | None = None,
     seeds: Sequence[dict[str, int]] = (),
+    gain_runs: int = GAIN_RUNS,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
@@ -205,7 +208,9 @@ def share_to_budget(
     ``measure.Judge`` to measure with (default ``Judge.of_model(model, data, reference=...)``).
     `seeds`: allocations (bits by tensor name, e.g. the ladder's uniform widths) measured first,
     one run each besides `max_evals`: when the allowance search finds nothing better within
-    the budget, ``refine`` steps from the best seed that fits."""
+    the budget, ``refine`` steps from the best seed that fits.  `gain_runs`: whole-model runs
+    that measure each layer's gain (``search.layer_gains``), by which the errors are weighted
+    (0: unweighted)."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -224,6 +229,11 @@ def share_to_budget(
 
     # 2. + 3. allocation and the allowance search
     knapsack = knapsack_curves(curves)
+    gains = None
+    if gain_runs > 0:
+        errors = {c["name"]: c["errors"] for c in curves}
+        gains = runner_gains(runner, errors, lambda n, i: arrays[(n, BITS[i])], gain_runs)
+        knapsack = weigh(knapsack, gains["gains"])
 
     def saved(bits_by_name: dict[str, int]) -> int:
         return sum(params[n] * (BITS[0] - b) for n, b in bits_by_name.items())
@@ -321,5 +331,6 @@ def share_to_budget(
         "capture_runs": captures,
         "kmeans_runs": len(curves) * len(BITS),
         "chosen": best["bits"],
+        "gains": gains,
     }
     return shared, stats

@@ -100,6 +100,7 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             reference_outputs=reference,
             compensate=cached["compensator"],
             calib=calib_data,
+            gain_runs=opts.gain_runs,
         )
         stats["search_plan"] = "; ".join(filter(None, [_search_summary(stats), plan_note]))
         return pruned, stats

@@ -151,6 +151,7 @@ def per_tensor_attempt(
     # k-means alone: the ladder's default widths are measured first and the search starts from them when they fit.
     seeds = [{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}]
     extra = {"method": opts.method, "rd_factor": opts.rd_factor} if by_rate else {"seeds": seeds}
+    extra["gain_runs"] = opts.gain_runs
 
     def searched():
         shared, stats = (share_by_rate if by_rate else share_to_budget)(
