@@ -222,33 +222,47 @@ def _search_allowance(search: _BudgetSearch, curves: list[dict], evals: int) -> 
     """The largest allowance (sum of layer errors) whose ``allocate_ratios`` allocation the
     judge accepts: grow (x ALLOWANCE_STEP) while it does, shrink while it does not, then bisect
     geometrically.  When the start overshoots, the floor allowance (``floor_allowance``: the
-    allocation zeroing ``MIN_PRUNED_SHARE`` of the weights) is measured next, and if it
-    overshoots too the search ends there.  Returns (largest accepted, smallest rejected)."""
+    allocation zeroing ``MIN_PRUNED_SHARE`` of the weights) is measured next: if it overshoots
+    too the search ends there, else the bisection runs between the two (on real models the
+    allowance that fits is often orders of magnitude below the start, where shrinking by
+    ALLOWANCE_STEP spent most of the runs).  Returns (largest accepted, smallest rejected)."""
     total = sum(max(c["drops"], default=0.0) for c in curves)
     start = START_ALLOWANCE_PER_TENSOR * len(curves)
 
     def fits(allowance: float) -> bool | None:
         return _fits(search.measure(allocate_ratios(curves, allowance), "allocation", allowance))
 
-    lowest = MIN_ALLOWANCE
     if evals >= 2 and fits(start) is False:
         floor = floor_allowance(curves, MIN_PRUNED_SHARE)
         if floor < start:
             if fits(floor) is False:
                 return None, floor
-            lowest = floor  # below it every allocation prunes less than one that fits
-    # The start (and the floor) are measured already: the search reuses them, no run again.
+            return _bisect(fits, floor, start)
+    # The start is measured already: the search reuses it, no run again.
     return search_allowance(
         fits,
         start,
         # every tensor at the top of its curve already: nothing more to gain
         grow=lambda allowance: None if allowance >= total else min(allowance * ALLOWANCE_STEP, total),
-        # even (almost) error-free ratios do not fit, or the floor that fits is reached
-        shrink=lambda allowance: None if allowance <= lowest else max(allowance / ALLOWANCE_STEP, lowest),
+        # even (almost) error-free ratios do not fit
+        shrink=lambda allowance: None if allowance <= MIN_ALLOWANCE else allowance / ALLOWANCE_STEP,
         geometric=True,
         resolution=ALLOWANCE_RESOLUTION,
         max_steps=evals,
     )
+
+
+def _bisect(fits, lo: float, hi: float) -> tuple[float, float]:
+    """Geometric bisection between an accepted `lo` and a rejected `hi` until they are
+    ``ALLOWANCE_RESOLUTION`` apart or the evaluations are spent: (largest accepted, smallest
+    rejected)."""
+    while hi / lo > 1.0 + ALLOWANCE_RESOLUTION:
+        mid = math.sqrt(lo * hi)
+        ok = fits(mid)
+        if ok is None:
+            break
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo, hi
 
 
 def allocated_zeros(curves: list[dict], allowance: float) -> int:
