@@ -160,7 +160,7 @@ def test_when_even_the_floor_candidate_overshoots_the_search_stops_after_two_run
     data = _inputs(64, 16, 7)
     out, stats = prune_to_budget(model, data, 0.0, min_params=0, min_snr_db=300.0)
     budget = stats["budget"]
-    assert budget["whole_model_runs"] == 2, budget["attempts"]
+    assert budget["whole_model_runs"] == 2, budget["attempts"]  # the start and the floor
     assert [a["within_budget"] for a in budget["attempts"]] == [False, False]
     floor = budget["attempts"][1]
     assert floor["sparsity"] >= prune_budget.MIN_PRUNED_SHARE and floor["allowance"] == budget["allowance"]["rejected"]
@@ -178,3 +178,18 @@ def test_the_floor_allowance_is_the_smallest_that_zeros_the_share():
         assert prune_budget.allocated_zeros(curves, floor) >= share * total
         below = floor / (1 + prune_budget.ALLOWANCE_RESOLUTION) ** 1.01
         assert floor == prune_budget.MIN_ALLOWANCE or prune_budget.allocated_zeros(curves, below) < share * total
+
+
+def test_a_floor_that_fits_leaves_the_search_as_it_was_plus_one_candidate(monkeypatch):
+    model = _mlp([16, 32, 32, 8], laplace=[False, True, False], seed=5)
+    data = _inputs(128, 16, 8)
+    _, with_floor = prune_to_budget(model, data, 1.0, min_params=0, max_evals=5)
+    monkeypatch.setattr(prune_budget, "MIN_PRUNED_SHARE", 2.0)  # no floor below the start
+    _, without = prune_to_budget(model, data, 1.0, min_params=0, max_evals=5)
+    tried = [a["allowance"] for a in with_floor["budget"]["attempts"]]
+    plain = [a["allowance"] for a in without["budget"]["attempts"]]
+    if len(tried) > 1 and not with_floor["budget"]["attempts"][0]["within_budget"]:
+        assert tried[0] == plain[0] and tried[2:] == plain[1:] and len(tried) == len(plain) + 1
+    else:
+        assert tried == plain
+    assert with_floor["budget"]["ratios"] == without["budget"]["ratios"] or len(tried) > len(plain)
