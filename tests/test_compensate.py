@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor import evaluate, graph
-from compressor.passes.compensate import Compensator, refit_kept
+from compressor.passes.compensate import BLAS, Compensator, one_blas_thread, refit_kept
 from compressor.passes.prune import layer_magnitude_mask, prunable_weights, prune_with_ratios
 from compressor.search.prune_budget import prune_to_budget
 
@@ -106,3 +106,8 @@ def test_the_budget_search_with_compensation_stays_within_its_budget():
     assert (
         evaluate.fidelity(evaluate.run_model(model, data), evaluate.run_model(pruned, data))["top1_agreement"] >= 98.0
     )
+
+
+def test_the_refit_and_the_prune_stage_run_numpy_on_one_blas_thread():
+    with one_blas_thread():
+        assert all(lib["num_threads"] == 1 for lib in BLAS.info() if lib["user_api"] == "blas")

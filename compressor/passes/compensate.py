@@ -35,9 +35,15 @@ MAX_FLOPS = 4e8
 # Channels solved together: at most this many float64 elements in the stacked systems.
 CHUNK_ELEMENTS = 1 << 23
 # The refit's many small solves run on one BLAS thread: OpenBLAS's threads synchronise inside
-# every small factorisation, and on a busy machine each of those waits costs a time slice
-# (benchmarks/README.md, prune).  threadpoolctl comes with scikit-learn.
+# every small factorisation (and tall-skinny product), and on a busy machine each of those waits
+# costs a time slice (benchmarks/README.md, prune).  threadpoolctl comes with scikit-learn.
 BLAS = ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS/LAPACK run on one thread (ONNX Runtime's own threads are
+    not affected)."""
+    return BLAS.limit(limits=1, user_api="blas")
 
 
 def refit_kept(w0: np.ndarray, keep: np.ndarray, cov: np.ndarray, damp: float = DAMP) -> np.ndarray:
@@ -63,7 +69,7 @@ def refit_kept(w0: np.ndarray, keep: np.ndarray, cov: np.ndarray, damp: float = 
     target = c @ w0[:, partial]  # (d_in, partial)
     # Most kept inputs first: each group's first column sets its padded size.
     order = np.argsort(-counts[partial], kind="stable")
-    with BLAS.limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         _solve_groups(c, keep, counts, partial, order, target, out)
     return out
 
