@@ -215,7 +215,8 @@ class _BudgetSearch:
 
 
 def _fits(metrics: dict | None) -> bool | None:
-    return None if metrics is None else metrics["within_budget"]
+    # A Python bool (the judge's verdict may be numpy's): the search tests it with `is False`.
+    return None if metrics is None else bool(metrics["within_budget"])
 
 
 def _search_allowance(search: _BudgetSearch, curves: list[dict], evals: int) -> tuple[float | None, float | None]:
