@@ -193,3 +193,8 @@ def test_a_floor_that_fits_leaves_the_search_as_it_was_plus_one_candidate(monkey
     else:
         assert tried == plain
     assert with_floor["budget"]["ratios"] == without["budget"]["ratios"] or len(tried) > len(plain)
+
+
+def test_the_search_reads_numpy_verdicts_as_python_bools():
+    assert prune_budget._fits({"within_budget": np.False_}) is False
+    assert prune_budget._fits({"within_budget": np.True_}) is True and prune_budget._fits(None) is None
