@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor import evaluate, graph
-from compressor.passes.compensate import Compensator, refit_kept
+from compressor.passes.compensate import BLAS, Compensator, one_blas_thread, refit_kept
 from compressor.passes.prune import layer_magnitude_mask, prunable_weights, prune_with_ratios
 from compressor.search.prune_budget import prune_to_budget
 
@@ -31,6 +31,26 @@ def test_refit_is_the_least_squares_solution_on_the_kept_weights(seed, d_in, d_o
             np.testing.assert_allclose(fitted[kept, j], best, rtol=1e-6, atol=1e-8)
             plain = np.linalg.norm(x[:, kept] @ w0[kept, j] - x @ w0[:, j])
             assert np.linalg.norm(x[:, kept] @ fitted[kept, j] - x @ w0[:, j]) <= plain + 1e-9
+
+
+def test_refit_in_small_groups_of_columns_solves_the_same_systems(monkeypatch):
+    # Columns are solved on their kept inputs only, grouped by kept count and padded: groups of
+    # one or two columns (a tiny chunk) give the one-system-per-column least squares.
+    rng = np.random.default_rng(3)
+    d_in, d_out = 20, 9
+    x = rng.standard_normal((80, d_in))
+    w0 = rng.standard_normal((d_in, d_out))
+    mask = rng.random((d_in, d_out)) < np.linspace(0.05, 1.0, d_out)[None, :]
+    mask[:, 0] = False  # a column with nothing kept comes back 0
+    whole = refit_kept(w0, mask, x.T @ x, damp=0.0)
+    monkeypatch.setattr("compressor.passes.compensate.CHUNK_ELEMENTS", 2 * d_in * d_in)
+    np.testing.assert_allclose(refit_kept(w0, mask, x.T @ x, damp=0.0), whole, rtol=1e-9, atol=1e-12)
+    assert np.all(whole[:, 0] == 0)
+    for j in range(1, d_out):
+        kept = np.flatnonzero(mask[:, j])
+        if 0 < kept.size < d_in:
+            best, *_ = np.linalg.lstsq(x[:, kept], x @ w0[:, j], rcond=None)
+            np.testing.assert_allclose(whole[kept, j], best, rtol=1e-6, atol=1e-8)
 
 
 def test_ridge_keeps_a_fully_kept_column_exact_and_a_rank_deficient_one_finite():
@@ -86,3 +106,8 @@ def test_the_budget_search_with_compensation_stays_within_its_budget():
     assert (
         evaluate.fidelity(evaluate.run_model(model, data), evaluate.run_model(pruned, data))["top1_agreement"] >= 98.0
     )
+
+
+def test_the_refit_and_the_prune_stage_run_numpy_on_one_blas_thread():
+    with one_blas_thread():
+        assert all(lib["num_threads"] == 1 for lib in BLAS.info() if lib["user_api"] == "blas")

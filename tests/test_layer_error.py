@@ -15,7 +15,7 @@ from compressor.measure import Judge
 from compressor.passes.compensate import Compensator, refit_kept
 from compressor.passes.magnitude import layer_pruned
 from compressor.passes.selection import prunable_weights
-from compressor.search import layer_error
+from compressor.search import layer_error, prune_budget
 from compressor.search.layer_error import layer_errors, output_errors, weight_errors
 from compressor.search.prune_budget import prune_to_budget
 
@@ -151,3 +151,50 @@ def test_the_refit_share_from_a_few_channels_estimates_the_whole_layers(monkeypa
         fitted = comp("w0", layer_pruned(weights[0].array(), ratio)).astype(np.float64)
         exact = np.sum((xs @ (values - fitted)) ** 2) / energy
         assert estimate == pytest.approx(exact, rel=0.2)
+
+
+def test_when_even_the_floor_candidate_overshoots_the_search_stops_after_two_runs():
+    # Every weight matters and the SNR floor is out of reach: the start overshoots, the floor
+    # (MIN_PRUNED_SHARE of the weights zeroed) too, and no smaller candidate is measured.
+    model = _mlp([16, 32, 32, 8], seed=4)
+    data = _inputs(64, 16, 7)
+    out, stats = prune_to_budget(model, data, 0.0, min_params=0, min_snr_db=300.0)
+    budget = stats["budget"]
+    assert budget["whole_model_runs"] == 2, budget["attempts"]  # the start and the floor
+    assert [a["within_budget"] for a in budget["attempts"]] == [False, False]
+    floor = budget["attempts"][1]
+    assert floor["sparsity"] >= prune_budget.MIN_PRUNED_SHARE and floor["allowance"] == budget["allowance"]["rejected"]
+    assert all(r == 0.0 for r in budget["ratios"].values())
+
+
+def test_the_floor_allowance_is_the_smallest_that_zeros_the_share():
+    curves = [
+        {"name": n, "params": p, "ratios": [0.3, 0.6, 0.9], "drops": d}
+        for n, p, d in (("a", 1000, [0.01, 0.05, 0.4]), ("b", 300, [0.001, 0.002, 0.03]), ("c", 50, [0.2, 0.5, 0.9]))
+    ]
+    total = sum(c["params"] for c in curves)
+    for share in (0.05, 0.3, 0.6):
+        floor = prune_budget.floor_allowance(curves, share)
+        assert prune_budget.allocated_zeros(curves, floor) >= share * total
+        below = floor / (1 + prune_budget.ALLOWANCE_RESOLUTION) ** 1.01
+        assert floor == prune_budget.MIN_ALLOWANCE or prune_budget.allocated_zeros(curves, below) < share * total
+
+
+def test_a_floor_that_fits_leaves_the_search_as_it_was_plus_one_candidate(monkeypatch):
+    model = _mlp([16, 32, 32, 8], laplace=[False, True, False], seed=5)
+    data = _inputs(128, 16, 8)
+    _, with_floor = prune_to_budget(model, data, 1.0, min_params=0, max_evals=5)
+    monkeypatch.setattr(prune_budget, "MIN_PRUNED_SHARE", 2.0)  # no floor below the start
+    _, without = prune_to_budget(model, data, 1.0, min_params=0, max_evals=5)
+    tried = [a["allowance"] for a in with_floor["budget"]["attempts"]]
+    plain = [a["allowance"] for a in without["budget"]["attempts"]]
+    if len(tried) > 1 and not with_floor["budget"]["attempts"][0]["within_budget"]:
+        assert tried[0] == plain[0] and tried[2:] == plain[1:] and len(tried) == len(plain) + 1
+    else:
+        assert tried == plain
+    assert with_floor["budget"]["ratios"] == without["budget"]["ratios"] or len(tried) > len(plain)
+
+
+def test_the_search_reads_numpy_verdicts_as_python_bools():
+    assert prune_budget._fits({"within_budget": np.False_}) is False
+    assert prune_budget._fits({"within_budget": np.True_}) is True and prune_budget._fits(None) is None

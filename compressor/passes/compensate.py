@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from threadpoolctl import ThreadpoolController
 
 from .. import graph
 from ..data import Dataset
@@ -33,6 +34,16 @@ DAMP = 0.01
 MAX_FLOPS = 4e8
 # Channels solved together: at most this many float64 elements in the stacked systems.
 CHUNK_ELEMENTS = 1 << 23
+# The refit's many small solves run on one BLAS thread: OpenBLAS's threads synchronise inside
+# every small factorisation (and tall-skinny product), and on a busy machine each of those waits
+# costs a time slice (benchmarks/README.md, prune).  threadpoolctl comes with scikit-learn.
+BLAS = ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS/LAPACK run on one thread (ONNX Runtime's own threads are
+    not affected)."""
+    return BLAS.limit(limits=1, user_api="blas")
 
 
 def refit_kept(w0: np.ndarray, keep: np.ndarray, cov: np.ndarray, damp: float = DAMP) -> np.ndarray:
@@ -40,26 +51,49 @@ def refit_kept(w0: np.ndarray, keep: np.ndarray, cov: np.ndarray, damp: float = 
 
     ``keep`` (same shape, bool) marks the weights that stay; the others come back 0.
     ``cov`` is X^T X of the layer's inputs (d_in x d_in).  A column with every weight kept
-    comes back unchanged (the ridge is applied to both sides of the normal equations)."""
+    comes back unchanged (the ridge is applied to both sides of the normal equations).
+
+    Each column's system is solved on its kept inputs only (size k, not d_in: a tensor pruned
+    to ratio r costs (1 - r)^3 of the full solve); columns are solved together in groups of
+    similar k, each padded to its largest k with identity rows (which solve to 0)."""
     w0 = np.asarray(w0, dtype=np.float64)
     keep = np.asarray(keep, dtype=bool)
     d_in, d_out = w0.shape
     c = np.asarray(cov, dtype=np.float64)
     c = c + damp * max(float(np.mean(np.diag(c))), 1e-12) * np.eye(d_in)
-    target = c @ w0
     out = np.where(keep, w0, 0.0)
-    partial = np.flatnonzero(~keep.all(axis=0) & keep.any(axis=0))
-    step = max(1, CHUNK_ELEMENTS // (d_in * d_in))
-    eye = np.eye(d_in, dtype=bool)
-    for start in range(0, partial.size, step):
-        cols = partial[start : start + step]
-        k = keep[:, cols].T  # (chunk, d_in)
-        both = k[:, :, None] & k[:, None, :]
-        # Dropped weights get an identity row and a zero right-hand side: they solve to 0.
-        systems = np.where(both, c[None], 0.0) + (eye[None] & ~k[:, :, None])
-        rhs = np.where(k, target[:, cols].T, 0.0)
-        out[:, cols] = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0].T
+    counts = keep.sum(axis=0)
+    partial = np.flatnonzero((counts < d_in) & (counts > 0))
+    if partial.size == 0:
+        return out
+    target = c @ w0[:, partial]  # (d_in, partial)
+    # Most kept inputs first: each group's first column sets its padded size.
+    order = np.argsort(-counts[partial], kind="stable")
+    with one_blas_thread():
+        _solve_groups(c, keep, counts, partial, order, target, out)
     return out
+
+
+def _solve_groups(c, keep, counts, partial, order, target, out) -> None:
+    """``refit_kept``'s systems, a group of columns at a time, written into `out`."""
+    start = 0
+    while start < order.size:
+        size = int(counts[partial[order[start]]])
+        step = max(1, CHUNK_ELEMENTS // (size * size))
+        group = order[start : start + step]
+        start += step
+        cols = partial[group]
+        k = keep[:, cols].T  # (m, d_in)
+        # The kept input indices of each column first (ascending), padding after them.
+        idx = np.argsort(~k, axis=1, kind="stable")[:, :size]  # (m, size)
+        valid = np.arange(size)[None, :] < counts[cols][:, None]
+        systems = c[idx[:, :, None], idx[:, None, :]]
+        both = valid[:, :, None] & valid[:, None, :]
+        systems = np.where(both, systems, 0.0) + (np.eye(size, dtype=bool)[None] & ~valid[:, :, None])
+        rhs = np.where(valid, np.take_along_axis(target[:, group].T, idx, axis=1), 0.0)
+        solved = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0]
+        rows, which = idx[valid], np.broadcast_to(cols[:, None], idx.shape)[valid]
+        out[rows, which] = solved[valid]
 
 
 class Compensator:

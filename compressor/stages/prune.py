@@ -8,7 +8,7 @@ import onnx
 
 from ..measure import Measure
 from ..options import PruneOptions
-from ..passes.compensate import Compensator
+from ..passes.compensate import Compensator, one_blas_thread
 from ..passes.prune import prunable_weights, prune, prune_with_ratios
 from ..passes.selection import unique_names
 from ..search.layer_error import capture_layers, layer_curves
@@ -41,7 +41,10 @@ def run(opts: PruneOptions, ctx: StageContext) -> StageResult:
         return run_ladder(Ladder(NAME, [fixed], adaptive=False), ctx)
     if ctx.eval_data is None:
         return ctx.skipped(NAME, "skipped: pruning needs data to choose ratios")
-    return run_ladder(Ladder(NAME, _search_attempts(opts, ctx), adaptive=True), ctx)
+    # The search's numpy work (covariances, error curves, refits) is many small or tall-skinny
+    # products: on one BLAS thread it does not wait at OpenBLAS's barriers on a busy machine.
+    with one_blas_thread():
+        return run_ladder(Ladder(NAME, _search_attempts(opts, ctx), adaptive=True), ctx)
 
 
 def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
