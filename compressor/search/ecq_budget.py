@@ -30,6 +30,8 @@ within the budget is rebuilt with ``passes.share.share`` (``bits_by_name`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 import numpy as np
 import onnx
 
@@ -38,7 +40,7 @@ from ..codec import rans
 from ..data import Dataset
 from ..ecq import RD_FACTOR, step_ladder, uniform_quantize
 from ..errors import CompressorError
-from ..kmeans import share_array
+from ..kmeans import SharedArray, share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
 from ..passes.bias_correction import correct_biases
 from ..passes.layers import Layer
@@ -117,6 +119,66 @@ def pareto(options: list[dict]) -> list[dict]:
     return front[::-1]
 
 
+# A candidate is kept as its codes (k-means labels and codebook, or uniform levels and step),
+# a byte or two per weight, and decoded only when measured: float arrays of every tensor's
+# front would take the model's size times the front's length.
+
+
+def small_ints(a: np.ndarray) -> np.ndarray:
+    """`a` (integers) in the narrowest of int8 / int16 / int32 that holds it."""
+    low, high = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dtype in (np.int8, np.int16):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return a.astype(dtype)
+    return a.astype(np.int32)
+
+
+def kmeans_code(shared: SharedArray) -> tuple:
+    """A k-means candidate's codes: its labels (-1: a zero kept as it was) and codebook."""
+    return ("kmeans", small_ints(shared.labels), shared.codebook)
+
+
+def uniform_code(levels: np.ndarray, step: float, dtype, fold: np.ndarray | None) -> tuple:
+    """A uniform candidate's codes: its levels, its step in the tensor's dtype, and the weights
+    measured as they were (``constant_mask``) or None."""
+    return ("uniform", small_ints(levels), np.asarray(step, dtype=dtype), fold)
+
+
+def decoded(original: np.ndarray, code: tuple) -> np.ndarray:
+    """The candidate's array: exactly what ``share_array`` / ``uniform_quantize`` gave."""
+    if code[0] == "kmeans":
+        _, labels, codebook = code
+        if codebook.size == 0:
+            return original.copy()
+        return np.where(labels >= 0, codebook[labels], original)
+    _, levels, step, fold = code
+    values = levels.astype(original.dtype) * step
+    return values if fold is None else np.where(fold, original, values)
+
+
+class LazyArrays(Mapping):
+    """Arrays by key, each made on access by its own function (what it needs kept small)."""
+
+    def __init__(self) -> None:
+        self.makers: dict = {}
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.makers[key]()
+
+    def __iter__(self) -> Iterator:
+        return iter(self.makers)
+
+    def __len__(self) -> int:
+        return len(self.makers)
+
+    def add(self, key, make: Callable[[], np.ndarray]) -> None:
+        self.makers[key] = make
+
+    def clear(self) -> None:
+        self.makers.clear()
+
+
 def rate_curves(
     originals: dict[str, np.ndarray],
     layers: dict,
@@ -128,10 +190,11 @@ def rate_curves(
     progress=None,
     fold_constants: bool = False,
     folds: dict[str, np.ndarray] | None = None,
-) -> tuple[list[dict], dict[tuple[str, int], np.ndarray], dict[str, np.ndarray]]:
+) -> tuple[list[dict], Mapping[tuple[str, int], np.ndarray], Mapping[str, np.ndarray]]:
     """Per tensor ``{"name", "options": [{"method", "bits" | "step", "bytes", "error"}], "front",
     "method", "reason"}`` (``front``: indices into options, costliest first), the candidate
-    arrays by (name, option index), and the uniform rounding's importance by name.
+    arrays by (name, option index) (the front's only, decoded from their codes on access), and
+    the uniform rounding's importance by name (made on access).
 
     `fold_constants`: the weights on constant non-zero inputs of a uniform candidate are
     packed as zeros and measured as they are (the caller folds them into the bias); their
@@ -139,44 +202,47 @@ def rate_curves(
     folds = {} if folds is None else folds
     if method not in METHODS:
         raise CompressorError(f"share method must be one of {', '.join(METHODS)}, got {method!r}")
-    curves, arrays, importance = [], {}, {}
+    curves, arrays, importance = [], LazyArrays(), LazyArrays()
     for n, (name, values) in enumerate(originals.items()):
         layer = layers.get(name)
-        options, variants = [], []
+        options, codes = [], []
         steps = step_ladder(values, STEP_EXPONENTS) if method in ("uniform", "auto") else []
         # an all-zero tensor has no grid: k-means (which leaves it as it is) is its one candidate
         widths = BITS if method in ("kmeans", "auto") else () if steps else BITS[:1]
         for bits in widths:
             shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name))
             options.append({"method": "kmeans", "bits": bits, "bytes": estimated_bytes(shared.labels)})
-            variants.append(shared.values)
+            codes.append(kmeans_code(shared))
+            del shared
         if steps:
             fold = constant_mask(layer, values.shape) if fold_constants else None
             weights = importance_of(layer, values.shape, fold=fold is not None)
             if weights is not None:
-                importance[name] = weights
+                importance.add(
+                    name, lambda layer=layer, shape=values.shape, f=fold is not None: importance_of(layer, shape, f)
+                )
             if fold is not None:
                 folds[name] = fold
             for step in steps:
                 uniform = uniform_quantize(values, step, rd_factor, importance=weights)
-                levels, measured = uniform.levels, uniform.values
-                if fold is not None:
-                    # packed: zeros there (the bias takes their part); measured: the original
-                    # weights, which give the same outputs on the calibration inputs
-                    levels = np.where(fold, 0, levels)
-                    measured = np.where(fold, values, measured)
+                # packed: zeros where folded (the bias takes their part); measured: the original
+                # weights there, which give the same outputs on the calibration inputs
+                levels = uniform.levels if fold is None else np.where(fold, 0, uniform.levels)
                 options.append({"method": "uniform", "step": step, "bytes": estimated_bytes(levels)})
-                variants.append(measured)
+                codes.append(uniform_code(uniform.levels, uniform.step, values.dtype, fold))
+                del uniform, levels
+            del weights
         # the error stacks in groups: each candidate of a large layer is d_in x d_out floats
         group = max(1, ERROR_GROUP_ELEMENTS // max(values.size, 1))
-        for s in range(0, len(variants), group):
-            errors = variant_errors(values, variants[s : s + group], layer)
+        for s in range(0, len(codes), group):
+            errors = variant_errors(values, [decoded(values, c) for c in codes[s : s + group]], layer)
             for option, e in zip(options[s : s + group], errors):
                 option["error"] = float(max(e, 0.0))
         front = pareto([dict(o, index=i) for i, o in enumerate(options) if np.isfinite(o["error"])])
         # only a candidate on the front is ever measured
-        arrays.update({(name, o["index"]): variants[o["index"]] for o in front})
-        del variants
+        for o in front:
+            arrays.add((name, o["index"]), lambda v=values, c=codes[o["index"]]: decoded(v, c))
+        del codes
         curves.append(
             {
                 "name": name,
