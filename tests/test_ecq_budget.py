@@ -203,3 +203,24 @@ def test_the_curves_pack_folded_weights_as_zeros_and_measure_them_as_they_were()
         assert a["bytes"] < b["bytes"] and a["error"] <= b["error"] + 1e-12
     for (name, _i), array in arrays.items():
         assert np.array_equal(array[:, :10], originals[name][:, :10])
+
+
+def test_candidate_codes_decode_to_exactly_the_arrays_measured():
+    from compressor.ecq import uniform_quantize
+    from compressor.kmeans import share_array
+    from compressor.search.ecq_budget import decoded, kmeans_code, uniform_code
+
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(40, 30)).astype(np.float32)
+    values[:5] = 0.0
+    values[5:8] = -0.0  # a negative zero stays one
+    for bits in (2, 8):
+        shared = share_array(values, 2**bits)
+        assert decoded(values, kmeans_code(shared)).tobytes() == shared.values.tobytes()
+    fold = np.zeros(values.shape, bool)
+    fold[:, :4] = True
+    uniform = uniform_quantize(values, 0.05)
+    code = uniform_code(uniform.levels, uniform.step, values.dtype, None)
+    assert code[1].dtype == np.int8 and decoded(values, code).tobytes() == uniform.values.tobytes()
+    folded = decoded(values, uniform_code(uniform.levels, uniform.step, values.dtype, fold))
+    assert folded.tobytes() == np.where(fold, values, uniform.values).tobytes()

@@ -209,11 +209,13 @@ def rate_curves(
         steps = step_ladder(values, STEP_EXPONENTS) if method in ("uniform", "auto") else []
         # an all-zero tensor has no grid: k-means (which leaves it as it is) is its one candidate
         widths = BITS if method in ("kmeans", "auto") else () if steps else BITS[:1]
+        supports: dict = {}  # the tensor's sorted values (or histogram), made once for every width
         for bits in widths:
-            shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name))
+            shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name), supports=supports)
             options.append({"method": "kmeans", "bits": bits, "bytes": estimated_bytes(shared.labels)})
             codes.append(kmeans_code(shared))
             del shared
+        del supports
         if steps:
             fold = constant_mask(layer, values.shape) if fold_constants else None
             weights = importance_of(layer, values.shape, fold=fold is not None)

@@ -69,7 +69,12 @@ def bit_curves(
     weight proxy), and the clustered arrays by (name, bits)."""
     curves, arrays = [], {}
     for i, (name, values) in enumerate(originals.items()):
-        variants = [share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name)).values for bits in BITS]
+        supports: dict = {}  # the tensor's sorted values (or histogram), made once for every width
+        variants = [
+            share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name), supports=supports).values
+            for bits in BITS
+        ]
+        del supports
         arrays.update({(name, bits): v for bits, v in zip(BITS, variants)})
         layer = layers.get(name)
         errors = variant_errors(values, variants, layer)
