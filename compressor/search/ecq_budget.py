@@ -99,13 +99,23 @@ def constant_mask(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | N
 
 def estimated_bytes(levels: np.ndarray) -> int:
     """What dict-rans would spend on these symbols (any integers), codebook not included."""
-    flat = np.asarray(levels, dtype=np.int64).ravel()
+    flat = np.asarray(levels).ravel()
     if flat.size == 0:
         return 0
-    low = int(flat.min())
-    used = np.bincount(flat - low) > 0  # small integers: a table, not a sort
-    index = np.cumsum(used) - 1
-    return int(rans.estimated_size(index[flat - low], int(used.sum())))
+    if flat.dtype.kind not in "iu":
+        flat = flat.astype(np.int64)
+    low, high = int(flat.min()), int(flat.max())
+    if high - low >= 1 << 16:  # a wide range: int64 throughout
+        shifted = flat.astype(np.int64) - low
+    else:  # levels and labels span a few hundred values: narrow integers, less memory traffic
+        shifted = np.subtract(flat, low, dtype=np.int32, casting="unsafe")
+    used = np.bincount(shifted) > 0  # small integers: a table, not a sort
+    if used.all():
+        symbols = shifted.astype(np.uint16) if used.size <= 1 << 16 else shifted
+    else:
+        index = np.cumsum(used) - 1
+        symbols = index.astype(np.uint16)[shifted] if used.size <= 1 << 16 else index[shifted]
+    return int(rans.estimated_size(symbols, int(used.sum())))
 
 
 def pareto(options: list[dict]) -> list[dict]:
