@@ -208,7 +208,7 @@ def test_the_curves_pack_folded_weights_as_zeros_and_measure_them_as_they_were()
 def test_candidate_codes_decode_to_exactly_the_arrays_measured():
     from compressor.ecq import uniform_quantize
     from compressor.kmeans import share_array
-    from compressor.search.ecq_budget import decoded, kmeans_code, uniform_code
+    from compressor.search.candidates import decoded, kmeans_code, uniform_code
 
     rng = np.random.default_rng(2)
     values = rng.normal(size=(40, 30)).astype(np.float32)

@@ -30,7 +30,7 @@ within the budget is rebuilt with ``passes.share.share`` (``bits_by_name`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -40,13 +40,14 @@ from ..codec import rans
 from ..data import Dataset
 from ..ecq import RD_FACTOR, step_ladder, uniform_quantize
 from ..errors import CompressorError
-from ..kmeans import SharedArray, share_array
+from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
 from ..passes.bias_correction import correct_biases
 from ..passes.layers import Layer
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from ..variants import with_arrays
+from .candidates import LazyArrays, decoded, kmeans_code, uniform_code
 from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
 from .prune_budget import allocate_ratios
 from .share_budget import ALLOWANCE_STEP, BITS, MAX_SEARCH_RUNS, REFINE_RUNS, RESOLUTION
@@ -127,66 +128,6 @@ def pareto(options: list[dict]) -> list[dict]:
             front.append(options[i])
             best_error = options[i]["error"]
     return front[::-1]
-
-
-# A candidate is kept as its codes (k-means labels and codebook, or uniform levels and step),
-# a byte or two per weight, and decoded only when measured: float arrays of every tensor's
-# front would take the model's size times the front's length.
-
-
-def small_ints(a: np.ndarray) -> np.ndarray:
-    """`a` (integers) in the narrowest of int8 / int16 / int32 that holds it."""
-    low, high = (int(a.min()), int(a.max())) if a.size else (0, 0)
-    for dtype in (np.int8, np.int16):
-        info = np.iinfo(dtype)
-        if info.min <= low and high <= info.max:
-            return a.astype(dtype)
-    return a.astype(np.int32)
-
-
-def kmeans_code(shared: SharedArray) -> tuple:
-    """A k-means candidate's codes: its labels (-1: a zero kept as it was) and codebook."""
-    return ("kmeans", small_ints(shared.labels), shared.codebook)
-
-
-def uniform_code(levels: np.ndarray, step: float, dtype, fold: np.ndarray | None) -> tuple:
-    """A uniform candidate's codes: its levels, its step in the tensor's dtype, and the weights
-    measured as they were (``constant_mask``) or None."""
-    return ("uniform", small_ints(levels), np.asarray(step, dtype=dtype), fold)
-
-
-def decoded(original: np.ndarray, code: tuple) -> np.ndarray:
-    """The candidate's array: exactly what ``share_array`` / ``uniform_quantize`` gave."""
-    if code[0] == "kmeans":
-        _, labels, codebook = code
-        if codebook.size == 0:
-            return original.copy()
-        return np.where(labels >= 0, codebook[labels], original)
-    _, levels, step, fold = code
-    values = levels.astype(original.dtype) * step
-    return values if fold is None else np.where(fold, original, values)
-
-
-class LazyArrays(Mapping):
-    """Arrays by key, each made on access by its own function (what it needs kept small)."""
-
-    def __init__(self) -> None:
-        self.makers: dict = {}
-
-    def __getitem__(self, key) -> np.ndarray:
-        return self.makers[key]()
-
-    def __iter__(self) -> Iterator:
-        return iter(self.makers)
-
-    def __len__(self) -> int:
-        return len(self.makers)
-
-    def add(self, key, make: Callable[[], np.ndarray]) -> None:
-        self.makers[key] = make
-
-    def clear(self) -> None:
-        self.makers.clear()
 
 
 def rate_curves(
