@@ -353,6 +353,7 @@ def kmeans_1d(
     refine_steps: int = 1,
     accelerate: bool = True,
     return_iterations: bool = False,
+    supports: dict | None = None,
 ):
     """Cluster 1-D values into at most k centroids.
 
@@ -362,6 +363,10 @@ def kmeans_1d(
     be finite.  Above ``hist_threshold`` values, Lloyd runs on a ``bins``-bin histogram
     (default: n/4 clipped to 2^16..2^20 bins; coarser histograms make Lloyd stall early),
     then up to ``refine_steps`` exact Lloyd steps run on the values themselves (each O(n)).
+
+    ``supports``: a dict kept by a caller clustering the same values (with the same
+    ``hist_threshold`` and ``bins``) at several k: the sorted support (or the histogram) is
+    made once and reused from it; the results are the same.
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r} (expected one of {', '.join(INITS)})")
@@ -375,15 +380,19 @@ def kmeans_1d(
         return (*out, 0) if return_iterations else out
     if not np.isfinite(x).all():
         raise ValueError("values must be finite")
+    cache = {} if supports is None else supports
     hist = None
     if x.size > hist_threshold:
         nbins = bins or int(np.clip(x.size // 4, MIN_BINS, MAX_BINS))
-        support, hist = support_histogram(x, nbins)
-    else:
-        support = support_exact(x)
-    if hist is not None and len(support) <= k:
-        # Few non-empty bins: maybe few distinct values (an already shared tensor).  Check exactly.
-        hist, support = None, support_exact(x)
+        if "histogram" not in cache:
+            cache["histogram"] = support_histogram(x, nbins)
+        support, hist = cache["histogram"]
+    if hist is None or len(support) <= k:
+        # (on a histogram: few non-empty bins, maybe few distinct values, e.g. an already
+        # shared tensor: checked exactly)
+        if "exact" not in cache:
+            cache["exact"] = support_exact(x)
+        hist, support = None, cache["exact"]
     if hist is None and len(support) <= k:
         # At most k distinct values: the codebook is the values themselves.
         labels = np.searchsorted(support.points, x)

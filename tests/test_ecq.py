@@ -120,3 +120,14 @@ def test_quantize_keeps_a_uniform_grid_exactly():
         assert merges == 0 and zp == 0
         qa = quantize_codebook(u.values, qmin, qmax, True, book)
         assert np.array_equal(qa.dequantize().astype(np.float32), u.values)
+
+
+def test_rounding_in_blocks_gives_the_whole_array_rounding(monkeypatch):
+    rng = np.random.default_rng(5)
+    w = rng.laplace(size=(64, 50)).astype(np.float32)
+    w[rng.random(w.shape) < 0.3] = 0
+    importance = rng.random(w.shape[1])  # broadcast over the rows
+    step = ecq.step_ladder(w)[6]
+    whole = ecq.rdo_levels(w, step, 0.3, importance=importance)
+    monkeypatch.setattr(ecq, "RDO_BLOCK", 7)
+    assert np.array_equal(ecq.rdo_levels(w, step, 0.3, importance=importance), whole)

@@ -9,12 +9,14 @@ import pytest
 from compressor import graph
 from compressor.codec import rans
 from compressor.data import Dataset
-from compressor.ecq import step_ladder
+from compressor.ecq import step_ladder, uniform_quantize
 from compressor.errors import UsageError
 from compressor.evaluate import accuracy, run_model
+from compressor.kmeans import share_array
 from compressor.passes.layers import Layer
 from compressor.passes.quantize import DEFAULT_SETTINGS, quantize
 from compressor.passes.share import share
+from compressor.search.candidates import decoded, kmeans_code, uniform_code
 from compressor.search.ecq_budget import (
     STEP_EXPONENTS,
     allocated,
@@ -226,3 +228,20 @@ def test_labeled_runs_let_the_share_search_take_more_of_the_budget():
     assert share_search_budget_share("accuracy") == SHARE_SEARCH_BUDGET_SHARE_LABELED > SHARE_SEARCH_BUDGET_SHARE
     for mode in ("fidelity", "metric", "none"):
         assert share_search_budget_share(mode) == SHARE_SEARCH_BUDGET_SHARE
+
+
+def test_candidate_codes_decode_to_exactly_the_arrays_measured():
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(40, 30)).astype(np.float32)
+    values[:5] = 0.0
+    values[5:8] = -0.0  # a negative zero stays one
+    for bits in (2, 8):
+        shared = share_array(values, 2**bits)
+        assert decoded(values, kmeans_code(shared)).tobytes() == shared.values.tobytes()
+    fold = np.zeros(values.shape, bool)
+    fold[:, :4] = True
+    uniform = uniform_quantize(values, 0.05)
+    code = uniform_code(uniform.levels, uniform.step, values.dtype, None)
+    assert code[1].dtype == np.int8 and decoded(values, code).tobytes() == uniform.values.tobytes()
+    folded = decoded(values, uniform_code(uniform.levels, uniform.step, values.dtype, fold))
+    assert folded.tobytes() == np.where(fold, values, uniform.values).tobytes()

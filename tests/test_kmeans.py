@@ -207,3 +207,16 @@ def test_over_relaxed_lloyd_converges_faster_and_usually_better():
         plain_total += inertia(x, plain_c, plain_l)
         fast_total += inertia(x, fast_c, fast_l)
     assert fast_total < 0.97 * plain_total
+
+
+@pytest.mark.parametrize("hist_threshold", [10**9, 1000])
+def test_a_shared_support_cache_gives_the_same_clusters_at_every_k(hist_threshold):
+    rng = np.random.default_rng(3)
+    x = rng.laplace(size=5000)
+    x[:300] = 0.25  # a run of equal values
+    supports: dict = {}
+    for k in (2, 8, 64, 256, 8):
+        alone = kmeans_1d(x, k, hist_threshold=hist_threshold, bins=1 << 16)
+        cached = kmeans_1d(x, k, hist_threshold=hist_threshold, bins=1 << 16, supports=supports)
+        assert np.array_equal(alone[0], cached[0]) and np.array_equal(alone[1], cached[1])
+    assert set(supports) == ({"exact"} if hist_threshold > x.size else {"histogram"})

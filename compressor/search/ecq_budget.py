@@ -30,6 +30,8 @@ within the budget is rebuilt with ``passes.share.share`` (``bits_by_name`` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 
@@ -45,6 +47,7 @@ from ..passes.layers import Layer
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from ..variants import with_arrays
+from .candidates import LazyArrays, decoded, kmeans_code, uniform_code
 from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
 from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
@@ -100,13 +103,23 @@ def constant_mask(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | N
 
 def estimated_bytes(levels: np.ndarray) -> int:
     """What dict-rans would spend on these symbols (any integers), codebook not included."""
-    flat = np.asarray(levels, dtype=np.int64).ravel()
+    flat = np.asarray(levels).ravel()
     if flat.size == 0:
         return 0
-    low = int(flat.min())
-    used = np.bincount(flat - low) > 0  # small integers: a table, not a sort
-    index = np.cumsum(used) - 1
-    return int(rans.estimated_size(index[flat - low], int(used.sum())))
+    if flat.dtype.kind not in "iu":
+        flat = flat.astype(np.int64)
+    low, high = int(flat.min()), int(flat.max())
+    if high - low >= 1 << 16:  # a wide range: int64 throughout
+        shifted = flat.astype(np.int64) - low
+    else:  # levels and labels span a few hundred values: narrow integers, less memory traffic
+        shifted = np.subtract(flat, low, dtype=np.int32, casting="unsafe")
+    used = np.bincount(shifted) > 0  # small integers: a table, not a sort
+    if used.all():
+        symbols = shifted.astype(np.uint16) if used.size <= 1 << 16 else shifted
+    else:
+        index = np.cumsum(used) - 1
+        symbols = index.astype(np.uint16)[shifted] if used.size <= 1 << 16 else index[shifted]
+    return int(rans.estimated_size(symbols, int(used.sum())))
 
 
 def pareto(options: list[dict]) -> list[dict]:
@@ -131,10 +144,11 @@ def rate_curves(
     progress=None,
     fold_constants: bool = False,
     folds: dict[str, np.ndarray] | None = None,
-) -> tuple[list[dict], dict[tuple[str, int], np.ndarray], dict[str, np.ndarray]]:
+) -> tuple[list[dict], Mapping[tuple[str, int], np.ndarray], Mapping[str, np.ndarray]]:
     """Per tensor ``{"name", "options": [{"method", "bits" | "step", "bytes", "error"}], "front",
     "method", "reason"}`` (``front``: indices into options, costliest first), the candidate
-    arrays by (name, option index), and the uniform rounding's importance by name.
+    arrays by (name, option index) (the front's only, decoded from their codes on access), and
+    the uniform rounding's importance by name (made on access).
 
     `fold_constants`: the weights on constant non-zero inputs of a uniform candidate are
     packed as zeros and measured as they are (the caller folds them into the bias); their
@@ -142,44 +156,49 @@ def rate_curves(
     folds = {} if folds is None else folds
     if method not in METHODS:
         raise CompressorError(f"share method must be one of {', '.join(METHODS)}, got {method!r}")
-    curves, arrays, importance = [], {}, {}
+    curves, arrays, importance = [], LazyArrays(), LazyArrays()
     for n, (name, values) in enumerate(originals.items()):
         layer = layers.get(name)
-        options, variants = [], []
+        options, codes = [], []
         steps = step_ladder(values, STEP_EXPONENTS) if method in ("uniform", "auto") else []
         # an all-zero tensor has no grid: k-means (which leaves it as it is) is its one candidate
         widths = BITS if method in ("kmeans", "auto") else () if steps else BITS[:1]
+        supports: dict = {}  # the tensor's sorted values (or histogram), made once for every width
         for bits in widths:
-            shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name))
+            shared = share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name), supports=supports)
             options.append({"method": "kmeans", "bits": bits, "bytes": estimated_bytes(shared.labels)})
-            variants.append(shared.values)
+            codes.append(kmeans_code(shared))
+            del shared
+        del supports
         if steps:
             fold = constant_mask(layer, values.shape) if fold_constants else None
             weights = importance_of(layer, values.shape, fold=fold is not None)
             if weights is not None:
-                importance[name] = weights
+                importance.add(
+                    name, lambda layer=layer, shape=values.shape, f=fold is not None: importance_of(layer, shape, f)
+                )
             if fold is not None:
                 folds[name] = fold
             for step in steps:
                 uniform = uniform_quantize(values, step, rd_factor, importance=weights)
-                levels, measured = uniform.levels, uniform.values
-                if fold is not None:
-                    # packed: zeros there (the bias takes their part); measured: the original
-                    # weights, which give the same outputs on the calibration inputs
-                    levels = np.where(fold, 0, levels)
-                    measured = np.where(fold, values, measured)
+                # packed: zeros where folded (the bias takes their part); measured: the original
+                # weights there, which give the same outputs on the calibration inputs
+                levels = uniform.levels if fold is None else np.where(fold, 0, uniform.levels)
                 options.append({"method": "uniform", "step": step, "bytes": estimated_bytes(levels)})
-                variants.append(measured)
+                codes.append(uniform_code(uniform.levels, uniform.step, values.dtype, fold))
+                del uniform, levels
+            del weights
         # the error stacks in groups: each candidate of a large layer is d_in x d_out floats
         group = max(1, ERROR_GROUP_ELEMENTS // max(values.size, 1))
-        for s in range(0, len(variants), group):
-            errors = variant_errors(values, variants[s : s + group], layer)
+        for s in range(0, len(codes), group):
+            errors = variant_errors(values, [decoded(values, c) for c in codes[s : s + group]], layer)
             for option, e in zip(options[s : s + group], errors):
                 option["error"] = float(max(e, 0.0))
         front = pareto([dict(o, index=i) for i, o in enumerate(options) if np.isfinite(o["error"])])
         # only a candidate on the front is ever measured
-        arrays.update({(name, o["index"]): variants[o["index"]] for o in front})
-        del variants
+        for o in front:
+            arrays.add((name, o["index"]), lambda v=values, c=codes[o["index"]]: decoded(v, c))
+        del codes
         curves.append(
             {
                 "name": name,

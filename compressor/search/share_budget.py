@@ -27,7 +27,7 @@ Cost: one capture run, tensors x widths k-means (vectorised, no model run) and a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -38,6 +38,7 @@ from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
+from .candidates import LazyArrays, decoded, kmeans_code
 from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
 from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
@@ -65,16 +66,25 @@ def bit_curves(
     init: str = "linear",
     seed: int = 0,
     progress=None,
-) -> tuple[list[dict], dict[tuple[str, int], np.ndarray]]:
+) -> tuple[list[dict], Mapping[tuple[str, int], np.ndarray]]:
     """Per tensor ``{"name", "params", "bits", "errors", "method", "reason"}``: the relative
     error of its k-means clustering at each width of ``BITS`` (its layer's output error, or the
     weight proxy), and the clustered arrays by (name, bits)."""
-    curves, arrays = [], {}
+    curves, arrays = [], LazyArrays()
     for i, (name, values) in enumerate(originals.items()):
-        variants = [share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name)).values for bits in BITS]
-        arrays.update({(name, bits): v for bits, v in zip(BITS, variants)})
+        supports: dict = {}  # the tensor's sorted values (or histogram), made once for every width
+        codes = [
+            kmeans_code(share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name), supports=supports))
+            for bits in BITS
+        ]
+        del supports
+        # kept as codes (a byte or two per weight), decoded when an allocation is measured
+        for bits, code in zip(BITS, codes):
+            arrays.add((name, bits), lambda v=values, c=code: decoded(v, c))
+        variants = [decoded(values, c) for c in codes]
         layer = layers.get(name)
         errors = variant_errors(values, variants, layer)
+        del variants
         curves.append(
             {
                 "name": name,
