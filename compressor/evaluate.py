@@ -43,17 +43,21 @@ def make_session(
     optimized_path: str | None = None,
     level: str = "all",
     external_threshold: int = graph.EXTERNAL_DATA_THRESHOLD,
+    arena: bool = True,
 ):
     """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path.
 
     A ModelProto over ``external_threshold`` bytes (protobuf cannot serialize one over 2 GB)
-    is saved with external data in a temp folder, tensor by tensor, and loaded from there."""
+    is saved with external data in a temp folder, tensor by tensor, and loaded from there.
+    `arena` False: no CPU memory arena (buffers freed after each run instead of kept and
+    grown in powers of two: what captures of many large intermediate tensors need)."""
     # Imported on first use: loading ORT is slow, and commands that never run a model (pack,
     # inspect, quantize without calibration) should not pay for it.
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -68,7 +72,7 @@ def make_session(
         with tempfile.TemporaryDirectory(prefix="compressor-session-") as folder:
             path = Path(folder) / "model.onnx"
             graph.save_model(model, path, external_threshold=external_threshold)
-            return make_session(str(path), threads, optimized_path, level)
+            return make_session(str(path), threads, optimized_path, level, arena=arena)
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     ORT_COUNTS["sessions"] += 1
     try:
@@ -444,7 +448,7 @@ def capture_with_feeds(
     batch of captures stays under `budget` bytes (see ``bounded_batch_size``).
     """
     names = list(dict.fromkeys(names))
-    session = make_session(with_outputs(model, names))
+    session = make_session(with_outputs(model, names), arena=False)
     fixed = fixed_batch_size(model)
     if batch_size is None and not fixed and not data.per_sample and data.size > 1:
         first = data.take(1)
