@@ -138,9 +138,11 @@ def test_a_candidate_that_packs_larger_fails_before_it_is_measured():
     ctx = _ctx(model, sizes)
     limit = quantize_stage.packed_limit(ctx)
     assert limit == 100
-    build = quantize_stage.packs_within(lambda: (small, {}), ctx, limit)
+    over: list[int] = []
+    build = quantize_stage.packs_within(lambda: (small, {}), ctx, limit, over)
     with pytest.raises(CompressorError, match=r"packs to 150 bytes > the input's 100 \(by 50\): not measured"):
         build()
+    assert over == [150]
     sizes["of"] = lambda m: 100 if m is model else 90
     assert build()[0] is small
     # int8-kernels, or a model too large to pack early: no limit, the build as it is

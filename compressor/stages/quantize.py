@@ -94,10 +94,10 @@ def _not_applied(ctx: StageContext, note: str, seconds: float) -> StageRow:
 Build = Callable[[], tuple]
 
 
-def packs_within(build: Build, ctx: StageContext, limit: int | None) -> Build:
+def packs_within(build: Build, ctx: StageContext, limit: int | None, over: list[int] | None = None) -> Build:
     """`build`, whose candidate (when smaller in ONNX bytes than the input) is packed before the
     ladder measures it: one that packs larger than `limit` could not be kept (objective size),
-    so it fails here, unmeasured."""
+    so it fails here, unmeasured (its packed bytes appended to `over`)."""
     if limit is None:
         return build
 
@@ -106,6 +106,8 @@ def packs_within(build: Build, ctx: StageContext, limit: int | None) -> Build:
         if model_bytes(candidate) < model_bytes(ctx.model):
             size = ctx.packed_size(candidate)
             if size > limit:
+                if over is not None:
+                    over.append(size)
                 raise CompressorError(
                     f"packs to {size:,} bytes > the input's {limit:,} (by {size - limit:,}): not measured (objective size)"
                 )
@@ -160,6 +162,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         return build(mode, settings)
 
     attempts = []
+    over: list[int] = []  # packed bytes of the candidates that packed larger than the input
     for i, mode in enumerate(modes):
         attempts.append(
             Attempt(
@@ -170,6 +173,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                     else (lambda m=mode, s=settings: build(m, s)),
                     ctx,
                     limit,
+                    over,
                 ),
             )
         )
@@ -180,7 +184,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             attempts.append(
                 Attempt(
                     f"{LABELS[mode]}, small constants float",
-                    packs_within(lambda m=mode, s=settings: without_small_constants(m, s), ctx, limit),
+                    packs_within(lambda m=mode, s=settings: without_small_constants(m, s), ctx, limit, over),
                 )
             )
         if adaptive and mode == "static" and model_bytes(model) <= MIXED_PRECISION_MAX_BYTES:
@@ -191,7 +195,13 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                 attempts.append(
                     Attempt(
                         f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
-                        packs_within(lambda s=mixed: build("static", s), ctx, limit),
+                        packs_within(lambda s=mixed: build("static", s), ctx, limit, over),
                     )
                 )
-    return run_ladder(Ladder(NAME, attempts, adaptive, must_shrink=NOTHING_QUANTIZED), ctx)
+    result = run_ladder(Ladder(NAME, attempts, adaptive, must_shrink=NOTHING_QUANTIZED), ctx)
+    if over and not result.row.applied:
+        result.row.note += (
+            f"; {len(over)} built, unmeasured: they pack larger than the input's {limit:,} bytes "
+            f"(the smallest {min(over):,}, objective size)"
+        )
+    return result
