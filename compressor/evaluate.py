@@ -43,18 +43,22 @@ def make_session(
     optimized_path: str | None = None,
     level: str = "all",
     external_threshold: int | None = None,
+    arena: bool = True,
 ):
     """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path.
 
     A ModelProto over ``external_threshold`` bytes (None: graph.EXTERNAL_DATA_THRESHOLD;
     protobuf cannot serialize one over 2 GB) is saved with external data in a temp folder,
-    tensor by tensor, and loaded from there."""
+    tensor by tensor, and loaded from there.  `arena` False: no CPU memory arena (buffers
+    freed after each run instead of kept and grown in powers of two: what captures of many
+    large intermediate tensors need)."""
     # Imported on first use: loading ORT is slow, and commands that never run a model (pack,
     # inspect, quantize without calibration) should not pay for it.
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -443,7 +447,7 @@ def capture_with_feeds(
     batch of captures stays under `budget` bytes (see ``bounded_batch_size``).
     """
     names = list(dict.fromkeys(names))
-    session = make_session(with_outputs(model, names))
+    session = make_session(with_outputs(model, names), arena=False)
     fixed = fixed_batch_size(model)
     if batch_size is None and not fixed and not data.per_sample and data.size > 1:
         first = data.take(1)

@@ -391,6 +391,7 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
                 packer.size,
                 original=route.models[0],
                 train_data=train_data,
+                objective=recipe.run.objective,
             )
             result = stage.run(options, ctx) if options.enabled else ctx.skipped(stage.NAME, "disabled")
             rows.append(result.row)

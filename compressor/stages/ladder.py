@@ -49,6 +49,9 @@ class StageContext:
     packed_size: Callable[[onnx.ModelProto], int]  # bytes of the container a model packs to
     original: onnx.ModelProto | None = None  # the run's input model (the fine-tune's teacher)
     train_data: Dataset | None = None  # the fine-tune's inputs (--train, else --calib; never --data)
+    objective: str = (
+        "size"  # run.objective (options.OBJECTIVES): "size" keeps a quantized model only if it packs smaller
+    )
 
     @property
     def previous(self) -> StageRow:

@@ -5,12 +5,15 @@ precision (sensitive layers kept float) before giving up on static activations."
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from ..errors import CompressorError
 from ..options import QuantizeOptions
-from ..passes.quantize import QuantizeSettings, Shared, quantize
+from ..passes.quantize import QuantizeSettings, Shared, quantize, size_bound
 from ..passes.quantize.ops_tables import SMALL_ROLES
+from ..report import StageRow
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
 
 NAME = "quantize"
@@ -30,6 +33,11 @@ LABELS = {
     "dynamic": "int8 weights + dynamic activations",
     "none": "int8 weights only",
 }
+# Objective "size" keeps a quantized model only when it packs no larger than the stage's input:
+# models up to this size are packed before anything about them is measured (a larger one's
+# packing is minutes of xz; it is measured first and compared after the stage, as before).
+PACK_FIRST_MAX_BYTES = 64 << 20
+
 # Everything stayed float (subgraphs, sensitive layers): Q/DQ pairs would only add bytes.
 NOTHING_QUANTIZED = MustShrink("no size gain: nothing was quantized", "quantized nothing, trying the next setting")
 
@@ -47,6 +55,65 @@ def mixed_floors(ctx: StageContext) -> list[float]:
         if left > 0:
             floors.append(round(-10.0 * math.log10(left), 1))
     return floors
+
+
+def packed_limit(ctx: StageContext) -> int | None:
+    """The packed bytes a candidate may not exceed (its input's container), or None when the
+    run keeps int8 kernels whatever they cost or the model is too large to pack early."""
+    if ctx.objective != "size" or model_bytes(ctx.model) > PACK_FIRST_MAX_BYTES:
+        return None
+    return ctx.packed_size(ctx.model)
+
+
+def cannot_shrink(ctx: StageContext, settings: QuantizeSettings, limit: int) -> StageResult | None:
+    """The stage's row when no build can pack smaller than `limit` (size_bound, packed), else None."""
+    t0 = time.perf_counter()
+    try:
+        bound_model, _ = size_bound(ctx.model, settings)
+    except CompressorError:
+        return None  # the ladder's first build says why, as before
+    if model_bytes(bound_model) >= model_bytes(ctx.model):
+        row = _not_applied(ctx, f"skipped: {NOTHING_QUANTIZED.error}", time.perf_counter() - t0)
+        return StageResult(row, ctx.model, ctx.outputs)
+    bound = ctx.packed_size(bound_model)
+    if bound <= limit:
+        return None
+    note = (
+        f"skipped: cannot pack smaller than its input (objective size): int8 weights alone, on the fewest "
+        f"levels any setting uses, pack to {bound:,} bytes > {limit:,} (by {bound - limit:,}); nothing measured"
+    )
+    row = _not_applied(ctx, note, time.perf_counter() - t0)
+    row.rejected_by = [{"measure": "packed_bytes", "value": bound, "limit": limit, "by": bound - limit}]
+    return StageResult(row, ctx.model, ctx.outputs)
+
+
+def _not_applied(ctx: StageContext, note: str, seconds: float) -> StageRow:
+    return StageRow(NAME, False, model_bytes(ctx.model), ctx.previous.metrics, seconds, note=note, packed_bytes=None)
+
+
+Build = Callable[[], tuple]
+
+
+def packs_within(build: Build, ctx: StageContext, limit: int | None, over: list[int] | None = None) -> Build:
+    """`build`, whose candidate (when smaller in ONNX bytes than the input) is packed before the
+    ladder measures it: one that packs larger than `limit` could not be kept (objective size),
+    so it fails here, unmeasured (its packed bytes appended to `over`)."""
+    if limit is None:
+        return build
+
+    def checked():
+        candidate, stats = build()
+        if model_bytes(candidate) < model_bytes(ctx.model):
+            size = ctx.packed_size(candidate)
+            if size > limit:
+                if over is not None:
+                    over.append(size)
+                raise CompressorError(
+                    f"packs to {size:,} bytes > the input's {limit:,} (by {size - limit:,}): not measured (objective size)"
+                )
+        return candidate, stats
+
+    return checked
 
 
 def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
@@ -67,6 +134,12 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         small_constants=opts.small_constants,
         reduce_range=True if shared else None,
     )
+    limit = packed_limit(ctx)
+    if limit is not None:
+        skipped = cannot_shrink(ctx, settings, limit)
+        if skipped is not None:
+            ctx.log(f"{NAME}: {skipped.row.note}")
+            return skipped
     modes = [activations]
     if adaptive:
         modes += [a for a in ("static", "none") if a != activations and (a != "static" or calib_data is not None)]
@@ -89,13 +162,19 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         return build(mode, settings)
 
     attempts = []
+    over: list[int] = []  # packed bytes of the candidates that packed larger than the input
     for i, mode in enumerate(modes):
         attempts.append(
             Attempt(
                 LABELS[mode],
-                (lambda m=mode, s=settings: first_attempt(m, s))
-                if i == 0
-                else (lambda m=mode, s=settings: build(m, s)),
+                packs_within(
+                    (lambda m=mode, s=settings: first_attempt(m, s))
+                    if i == 0
+                    else (lambda m=mode, s=settings: build(m, s)),
+                    ctx,
+                    limit,
+                    over,
+                ),
             )
         )
         if adaptive and i == 0 and settings.small_constants:
@@ -105,7 +184,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             attempts.append(
                 Attempt(
                     f"{LABELS[mode]}, small constants float",
-                    lambda m=mode, s=settings: without_small_constants(m, s),
+                    packs_within(lambda m=mode, s=settings: without_small_constants(m, s), ctx, limit, over),
                 )
             )
         if adaptive and mode == "static" and model_bytes(model) <= MIXED_PRECISION_MAX_BYTES:
@@ -116,7 +195,13 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                 attempts.append(
                     Attempt(
                         f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
-                        lambda s=mixed: build("static", s),
+                        packs_within(lambda s=mixed: build("static", s), ctx, limit, over),
                     )
                 )
-    return run_ladder(Ladder(NAME, attempts, adaptive, must_shrink=NOTHING_QUANTIZED), ctx)
+    result = run_ladder(Ladder(NAME, attempts, adaptive, must_shrink=NOTHING_QUANTIZED), ctx)
+    if over and not result.row.applied:
+        result.row.note += (
+            f"; {len(over)} built, unmeasured: they pack larger than the input's {limit:,} bytes "
+            f"(the smallest {min(over):,}, objective size)"
+        )
+    return result

@@ -43,7 +43,7 @@ from .sensitivity import Shared
 from .settings import DEFAULT_SETTINGS, QuantizeSettings
 from .weights import WeightStore
 
-__all__ = ["quantize", "QuantizeSettings", "Shared", "integer_kernel_coverage", "HANDLERS"]
+__all__ = ["quantize", "size_bound", "QuantizeSettings", "Shared", "integer_kernel_coverage", "HANDLERS"]
 
 MODES = ("static", "dynamic", "none")
 METHODS = ("minmax", "percentile", "entropy")
@@ -100,7 +100,7 @@ def quantize(
     exclude_re = _check_options(settings)
     if settings.weight_type not in ("int8", "uint8"):
         raise UsageError(f"weight type must be int8 or uint8, got {settings.weight_type!r}")
-    mode = settings.activations or ("static" if calib is not None else "none")
+    mode = "none" if settings.size_bound else settings.activations or ("static" if calib is not None else "none")
     if mode == "static" and calib is None:
         raise UsageError("static activation quantization needs calibration data (--calib CALIB.npz)")
     model = graph.copy_model(model)
@@ -150,7 +150,9 @@ def quantize(
         "small_constants": bool(settings.small_constants),
     }
     w_range = _weight_range(
-        settings.weight_type, settings.symmetric, True if settings.reduce_range is None else settings.reduce_range
+        settings.weight_type,
+        settings.symmetric,
+        True if settings.reduce_range is None or settings.size_bound else settings.reduce_range,
     )
     config = dict(
         mode=mode,
@@ -161,6 +163,7 @@ def quantize(
         factors=factors,
         weight_type=settings.weight_type,
         weight_range=w_range,
+        reduced_everywhere=settings.size_bound,
     )
 
     qparams = None
@@ -172,7 +175,8 @@ def quantize(
         groups = build_groups(plans)
         missing = [n for n in groups.parent if n not in shared.collectors]
         if missing:
-            shared.collectors.update(calibrate.collect(float_model, missing, calib))
+            folded = calibrate.folded_relus(plans, groups)
+            shared.collectors.update(calibrate.collect(float_model, missing, calib, same_as=folded))
         collectors = shared.collectors
 
         def params_of(groups):
@@ -256,6 +260,16 @@ def quantize(
     return model, stats
 
 
+def size_bound(model: onnx.ModelProto, settings: QuantizeSettings = DEFAULT_SETTINGS) -> tuple[onnx.ModelProto, dict]:
+    """A model no smaller in bytes than any `quantize` of `model` with these settings (any
+    activations mode, any layers kept float), built without data or ORT: int8 weights only,
+    every one on the reduced range integer kernels read (the fewest levels a build uses), and
+    no activation parameters, int32 biases or float layers, which the other builds add.  A
+    bound to compare packed sizes with before measuring anything, never a model to keep."""
+    bound = replace(settings, activations="none", size_bound=True, min_output_snr=None, check=False)
+    return quantize(model, None, bound)
+
+
 def _build(
     float_model,
     qparams,
@@ -268,14 +282,19 @@ def _build(
     factors,
     weight_type,
     weight_range,
+    reduced_everywhere=False,
     skip=frozenset(),
     in_place=False,
 ):
-    """Plans + rewrite + fold on a fresh copy of the prepared float model (on it: ``in_place``)."""
+    """Plans + rewrite + fold on a fresh copy of the prepared float model (on it: ``in_place``;
+    `reduced_everywhere`: weights of float kernels on the integer kernels' range too, see
+    size_bound)."""
     model = float_model if in_place else graph.copy_model(float_model)
     plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
     scope = NameScope(model)
     store = WeightStore(scope, symmetric, factors, weight_type, weight_range)
+    if reduced_everywhere:
+        store.ranges[False] = store.ranges[True]
     fold_counts = None
     if mode == "dynamic":
         status = dynamic.apply(model, plans, store, scope)
@@ -284,6 +303,11 @@ def _build(
         status = {p.name: ("weight_only" if mode == "none" else p.kind) for p in plans}
         if mode == "static":
             fold_counts = fold.fold(model)
+    if reduced_everywhere:
+        # the bound leaves out what static builds turn into int32 (a bias costs them bytes too)
+        for plan in plans:
+            if plan.kind == "integer" and plan.bias is not None:
+                plan.node.input[plan.bias] = ""
     for row in rows:
         if row["node"] in status:
             row["status"] = status[row["node"]]

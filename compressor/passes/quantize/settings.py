@@ -26,6 +26,9 @@ class QuantizeSettings:
     activation_range: tuple[int, int] | None = None  # an explicit activation integer range (experiments)
     small_constants: bool = False  # biases of float ops and norm parameters as per-tensor int8
     check: bool = True  # load the result in ORT and measure its integer-kernel coverage
+    # A size bound, not a model to keep: weight-only, every weight on the reduced range the
+    # integer kernels read (see quantize.size_bound); no calibration, no ORT run.
+    size_bound: bool = False
 
 
 DEFAULT_SETTINGS = QuantizeSettings()
