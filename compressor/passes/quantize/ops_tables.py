@@ -51,13 +51,30 @@ def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = 
 SMALL_ROLES = ("bias", "norm")
 
 
+# A table whose slices' largest values spread less than this (largest slice's over the median
+# slice's) takes one scale: it loses at most log2 of it in bits of a slice's precision, and each
+# slice's int8 values then sit near zero instead of spanning the range, which codes about two
+# bits smaller per value (a trained token table; ORT's dynamic quantizer uses one scale too).
+MAX_SLICE_SPREAD = 8.0
+
+
+def slice_spread(table: np.ndarray, axis: int) -> float:
+    """The largest slice's max |value| over the median slice's, slices along `axis`."""
+    peaks = np.abs(np.moveaxis(table, axis, 0).reshape(table.shape[axis], -1)).max(axis=1)
+    median = float(np.median(peaks))
+    return float(peaks.max()) / median if median > 0 else float("inf")
+
+
 @register("Gather")
 def gather(node, ctx):
-    # One scale per gathered slice (per token of a [V, D] table): rare tokens with small
-    # embeddings keep their precision.
-    use = table_use(node, ctx, 0, ("embedding",), axis=int(ctx.attr(node, "axis", 0)))
+    # One scale per gathered slice (per token of a [V, D] table) when the slices' scales differ
+    # widely: rare tokens with small embeddings keep their precision; else one scale.
+    axis = int(ctx.attr(node, "axis", 0))
+    use = table_use(node, ctx, 0, ("embedding",), axis=axis)
     if use is None:
         return Skip("table is not a large constant float32 tensor")
+    if use.axis is not None and slice_spread(use.weight.array(), axis) <= MAX_SLICE_SPREAD:
+        use = WeightUse(use.index, None, use.weight)
     return Plan(node, "weight_only", weights=[use], note="embedding table: int8 behind DequantizeLinear, float Gather")
 
 
