@@ -627,3 +627,25 @@ def external_data_model(tmpdir) -> str:
         size_threshold=0,
     )
     return os.fspath(path)
+
+
+def two_layer_mlp_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A 64 -> 128 -> 10 MatMul net with Laplace weights, and 64 unlabeled inputs."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.laplace(size=(64, 128)).astype(np.float32) / 10, "w1")
+    w2 = numpy_helper.from_array(rng.laplace(size=(128, 10)).astype(np.float32) / 10, "w2")
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [w1, w2],
+    )
+    path, data = tmp_path / "mlp.onnx", tmp_path / "in.npz"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(data, x=rng.normal(size=(64, 64)).astype(np.float32))
+    return path, data

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import graphs
 import numpy as np
 import pytest
 
@@ -433,31 +434,6 @@ def test_a_slow_model_gets_the_share_search_on_a_subset(tmp_path, monkeypatch):
     assert share_row["applied"] and share_row["accuracy_drop"] <= 1.0  # measured on all 1000
 
 
-def _two_layer_mlp(tmp_path: Path) -> tuple[Path, Path]:
-    """A 64 -> 128 -> 10 MatMul net with Laplace weights, and 64 unlabeled inputs."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.laplace(size=(64, 128)).astype(np.float32) / 10, "w1")
-    w2 = numpy_helper.from_array(rng.laplace(size=(128, 10)).astype(np.float32) / 10, "w2")
-    g = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w2"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-        [w1, w2],
-    )
-    path, data = tmp_path / "mlp.onnx", tmp_path / "in.npz"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    np.savez(data, x=rng.normal(size=(64, 64)).astype(np.float32))
-    return path, data
-
-
 def test_objective_size_drops_a_quantize_result_that_packs_larger_and_int8_kernels_keeps_it_at_its_cost(
     tmp_path, monkeypatch
 ):
@@ -465,7 +441,7 @@ def test_objective_size_drops_a_quantize_result_that_packs_larger_and_int8_kerne
     # As for a model too large to pack before measuring (the stage's early check is
     # tests/test_quantize_size.py's): the result is compared after the stage.
     monkeypatch.setattr(quantize_stage, "PACK_FIRST_MAX_BYTES", 0)
-    model, data = _two_layer_mlp(tmp_path)
+    model, data = graphs.two_layer_mlp_files(tmp_path)
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         '[prune]\nenabled = false\n[share]\nbits_fc = 2\nmin_params = 0\n[quantize]\nactivations = "static"\n'
@@ -507,7 +483,7 @@ def test_objective_size_drops_a_quantize_result_that_packs_larger_and_int8_kerne
 def test_the_floor_returns_int8_weights_when_they_pack_smaller_within_the_budget(tmp_path):
     # 8-bit codebooks (fixed) pack larger than int8 weights; quantize on top of them misses the
     # 35 dB floor (centred SNR), int8 weights alone on the original do not.
-    model, data = _two_layer_mlp(tmp_path)
+    model, data = graphs.two_layer_mlp_files(tmp_path)
     out = tmp_path / "m.cmpz"
     report = run_pipeline(
         str(model),

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import graphs
 import numpy as np
 import onnx
 import pytest
@@ -68,31 +68,10 @@ def test_the_size_bound_packs_no_larger_than_any_build_and_runs_nothing():
     assert all(packed(bound) <= packed(b) for b in builds)
 
 
-def _two_layer_mlp(tmp_path: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.laplace(size=(64, 128)).astype(np.float32) / 10, "w1")
-    w2 = numpy_helper.from_array(rng.laplace(size=(128, 10)).astype(np.float32) / 10, "w2")
-    g = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w2"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-        [w1, w2],
-    )
-    path, data = tmp_path / "mlp.onnx", tmp_path / "in.npz"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    np.savez(data, x=rng.normal(size=(64, 64)).astype(np.float32))
-    return path, data
-
-
 def test_objective_size_skips_the_stage_unmeasured_when_its_bound_packs_larger(tmp_path):
     # 2-bit codebooks pack smaller than any int8 grid: no quantized model can win, and the
     # stage says so from one packed bound, before calibrating or measuring anything.
-    model, data = _two_layer_mlp(tmp_path)
+    model, data = graphs.two_layer_mlp_files(tmp_path)
     recipe = tmp_path / "r.toml"
     recipe.write_text("[prune]\nenabled = false\n[share]\nbits_fc = 2\nmin_params = 0\n")
     reports = {}
