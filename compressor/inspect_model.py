@@ -101,6 +101,7 @@ def describe_model(model: onnx.ModelProto, file_bytes: int | None = None, base_d
             # Layers whose shapes inference could not tell (input-dependent reshapes, custom ops):
             # not in the total.
             "macs_unknown": sum(m["macs"] is None for m in macs),
+            "dynamic_input_dims": graph.dynamic_input_dims(model),
         },
         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "macs": macs,

@@ -97,3 +97,10 @@ def test_macs_of_a_layer_on_dynamic_height_and_width_are_unknown_without_sample_
     # With one sample's shape (the data's), the conv is 4*48*192 outputs x 9 taps.
     rows = {r["node"]: r["macs"] for r in node_macs(_dynamic_net(), {"x": (1, 1, 48, 192)})}
     assert rows == {"conv": 4 * 48 * 192 * 9, "fc": 8}
+
+
+def test_inspect_says_the_inputs_dynamic_dims_leave_layers_uncounted(tmp_path, capsys):
+    path = tmp_path / "dyn.onnx"
+    onnx.save(_dynamic_net(), path)
+    assert main(["inspect", str(path)]) == 0
+    assert "1 layer(s) of unknown shape not counted; the inputs have dynamic dims" in capsys.readouterr().out

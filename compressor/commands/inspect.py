@@ -73,7 +73,8 @@ def inspect_command(model: str, as_json: bool) -> None:
             )
         )
         unknown = t["macs_unknown"]
-        missing = f"  ({unknown} layer(s) of unknown shape not counted)" if unknown else ""
+        why = "; the inputs have dynamic dims (height, width, length)" if t.get("dynamic_input_dims") else ""
+        missing = f"  ({unknown} layer(s) of unknown shape not counted{why})" if unknown else ""
         click.echo(f"total MACs (batch 1): {t['macs']:,}{missing}")
 
 
