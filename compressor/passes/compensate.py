@@ -36,7 +36,7 @@ MAX_FLOPS = 4e8
 CHUNK_ELEMENTS = 1 << 23
 # The refit's many small solves run on one BLAS thread: OpenBLAS's threads synchronise inside
 # every small factorisation (and tall-skinny product), and on a busy machine each of those waits
-# costs a time slice (benchmarks/README.md, prune).  threadpoolctl comes with scikit-learn.
+# costs a time slice (benchmarks/README.md, prune).
 BLAS = ThreadpoolController()
 
 
