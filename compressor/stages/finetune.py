@@ -93,6 +93,13 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
         model, metrics, outputs, rounds = _go_further(ctx, model, metrics, outputs, further, tuned, share)
     loss_before, loss_after = ctx.measure.loss(previous.metrics), ctx.measure.loss(metrics)
     worse = loss_before is not None and loss_after is not None and loss_after > loss_before
+    row_stats = {
+        "finetune": stats,
+        "before": before,
+        "finetuned": finetuned,
+        "after": _summary(ctx, metrics),
+        "further": rounds,
+    }
     if worse and not any(r["kept"] for r in rounds):
         # Nothing was bought with it: the input stays.
         row = StageRow(
@@ -102,13 +109,7 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
             previous.metrics,
             time.perf_counter() - t0,
             options={"setting": f"{opts.epochs} epochs after {after}"},
-            stats={
-                "finetune": stats,
-                "before": before,
-                "finetuned": finetuned,
-                "after": _summary(ctx, metrics),
-                "further": rounds,
-            },
+            stats=row_stats,
             note=f"not kept: fine-tuning after {after} raised the loss ({loss_before:.2f} -> {loss_after:.2f} points)",
         )
         return StageResult(row, ctx.model, ctx.outputs)
@@ -127,13 +128,7 @@ def run(opts: FinetuneOptions, ctx: StageContext, after: str) -> StageResult:
         metrics,
         time.perf_counter() - t0,
         options={"setting": setting},
-        stats={
-            "finetune": stats,
-            "before": before,
-            "finetuned": finetuned,
-            "after": _summary(ctx, metrics),
-            "further": rounds,
-        },
+        stats=row_stats,
         note=note,
     )
     return StageResult(row, model, outputs)
