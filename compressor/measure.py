@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import graph, output_kinds
+from . import decision_risk, graph, output_kinds
 from .data import Dataset
 from .errors import CompressorError, UsageError
 from .evaluate import (
@@ -63,8 +63,18 @@ NOMINAL_SECONDS_PER_MAC = 3.5e-11
 SAMPLE_OVERHEAD_MACS = 200_000
 NOMINAL_SECONDS_PER_PARAMETER = 2e-8
 # Keys of the run's metrics (``Judge.__call__``) and of the searches' (``Judge.measure_*``).
-RUN_KEYS = ("accuracy", "accuracy_drop", "top1_agreement", "snr_db", "raw_snr_db", "kl", "map_f1", "task_score")
-SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1")
+RUN_KEYS = (
+    "accuracy",
+    "accuracy_drop",
+    "top1_agreement",
+    "snr_db",
+    "raw_snr_db",
+    "kl",
+    "map_f1",
+    "task_score",
+    "decision_risk",
+)
+SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1", "decision_risk")
 EMPTY_RUN_METRICS = dict.fromkeys(RUN_KEYS)
 
 
@@ -77,10 +87,12 @@ def loss_points(
     top1_agreement: float | None,
     map_f1: float | None = None,
     task_drop: float | None = None,
+    decision_risk: float | None = None,
 ) -> float | None:
     """The budgeted loss in points: the accuracy drop ("accuracy"), the user metric's drop
-    ("metric"), in "fidelity" the worse of 100 - top-1 agreement and 100 x (1 - map F1) (0 when
-    no output has either: the SNR floor guards it), None ("none")."""
+    ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1) and the
+    decision risk of probability outputs (0 when no output has any: the SNR floor guards it),
+    None ("none")."""
     if mode == "accuracy":
         return accuracy_drop
     if mode == "metric":
@@ -88,6 +100,7 @@ def loss_points(
     if mode == "fidelity":
         losses = [100.0 - top1_agreement] if top1_agreement is not None else []
         losses += [100.0 * (1.0 - map_f1)] if map_f1 is not None else []
+        losses += [decision_risk] if decision_risk is not None else []
         return max(losses, default=0.0)
     return None
 
@@ -239,9 +252,17 @@ class Judge:
     def references(self) -> list[output_kinds.Reference]:
         """Each reference output's kind and powers (output_kinds), computed once."""
         if self._references is None or self._references[0] != id(self.reference_outputs):
-            refs = [output_kinds.reference_of(r) for r in self.reference_outputs or []]
+            refs = [output_kinds.reference_of(r, units=self._sequences(r)) for r in self.reference_outputs or []]
             self._references = (id(self.reference_outputs), refs)
         return self._references[1]
+
+    def _sequences(self, output: np.ndarray) -> int:
+        # Recurrent data in the per-sample layout: each sample (step) gives one row per
+        # sequence, so the rows cycle over the sequences (the decision risk's units).
+        if self.data is None or not self.data.recurrent or np.ndim(output) == 0 or self.data.size == 0:
+            return 0
+        rows = int(np.shape(output)[0])
+        return rows // self.data.size if rows % self.data.size == 0 else 0
 
     @property
     def kinds(self) -> list[str]:
@@ -280,6 +301,7 @@ class Judge:
             task_drop = 100.0 * (self.reference_score - task_score) if math.isfinite(task_score) else math.inf
         top1 = _worst(per, "top1_agreement", min)
         map_f1 = _worst(per, "map_f1", min)
+        risk = _worst(per, "decision_risk", max)
         return {
             "accuracy": acc,
             "accuracy_drop": accuracy_drop,
@@ -289,7 +311,8 @@ class Judge:
             "kl": _worst(per, "kl", max),
             "map_f1": map_f1,
             "task_score": task_score,
-            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop),
+            "decision_risk": risk,
+            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk),
             "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
         }
 
@@ -369,7 +392,12 @@ class Judge:
         if self.mode == "metric" and task_drop is None:
             task_drop = 0.0  # the original's own row
         return loss_points(
-            self.mode, metrics["accuracy_drop"], metrics["top1_agreement"], metrics.get("map_f1"), task_drop
+            self.mode,
+            metrics["accuracy_drop"],
+            metrics["top1_agreement"],
+            metrics.get("map_f1"),
+            task_drop,
+            metrics.get("decision_risk"),
         )
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:
@@ -408,6 +436,23 @@ class Judge:
             "reference_score": self.reference_score,
             # States fed back: each step of the data is run with the candidate's own state.
             "recurrent": [f"{o}={i}" for o, i in self.data.recurrent] or None,
+            "decision_risk": self._describe_risk(),
+        }
+
+    def _describe_risk(self) -> dict | None:
+        """The decision risk's bound (probability outputs in fidelity mode): its confidence,
+        and the independent units it is taken over (rows, or a recurrent model's sequences)."""
+        probability = [
+            (r, ref) for r, ref in zip(self.reference_outputs or [], self.references) if ref.kind == "probability"
+        ]
+        if self.mode != "fidelity" or not probability:
+            return None
+        output, ref = probability[0]
+        return {
+            "confidence": decision_risk.CONFIDENCE,
+            "unit": "sequence" if ref.units else "row",
+            "units": decision_risk.unit_count(int(np.shape(output)[0]), ref.units),
+            "threshold": output_kinds.DECISION_THRESHOLD,
         }
 
 

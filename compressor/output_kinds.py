@@ -23,8 +23,12 @@ kind           recognised by (on the original's output)                 judged b
                                                                         (a background anchor's box is noise the
                                                                         decoding drops)
 ``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
-``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  agreement of the decisions (value > DECISION_
-               (voice activity, binary classifier)                      THRESHOLD, points = 100 - agreement %) and
+``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  the decision risk (``decision_risk``: each
+               (voice activity, binary classifier)                      decision > DECISION_THRESHOLD counts 1 when it
+                                                                        flipped, else by how close it came in logits;
+                                                                        points = an upper confidence bound of the rate
+                                                                        over the rows, or a recurrent model's
+                                                                        sequences), never below 100 - agreement %, and
                                                                         centred SNR at least ``gate.min_snr_db``
 ``regressor``  float [N], [N, 1], or [N, C] raw scores with             centred SNR at least ``gate.min_snr_db``
                C < MIN_RAW_CLASSES (few columns and no softmax
@@ -47,6 +51,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import decision_risk as risk
 
 # Raw (not probability) scores over fewer columns than this are a regressor's: a 3-output
 # quality model is no 3-class classifier, and top-1 agreement over its columns means nothing.
@@ -189,14 +195,18 @@ class Reference:
     score_power: float = 0.0  # detections: centred power of the anchors' scores
     box_power: float = 0.0  # detections: score-weighted centred power of the boxes
     class_power: float = 0.0  # detections: and of the class columns
+    units: int = 0  # probability: rows cycle over this many sequences (recurrent data), 0: each row a unit
 
 
-def reference_of(output: np.ndarray, kind: str | None = None) -> Reference:
-    """The measures' view of one original output (its kind detected unless given)."""
+def reference_of(output: np.ndarray, kind: str | None = None, units: int = 0) -> Reference:
+    """The measures' view of one original output (its kind detected unless given); `units`:
+    the sequences its rows cycle over (recurrent data, see ``decision_risk.unit_rates``)."""
     kind = kind or output_kind(output)
     if kind == "exact":
         return Reference(kind)
     centred, raw = centred_and_raw_power(output)
+    if kind == "probability":
+        return Reference(kind, centred, raw, units=units)
     form = row_form(output) if kind in TOP1_KINDS else None
     if kind == "detections":
         score_power, _ = centred_and_raw_power(anchor_scores(output))
@@ -394,8 +404,9 @@ def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: flo
 
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
-    positions), map_f1 (maps), and for every float output centred_snr_db (detections: their
-    ``detection_snr_db``) and raw_snr_db."""
+    positions), map_f1 (maps), top1_agreement of the decisions and decision_risk (probability),
+    and for every float output centred_snr_db (detections: their ``detection_snr_db``) and
+    raw_snr_db."""
     if reference.shape != output.shape:
         raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
     result: dict = {"kind": ref.kind}
@@ -412,5 +423,6 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     elif ref.kind == "map":
         result["map_f1"] = map_f1(reference, output)
     elif ref.kind == "probability":
-        result["top1_agreement"] = decision_agreement(reference, output)  # budgeted as top-1 agreement
+        result["top1_agreement"] = decision_agreement(reference, output)
+        result["decision_risk"] = risk.decision_risk(reference, output, ref.units, DECISION_THRESHOLD)
     return result

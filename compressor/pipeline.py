@@ -616,7 +616,9 @@ def _floor(route: Route, original: onnx.ModelProto, recipe: Recipe, measure: Mea
         return entry
     t0 = time.perf_counter()
     metrics, outputs = measure(floor_model)
-    entry.update({k: metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db")})
+    entry.update(
+        {k: metrics.get(k) for k in ("accuracy", "accuracy_drop", "top1_agreement", "snr_db", "decision_risk")}
+    )
     if not measure.within(metrics):
         entry.update(kept=False, rejected_by=rejection(measure, metrics))
         entry["note"] = f"smaller ({size:,} vs {final:,} bytes) but {rejection_text(entry['rejected_by'])}"

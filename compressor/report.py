@@ -127,6 +127,7 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
                 "kl",
                 "map_f1",
                 "task_score",
+                "decision_risk",
             )
         },
         "seconds": round(r.seconds, 3),

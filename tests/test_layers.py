@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.present",
             "compressor.kmeans",
             "compressor.output_kinds",
+            "compressor.decision_risk",
             "compressor.quant_math",
             "compressor.ecq",
             "compressor.lowrank_math",

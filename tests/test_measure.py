@@ -96,7 +96,16 @@ def test_the_runs_metrics_and_the_searches_agree():
     metrics, outputs = run_judge(candidate)
     assert set(metrics) == set(RUN_KEYS) and metrics["map_f1"] is None and metrics["task_score"] is None
     searched = search_judge.measure_model(candidate)
-    assert set(searched) == {"accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1"}
+    assert set(searched) == {
+        "accuracy",
+        "top1_agreement",
+        "snr_db",
+        "drop",
+        "rel_noise",
+        "kl",
+        "map_f1",
+        "decision_risk",
+    }
     assert searched["kl"] == metrics["kl"] > 0
     assert searched["drop"] == run_judge.loss(metrics) == metrics["accuracy_drop"]
     assert searched["snr_db"] == metrics["snr_db"] and search_judge.runs == 1
