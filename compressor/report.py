@@ -359,6 +359,12 @@ def format_report(report: dict) -> str:
             budget = f"{budget} of {what}" if what else ""
             if guard.get("max_kl") is not None:
                 budget += f", class KL <= {guard['max_kl']:g}"
+            risk = guard.get("decision_risk")
+            if risk:
+                budget += (
+                    f" (decisions at {risk['threshold']:g}: near misses count, "
+                    f"{100 * risk['confidence']:g} % bound over {risk['units']} {risk['unit']}s)"
+                )
             if report.get("min_snr_db") is not None:
                 budget += (", " if budget else "") + f"centred output SNR >= {report['min_snr_db']:g} dB"
         elif report["mode"] == "metric":

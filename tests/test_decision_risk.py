@@ -18,7 +18,8 @@ from compressor import decision_risk as dr
 from compressor import output_kinds as ok
 from compressor.data import Dataset
 from compressor.measure import Judge
-from compressor.pipeline import _with_recurrence
+from compressor.pipeline import _with_recurrence, run_pipeline
+from compressor.report import format_report
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -123,3 +124,23 @@ def test_a_recurrent_models_units_are_its_sequences():
     assert outputs[0].shape[0] == STEPS * CLIPS
     assert metrics["decision_risk"] == pytest.approx(dr.decision_risk(judge.reference_outputs[0], outputs[0], CLIPS))
     assert judge.loss(metrics) >= 100.0 - metrics["top1_agreement"]
+
+
+def test_the_report_states_the_bound_and_each_stages_risk(tmp_path):
+    model = graphs.streaming_vad_model()
+    data = sequence_data(model)
+    path, npz = tmp_path / "vad.onnx", tmp_path / "seq.npz"
+    onnx.save(model, path)
+    np.savez(npz, x=data.inputs["x"], state=data.inputs["state"], sr=np.array(16000))
+    report = run_pipeline(str(path), str(tmp_path / "vad.cmpz"), calib_path=str(npz))
+    assert report["guard"]["decision_risk"] == {
+        "confidence": 0.95,
+        "unit": "sequence",
+        "units": CLIPS // 2,
+        "threshold": 0.5,
+    }
+    for stage in report["stages"]:
+        if stage["applied"] and stage["stage"] != "original":
+            assert stage["decision_risk"] <= report["budget_points"] + 1e-9
+            assert stage["decision_risk"] >= 100.0 - stage["top1_agreement"] - 1e-9
+    assert f"95 % bound over {CLIPS // 2} sequences" in format_report(report)
