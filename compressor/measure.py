@@ -282,8 +282,9 @@ class Judge:
         top1_agreement (worst of the class-score outputs), kl (worst mean KL of their class
         probabilities), map_f1 (worst of the probability maps), snr_db (worst centred SNR of the
         outputs the floor gates; of all float outputs when it gates none), raw_snr_db (worst
-        SNR against the raw power, for comparison), task_score (the user metric), drop (the
-        loss in points) and rel_noise (first output)."""
+        SNR against the raw power, for comparison), task_score (the user metric),
+        decision_risk (worst of the probability outputs, ``decision_risk``), drop (the loss in
+        points) and rel_noise (first output)."""
         if len(outputs) != len(self.reference_outputs):
             raise CompressorError(f"the model gives {len(outputs)} outputs, the original {len(self.reference_outputs)}")
         per = []
