@@ -449,10 +449,11 @@ class Judge:
         if self.mode != "fidelity" or not probability:
             return None
         output, ref = probability[0]
+        units = decision_risk.unit_count(int(np.shape(output)[0]), ref.units)
         return {
             "confidence": decision_risk.CONFIDENCE,
-            "unit": "sequence" if ref.units else "row",
-            "units": decision_risk.unit_count(int(np.shape(output)[0]), ref.units),
+            "unit": "sequence" if ref.units >= 1 and units == ref.units else "row",
+            "units": units,
             "threshold": output_kinds.DECISION_THRESHOLD,
         }
 
