@@ -31,7 +31,13 @@ def _parse_bits(items: tuple[str, ...]) -> dict[str, int]:
 @click.argument("model", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the shared model.")
 @click.option("--bits-conv", type=int, default=8, show_default=True, help="Bits (2^bits centroids) for conv filters.")
-@click.option("--bits-fc", type=int, default=5, show_default=True, help="Bits for Gemm/MatMul and recurrent weights.")
+@click.option(
+    "--bits-fc",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Bits for Gemm/MatMul, recurrent weights and Gather tables.",
+)
 @click.option(
     "--bits",
     "bits_items",

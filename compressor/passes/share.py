@@ -1,7 +1,7 @@
 """share: per-tensor k-means weight sharing (Deep Compression's second stage).
 
-Each selected weight tensor (``Weight.is_matrix`` and at least ``min_params`` values, not
-excluded) is clustered on its own (``compressor.kmeans``): its non-zero values are
+Each selected weight tensor (``Weight.is_matrix`` or a Gather table, ``row_use.is_table``;
+at least ``min_params`` values, not excluded) is clustered on its own (``compressor.kmeans``): its non-zero values are
 replaced by at most 2^bits centroids; zeros (pruned weights) stay exactly zero and are
 not a cluster — pack codes them separately with its sparse index.  Defaults: 8 bits for
 conv filters, 5 bits for fully-connected / MatMul / recurrent weights, as in the paper.
@@ -57,6 +57,7 @@ from ..errors import UsageError
 from ..kmeans import INITS, SharedArray, cast_codebook, share_array
 from .bias_correction import correct_biases
 from .layers import Layer, accumulate_inputs, layers_for
+from .row_use import is_table
 from .selection import DEFAULT_MIN_PARAMS, check_min_params, compile_exclude, unique_names
 
 CONV_ROLES = ("conv_filter", "convtranspose_filter")
@@ -92,7 +93,7 @@ def _select(ws: list[graph.Weight], pattern: re.Pattern | None, min_params: int,
     selected: list[graph.Weight] = []
     skipped: list[dict] = []
     for w in ws:
-        if not w.is_matrix:
+        if not (w.is_matrix or is_table(w)):
             continue
         reason = None
         if pattern is not None and pattern.search(w.name):
@@ -181,10 +182,10 @@ def share(
             hint = f" (matrix weights: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''})" if known else ""
             raise UsageError(f"bits_by_name[{name!r}]: the model has no weight tensor named {name!r}{hint}")
         roles = {w.role for w in by_name[name]}
-        if not any(w.is_matrix for w in by_name[name]):
+        if not any(w.is_matrix or is_table(w) for w in by_name[name]):
             raise UsageError(
                 f"bits_by_name[{name!r}]: tensor has role {', '.join(sorted(roles))}; only matrix weights "
-                f"(conv filters, Gemm/MatMul weights, recurrent W/R) are shared"
+                f"(conv filters, Gemm/MatMul weights, recurrent W/R) and Gather tables are shared"
             )
 
     selected, skipped = _select(ws, pattern, min_params, set(bits_by_name) | set(steps_by_name))

@@ -44,11 +44,12 @@ from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
 from ..passes.bias_correction import correct_biases
 from ..passes.layers import Layer
+from ..passes.row_use import RowUse
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from ..variants import with_arrays
 from .candidates import LazyArrays, decoded, kmeans_code, uniform_code
-from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
+from .layer_error import capture_layers, curve_method, variant_errors
 from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
 from .prune_budget import allocate_ratios
@@ -79,8 +80,10 @@ def per_weight(layer: Layer, per_input: np.ndarray, shape: tuple[int, ...]) -> n
 def importance_of(layer: Layer | None, shape: tuple[int, ...], fold: bool = False) -> np.ndarray | None:
     """Per-weight error weights in the tensor's own shape: the second moment of the input each
     weight multiplies, over its mean on the inputs that vary; None without a layer.  `fold`: the
-    constant inputs weigh 0 too (their weights go into the bias, ``constant_mask``)."""
-    if layer is None or layer.rows == 0:
+    constant inputs weigh 0 too (their weights go into the bias, ``constant_mask``).  None for a
+    Gather table: lookup counts would send the rows calibration rarely or never reads to the
+    cheapest level, and test inputs read them."""
+    if layer is None or isinstance(layer, RowUse) or layer.rows == 0:
         return None
     diag = np.clip(np.diag(layer.C), 0.0, None)
     varying = diag[diag > 0]
@@ -95,7 +98,7 @@ def importance_of(layer: Layer | None, shape: tuple[int, ...], fold: bool = Fals
 def constant_mask(layer: Layer | None, shape: tuple[int, ...]) -> np.ndarray | None:
     """The weights on inputs that are constant but not zero on the calibration data (their output
     is a constant: the bias can take it, and the weights become zeros), or None when there are none."""
-    if layer is None or layer.rows == 0:
+    if layer is None or isinstance(layer, RowUse) or layer.rows == 0:
         return None
     const = layer.constant_inputs() & (np.abs(layer.total) > 0)
     return per_weight(layer, const, shape) if const.any() else None
@@ -204,7 +207,7 @@ def rate_curves(
                 "name": name,
                 "options": options,
                 "front": [o["index"] for o in front],
-                "method": COVARIANCE if layer is not None else WEIGHT,
+                "method": curve_method(layer),
                 "reason": None if layer is not None else reasons.get(name, "no layer"),
             }
         )
@@ -351,7 +354,7 @@ def share_by_rate(
     runner = VariantRunner(model, judge, selected)
     originals = runner.originals
     n_options = len(BITS) + len(STEP_EXPONENTS)
-    layers, reasons, captures = capture_layers(model, selected, calib or data, n_options)
+    layers, reasons, captures = capture_layers(model, selected, calib or data, n_options, tables=True)
     folds: dict[str, np.ndarray] = {}
     curves, arrays, importance = rate_curves(
         originals, layers, reasons, method, rd_factor, init, seed, progress, fold_constants, folds

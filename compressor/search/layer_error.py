@@ -7,6 +7,8 @@ output error e(r) at ratio r: one capture run over the data gives C for every la
 every tensor x ratio is a few matrix products (no ONNX Runtime run).  With the refit on
 (``passes.compensate``), ΔW is what the refit of the kept weights leaves.
 
+A Gather table's error is that of the rows looked up, weighted by how often (``row_use``;
+the share searches ask for it).
 Tensors without a usable covariance (grouped/depthwise conv, several consumers, other ops,
 embeddings, more than ``MAX_D_IN`` inputs per output) get the weight-space proxy
 ||ΔW||² / ||W||² instead; each curve says which measure it is (``method``) and why.
@@ -24,6 +26,7 @@ from ..data import Dataset
 from ..passes.compensate import Compensator, refit_kept
 from ..passes.layers import Layer, accumulate_inputs, layers_for
 from ..passes.magnitude import layer_pruned
+from ..passes.row_use import RowUse, is_table, row_use_for
 
 # Largest covariance kept per layer (d_in x d_in float64): above it the weight proxy is used.
 MAX_D_IN = 4096
@@ -38,6 +41,13 @@ CHUNK_ELEMENTS = 1 << 23
 
 COVARIANCE = "covariance"
 WEIGHT = "weight"
+ROWS = "rows"
+
+
+def curve_method(layer: Layer | RowUse | None) -> str:
+    """How a tensor's errors are measured: its layer's output (covariance), a Gather table's
+    looked-up rows, or the weight-space proxy."""
+    return WEIGHT if layer is None else ROWS if isinstance(layer, RowUse) else COVARIANCE
 
 
 def output_errors(w: np.ndarray, deltas: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -66,10 +76,13 @@ def weight_errors(values: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
     return errors / total if total > 0 else np.zeros(len(ratios))
 
 
-def variant_errors(values: np.ndarray, variants: Sequence[np.ndarray], layer: Layer | None) -> np.ndarray:
+def variant_errors(values: np.ndarray, variants: Sequence[np.ndarray], layer: Layer | RowUse | None) -> np.ndarray:
     """The relative error of each variant of a tensor (pruned, shared, ...) against `values`:
     the layer's output error ``output_errors`` when it has a `layer` (its covariance captured),
-    else the weight-space proxy ||ΔW||² / ||W||²."""
+    a Gather table's lookup-weighted row error (``RowUse.errors``), else the weight-space proxy
+    ||ΔW||² / ||W||²."""
+    if isinstance(layer, RowUse):
+        return layer.errors(values, variants)
     w = np.asarray(values, dtype=np.float64)
     if layer is None:
         total = float(np.sum(np.square(w)))
@@ -100,12 +113,16 @@ def capture_layers(
     data: Dataset,
     n_ratios: int,
     captured: dict[str, Layer] | None = None,
-) -> tuple[dict[str, Layer], dict[str, str], int]:
+    tables: bool = False,
+) -> tuple[dict[str, Layer | RowUse], dict[str, str], int]:
     """The layer of each weight with its input covariance, from at most one capture run over `data`.
 
-    `captured`: layers accumulated already (a ``Compensator``'s), reused as they are.
+    `captured`: layers accumulated already (a ``Compensator``'s), reused as they are.  `tables`:
+    a Gather table gets its row lookups counted in the same run (``row_use.RowUse``, whose
+    errors ``variant_errors`` weighs by them).
     Returns ({name: Layer}, {name: why the weight has none}, capture runs made: 0 or 1)."""
-    known = {w.name for w in graph.weights(model, include_non_float=True)}
+    constants = {w.name: w for w in graph.weights(model, include_non_float=True)}
+    known = set(constants)
     captured = captured or {}
     layers: dict[str, Layer] = {}
     reasons: dict[str, str] = {}
@@ -113,6 +130,15 @@ def capture_layers(
     for w in weights:
         if w.name in captured:
             layers[w.name] = captured[w.name]
+            continue
+        if tables and is_table(w):
+            use = row_use_for(w, constants)
+            if isinstance(use, str):
+                reasons[w.name] = use
+            else:
+                layers[w.name] = use
+                if not use.constant:
+                    fresh.append(use)
             continue
         found = layers_for(w, 1, known)
         if isinstance(found, str):

@@ -39,7 +39,7 @@ from ..measure import Judge, Trials, VariantRunner, search_allowance
 from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from .candidates import LazyArrays, decoded, kmeans_code
-from .layer_error import COVARIANCE, WEIGHT, capture_layers, variant_errors
+from .layer_error import capture_layers, curve_method, variant_errors
 from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
 from .prune_budget import allocate_ratios
@@ -91,7 +91,7 @@ def bit_curves(
                 "params": int(np.count_nonzero(values)),
                 "bits": list(BITS),
                 "errors": [float(e) for e in np.maximum(errors, 0.0)],
-                "method": COVARIANCE if layer is not None else WEIGHT,
+                "method": curve_method(layer),
                 "reason": None if layer is not None else reasons.get(name, "no layer"),
             }
         )
@@ -231,7 +231,7 @@ def share_to_budget(
     originals = runner.originals
 
     # 1. curves: one capture run, then k-means and matrix products only
-    layers, reasons, captures = capture_layers(model, selected, calib or data, len(BITS))
+    layers, reasons, captures = capture_layers(model, selected, calib or data, len(BITS), tables=True)
     curves, arrays = bit_curves(originals, layers, reasons, init, seed, progress)
     for c, w in zip(curves, selected):
         c["role"] = w.role

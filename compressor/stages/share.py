@@ -186,10 +186,12 @@ def search_summary(search: dict) -> str:
     """What the bit search measured, for the report: the curves' kind and the whole-model runs."""
     methods = list(search["methods"].values())
     by_covariance = methods.count("covariance")
-    others = ", the others by weight error" if by_covariance < len(methods) else ""
+    by_rows = methods.count("rows")
+    tables = f", {by_rows} Gather table(s) by the looked-up rows" if by_rows else ""
+    others = ", the others by weight error" if by_covariance + by_rows < len(methods) else ""
     uniform = f", {search['uniform_runs']} uniform grids" if "uniform_runs" in search else ""
     return (
-        f"{by_covariance} of {len(methods)} tensors by layer output error{others}; "
+        f"{by_covariance} of {len(methods)} tensors by layer output error{tables}{others}; "
         f"{search['capture_runs']} capture run(s), {search['kmeans_runs']} k-means{uniform}, "
         f"{search['whole_model_runs']} whole-model runs for the candidates"
     )
