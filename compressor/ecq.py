@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ecq_sorted import ValueBuckets, levels_array, rdo_bucket_levels, value_buckets
+
 # Rate-distortion rounding: the default λ / Δ² and the passes over the level distribution.
 RD_FACTOR = 0.05
 RD_ITERATIONS = 3
@@ -34,6 +36,8 @@ RDO_BLOCK = 1 << 16
 MAX_LEVEL = 127
 # Steps of the ladder, relative to the RMS of the non-zero values: 2^(-i/2) for i in this range.
 LADDER_EXPONENTS = tuple(range(-2, 13))
+# Tensors this large are rounded on their value buckets (ecq_sorted) when no importance weighs them.
+SORTED_MIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ def rdo_levels(
     iterations: int = RD_ITERATIONS,
     max_level: int = MAX_LEVEL,
     importance: np.ndarray | None = None,
+    buckets: ValueBuckets | None = None,
 ) -> np.ndarray:
     """Integer levels of `w` on the grid `step` (zeros stay 0), rate-distortion rounded.
 
@@ -100,12 +105,21 @@ def rdo_levels(
 
     `importance` (broadcastable to `w`, >= 0, about 1 on average): weights of the squared
     errors, e.g. the variance of the input each weight multiplies, so a weight on an input
-    that never varies costs no error and goes to the cheapest level."""
+    that never varies costs no error and goes to the cheapest level.
+
+    `buckets`: the values' ``ecq_sorted.value_buckets`` (a search rounding one tensor at many
+    steps makes them once); without importance, the passes then run on them (``ecq_sorted``:
+    the same levels, each pass touching only the values near a decision boundary).  Tensors of
+    at least ``SORTED_MIN`` values without importance make their own."""
     if not step > 0 or not np.isfinite(step):
         raise ValueError(f"step must be a positive finite number, got {step!r}")
     flat = np.asarray(w).ravel()
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float64)
+    if importance is None and (buckets is not None or flat.size >= SORTED_MIN):
+        buckets = value_buckets(flat) if buckets is None else buckets
+        levels, _ = rdo_bucket_levels(flat, step, rd_factor, iterations, max_level, buckets, _rdo_choice)
+        return levels_array(levels, buckets).reshape(np.shape(w))
     nz = np.flatnonzero(flat)
     x = flat[nz].astype(np.float64) / step
     levels = np.zeros(flat.size, dtype=np.int64)
@@ -160,10 +174,11 @@ def uniform_quantize(
     iterations: int = RD_ITERATIONS,
     max_level: int = MAX_LEVEL,
     importance: np.ndarray | None = None,
+    buckets: ValueBuckets | None = None,
 ) -> UniformArray:
     """`w` (a float array) on the grid `step` (``rdo_levels``); the step and the values in `w`'s dtype."""
     w = np.asarray(w)
-    levels = rdo_levels(w, step, rd_factor, iterations, max_level, importance)
+    levels = rdo_levels(w, step, rd_factor, iterations, max_level, importance, buckets)
     # the step in the tensor's dtype, the product in it too: exactly what DequantizeLinear
     # computes from these levels and that step as its scale
     step_t = np.asarray(step, dtype=w.dtype)
