@@ -36,6 +36,8 @@ RDO_BLOCK = 1 << 16
 MAX_LEVEL = 127
 # Steps of the ladder, relative to the RMS of the non-zero values: 2^(-i/2) for i in this range.
 LADDER_EXPONENTS = tuple(range(-2, 13))
+# Tensors above this many values have their step ladder's statistics taken in chunks of it.
+LADDER_CHUNK = 1 << 22
 # Tensors this large are rounded on their value buckets (ecq_sorted) when no importance weighs them.
 SORTED_MIN = 1 << 20
 
@@ -66,12 +68,27 @@ def smallest_step(values: np.ndarray, max_level: int = MAX_LEVEL) -> float:
 def step_ladder(values: np.ndarray, exponents=LADDER_EXPONENTS, max_level: int = MAX_LEVEL) -> list[float]:
     """Candidate steps for a tensor, finest first: RMS of its non-zero values x 2^(-e/2) for e in
     decreasing `exponents`, none finer than ``smallest_step`` (duplicates dropped)."""
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    nz = flat[flat != 0]
-    if nz.size == 0:
-        return []
-    rms = float(np.sqrt(np.mean(nz * nz)))
-    floor = smallest_step(nz, max_level)
+    flat = np.asarray(values).ravel()
+    if flat.size > LADDER_CHUNK:
+        # a large tensor in chunks (no float64 copy of it): the sum of squares chunk by chunk
+        squares, count, peak = 0.0, 0, 0.0
+        for s in range(0, flat.size, LADDER_CHUNK):
+            part = flat[s : s + LADDER_CHUNK].astype(np.float64)
+            part = part[part != 0]
+            squares += float(np.add.reduce(part * part))
+            count += part.size
+            peak = max(peak, float(np.max(np.abs(part)))) if part.size else peak
+        if count == 0:
+            return []
+        rms = float(np.sqrt(squares / count))
+        floor = peak / (max_level + 0.5)
+    else:
+        nz = flat.astype(np.float64)
+        nz = nz[nz != 0]
+        if nz.size == 0:
+            return []
+        rms = float(np.sqrt(np.mean(nz * nz)))
+        floor = smallest_step(nz, max_level)
     steps = []
     for e in sorted(exponents, reverse=True):
         s = max(rms * 2.0 ** (-e / 2), floor)

@@ -39,6 +39,7 @@ from .. import graph
 from ..codec import rans
 from ..data import Dataset
 from ..ecq import RD_FACTOR, step_ladder, uniform_quantize
+from ..ecq_sorted import value_buckets
 from ..errors import CompressorError
 from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
@@ -292,8 +293,9 @@ def sampled_curve(
             lambda bits=bits: share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name)).values
         )
     del supports
+    buckets = value_buckets(sample) if steps else None  # made once for every step
     for step in steps:
-        uniform = uniform_quantize(sample, step, rd_factor)
+        uniform = uniform_quantize(sample, step, rd_factor, buckets=buckets)
         error = variant_errors(sample, [uniform.values], None)[0]
         options.append(
             {
