@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ecq_sorted import ValueBuckets, levels_array, rdo_bucket_levels, value_buckets
+from .ecq_sorted import ValueBuckets, levels_array, rdo_bucket_levels, value_buckets, values_array
 
 # Rate-distortion rounding: the default λ / Δ² and the passes over the level distribution.
 RD_FACTOR = 0.05
@@ -201,6 +201,28 @@ def uniform_quantize(
     step_t = np.asarray(step, dtype=w.dtype)
     values = levels.astype(w.dtype) * step_t
     return UniformArray(values, levels, float(step_t))
+
+
+def uniform_values(
+    w: np.ndarray,
+    step: float,
+    rd_factor: float = RD_FACTOR,
+    buckets: ValueBuckets | None = None,
+) -> np.ndarray:
+    """``uniform_quantize(w, step, rd_factor).values`` (no importance), made on the value buckets
+    without the levels array: each bucket's value from a small table (the same product in
+    `w`'s dtype), then the values of the mixed buckets."""
+    w = np.asarray(w)
+    flat = w.ravel()
+    if buckets is None and flat.size < SORTED_MIN:
+        return uniform_quantize(w, step, rd_factor).values
+    if not step > 0 or not np.isfinite(step):
+        raise ValueError(f"step must be a positive finite number, got {step!r}")
+    if flat.dtype not in (np.float32, np.float64):
+        return uniform_quantize(w, step, rd_factor).values
+    buckets = value_buckets(flat) if buckets is None else buckets
+    levels, _ = rdo_bucket_levels(flat, step, rd_factor, RD_ITERATIONS, MAX_LEVEL, buckets, _rdo_choice)
+    return values_array(levels, buckets, np.asarray(step, dtype=w.dtype)).reshape(w.shape)
 
 
 def grid_step(values: np.ndarray, max_level: int = MAX_LEVEL, rtol: float = 1e-5) -> float | None:

@@ -179,3 +179,13 @@ def levels_array(levels: Levels, vb: ValueBuckets, dtype=np.int64) -> np.ndarray
     out = table[vb.key]
     out[levels.positions] = levels.mixed
     return out
+
+
+def values_array(levels: Levels, vb: ValueBuckets, step: np.ndarray) -> np.ndarray:
+    """``levels_array(...).astype(step.dtype) * step`` without the levels array: each level's
+    value computed once (the same product, in `step`'s dtype), gathered by bucket."""
+    table = np.where(levels.by_bucket == MIXED, 0, levels.by_bucket).astype(step.dtype) * step
+    table[0] = 0
+    out = table[vb.key]
+    out[levels.positions] = levels.mixed.astype(step.dtype) * step
+    return out

@@ -69,3 +69,24 @@ def test_large_tensors_take_the_bucket_path_and_importance_keeps_the_direct_one(
     assert calls == [w.size]
     ecq.uniform_quantize(w, 0.004, importance=np.ones_like(w))
     assert calls == [w.size]
+
+
+def test_the_step_ladder_of_a_large_tensor_in_chunks_is_the_whole_ones(monkeypatch):
+    w = tensors()["pruned"]
+    whole = ecq.step_ladder(w)
+    monkeypatch.setattr(ecq, "LADDER_CHUNK", 999)
+    chunked = ecq.step_ladder(w)
+    assert len(chunked) == len(whole) and np.allclose(chunked, whole, rtol=1e-12, atol=0)
+    assert ecq.step_ladder(np.zeros(5000, np.float32)) == []
+
+
+@pytest.mark.parametrize("name", ["normal", "pruned", "on_grid", "laplace"])
+def test_uniform_values_are_uniform_quantizes_values(name):
+    w = tensors()[name]
+    buckets = value_buckets(w.ravel())
+    for step in ecq.step_ladder(w)[::4]:
+        expected = ecq.uniform_quantize(w, step, 0.05).values
+        got = ecq.uniform_values(w, step, 0.05, buckets)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected) and np.array_equal(np.signbit(got), np.signbit(expected))
+        assert np.array_equal(ecq.uniform_values(w, step, 0.05), expected)  # small: the direct path

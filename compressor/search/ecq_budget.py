@@ -38,8 +38,8 @@ import onnx
 from .. import graph
 from ..codec import rans
 from ..data import Dataset
-from ..ecq import RD_FACTOR, step_ladder, uniform_quantize
-from ..ecq_sorted import value_buckets
+from ..ecq import RD_FACTOR, step_ladder, uniform_quantize, uniform_values
+from ..ecq_sorted import ValueBuckets, value_buckets
 from ..errors import CompressorError
 from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
@@ -294,6 +294,14 @@ def sampled_curve(
         )
     del supports
     buckets = value_buckets(sample) if steps else None  # made once for every step
+    made: dict[str, ValueBuckets] = {}
+
+    def whole_buckets() -> ValueBuckets:
+        # the whole tensor's, made at its first measured uniform candidate and kept for the next
+        if "whole" not in made:
+            made["whole"] = value_buckets(values.reshape(-1))
+        return made["whole"]
+
     for step in steps:
         uniform = uniform_quantize(sample, step, rd_factor, buckets=buckets)
         error = variant_errors(sample, [uniform.values], None)[0]
@@ -305,7 +313,7 @@ def sampled_curve(
                 "error": error,
             }
         )
-        makers_by_option.append(lambda step=step: uniform_quantize(values, step, rd_factor).values)
+        makers_by_option.append(lambda step=step: uniform_values(values, step, rd_factor, whole_buckets()))
     for o in options:
         o["error"] = float(max(o["error"], 0.0)) if np.isfinite(o["error"]) else float(o["error"])
     front = pareto([dict(o, index=i) for i, o in enumerate(options) if np.isfinite(o["error"])])
