@@ -90,3 +90,14 @@ def test_uniform_values_are_uniform_quantizes_values(name):
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert np.array_equal(got, expected) and np.array_equal(np.signbit(got), np.signbit(expected))
         assert np.array_equal(ecq.uniform_values(w, step, 0.05), expected)  # small: the direct path
+
+
+def test_share_stats_count_the_used_levels_as_unique_does():
+    from compressor.passes.share import _used_levels
+
+    rng = np.random.default_rng(0)
+    for levels in (rng.integers(-127, 128, 1000), rng.integers(-3, 1, 50), np.zeros(4), np.array([-(1 << 20), 0, 5])):
+        levels = levels.astype(np.int64)
+        expected = np.unique(levels[levels != 0])
+        got = _used_levels(levels)
+        assert np.array_equal(got, expected) and got.dtype == expected.dtype

@@ -313,13 +313,24 @@ def _squared_errors(arr: np.ndarray, approx: np.ndarray) -> tuple[float, float]:
     return sse, norm2
 
 
+def _used_levels(levels: np.ndarray) -> np.ndarray:
+    """The distinct non-zero levels, ascending (a count per level: the levels span a few hundred)."""
+    if levels.size == 0:
+        return levels[:0]
+    low, high = int(levels.min()), int(levels.max())
+    if high - low > 1 << 16:
+        return np.unique(levels[levels != 0])
+    present = np.flatnonzero(np.bincount(levels - low, minlength=high - low + 1)) + low
+    return present[present != 0].astype(levels.dtype)
+
+
 def _uniform_stats(meta: dict, arr: np.ndarray, uniform, rd_factor: float) -> dict:
     """A uniform-grid tensor's stats entry: the k-means entry's keys ("bits": the magnitude bits
     its levels need plus a sign bit; "codebook_size": the non-zero levels used), with "method",
     "step" and "rd_factor"."""
     sse, norm2 = _squared_errors(arr, uniform.values)
     levels = uniform.levels.ravel()
-    used = np.unique(levels[levels != 0])
+    used = _used_levels(levels)
     peak = int(np.max(np.abs(used))) if used.size else 0
     entry = {
         "name": meta["name"],
