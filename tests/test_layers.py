@@ -58,6 +58,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.output_kinds",
             "compressor.quant_math",
             "compressor.ecq",
+            "compressor.ecq_sorted",
             "compressor.lowrank_math",
             "compressor.codec",
             "compressor.codec.*",
