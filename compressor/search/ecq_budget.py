@@ -20,6 +20,10 @@ to the output: its weights are packed as zeros and their part goes into the laye
 (``fold_into_biases``), and the search measures the candidate with them as they were, which
 gives the same outputs on the calibration inputs.
 
+A tensor above ``SAMPLE_ABOVE`` values without a layer covariance gets both numbers from a fixed
+sample of its values (``sampled_curve``): the candidates are not made on the whole tensor
+until a measurement asks for one.
+
 A tensor's candidates are cut to their Pareto front (fewer bytes, larger error), and the
 allocation is ``share_budget``'s: a knapsack over the fronts (saving = bytes below the
 tensor's costliest candidate), an allowance searched on whole-model runs (at most
