@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ecq_sorted import ValueBuckets, levels_array, rdo_bucket_levels, value_buckets, values_array
+
 # Rate-distortion rounding: the default λ / Δ² and the passes over the level distribution.
 RD_FACTOR = 0.05
 RD_ITERATIONS = 3
@@ -34,6 +36,10 @@ RDO_BLOCK = 1 << 16
 MAX_LEVEL = 127
 # Steps of the ladder, relative to the RMS of the non-zero values: 2^(-i/2) for i in this range.
 LADDER_EXPONENTS = tuple(range(-2, 13))
+# Tensors above this many values have their step ladder's statistics taken in chunks of it.
+LADDER_CHUNK = 1 << 22
+# Tensors this large are rounded on their value buckets (ecq_sorted) when no importance weighs them.
+SORTED_MIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -62,12 +68,27 @@ def smallest_step(values: np.ndarray, max_level: int = MAX_LEVEL) -> float:
 def step_ladder(values: np.ndarray, exponents=LADDER_EXPONENTS, max_level: int = MAX_LEVEL) -> list[float]:
     """Candidate steps for a tensor, finest first: RMS of its non-zero values x 2^(-e/2) for e in
     decreasing `exponents`, none finer than ``smallest_step`` (duplicates dropped)."""
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    nz = flat[flat != 0]
-    if nz.size == 0:
-        return []
-    rms = float(np.sqrt(np.mean(nz * nz)))
-    floor = smallest_step(nz, max_level)
+    flat = np.asarray(values).ravel()
+    if flat.size > LADDER_CHUNK:
+        # a large tensor in chunks (no float64 copy of it): the sum of squares chunk by chunk
+        squares, count, peak = 0.0, 0, 0.0
+        for s in range(0, flat.size, LADDER_CHUNK):
+            part = flat[s : s + LADDER_CHUNK].astype(np.float64)
+            part = part[part != 0]
+            squares += float(np.add.reduce(part * part))
+            count += part.size
+            peak = max(peak, float(np.max(np.abs(part)))) if part.size else peak
+        if count == 0:
+            return []
+        rms = float(np.sqrt(squares / count))
+        floor = peak / (max_level + 0.5)
+    else:
+        nz = flat.astype(np.float64)
+        nz = nz[nz != 0]
+        if nz.size == 0:
+            return []
+        rms = float(np.sqrt(np.mean(nz * nz)))
+        floor = smallest_step(nz, max_level)
     steps = []
     for e in sorted(exponents, reverse=True):
         s = max(rms * 2.0 ** (-e / 2), floor)
@@ -91,6 +112,7 @@ def rdo_levels(
     iterations: int = RD_ITERATIONS,
     max_level: int = MAX_LEVEL,
     importance: np.ndarray | None = None,
+    buckets: ValueBuckets | None = None,
 ) -> np.ndarray:
     """Integer levels of `w` on the grid `step` (zeros stay 0), rate-distortion rounded.
 
@@ -100,12 +122,21 @@ def rdo_levels(
 
     `importance` (broadcastable to `w`, >= 0, about 1 on average): weights of the squared
     errors, e.g. the variance of the input each weight multiplies, so a weight on an input
-    that never varies costs no error and goes to the cheapest level."""
+    that never varies costs no error and goes to the cheapest level.
+
+    `buckets`: the values' ``ecq_sorted.value_buckets`` (a search rounding one tensor at many
+    steps makes them once); without importance, the passes then run on them (``ecq_sorted``:
+    the same levels, each pass touching only the values near a decision boundary).  Tensors of
+    at least ``SORTED_MIN`` values without importance make their own."""
     if not step > 0 or not np.isfinite(step):
         raise ValueError(f"step must be a positive finite number, got {step!r}")
     flat = np.asarray(w).ravel()
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float64)
+    if importance is None and (buckets is not None or flat.size >= SORTED_MIN):
+        buckets = value_buckets(flat) if buckets is None else buckets
+        levels, _ = rdo_bucket_levels(flat, step, rd_factor, iterations, max_level, buckets, _rdo_choice)
+        return levels_array(levels, buckets).reshape(np.shape(w))
     nz = np.flatnonzero(flat)
     x = flat[nz].astype(np.float64) / step
     levels = np.zeros(flat.size, dtype=np.int64)
@@ -160,15 +191,38 @@ def uniform_quantize(
     iterations: int = RD_ITERATIONS,
     max_level: int = MAX_LEVEL,
     importance: np.ndarray | None = None,
+    buckets: ValueBuckets | None = None,
 ) -> UniformArray:
     """`w` (a float array) on the grid `step` (``rdo_levels``); the step and the values in `w`'s dtype."""
     w = np.asarray(w)
-    levels = rdo_levels(w, step, rd_factor, iterations, max_level, importance)
+    levels = rdo_levels(w, step, rd_factor, iterations, max_level, importance, buckets)
     # the step in the tensor's dtype, the product in it too: exactly what DequantizeLinear
     # computes from these levels and that step as its scale
     step_t = np.asarray(step, dtype=w.dtype)
     values = levels.astype(w.dtype) * step_t
     return UniformArray(values, levels, float(step_t))
+
+
+def uniform_values(
+    w: np.ndarray,
+    step: float,
+    rd_factor: float = RD_FACTOR,
+    buckets: ValueBuckets | None = None,
+) -> np.ndarray:
+    """``uniform_quantize(w, step, rd_factor).values`` (no importance), made on the value buckets
+    without the levels array: each bucket's value from a small table (the same product in
+    `w`'s dtype), then the values of the mixed buckets."""
+    w = np.asarray(w)
+    flat = w.ravel()
+    if buckets is None and flat.size < SORTED_MIN:
+        return uniform_quantize(w, step, rd_factor).values
+    if not step > 0 or not np.isfinite(step):
+        raise ValueError(f"step must be a positive finite number, got {step!r}")
+    if flat.dtype not in (np.float32, np.float64):
+        return uniform_quantize(w, step, rd_factor).values
+    buckets = value_buckets(flat) if buckets is None else buckets
+    levels, _ = rdo_bucket_levels(flat, step, rd_factor, RD_ITERATIONS, MAX_LEVEL, buckets, _rdo_choice)
+    return values_array(levels, buckets, np.asarray(step, dtype=w.dtype)).reshape(w.shape)
 
 
 def grid_step(values: np.ndarray, max_level: int = MAX_LEVEL, rtol: float = 1e-5) -> float | None:

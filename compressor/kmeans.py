@@ -74,6 +74,8 @@ BETA_START, BETA_GROWTH, BETA_MAX = 2.0, 1.5, 64.0  # over-relaxation of Lloyd s
 HIST_THRESHOLD = 1 << 22
 MIN_BINS = 1 << 16
 MAX_BINS = 1 << 20
+# Values binned at a time.
+HIST_CHUNK = 1 << 22
 
 
 # --------------------------------------------------------------------------- support points
@@ -129,7 +131,7 @@ class Histogram:
     lo: float
     scale: float  # bins per unit
     bins: int
-    index: np.ndarray  # bin of each value (intp)
+    index: np.ndarray  # bin of each value (int32)
 
 
 def support_histogram(values: np.ndarray, bins: int) -> tuple[Support, Histogram]:
@@ -139,13 +141,14 @@ def support_histogram(values: np.ndarray, bins: int) -> tuple[Support, Histogram
     """
     lo, hi = float(values.min()), float(values.max())
     scale = bins / (hi - lo) if hi > lo else 0.0
-    f = np.subtract(values, lo)
-    f *= scale
-    np.floor(f, out=f)
-    index = np.empty(values.shape, np.intp)
-    index[...] = f
-    del f
-    np.minimum(index, bins - 1, out=index)
+    # the bin of each value in chunks (bounded float64 temporaries), int32 (bins < 2**31)
+    index = np.empty(values.shape, np.int32 if bins < 1 << 31 else np.intp)
+    for s in range(0, values.size, HIST_CHUNK):
+        f = np.subtract(values[s : s + HIST_CHUNK], lo)
+        f *= scale
+        np.floor(f, out=f)
+        np.minimum(f, bins - 1, out=f)
+        index[s : s + HIST_CHUNK] = f
     counts = np.bincount(index, minlength=bins)
     sums = np.bincount(index, weights=values, minlength=bins)
     keep = counts > 0
@@ -326,7 +329,7 @@ def _assign_histogram(values: np.ndarray, centroids: np.ndarray, hist: Histogram
     table[impure] = sentinel
     small = table[hist.index]
     sel = np.flatnonzero(small == sentinel)
-    labels = small.astype(np.intp)
+    labels = small.astype(np.int32)
     del small
     if sel.size:
         labels[sel] = np.searchsorted(mids, values[sel], side="left")

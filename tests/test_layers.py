@@ -59,6 +59,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.decision_risk",
             "compressor.quant_math",
             "compressor.ecq",
+            "compressor.ecq_sorted",
             "compressor.lowrank_math",
             "compressor.codec",
             "compressor.codec.*",

@@ -65,6 +65,8 @@ FC_ROLES = ("gemm_b", "matmul_const", "rnn_w", "rnn_r")
 MIN_BITS, MAX_BITS = 1, 16
 # Tensors clustered concurrently (threads; see share()).
 MAX_WORKERS = 2
+# Values whose squared errors are summed at a time (the stats of a large tensor).
+STATS_CHUNK = 1 << 22
 # Memory for one block of the k cluster products R @ M_c.
 REFIT_BLOCK_BYTES = 128 << 20
 
@@ -299,15 +301,37 @@ def _check_step(label: str, step) -> float:
     return float(step)
 
 
+def _squared_errors(arr: np.ndarray, approx: np.ndarray) -> tuple[float, float]:
+    """Sum of squared differences and of squared values, in float64; a large tensor in chunks
+    of STATS_CHUNK values (no float64 copy of it)."""
+    a, b = arr.ravel(), approx.ravel()
+    sse = norm2 = 0.0
+    for s in range(0, max(a.size, 1), STATS_CHUNK):
+        a64 = a[s : s + STATS_CHUNK].astype(np.float64)
+        d = np.subtract(b[s : s + STATS_CHUNK], a64, dtype=np.float64)
+        sse += float(np.dot(d, d))
+        norm2 += float(np.dot(a64, a64))
+    return sse, norm2
+
+
+def _used_levels(levels: np.ndarray) -> np.ndarray:
+    """The distinct non-zero levels, ascending (a count per level: the levels span a few hundred)."""
+    if levels.size == 0:
+        return levels[:0]
+    low, high = int(levels.min()), int(levels.max())
+    if high - low > 1 << 16:
+        return np.unique(levels[levels != 0])
+    present = np.flatnonzero(np.bincount(levels - low, minlength=high - low + 1)) + low
+    return present[present != 0].astype(levels.dtype)
+
+
 def _uniform_stats(meta: dict, arr: np.ndarray, uniform, rd_factor: float) -> dict:
     """A uniform-grid tensor's stats entry: the k-means entry's keys ("bits": the magnitude bits
     its levels need plus a sign bit; "codebook_size": the non-zero levels used), with "method",
     "step" and "rd_factor"."""
-    a64 = arr.astype(np.float64).ravel()
-    d = uniform.values.astype(np.float64).ravel() - a64
-    sse, norm2 = float(np.dot(d, d)), float(np.dot(a64, a64))
+    sse, norm2 = _squared_errors(arr, uniform.values)
     levels = uniform.levels.ravel()
-    used = np.unique(levels[levels != 0])
+    used = _used_levels(levels)
     peak = int(np.max(np.abs(used))) if used.size else 0
     entry = {
         "name": meta["name"],
@@ -338,11 +362,7 @@ def _weight_meta(w: graph.Weight) -> dict:
 
 
 def _tensor_stats(meta: dict, bits: int, arr: np.ndarray, shared: SharedArray, refit: dict | None) -> dict:
-    a64 = arr.astype(np.float64).ravel()
-    d = np.subtract(shared.values.ravel(), a64, dtype=np.float64)
-    sse = float(np.dot(d, d))
-    del d
-    norm2 = float(np.dot(a64, a64))
+    sse, norm2 = _squared_errors(arr, shared.values)
     used = shared.counts > 0
     distinct = int(np.unique(shared.codebook[used].astype(np.float64)).size)
     size = meta["size"]

@@ -20,6 +20,10 @@ to the output: its weights are packed as zeros and their part goes into the laye
 (``fold_into_biases``), and the search measures the candidate with them as they were, which
 gives the same outputs on the calibration inputs.
 
+A tensor above ``SAMPLE_ABOVE`` values without a layer covariance gets both numbers from a fixed
+sample of its values (``sampled_curve``): the candidates are not made on the whole tensor
+until a measurement asks for one.
+
 A tensor's candidates are cut to their Pareto front (fewer bytes, larger error), and the
 allocation is ``share_budget``'s: a knapsack over the fronts (saving = bytes below the
 tensor's costliest candidate), an allowance searched on whole-model runs (at most
@@ -30,7 +34,7 @@ within the budget is rebuilt with ``passes.share.share`` (``bits_by_name`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -38,7 +42,8 @@ import onnx
 from .. import graph
 from ..codec import rans
 from ..data import Dataset
-from ..ecq import RD_FACTOR, step_ladder, uniform_quantize
+from ..ecq import RD_FACTOR, step_ladder, uniform_quantize, uniform_values
+from ..ecq_sorted import ValueBuckets, value_buckets
 from ..errors import CompressorError
 from ..kmeans import share_array
 from ..measure import Judge, Trials, VariantRunner, search_allowance
@@ -66,6 +71,13 @@ START_POSITION = 0.5
 FOLD_CONSTANTS = True
 # Elements of the candidates whose layer errors are computed together (float64 stacks).
 ERROR_GROUP_ELEMENTS = 1 << 21
+# A tensor without a layer covariance and larger than this has its candidates' bytes and errors
+# estimated on a fixed sample of its values (SAMPLE_BLOCKS evenly spaced runs in storage order,
+# SAMPLE_VALUES in all: the coder's previous-symbol contexts stay whole); a candidate of the
+# front is made on the whole tensor when a measurement needs it (``sampled_curve``).
+SAMPLE_ABOVE = 1 << 21
+SAMPLE_VALUES = 1 << 20
+SAMPLE_BLOCKS = 64
 
 
 def per_weight(layer: Layer, per_input: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -160,8 +172,18 @@ def rate_curves(
     if method not in METHODS:
         raise CompressorError(f"share method must be one of {', '.join(METHODS)}, got {method!r}")
     curves, arrays, importance = [], LazyArrays(), LazyArrays()
+    last = LastMade()
     for n, (name, values) in enumerate(originals.items()):
         layer = layers.get(name)
+        if layer is None and values.size > SAMPLE_ABOVE:
+            curve, makers = sampled_curve(name, values, method, rd_factor, init, seed)
+            curve["reason"] = reasons.get(name, "no layer")
+            for index, make in makers.items():
+                arrays.add((name, index), last.wrap(name, index, make))
+            curves.append(curve)
+            if progress is not None:
+                progress(n + 1, len(originals))
+            continue
         options, codes = [], []
         steps = step_ladder(values, STEP_EXPONENTS) if method in ("uniform", "auto") else []
         # an all-zero tensor has no grid: k-means (which leaves it as it is) is its one candidate
@@ -214,6 +236,103 @@ def rate_curves(
         if progress is not None:
             progress(n + 1, len(originals))
     return curves, arrays, importance
+
+
+class LastMade:
+    """Each tensor's most recently made candidate array: the next measurement reuses it when
+    that tensor's candidate did not change (at most one array per tensor is kept)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[int, np.ndarray]] = {}
+
+    def wrap(self, name: str, index: int, make: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        def made() -> np.ndarray:
+            hit = self.last.get(name)
+            if hit is not None and hit[0] == index:
+                return hit[1]
+            self.last.pop(name, None)  # freed before the next one is made
+            array = make()
+            self.last[name] = (index, array)
+            return array
+
+        return made
+
+
+def value_sample(values: np.ndarray, size: int | None = None, blocks: int | None = None) -> np.ndarray:
+    """`size` (default SAMPLE_VALUES) of the tensor's values (flat, storage order): `blocks`
+    (default SAMPLE_BLOCKS) evenly spaced runs."""
+    size = SAMPLE_VALUES if size is None else size
+    blocks = SAMPLE_BLOCKS if blocks is None else blocks
+    flat = np.asarray(values).reshape(-1)
+    if flat.size <= size:
+        return flat.copy()
+    run = max(1, size // blocks)
+    starts = (np.arange(blocks, dtype=np.int64) * (flat.size - run)) // max(blocks - 1, 1)
+    return np.concatenate([flat[s : s + run] for s in starts])
+
+
+def sampled_curve(
+    name: str, values: np.ndarray, method: str, rd_factor: float, init: str, seed: int
+) -> tuple[dict, dict[int, Callable[[], np.ndarray]]]:
+    """A large tensor's curve (as ``rate_curves``'), its candidates' bytes and weight errors
+    estimated on ``value_sample``: the same k-means widths and uniform steps, clustered and
+    rounded on the sample (bytes scaled to the tensor); and the makers of its front's arrays,
+    each made on the whole tensor (``share``'s own calls, so what is measured is what share
+    gives)."""
+    sample = value_sample(values)
+    scale = values.size / max(sample.size, 1)
+    steps = step_ladder(values, STEP_EXPONENTS) if method in ("uniform", "auto") else []
+    widths = BITS if method in ("kmeans", "auto") else () if steps else BITS[:1]
+    options, makers_by_option = [], []
+    supports: dict = {}
+    for bits in widths:
+        shared = share_array(sample, 2**bits, init=init, seed=tensor_rng(seed, name), supports=supports)
+        error = variant_errors(sample, [shared.values], None)[0]
+        options.append(
+            {
+                "method": "kmeans",
+                "bits": bits,
+                "bytes": int(round(estimated_bytes(shared.labels) * scale)),
+                "error": error,
+            }
+        )
+        makers_by_option.append(
+            lambda bits=bits: share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name)).values
+        )
+    del supports
+    buckets = value_buckets(sample) if steps else None  # made once for every step
+    made: dict[str, ValueBuckets] = {}
+
+    def whole_buckets() -> ValueBuckets:
+        # the whole tensor's, made at its first measured uniform candidate and kept for the next
+        if "whole" not in made:
+            made["whole"] = value_buckets(values.reshape(-1))
+        return made["whole"]
+
+    for step in steps:
+        uniform = uniform_quantize(sample, step, rd_factor, buckets=buckets)
+        error = variant_errors(sample, [uniform.values], None)[0]
+        options.append(
+            {
+                "method": "uniform",
+                "step": step,
+                "bytes": int(round(estimated_bytes(uniform.levels) * scale)),
+                "error": error,
+            }
+        )
+        makers_by_option.append(lambda step=step: uniform_values(values, step, rd_factor, whole_buckets()))
+    for o in options:
+        o["error"] = float(max(o["error"], 0.0)) if np.isfinite(o["error"]) else float(o["error"])
+    front = pareto([dict(o, index=i) for i, o in enumerate(options) if np.isfinite(o["error"])])
+    curve = {
+        "name": name,
+        "options": options,
+        "front": [o["index"] for o in front],
+        "method": WEIGHT,
+        "reason": None,
+        "sampled": int(sample.size),
+    }
+    return curve, {o["index"]: makers_by_option[o["index"]] for o in front}
 
 
 def knapsack_of(curves: list[dict]) -> list[dict]:

@@ -36,6 +36,8 @@ MAX_CURVE_FLOPS = 2e10
 # the ratios of the ladder (evenly spread, the ends included) at which that refit is solved.
 REFIT_COLUMNS = 32
 REFIT_RATIOS = 12
+# Tensors above this many values get their weight-proxy curve from a partition, not a sort.
+PARTITION_ABOVE = 1 << 22
 # Error stacks (ratios x d_in x d_out float64) are evaluated in chunks of at most this many elements.
 CHUNK_ELEMENTS = 1 << 23
 
@@ -68,11 +70,34 @@ def output_errors(w: np.ndarray, deltas: np.ndarray, cov: np.ndarray) -> np.ndar
 
 def weight_errors(values: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
     """||ΔW||² / ||W||² of layer magnitude pruning at each ratio (the smallest magnitudes zeroed)."""
+    if np.size(values) > PARTITION_ABOVE:
+        return _partitioned_weight_errors(values, ratios)
     squares = np.sort(np.square(np.asarray(values, dtype=np.float64).reshape(-1)))
     total = float(squares.sum())
     cumulative = np.concatenate([[0.0], np.cumsum(squares)])
     k = np.array([int(round(r * squares.size)) for r in ratios], dtype=np.int64)
     errors = cumulative[np.clip(k, 0, squares.size)]
+    return errors / total if total > 0 else np.zeros(len(ratios))
+
+
+def _partitioned_weight_errors(values: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
+    """``weight_errors`` of a large tensor: the squares partitioned in place at the ratios' counts
+    (no sorted copy, no cumulative array), each stretch summed once."""
+    squares = np.asarray(values, dtype=np.float64).reshape(-1).copy()
+    np.square(squares, out=squares)
+    n = squares.size
+    k = np.array([int(round(r * n)) for r in ratios], dtype=np.int64).clip(0, n)
+    cuts = sorted({int(c) for c in k if 0 < c < n})
+    if cuts:
+        squares.partition(cuts)
+    bounds = [0, *cuts, n]
+    below = {0: 0.0}
+    running = 0.0
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        running += float(squares[lo:hi].sum())
+        below[hi] = running
+    errors = np.array([below[int(c)] for c in k])
+    total = below[n]
     return errors / total if total > 0 else np.zeros(len(ratios))
 
 

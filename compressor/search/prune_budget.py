@@ -141,7 +141,8 @@ class _PrunedVariants:
 
     def compensated(self, name: str, pruned: np.ndarray) -> np.ndarray:
         """`pruned` with its kept weights refit (once per tensor and zero count)."""
-        if self.compensate is None:
+        if self.compensate is None or name not in self.compensate:
+            # nothing to refit: not cached (a large tensor at every ratio tried would stay in memory)
             return pruned
         key = (name, int(np.count_nonzero(pruned == 0)))
         if key not in self.cache:
