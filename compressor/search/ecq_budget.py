@@ -54,7 +54,7 @@ from ..passes.selection import DEFAULT_MIN_PARAMS
 from ..passes.share import share, shareable_weights, tensor_rng
 from ..variants import with_arrays
 from .candidates import LazyArrays, decoded, kmeans_code, uniform_code
-from .layer_error import capture_layers, curve_method, variant_errors
+from .layer_error import WEIGHT, capture_layers, curve_method, variant_errors
 from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
 from .prune_budget import allocate_ratios
