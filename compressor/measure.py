@@ -63,8 +63,18 @@ NOMINAL_SECONDS_PER_MAC = 3.5e-11
 SAMPLE_OVERHEAD_MACS = 200_000
 NOMINAL_SECONDS_PER_PARAMETER = 2e-8
 # Keys of the run's metrics (``Judge.__call__``) and of the searches' (``Judge.measure_*``).
-RUN_KEYS = ("accuracy", "accuracy_drop", "top1_agreement", "snr_db", "raw_snr_db", "kl", "map_f1", "task_score")
-SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1")
+RUN_KEYS = (
+    "accuracy",
+    "accuracy_drop",
+    "top1_agreement",
+    "snr_db",
+    "raw_snr_db",
+    "kl",
+    "map_f1",
+    "task_score",
+    "kl_points",
+)
+SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1", "kl_points")
 EMPTY_RUN_METRICS = dict.fromkeys(RUN_KEYS)
 
 
@@ -77,10 +87,12 @@ def loss_points(
     top1_agreement: float | None,
     map_f1: float | None = None,
     task_drop: float | None = None,
+    kl_points: float | None = None,
 ) -> float | None:
     """The budgeted loss in points: the accuracy drop ("accuracy"), the user metric's drop
-    ("metric"), in "fidelity" the worse of 100 - top-1 agreement and 100 x (1 - map F1) (0 when
-    no output has either: the SNR floor guards it), None ("none")."""
+    ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1) and the
+    per-position KL in points (output_kinds.POSITION_KL_PER_POINT) (0 when no output has any:
+    the SNR floor guards it), None ("none")."""
     if mode == "accuracy":
         return accuracy_drop
     if mode == "metric":
@@ -88,6 +100,7 @@ def loss_points(
     if mode == "fidelity":
         losses = [100.0 - top1_agreement] if top1_agreement is not None else []
         losses += [100.0 * (1.0 - map_f1)] if map_f1 is not None else []
+        losses += [kl_points] if kl_points is not None else []
         return max(losses, default=0.0)
     return None
 
@@ -280,6 +293,7 @@ class Judge:
             task_drop = 100.0 * (self.reference_score - task_score) if math.isfinite(task_score) else math.inf
         top1 = _worst(per, "top1_agreement", min)
         map_f1 = _worst(per, "map_f1", min)
+        kl_points = _worst(per, "kl_points", max)
         return {
             "accuracy": acc,
             "accuracy_drop": accuracy_drop,
@@ -289,7 +303,8 @@ class Judge:
             "kl": _worst(per, "kl", max),
             "map_f1": map_f1,
             "task_score": task_score,
-            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop),
+            "kl_points": kl_points,
+            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, kl_points),
             "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
         }
 
@@ -369,7 +384,12 @@ class Judge:
         if self.mode == "metric" and task_drop is None:
             task_drop = 0.0  # the original's own row
         return loss_points(
-            self.mode, metrics["accuracy_drop"], metrics["top1_agreement"], metrics.get("map_f1"), task_drop
+            self.mode,
+            metrics["accuracy_drop"],
+            metrics["top1_agreement"],
+            metrics.get("map_f1"),
+            task_drop,
+            metrics.get("kl_points"),
         )
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:

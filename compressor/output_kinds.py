@@ -10,8 +10,15 @@ kind           recognised by (on the original's output)                 judged b
 ``classes``    float [N, C] (trailing 1s allowed) whose rows are        top-1 agreement (points) and the mean KL
                probabilities or log-probabilities (any C >= 2), or      divergence of the class probabilities (softmax
                raw scores with C >= MIN_RAW_CLASSES                     of raw scores) at most ``gate.max_kl``
-``positions``  float [N, ..., C], rank >= 3, rows (log-)probabilities   top-1 agreement per position, and the mean KL
-               over the last axis: CTC and sequence decoders            per position at most ``gate.max_kl``
+``positions``  float [N, ..., C], rank >= 3, rows (log-)probabilities   top-1 agreement per position, counted where
+               over the last axis: CTC and sequence decoders; or raw    the original is confident (its top-1 probability
+               scores over C >= MIN_RAW_POSITION_CLASSES classes whose  ahead of the runner-up's by POSITION_MARGIN:
+               softmax rows are peaked (their median top-1 at least     a near-tie, a blank/character boundary of CTC,
+               PEAKED_TOP1) on more than one class (CTC logits),        is what a decoder's merging absorbs); and the
+               when no other kind fits                                  mean KL per position, in points (one point per
+                                                                        POSITION_KL_PER_POINT nats: a continuous
+                                                                        measure the few sequences of a verdict cannot
+                                                                        pass on counts alone), at most ``gate.max_kl``
 ``map``        float [N, 1, H, W] or [N, H, W], H and W >=              region F1: the connected regions above
                MIN_MAP_SIDE, every value in [0, 1]: a sigmoid map       MAP_THRESHOLD matched (IoU >= REGION_IOU) to
                                                                         the original's own regions as pseudo-labels
@@ -44,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,6 +68,18 @@ MAP_THRESHOLD = 0.3
 # drifts from it by IoU 0.5 can lose its match with the truth (benchmarks/README.md, ppocr_det).
 MIN_REGION_PIXELS = 9
 REGION_IOU = 0.8
+# Raw per-position scores: a vocabulary-sized last axis (wider than the hidden states of common
+# encoders, whose rows are no class scores) whose softmax rows are peaked, on more than one class.
+MIN_RAW_POSITION_CLASSES = 1000
+PEAKED_TOP1 = 0.5
+# A position's top-1 change counts where the original's top-1 probability leads the runner-up's
+# by at least this: flips at near-ties (CTC's blank/character boundaries) leave the decoded
+# sequence as it was, and counting them stopped compression the task tolerated (benchmarks/README.md).
+POSITION_MARGIN = 0.5
+# The mean KL per position (nats) that costs one point of the budget: a sequence is wrong when
+# any of its positions is, and most positions (CTC's blanks) hold still, so a small mean KL
+# already changes whole sequences (the exchange rate is measured in benchmarks/README.md).
+POSITION_KL_PER_POINT = 0.04
 # A probability column is a decision at this threshold (a thresholded sigmoid: speech / not).
 DECISION_THRESHOLD = 0.5
 # Values handled per chunk (bounded memory whatever the output's size).
@@ -130,7 +149,19 @@ def output_kind(output: np.ndarray) -> str:
         return "embedding"
     if _detection_rows(output):
         return "detections"
+    if output.ndim >= 3 and output.shape[-1] >= MIN_RAW_POSITION_CLASSES and _peaked_rows(output):
+        return "positions"
     return "values"
+
+
+def _peaked_rows(output: np.ndarray) -> bool:
+    """Rows of raw scores whose softmax is peaked (median top-1 at least PEAKED_TOP1), with more
+    than one top-1 class among them (a hidden state's one outlier channel is no class)."""
+    values = _sample_rows(output)
+    if not np.all(np.isfinite(values)):
+        return False
+    probs = np.exp(_log_probs(values, None))
+    return bool(np.median(probs.max(axis=-1)) >= PEAKED_TOP1 and len(np.unique(probs.argmax(axis=-1))) > 1)
 
 
 def _detection_rows(output: np.ndarray) -> bool:
@@ -189,6 +220,8 @@ class Reference:
     score_power: float = 0.0  # detections: centred power of the anchors' scores
     box_power: float = 0.0  # detections: score-weighted centred power of the boxes
     class_power: float = 0.0  # detections: and of the class columns
+    # positions: the rows where the original's top-1 leads by POSITION_MARGIN (where a flip counts)
+    confident: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def reference_of(output: np.ndarray, kind: str | None = None) -> Reference:
@@ -202,7 +235,19 @@ def reference_of(output: np.ndarray, kind: str | None = None) -> Reference:
         score_power, _ = centred_and_raw_power(anchor_scores(output))
         box_power, class_power = _weighted_powers(output)
         return Reference(kind, centred, raw, form, score_power, box_power, class_power)
+    if kind == "positions":
+        return Reference(kind, centred, raw, form, confident=confident_rows(output, form))
     return Reference(kind, centred, raw, form)
+
+
+def confident_rows(output: np.ndarray, form: str | None, margin: float = POSITION_MARGIN) -> np.ndarray:
+    """Per row of class scores: does the top-1 probability lead the runner-up's by `margin`."""
+    rows = _score_rows(output)
+    parts = []
+    for chunk in _chunks(rows):
+        top2 = np.sort(np.exp(_log_probs(chunk, form)), axis=-1)[:, -2:]
+        parts.append(top2[:, 1] - top2[:, 0] >= margin)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
 def anchor_scores(output: np.ndarray) -> np.ndarray:
@@ -314,13 +359,19 @@ def _score_rows(output: np.ndarray) -> np.ndarray:
     return output.reshape(-1, output.shape[-1])
 
 
-def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float:
-    """Percent of rows (samples, or positions) whose top-1 class is unchanged."""
+def top1_agreement(reference: np.ndarray, output: np.ndarray, counted: np.ndarray | None = None) -> float:
+    """Percent of rows (samples, or positions) whose top-1 class is unchanged; with `counted`
+    (a bool per row), a change counts only on those rows (the others agree by definition)."""
     ref_rows, out_rows = _score_rows(reference), _score_rows(output)
     if len(ref_rows) == 0:
         return 100.0
-    same = sum(int(np.count_nonzero(r.argmax(-1) == o.argmax(-1))) for r, o in _chunks(ref_rows, out_rows))
-    return 100.0 * same / len(ref_rows)
+    changed, start = 0, 0
+    for r, o in _chunks(ref_rows, out_rows):
+        flips = r.argmax(-1) != o.argmax(-1)
+        if counted is not None:
+            flips &= counted[start : start + len(r)]
+        changed, start = changed + int(np.count_nonzero(flips)), start + len(r)
+    return 100.0 * (len(ref_rows) - changed) / len(ref_rows)
 
 
 def mean_kl(reference: np.ndarray, output: np.ndarray, form: str | None = None) -> float:
@@ -394,7 +445,7 @@ def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: flo
 
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
-    positions), map_f1 (maps), and for every float output centred_snr_db (detections: their
+    positions; and for positions kl_points, the KL in points of the budget), map_f1 (maps), and for every float output centred_snr_db (detections: their
     ``detection_snr_db``) and raw_snr_db."""
     if reference.shape != output.shape:
         raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
@@ -407,8 +458,10 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     if ref.kind == "detections":
         result["centred_snr_db"] = detection_snr_db(reference, output, ref)
     if ref.kind in TOP1_KINDS:
-        result["top1_agreement"] = top1_agreement(reference, output)
+        result["top1_agreement"] = top1_agreement(reference, output, ref.confident)
         result["kl"] = mean_kl(reference, output, ref.form)
+        if ref.kind == "positions":
+            result["kl_points"] = result["kl"] / POSITION_KL_PER_POINT
     elif ref.kind == "map":
         result["map_f1"] = map_f1(reference, output)
     elif ref.kind == "probability":
