@@ -23,11 +23,15 @@ kind           recognised by (on the original's output)                 judged b
                MIN_MAP_SIDE, every value in [0, 1]: a sigmoid map       MAP_THRESHOLD matched (IoU >= REGION_IOU) to
                                                                         the original's own regions as pseudo-labels
                                                                         (points = 100 x (1 - F1)); moved edges are free
-``detections`` float [N, A, K], A >= MIN_ANCHORS rows (anchors), 5 <=  the worst SNR at least ``gate.min_snr_db`` of:
-               K < A columns: 4 box values, then scores in [0, 1]       the anchors' scores (objectness x best class,
-               (objectness, classes; YOLO-style heads), when no         centred), and the boxes and the class columns
-               other kind fits                                          weighted by the original's score of each anchor
-                                                                        (a background anchor's box is noise the
+``detections`` float [N, A, K], A >= MIN_ANCHORS rows (anchors), 5 <=  the anchors' decisions (score = objectness x
+               K < A columns: 4 box values, then scores in [0, 1]       best class above DECISION_THRESHOLD), a change
+               (objectness, classes; YOLO-style heads), when no         counted where the original's score is
+               other kind fits                                          DETECTION_MARGIN from it (points = 100 x changes
+                                                                        / the original's detections: near-threshold
+                                                                        anchors are duplicates NMS drops), and the
+                                                                        boxes' SNR at least ``gate.min_snr_db``,
+                                                                        weighted by the original's score of each
+                                                                        anchor (a background anchor's box is noise the
                                                                         decoding drops)
 ``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
 ``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  agreement of the decisions (value > DECISION_
@@ -90,6 +94,10 @@ SAMPLED_ROWS = 256
 # A detection head: at least this many anchor rows, 4 box columns, then score columns.
 MIN_ANCHORS = 64
 BOX_COLUMNS = 4
+# An anchor's decision change counts where the original's score is this far from
+# DECISION_THRESHOLD: the scores' SNR floor rejected settings that kept the task's boxes, whose
+# decoding keeps one anchor per object (benchmarks/README.md, ddddocr_det).
+DETECTION_MARGIN = 0.3
 
 KINDS = ("classes", "positions", "map", "detections", "embedding", "probability", "regressor", "values", "exact")
 TOP1_KINDS = ("classes", "positions")
@@ -220,7 +228,8 @@ class Reference:
     score_power: float = 0.0  # detections: centred power of the anchors' scores
     box_power: float = 0.0  # detections: score-weighted centred power of the boxes
     class_power: float = 0.0  # detections: and of the class columns
-    # positions: the rows where the original's top-1 leads by POSITION_MARGIN (where a flip counts)
+    # positions: the rows where the original's top-1 leads by POSITION_MARGIN (where a flip counts);
+    # detections: the anchors whose score is DETECTION_MARGIN from the decision threshold
     confident: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
@@ -234,7 +243,9 @@ def reference_of(output: np.ndarray, kind: str | None = None) -> Reference:
     if kind == "detections":
         score_power, _ = centred_and_raw_power(anchor_scores(output))
         box_power, class_power = _weighted_powers(output)
-        return Reference(kind, centred, raw, form, score_power, box_power, class_power)
+        scores = anchor_scores(output)
+        confident = np.abs(scores - DECISION_THRESHOLD) >= DETECTION_MARGIN
+        return Reference(kind, centred, raw, form, score_power, box_power, class_power, confident=confident)
     if kind == "positions":
         return Reference(kind, centred, raw, form, confident=confident_rows(output, form))
     return Reference(kind, centred, raw, form)
@@ -280,6 +291,36 @@ def _weighted_powers(output: np.ndarray) -> tuple[float, float]:
         for i, group in enumerate(_column_groups((chunk - mean) ** 2 * w)):
             powers[i] += float(np.sum(group, dtype=np.float64))
     return powers[0], powers[1]
+
+
+def detection_change_points(reference: np.ndarray, output: np.ndarray, ref: Reference) -> float:
+    """100 x the anchors whose decision (score > DECISION_THRESHOLD) changed where the original
+    was confident (``ref.confident``), over the original's detections (at least one)."""
+    changed = detections = 0
+    for r, o, confident in zip(_chunks(reference), _chunks(output), _split_rows(ref.confident, reference)):
+        before, after = anchor_scores(r) > DECISION_THRESHOLD, anchor_scores(o) > DECISION_THRESHOLD
+        changed += int(np.count_nonzero((before != after) & confident))
+        detections += int(np.count_nonzero(before))
+    return 100.0 * changed / max(detections, 1)
+
+
+def _split_rows(mask: np.ndarray | None, like: np.ndarray) -> Iterator[np.ndarray]:
+    # `mask` ([N, ...] per sample) cut as _chunks cuts `like` along axis 0.
+    step = _chunk_rows(like)
+    for start in range(0, like.shape[0], step):
+        yield mask[start : start + step] if mask is not None else True
+
+
+def detection_box_snr_db(reference: np.ndarray, output: np.ndarray, ref: Reference) -> float:
+    """The boxes' SNR weighted by the original's score of each anchor (the scores' SNR when the
+    original sees nothing): their decisions are judged by ``detection_change_points``."""
+    if ref.box_power <= 0:
+        return detection_snr_db(reference, output, ref)
+    noise = 0.0
+    for r, o in _chunks(reference, output):
+        weighted = (o - r)[..., :BOX_COLUMNS] ** 2 * anchor_scores(r)[..., None]
+        noise += float(np.sum(weighted, dtype=np.float64))
+    return _db(ref.box_power, noise)
 
 
 def detection_snr_db(reference: np.ndarray, output: np.ndarray, ref: Reference) -> float:
@@ -445,8 +486,9 @@ def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: flo
 
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
-    positions; and for positions kl_points, the KL in points of the budget), map_f1 (maps), and for every float output centred_snr_db (detections: their
-    ``detection_snr_db``) and raw_snr_db."""
+    positions; for positions kl_points, the KL in points of the budget), map_f1 (maps), and for
+    every float output centred_snr_db and raw_snr_db.  Detections: top1_agreement is 100 minus
+    ``detection_change_points``, centred_snr_db the boxes' ``detection_box_snr_db``."""
     if reference.shape != output.shape:
         raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
     result: dict = {"kind": ref.kind}
@@ -456,7 +498,9 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     result["centred_snr_db"] = _db(ref.centred_power if ref.centred_power > 0 else ref.raw_power, noise)
     result["raw_snr_db"] = _db(ref.raw_power, noise)
     if ref.kind == "detections":
-        result["centred_snr_db"] = detection_snr_db(reference, output, ref)
+        result["centred_snr_db"] = detection_box_snr_db(reference, output, ref)
+        # budgeted as top-1 agreement
+        result["top1_agreement"] = 100.0 - detection_change_points(reference, output, ref)
     if ref.kind in TOP1_KINDS:
         result["top1_agreement"] = top1_agreement(reference, output, ref.confident)
         result["kl"] = mean_kl(reference, output, ref.form)
