@@ -183,10 +183,18 @@ def test_detections_judge_boxes_where_the_original_sees_an_object():
     plain = ok.centred_snr_db(ref, noisy_background)  # the whole output's SNR sees every anchor alike
     assert quiet > 20.0 > plain
     assert loud < 15.0
-    # a score that moves is judged too
-    moved = ref.copy()
-    moved[..., 4] = np.clip(moved[..., 4] + 0.2 * rng.normal(size=moved[..., 4].shape), 0.0, 1.0)
-    assert ok.compare(ref, moved, reference)["centred_snr_db"] < 15.0
+    # Scores are judged by the decisions they make (the boxes' SNR does not see them): a
+    # confident detection lost costs points, a near-threshold anchor's flip does not.
+    scores = ok.anchor_scores(ref)
+    confident = np.argwhere(scores > ok.DECISION_THRESHOLD + ok.DETECTION_MARGIN)
+    assert len(confident) > 0
+    lost = ref.copy()
+    lost[tuple(confident[0])][4] = 0.0
+    expected = 100.0 * (1 - 1 / np.count_nonzero(scores > ok.DECISION_THRESHOLD))
+    assert ok.compare(ref, lost, reference)["top1_agreement"] == pytest.approx(expected)
+    near = ref.copy()
+    near[..., 4] = np.where(np.abs(scores - ok.DECISION_THRESHOLD) < ok.DETECTION_MARGIN, 0.0, near[..., 4])
+    assert ok.compare(ref, near, reference)["top1_agreement"] == 100.0
     assert ok.compare(ref, ref, reference)["centred_snr_db"] == math.inf
 
 
