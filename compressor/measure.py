@@ -73,8 +73,19 @@ RUN_KEYS = (
     "map_f1",
     "task_score",
     "decision_risk",
+    "kl_points",
 )
-SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1", "decision_risk")
+SEARCH_KEYS = (
+    "accuracy",
+    "top1_agreement",
+    "snr_db",
+    "drop",
+    "rel_noise",
+    "kl",
+    "map_f1",
+    "decision_risk",
+    "kl_points",
+)
 EMPTY_RUN_METRICS = dict.fromkeys(RUN_KEYS)
 
 
@@ -88,10 +99,12 @@ def loss_points(
     map_f1: float | None = None,
     task_drop: float | None = None,
     decision_risk: float | None = None,
+    kl_points: float | None = None,
 ) -> float | None:
     """The budgeted loss in points: the accuracy drop ("accuracy"), the user metric's drop
-    ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1) and the
-    decision risk of probability outputs (0 when no output has any: the SNR floor guards it),
+    ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1), the
+    decision risk of probability outputs and the per-position KL in points
+    (output_kinds.POSITION_KL_PER_POINT) (0 when no output has any: the SNR floor guards it),
     None ("none")."""
     if mode == "accuracy":
         return accuracy_drop
@@ -101,6 +114,7 @@ def loss_points(
         losses = [100.0 - top1_agreement] if top1_agreement is not None else []
         losses += [100.0 * (1.0 - map_f1)] if map_f1 is not None else []
         losses += [decision_risk] if decision_risk is not None else []
+        losses += [kl_points] if kl_points is not None else []
         return max(losses, default=0.0)
     return None
 
@@ -303,6 +317,7 @@ class Judge:
         top1 = _worst(per, "top1_agreement", min)
         map_f1 = _worst(per, "map_f1", min)
         risk = _worst(per, "decision_risk", max)
+        kl_points = _worst(per, "kl_points", max)
         return {
             "accuracy": acc,
             "accuracy_drop": accuracy_drop,
@@ -313,7 +328,8 @@ class Judge:
             "map_f1": map_f1,
             "task_score": task_score,
             "decision_risk": risk,
-            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk),
+            "kl_points": kl_points,
+            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk, kl_points),
             "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
         }
 
@@ -399,6 +415,7 @@ class Judge:
             metrics.get("map_f1"),
             task_drop,
             metrics.get("decision_risk"),
+            metrics.get("kl_points"),
         )
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:

@@ -10,17 +10,28 @@ kind           recognised by (on the original's output)                 judged b
 ``classes``    float [N, C] (trailing 1s allowed) whose rows are        top-1 agreement (points) and the mean KL
                probabilities or log-probabilities (any C >= 2), or      divergence of the class probabilities (softmax
                raw scores with C >= MIN_RAW_CLASSES                     of raw scores) at most ``gate.max_kl``
-``positions``  float [N, ..., C], rank >= 3, rows (log-)probabilities   top-1 agreement per position, and the mean KL
-               over the last axis: CTC and sequence decoders            per position at most ``gate.max_kl``
+``positions``  float [N, ..., C], rank >= 3, rows (log-)probabilities   top-1 agreement per position, counted where
+               over the last axis: CTC and sequence decoders; or raw    the original is confident (its top-1 probability
+               scores over C >= MIN_RAW_POSITION_CLASSES classes whose  ahead of the runner-up's by POSITION_MARGIN:
+               softmax rows are peaked (their median top-1 at least     a near-tie, a blank/character boundary of CTC,
+               PEAKED_TOP1) on more than one class (CTC logits),        is what a decoder's merging absorbs); and the
+               when no other kind fits                                  mean KL per position, in points (one point per
+                                                                        POSITION_KL_PER_POINT nats: a continuous
+                                                                        measure the few sequences of a verdict cannot
+                                                                        pass on counts alone), at most ``gate.max_kl``
 ``map``        float [N, 1, H, W] or [N, H, W], H and W >=              region F1: the connected regions above
                MIN_MAP_SIDE, every value in [0, 1]: a sigmoid map       MAP_THRESHOLD matched (IoU >= REGION_IOU) to
                                                                         the original's own regions as pseudo-labels
                                                                         (points = 100 x (1 - F1)); moved edges are free
-``detections`` float [N, A, K], A >= MIN_ANCHORS rows (anchors), 5 <=  the worst SNR at least ``gate.min_snr_db`` of:
-               K < A columns: 4 box values, then scores in [0, 1]       the anchors' scores (objectness x best class,
-               (objectness, classes; YOLO-style heads), when no         centred), and the boxes and the class columns
-               other kind fits                                          weighted by the original's score of each anchor
-                                                                        (a background anchor's box is noise the
+``detections`` float [N, A, K], A >= MIN_ANCHORS rows (anchors), 5 <=  the anchors' decisions (score = objectness x
+               K < A columns: 4 box values, then scores in [0, 1]       best class above DECISION_THRESHOLD), a change
+               (objectness, classes; YOLO-style heads), when no         counted where the original's score is
+               other kind fits                                          DETECTION_MARGIN from it (points = 100 x changes
+                                                                        / the original's detections: near-threshold
+                                                                        anchors are duplicates NMS drops), and the
+                                                                        boxes' SNR at least ``gate.min_snr_db``,
+                                                                        weighted by the original's score of each
+                                                                        anchor (a background anchor's box is noise the
                                                                         decoding drops)
 ``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
 ``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  the decision risk (``decision_risk``: each
@@ -48,7 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,6 +78,18 @@ MAP_THRESHOLD = 0.3
 # drifts from it by IoU 0.5 can lose its match with the truth (benchmarks/README.md, ppocr_det).
 MIN_REGION_PIXELS = 9
 REGION_IOU = 0.8
+# Raw per-position scores: a vocabulary-sized last axis (wider than the hidden states of common
+# encoders, whose rows are no class scores) whose softmax rows are peaked, on more than one class.
+MIN_RAW_POSITION_CLASSES = 1000
+PEAKED_TOP1 = 0.5
+# A position's top-1 change counts where the original's top-1 probability leads the runner-up's
+# by at least this: flips at near-ties (CTC's blank/character boundaries) leave the decoded
+# sequence as it was, and counting them stopped compression the task tolerated (benchmarks/README.md).
+POSITION_MARGIN = 0.5
+# The mean KL per position (nats) that costs one point of the budget: a sequence is wrong when
+# any of its positions is, and most positions (CTC's blanks) hold still, so a small mean KL
+# already changes whole sequences (the exchange rate is measured in benchmarks/README.md).
+POSITION_KL_PER_POINT = 0.04
 # A probability column is a decision at this threshold (a thresholded sigmoid: speech / not).
 DECISION_THRESHOLD = 0.5
 # Values handled per chunk (bounded memory whatever the output's size).
@@ -77,6 +100,10 @@ SAMPLED_ROWS = 256
 # A detection head: at least this many anchor rows, 4 box columns, then score columns.
 MIN_ANCHORS = 64
 BOX_COLUMNS = 4
+# An anchor's decision change counts where the original's score is this far from
+# DECISION_THRESHOLD: the scores' SNR floor rejected settings that kept the task's boxes, whose
+# decoding keeps one anchor per object (benchmarks/README.md, ddddocr_det).
+DETECTION_MARGIN = 0.3
 
 KINDS = ("classes", "positions", "map", "detections", "embedding", "probability", "regressor", "values", "exact")
 TOP1_KINDS = ("classes", "positions")
@@ -136,7 +163,19 @@ def output_kind(output: np.ndarray) -> str:
         return "embedding"
     if _detection_rows(output):
         return "detections"
+    if output.ndim >= 3 and output.shape[-1] >= MIN_RAW_POSITION_CLASSES and _peaked_rows(output):
+        return "positions"
     return "values"
+
+
+def _peaked_rows(output: np.ndarray) -> bool:
+    """Rows of raw scores whose softmax is peaked (median top-1 at least PEAKED_TOP1), with more
+    than one top-1 class among them (a hidden state's one outlier channel is no class)."""
+    values = _sample_rows(output)
+    if not np.all(np.isfinite(values)):
+        return False
+    probs = np.exp(_log_probs(values, None))
+    return bool(np.median(probs.max(axis=-1)) >= PEAKED_TOP1 and len(np.unique(probs.argmax(axis=-1))) > 1)
 
 
 def _detection_rows(output: np.ndarray) -> bool:
@@ -196,6 +235,9 @@ class Reference:
     box_power: float = 0.0  # detections: score-weighted centred power of the boxes
     class_power: float = 0.0  # detections: and of the class columns
     units: int = 0  # probability: rows cycle over this many sequences (recurrent data), 0: each row a unit
+    # positions: the rows where the original's top-1 leads by POSITION_MARGIN (where a flip counts);
+    # detections: the anchors whose score is DETECTION_MARGIN from the decision threshold
+    confident: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def reference_of(output: np.ndarray, kind: str | None = None, units: int = 0) -> Reference:
@@ -211,8 +253,22 @@ def reference_of(output: np.ndarray, kind: str | None = None, units: int = 0) ->
     if kind == "detections":
         score_power, _ = centred_and_raw_power(anchor_scores(output))
         box_power, class_power = _weighted_powers(output)
-        return Reference(kind, centred, raw, form, score_power, box_power, class_power)
+        scores = anchor_scores(output)
+        confident = np.abs(scores - DECISION_THRESHOLD) >= DETECTION_MARGIN
+        return Reference(kind, centred, raw, form, score_power, box_power, class_power, confident=confident)
+    if kind == "positions":
+        return Reference(kind, centred, raw, form, confident=confident_rows(output, form))
     return Reference(kind, centred, raw, form)
+
+
+def confident_rows(output: np.ndarray, form: str | None, margin: float = POSITION_MARGIN) -> np.ndarray:
+    """Per row of class scores: does the top-1 probability lead the runner-up's by `margin`."""
+    rows = _score_rows(output)
+    parts = []
+    for chunk in _chunks(rows):
+        top2 = np.sort(np.exp(_log_probs(chunk, form)), axis=-1)[:, -2:]
+        parts.append(top2[:, 1] - top2[:, 0] >= margin)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
 def anchor_scores(output: np.ndarray) -> np.ndarray:
@@ -245,6 +301,36 @@ def _weighted_powers(output: np.ndarray) -> tuple[float, float]:
         for i, group in enumerate(_column_groups((chunk - mean) ** 2 * w)):
             powers[i] += float(np.sum(group, dtype=np.float64))
     return powers[0], powers[1]
+
+
+def detection_change_points(reference: np.ndarray, output: np.ndarray, ref: Reference) -> float:
+    """100 x the anchors whose decision (score > DECISION_THRESHOLD) changed where the original
+    was confident (``ref.confident``), over the original's detections (at least one)."""
+    changed = detections = 0
+    for r, o, confident in zip(_chunks(reference), _chunks(output), _split_rows(ref.confident, reference)):
+        before, after = anchor_scores(r) > DECISION_THRESHOLD, anchor_scores(o) > DECISION_THRESHOLD
+        changed += int(np.count_nonzero((before != after) & confident))
+        detections += int(np.count_nonzero(before))
+    return 100.0 * changed / max(detections, 1)
+
+
+def _split_rows(mask: np.ndarray | None, like: np.ndarray) -> Iterator[np.ndarray]:
+    # `mask` ([N, ...] per sample) cut as _chunks cuts `like` along axis 0.
+    step = _chunk_rows(like)
+    for start in range(0, like.shape[0], step):
+        yield mask[start : start + step] if mask is not None else True
+
+
+def detection_box_snr_db(reference: np.ndarray, output: np.ndarray, ref: Reference) -> float:
+    """The boxes' SNR weighted by the original's score of each anchor (the scores' SNR when the
+    original sees nothing): their decisions are judged by ``detection_change_points``."""
+    if ref.box_power <= 0:
+        return detection_snr_db(reference, output, ref)
+    noise = 0.0
+    for r, o in _chunks(reference, output):
+        weighted = (o - r)[..., :BOX_COLUMNS] ** 2 * anchor_scores(r)[..., None]
+        noise += float(np.sum(weighted, dtype=np.float64))
+    return _db(ref.box_power, noise)
 
 
 def detection_snr_db(reference: np.ndarray, output: np.ndarray, ref: Reference) -> float:
@@ -324,13 +410,19 @@ def _score_rows(output: np.ndarray) -> np.ndarray:
     return output.reshape(-1, output.shape[-1])
 
 
-def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float:
-    """Percent of rows (samples, or positions) whose top-1 class is unchanged."""
+def top1_agreement(reference: np.ndarray, output: np.ndarray, counted: np.ndarray | None = None) -> float:
+    """Percent of rows (samples, or positions) whose top-1 class is unchanged; with `counted`
+    (a bool per row), a change counts only on those rows (the others agree by definition)."""
     ref_rows, out_rows = _score_rows(reference), _score_rows(output)
     if len(ref_rows) == 0:
         return 100.0
-    same = sum(int(np.count_nonzero(r.argmax(-1) == o.argmax(-1))) for r, o in _chunks(ref_rows, out_rows))
-    return 100.0 * same / len(ref_rows)
+    changed, start = 0, 0
+    for r, o in _chunks(ref_rows, out_rows):
+        flips = r.argmax(-1) != o.argmax(-1)
+        if counted is not None:
+            flips &= counted[start : start + len(r)]
+        changed, start = changed + int(np.count_nonzero(flips)), start + len(r)
+    return 100.0 * (len(ref_rows) - changed) / len(ref_rows)
 
 
 def mean_kl(reference: np.ndarray, output: np.ndarray, form: str | None = None) -> float:
@@ -404,9 +496,10 @@ def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: flo
 
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
-    positions), map_f1 (maps), top1_agreement of the decisions and decision_risk (probability),
-    and for every float output centred_snr_db (detections: their ``detection_snr_db``) and
-    raw_snr_db."""
+    positions; for positions kl_points, the KL in points of the budget), map_f1 (maps),
+    top1_agreement of the decisions and decision_risk (probability), and for every float output
+    centred_snr_db and raw_snr_db.  Detections: top1_agreement is 100 minus
+    ``detection_change_points``, centred_snr_db the boxes' ``detection_box_snr_db``."""
     if reference.shape != output.shape:
         raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
     result: dict = {"kind": ref.kind}
@@ -416,10 +509,14 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     result["centred_snr_db"] = _db(ref.centred_power if ref.centred_power > 0 else ref.raw_power, noise)
     result["raw_snr_db"] = _db(ref.raw_power, noise)
     if ref.kind == "detections":
-        result["centred_snr_db"] = detection_snr_db(reference, output, ref)
+        result["centred_snr_db"] = detection_box_snr_db(reference, output, ref)
+        # budgeted as top-1 agreement
+        result["top1_agreement"] = 100.0 - detection_change_points(reference, output, ref)
     if ref.kind in TOP1_KINDS:
-        result["top1_agreement"] = top1_agreement(reference, output)
+        result["top1_agreement"] = top1_agreement(reference, output, ref.confident)
         result["kl"] = mean_kl(reference, output, ref.form)
+        if ref.kind == "positions":
+            result["kl_points"] = result["kl"] / POSITION_KL_PER_POINT
     elif ref.kind == "map":
         result["map_f1"] = map_f1(reference, output)
     elif ref.kind == "probability":

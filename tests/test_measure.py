@@ -45,6 +45,10 @@ def test_loss_points_per_mode():
     assert loss_points("accuracy", 1.5, 90.0) == 1.5
     assert loss_points("fidelity", 1.5, 97.0) == pytest.approx(3.0)
     assert loss_points("fidelity", None, None) == 0.0  # no top-1: the SNR floor guards it
+    # Per-position scores: the KL in points counts when it is the worse loss.
+    assert loss_points("fidelity", None, 99.5, kl_points=0.8) == pytest.approx(0.8)
+    assert loss_points("fidelity", None, 99.0, kl_points=0.2) == pytest.approx(1.0)
+    assert loss_points("accuracy", 0.5, 99.0, kl_points=3.0) == 0.5
     assert loss_points("none", 1.5, 97.0) is None
 
 
@@ -105,6 +109,7 @@ def test_the_runs_metrics_and_the_searches_agree():
         "kl",
         "map_f1",
         "decision_risk",
+        "kl_points",
     }
     assert searched["kl"] == metrics["kl"] > 0
     assert searched["drop"] == run_judge.loss(metrics) == metrics["accuracy_drop"]

@@ -183,8 +183,48 @@ def test_detections_judge_boxes_where_the_original_sees_an_object():
     plain = ok.centred_snr_db(ref, noisy_background)  # the whole output's SNR sees every anchor alike
     assert quiet > 20.0 > plain
     assert loud < 15.0
-    # a score that moves is judged too
-    moved = ref.copy()
-    moved[..., 4] = np.clip(moved[..., 4] + 0.2 * rng.normal(size=moved[..., 4].shape), 0.0, 1.0)
-    assert ok.compare(ref, moved, reference)["centred_snr_db"] < 15.0
+    # Scores are judged by the decisions they make (the boxes' SNR does not see them): a
+    # confident detection lost costs points, a near-threshold anchor's flip does not.
+    scores = ok.anchor_scores(ref)
+    confident = np.argwhere(scores > ok.DECISION_THRESHOLD + ok.DETECTION_MARGIN)
+    assert len(confident) > 0
+    lost = ref.copy()
+    lost[tuple(confident[0])][4] = 0.0
+    expected = 100.0 * (1 - 1 / np.count_nonzero(scores > ok.DECISION_THRESHOLD))
+    assert ok.compare(ref, lost, reference)["top1_agreement"] == pytest.approx(expected)
+    near = ref.copy()
+    near[..., 4] = np.where(np.abs(scores - ok.DECISION_THRESHOLD) < ok.DETECTION_MARGIN, 0.0, near[..., 4])
+    assert ok.compare(ref, near, reference)["top1_agreement"] == 100.0
     assert ok.compare(ref, ref, reference)["centred_snr_db"] == math.inf
+
+
+def test_raw_per_position_scores_over_a_vocabulary_are_positions():
+    # CTC logits [N * T, 1, C] (a reader returning raw scores): peaked rows on several classes.
+    logits = RNG.normal(size=(60, 1, ok.MIN_RAW_POSITION_CLASSES)).astype(np.float32)
+    logits[np.arange(60), 0, RNG.integers(0, 5, size=60)] += 12.0
+    assert ok.output_kind(logits) == "positions"
+    assert ok.reference_of(logits).form is None
+    # Hidden states of the same width: flat softmax rows, no class scores.
+    hidden = RNG.normal(size=(4, 15, ok.MIN_RAW_POSITION_CLASSES)).astype(np.float32)
+    assert ok.output_kind(hidden) == "values"
+    # Narrower than a vocabulary: values, whatever the rows look like.
+    narrow = logits[..., :64].copy()
+    narrow[np.arange(60), 0, RNG.integers(0, 5, size=60)] += 12.0
+    assert ok.output_kind(narrow) == "values"
+
+
+def test_position_flips_count_where_the_original_is_confident():
+    probs = np.full((1, 4, 3), 0.05, np.float32)
+    probs[0, :, 0] = 0.9  # confident blanks
+    probs[0, 1] = [0.48, 0.47, 0.05]  # a near-tie: a CTC boundary
+    r = ok.reference_of(probs)
+    assert r.kind == "positions" and r.confident.tolist() == [True, False, True, True]
+    tie_flipped = probs.copy()
+    tie_flipped[0, 1] = [0.47, 0.48, 0.05]
+    c = ok.compare(probs, tie_flipped, r)
+    assert c["top1_agreement"] == 100.0 and c["kl_points"] == pytest.approx(c["kl"] / ok.POSITION_KL_PER_POINT)
+    confident_flipped = probs.copy()
+    confident_flipped[0, 2] = [0.05, 0.9, 0.05]
+    assert ok.compare(probs, confident_flipped, r)["top1_agreement"] == pytest.approx(75.0)
+    # Without the reference's mask every flip counts.
+    assert ok.top1_agreement(probs, tie_flipped) == pytest.approx(75.0)
