@@ -19,6 +19,7 @@ from ..data import Dataset
 from ..errors import CompressorError
 from ..measure import BUDGET_SLACK, Measure
 from ..report import StageRow
+from ..search.layer_inputs import LayerInputs
 
 # A search on an evenly spread subset of the data (to fit its time allowance) never uses fewer
 # samples than this: below it one sample is too many points to tell settings apart.
@@ -52,6 +53,7 @@ class StageContext:
     objective: str = (
         "size"  # run.objective (options.OBJECTIVES): "size" keeps a quantized model only if it packs smaller
     )
+    layer_inputs: LayerInputs | None = None  # the layers' input covariances a stage captured, for the next
 
     @property
     def previous(self) -> StageRow:

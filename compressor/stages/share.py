@@ -31,6 +31,9 @@ SHARE_SEARCH_BUDGET_SHARE_LABELED = 0.9
 # fits wins, and the part of the budget they may use, so that quantize keeps room.
 LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
 LOW_BITS_BUDGET_SHARE = 0.8
+# The per-tensor search takes the layers' input covariances prune captured even when pruning
+# changed weights upstream (search/layer_inputs.py; benchmarks/README.md, "Run speed").
+REUSE_PRUNED_INPUTS = False
 
 
 def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
@@ -152,6 +155,10 @@ def per_tensor_attempt(
     seeds = [{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}]
     extra = {"method": opts.method, "rd_factor": opts.rd_factor} if by_rate else {"seeds": seeds}
     extra["gain_runs"] = opts.gain_runs
+    if ctx.layer_inputs is not None:
+        # The covariances prune captured: exact when it left the weights as they were, else
+        # (REUSE_PRUNED_INPUTS) the pre-prune ones, which only rank the measured candidates.
+        extra["captured_layers"] = ctx.layer_inputs.layers(model, calib, approximate=REUSE_PRUNED_INPUTS)
 
     def searched():
         shared, stats = (share_by_rate if by_rate else share_to_budget)(
