@@ -206,7 +206,11 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
             tried.append({"option": label, "error": ladder.must_shrink.error})
             log(f"{stage}: {label} {ladder.must_shrink.log}")
             continue
-        metrics, outputs = measure(candidate)
+        if candidate is ctx.model and ctx.outputs is not None:
+            # the stage's input itself (the attempt changed nothing): measured already
+            metrics, outputs = dict(ctx.previous.metrics), ctx.outputs
+        else:
+            metrics, outputs = measure(candidate)
         tried.append({"option": label, **metrics})
         if ladder.adaptive and not measure.within(metrics, attempt.budget):
             tried[-1]["rejected_by"] = rejection(measure, metrics, attempt.budget)

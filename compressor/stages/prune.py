@@ -112,8 +112,7 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             verify=eval_data is measure.data,
         )
         stats["search_plan"] = "; ".join(filter(None, [_search_summary(stats), plan_note]))
-        _note_unchanged(ctx, pruned, stats)
-        return pruned, stats
+        return _unless_unchanged(ctx, pruned, stats), stats
 
     if eval_data is measure.data:
         return [
@@ -138,22 +137,20 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             model, ratios_scaled, opts.exclude, opts.min_params, compensate=cached.get("compensator")
         )
         stats["search_plan"] = plan_note
-        _note_unchanged(ctx, pruned, stats)
-        return pruned, stats
+        return _unless_unchanged(ctx, pruned, stats), stats
 
     attempts = [Attempt(f"layer-error allocation, budget {prune_budget:g} points", first)]
     attempts += [Attempt(f"the ratios found x {f:g}", lambda f=f: scaled(f)) for f in SUBSET_FALLBACK_SCALES]
     return attempts
 
 
-def _note_unchanged(ctx: StageContext, pruned: onnx.ModelProto, stats: dict) -> None:
-    """When the pass zeroed and refit nothing, the layers' covariances captured on the stage's
-    input hold for its output too (the share stage then captures nothing)."""
+def _unless_unchanged(ctx: StageContext, pruned: onnx.ModelProto, stats: dict) -> onnx.ModelProto:
+    """The stage's input itself when the pass zeroed and refit nothing: the ladder then takes
+    its outputs as measured, and the share stage the layers' covariances captured on it."""
     rows = stats.get("tensors", [])
-    if ctx.layer_inputs is not None and all(
-        r["zeros_after"] == r["zeros_before"] and not r.get("compensated") for r in rows
-    ):
-        ctx.layer_inputs.same_weights(ctx.model, pruned)
+    if all(r["zeros_after"] == r["zeros_before"] and not r.get("compensated") for r in rows):
+        return ctx.model
+    return pruned
 
 
 def search_plan(opts: PruneOptions, measure: Measure) -> tuple[int, str]:
