@@ -15,6 +15,7 @@ from compressor.search.layer_error import capture_layers
 from compressor.search.layer_inputs import LayerInputs
 from compressor.search.margin_search import STOP_MARGIN_DB, margin_allowance
 from compressor.search.prune_budget import prune_to_budget
+from compressor.stages import share as share_stage
 from tests.test_layer_error import _inputs, _mlp
 
 
@@ -148,3 +149,20 @@ def test_a_run_captures_the_layer_inputs_once_when_pruning_keeps_nothing(tmp_pat
     share_row = next(r for r in report["stages"] if r["stage"] == "share")
     assert "per tensor" in share_row["attempts"][0]["option"]  # the search ran (and captured nothing)
     assert len(captures) == 1, (report["prune_search"], report["share_search"])
+
+
+def test_a_kmeans_rung_beyond_the_bits_reach_of_a_measured_miss_is_not_measured():
+    class Gated:
+        snr_gated, min_snr_db = True, 20.0
+
+    rungs = {"k-means 4 / 4": (4, 4), "k-means 6 / 5": (6, 5)}
+    missed = [{"option": "k-means 4 / 4", "snr_db": 9.0, "rejected_by": [{"measure": "snr_db"}]}]
+    # 11 dB short: one more bit (6 dB + 3 slack) cannot make it, two bits (12 + 3) may
+    assert "11.0 dB" in share_stage.beyond_reach(missed, rungs, (4, 5), Gated())
+    assert share_stage.beyond_reach(missed, rungs, (6, 5), Gated()) is None
+    # a kind the model lacks does not count, a points rejection says nothing about dB
+    assert share_stage.beyond_reach(missed, rungs, (4, None), Gated()) is not None
+    points = [{**missed[0], "rejected_by": [{"measure": "loss_points"}]}]
+    assert share_stage.beyond_reach(points, rungs, (4, 5), Gated()) is None
+    Gated.snr_gated = False
+    assert share_stage.beyond_reach(missed, rungs, (4, 5), Gated()) is None

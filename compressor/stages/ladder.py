@@ -78,6 +78,9 @@ class Attempt:
     label: str
     build: Build
     budget: float | None = None  # a smaller budget than the run's for this attempt
+    # Given the attempts tried so far (their metrics), why this one cannot fit: it is then
+    # recorded as not built and not measured (the stage's own bound; None: try it).
+    skip: Callable[[Sequence[dict]], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,11 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
 
     for i, attempt in enumerate(ladder.attempts):
         label = attempt.label
+        reason = attempt.skip(tried) if attempt.skip is not None else None
+        if reason:
+            tried.append({"option": label, "error": reason})
+            log(f"{stage}: {label} {reason}")
+            continue
         log(f"{stage}: {label}")
         try:
             candidate, stats = attempt.build()

@@ -31,6 +31,11 @@ SHARE_SEARCH_BUDGET_SHARE_LABELED = 0.9
 # fits wins, and the part of the budget they may use, so that quantize keeps room.
 LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
 LOW_BITS_BUDGET_SHARE = 0.8
+# A k-means rung is not measured when a measured rung missed the SNR floor by more than its
+# extra bits can buy: k-means' error falls by about 6 dB per bit (the high-rate rate of any
+# scalar quantizer; less at low rates), plus a slack for outputs that do not follow the weights.
+KMEANS_DB_PER_BIT = 6.02
+SKIP_SLACK_DB = 3.0
 # The per-tensor search takes the layers' input covariances prune captured even when pruning
 # changed weights upstream (search/layer_inputs.py; benchmarks/README.md, "Run speed").
 REUSE_PRUNED_INPUTS = False
@@ -57,6 +62,7 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
         ladder = [(c, f, reserve) for c, f in low if (c, f) != (bc, bf)] + ladder
         ladder += [(max(bc, 8), b, None) for b in range(bf + 1, 9)]
     seen, attempts = set(), []
+    rungs: dict[str, tuple] = {}  # k-means rung labels -> (bits conv, bits fc)
     compare = False
     if adaptive and measure.data is not None and not opts.refit:
         search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge)
@@ -73,9 +79,11 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
             continue
         seen.add(key)
         kinds = [f"{bits_conv} bits conv"] * has_conv + [f"{bits_fc} bits fc"] * has_fc
+        label = f"k-means {' / '.join(kinds or [f'{bits_conv} bits conv', f'{bits_fc} bits fc'])}"
+        rungs[label] = key
         attempts.append(
             Attempt(
-                f"k-means {' / '.join(kinds or [f'{bits_conv} bits conv', f'{bits_fc} bits fc'])}",
+                label,
                 lambda bits_conv=bits_conv, bits_fc=bits_fc: share(
                     model,
                     bits_conv=bits_conv,
@@ -89,9 +97,33 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
                     bias_judge=judge,
                 ),
                 budget,
+                skip=(lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
             )
         )
     return run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
+
+
+def beyond_reach(tried: list[dict], rungs: dict[str, tuple], key: tuple, measure) -> str | None:
+    """Why the k-means rung `key` (bits conv, bits fc; None for a kind the model lacks) cannot
+    reach the SNR floor, from the rungs measured already (`tried`, labels in `rungs`): one that
+    missed the floor by more than the extra bits buy (KMEANS_DB_PER_BIT each, the most any kind
+    gains, plus SKIP_SLACK_DB).  None: it may fit, measure it."""
+    if not getattr(measure, "snr_gated", False):
+        return None
+    for t in tried:
+        before = rungs.get(t["option"])
+        found = t.get("rejected_by") or []
+        snr = t.get("snr_db")
+        if before is None or not found or any(r["measure"] != "snr_db" for r in found) or snr is None:
+            continue
+        extra = max((b - a for a, b in zip(before, key) if a is not None and b is not None), default=0)
+        need = measure.min_snr_db - snr
+        if need > KMEANS_DB_PER_BIT * max(extra, 0) + SKIP_SLACK_DB:
+            return (
+                f"not measured: {t['option']} missed the SNR floor by {need:.1f} dB, more than "
+                f"{max(extra, 0)} more bits can buy"
+            )
+    return None
 
 
 def _bias_judge(ctx: StageContext):
