@@ -20,15 +20,17 @@ import math
 from collections.abc import Callable
 
 # A fitting candidate this close to the floor (dB) ends the search: one more run could add at
-# most this much noise, about ALLOWANCE_RESOLUTION of allowance at slope 1.
-STOP_MARGIN_DB = 0.4
+# most this much noise (a quarter more allowance at slope 1, fewer zeros than that: each
+# tensor's curve is concave).  Closer stops cost runs on a measure that is not monotone.
+STOP_MARGIN_DB = 1.0
 # The next candidate aims this far inside the floor (dB), so that it usually fits.
 AIM_DB = 0.2
 # Secant slopes (dB of margin per dB of allowance) are kept in this range: noise is about
 # proportional to the allowance (slope 1); a flat or steep measured piece would jump too far.
 MIN_SLOPE, MAX_SLOPE = 0.3, 3.0
-# One prediction moves the allowance by at most this factor either way.
-MAX_FACTOR = 16.0
+# One prediction moves the allowance by at most this factor either way (the search's bounds
+# limit it too): a miss of tens of dB is one jump, not several steps of a fixed size.
+MAX_FACTOR = 1000.0
 
 # measure(allowance) -> (fits, margin in dB or None), or None once the runs are spent.
 Measured = tuple[bool, float | None]
