@@ -153,16 +153,19 @@ def test_a_run_captures_the_layer_inputs_once_when_pruning_keeps_nothing(tmp_pat
 
 def test_a_kmeans_rung_beyond_the_bits_reach_of_a_measured_miss_is_not_measured():
     class Gated:
-        snr_gated, min_snr_db = True, 20.0
+        snr_gated, min_snr_db, kl_gated, max_kl, kl_allowance = True, 20.0, False, 0.3, 0.0
 
     rungs = {"k-means 4 / 4": (4, 4), "k-means 6 / 5": (6, 5)}
     missed = [{"option": "k-means 4 / 4", "snr_db": 9.0, "rejected_by": [{"measure": "snr_db"}]}]
     # 11 dB short: one more bit (6 dB + 3 slack) cannot make it, two bits (12 + 3) may
     assert "11.0 dB" in share_stage.beyond_reach(missed, rungs, (4, 5), Gated())
     assert share_stage.beyond_reach(missed, rungs, (6, 5), Gated()) is None
-    # a kind the model lacks does not count, a points rejection says nothing about dB
+    # a kind the model lacks does not count; an attempt that is no rung says nothing
     assert share_stage.beyond_reach(missed, rungs, (4, None), Gated()) is not None
-    points = [{**missed[0], "rejected_by": [{"measure": "loss_points"}]}]
-    assert share_stage.beyond_reach(points, rungs, (4, 5), Gated()) is None
-    Gated.snr_gated = False
+    assert share_stage.beyond_reach([{**missed[0], "option": "search"}], rungs, (4, 5), Gated()) is None
+    # class scores: the KL of their probabilities, 4.8 against 0.3, is 12 dB short
+    Gated.snr_gated, Gated.kl_gated = False, True
     assert share_stage.beyond_reach(missed, rungs, (4, 5), Gated()) is None
+    kl = [{"option": "k-means 4 / 4", "snr_db": 9.0, "kl": 4.8}]
+    assert "12.0 dB" in share_stage.beyond_reach(kl, rungs, (4, 5), Gated())
+    assert share_stage.beyond_reach(kl, rungs, (6, 5), Gated()) is None

@@ -105,25 +105,37 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
 
 def beyond_reach(tried: list[dict], rungs: dict[str, tuple], key: tuple, measure) -> str | None:
     """Why the k-means rung `key` (bits conv, bits fc; None for a kind the model lacks) cannot
-    reach the SNR floor, from the rungs measured already (`tried`, labels in `rungs`): one that
-    missed the floor by more than the extra bits buy (KMEANS_DB_PER_BIT each, the most any kind
-    gains, plus SKIP_SLACK_DB).  None: it may fit, measure it."""
-    if not getattr(measure, "snr_gated", False):
-        return None
+    fit, from the rungs measured already (`tried`, labels in `rungs`): one that missed the SNR
+    floor, or the KL limit of class scores (KL grows as the noise power for small noise), by
+    more dB than the extra bits buy (KMEANS_DB_PER_BIT each, the most any kind gains, plus
+    SKIP_SLACK_DB).  Either miss alone rejects a rung, whatever its loss in points.  None: it
+    may fit, measure it."""
     for t in tried:
         before = rungs.get(t["option"])
-        found = t.get("rejected_by") or []
-        snr = t.get("snr_db")
-        if before is None or not found or any(r["measure"] != "snr_db" for r in found) or snr is None:
+        if before is None:
             continue
-        extra = max((b - a for a, b in zip(before, key) if a is not None and b is not None), default=0)
-        need = measure.min_snr_db - snr
-        if need > KMEANS_DB_PER_BIT * max(extra, 0) + SKIP_SLACK_DB:
-            return (
-                f"not measured: {t['option']} missed the SNR floor by {need:.1f} dB, more than "
-                f"{max(extra, 0)} more bits can buy"
-            )
+        need = _miss_db(t, measure)
+        if need is None:
+            continue
+        extra = max(max((b - a for a, b in zip(before, key) if a is not None and b is not None), default=0), 0)
+        if need > KMEANS_DB_PER_BIT * extra + SKIP_SLACK_DB:
+            return f"not measured: {t['option']} missed by {need:.1f} dB, more than {extra} more bits can buy"
     return None
+
+
+def _miss_db(metrics: dict, measure) -> float | None:
+    """By how many dB a measured candidate missed the SNR floor or the KL limit (the larger),
+    or None when it missed neither (or the judge gates neither)."""
+    misses = []
+    snr = metrics.get("snr_db")
+    if getattr(measure, "snr_gated", False) and snr is not None and math.isfinite(snr) and snr < measure.min_snr_db:
+        misses.append(measure.min_snr_db - snr)
+    kl = metrics.get("kl")
+    if getattr(measure, "kl_gated", False) and kl is not None and math.isfinite(kl):
+        limit = max(measure.max_kl, measure.kl_allowance)
+        if limit > 0 and kl > limit:
+            misses.append(10.0 * math.log10(kl / limit))
+    return max(misses, default=None)
 
 
 def _bias_judge(ctx: StageContext):
