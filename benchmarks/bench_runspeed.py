@@ -25,6 +25,7 @@ from compressor.passes import layers as layers_module
 from compressor.pipeline import run_pipeline
 from compressor.search import layer_error
 from compressor.stages import STAGES
+from compressor.stages import share as share_stage
 
 REAL_DIR = Path(os.environ.get("REAL_DIR", "/work/real"))
 COUNTS = {"captures": 0}
@@ -103,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="+")
     ap.add_argument("--out", default="/tmp/runspeed")
+    ap.add_argument(
+        "--reuse-pruned-inputs",
+        action="store_true",
+        help="share's search takes prune's covariances even after pruning (stages.share.REUSE_PRUNED_INPUTS)",
+    )
     args = ap.parse_args(argv)
+    if args.reuse_pruned_inputs:
+        share_stage.REUSE_PRUNED_INPUTS = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _counting_captures()
