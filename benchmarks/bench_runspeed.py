@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,8 @@ def measure(name: str, out: Path) -> dict:
         "share_search": report.get("share_search"),
         "applied": report.get("applied"),
         "packs": report.get("packs"),
+        # the process's peak so far (one model per process for a clean number)
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     (out / f"{name}.runspeed.json").write_text(json.dumps(result, indent=1))
     return result
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         t = r["total"]
         print(
             f"{name}: {t['seconds']:.1f} s, {t['sessions']} sessions, {t['ort_runs']} ORT runs, "
-            f"{t['captures']} captures, {r['container_bytes']:,} bytes"
+            f"{t['captures']} captures, {r['container_bytes']:,} bytes, peak RSS {r['peak_rss_mb']} MB"
         )
         for stage, row in r["stages"].items():
             print(
