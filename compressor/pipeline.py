@@ -40,6 +40,7 @@ from .passes.quantize import QuantizeSettings, quantize
 from .paths import check_outputs, write_all_atomically
 from .present import to_json
 from .report import RunResult, StageRow, build_report, check_html_available, model_macs, render_html
+from .search.layer_inputs import LayerInputs
 from .sequences import confirmed, recurrent_pairs, split_sequences
 from .stages import STAGES, StageContext
 from .stages.ladder import fits_without, model_bytes, rejection, rejection_text
@@ -372,6 +373,9 @@ class Route:
 
 
 def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log: Log, packer: Packer, train_data=None):
+    # One capture of the layers' input covariances, handed from prune to share (search/layer_inputs.py).
+    layer_inputs = LayerInputs()
+
     def run_stages(route: Route, stages, keep: Route | None = None) -> Route:
         """`keep`: another route whose packings the packer keeps meanwhile."""
         rows, models, outputs = list(route.rows), list(route.models), list(route.outputs)
@@ -392,6 +396,7 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
                 original=route.models[0],
                 train_data=train_data,
                 objective=recipe.run.objective,
+                layer_inputs=layer_inputs,
             )
             result = stage.run(options, ctx) if options.enabled else ctx.skipped(stage.NAME, "disabled")
             rows.append(result.row)

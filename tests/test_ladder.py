@@ -87,6 +87,13 @@ def test_first_attempt_that_fits_is_applied_with_its_outputs():
     assert [a["option"] for a in row.attempts] == ["big", "fits"] and row.attempts[0]["accuracy_drop"] == 2.0
 
 
+def test_an_attempt_that_returns_the_input_itself_is_not_measured_again():
+    judge = FakeJudge(1.0)
+    result = run_ladder(Ladder("s", [attempt("same", INPUT)], adaptive=True), context(judge))
+    assert judge.measured == [] and result.model is INPUT and result.outputs == ["input outputs"]
+    assert result.row.applied and result.row.attempts[0]["accuracy_drop"] == 0.0
+
+
 def test_an_attempt_budget_is_stricter_than_the_stage_budget():
     judge = FakeJudge(1.0)
     low, plain = FakeModel(300, 0.6), FakeModel(600, 0.6)

@@ -459,11 +459,12 @@ def share_by_rate(
     calib: Dataset | None = None,
     fold_constants: bool = FOLD_CONSTANTS,
     gain_runs: int = GAIN_RUNS,
+    captured_layers: dict | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per tensor a k-means width or a uniform step within `budget_points` of `model` on `data`,
     fewest estimated packed bytes; returns (model, stats).  Arguments as ``share_to_budget``'s,
     plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor`,
-    `fold_constants` (``fold_into_biases``) and `gain_runs`."""
+    `fold_constants` (``fold_into_biases``), `gain_runs` and `captured_layers`."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -473,7 +474,9 @@ def share_by_rate(
     runner = VariantRunner(model, judge, selected)
     originals = runner.originals
     n_options = len(BITS) + len(STEP_EXPONENTS)
-    layers, reasons, captures = capture_layers(model, selected, calib or data, n_options, tables=True)
+    layers, reasons, captures = capture_layers(
+        model, selected, calib or data, n_options, tables=True, shared=captured_layers
+    )
     folds: dict[str, np.ndarray] = {}
     curves, arrays, importance = rate_curves(
         originals, layers, reasons, method, rd_factor, init, seed, progress, fold_constants, folds
@@ -560,6 +563,7 @@ def share_by_rate(
         "evaluations": len(trials.seen),
         "whole_model_runs": judge.runs - runs_before,
         "capture_runs": captures,
+        "reused_layers": sum(layer is captured_layers.get(n) for n, layer in layers.items()) if captured_layers else 0,
         "kmeans_runs": sum(o["method"] == "kmeans" for c in curves for o in c["options"]),
         "uniform_runs": sum(o["method"] == "uniform" for c in curves for o in c["options"]),
         "chosen": {n: {k: v for k, v in o.items() if k != "index"} for n, o in chosen.items()},

@@ -139,12 +139,15 @@ def capture_layers(
     n_ratios: int,
     captured: dict[str, Layer] | None = None,
     tables: bool = False,
+    shared: dict[str, Layer] | None = None,
 ) -> tuple[dict[str, Layer | RowUse], dict[str, str], int]:
     """The layer of each weight with its input covariance, from at most one capture run over `data`.
 
     `captured`: layers accumulated already (a ``Compensator``'s), reused as they are.  `tables`:
     a Gather table gets its row lookups counted in the same run (``row_use.RowUse``, whose
-    errors ``variant_errors`` weighs by them).
+    errors ``variant_errors`` weighs by them).  `shared`: layers an earlier stage captured on
+    `data` (``layer_inputs.LayerInputs``), reused for the weights that pass this call's checks
+    (the same layers its own capture would make).
     Returns ({name: Layer}, {name: why the weight has none}, capture runs made: 0 or 1)."""
     constants = {w.name: w for w in graph.weights(model, include_non_float=True)}
     known = set(constants)
@@ -174,6 +177,8 @@ def capture_layers(
             reasons[w.name] = f"{found[0].d_in} inputs per output > {MAX_D_IN}"
         elif n_ratios * found[0].d_in * w.size > MAX_CURVE_FLOPS:
             reasons[w.name] = "error curve too expensive"
+        elif shared is not None and _same_layer(shared.get(w.name), found[0]):
+            layers[w.name] = shared[w.name]
         else:
             layers[w.name] = found[0]
             fresh.append(found[0])
@@ -183,6 +188,16 @@ def capture_layers(
     for layer in fresh:
         layer.kept = None  # only the covariance is needed
     return layers, reasons, 1
+
+
+def _same_layer(kept: Layer | None, layer: Layer) -> bool:
+    """`kept` (captured before) reads the same input the same way as `layer`."""
+    return (
+        kept is not None
+        and (kept.kind, kept.x_name, kept.d_in, kept.transpose_w, kept.trans_a, kept.scale, kept.conv)
+        == (layer.kind, layer.x_name, layer.d_in, layer.transpose_w, layer.trans_a, layer.scale, layer.conv)
+        and kept.rows > 0
+    )
 
 
 def layer_curves(

@@ -18,7 +18,7 @@ import onnx
 
 from ..data import Dataset, load_dataset
 from ..errors import UsageError
-from ..measure import DEFAULT_MIN_SNR_DB, Judge, Trials, VariantRunner, search_allowance
+from ..measure import BUDGET_SLACK, DEFAULT_MIN_SNR_DB, Judge, Trials, VariantRunner, search_allowance
 from ..passes.compensate import Compensator
 from ..passes.magnitude import layer_pruned, target_zeros
 from ..passes.prune import prune, prune_with_ratios
@@ -26,6 +26,7 @@ from ..passes.selection import DEFAULT_MIN_PARAMS, prunable_weights, unique_name
 from .layer_error import layer_errors as measure_layer_errors
 from .layer_gains import DEFAULT_RUNS as GAIN_RUNS
 from .layer_gains import runner_gains, weigh
+from .margin_search import margin_allowance
 from .sensitivity import BUDGET_RATIOS
 
 
@@ -111,6 +112,9 @@ MAX_FINAL_CHECKS = 3
 # a whole-model run when the start overshoots: if that floor candidate overshoots too, nothing
 # worth pruning fits, and the search stops instead of shrinking towards zero (each step a run).
 MIN_PRUNED_SHARE = 0.05
+# When the verdict has an SNR floor, the allowances are stepped by the measured margin
+# (``margin_search``) instead of the fixed factors: fewer candidates for the same edge.
+MARGIN_STEPS = True
 
 
 class _PrunedVariants:
@@ -178,6 +182,9 @@ class _BudgetSearch:
         self.params = {c["name"]: c["params"] for c in curves}
         self.total = sum(self.params.values())
         self.trials = Trials(lambda metrics: judge.fits(metrics, budget, min_snr_db), max_evals)
+        self.budget = budget
+        # The verdict has a distance to its edge when the output SNR floor gates it.
+        self.min_snr_db = min_snr_db if min_snr_db is not None and judge.gates_snr else None
         self.candidates: list[tuple[int, dict[str, float], dict]] = []  # (zeros, ratios, metrics)
         self.attempts: list[dict] = []
 
@@ -211,6 +218,14 @@ class _BudgetSearch:
 
         return self.trials.measure(key, lambda: self.variants.measure(ratios), record)
 
+    def margin_db(self, metrics: dict) -> float | None:
+        """How far (dB) a candidate's output SNR is above the floor, or None when the verdict
+        has no such distance (no floor, or the loss in points is over the budget)."""
+        snr = metrics.get("snr_db")
+        if self.min_snr_db is None or snr is None or not metrics["drop"] <= self.budget + BUDGET_SLACK:
+            return None
+        return float(snr) - self.min_snr_db
+
     def ranked(self) -> list[tuple[int, dict[str, float], dict]]:
         """Candidates within the budget, most zeros first (first found wins ties)."""
         ok = [c for c in self.candidates if c[2]["within_budget"]]
@@ -234,6 +249,8 @@ def _search_allowance(search: _BudgetSearch, curves: list[dict], evals: int) -> 
     accepted, smallest rejected)."""
     total = sum(max(c["drops"], default=0.0) for c in curves)
     start = START_ALLOWANCE_PER_TENSOR * len(curves)
+    if MARGIN_STEPS and search.min_snr_db is not None:
+        return _margin_search(search, curves, evals, start, total)
 
     def fits(allowance: float) -> bool | None:
         return _fits(search.measure(allocate_ratios(curves, allowance), "allocation", allowance))
@@ -258,6 +275,24 @@ def _search_allowance(search: _BudgetSearch, curves: list[dict], evals: int) -> 
         resolution=ALLOWANCE_RESOLUTION,
         max_steps=evals,
     )
+
+
+def _margin_search(
+    search: _BudgetSearch, curves: list[dict], evals: int, start: float, total: float
+) -> tuple[float | None, float | None]:
+    """``_search_allowance`` stepped by the measured SNR margin (``search.margin_search``):
+    never below the floor allowance (``floor_allowance``: nothing worth pruning below it), so
+    when a candidate clamped to the floor overshoots, the search ends there."""
+
+    def measured(allowance: float) -> tuple[bool, float | None] | None:
+        metrics = search.measure(allocate_ratios(curves, allowance), "allocation", allowance)
+        if metrics is None:
+            return None
+        return bool(metrics["within_budget"]), search.margin_db(metrics)
+
+    lower = max(min(floor_allowance(curves, MIN_PRUNED_SHARE), start), MIN_ALLOWANCE)
+    upper = max(total, start)
+    return margin_allowance(measured, start, upper, lower, ALLOWANCE_STEP, ALLOWANCE_RESOLUTION, evals)
 
 
 def allocated_zeros(curves: list[dict], allowance: float) -> int:
@@ -300,6 +335,7 @@ def prune_to_budget(
     judge: Judge | None = None,
     calib: Dataset | None = None,
     gain_runs: int = GAIN_RUNS,
+    verify: bool = True,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor ratios within a measured accuracy budget: layer-local errors, whole-model verdicts.
 
@@ -318,7 +354,9 @@ def prune_to_budget(
        one session: at most `max_evals` (capped at ``MAX_SEARCH_RUNS``) whole-model runs.
     3. The candidate with the most zeros within the budget is rebuilt as a real model and
        measured again; if it overshoots there, the next one (at most ``MAX_FINAL_CHECKS``);
-       the unpruned model is the fallback.
+       the unpruned model is the fallback.  `verify` False: the best candidate is rebuilt and
+       returned unmeasured (the caller's verdict, on samples held out from `data`, measures
+       it: a run here on `data` would only repeat the search's own measurement).
 
     `compensate`: calibration inputs (a Dataset) or a ``compensate.Compensator`` built on them:
     the kept weights refit, in the error curves and the candidates (each tensor refit once per
@@ -377,7 +415,7 @@ def prune_to_budget(
 
     warnings: list[str] = []
     final = None
-    for zeros, candidate, _ in search.ranked()[:MAX_FINAL_CHECKS]:
+    for zeros, candidate, searched_metrics in search.ranked()[: MAX_FINAL_CHECKS if verify else 1]:
         # The candidate's refit arrays are reused: the refit runs once per tensor and zero count.
         built, built_stats = prune_with_ratios(
             model,
@@ -387,7 +425,7 @@ def prune_to_budget(
             include_embeddings,
             compensate=variants if compensator is not None else None,
         )
-        built_metrics = judge.measure_model(built)
+        built_metrics = judge.measure_model(built) if verify else searched_metrics
         if judge.fits(built_metrics, budget, min_snr_db):
             final, stats, final_metrics = built, built_stats, built_metrics
             break

@@ -208,6 +208,7 @@ def share_to_budget(
     calib: Dataset | None = None,
     seeds: Sequence[dict[str, int]] = (),
     gain_runs: int = GAIN_RUNS,
+    captured_layers: dict | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
@@ -220,7 +221,8 @@ def share_to_budget(
     one run each besides `max_evals`: when the allowance search finds nothing better within
     the budget, ``refine`` steps from the best seed that fits.  `gain_runs`: whole-model runs
     that measure each layer's gain (``search.layer_gains``), by which the errors are weighted
-    (0: unweighted)."""
+    (0: unweighted).  `captured_layers`: layers whose input covariance an earlier stage captured
+    on `calib` (``layer_error.capture_layers``'s `shared`): reused, not captured again."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -231,7 +233,9 @@ def share_to_budget(
     originals = runner.originals
 
     # 1. curves: one capture run, then k-means and matrix products only
-    layers, reasons, captures = capture_layers(model, selected, calib or data, len(BITS), tables=True)
+    layers, reasons, captures = capture_layers(
+        model, selected, calib or data, len(BITS), tables=True, shared=captured_layers
+    )
     curves, arrays = bit_curves(originals, layers, reasons, init, seed, progress)
     for c, w in zip(curves, selected):
         c["role"] = w.role
@@ -339,6 +343,7 @@ def share_to_budget(
         # Whole-model runs of the search (candidates) and the covariance capture runs.
         "whole_model_runs": judge.runs - runs_before,
         "capture_runs": captures,
+        "reused_layers": sum(layer is captured_layers.get(n) for n, layer in layers.items()) if captured_layers else 0,
         "kmeans_runs": len(curves) * len(BITS),
         "chosen": best["bits"],
         "gains": gains,

@@ -19,6 +19,7 @@ from ..data import Dataset
 from ..errors import CompressorError
 from ..measure import BUDGET_SLACK, Measure
 from ..report import StageRow
+from ..search.layer_inputs import LayerInputs
 
 # A search on an evenly spread subset of the data (to fit its time allowance) never uses fewer
 # samples than this: below it one sample is too many points to tell settings apart.
@@ -52,6 +53,7 @@ class StageContext:
     objective: str = (
         "size"  # run.objective (options.OBJECTIVES): "size" keeps a quantized model only if it packs smaller
     )
+    layer_inputs: LayerInputs | None = None  # the layers' input covariances a stage captured, for the next
 
     @property
     def previous(self) -> StageRow:
@@ -76,6 +78,9 @@ class Attempt:
     label: str
     build: Build
     budget: float | None = None  # a smaller budget than the run's for this attempt
+    # Given the attempts tried so far (their metrics), why this one cannot fit: it is then
+    # recorded as not built and not measured (the stage's own bound; None: try it).
+    skip: Callable[[Sequence[dict]], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,11 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
 
     for i, attempt in enumerate(ladder.attempts):
         label = attempt.label
+        reason = attempt.skip(tried) if attempt.skip is not None else None
+        if reason:
+            tried.append({"option": label, "error": reason})
+            log(f"{stage}: {label} {reason}")
+            continue
         log(f"{stage}: {label}")
         try:
             candidate, stats = attempt.build()
@@ -204,7 +214,11 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
             tried.append({"option": label, "error": ladder.must_shrink.error})
             log(f"{stage}: {label} {ladder.must_shrink.log}")
             continue
-        metrics, outputs = measure(candidate)
+        if candidate is ctx.model and ctx.outputs is not None:
+            # the stage's input itself (the attempt changed nothing): measured already
+            metrics, outputs = dict(ctx.previous.metrics), ctx.outputs
+        else:
+            metrics, outputs = measure(candidate)
         tried.append({"option": label, **metrics})
         if ladder.adaptive and not measure.within(metrics, attempt.budget):
             tried[-1]["rejected_by"] = rejection(measure, metrics, attempt.budget)

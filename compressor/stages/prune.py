@@ -67,7 +67,11 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
         # input covariance, for the error curves and the refit.
         if "layer_errors" not in cached:
             selected = unique_names(*prunable_weights(model, opts.exclude, opts.min_params))
-            layers, reasons, captures = capture_layers(model, selected, calib_data, len(BUDGET_RATIOS))
+            kept = ctx.layer_inputs.layers(model, calib_data) if ctx.layer_inputs is not None else None
+            layers, reasons, captures = capture_layers(model, selected, calib_data, len(BUDGET_RATIOS), shared=kept)
+            if ctx.layer_inputs is not None:
+                # for the share stage: the same covariances when pruning leaves the weights as they are
+                ctx.layer_inputs.keep(model, calib_data, layers)
             # Data-aware error compensation (recipe prune.compensate): the kept weights refit on
             # the calibration inputs, in the search and in the result (see passes/compensate.py).
             compensator = None
@@ -104,9 +108,11 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             compensate=cached["compensator"],
             calib=calib_data,
             gain_runs=opts.gain_runs,
+            # Held out: the ladder's verdict measures the result on its own samples.
+            verify=eval_data is measure.data,
         )
         stats["search_plan"] = "; ".join(filter(None, [_search_summary(stats), plan_note]))
-        return pruned, stats
+        return _unless_unchanged(ctx, pruned, stats), stats
 
     if eval_data is measure.data:
         return [
@@ -131,11 +137,20 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
             model, ratios_scaled, opts.exclude, opts.min_params, compensate=cached.get("compensator")
         )
         stats["search_plan"] = plan_note
-        return pruned, stats
+        return _unless_unchanged(ctx, pruned, stats), stats
 
     attempts = [Attempt(f"layer-error allocation, budget {prune_budget:g} points", first)]
     attempts += [Attempt(f"the ratios found x {f:g}", lambda f=f: scaled(f)) for f in SUBSET_FALLBACK_SCALES]
     return attempts
+
+
+def _unless_unchanged(ctx: StageContext, pruned: onnx.ModelProto, stats: dict) -> onnx.ModelProto:
+    """The stage's input itself when the pass zeroed and refit nothing: the ladder then takes
+    its outputs as measured, and the share stage the layers' covariances captured on it."""
+    rows = stats.get("tensors", [])
+    if all(r["zeros_after"] == r["zeros_before"] and not r.get("compensated") for r in rows):
+        return ctx.model
+    return pruned
 
 
 def search_plan(opts: PruneOptions, measure: Measure) -> tuple[int, str]:

@@ -31,6 +31,14 @@ SHARE_SEARCH_BUDGET_SHARE_LABELED = 0.9
 # fits wins, and the part of the budget they may use, so that quantize keeps room.
 LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
 LOW_BITS_BUDGET_SHARE = 0.8
+# A k-means rung is not measured when a measured rung missed the SNR floor by more than its
+# extra bits can buy: k-means' error falls by about 6 dB per bit (the high-rate rate of any
+# scalar quantizer; less at low rates), plus a slack for outputs that do not follow the weights.
+KMEANS_DB_PER_BIT = 6.02
+SKIP_SLACK_DB = 3.0
+# The per-tensor search takes the layers' input covariances prune captured even when pruning
+# changed weights upstream (search/layer_inputs.py; benchmarks/README.md, "Run speed").
+REUSE_PRUNED_INPUTS = False
 
 
 def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
@@ -54,6 +62,7 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
         ladder = [(c, f, reserve) for c, f in low if (c, f) != (bc, bf)] + ladder
         ladder += [(max(bc, 8), b, None) for b in range(bf + 1, 9)]
     seen, attempts = set(), []
+    rungs: dict[str, tuple] = {}  # k-means rung labels -> (bits conv, bits fc)
     compare = False
     if adaptive and measure.data is not None and not opts.refit:
         search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge)
@@ -70,9 +79,11 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
             continue
         seen.add(key)
         kinds = [f"{bits_conv} bits conv"] * has_conv + [f"{bits_fc} bits fc"] * has_fc
+        label = f"k-means {' / '.join(kinds or [f'{bits_conv} bits conv', f'{bits_fc} bits fc'])}"
+        rungs[label] = key
         attempts.append(
             Attempt(
-                f"k-means {' / '.join(kinds or [f'{bits_conv} bits conv', f'{bits_fc} bits fc'])}",
+                label,
                 lambda bits_conv=bits_conv, bits_fc=bits_fc: share(
                     model,
                     bits_conv=bits_conv,
@@ -86,9 +97,45 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
                     bias_judge=judge,
                 ),
                 budget,
+                skip=(lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
             )
         )
     return run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
+
+
+def beyond_reach(tried: list[dict], rungs: dict[str, tuple], key: tuple, measure) -> str | None:
+    """Why the k-means rung `key` (bits conv, bits fc; None for a kind the model lacks) cannot
+    fit, from the rungs measured already (`tried`, labels in `rungs`): one that missed the SNR
+    floor, or the KL limit of class scores (KL grows as the noise power for small noise), by
+    more dB than the extra bits buy (KMEANS_DB_PER_BIT each, the most any kind gains, plus
+    SKIP_SLACK_DB).  Either miss alone rejects a rung, whatever its loss in points.  None: it
+    may fit, measure it."""
+    for t in tried:
+        before = rungs.get(t["option"])
+        if before is None:
+            continue
+        need = _miss_db(t, measure)
+        if need is None:
+            continue
+        extra = max(max((b - a for a, b in zip(before, key) if a is not None and b is not None), default=0), 0)
+        if need > KMEANS_DB_PER_BIT * extra + SKIP_SLACK_DB:
+            return f"not measured: {t['option']} missed by {need:.1f} dB, more than {extra} more bits can buy"
+    return None
+
+
+def _miss_db(metrics: dict, measure) -> float | None:
+    """By how many dB a measured candidate missed the SNR floor or the KL limit (the larger),
+    or None when it missed neither (or the judge gates neither)."""
+    misses = []
+    snr = metrics.get("snr_db")
+    if getattr(measure, "snr_gated", False) and snr is not None and math.isfinite(snr) and snr < measure.min_snr_db:
+        misses.append(measure.min_snr_db - snr)
+    kl = metrics.get("kl")
+    if getattr(measure, "kl_gated", False) and kl is not None and math.isfinite(kl):
+        limit = max(measure.max_kl, measure.kl_allowance)
+        if limit > 0 and kl > limit:
+            misses.append(10.0 * math.log10(kl / limit))
+    return max(misses, default=None)
 
 
 def _bias_judge(ctx: StageContext):
@@ -152,6 +199,10 @@ def per_tensor_attempt(
     seeds = [{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}]
     extra = {"method": opts.method, "rd_factor": opts.rd_factor} if by_rate else {"seeds": seeds}
     extra["gain_runs"] = opts.gain_runs
+    if ctx.layer_inputs is not None:
+        # The covariances prune captured: exact when it left the weights as they were, else
+        # (REUSE_PRUNED_INPUTS) the pre-prune ones, which only rank the measured candidates.
+        extra["captured_layers"] = ctx.layer_inputs.layers(model, calib, approximate=REUSE_PRUNED_INPUTS)
 
     def searched():
         shared, stats = (share_by_rate if by_rate else share_to_budget)(
