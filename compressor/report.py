@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from . import graph
 from .errors import UsageError
-from .measure import Measure
+from .measure import RUN_KEYS, Measure
 from .present import format_table, to_json
 from .quant_math import sortable
 from .version import __version__
@@ -116,20 +116,7 @@ def _stage_entry(r: StageRow, original_bytes: int) -> dict:
         "ratio": original_bytes / r.bytes if r.bytes else None,
         "packed_bytes": packed,
         "packed_ratio": original_bytes / packed if (r.packed_bytes or r.stage == "pack") else None,
-        **{
-            k: r.metrics.get(k)
-            for k in (
-                "accuracy",
-                "accuracy_drop",
-                "top1_agreement",
-                "snr_db",
-                "raw_snr_db",
-                "kl",
-                "map_f1",
-                "task_score",
-                "decision_risk",
-            )
-        },
+        **{k: r.metrics.get(k) for k in RUN_KEYS},
         "seconds": round(r.seconds, 3),
         "setting": r.options.get("setting"),
         "note": r.note,
