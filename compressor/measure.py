@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import decision_risk, graph, output_kinds
+from . import decision_risk, embedding_ranks, graph, output_kinds
 from .data import Dataset
 from .errors import CompressorError, UsageError
 from .evaluate import (
@@ -73,8 +73,21 @@ RUN_KEYS = (
     "map_f1",
     "task_score",
     "decision_risk",
+    "rank_points",
+    "embedding_snr_db",
 )
-SEARCH_KEYS = ("accuracy", "top1_agreement", "snr_db", "drop", "rel_noise", "kl", "map_f1", "decision_risk")
+SEARCH_KEYS = (
+    "accuracy",
+    "top1_agreement",
+    "snr_db",
+    "drop",
+    "rel_noise",
+    "kl",
+    "map_f1",
+    "decision_risk",
+    "rank_points",
+    "embedding_snr_db",
+)
 EMPTY_RUN_METRICS = dict.fromkeys(RUN_KEYS)
 
 
@@ -88,11 +101,12 @@ def loss_points(
     map_f1: float | None = None,
     task_drop: float | None = None,
     decision_risk: float | None = None,
+    rank_points: float | None = None,
 ) -> float | None:
     """The budgeted loss in points: the accuracy drop ("accuracy"), the user metric's drop
-    ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1) and the
-    decision risk of probability outputs (0 when no output has any: the SNR floor guards it),
-    None ("none")."""
+    ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1), the
+    decision risk of probability outputs and the rank points of embeddings (0 when no output
+    has any: the SNR floor guards it), None ("none")."""
     if mode == "accuracy":
         return accuracy_drop
     if mode == "metric":
@@ -101,6 +115,7 @@ def loss_points(
         losses = [100.0 - top1_agreement] if top1_agreement is not None else []
         losses += [100.0 * (1.0 - map_f1)] if map_f1 is not None else []
         losses += [decision_risk] if decision_risk is not None else []
+        losses += [rank_points] if rank_points is not None else []
         return max(losses, default=0.0)
     return None
 
@@ -191,6 +206,7 @@ class Judge:
         # The SNR floor gates only outputs that are not class scores (see `start`).
         self.snr_gated = False
         self.kl_gated = False
+        self.embedding_gated = False  # embeddings' sanity floor (embedding_ranks.MIN_SNR_DB), see `start`
         # Raised by a stage the user fixed explicitly that overshot the budget, so that later
         # stages are judged on not making things worse rather than skipped wholesale.
         self._allowance = 0.0
@@ -277,6 +293,19 @@ class Judge:
     def gates_snr(self) -> bool:
         return any(self._snr_output(r) for r in self.references)
 
+    @property
+    def gates_embedding_snr(self) -> bool:
+        """Embedding outputs held to their sanity floor (``embedding_ranks.MIN_SNR_DB``): in
+        fidelity mode, unless the recipe's floor gates them already."""
+        return self.mode == "fidelity" and any(
+            r.kind == "embedding" and not self._snr_output(r) for r in self.references
+        )
+
+    def embedding_snr_fits(self, metrics: dict) -> bool:
+        """The embeddings' centred SNR at least their sanity floor (when it gates; NaN fails)."""
+        snr = metrics.get("embedding_snr_db")
+        return not self.gates_embedding_snr or snr is None or snr >= embedding_ranks.MIN_SNR_DB
+
     def scores(self, outputs: list[np.ndarray]) -> dict:
         """Every measure of `outputs` against the reference: accuracy, accuracy_drop,
         top1_agreement (worst of the class-score outputs), kl (worst mean KL of their class
@@ -303,6 +332,8 @@ class Judge:
         top1 = _worst(per, "top1_agreement", min)
         map_f1 = _worst(per, "map_f1", min)
         risk = _worst(per, "decision_risk", max)
+        ranks = _worst(per, "rank_points", max)
+        embeddings = [m for m, ref in zip(per, self.references) if ref.kind == "embedding"]
         return {
             "accuracy": acc,
             "accuracy_drop": accuracy_drop,
@@ -313,7 +344,9 @@ class Judge:
             "map_f1": map_f1,
             "task_score": task_score,
             "decision_risk": risk,
-            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk),
+            "rank_points": ranks,
+            "embedding_snr_db": _worst(embeddings, "centred_snr_db", min),
+            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk, ranks),
             "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
         }
 
@@ -345,7 +378,7 @@ class Judge:
         """Search metrics within `budget` points (and the SNR floor, when given and some output
         is gated by it)."""
         floor = min_snr_db if self.gates_snr else None
-        return within_budget(metrics["drop"], metrics.get("snr_db"), budget, floor)
+        return within_budget(metrics["drop"], metrics.get("snr_db"), budget, floor) and self.embedding_snr_fits(metrics)
 
     # ---- the run's surface
 
@@ -366,6 +399,7 @@ class Judge:
         kinds = self.kinds
         self.snr_gated = self.mode == "fidelity" and self.gates_snr
         self.kl_gated = self.mode == "fidelity" and any(k in output_kinds.TOP1_KINDS for k in kinds)
+        self.embedding_gated = self.gates_embedding_snr
         if self.data.labels is not None:
             self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)
         if self.metric is not None:
@@ -374,7 +408,12 @@ class Judge:
                 raise UsageError(f"--metric returned {self.reference_score} for the original model (needs a number)")
         self.last_outputs = self.reference_outputs
         metrics = _pick(self.scores(self.reference_outputs), RUN_KEYS)
-        return {**metrics, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None, "snr_db": None}
+        return {
+            **metrics,
+            "accuracy_drop": 0.0 if self.reference_accuracy is not None else None,
+            "snr_db": None,
+            "embedding_snr_db": None,
+        }
 
     def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
         """The run's metrics (``RUN_KEYS``) of a candidate model, and its outputs."""
@@ -399,6 +438,7 @@ class Judge:
             metrics.get("map_f1"),
             task_drop,
             metrics.get("decision_risk"),
+            metrics.get("rank_points"),
         )
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:
@@ -410,6 +450,8 @@ class Judge:
         budget = max(self.budget if budget is None else budget, self.allowance)
         floor = self.min_snr_db if self.snr_gated else None
         if not within_budget(self.loss(metrics), metrics["snr_db"], budget, floor):
+            return False
+        if self.embedding_gated and not self.embedding_snr_fits(metrics):
             return False
         kl = metrics.get("kl")
         return not (self.kl_gated and kl is not None and not kl <= max(self.max_kl, self.kl_allowance))
@@ -438,6 +480,10 @@ class Judge:
             # States fed back: each step of the data is run with the candidate's own state.
             "recurrent": [f"{o}={i}" for o, i in self.data.recurrent] or None,
             "decision_risk": self._describe_risk(),
+            # Embeddings: points from the rank agreement of their pairwise cosines, and a sanity floor.
+            "embedding": {"max_rows": embedding_ranks.MAX_ROWS, "min_snr_db": embedding_ranks.MIN_SNR_DB}
+            if self.embedding_gated
+            else None,
         }
 
     def _describe_risk(self) -> dict | None:

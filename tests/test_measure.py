@@ -105,6 +105,8 @@ def test_the_runs_metrics_and_the_searches_agree():
         "kl",
         "map_f1",
         "decision_risk",
+        "rank_points",
+        "embedding_snr_db",
     }
     assert searched["kl"] == metrics["kl"] > 0
     assert searched["drop"] == run_judge.loss(metrics) == metrics["accuracy_drop"]
