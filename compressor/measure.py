@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import decision_risk, embedding_ranks, graph, output_kinds
+from . import decision_risk, embedding_similarity, graph, output_kinds
 from .data import Dataset
 from .errors import CompressorError, UsageError
 from .evaluate import (
@@ -73,7 +73,7 @@ RUN_KEYS = (
     "map_f1",
     "task_score",
     "decision_risk",
-    "rank_points",
+    "similarity_points",
     "embedding_snr_db",
 )
 SEARCH_KEYS = (
@@ -85,7 +85,7 @@ SEARCH_KEYS = (
     "kl",
     "map_f1",
     "decision_risk",
-    "rank_points",
+    "similarity_points",
     "embedding_snr_db",
 )
 EMPTY_RUN_METRICS = dict.fromkeys(RUN_KEYS)
@@ -101,7 +101,7 @@ def loss_points(
     map_f1: float | None = None,
     task_drop: float | None = None,
     decision_risk: float | None = None,
-    rank_points: float | None = None,
+    similarity_points: float | None = None,
 ) -> float | None:
     """The budgeted loss in points: the accuracy drop ("accuracy"), the user metric's drop
     ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1), the
@@ -115,7 +115,7 @@ def loss_points(
         losses = [100.0 - top1_agreement] if top1_agreement is not None else []
         losses += [100.0 * (1.0 - map_f1)] if map_f1 is not None else []
         losses += [decision_risk] if decision_risk is not None else []
-        losses += [rank_points] if rank_points is not None else []
+        losses += [similarity_points] if similarity_points is not None else []
         return max(losses, default=0.0)
     return None
 
@@ -206,7 +206,7 @@ class Judge:
         # The SNR floor gates only outputs that are not class scores (see `start`).
         self.snr_gated = False
         self.kl_gated = False
-        self.embedding_gated = False  # embeddings' sanity floor (embedding_ranks.MIN_SNR_DB), see `start`
+        self.embedding_gated = False  # embeddings' sanity floor (embedding_similarity.MIN_SNR_DB), see `start`
         # Raised by a stage the user fixed explicitly that overshot the budget, so that later
         # stages are judged on not making things worse rather than skipped wholesale.
         self._allowance = 0.0
@@ -295,7 +295,7 @@ class Judge:
 
     @property
     def gates_embedding_snr(self) -> bool:
-        """Embedding outputs held to their sanity floor (``embedding_ranks.MIN_SNR_DB``): in
+        """Embedding outputs held to their sanity floor (``embedding_similarity.MIN_SNR_DB``): in
         fidelity mode, unless the recipe's floor gates them already."""
         return self.mode == "fidelity" and any(
             r.kind == "embedding" and not self._snr_output(r) for r in self.references
@@ -304,7 +304,7 @@ class Judge:
     def embedding_snr_fits(self, metrics: dict) -> bool:
         """The embeddings' centred SNR at least their sanity floor (when it gates; NaN fails)."""
         snr = metrics.get("embedding_snr_db")
-        return not self.gates_embedding_snr or snr is None or snr >= embedding_ranks.MIN_SNR_DB
+        return not self.gates_embedding_snr or snr is None or snr >= embedding_similarity.MIN_SNR_DB
 
     def scores(self, outputs: list[np.ndarray]) -> dict:
         """Every measure of `outputs` against the reference: accuracy, accuracy_drop,
@@ -332,7 +332,7 @@ class Judge:
         top1 = _worst(per, "top1_agreement", min)
         map_f1 = _worst(per, "map_f1", min)
         risk = _worst(per, "decision_risk", max)
-        ranks = _worst(per, "rank_points", max)
+        similarity = _worst(per, "similarity_points", max)
         embeddings = [m for m, ref in zip(per, self.references) if ref.kind == "embedding"]
         return {
             "accuracy": acc,
@@ -344,9 +344,9 @@ class Judge:
             "map_f1": map_f1,
             "task_score": task_score,
             "decision_risk": risk,
-            "rank_points": ranks,
+            "similarity_points": similarity,
             "embedding_snr_db": _worst(embeddings, "centred_snr_db", min),
-            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk, ranks),
+            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk, similarity),
             "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
         }
 
@@ -438,7 +438,7 @@ class Judge:
             metrics.get("map_f1"),
             task_drop,
             metrics.get("decision_risk"),
-            metrics.get("rank_points"),
+            metrics.get("similarity_points"),
         )
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:
@@ -480,8 +480,8 @@ class Judge:
             # States fed back: each step of the data is run with the candidate's own state.
             "recurrent": [f"{o}={i}" for o, i in self.data.recurrent] or None,
             "decision_risk": self._describe_risk(),
-            # Embeddings: points from the rank agreement of their pairwise cosines, and a sanity floor.
-            "embedding": {"max_rows": embedding_ranks.MAX_ROWS, "min_snr_db": embedding_ranks.MIN_SNR_DB}
+            # Embeddings: points from the correlation of their pairwise cosines, and a sanity floor.
+            "embedding": {"max_rows": embedding_similarity.MAX_ROWS, "min_snr_db": embedding_similarity.MIN_SNR_DB}
             if self.embedding_gated
             else None,
         }

@@ -22,10 +22,10 @@ kind           recognised by (on the original's output)                 judged b
                other kind fits                                          weighted by the original's score of each anchor
                                                                         (a background anchor's box is noise the
                                                                         decoding drops)
-``embedding``  float [N, ..., D] rows of unit L2 norm                   the rank agreement of the rows' pairwise cosine
-                                                                        similarities (``embedding_ranks``: points =
-                                                                        100 x (1 - Spearman's rho)), and centred SNR at
-                                                                        least ``embedding_ranks.MIN_SNR_DB`` (a sanity
+``embedding``  float [N, ..., D] rows of unit L2 norm                   the correlation of the rows' pairwise cosine
+                                                                        similarities (``embedding_similarity``: points =
+                                                                        100 x (1 - Pearson's r)), and centred SNR at
+                                                                        least ``embedding_similarity.MIN_SNR_DB`` (a sanity
                                                                         floor, weaker than ``gate.min_snr_db``)
 ``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  the decision risk (``decision_risk``: each
                (voice activity, binary classifier)                      decision > DECISION_THRESHOLD counts 1 when it
@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import decision_risk as risk
-from . import embedding_ranks
+from . import embedding_similarity
 
 # Raw (not probability) scores over fewer columns than this are a regressor's: a 3-output
 # quality model is no 3-class classifier, and top-1 agreement over its columns means nothing.
@@ -410,7 +410,7 @@ def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: flo
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
     positions), map_f1 (maps), top1_agreement of the decisions and decision_risk (probability),
-    rank_points (embeddings, ``embedding_ranks``), and for every float output centred_snr_db
+    similarity_points (embeddings, ``embedding_similarity``), and for every float output centred_snr_db
     (detections: their ``detection_snr_db``) and raw_snr_db."""
     if reference.shape != output.shape:
         raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
@@ -431,5 +431,5 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
         result["top1_agreement"] = decision_agreement(reference, output)
         result["decision_risk"] = risk.decision_risk(reference, output, ref.units, DECISION_THRESHOLD)
     elif ref.kind == "embedding":
-        result["rank_points"] = embedding_ranks.rank_points(reference, output)
+        result["similarity_points"] = embedding_similarity.similarity_points(reference, output)
     return result

@@ -105,7 +105,7 @@ def test_the_runs_metrics_and_the_searches_agree():
         "kl",
         "map_f1",
         "decision_risk",
-        "rank_points",
+        "similarity_points",
         "embedding_snr_db",
     }
     assert searched["kl"] == metrics["kl"] > 0

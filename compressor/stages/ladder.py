@@ -16,7 +16,7 @@ import onnx
 
 from .. import graph
 from ..data import Dataset
-from ..embedding_ranks import MIN_SNR_DB as EMBEDDING_MIN_SNR_DB
+from ..embedding_similarity import MIN_SNR_DB as EMBEDDING_MIN_SNR_DB
 from ..errors import CompressorError
 from ..measure import BUDGET_SLACK, Measure
 from ..report import StageRow
