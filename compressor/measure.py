@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import decision_risk, graph, output_kinds
+from . import decision_risk, embedding_similarity, graph, output_kinds
 from .data import Dataset
 from .errors import CompressorError, UsageError
 from .evaluate import (
@@ -74,6 +74,8 @@ RUN_KEYS = (
     "task_score",
     "decision_risk",
     "kl_points",
+    "similarity_points",
+    "embedding_snr_db",
 )
 SEARCH_KEYS = (
     "accuracy",
@@ -85,6 +87,8 @@ SEARCH_KEYS = (
     "map_f1",
     "decision_risk",
     "kl_points",
+    "similarity_points",
+    "embedding_snr_db",
 )
 EMPTY_RUN_METRICS = dict.fromkeys(RUN_KEYS)
 
@@ -100,12 +104,13 @@ def loss_points(
     task_drop: float | None = None,
     decision_risk: float | None = None,
     kl_points: float | None = None,
+    similarity_points: float | None = None,
 ) -> float | None:
     """The budgeted loss in points: the accuracy drop ("accuracy"), the user metric's drop
     ("metric"), in "fidelity" the worst of 100 - top-1 agreement, 100 x (1 - map F1), the
-    decision risk of probability outputs and the per-position KL in points
-    (output_kinds.POSITION_KL_PER_POINT) (0 when no output has any: the SNR floor guards it),
-    None ("none")."""
+    decision risk of probability outputs, the per-position KL in points
+    (output_kinds.POSITION_KL_PER_POINT) and the similarity points of embeddings (0 when no
+    output has any: the SNR floor guards it), None ("none")."""
     if mode == "accuracy":
         return accuracy_drop
     if mode == "metric":
@@ -115,6 +120,7 @@ def loss_points(
         losses += [100.0 * (1.0 - map_f1)] if map_f1 is not None else []
         losses += [decision_risk] if decision_risk is not None else []
         losses += [kl_points] if kl_points is not None else []
+        losses += [similarity_points] if similarity_points is not None else []
         return max(losses, default=0.0)
     return None
 
@@ -205,6 +211,7 @@ class Judge:
         # The SNR floor gates only outputs that are not class scores (see `start`).
         self.snr_gated = False
         self.kl_gated = False
+        self.embedding_gated = False  # embeddings' sanity floor (embedding_similarity.MIN_SNR_DB), see `start`
         # Raised by a stage the user fixed explicitly that overshot the budget, so that later
         # stages are judged on not making things worse rather than skipped wholesale.
         self._allowance = 0.0
@@ -291,6 +298,19 @@ class Judge:
     def gates_snr(self) -> bool:
         return any(self._snr_output(r) for r in self.references)
 
+    @property
+    def gates_embedding_snr(self) -> bool:
+        """Embedding outputs held to their sanity floor (``embedding_similarity.MIN_SNR_DB``): in
+        fidelity mode, unless the recipe's floor gates them already."""
+        return self.mode == "fidelity" and any(
+            r.kind == "embedding" and not self._snr_output(r) for r in self.references
+        )
+
+    def embedding_snr_fits(self, metrics: dict) -> bool:
+        """The embeddings' centred SNR at least their sanity floor (when it gates; NaN fails)."""
+        snr = metrics.get("embedding_snr_db")
+        return not self.gates_embedding_snr or snr is None or snr >= embedding_similarity.MIN_SNR_DB
+
     def scores(self, outputs: list[np.ndarray]) -> dict:
         """Every measure of `outputs` against the reference: accuracy, accuracy_drop,
         top1_agreement (worst of the class-score outputs), kl (worst mean KL of their class
@@ -318,6 +338,8 @@ class Judge:
         map_f1 = _worst(per, "map_f1", min)
         risk = _worst(per, "decision_risk", max)
         kl_points = _worst(per, "kl_points", max)
+        similarity = _worst(per, "similarity_points", max)
+        embeddings = [m for m, ref in zip(per, self.references) if ref.kind == "embedding"]
         return {
             "accuracy": acc,
             "accuracy_drop": accuracy_drop,
@@ -329,7 +351,9 @@ class Judge:
             "task_score": task_score,
             "decision_risk": risk,
             "kl_points": kl_points,
-            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk, kl_points),
+            "similarity_points": similarity,
+            "embedding_snr_db": _worst(embeddings, "centred_snr_db", min),
+            "drop": loss_points(self.mode, accuracy_drop, top1, map_f1, task_drop, risk, kl_points, similarity),
             "rel_noise": relative_noise(self.reference_outputs[0], outputs[0]),
         }
 
@@ -361,7 +385,7 @@ class Judge:
         """Search metrics within `budget` points (and the SNR floor, when given and some output
         is gated by it)."""
         floor = min_snr_db if self.gates_snr else None
-        return within_budget(metrics["drop"], metrics.get("snr_db"), budget, floor)
+        return within_budget(metrics["drop"], metrics.get("snr_db"), budget, floor) and self.embedding_snr_fits(metrics)
 
     # ---- the run's surface
 
@@ -382,6 +406,7 @@ class Judge:
         kinds = self.kinds
         self.snr_gated = self.mode == "fidelity" and self.gates_snr
         self.kl_gated = self.mode == "fidelity" and any(k in output_kinds.TOP1_KINDS for k in kinds)
+        self.embedding_gated = self.gates_embedding_snr
         if self.data.labels is not None:
             self.reference_accuracy = accuracy(self.reference_outputs[0], self.data.labels)
         if self.metric is not None:
@@ -390,7 +415,12 @@ class Judge:
                 raise UsageError(f"--metric returned {self.reference_score} for the original model (needs a number)")
         self.last_outputs = self.reference_outputs
         metrics = _pick(self.scores(self.reference_outputs), RUN_KEYS)
-        return {**metrics, "accuracy_drop": 0.0 if self.reference_accuracy is not None else None, "snr_db": None}
+        return {
+            **metrics,
+            "accuracy_drop": 0.0 if self.reference_accuracy is not None else None,
+            "snr_db": None,
+            "embedding_snr_db": None,
+        }
 
     def __call__(self, model: onnx.ModelProto) -> tuple[dict, list[np.ndarray] | None]:
         """The run's metrics (``RUN_KEYS``) of a candidate model, and its outputs."""
@@ -416,6 +446,7 @@ class Judge:
             task_drop,
             metrics.get("decision_risk"),
             metrics.get("kl_points"),
+            metrics.get("similarity_points"),
         )
 
     def within(self, metrics: dict, budget: float | None = None) -> bool:
@@ -427,6 +458,8 @@ class Judge:
         budget = max(self.budget if budget is None else budget, self.allowance)
         floor = self.min_snr_db if self.snr_gated else None
         if not within_budget(self.loss(metrics), metrics["snr_db"], budget, floor):
+            return False
+        if self.embedding_gated and not self.embedding_snr_fits(metrics):
             return False
         kl = metrics.get("kl")
         return not (self.kl_gated and kl is not None and not kl <= max(self.max_kl, self.kl_allowance))
@@ -455,6 +488,10 @@ class Judge:
             # States fed back: each step of the data is run with the candidate's own state.
             "recurrent": [f"{o}={i}" for o, i in self.data.recurrent] or None,
             "decision_risk": self._describe_risk(),
+            # Embeddings: points from the correlation of their pairwise cosines, and a sanity floor.
+            "embedding": {"max_rows": embedding_similarity.MAX_ROWS, "min_snr_db": embedding_similarity.MIN_SNR_DB}
+            if self.embedding_gated
+            else None,
         }
 
     def _describe_risk(self) -> dict | None:

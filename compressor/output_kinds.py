@@ -33,7 +33,11 @@ kind           recognised by (on the original's output)                 judged b
                                                                         weighted by the original's score of each
                                                                         anchor (a background anchor's box is noise the
                                                                         decoding drops)
-``embedding``  float [N, ..., D] rows of unit L2 norm                   centred SNR at least ``gate.min_snr_db``
+``embedding``  float [N, ..., D] rows of unit L2 norm                   the correlation of the rows' pairwise cosine
+                                                                        similarities (``embedding_similarity``: points =
+                                                                        100 x (1 - Pearson's r)), and centred SNR at
+                                                                        least ``embedding_similarity.MIN_SNR_DB`` (a sanity
+                                                                        floor, weaker than ``gate.min_snr_db``)
 ``probability`` float [N] or [N, 1], every value in [0, 1]: a sigmoid  the decision risk (``decision_risk``: each
                (voice activity, binary classifier)                      decision > DECISION_THRESHOLD counts 1 when it
                                                                         flipped, else by how close it came in logits;
@@ -64,6 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import decision_risk as risk
+from . import embedding_similarity
 
 # Raw (not probability) scores over fewer columns than this are a regressor's: a 3-output
 # quality model is no 3-class classifier, and top-1 agreement over its columns means nothing.
@@ -107,7 +112,7 @@ DETECTION_MARGIN = 0.3
 
 KINDS = ("classes", "positions", "map", "detections", "embedding", "probability", "regressor", "values", "exact")
 TOP1_KINDS = ("classes", "positions")
-SNR_KINDS = ("detections", "embedding", "probability", "regressor", "values")
+SNR_KINDS = ("detections", "probability", "regressor", "values")
 
 
 def _sample_rows(output: np.ndarray) -> np.ndarray:
@@ -497,9 +502,10 @@ def decision_agreement(reference: np.ndarray, output: np.ndarray, threshold: flo
 def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     """Every measure of one output that its kind is judged by: top1_agreement and kl (classes,
     positions; for positions kl_points, the KL in points of the budget), map_f1 (maps),
-    top1_agreement of the decisions and decision_risk (probability), and for every float output
-    centred_snr_db and raw_snr_db.  Detections: top1_agreement is 100 minus
-    ``detection_change_points``, centred_snr_db the boxes' ``detection_box_snr_db``."""
+    top1_agreement of the decisions and decision_risk (probability), similarity_points
+    (embeddings, ``embedding_similarity``), and for every float output centred_snr_db and
+    raw_snr_db.  Detections: top1_agreement is 100 minus ``detection_change_points``,
+    centred_snr_db the boxes' ``detection_box_snr_db``."""
     if reference.shape != output.shape:
         raise ValueError(f"output shapes differ from the reference: {output.shape} vs {reference.shape}")
     result: dict = {"kind": ref.kind}
@@ -522,4 +528,6 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
     elif ref.kind == "probability":
         result["top1_agreement"] = decision_agreement(reference, output)
         result["decision_risk"] = risk.decision_risk(reference, output, ref.units, DECISION_THRESHOLD)
+    elif ref.kind == "embedding":
+        result["similarity_points"] = embedding_similarity.similarity_points(reference, output)
     return result

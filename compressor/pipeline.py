@@ -42,8 +42,8 @@ from .present import to_json
 from .report import RunResult, StageRow, build_report, check_html_available, model_macs, render_html
 from .search.layer_inputs import LayerInputs
 from .sequences import confirmed, recurrent_pairs, split_sequences
-from .stages import STAGES, StageContext
-from .stages.ladder import fits_without, model_bytes, rejection, rejection_text
+from .stages import STAGES, StageContext, retry
+from .stages.ladder import model_bytes, rejection, rejection_text
 
 # The report's per-stage packed-size column is measured up to this model size: packing a large
 # float model costs minutes (xz on every float tensor).  The container row is always measured.
@@ -492,7 +492,8 @@ def _retry_unpruned(
 ) -> tuple[Route, dict | None]:
     """Pruning that gained little must not block a later stage that would gain much more: when
     pruning bought under PRUNE_RETRY_MAX_GAIN of the container and a later stage was rejected by
-    no more than what pruning spent (stages/ladder.fits_without), the later stages run once more
+    no more than what pruning spent, or fell back from its first rung by no more (stages/retry;
+    unpacked large models: pruning's gain bounded by the bytes it zeroed), the later stages run once more
     on the unpruned model and the smaller final container wins (the pruned one on a tie).
     Returns the route kept and what the report says (None when not tried)."""
     rows = route.rows
@@ -500,19 +501,15 @@ def _retry_unpruned(
     if prune is None or not rows[prune].applied or recipe.prune.sparsity is not None:
         return route, None
     before, after = rows[prune - 1].packed_bytes, rows[prune].packed_bytes
-    if before is None or after is None or after < (1 - PRUNE_RETRY_MAX_GAIN) * before:
+    if before is not None and after is not None:
+        gain = 1 - after / before
+    else:  # not packed (a large model): the bytes pruning zeroed bound its gain
+        gain = retry.zeroed_share(route.models[prune - 1], route.models[prune])
+    if gain > PRUNE_RETRY_MAX_GAIN:
         return route, None
-    blocked = [
-        r.stage
-        for r in rows[prune + 1 :]
-        if not r.applied
-        and r.rejected_metrics is not None
-        and any(x["measure"] != "packed_bytes" for x in r.rejected_by)
-        and fits_without(measure, r.rejected_metrics, rows[prune].metrics)
-    ]
+    blocked = [r.stage for r in rows[prune + 1 :] if retry.blocked_by_pruning(measure, r, rows[prune])]
     if not blocked:
         return route, None
-    gain = 1 - after / before
     reason = (
         f"pruning gained {100 * gain:.1f} % of the container and {', '.join(blocked)} missed the budget "
         "by less than pruning spent"

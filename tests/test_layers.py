@@ -57,6 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.kmeans",
             "compressor.output_kinds",
             "compressor.decision_risk",
+            "compressor.embedding_similarity",
             "compressor.quant_math",
             "compressor.ecq",
             "compressor.ecq_sorted",

@@ -110,6 +110,8 @@ def test_the_runs_metrics_and_the_searches_agree():
         "map_f1",
         "decision_risk",
         "kl_points",
+        "similarity_points",
+        "embedding_snr_db",
     }
     assert searched["kl"] == metrics["kl"] > 0
     assert searched["drop"] == run_judge.loss(metrics) == metrics["accuracy_drop"]

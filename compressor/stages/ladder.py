@@ -16,6 +16,7 @@ import onnx
 
 from .. import graph
 from ..data import Dataset
+from ..embedding_similarity import MIN_SNR_DB as EMBEDDING_MIN_SNR_DB
 from ..errors import CompressorError
 from ..measure import BUDGET_SLACK, Measure
 from ..report import StageRow
@@ -119,6 +120,9 @@ def rejection(measure: Measure, metrics: dict, budget: float | None = None) -> l
     snr = metrics.get("snr_db")
     if measure.snr_gated and snr is not None and snr < measure.min_snr_db:
         found.append({"measure": "snr_db", "value": snr, "limit": measure.min_snr_db, "by": measure.min_snr_db - snr})
+    if getattr(measure, "embedding_gated", False) and not measure.embedding_snr_fits(metrics):
+        snr, floor = metrics["embedding_snr_db"], EMBEDDING_MIN_SNR_DB
+        found.append({"measure": "embedding_snr_db", "value": snr, "limit": floor, "by": floor - snr})
     return found
 
 
@@ -130,6 +134,8 @@ def rejection_text(found: Sequence[dict]) -> str:
             words.append(f"loss {r['value']:.2f} points > budget {r['limit']:.2f} (by {r['by']:.2f})")
         elif r["measure"] == "snr_db":
             words.append(f"SNR {r['value']:.2f} dB < floor {r['limit']:g} dB (by {r['by']:.2f} dB)")
+        elif r["measure"] == "embedding_snr_db":
+            words.append(f"embedding SNR {r['value']:.2f} dB < floor {r['limit']:g} dB (by {r['by']:.2f} dB)")
         elif r["measure"] == "packed_bytes":
             words.append(f"packs to {r['value']:,} bytes > {r['limit']:,} (by {r['by']:,} bytes)")
         else:
@@ -143,6 +149,8 @@ def fits_without(measure: Measure, rejected: dict, spent: dict) -> bool:
     loss, spent_loss = measure.loss(rejected), measure.loss(spent)
     if loss is not None and loss - max(spent_loss or 0.0, 0.0) > max(measure.budget, measure.allowance) + BUDGET_SLACK:
         return False
+    if getattr(measure, "embedding_gated", False) and not measure.embedding_snr_fits(rejected):
+        return False  # a sanity floor: what an earlier stage spent does not excuse it
     snr, spent_snr = rejected.get("snr_db"), spent.get("snr_db")
     if not measure.snr_gated or snr is None or snr >= measure.min_snr_db:
         return True
