@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import special
 
 # One-sided confidence of the bound (the usual 95 %).
 CONFIDENCE = 0.95
@@ -67,17 +68,22 @@ def unit_rates(risks: np.ndarray, units: int = 0) -> np.ndarray:
     return per_row.reshape(-1, units).mean(axis=0)
 
 
-def upper_bound(rates: np.ndarray, confidence: float = CONFIDENCE) -> float:
-    """One-sided upper confidence bound of the mean of `rates` (Student's t over the units);
-    the mean itself with fewer than 2 units; within [mean, 1]."""
-    n = len(rates)
+def mean_upper_bound(values: np.ndarray, confidence: float = CONFIDENCE) -> float:
+    """One-sided upper confidence bound of the mean of `values` (Student's t over them); the
+    mean itself with fewer than 2 values."""
+    n = len(values)
     if n == 0:
         return 0.0
-    mean = float(np.mean(rates))
+    mean = float(np.mean(values))
     if n < 2:
         return mean
-    spread = float(np.std(rates, ddof=1))
-    return min(1.0, mean + _t_quantile(confidence, n - 1) * spread / math.sqrt(n))
+    spread = float(np.std(values, ddof=1))
+    return mean + _t_quantile(confidence, n - 1) * spread / math.sqrt(n)
+
+
+def upper_bound(rates: np.ndarray, confidence: float = CONFIDENCE) -> float:
+    """``mean_upper_bound`` of the units' rates, within [mean, 1]."""
+    return min(1.0, mean_upper_bound(rates, confidence)) if len(rates) else 0.0
 
 
 def decision_risk(
@@ -109,6 +115,4 @@ def _normal_cdf(x: np.ndarray) -> np.ndarray:
 
 
 def _t_quantile(confidence: float, dof: int) -> float:
-    from scipy import special
-
     return float(special.stdtrit(dof, confidence))

@@ -530,4 +530,25 @@ def compare(reference: np.ndarray, output: np.ndarray, ref: Reference) -> dict:
         result["decision_risk"] = risk.decision_risk(reference, output, ref.units, DECISION_THRESHOLD)
     elif ref.kind == "embedding":
         result["similarity_points"] = embedding_similarity.similarity_points(reference, output)
+    elif ref.kind == "regressor":
+        result["centred_snr_db"] = _db(
+            ref.centred_power or ref.raw_power, regressor_noise_bound(reference, output, ref.units)
+        )
     return result
+
+
+def regressor_noise_bound(reference: np.ndarray, output: np.ndarray, units: int = 0) -> float:
+    """The noise power of a regressor's output at its upper confidence bound over the units
+    (rows, or a recurrent model's sequences): a few verdict samples whose noise happens to be
+    small must not pass a candidate whose noise on other inputs is larger (a regressor's task,
+    a ranking say, moves with the noise of each sample)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)
+    if ref.ndim == 0 or ref.shape[0] < 2:
+        return noise_power(reference, output)
+    per_row = np.square(out - ref).reshape(ref.shape[0], -1).sum(axis=1)
+    if not np.all(np.isfinite(per_row)):
+        return math.inf
+    rates = risk.unit_rates(per_row, units)
+    per_unit = rates * (len(per_row) / len(rates))  # each unit's summed noise
+    return max(float(per_row.sum()), len(per_unit) * risk.mean_upper_bound(per_unit))

@@ -228,3 +228,22 @@ def test_position_flips_count_where_the_original_is_confident():
     assert ok.compare(probs, confident_flipped, r)["top1_agreement"] == pytest.approx(75.0)
     # Without the reference's mask every flip counts.
     assert ok.top1_agreement(probs, tie_flipped) == pytest.approx(75.0)
+
+
+def test_a_regressor_is_judged_at_the_upper_bound_of_its_noise_over_samples():
+    reference_of, compare, noise_power, centred_snr_db = ok.reference_of, ok.compare, ok.noise_power, ok.centred_snr_db
+    # The same total noise, spread evenly or held by a few samples: the bound over samples
+    # counts the concentrated noise (what other inputs may bring) as larger.
+    rng = np.random.default_rng(0)
+    reference = rng.normal(3.0, 1.0, size=(8, 3)).astype(np.float32)
+    ref = reference_of(reference)
+    assert ref.kind == "regressor"
+    even = reference + 0.05
+    uneven = reference.copy()
+    uneven[0] += 0.05 * np.sqrt(8)
+    assert noise_power(reference, even) == pytest.approx(noise_power(reference, uneven), rel=1e-4)
+    even_snr = compare(reference, even, ref)["centred_snr_db"]
+    uneven_snr = compare(reference, uneven, ref)["centred_snr_db"]
+    assert even_snr == pytest.approx(centred_snr_db(reference, even, ref), abs=1e-3)
+    assert uneven_snr < even_snr - 3.0
+    assert compare(reference, reference, ref)["centred_snr_db"] == math.inf
