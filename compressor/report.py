@@ -101,6 +101,8 @@ def build_report(run: RunResult, rows: list[StageRow]) -> dict:
         "plots": plot_data(run.original, run.shared_model),
         "prune_search": next((r.stats.get("search_plan") for r in rows if r.stage == "prune" and r.stats), None),
         "share_search": next((r.stats.get("search_plan") for r in rows if r.stage == "share" and r.stats), None),
+        # The share ladder's partial rung (stages/partial_share.py): which tensors stayed unshared, why.
+        "share_partial": next((r.stats.get("partial") for r in rows if r.stage == "share" and r.stats), None),
     }
     if mode == "none":
         report["note"] = NO_DATA_NOTE
@@ -165,6 +167,14 @@ def speed_line(report: dict) -> str | None:
         if key.startswith("batch") and v.get("speedup")
     ]
     return f"ORT latency, {speed['threads']} thread(s): " + ", ".join(parts) if parts else None
+
+
+def partial_lines(partial: dict) -> list[str]:
+    """The share stage's partial rung in words: what it kept shared and each tensor it left unshared."""
+    kept, left = partial["kept"], partial["left_unshared"]
+    lines = [f"share kept {len(kept)} of {len(kept) + len(left)} tensors of {partial['from']} shared; left unshared:"]
+    lines += [f"  {t['name']}: {t['why']}" for t in left]
+    return lines
 
 
 def structured_totals(stats: dict) -> dict:
@@ -399,6 +409,9 @@ def format_report(report: dict) -> str:
     floor, retry = report.get("floor"), report.get("retry")
     if floor:
         out.append(f"floor (int8 weights only): {floor['note']}")
+    partial = report.get("share_partial")
+    if partial:
+        out.extend(partial_lines(partial))
     compared = report.get("structured_compare")
     if compared:
         out.append(

@@ -14,6 +14,7 @@ from ..passes.share import CONV_ROLES, share, shareable_weights
 from ..search.ecq_budget import share_by_rate
 from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
+from .partial_share import LastBuilt, partial_attempt
 
 NAME = "share"
 
@@ -100,6 +101,12 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
                 skip=(lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
             )
         )
+    if adaptive and measure.data is not None:
+        # Every setting missed: the last one built (the gentlest measured) on the tensors that
+        # fit, the rest unshared (stages/partial_share.py).
+        last = LastBuilt()
+        attempts = [Attempt(a.label, last.wrap(a.label, a.build), a.budget, a.skip) for a in attempts]
+        attempts.append(partial_attempt(shareable, ctx, last))
     return run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
 
 
