@@ -1,10 +1,14 @@
-"""The share ladder's last rung: the gentlest candidate's sharing kept on the tensors that fit.
+"""The share ladder's last rungs: the gentlest candidate's sharing kept on the tensors that fit.
 
 When every setting of the share ladder misses the budget, the last candidate built (the
 gentlest the ladder measured) is taken apart tensor by tensor: ``search.share_subset`` ranks
 its tensors (those in If branches the calibration data never takes first: they cost nothing
-on it; then by layer error per value) and bisects, on the run's own verdicts, for the longest
-prefix that fits.  The rest are left as they were; the stage's stats say which and why.
+on it; then by layer error per value) and grows the set kept shared with whole-model runs on
+the searches' data (``share_subset.grow``: a bisection, then single steps; at most
+``share_subset.MAX_VERDICTS`` runs), within the share of the budget the per-tensor search has.
+The ladder then takes its verdict on its own data; if that rejects it, the next rung keeps
+only the tensors of the untaken branches.  The rest are left as they were; the stage's stats
+(the report's ``share_partial``) say which and why.
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ import onnx
 
 from .. import graph
 from ..errors import CompressorError
-from ..evaluate import make_session
-from ..measure import RUN_KEYS
+from ..measure import Judge, VariantRunner
 from ..search.branch_use import untaken_branches, unused_weights
 from ..search.layer_error import capture_layers
-from ..search.share_subset import MAX_VERDICTS, chosen_count, longest_prefix, ranking
-from ..variants import feedable, weight_key, weights_as_inputs, with_arrays
+from ..search.share_subset import MAX_VERDICTS, grow, ranking
+from ..variants import weight_key, with_arrays
 from .ladder import Attempt, StageContext
 
-LABEL = "the gentlest setting on the tensors that fit, the rest unshared"
+SEARCHED = "the gentlest setting on the tensors that fit, the rest unshared"
+UNUSED_ONLY = "the gentlest setting on the tensors of untaken If branches only, the rest unshared"
 
 
 class LastBuilt:
@@ -44,10 +48,34 @@ class LastBuilt:
         return built
 
 
-def partial_attempt(tensors: Sequence[graph.Weight], ctx: StageContext, last: LastBuilt) -> Attempt:
-    """The attempt that keeps `last`'s sharing on the longest ranked prefix of `tensors` that
-    fits the run's budget.  Not tried when an earlier attempt fit (the ladder kept it) or
-    nothing was built."""
+class _Ranked:
+    """The ranking of `last`'s tensors, made once for both rungs."""
+
+    def __init__(self, tensors: Sequence[graph.Weight], ctx: StageContext, last: LastBuilt):
+        model, measure = ctx.model, ctx.measure
+        calib = ctx.calib_data if ctx.calib_data is not None else measure.search_data
+        self.originals = {w.name: w.array() for w in tensors}
+        built = {weight_key(w): w for w in graph.weights(last.model)}
+        self.candidates = {w.name: built[weight_key(w)].array() for w in tensors if weight_key(w) in built}
+        self.untaken, branch_runs = untaken_branches(model, calib)
+        unused = unused_weights(tensors, self.untaken)
+        used = [w for w in tensors if w.name not in unused and w.name in self.candidates]
+        captured = ctx.layer_inputs.layers(model, calib) if ctx.layer_inputs is not None else None
+        layers, _, capture_runs = capture_layers(model, used, calib, 1, tables=True, shared=captured)
+        self.rows = ranking(self.originals, self.candidates, layers, unused)
+        self.free = sum(r["unused"] is not None for r in self.rows)
+        names = {r["name"] for r in self.rows}
+        self.changed = [w for w in tensors if w.name in names]
+        self.capture_runs = branch_runs + capture_runs
+
+
+def partial_attempts(
+    tensors: Sequence[graph.Weight], ctx: StageContext, last: LastBuilt, points: float
+) -> list[Attempt]:
+    """The two rungs that keep `last`'s sharing on some of `tensors`: those a search within
+    `points` (on the searches' data) keeps, then those of untaken If branches alone.  Neither
+    is tried when an earlier attempt fit (the ladder kept it) or nothing was built."""
+    ranked: list[_Ranked] = []
 
     def skip(tried: Sequence[dict]) -> str | None:
         if any("error" not in t and not t.get("rejected_by") for t in tried):
@@ -56,80 +84,69 @@ def partial_attempt(tensors: Sequence[graph.Weight], ctx: StageContext, last: La
             return "not built: no shared candidate to select from"
         return None
 
-    return Attempt(LABEL, lambda: select_shared(tensors, ctx, last), skip=skip)
+    def ranking_of() -> _Ranked:
+        if not ranked:
+            ranked.append(_Ranked(tensors, ctx, last))
+        return ranked[0]
+
+    return [
+        Attempt(SEARCHED, lambda: searched(ranking_of(), ctx, last, points), skip=skip),
+        Attempt(UNUSED_ONLY, lambda: unused_only(ranking_of(), ctx, last), skip=skip),
+    ]
 
 
-def select_shared(tensors: Sequence[graph.Weight], ctx: StageContext, last: LastBuilt) -> tuple[onnx.ModelProto, dict]:
-    model, measure, log = ctx.model, ctx.measure, ctx.log
-    if last.model is None:
-        raise CompressorError("no shared candidate to select from")
-    calib = ctx.calib_data if ctx.calib_data is not None else measure.search_data
-    originals = {w.name: w.array() for w in tensors}
-    built = {weight_key(w): w for w in graph.weights(last.model)}
-    candidates = {w.name: built[weight_key(w)].array() for w in tensors if weight_key(w) in built}
-
-    untaken, branch_runs = untaken_branches(model, calib)
-    unused = unused_weights(tensors, untaken)
-    used = [w for w in tensors if w.name not in unused and w.name in candidates]
-    captured = ctx.layer_inputs.layers(model, calib) if ctx.layer_inputs is not None else None
-    layers, _, capture_runs = capture_layers(model, used, calib, 1, tables=True, shared=captured)
-    rows = ranking(originals, candidates, layers, unused)
-    free = sum(r["unused"] is not None for r in rows)
-    if len(rows) <= free:
+def searched(r: _Ranked, ctx: StageContext, last: LastBuilt, points: float) -> tuple[onnx.ModelProto, dict]:
+    """The ranked tensors ``share_subset.grow`` keeps, measured on the searches' data."""
+    measure = ctx.measure
+    rows = r.rows
+    if len(rows) <= r.free:
         raise CompressorError(f"{last.label} changed no tensor the data uses")
+    data = measure.search_data
+    judge = Judge.of_model(ctx.model, data, reference=ctx.outputs if data is measure.data else None)
+    runner = VariantRunner(ctx.model, judge, r.changed, {w.name: r.originals[w.name] for w in r.changed})
+    floor = measure.min_snr_db if measure.snr_gated else None
 
-    changed = [w for w in tensors if w.name in {r["name"] for r in rows}]
-    verdict = _verdicts(model, changed, originals, measure)
+    def fits(ranks: list[int]) -> bool:
+        metrics = runner.measure_arrays({rows[i]["name"]: r.candidates[rows[i]["name"]] for i in ranks})
+        return judge.fits(metrics, points, floor)
 
-    def fits(k: int) -> bool:
-        metrics = verdict({r["name"]: candidates[r["name"]] for r in rows[:k]})
-        return measure.within(metrics)
+    selection = grow(r.free, len(rows), fits)
+    runner.close()
+    kept = set(selection.kept)
+    why = {
+        i: f"ranked {i + 1} of {len(rows)} by layer error per value; {selection.why.get(i, '')}"
+        for i in range(len(rows))
+        if i not in kept
+    }
+    return _built(r, ctx, last, kept, why, {"verdicts": selection.verdicts, "points": points})
 
-    verdicts = longest_prefix(free, len(rows), fits)
-    kept = chosen_count(free, verdicts)
-    if kept == 0:
+
+def unused_only(r: _Ranked, ctx: StageContext, last: LastBuilt) -> tuple[onnx.ModelProto, dict]:
+    """The tensors of untaken If branches alone: free on the data, no search."""
+    if not r.free:
+        raise CompressorError("no tensor lives only in an If branch the calibration data never takes")
+    kept = set(range(r.free))
+    why = {i: "used by the calibration data; only the untaken branches are kept" for i in range(r.free, len(r.rows))}
+    return _built(r, ctx, last, kept, why, {"verdicts": []})
+
+
+def _built(
+    r: _Ranked, ctx: StageContext, last: LastBuilt, kept: set[int], why: dict[int, str], search: dict
+) -> tuple[onnx.ModelProto, dict]:
+    if not kept:
         raise CompressorError(f"no tensor of {last.label} fits the budget shared alone")
-    failing = min([v["tensors"] for v in verdicts if not v["fits"]] + [len(rows)])
-    for i, r in enumerate(rows):
-        r["shared"] = i < kept
-        if r["unused"]:
-            r["why"] = f"used only in {r['unused']}, a branch the calibration data never takes"
-        elif i < kept:
-            r["why"] = f"the first {kept} of {len(rows)} ranked tensors fit the budget together"
+    rows = [dict(row) for row in r.rows]
+    for i, row in enumerate(rows):
+        row["shared"] = i in kept
+        if row["unused"]:
+            row["why"] = f"used only in {row['unused']}, a branch the calibration data never takes"
         else:
-            r["why"] = (
-                f"ranked {i + 1} of {len(rows)} by layer error per value; "
-                f"the first {failing} shared together exceeded the budget"
-            )
-    chosen = {r["name"]: candidates[r["name"]] for r in rows[:kept]}
-    shared = with_arrays(model, changed, chosen)
-    unshared = [r["name"] for r in rows[kept:]]
-    log(f"share: kept {kept} of {len(rows)} tensors of {last.label} shared; left unshared: {', '.join(unshared)}")
-    stats = _stats(last, chosen, rows, verdicts, untaken, branch_runs + capture_runs)
-    return shared, stats
-
-
-def _verdicts(model: onnx.ModelProto, changed: Sequence[graph.Weight], originals: dict, measure):
-    """A callable: arrays by name (the others as in `model`) -> the run's metrics on its verdict
-    data.  One session with the changed weights as inputs when they can be fed, else a model
-    built per verdict."""
-    if len(feedable(model, changed)) == len(changed):
-        session = make_session(weights_as_inputs(model, changed))
-
-        def run(arrays: dict[str, np.ndarray]) -> dict:
-            feed = {w.name: arrays.get(w.name, originals[w.name]) for w in changed}
-            scores = measure.scores(measure.outputs(session, feed))
-            return {k: scores[k] for k in RUN_KEYS}
-
-        return run
-    return lambda arrays: measure(with_arrays(model, changed, arrays))[0]
-
-
-def _stats(last: LastBuilt, chosen: dict, rows: list[dict], verdicts: list[dict], untaken, runs: int) -> dict:
-    """The gentlest candidate's stats cut to the tensors kept shared, and what the selection did."""
+            row["why"] = why.get(i, "fits the budget with the other kept tensors")
+    chosen = {row["name"]: r.candidates[row["name"]] for row in rows if row["shared"]}
+    unshared = [row["name"] for row in rows if not row["shared"]]
+    ctx.log(f"share: {len(chosen)} of {len(rows)} tensors of {last.label} kept; unshared: {', '.join(unshared)}")
     stats = dict(last.stats or {})
-    entries = [e for e in stats.get("tensors", []) if e.get("name") in chosen]
-    stats["tensors"] = entries
+    stats["tensors"] = [e for e in stats.get("tensors", []) if e.get("name") in chosen]
     stats["shared_tensors"] = len(chosen)
     stats["shared_params"] = int(sum(np.size(a) for a in chosen.values()))
     stats["bias_correction"] = None  # the candidate's corrected biases are not taken
@@ -137,16 +154,16 @@ def _stats(last: LastBuilt, chosen: dict, rows: list[dict], verdicts: list[dict]
     stats.pop("search_plan", None)
     stats["partial"] = {
         "from": last.label,
-        "untaken_branches": list(untaken),
-        "kept": [r["name"] for r in rows if r["shared"]],
+        "untaken_branches": list(r.untaken),
+        "kept": [row["name"] for row in rows if row["shared"]],
         "left_unshared": [
-            {"name": r["name"], "params": r["params"], "error": r["error"], "why": r["why"]}
-            for r in rows
-            if not r["shared"]
+            {"name": row["name"], "params": row["params"], "error": row["error"], "why": row["why"]}
+            for row in rows
+            if not row["shared"]
         ],
         "ranking": rows,
-        "verdicts": verdicts,
         "max_verdicts": MAX_VERDICTS,
-        "capture_runs": runs,
+        "capture_runs": r.capture_runs,
+        **search,
     }
-    return stats
+    return with_arrays(ctx.model, r.changed, chosen), stats
