@@ -144,7 +144,8 @@ def _built(
             row["why"] = why.get(i, "fits the budget with the other kept tensors")
     chosen = {row["name"]: r.candidates[row["name"]] for row in rows if row["shared"]}
     unshared = [row["name"] for row in rows if not row["shared"]]
-    ctx.log(f"share: {len(chosen)} of {len(rows)} tensors of {last.label} kept; unshared: {', '.join(unshared)}")
+    runs = f" ({len(search['verdicts'])} runs on the searches' data)" if search["verdicts"] else ""
+    ctx.log(f"share: {len(chosen)} of {len(rows)} tensors of {last.label} kept{runs}; unshared: {', '.join(unshared)}")
     stats = dict(last.stats or {})
     stats["tensors"] = [e for e in stats.get("tensors", []) if e.get("name") in chosen]
     stats["shared_tensors"] = len(chosen)
