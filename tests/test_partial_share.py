@@ -9,7 +9,7 @@ from compressor import graph
 from compressor.data import Dataset
 from compressor.measure import Measure
 from compressor.pipeline import run_pipeline
-from compressor.report import StageRow
+from compressor.report import StageRow, partial_lines
 from compressor.search.branch_use import untaken_branches, unused_weights
 from compressor.search.share_subset import MAX_VERDICTS, grow, ranking
 from compressor.stages.ladder import Attempt, Ladder, StageContext, run_ladder
@@ -177,3 +177,20 @@ def test_run_shares_only_the_weights_of_the_branch_the_calibration_data_never_ta
     assert set(left) == {"trunk.weight", "else.weight"}  # head.weight: below min_params, never shared
     assert all("exceeded the budget" in why or "untaken" in why for why in left.values())
     assert report["stages"][-1]["bytes"] < report["original_bytes"]
+
+
+def test_a_constant_condition_needs_no_capture_run_and_the_report_says_what_was_left_unshared():
+    model = graphs.if_subgraph_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "always"))
+    for node in model.graph.node:
+        if node.op_type == "If":
+            node.input[0] = "always"
+    found, runs = untaken_branches(model, graphs.make_inputs(model, 4, 1))
+    assert found == ["if/else_branch"] and runs == 0
+    lines = partial_lines(
+        {"from": "k-means 8 bits", "kept": ["a"], "left_unshared": [{"name": "b", "why": "it exceeded the budget"}]}
+    )
+    assert lines == [
+        "share kept 1 of 2 tensors of k-means 8 bits shared; left unshared:",
+        "  b: it exceeded the budget",
+    ]
