@@ -10,8 +10,9 @@ ranked by estimated cost and leaves the rest unshared:
    others by their layer's relative output error (``layer_error.variant_errors``: the
    covariance measure where one was captured, else the weight proxy) per value shared, the
    greedy order of the knapsack of error against the values that get a codebook.
-2. The longest prefix that fits, by bisection on whole-model verdicts between the unused
-   tensors (free) and all of them (the candidate, rejected already): ceil(log2(n)) verdicts
+2. The longest prefix that fits, by bisection on whole-model runs (the caller's ``fits``; the
+   share stage measures on the searches' data, and the ladder's verdict comes after) between
+   the unused tensors (free) and all of them (the candidate, rejected already): ceil(log2(n)) runs
    for n ranked tensors; the tensor that broke it is dropped and the rest tried again, and
    when no more tensors are left than verdicts, each alone on top of the kept ones (``grow``).
    At most ``MAX_VERDICTS`` verdicts in all.
