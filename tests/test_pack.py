@@ -467,9 +467,10 @@ def test_splicing_finds_its_markers_in_one_scan_and_falls_back_on_look_alikes():
     """Many spliced tensors round trip; a graph holding a marker itself (in a small tensor)
     makes splicing give up for the plain serialization, never garble it."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=100 + i % 7).astype(np.float32), f"w{i}") for i in range(600)]
-    nodes = [helper.make_node("Identity", [f"w{i}"], [f"y{i}"]) for i in range(600)]
-    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(600)]
+    count = 300  # markers past index 255: their index takes two bytes
+    inits = [numpy_helper.from_array(rng.normal(size=100 + i % 7).astype(np.float32), f"w{i}") for i in range(count)]
+    nodes = [helper.make_node("Identity", [f"w{i}"], [f"y{i}"]) for i in range(count)]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(count)]
     model = helper.make_model(helper.make_graph(nodes, "many", [], outputs, inits), opset_imports=OPSET)
     data, _ = pack_model(model)
     assert unpack_bytes(data) == model.SerializeToString()
