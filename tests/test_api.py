@@ -3,12 +3,12 @@
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import small_models
 
 import compressor
 from compressor.cli import main
@@ -24,12 +24,10 @@ def _cli_error(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue().strip().removeprefix("error: ")
 
 
-def test_run_with_a_model_proto_and_arrays_gives_the_cli_container(tmp_path, sample_subset):
-    data_path = sample_subset("lenet300_test", 200)
-    assert (
-        main(["run", str(SAMPLES / "lenet300.onnx"), "-o", str(tmp_path / "cli.cmpz"), "--data", str(data_path)]) == 0
-    )
-    model = onnx.load(SAMPLES / "lenet300.onnx")
+def test_run_with_a_model_proto_and_arrays_gives_the_cli_container(tmp_path):
+    model_path, data_path = small_models.labeled_mlp(tmp_path)
+    assert main(["run", str(model_path), "-o", str(tmp_path / "cli.cmpz"), "--data", str(data_path)]) == 0
+    model = onnx.load(model_path)
     with np.load(data_path) as npz:
         data = {key: npz[key] for key in npz.files}
     report = compressor.run(model, out=tmp_path / "api.cmpz", data=data, report=tmp_path / "api.json")
@@ -44,11 +42,13 @@ def test_run_with_a_model_proto_and_arrays_gives_the_cli_container(tmp_path, sam
 
 
 def test_run_without_out_returns_the_report_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    report = compressor.run(str(SAMPLES / "lenet5.onnx"), recipe={"quantize": {"enabled": False}})
+    model = small_models.conv_net(tmp_path)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    report = compressor.run(str(model), recipe={"quantize": {"enabled": False}})
     assert report["mode"] == "none" and report["container"]["path"] is None and report["container"]["bytes"] > 0
     assert report["recipe"]["quantize"]["enabled"] is False
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == [model, tmp_path / "cwd"] and list((tmp_path / "cwd").iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -106,15 +106,16 @@ def test_bad_arrays_name_the_dict_not_a_temporary_file():
 
 
 def test_pack_and_unpack(tmp_path):
-    model = onnx.load(SAMPLES / "lenet5.onnx")
+    path = small_models.conv_net(tmp_path)
+    model = onnx.load(path)
     # A path goes through pack_file, what `compressor pack` runs; a ModelProto gives the same bytes.
-    assert compressor.pack(SAMPLES / "lenet5.onnx", tmp_path / "file.cmpz")["input"] == str(SAMPLES / "lenet5.onnx")
+    assert compressor.pack(path, tmp_path / "file.cmpz")["input"] == str(path)
     stats = compressor.pack(model, tmp_path / "api.cmpz")
     assert (tmp_path / "api.cmpz").read_bytes() == (tmp_path / "file.cmpz").read_bytes()
     assert stats["output"] == str(tmp_path / "api.cmpz")
     assert compressor.unpack(tmp_path / "api.cmpz").SerializeToString() == model.SerializeToString()
     info = compressor.unpack(tmp_path / "api.cmpz", tmp_path / "back.onnx")
-    assert info["verified"] and (tmp_path / "back.onnx").read_bytes() == (SAMPLES / "lenet5.onnx").read_bytes()
+    assert info["verified"] and (tmp_path / "back.onnx").read_bytes() == path.read_bytes()
     with pytest.raises(UsageError, match="refusing to overwrite the container"):
         compressor.unpack(tmp_path / "api.cmpz", tmp_path / "api.cmpz")
 
@@ -122,13 +123,13 @@ def test_pack_and_unpack(tmp_path):
 def test_batch_returns_the_summary(tmp_path):
     models = tmp_path / "zoo"
     models.mkdir()
-    shutil.copy(SAMPLES / "lenet5.onnx", models / "lenet5.onnx")
+    small_models.conv_net(models)
     (models / "broken.onnx").write_bytes(b"not a model")
     done = []
     summary = compressor.batch(models, tmp_path / "out", step=lambda *counts: done.append(counts))
     assert {Path(m["model"]).name: m["status"] for m in summary["models"]} == {
         "broken.onnx": "failed",
-        "lenet5.onnx": "ok",
+        "conv.onnx": "ok",
     }
     assert done == [(1, 2, 1), (2, 2, 1)] or done == [(1, 2, 0), (2, 2, 1)]
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == json.loads(json.dumps(summary))

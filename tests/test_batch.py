@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import small_models
 
 import compressor.zoo as zoo_module
 from compressor.cli import main
@@ -22,43 +23,42 @@ from compressor.zoo import _stem_names
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
-def _zoo(tmp_path, sample_subset):
+def _zoo(tmp_path):
+    # Small models: what is tested is the batch around the pipeline, not its searches.
     models = tmp_path / "zoo"
     models.mkdir()
-    shutil.copy(SAMPLES / "lenet300.onnx", models / "lenet300.onnx")
-    # 200 of the 1000 samples: what is tested is the batch around the pipeline, not its searches.
-    shutil.copy(sample_subset("lenet300_test", 200), models / "lenet300_test.npz")
-    shutil.copy(SAMPLES / "lenet5.onnx", models / "lenet5.onnx")
+    small_models.labeled_mlp(models)  # mlp.onnx with mlp_test.npz beside it
+    small_models.conv_net(models)  # conv.onnx, no data
     (models / "broken.onnx").write_bytes(b"\x08\x07garbage that is not a model")
     return models
 
 
 @pytest.fixture()
-def zoo(tmp_path, sample_subset):
-    return _zoo(tmp_path, sample_subset)
+def zoo(tmp_path):
+    return _zoo(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def first_batch(tmp_path_factory, sample_subset):
+def first_batch(tmp_path_factory):
     """The zoo (with its corrupt file, given as a glob) batched once, serially: (exit code, stderr,
     output folder), shared by the tests below; they only read that folder or rerun on a copy."""
     tmp = tmp_path_factory.mktemp("first_batch")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["batch", str(_zoo(tmp, sample_subset) / "*.onnx"), "-o", str(tmp / "out"), "-q"])
+        code = main(["batch", str(_zoo(tmp) / "*.onnx"), "-o", str(tmp / "out"), "-q"])
     return code, err.getvalue(), tmp / "out"
 
 
 def test_a_corrupt_model_is_recorded_and_the_rest_go_on(first_batch):
     code, err, out = first_batch
     assert code == 1
-    assert (out / "lenet300.cmpz").stat().st_size > 0 and (out / "lenet5.cmpz").stat().st_size > 0
+    assert (out / "mlp.cmpz").stat().st_size > 0 and (out / "conv.cmpz").stat().st_size > 0
     assert not (out / "broken.cmpz").exists()
     summary = json.loads((out / "summary.json").read_text())
     status = {Path(m["model"]).name: m for m in summary["models"]}
     assert status["broken.onnx"]["status"] == "failed" and "not an ONNX model" in status["broken.onnx"]["error"]
-    assert status["lenet300.onnx"]["status"] == "ok" and status["lenet300.onnx"]["mode"] == "accuracy"
-    assert status["lenet5.onnx"]["mode"] == "none"  # no data beside it: data-free steps only
+    assert status["mlp.onnx"]["status"] == "ok" and status["mlp.onnx"]["mode"] == "accuracy"
+    assert status["conv.onnx"]["mode"] == "none"  # no data beside it: data-free steps only
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [Path(r["model"]).name for r in rows] == [Path(m["model"]).name for m in summary["models"]]
     assert "1 of 3 models failed" in err
@@ -68,9 +68,9 @@ def test_rerun_skips_complete_models(zoo, tmp_path, first_batch):
     out = tmp_path / "out"
     (zoo / "broken.onnx").unlink()
     shutil.copytree(first_batch[2], out)  # a first run's output
-    before = (out / "lenet300.cmpz").stat().st_mtime_ns
+    before = (out / "mlp.cmpz").stat().st_mtime_ns
     assert main(["batch", str(zoo), "-o", str(out), "--json"]) == 0
-    assert (out / "lenet300.cmpz").stat().st_mtime_ns == before
+    assert (out / "mlp.cmpz").stat().st_mtime_ns == before
     summary = json.loads((out / "summary.json").read_text())
     assert {m["status"] for m in summary["models"]} == {"skipped"}
 
@@ -79,7 +79,7 @@ def test_parallel_jobs_give_the_same_containers(zoo, tmp_path, first_batch):
     (zoo / "broken.onnx").unlink()
     serial, parallel = first_batch[2], tmp_path / "parallel"
     assert main(["batch", str(zoo), "-o", str(parallel), "-j", "2", "-q"]) == 0
-    for name in ("lenet300.cmpz", "lenet5.cmpz"):
+    for name in ("mlp.cmpz", "conv.cmpz"):
         assert (serial / name).read_bytes() == (parallel / name).read_bytes()
 
 
@@ -91,15 +91,15 @@ def test_rerun_redoes_a_model_whose_container_or_options_changed(zoo, tmp_path, 
     out = tmp_path / "out"
     (zoo / "broken.onnx").unlink()
     shutil.copytree(first_batch[2], out)
-    (out / "lenet300.cmpz").write_bytes(b"garbage, but its report says ok")
+    (out / "mlp.cmpz").write_bytes(b"garbage, but its report says ok")
     assert main(["batch", str(zoo), "-o", str(out), "-q"]) == 0
     status = {Path(m["model"]).name: m["status"] for m in json.loads((out / "summary.json").read_text())["models"]}
-    assert status == {"lenet300.onnx": "ok", "lenet5.onnx": "skipped"}
-    assert (out / "lenet300.cmpz").read_bytes() == (first_batch[2] / "lenet300.cmpz").read_bytes()
-    # Other options: nothing is skipped (lenet5 has no data to gate on: it fails).
+    assert status == {"mlp.onnx": "ok", "conv.onnx": "skipped"}
+    assert (out / "mlp.cmpz").read_bytes() == (first_batch[2] / "mlp.cmpz").read_bytes()
+    # Other options: nothing is skipped (conv has no data to gate on: it fails).
     assert main(["batch", str(zoo), "-o", str(out), "-q", "--max-accuracy-drop", "5"]) == 1
     status = {Path(m["model"]).name: m["status"] for m in json.loads((out / "summary.json").read_text())["models"]}
-    assert status == {"lenet300.onnx": "ok", "lenet5.onnx": "failed"}
+    assert status == {"mlp.onnx": "ok", "conv.onnx": "failed"}
 
 
 def test_output_names_do_not_depend_on_the_argument_order(tmp_path):
@@ -193,12 +193,12 @@ def test_a_dask_cluster_gives_the_local_containers(dask_cluster, zoo, tmp_path, 
     with contextlib.redirect_stderr(err):
         code = main(["batch", str(zoo), "-o", str(out), "--scheduler", address, "-v"])
     assert code == 1
-    for name in ("lenet300.cmpz", "lenet5.cmpz"):
+    for name in ("mlp.cmpz", "conv.cmpz"):
         assert (out / name).read_bytes() == (first_batch[2] / name).read_bytes()
     summary = json.loads((out / "summary.json").read_text())
     status = {Path(m["model"]).name: m for m in summary["models"]}
     assert status["broken.onnx"]["status"] == "failed" and "not an ONNX model" in status["broken.onnx"]["error"]
-    assert status["lenet300.onnx"]["status"] == status["lenet5.onnx"]["status"] == "ok"
+    assert status["mlp.onnx"]["status"] == status["conv.onnx"]["status"] == "ok"
     assert not (out / "broken.cmpz").exists()
     # One line per finished model, as it finishes.
     assert sorted(line.split(":")[0].strip() for line in err.getvalue().splitlines() if ": /" in line) == [
@@ -236,14 +236,14 @@ def test_a_worker_killed_mid_model_loses_nothing(dask_cluster, tmp_path, first_b
     models = tmp_path / "models"
     models.mkdir()
     for name in ("a", "b"):  # no data: the quick data-free run
-        shutil.copy(SAMPLES / "lenet5.onnx", models / f"{name}.onnx")
+        small_models.conv_net(models, name)
     marker = tmp_path / "killed"
     client.run(_kill_worker_mid_model, str(marker))
     out = tmp_path / "out"
     assert main(["batch", str(models), "-o", str(out), "--scheduler", address, "-q"]) == 0
     assert marker.exists()  # a worker did die mid-model ...
     for name in ("a", "b"):  # ... and its model was run again, elsewhere, to the same bytes
-        assert (out / f"{name}.cmpz").read_bytes() == (first_batch[2] / "lenet5.cmpz").read_bytes()
+        assert (out / f"{name}.cmpz").read_bytes() == (first_batch[2] / "conv.cmpz").read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["a.cmpz", "a.report.json", "b.cmpz", "b.report.json", "summary.csv", "summary.json"]
     )

@@ -1,5 +1,6 @@
 """pack / unpack: lossless round trips (bit-identical protos, identical ORT outputs), sizes, CLI."""
 
+import functools
 import glob
 import json
 import lzma
@@ -90,10 +91,16 @@ def lenet_300_100(int8: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+@functools.cache
+def lenet_300_100_roundtrip(int8: bool) -> tuple[onnx.ModelProto, onnx.ModelProto, bytes, dict]:
+    """(model, *roundtrip(model)) of lenet_300_100(int8), packed once for the tests that read it."""
+    model = lenet_300_100(int8)
+    return model, *roundtrip(model)
+
+
 @pytest.mark.parametrize("int8", [False, True])
 def test_pruned_shared_mlp_beats_zstd_and_xz_and_sits_near_the_entropy_bound(int8):
-    model = lenet_300_100(int8)
-    back, data, stats = roundtrip(model)
+    model, back, data, stats = lenet_300_100_roundtrip(int8)
     raw = model.SerializeToString()
     zstd19 = len(zstandard.ZstdCompressor(level=19).compress(raw))
     xz9 = len(lzma.compress(raw, preset=9))
@@ -113,7 +120,7 @@ def test_pruned_shared_mlp_beats_zstd_and_xz_and_sits_near_the_entropy_bound(int
 
 
 def test_report_shows_why_zeros_go_to_the_index_stream():
-    _, _, stats = roundtrip(lenet_300_100())
+    _, _, _, stats = lenet_300_100_roundtrip(False)
     w0 = next(t for t in stats["tensors"] if t["name"] == "w0")
     dense = w0["candidates"]["dict"]
     # A dense Huffman stream spends >= 1 bit on every zero: far above its entropy bound.
@@ -467,9 +474,10 @@ def test_splicing_finds_its_markers_in_one_scan_and_falls_back_on_look_alikes():
     """Many spliced tensors round trip; a graph holding a marker itself (in a small tensor)
     makes splicing give up for the plain serialization, never garble it."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=100 + i % 7).astype(np.float32), f"w{i}") for i in range(600)]
-    nodes = [helper.make_node("Identity", [f"w{i}"], [f"y{i}"]) for i in range(600)]
-    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(600)]
+    count = 300  # markers past index 255: their index takes two bytes
+    inits = [numpy_helper.from_array(rng.normal(size=100 + i % 7).astype(np.float32), f"w{i}") for i in range(count)]
+    nodes = [helper.make_node("Identity", [f"w{i}"], [f"y{i}"]) for i in range(count)]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(count)]
     model = helper.make_model(helper.make_graph(nodes, "many", [], outputs, inits), opset_imports=OPSET)
     data, _ = pack_model(model)
     assert unpack_bytes(data) == model.SerializeToString()

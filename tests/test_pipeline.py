@@ -6,6 +6,7 @@ from pathlib import Path
 import graphs
 import numpy as np
 import pytest
+import small_models
 
 from compressor.cli import main
 from compressor.container import unpack_file
@@ -80,12 +81,10 @@ def test_share_searches_bits_per_tensor_and_keeps_the_smaller_of_it_and_the_firs
     assert share_row["setting"] == smallest["option"] and share_row["accuracy_drop"] == smallest["accuracy_drop"]
 
 
-def test_share_ladder_names_only_the_kinds_of_weights_the_model_has(tmp_path, sample_subset):
+def test_share_ladder_names_only_the_kinds_of_weights_the_model_has(tmp_path):
+    model, data = small_models.labeled_mlp(tmp_path)  # Gemm layers only
     report = run_pipeline(
-        str(LENET300),
-        str(tmp_path / "m.cmpz"),
-        data_path=str(sample_subset("lenet300_test", 200)),
-        overrides={"quantize": {"enabled": False}},
+        str(model), str(tmp_path / "m.cmpz"), data_path=str(data), overrides={"quantize": {"enabled": False}}
     )
     tried = [a["option"] for a in report["stages"][2]["attempts"]]
     assert tried[1] == "k-means 4 bits fc" and not any("conv" in t for t in tried)
@@ -124,15 +123,17 @@ def test_same_input_same_options_give_identical_containers(lenet5_run, tmp_path)
 
 
 def test_gate_fails_with_exit_3_writes_the_report_and_no_container(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    model, data = small_models.labeled_mlp(tmp_path / "in")
     out, rep = tmp_path / "x.cmpz", tmp_path / "x.json"
     code = main(
         [
             "run",
-            str(LENET300),
+            str(model),
             "-o",
             str(out),
             "--data",
-            str(SAMPLES / "lenet300_test.npz"),
+            str(data),
             "--sparsity",
             "0.99",
             "--max-accuracy-drop",
@@ -144,7 +145,7 @@ def test_gate_fails_with_exit_3_writes_the_report_and_no_container(tmp_path, cap
     )
     assert code == 3
     assert not out.exists()
-    assert list(tmp_path.iterdir()) == [rep]  # no temp files either
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "in", rep]  # no temp files either
     report = json.loads(rep.read_text())
     assert report["gate"]["passed"] is False and "exceeds --max-accuracy-drop 0.5" in report["gate"]["reason"]
     assert report["container"] is None
@@ -162,9 +163,10 @@ def test_without_data_only_data_free_steps_run_and_the_report_says_so(tmp_path):
 
 
 def test_unlabeled_data_budgets_top1_agreement(tmp_path):
-    test = np.load(SAMPLES / "lenet300_test.npz")
-    np.savez(tmp_path / "inputs.npz", x=test["x"][:300])  # 300 samples: still more than one batch
-    report = run_pipeline(str(LENET300), str(tmp_path / "m.cmpz"), data_path=str(tmp_path / "inputs.npz"))
+    model, data = small_models.labeled_mlp(tmp_path, samples=300)  # 300 samples: still more than one batch
+    with np.load(data) as labeled:
+        np.savez(tmp_path / "inputs.npz", x=labeled["x"])
+    report = run_pipeline(str(model), str(tmp_path / "m.cmpz"), data_path=str(tmp_path / "inputs.npz"))
     assert report["mode"] == "fidelity"
     assert report["stages"][-1]["top1_agreement"] >= 99.0 - 1e-9
     assert report["stages"][-1]["accuracy"] is None
@@ -204,10 +206,11 @@ def test_fidelity_mode_gates_snr_when_outputs_are_not_class_scores(tmp_path):
 
 
 def test_overrides_and_disabled_stages(tmp_path):
+    model, data = small_models.labeled_mlp(tmp_path)
     report = run_pipeline(
-        str(LENET300),
+        str(model),
         str(tmp_path / "m.cmpz"),
-        data_path=str(SAMPLES / "lenet300_test.npz"),
+        data_path=str(data),
         overrides={
             "prune": {"sparsity": 0.8, "scope": "layer"},
             "share": {"enabled": False},
@@ -222,6 +225,7 @@ def test_overrides_and_disabled_stages(tmp_path):
 
 
 def test_recipe_file_and_cli_errors(tmp_path, capsys):
+    model, data = small_models.labeled_mlp(tmp_path)
     recipe = tmp_path / "r.toml"
     recipe.write_text("[share]\nbits_fc = 4\n[prune]\nsparsity = 0.9\n")
     out, rep = tmp_path / "m.cmpz", tmp_path / "m.json"
@@ -229,13 +233,13 @@ def test_recipe_file_and_cli_errors(tmp_path, capsys):
         main(
             [
                 "run",
-                str(LENET300),
+                str(model),
                 "-o",
                 str(out),
                 "--recipe",
                 str(recipe),
                 "--data",
-                str(SAMPLES / "lenet300_test.npz"),
+                str(data),
                 "--report",
                 str(rep),
                 "--json",
@@ -262,7 +266,8 @@ def test_run_refuses_to_overwrite_its_input(tmp_path, capsys):
 def test_html_report_is_one_self_contained_file(tmp_path):
     pytest.importorskip("matplotlib")
     html = tmp_path / "r.html"
-    assert main(["run", str(LENET300), "-o", str(tmp_path / "m.cmpz"), "--html", str(html), "-q"]) == 0
+    model, _ = small_models.labeled_mlp(tmp_path)
+    assert main(["run", str(model), "-o", str(tmp_path / "m.cmpz"), "--html", str(html), "-q"]) == 0
     text = html.read_text()
     assert (
         text.count("data:image/png;base64,") == 3 and "<script" not in text and "http" not in text.split("<details>")[0]
@@ -329,7 +334,7 @@ def test_a_user_time_limit_sizes_the_prune_search_on_the_clock_and_says_so(tmp_p
     assert report["stages"][1]["applied"] and report["stages"][1]["accuracy_drop"] <= 1.0
 
 
-def test_progress_bar_only_on_a_terminal(tmp_path, capsys, sample_subset):
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
     from compressor.commands.run import Progress
 
     steps = []
@@ -340,10 +345,11 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys, sample_subset):
             super().step(label, done, total)
 
     bar = Recording(lines=True, bar=True)
+    model, data = small_models.labeled_mlp(tmp_path)
     run_pipeline(
-        str(LENET5),
+        str(model),
         str(tmp_path / "m.cmpz"),
-        data_path=str(sample_subset("lenet5_test", 200)),
+        data_path=str(data),
         log=bar,
         overrides={"share": {"enabled": False}, "quantize": {"enabled": False}},
     )
