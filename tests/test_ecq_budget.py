@@ -258,3 +258,18 @@ def test_a_search_whose_most_precise_candidate_overshoots_stops_after_two_runs()
     with pytest.raises(CompressorError, match=r"tried 2\)"):
         share_by_rate(model, data, 100.0, min_snr_db=300.0, min_params=0, judge=judge)
     assert judge.runs == 2
+
+
+@pytest.mark.parametrize("floor_db", [25.0, 35.0])
+def test_when_the_floor_fits_the_search_goes_on_from_the_start(floor_db):
+    # The start misses both floors, the most precise allocation fits both: measured second, then
+    # the search goes on as without it (at 35 dB it reaches allowance 0 itself: no run more).
+    model = graphs.mlp()
+    data = graphs.make_inputs(model, 64, 0)
+    judge = Judge.of_model(model, data)
+    judge.explicit_snr = True
+    _, stats = share_by_rate(model, data, 100.0, min_snr_db=floor_db, min_params=0, judge=judge)
+    tried = stats["budget_search"]["tried"]
+    assert not tried[0]["within_budget"] and tried[1]["allowance"] == 0.0 and tried[1]["within_budget"]
+    assert tried[2]["allowance"] == pytest.approx(tried[0]["allowance"] / 4)  # the search's own shrink step
+    assert judge.runs == len(tried) <= 11
