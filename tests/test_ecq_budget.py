@@ -10,9 +10,10 @@ from compressor import graph
 from compressor.codec import rans
 from compressor.data import Dataset
 from compressor.ecq import step_ladder, uniform_quantize
-from compressor.errors import UsageError
+from compressor.errors import CompressorError, UsageError
 from compressor.evaluate import accuracy, run_model
 from compressor.kmeans import share_array
+from compressor.measure import Judge
 from compressor.passes.layers import Layer
 from compressor.passes.quantize import DEFAULT_SETTINGS, quantize
 from compressor.passes.share import share
@@ -245,3 +246,30 @@ def test_candidate_codes_decode_to_exactly_the_arrays_measured():
     assert code[1].dtype == np.int8 and decoded(values, code).tobytes() == uniform.values.tobytes()
     folded = decoded(values, uniform_code(uniform.levels, uniform.step, values.dtype, fold))
     assert folded.tobytes() == np.where(fold, values, uniform.values).tobytes()
+
+
+def test_a_search_whose_most_precise_candidate_overshoots_stops_after_two_runs():
+    # An SNR floor no shared model reaches: the start overshoots, then the floor (every tensor
+    # at its most precise option) does too, and the search ends there instead of shrinking.
+    model = graphs.mlp()
+    data = graphs.make_inputs(model, 64, 0)
+    judge = Judge.of_model(model, data)
+    judge.explicit_snr = True  # the floor gates the class scores too
+    with pytest.raises(CompressorError, match=r"tried 2\)"):
+        share_by_rate(model, data, 100.0, min_snr_db=300.0, min_params=0, judge=judge)
+    assert judge.runs == 2
+
+
+@pytest.mark.parametrize("floor_db", [25.0, 35.0])
+def test_when_the_floor_fits_the_search_goes_on_from_the_start(floor_db):
+    # The start misses both floors, the most precise allocation fits both: measured second, then
+    # the search goes on as without it (at 35 dB it reaches allowance 0 itself: no run more).
+    model = graphs.mlp()
+    data = graphs.make_inputs(model, 64, 0)
+    judge = Judge.of_model(model, data)
+    judge.explicit_snr = True
+    _, stats = share_by_rate(model, data, 100.0, min_snr_db=floor_db, min_params=0, judge=judge)
+    tried = stats["budget_search"]["tried"]
+    assert not tried[0]["within_budget"] and tried[1]["allowance"] == 0.0 and tried[1]["within_budget"]
+    assert tried[2]["allowance"] == pytest.approx(tried[0]["allowance"] / 4)  # the search's own shrink step
+    assert judge.runs == len(tried) <= 11

@@ -516,15 +516,37 @@ def share_by_rate(
     positive = [d for k in knapsack for d in k["drops"] if d > 0]
     smallest = min(positive, default=0.0)
     start = sum(k["drops"][int(START_POSITION * (len(k["drops"]) - 1))] for k in knapsack if k["drops"])
-    accepted, rejected = search_allowance(
-        fits,
-        min(max(start, smallest), total),
-        grow=lambda a: None if a >= total or total == 0 else min(a * ALLOWANCE_STEP, total),
-        shrink=lambda a: None if not positive else 0.0 if a <= smallest else max(a / ALLOWANCE_STEP, smallest / 2),
-        geometric=True,
-        resolution=RESOLUTION,
-        max_steps=max(1, int(max_evals) - REFINE_RUNS),
-    )
+    start = min(max(start, smallest), total)
+    search_keys: set[tuple] = set()
+
+    def searched(allowance: float) -> bool | None:
+        search_keys.add(tuple(allocated(knapsack, allowance)[w.name] for w in selected))
+        return fits(allowance)
+
+    floor_key = None
+    if positive and judge.mode == "fidelity" and searched(start) is False:
+        # The start overshoots: the floor (allowance 0, every tensor at its most precise option,
+        # the closest to the original) next, one run more than the plan.  When even it overshoots
+        # nothing fits and the search ends; when it fits, the search goes on exactly as without
+        # it.  Not with labels: accuracy on a few samples is not monotone in the allowance (the
+        # floor can lose more than a coarser candidate).
+        floor_key = tuple(allocated(knapsack, 0.0)[w.name] for w in selected)
+        trials.max_evals += 1
+        if fits(0.0) is False:
+            accepted, rejected = None, 0.0
+            trials.max_evals = len(trials.seen)  # nothing left to refine
+    if trials.max_evals > len(trials.seen) or floor_key is None:
+        accepted, rejected = search_allowance(
+            searched,
+            start,
+            grow=lambda a: None if a >= total or total == 0 else min(a * ALLOWANCE_STEP, total),
+            shrink=lambda a: None if not positive else 0.0 if a <= smallest else max(a / ALLOWANCE_STEP, smallest / 2),
+            geometric=True,
+            resolution=RESOLUTION,
+            max_steps=max(1, int(max_evals) - REFINE_RUNS),
+        )
+        if floor_key is not None and floor_key in search_keys:
+            trials.max_evals -= 1  # the search reached the floor itself: no run more than the plan
     refine(knapsack, tried, measure, saved)
     runner.close()
     feasible = [t for t in tried if t["within_budget"]]

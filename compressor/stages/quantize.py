@@ -15,6 +15,7 @@ from ..passes.quantize import QuantizeSettings, Shared, quantize, size_bound
 from ..passes.quantize.ops_tables import SMALL_ROLES
 from ..report import StageRow
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
+from .static_probe import StaticProbe, probe_applies
 
 NAME = "quantize"
 
@@ -163,6 +164,8 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
 
     attempts = []
     over: list[int] = []  # packed bytes of the candidates that packed larger than the input
+    # The plain static rungs, tried on a few samples first (static_probe).
+    probe = StaticProbe(ctx) if adaptive and "static" in modes and probe_applies(ctx) else None
     for i, mode in enumerate(modes):
         attempts.append(
             Attempt(
@@ -175,6 +178,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                     limit,
                     over,
                 ),
+                skip=probe.skip(settings) if probe is not None and mode == "static" else None,
             )
         )
         if adaptive and i == 0 and settings.small_constants:
@@ -185,6 +189,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                 Attempt(
                     f"{LABELS[mode]}, small constants float",
                     packs_within(lambda m=mode, s=settings: without_small_constants(m, s), ctx, limit, over),
+                    skip=probe.skip(settings) if probe is not None and mode == "static" else None,
                 )
             )
         if adaptive and mode == "static" and model_bytes(model) <= MIXED_PRECISION_MAX_BYTES:

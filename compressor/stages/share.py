@@ -10,6 +10,7 @@ import math
 
 from ..graph import Weight
 from ..options import ShareOptions
+from ..passes.compensate import one_blas_thread
 from ..passes.share import CONV_ROLES, share, shareable_weights
 from ..search.ecq_budget import share_by_rate
 from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
@@ -214,6 +215,12 @@ def per_tensor_attempt(
         extra["captured_layers"] = ctx.layer_inputs.layers(model, calib, approximate=REUSE_PRUNED_INPUTS)
 
     def searched():
+        # Covariances, curves and rounding: many tall-skinny products, on one BLAS thread (as
+        # prune's search: two threads wait at OpenBLAS's barriers on a busy machine).
+        with one_blas_thread():
+            return _searched()
+
+    def _searched():
         shared, stats = (share_by_rate if by_rate else share_to_budget)(
             model,
             data,

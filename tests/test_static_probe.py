@@ -1,0 +1,63 @@
+"""stages/static_probe: static activations judged on a few samples before their full calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor.pipeline import run_pipeline
+from compressor.stages import static_probe
+
+
+def regressor(tmp_path, outlier: float):
+    """A [N, 1] regressor whose input holds one feature at `outlier` in every sample (it sets the
+    input's static range) that the output ignores; 64 inputs."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(16, 32)).astype(np.float32) / 4
+    w1[0] = 0.0
+    w2 = rng.normal(size=(32, 1)).astype(np.float32) / 6
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    path = tmp_path / "reg.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.normal(size=(64, 16)).astype(np.float32)
+    x[:, 0] = outlier
+    np.savez(tmp_path / "in.npz", x=x)
+    return str(path), str(tmp_path / "in.npz")
+
+
+def quantize_row(tmp_path, outlier: float) -> dict:
+    model, data = regressor(tmp_path, outlier)
+    overrides = {"prune": {"enabled": False}, "share": {"enabled": False}}
+    report = run_pipeline(model, str(tmp_path / "m.cmpz"), overrides=overrides, calib_path=data)
+    return next(r for r in report["stages"] if r["stage"] == "quantize")
+
+
+def test_static_rungs_far_under_the_floor_on_the_probe_are_not_measured(tmp_path):
+    row = quantize_row(tmp_path, 1e5)
+    static = [a for a in row["attempts"] if a["option"].startswith("int8 weights + static")]
+    assert static and all(a.get("error", "").startswith("not measured: calibrated on") for a in static[:2])
+    assert row["applied"] and row["setting"] == "int8 weights only"
+
+
+def test_static_rungs_the_probe_does_not_rule_out_are_measured_as_before(tmp_path):
+    row = quantize_row(tmp_path, 1.0)
+    first = row["attempts"][0]
+    assert first["option"] == "int8 weights + static int8 activations" and "error" not in first
+    assert first["snr_db"] is not None
+
+
+def test_the_probe_needs_enough_calibration_samples():
+    assert static_probe.PROBE_MIN_CALIB > static_probe.PROBE_SAMPLES
+    assert static_probe.spread_index(32, 4).tolist() == [0, 8, 16, 24]
+    assert static_probe.spread_index(3, 4).tolist() == [0, 1, 2]
