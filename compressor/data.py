@@ -92,6 +92,7 @@ class Dataset:
 
 
 NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK"  # every zip (an .npz is one) starts with a "PK" record
 
 
 def _first_line(e: Exception, default: str) -> str:
@@ -109,6 +110,8 @@ def _open_npz(path: str | Path):
         raise CompressorError(f"cannot read data file {path}: {e.strerror}")
     if head == NPY_MAGIC:  # np.load would read the whole array; an .npz names its arrays
         raise CompressorError(f"data file {path} is one .npy array, not an .npz archive (save it with np.savez)")
+    if not head.startswith(ZIP_MAGIC):  # np.load takes any other bytes for a pickle and says so
+        raise CompressorError(f"cannot read data file {path}: not an .npz archive (save the arrays with np.savez)")
     try:
         npz = np.load(p, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:

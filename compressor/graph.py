@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from .errors import CompressorError, UsageError
+from .node_order import sort_nodes
 from .paths import TempOutput, atomic_write_bytes
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -315,6 +316,7 @@ def load_model_and_files(
         if base_dir is None:
             raise UsageError("a model with external data cannot be read from stdin")
         files = _load_external_data(model, base_dir, read=False)
+    sort_nodes(model.graph)  # a graph out of order (ONNX Runtime runs it) in order: nothing else changes
     if check:
         check_model(model)
     if external and external_data:

@@ -647,6 +647,11 @@ def _floor(route: Route, original: onnx.ModelProto, recipe: Recipe, measure: Mea
     return entry
 
 
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-for-bit the same outputs; NaN where the model computes NaN counts as the same."""
+    return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc")
+
+
 def _pack_and_verify(model, eval_data, last_outputs, packed: tuple[bytes, dict] | None = None):
     """Pack (unless `packed` already holds it), unpack, check the unpacked model reproduces the
     outputs; returns the container's bytes, the pack stats and what was verified."""
@@ -656,7 +661,7 @@ def _pack_and_verify(model, eval_data, last_outputs, packed: tuple[bytes, dict] 
     verified = "tensors"
     if eval_data is not None and last_outputs is not None:
         outputs = run_model(unpacked, eval_data)
-        if len(outputs) != len(last_outputs) or not all(np.array_equal(a, b) for a, b in zip(outputs, last_outputs)):
+        if len(outputs) != len(last_outputs) or not all(_same_values(a, b) for a, b in zip(outputs, last_outputs)):
             raise CompressorError("the unpacked container does not reproduce the model's outputs")
         verified = "outputs"
     else:

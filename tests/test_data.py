@@ -241,3 +241,11 @@ def test_the_pipeline_runs_on_per_sample_data(tmp_path):
     assert report["mode"] == "fidelity" and report["min_snr_db"] == 20.0  # [N, 1] probabilities: no top-1
     assert report["stages"][-1]["snr_db"] >= 20.0
     assert report["container"]["verified"] == "outputs"
+
+
+def test_a_model_file_given_as_data_is_not_taken_for_a_pickle(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(graphs.mlp().SerializeToString())
+    with pytest.raises(CompressorError) as info:
+        read_npz(path)
+    assert "not an .npz archive" in one_line(info) and "pickle" not in one_line(info).lower()

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "model",
         (
             "compressor.graph",
+            "compressor.node_order",
             "compressor.paths",
             "compressor.variants",
             "compressor.data",

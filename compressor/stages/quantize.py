@@ -13,6 +13,7 @@ from ..errors import CompressorError
 from ..options import QuantizeOptions
 from ..passes.quantize import QuantizeSettings, Shared, quantize, size_bound
 from ..passes.quantize.ops_tables import SMALL_ROLES
+from ..passes.quantize.subgraph_weights import weights_left_in_subgraphs
 from ..report import StageRow
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
 from .static_probe import StaticProbe, probe_applies
@@ -209,4 +210,9 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             f"; {len(over)} built, unmeasured: they pack larger than the input's {limit:,} bytes "
             f"(the smallest {min(over):,}, objective size)"
         )
+    tensors, size = weights_left_in_subgraphs(model)
+    if tensors:  # the planner rewrites the main graph only: say what it did not touch
+        left = f"{tensors} weight tensors read inside subgraphs (If/Loop bodies) left float, {size:,} bytes"
+        result.row.note = f"{result.row.note}; {left}" if result.row.note else left
+        ctx.log(f"{NAME}: {left}")
     return result

@@ -45,6 +45,8 @@ class PlanContext:
                 continue
             if any(c.graph_path != "" for c in w.consumers) or w.name in self._inner_names:
                 continue
+            if not np.isfinite(w.array()).all():  # NaN/inf has no int8 code: left float, as computed
+                continue
             for c in w.consumers:
                 self._by_use[(id(c.node), c.input_index)] = w
         self._types = _elem_types(model)
