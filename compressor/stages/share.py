@@ -213,6 +213,11 @@ def per_tensor_attempt(
         # The covariances prune captured: exact when it left the weights as they were, else
         # (REUSE_PRUNED_INPUTS) the pre-prune ones, which only rank the measured candidates.
         extra["captured_layers"] = ctx.layer_inputs.layers(model, calib, approximate=REUSE_PRUNED_INPUTS)
+        if not extra["captured_layers"]:
+            # Captured on another model (pruning changed the weights): no use to this search,
+            # and on a large model gigabytes; freed before it captures its own (stages run
+            # again on the captured model capture again).
+            ctx.layer_inputs.release()
 
     def searched():
         shared, stats = (share_by_rate if by_rate else share_to_budget)(
