@@ -344,7 +344,11 @@ def quantize_codebook(x, qmin: int, qmax: int, symmetric: bool, book: tuple[np.n
     scale, zp, levels, merges = choose_codebook_scale(values, counts, qmin, qmax, symmetric)
     q = np.full(x.shape, zp, dtype=np.int64)
     nz = x != 0
-    idx = np.searchsorted(values, x[nz].astype(np.float64))
+    # The codebook's values came from float32 weights: searched in float32 (the same order,
+    # without a float64 copy of every weight) when each is exactly a float32.
+    exact = values.astype(np.float32)
+    table = exact if np.array_equal(exact.astype(np.float64), values) else values
+    idx = np.searchsorted(table, x[nz].astype(table.dtype, copy=False))
     q[nz] = levels[idx]
     used = np.bincount(idx, minlength=values.size) > 0  # the levels q holds: no sort of q itself
     return QuantizedArray(

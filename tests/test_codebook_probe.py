@@ -50,3 +50,21 @@ def test_quantize_codebook_symbols_count_the_levels_used():
     found = qm.codebook(x)
     qa = qm.quantize_codebook(x, -127, 127, True, found)
     assert qa.symbols == np.unique(qa.q[x != 0]).size
+
+
+def test_quantize_codebook_searches_float32_and_float64_codebooks_alike():
+    rng = np.random.default_rng(5)
+    book = np.sort(rng.laplace(size=30)).astype(np.float32)
+    x = rng.choice(book, size=(50, 40))
+    x[rng.random(x.shape) < 0.2] = 0
+    values, counts = qm.codebook(x)
+    qa = qm.quantize_codebook(x, -127, 127, True, (values, counts))
+    scale, zp, levels, _ = qm.choose_codebook_scale(values, counts, -127, 127, True)
+    expected = np.full(x.shape, zp, np.int64)
+    nz = x != 0
+    expected[nz] = levels[np.searchsorted(values, x[nz].astype(np.float64))]
+    assert qa.q.dtype == np.int64 and np.array_equal(qa.q, expected)
+    # a codebook with a value float32 cannot hold: searched in float64
+    off = values.copy()
+    off[0] = np.nextafter(np.float64(off[0]), -np.inf)
+    assert qm.quantize_codebook(x, -127, 127, True, (off, counts)).q.shape == x.shape
