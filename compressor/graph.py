@@ -174,10 +174,7 @@ def _tensor_bytes(tensor: onnx.TensorProto, base_dir: Path | None, held: bool) -
     expected = None if external else _expected_raw_bytes(tensor)
     if not external and (expected is None or expected < _COUNTED_RAW_BYTES or not tensor.HasField("raw_data")):
         return tensor.ByteSize()
-    stub = onnx.TensorProto()
-    for descriptor, value in tensor.ListFields():
-        if descriptor.name not in ("raw_data", "external_data", "data_location"):
-            _copy_field(stub, descriptor, value)
+    stub = tensor_without(tensor, ("raw_data", "external_data", "data_location"))
     if external:
         stub.data_location = onnx.TensorProto.DEFAULT  # as load_model leaves it
         info = _external_info(tensor)
@@ -498,9 +495,21 @@ def _copy_graph(message: onnx.GraphProto, indices: set[int], counter: list[int])
 def _tensor_copy(tensor: onnx.TensorProto, strip: bool) -> onnx.TensorProto:
     if not strip:
         return tensor
+    return tensor_without(tensor, _DATA_FIELD_NAMES)
+
+
+def tensor_without(tensor: onnx.TensorProto, names: Sequence[str]) -> onnx.TensorProto:
+    """A copy of the tensor without the fields `names`, read field by field: ListFields would
+    copy every field's value out of the message, a large raw_data included."""
     stub = onnx.TensorProto()
-    for descriptor, value in tensor.ListFields():
-        if descriptor.name not in _DATA_FIELD_NAMES:
+    for descriptor in tensor.DESCRIPTOR.fields:
+        if descriptor.name in names:
+            continue
+        value = getattr(tensor, descriptor.name)
+        if hasattr(value, "extend") and not isinstance(value, (str, bytes)):
+            if len(value):
+                _copy_field(stub, descriptor, value)
+        elif tensor.HasField(descriptor.name):
             _copy_field(stub, descriptor, value)
     return stub
 

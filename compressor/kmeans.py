@@ -480,16 +480,18 @@ def share_array(
     """
     arr = np.asarray(array)
     flat = arr.reshape(-1)
-    idx = np.flatnonzero(flat)  # positions of the non-zero values (index scatter beats a bool mask)
-    x = flat[idx]
+    # The non-zero positions as a mask: a byte per value where an index array takes eight (a
+    # large tensor's k-means peak), at about the same speed.
+    nonzero = flat != 0
+    x = flat[nonzero]
     if arr.dtype.itemsize <= 2:  # float16 / bfloat16: cluster in float32 (kmeans_1d uses float64)
         x = x.astype(np.float32)
     centroids, lab, iterations = kmeans_1d(x, k, init=init, seed=seed, return_iterations=True, **kwargs)
     del x
     codebook = cast_codebook(centroids, arr.dtype)
     labels = np.full(flat.shape, -1, np.int32)
-    labels[idx] = lab
+    labels[nonzero] = lab
     values = flat.copy()
-    values[idx] = codebook[lab]
+    values[nonzero] = codebook[lab]
     counts = np.bincount(lab, minlength=len(codebook))
     return SharedArray(values.reshape(arr.shape), labels.reshape(arr.shape), codebook, centroids, counts, iterations)

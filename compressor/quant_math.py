@@ -238,13 +238,44 @@ def codebook(x: np.ndarray, max_size: int = MAX_CODEBOOK) -> tuple[np.ndarray, n
     average — an ordinary float tensor has (almost) as many distinct values as elements.
     """
     flat = np.asarray(x).ravel()
-    nz = flat[flat != 0]
+    nz = sortable(flat[flat != 0])
     if nz.size == 0:
         return None
-    values, counts = np.unique(sortable(nz), return_counts=True)
+    found = distinct_values(nz, max_size)
+    if found is None:
+        return None
+    values, counts = found
     if values.size > max_size or nz.size < 2 * values.size:
         return None
     return values.astype(np.float64), counts
+
+
+# Values a codebook's distinct values are first looked for in (evenly spread over the tensor),
+# and the rounds that add the values they missed, before a full sort.
+CODEBOOK_PROBE = 1 << 16
+PROBE_ROUNDS = 2
+
+
+def distinct_values(x: np.ndarray, max_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``np.unique(x, return_counts=True)`` of a 1-D array, or None when it has more than
+    `max_size` distinct values.  A tensor of few distinct values (share's) is looked up in
+    the distinct values of a spread probe (one pass of a binary search over a small table,
+    not a sort of every value); one whose probe alone holds more than `max_size` is none."""
+    probe = np.unique(x[:: max(1, x.size // CODEBOOK_PROBE)])
+    for _ in range(PROBE_ROUNDS):
+        if probe.size > max_size:
+            return None
+        idx = np.searchsorted(probe, x)
+        np.minimum(idx, probe.size - 1, out=idx)
+        missed = probe[idx] != x
+        if not missed.any():
+            return probe, np.bincount(idx, minlength=probe.size)
+        extra = x[missed]
+        if extra.size > CODEBOOK_PROBE:
+            break
+        probe = np.union1d(probe, extra)
+    values, counts = np.unique(x, return_counts=True)
+    return (values, counts) if values.size <= max_size else None
 
 
 def _codebook_levels(values: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> np.ndarray:
@@ -313,8 +344,13 @@ def quantize_codebook(x, qmin: int, qmax: int, symmetric: bool, book: tuple[np.n
     scale, zp, levels, merges = choose_codebook_scale(values, counts, qmin, qmax, symmetric)
     q = np.full(x.shape, zp, dtype=np.int64)
     nz = x != 0
-    idx = np.searchsorted(values, x[nz].astype(np.float64))
+    # The codebook's values came from float32 weights: searched in float32 (the same order,
+    # without a float64 copy of every weight) when each is exactly a float32.
+    exact = values.astype(np.float32)
+    table = exact if np.array_equal(exact.astype(np.float64), values) else values
+    idx = np.searchsorted(table, x[nz].astype(table.dtype, copy=False))
     q[nz] = levels[idx]
+    used = np.bincount(idx, minlength=values.size) > 0  # the levels q holds: no sort of q itself
     return QuantizedArray(
         q,
         np.asarray(scale, dtype=np.float32),
@@ -322,7 +358,7 @@ def quantize_codebook(x, qmin: int, qmax: int, symmetric: bool, book: tuple[np.n
         None,
         codebook_size=int(values.size),
         merged_centroids=merges,
-        symbols=int(np.unique(q[nz]).size),
+        symbols=int(np.unique(levels[used]).size),
     )
 
 

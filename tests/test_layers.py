@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.errors",
             "compressor.present",
             "compressor.kmeans",
+            "compressor.kmeans_memo",
             "compressor.output_kinds",
             "compressor.decision_risk",
             "compressor.embedding_similarity",

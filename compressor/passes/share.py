@@ -55,6 +55,7 @@ from ..data import Dataset, load_dataset
 from ..ecq import RD_FACTOR, uniform_quantize
 from ..errors import UsageError
 from ..kmeans import INITS, SharedArray, cast_codebook, share_array
+from ..kmeans_memo import SharedMemo
 from .bias_correction import correct_biases
 from .layers import Layer, accumulate_inputs, layers_for
 from .row_use import is_table
@@ -145,6 +146,7 @@ def share(
     steps_by_name: dict[str, float] | None = None,
     rd_factor: float = RD_FACTOR,
     importance_by_name: dict[str, np.ndarray] | None = None,
+    memo: SharedMemo | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means weight sharing.  Returns ``(new model, stats)``; never mutates ``model``.
 
@@ -155,7 +157,10 @@ def share(
 
     ``bias_data`` (calibration inputs): afterwards, lower each shared layer's bias by the mean
     output shift sharing caused (``bias_correction``; kept if it brings the outputs closer to
-    the original's on that data, or if ``bias_judge(model)`` scores it higher)."""
+    the original's on that data, or if ``bias_judge(model)`` scores it higher).
+
+    ``memo``: a caller's ``SharedMemo`` over calls on the same model (a tensor clustered at the
+    same width as in the last call is not clustered again; the result is the same)."""
     bits_conv = _check_bits("bits_conv", bits_conv)
     bits_fc = _check_bits("bits_fc", bits_fc)
     bits_by_name = {str(k): _check_bits(f"bits_by_name[{k!r}]", v) for k, v in (bits_by_name or {}).items()}
@@ -199,7 +204,12 @@ def share(
         data = refit_data if isinstance(refit_data, Dataset) else load_dataset(refit_data, original)
 
     def work(arr: np.ndarray, bits: int, meta: dict) -> tuple[SharedArray, dict | None]:
-        shared = share_array(arr, 2**bits, init=init, seed=tensor_rng(seed, meta["name"]))
+        name = meta["name"]
+
+        def make() -> SharedArray:
+            return share_array(arr, 2**bits, init=init, seed=tensor_rng(seed, name))
+
+        shared = make() if memo is None else memo.shared(name, arr, (2**bits, init, int(seed)), make)
         return shared, (None if data is not None else _tensor_stats(meta, bits, arr, shared, None))
 
     # Tensors are independent: cluster them on a small thread pool (numpy releases the GIL in

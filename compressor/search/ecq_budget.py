@@ -46,6 +46,7 @@ from ..ecq import RD_FACTOR, step_ladder, uniform_quantize, uniform_values
 from ..ecq_sorted import ValueBuckets, value_buckets
 from ..errors import CompressorError
 from ..kmeans import share_array
+from ..kmeans_memo import SharedMemo
 from ..measure import Judge, Trials, VariantRunner, search_allowance
 from ..passes.bias_correction import correct_biases
 from ..passes.layers import Layer
@@ -159,6 +160,7 @@ def rate_curves(
     progress=None,
     fold_constants: bool = False,
     folds: dict[str, np.ndarray] | None = None,
+    memo: SharedMemo | None = None,
 ) -> tuple[list[dict], Mapping[tuple[str, int], np.ndarray], Mapping[str, np.ndarray]]:
     """Per tensor ``{"name", "options": [{"method", "bits" | "step", "bytes", "error"}], "front",
     "method", "reason"}`` (``front``: indices into options, costliest first), the candidate
@@ -167,7 +169,8 @@ def rate_curves(
 
     `fold_constants`: the weights on constant non-zero inputs of a uniform candidate are
     packed as zeros and measured as they are (the caller folds them into the bias); their
-    masks go into `folds` by name."""
+    masks go into `folds` by name.  `memo`: the whole-tensor k-means of a sampled tensor's
+    candidates go through it (``share``'s calls with the same memo find them)."""
     folds = {} if folds is None else folds
     if method not in METHODS:
         raise CompressorError(f"share method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -176,7 +179,7 @@ def rate_curves(
     for n, (name, values) in enumerate(originals.items()):
         layer = layers.get(name)
         if layer is None and values.size > SAMPLE_ABOVE:
-            curve, makers = sampled_curve(name, values, method, rd_factor, init, seed)
+            curve, makers = sampled_curve(name, values, method, rd_factor, init, seed, memo)
             curve["reason"] = reasons.get(name, "no layer")
             for index, make in makers.items():
                 arrays.add((name, index), last.wrap(name, index, make))
@@ -272,7 +275,13 @@ def value_sample(values: np.ndarray, size: int | None = None, blocks: int | None
 
 
 def sampled_curve(
-    name: str, values: np.ndarray, method: str, rd_factor: float, init: str, seed: int
+    name: str,
+    values: np.ndarray,
+    method: str,
+    rd_factor: float,
+    init: str,
+    seed: int,
+    memo: SharedMemo | None = None,
 ) -> tuple[dict, dict[int, Callable[[], np.ndarray]]]:
     """A large tensor's curve (as ``rate_curves``'), its candidates' bytes and weight errors
     estimated on ``value_sample``: the same k-means widths and uniform steps, clustered and
@@ -296,9 +305,7 @@ def sampled_curve(
                 "error": error,
             }
         )
-        makers_by_option.append(
-            lambda bits=bits: share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name)).values
-        )
+        makers_by_option.append(lambda bits=bits: _whole_kmeans(name, values, bits, init, seed, memo))
     del supports
     buckets = value_buckets(sample) if steps else None  # made once for every step
     made: dict[str, ValueBuckets] = {}
@@ -333,6 +340,15 @@ def sampled_curve(
         "sampled": int(sample.size),
     }
     return curve, {o["index"]: makers_by_option[o["index"]] for o in front}
+
+
+def _whole_kmeans(name: str, values: np.ndarray, bits: int, init: str, seed: int, memo: SharedMemo | None):
+    """The tensor's k-means candidate array, made as ``share`` makes it (through `memo` as share's)."""
+
+    def make():
+        return share_array(values, 2**bits, init=init, seed=tensor_rng(seed, name))
+
+    return (make() if memo is None else memo.shared(name, values, (2**bits, init, int(seed)), make)).values
 
 
 def knapsack_of(curves: list[dict]) -> list[dict]:
@@ -460,11 +476,12 @@ def share_by_rate(
     fold_constants: bool = FOLD_CONSTANTS,
     gain_runs: int = GAIN_RUNS,
     captured_layers: dict | None = None,
+    memo: SharedMemo | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per tensor a k-means width or a uniform step within `budget_points` of `model` on `data`,
     fewest estimated packed bytes; returns (model, stats).  Arguments as ``share_to_budget``'s,
     plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor`,
-    `fold_constants` (``fold_into_biases``), `gain_runs` and `captured_layers`."""
+    `fold_constants` (``fold_into_biases``), `gain_runs`, `captured_layers` and `memo` (``share``'s)."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -479,7 +496,7 @@ def share_by_rate(
     )
     folds: dict[str, np.ndarray] = {}
     curves, arrays, importance = rate_curves(
-        originals, layers, reasons, method, rd_factor, init, seed, progress, fold_constants, folds
+        originals, layers, reasons, method, rd_factor, init, seed, progress, fold_constants, folds, memo
     )
     for c, w in zip(curves, selected):
         c["role"] = w.role
@@ -569,6 +586,7 @@ def share_by_rate(
         min_params=min_params,
         bias_data=bias_data,
         bias_judge=bias_judge,
+        memo=memo,
     )
     folded = {n: folds[n] for n in steps_by_name if n in folds}
     if folded:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from ..graph import Weight
+from ..kmeans_memo import SharedMemo
 from ..options import ShareOptions
 from ..passes.compensate import one_blas_thread
 from ..passes.share import CONV_ROLES, share, shareable_weights
@@ -64,10 +65,13 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
         ladder = [(c, f, reserve) for c, f in low if (c, f) != (bc, bf)] + ladder
         ladder += [(max(bc, 8), b, None) for b in range(bf + 1, 9)]
     seen, attempts = set(), []
+    # The rungs repeat one kind's width while changing the other's, and the search makes some
+    # of the same candidates: each tensor's last clustering is kept for the next (same result).
+    memo = SharedMemo()
     rungs: dict[str, tuple] = {}  # k-means rung labels -> (bits conv, bits fc)
     compare = False
     if adaptive and measure.data is not None and not opts.refit:
-        search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge)
+        search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge, memo)
         if search is not None:
             # The searched widths against the first uniform rung that fits: measurement noise
             # can make either the smaller one.
@@ -97,6 +101,7 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
                     refit_data=refit,
                     bias_data=bias_data,
                     bias_judge=judge,
+                    memo=memo,
                 ),
                 budget,
                 skip=(lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
@@ -163,7 +168,12 @@ def _bias_judge(ctx: StageContext):
 
 
 def per_tensor_attempt(
-    tensors: list[Weight], opts: ShareOptions, ctx: StageContext, bias_data=None, bias_judge=None
+    tensors: list[Weight],
+    opts: ShareOptions,
+    ctx: StageContext,
+    bias_data=None,
+    bias_judge=None,
+    memo: SharedMemo | None = None,
 ) -> Attempt | None:
     """The attempt that chooses bits per tensor (share_budget), or None when the model is too
     slow to search.  The search makes one capture run over the calibration data (the layers'
@@ -207,12 +217,17 @@ def per_tensor_attempt(
     by_rate = opts.method != "kmeans"
     # k-means alone: the ladder's default widths are measured first and the search starts from them when they fit.
     seeds = [{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}]
-    extra = {"method": opts.method, "rd_factor": opts.rd_factor} if by_rate else {"seeds": seeds}
+    extra = {"method": opts.method, "rd_factor": opts.rd_factor, "memo": memo} if by_rate else {"seeds": seeds}
     extra["gain_runs"] = opts.gain_runs
     if ctx.layer_inputs is not None:
         # The covariances prune captured: exact when it left the weights as they were, else
         # (REUSE_PRUNED_INPUTS) the pre-prune ones, which only rank the measured candidates.
         extra["captured_layers"] = ctx.layer_inputs.layers(model, calib, approximate=REUSE_PRUNED_INPUTS)
+        if not extra["captured_layers"]:
+            # Captured on another model (pruning changed the weights): no use to this search,
+            # and on a large model gigabytes; freed before it captures its own (stages run
+            # again on the captured model capture again).
+            ctx.layer_inputs.release()
 
     def searched():
         # Covariances, curves and rounding: many tall-skinny products, on one BLAS thread (as

@@ -92,10 +92,16 @@ class PlanContext:
         self._quantized.update(n for n in names if n)
 
 
+_INTEGER_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
+
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     types = {}
+    # Element types do not depend on the float weights' values: inferred on the graph without
+    # them (the integer initializers kept, for shapes), not on a copy of the whole model.
+    weights = {t.name for t in model.graph.initializer if t.data_type not in _INTEGER_TYPES}
     try:
-        inferred = onnx.shape_inference.infer_shapes(graph.without_large_data(model))
+        inferred = onnx.shape_inference.infer_shapes(graph.skeleton(model, weights))
     except Exception:
         inferred = model
     g = inferred.graph
