@@ -5,19 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from graphs import make_model, vi
 from onnx import helper, numpy_helper
+from stage_contexts import measured_context, self_labeled
 
 from compressor.container import pack_model, unpack_file
-from compressor.data import Dataset, load_dataset
+from compressor.data import load_dataset
 from compressor.evaluate import accuracy, run_model
 from compressor.graph import load_model, weight_by_name
-from compressor.measure import Measure
 from compressor.options import LowRankOptions, Recipe
 from compressor.pipeline import run_pipeline
-from compressor.report import StageRow
 from compressor.stages import STAGES
 from compressor.stages import lowrank as stage
 from compressor.stages.ladder import StageContext
@@ -45,14 +43,8 @@ def _mlp(seed: int = 0):
 
 
 def _context(model, budget: float = 1.0) -> StageContext:
-    x = np.random.default_rng(1).normal(size=(200, 192)).astype(np.float32)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    data = Dataset({"x": x}, session.run(None, {"x": x})[0].argmax(1))
-    measure = Measure(data, "accuracy", budget)
-    first = StageRow("original", True, 0, measure.start(model))
-    return StageContext(
-        model, measure, data, data, measure.last_outputs, (first,), lambda msg: None, lambda m: len(pack_model(m)[0])
-    )
+    data = self_labeled(model, np.random.default_rng(1).normal(size=(200, 192)).astype(np.float32))
+    return measured_context(model, data, "accuracy", budget, lambda m: len(pack_model(m)[0]))
 
 
 def test_the_stage_runs_before_share_and_is_opt_in():

@@ -4,12 +4,12 @@ import graphs
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from stage_contexts import measured_context
 
 from compressor import graph
 from compressor.data import Dataset
-from compressor.measure import Measure
 from compressor.pipeline import run_pipeline
-from compressor.report import StageRow, partial_lines
+from compressor.report import partial_lines
 from compressor.search.branch_use import untaken_branches, unused_weights
 from compressor.search.share_subset import MAX_VERDICTS, grow, ranking
 from compressor.stages.ladder import Attempt, Ladder, StageContext, run_ladder
@@ -113,11 +113,8 @@ def chain_model() -> onnx.ModelProto:
 
 
 def context(model, data) -> StageContext:
-    measure = Measure(data, "fidelity", 1.0, search_data=data)
-    metrics = measure.start(model)
-    row = StageRow("original", True, graph.model_bytes(model), metrics)
-    return StageContext(
-        model, measure, data, data, measure.last_outputs, (row,), lambda msg: None, lambda m: graph.model_bytes(m)
+    return measured_context(
+        model, data, "fidelity", 1.0, graph.model_bytes, search_data=data, original_bytes=graph.model_bytes(model)
     )
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import onnxruntime as ort
 from graphs import make_model, vi
 from onnx import helper, numpy_helper
+from stage_contexts import measured_context, self_labeled
 
-from compressor.data import Dataset
-from compressor.measure import Measure
 from compressor.options import Recipe
-from compressor.report import StageRow
 from compressor.search.layer_inputs import LayerInputs
 from compressor.stages import share as stage
 from compressor.stages.ladder import StageContext
@@ -32,21 +29,9 @@ def _mlp(seed: int = 0):
 
 
 def _context(model, layer_inputs: LayerInputs) -> StageContext:
-    x = np.random.default_rng(1).normal(size=(64, 64)).astype(np.float32)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    data = Dataset({"x": x}, session.run(None, {"x": x})[0].argmax(1))
-    measure = Measure(data, "accuracy", 1.0)
-    first = StageRow("original", True, 0, measure.start(model))
-    return StageContext(
-        model,
-        measure,
-        data,
-        data,
-        measure.last_outputs,
-        (first,),
-        lambda msg: None,
-        lambda m: len(m.SerializeToString()),
-        layer_inputs=layer_inputs,
+    data = self_labeled(model, np.random.default_rng(1).normal(size=(64, 64)).astype(np.float32))
+    return measured_context(
+        model, data, "accuracy", 1.0, lambda m: len(m.SerializeToString()), layer_inputs=layer_inputs
     )
 
 

@@ -7,15 +7,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 from graphs import conv_net
+from stage_contexts import measured_context
 
 from compressor.container import unpack_file
 from compressor.data import Dataset, load_dataset
 from compressor.evaluate import run_model
 from compressor.graph import load_model, node_macs
-from compressor.measure import Measure
 from compressor.options import Recipe, StructuredOptions
 from compressor.pipeline import run_pipeline
-from compressor.report import StageRow, format_report
+from compressor.report import format_report
 from compressor.stages import STAGES
 from compressor.stages import structured as stage
 from compressor.stages.ladder import StageContext
@@ -37,19 +37,7 @@ def _files(tmp_path, n: int = 200):
 
 
 def _context(model, x, labels, budget: float = BUDGET) -> StageContext:
-    data = Dataset({"x": x}, labels)
-    measure = Measure(data, "accuracy", budget)
-    first = StageRow("original", True, 0, measure.start(model))
-    return StageContext(
-        model,
-        measure,
-        data,
-        data,
-        measure.last_outputs,
-        (first,),
-        lambda msg: None,
-        lambda m: len(m.SerializeToString()),
-    )
+    return measured_context(model, Dataset({"x": x}, labels), "accuracy", budget, lambda m: len(m.SerializeToString()))
 
 
 def _macs(model) -> int:
