@@ -629,11 +629,8 @@ def external_data_model(tmpdir) -> str:
     return os.fspath(path)
 
 
-def two_layer_mlp_files(tmp_path: Path) -> tuple[Path, Path]:
-    """A 64 -> 128 -> 10 MatMul net with Laplace weights, and 64 unlabeled inputs."""
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.laplace(size=(64, 128)).astype(np.float32) / 10, "w1")
-    w2 = numpy_helper.from_array(rng.laplace(size=(128, 10)).astype(np.float32) / 10, "w2")
+def relu_mlp(w1: np.ndarray, w2: np.ndarray) -> onnx.ModelProto:
+    """x -> MatMul(w1) -> Relu -> MatMul(w2) -> y, batch dimension N, opset 17."""
     g = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w1"], ["h"]),
@@ -641,11 +638,19 @@ def two_layer_mlp_files(tmp_path: Path) -> tuple[Path, Path]:
             helper.make_node("MatMul", ["r", "w2"], ["y"]),
         ],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-        [w1, w2],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", w1.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w2.shape[1]])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
     )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def two_layer_mlp_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A 64 -> 128 -> 10 MatMul net with Laplace weights, and 64 unlabeled inputs."""
+    rng = np.random.default_rng(0)
+    w1 = rng.laplace(size=(64, 128)).astype(np.float32) / 10
+    w2 = rng.laplace(size=(128, 10)).astype(np.float32) / 10
     path, data = tmp_path / "mlp.onnx", tmp_path / "in.npz"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(relu_mlp(w1, w2), path)
     np.savez(data, x=rng.normal(size=(64, 64)).astype(np.float32))
     return path, data

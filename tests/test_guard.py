@@ -7,8 +7,9 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from graphs import relu_mlp
 
 from compressor.cli import main
 from compressor.data import Dataset
@@ -37,24 +38,11 @@ not_callable = 3
 def regressor(tmp_path):
     """A [N, 1] regressor and 64 inputs with its own outputs as the metric's targets."""
     rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32) / 4, "w1")
-    w2 = numpy_helper.from_array(rng.normal(size=(32, 1)).astype(np.float32) / 6, "w2")
-    g = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w2"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-        [w1, w2],
-    )
+    w1 = rng.normal(size=(16, 32)).astype(np.float32) / 4
+    w2 = rng.normal(size=(32, 1)).astype(np.float32) / 6
     path = tmp_path / "reg.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(relu_mlp(w1, w2), path)
     x = rng.normal(size=(64, 16)).astype(np.float32)
-    import onnxruntime as ort
-
     y = ort.InferenceSession(str(path)).run(None, {"x": x})[0][:, 0]
     np.savez(tmp_path / "in.npz", x=x, target=y)
     (tmp_path / "task_metric.py").write_text(METRIC_MODULE)

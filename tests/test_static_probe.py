@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from graphs import relu_mlp
 
 from compressor.pipeline import run_pipeline
 from compressor.stages import static_probe
@@ -17,19 +17,8 @@ def regressor(tmp_path, outlier: float):
     w1 = rng.normal(size=(16, 32)).astype(np.float32) / 4
     w1[0] = 0.0
     w2 = rng.normal(size=(32, 1)).astype(np.float32) / 6
-    g = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w2"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-    )
     path = tmp_path / "reg.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(relu_mlp(w1, w2), path)
     x = rng.normal(size=(64, 16)).astype(np.float32)
     x[:, 0] = outlier
     np.savez(tmp_path / "in.npz", x=x)
