@@ -16,6 +16,7 @@ from ..passes.share import CONV_ROLES, share, shareable_weights
 from ..search.ecq_budget import share_by_rate
 from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
+from .fine_share import fine_attempts
 from .partial_share import LastBuilt, partial_attempts
 
 NAME = "share"
@@ -114,6 +115,8 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
         attempts = [Attempt(a.label, last.wrap(a.label, a.build), a.budget, a.skip) for a in attempts]
         spent = max(measure.loss(ctx.previous.metrics) or 0.0, 0.0)
         points = max(measure.budget * share_search_budget_share(measure.mode) - spent, 0.0)
+        # Weights only a subgraph reads (quantize leaves them float): finer uniform grids first.
+        attempts += fine_attempts(shareable, ctx, last, opts.init, opts.seed)
         attempts += partial_attempts(shareable, ctx, last, points)
     return run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
 

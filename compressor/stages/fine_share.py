@@ -1,0 +1,118 @@
+"""The share ladder's fine rungs: k-means codebooks wider than its widths, on the weights only
+a subgraph reads.
+
+Quantize rewrites the main graph only: a weight read inside an If/Loop body stays float after
+it (``passes.quantize.subgraph_weights``), so when share's widths (up to 8 bits) all miss the
+budget such a weight has no lossy setting left and packs as raw floats.  These rungs share
+each of them with a codebook of 2^bits centroids (``kmeans.share_array``, zeros stay zero;
+k-means, not one uniform grid: folded batch norms give conv weights outliers tens of times
+their RMS, which a grid spanning them resolves worse than 8-bit k-means), and the container's
+dict coder takes the codebook and its symbols.  Weights of If branches the calibration data
+never takes keep the gentlest candidate's sharing (as the partial rungs do: no data judges
+them); main-graph weights are left to quantize.  The ladder judges each rung on its verdict
+like any other, fewest bits first, and tries none once an earlier setting fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from .. import graph
+from ..kmeans import share_array
+from ..errors import CompressorError
+from ..passes.quantize.names import read_in_subgraphs
+from ..passes.share import tensor_rng
+from ..search.branch_use import untaken_branches, unused_weights
+from ..variants import weight_key, with_arrays
+from .ladder import Attempt, StageContext
+from .partial_share import LastBuilt
+
+# The codebooks' widths, fewest bits first (the k-means rungs end at 8).
+FINE_BITS = (9, 10, 12)
+
+
+def subgraph_weights(model: onnx.ModelProto, tensors: Sequence[graph.Weight]) -> list[graph.Weight]:
+    """The `tensors` quantize leaves float: defined in a subgraph, or read by one."""
+    inner = read_in_subgraphs(model.graph)
+    return [
+        w
+        for w in tensors
+        if w.ref.graph_path != "" or w.name in inner or any(c.graph_path != "" for c in w.consumers)
+    ]
+
+
+def fine_values(name: str, values: np.ndarray, bits: int, init: str, seed: int) -> np.ndarray:
+    """`values` on a k-means codebook of 2^`bits` centroids (zeros stay zero)."""
+    return share_array(values, 1 << bits, init=init, seed=tensor_rng(seed, name)).values
+
+
+def fine_attempts(
+    tensors: Sequence[graph.Weight], ctx: StageContext, last: LastBuilt, init: str, seed: int
+) -> list[Attempt]:
+    """One rung per width of FINE_BITS, or none when no weight in `tensors` is read in a
+    subgraph (then the ladder is as it was).  Each is skipped when an earlier attempt fit."""
+    inner = subgraph_weights(ctx.model, tensors)
+    if not inner:
+        return []
+    found: list[dict[str, str]] = []
+
+    def untaken() -> dict[str, str]:
+        # weight name -> the untaken branch it lives in, found once for every rung
+        if not found:
+            calib = ctx.calib_data if ctx.calib_data is not None else ctx.measure.search_data
+            branches, _ = untaken_branches(ctx.model, calib)
+            found.append(unused_weights(inner, branches))
+        return found[0]
+
+    def skip(tried: Sequence[dict]) -> str | None:
+        if any("error" not in t and not t.get("rejected_by") for t in tried):
+            return "not needed: an earlier setting fits"
+        return None
+
+    def label(bits: int) -> str:
+        return f"k-means {bits} bits on the weights read in subgraphs (quantize leaves them float)"
+
+    return [
+        Attempt(label(bits), lambda bits=bits: fine_shared(ctx.model, inner, bits, untaken(), last, init, seed), skip=skip)
+        for bits in FINE_BITS
+    ]
+
+
+def fine_shared(
+    model: onnx.ModelProto,
+    inner: Sequence[graph.Weight],
+    bits: int,
+    untaken: dict[str, str],
+    last: LastBuilt,
+    init: str = "linear",
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, dict]:
+    """`model` with the weights of `inner` the data uses shared at `bits` bits and those of
+    untaken branches as `last` shares them (unchanged when nothing was built)."""
+    built = {weight_key(w): w for w in graph.weights(last.model)} if last.model is not None else {}
+    arrays, rows = {}, []
+    for w in inner:
+        values = w.array()
+        if w.name in untaken:
+            other = built.get(weight_key(w))
+            if other is None:
+                continue
+            arrays[w.name] = other.array()
+            rows.append({"name": w.name, "params": w.size, "bits": None, "from": last.label, "unused": untaken[w.name]})
+            continue
+        if not np.issubdtype(values.dtype, np.floating) or np.unique(values).size <= 1 << bits:
+            continue  # a codebook that wide holds every value: nothing shared
+        arrays[w.name] = fine_values(w.name, values, bits, init, seed)
+        rel = float(np.linalg.norm(arrays[w.name] - values) / max(np.linalg.norm(values), 1e-30))
+        rows.append({"name": w.name, "params": w.size, "bits": bits, "relative_error": rel, "unused": None})
+    if not any(r["bits"] for r in rows):
+        raise CompressorError(f"no weight read in a subgraph that the data uses has more than {1 << bits} values")
+    stats = {
+        "shared_tensors": len(rows),
+        "shared_params": int(sum(r["params"] for r in rows)),
+        "fine": {"bits": bits, "tensors": rows},
+    }
+    return with_arrays(model, inner, arrays), stats

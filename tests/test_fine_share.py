@@ -1,0 +1,76 @@
+"""The share ladder's fine rungs: wider k-means codebooks on the weights only a subgraph reads."""
+
+import graphs
+import numpy as np
+from stage_contexts import measured_context
+from test_partial_share import chain_model
+
+from compressor import graph
+from compressor.data import Dataset
+from compressor.stages.fine_share import FINE_BITS, fine_attempts, fine_shared, subgraph_weights
+from compressor.stages.ladder import Attempt, Ladder, run_ladder
+from compressor.stages.partial_share import LastBuilt
+from compressor.variants import with_arrays
+
+
+def context(model, data):
+    return measured_context(
+        model, data, "fidelity", 1.0, graph.model_bytes, search_data=data, original_bytes=graph.model_bytes(model)
+    )
+
+
+def matrices(model):
+    return [w for w in graph.weights(model) if w.is_matrix]
+
+
+def if_data(model, n: int = 32) -> Dataset:
+    return graphs.make_inputs(model, n, 1)  # flags False: the then branch never runs
+
+
+def test_a_model_without_subgraphs_gets_no_fine_rung():
+    model = chain_model()
+    data = Dataset({"x": np.random.default_rng(4).standard_normal((16, 16)).astype(np.float32)}, None)
+    assert subgraph_weights(model, matrices(model)) == []
+    assert fine_attempts(matrices(model), context(model, data), LastBuilt(), "linear", 0) == []
+
+
+def test_the_used_subgraph_weights_get_a_wider_codebook_the_untaken_branch_keeps_the_gentlest_sharing():
+    model = graphs.if_subgraph_model()
+    weights = matrices(model)
+    inner = subgraph_weights(model, weights)
+    assert {w.name for w in inner} == {"then.weight", "else.weight", "head.weight"}  # trunk: main graph only
+    # the gentlest candidate: every weight moved a little (its then branch is what the rung keeps)
+    last = LastBuilt()
+    arrays = {w.name: w.array() + np.float32(1e-3) for w in weights}
+    gentle = with_arrays(model, weights, arrays)
+    last.wrap("k-means 8 bits", lambda: (gentle, {}))()
+    bits = 5
+    shared, stats = fine_shared(model, inner, bits, {"then.weight": "if/then_branch"}, last)
+    got = {w.name: w.array() for w in graph.weights(shared)}
+    before = {w.name: w.array() for w in weights}
+    np.testing.assert_array_equal(got["then.weight"], arrays["then.weight"])
+    np.testing.assert_array_equal(got["trunk.weight"], before["trunk.weight"])
+    for name in ("else.weight", "head.weight"):
+        assert np.unique(got[name][got[name] != 0]).size <= 1 << bits
+        assert 0 < np.linalg.norm(got[name] - before[name]) < 0.2 * np.linalg.norm(before[name])
+    rows = {r["name"]: r for r in stats["fine"]["tensors"]}
+    assert rows["then.weight"]["bits"] is None and rows["then.weight"]["unused"] == "if/then_branch"
+    assert rows["else.weight"]["bits"] == bits and stats["fine"]["bits"] == bits
+
+
+def test_the_ladder_applies_the_narrowest_fine_rung_that_fits_after_every_setting_missed():
+    model = graphs.if_subgraph_model()
+    data = if_data(model)
+    ctx = context(model, data)
+    weights = matrices(model)
+    last = LastBuilt()
+    # a setting that misses: the else branch's weight negated (every output moves)
+    broken = with_arrays(model, weights, {"else.weight": -weights[[w.name for w in weights].index("else.weight")].array()})
+    missed = Attempt("k-means 8 bits", last.wrap("k-means 8 bits", lambda: (broken, {})))
+    attempts = [missed, *fine_attempts(weights, ctx, last, "linear", 0)]
+    assert len(attempts) == 1 + len(FINE_BITS)
+    row = run_ladder(Ladder("share", attempts, True), ctx).row
+    assert row.applied and row.attempts[0]["rejected_by"]
+    assert row.options["setting"].startswith(f"k-means {FINE_BITS[0]} bits on the weights read in subgraphs")
+    # the wider rungs are not built once one fit
+    assert len(row.attempts) == 2
