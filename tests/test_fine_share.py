@@ -65,7 +65,9 @@ def test_the_ladder_applies_the_narrowest_fine_rung_that_fits_after_every_settin
     weights = matrices(model)
     last = LastBuilt()
     # a setting that misses: the else branch's weight negated (every output moves)
-    broken = with_arrays(model, weights, {"else.weight": -weights[[w.name for w in weights].index("else.weight")].array()})
+    broken = with_arrays(
+        model, weights, {"else.weight": -weights[[w.name for w in weights].index("else.weight")].array()}
+    )
     missed = Attempt("k-means 8 bits", last.wrap("k-means 8 bits", lambda: (broken, {})))
     attempts = [missed, *fine_attempts(weights, ctx, last, "linear", 0)]
     assert len(attempts) == 1 + len(FINE_BITS)

@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 
 from .. import graph
-from ..kmeans import share_array
 from ..errors import CompressorError
+from ..kmeans import share_array
 from ..passes.quantize.names import read_in_subgraphs
 from ..passes.share import tensor_rng
 from ..search.branch_use import untaken_branches, unused_weights
@@ -38,9 +38,7 @@ def subgraph_weights(model: onnx.ModelProto, tensors: Sequence[graph.Weight]) ->
     """The `tensors` quantize leaves float: defined in a subgraph, or read by one."""
     inner = read_in_subgraphs(model.graph)
     return [
-        w
-        for w in tensors
-        if w.ref.graph_path != "" or w.name in inner or any(c.graph_path != "" for c in w.consumers)
+        w for w in tensors if w.ref.graph_path != "" or w.name in inner or any(c.graph_path != "" for c in w.consumers)
     ]
 
 
@@ -76,7 +74,9 @@ def fine_attempts(
         return f"k-means {bits} bits on the weights read in subgraphs (quantize leaves them float)"
 
     return [
-        Attempt(label(bits), lambda bits=bits: fine_shared(ctx.model, inner, bits, untaken(), last, init, seed), skip=skip)
+        Attempt(
+            label(bits), lambda bits=bits: fine_shared(ctx.model, inner, bits, untaken(), last, init, seed), skip=skip
+        )
         for bits in FINE_BITS
     ]
 
