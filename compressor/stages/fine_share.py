@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from .. import graph
+from ..container.coders import encode_tensor_data
 from ..errors import CompressorError
 from ..kmeans import share_array
 from ..passes.quantize.names import read_in_subgraphs
@@ -42,20 +43,35 @@ def subgraph_weights(model: onnx.ModelProto, tensors: Sequence[graph.Weight]) ->
     ]
 
 
+def packed_bytes(values: np.ndarray) -> int:
+    """The bytes the container's coders store `values` in (the smallest proposal, as pack picks)."""
+    flat = np.ascontiguousarray(values)
+    return len(encode_tensor_data(flat.tobytes(), flat.dtype.itemsize).payload)
+
+
 def fine_values(name: str, values: np.ndarray, bits: int, init: str, seed: int) -> np.ndarray:
     """`values` on a k-means codebook of 2^`bits` centroids (zeros stay zero)."""
     return share_array(values, 1 << bits, init=init, seed=tensor_rng(seed, name)).values
 
 
 def fine_attempts(
-    tensors: Sequence[graph.Weight], ctx: StageContext, last: LastBuilt, init: str, seed: int
+    tensors: Sequence[graph.Weight],
+    ctx: StageContext,
+    last: LastBuilt,
+    init: str,
+    seed: int,
+    reserve: float | None = None,
 ) -> list[Attempt]:
     """One rung per width of FINE_BITS, or none when no weight in `tensors` is read in a
-    subgraph (then the ladder is as it was).  Each is skipped when an earlier attempt fit."""
+    subgraph (then the ladder is as it was).  Each is skipped when an earlier attempt fit.  When
+    some of `tensors` live in the main graph, the rungs are held to `reserve` points (quantize's
+    room for them); else they may take the whole budget."""
     inner = subgraph_weights(ctx.model, tensors)
     if not inner:
         return []
     found: list[dict[str, str]] = []
+    sizes: dict[str, int] = {}  # the unshared tensors' packed bytes, for every rung
+    budget = reserve if len(inner) < len(tensors) else None
 
     def untaken() -> dict[str, str]:
         # weight name -> the untaken branch it lives in, found once for every rung
@@ -75,7 +91,10 @@ def fine_attempts(
 
     return [
         Attempt(
-            label(bits), lambda bits=bits: fine_shared(ctx.model, inner, bits, untaken(), last, init, seed), skip=skip
+            label(bits),
+            lambda bits=bits: fine_shared(ctx.model, inner, bits, untaken(), last, init, seed, sizes),
+            budget,
+            skip,
         )
         for bits in FINE_BITS
     ]
@@ -89,9 +108,14 @@ def fine_shared(
     last: LastBuilt,
     init: str = "linear",
     seed: int = 0,
+    sizes: dict[str, int] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """`model` with the weights of `inner` the data uses shared at `bits` bits and those of
-    untaken branches as `last` shares them (unchanged when nothing was built)."""
+    untaken branches as `last` shares them (unchanged when nothing was built).  A weight whose
+    shared values would not pack smaller than its own (a structured basis the coders find
+    regular) stays as it was: more error for no byte.  `sizes` keeps the unshared weights'
+    packed bytes between calls."""
+    sizes = {} if sizes is None else sizes
     built = {weight_key(w): w for w in graph.weights(last.model)} if last.model is not None else {}
     arrays, rows = {}, []
     for w in inner:
@@ -105,14 +129,41 @@ def fine_shared(
             continue
         if not np.issubdtype(values.dtype, np.floating) or np.unique(values).size <= 1 << bits:
             continue  # a codebook that wide holds every value: nothing shared
-        arrays[w.name] = fine_values(w.name, values, bits, init, seed)
-        rel = float(np.linalg.norm(arrays[w.name] - values) / max(np.linalg.norm(values), 1e-30))
-        rows.append({"name": w.name, "params": w.size, "bits": bits, "relative_error": rel, "unused": None})
+        shared = fine_values(w.name, values, bits, init, seed)
+        if w.name not in sizes:
+            sizes[w.name] = packed_bytes(values)
+        size = packed_bytes(shared)
+        if size >= sizes[w.name]:
+            rows.append(
+                {
+                    "name": w.name,
+                    "params": w.size,
+                    "bits": None,
+                    "unused": None,
+                    "packed": size,
+                    "unshared": sizes[w.name],
+                }
+            )
+            continue
+        arrays[w.name] = shared
+        rel = float(np.linalg.norm(shared - values) / max(np.linalg.norm(values), 1e-30))
+        rows.append(
+            {
+                "name": w.name,
+                "params": w.size,
+                "bits": bits,
+                "relative_error": rel,
+                "unused": None,
+                "packed": size,
+                "unshared": sizes[w.name],
+            }
+        )
     if not any(r["bits"] for r in rows):
         raise CompressorError(f"no weight read in a subgraph that the data uses has more than {1 << bits} values")
+    kept = [r for r in rows if r["bits"] or r["unused"]]
     stats = {
-        "shared_tensors": len(rows),
-        "shared_params": int(sum(r["params"] for r in rows)),
+        "shared_tensors": len(kept),
+        "shared_params": int(sum(r["params"] for r in kept)),
         "fine": {"bits": bits, "tensors": rows},
     }
     return with_arrays(model, inner, arrays), stats

@@ -116,7 +116,8 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
         spent = max(measure.loss(ctx.previous.metrics) or 0.0, 0.0)
         points = max(measure.budget * share_search_budget_share(measure.mode) - spent, 0.0)
         # Weights only a subgraph reads (quantize leaves them float): finer uniform grids first.
-        attempts += fine_attempts(shareable, ctx, last, opts.init, opts.seed)
+        reserve = measure.budget * share_search_budget_share(measure.mode)
+        attempts += fine_attempts(shareable, ctx, last, opts.init, opts.seed, reserve)
         attempts += partial_attempts(shareable, ctx, last, points)
     return run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
 
