@@ -7,7 +7,7 @@ from test_partial_share import chain_model
 
 from compressor import graph
 from compressor.data import Dataset
-from compressor.stages.fine_share import FINE_BITS, fine_attempts, fine_shared, subgraph_weights
+from compressor.stages.fine_share import FINE_CENTROIDS, fine_attempts, fine_shared, subgraph_weights
 from compressor.stages.ladder import Attempt, Ladder, run_ladder
 from compressor.stages.partial_share import LastBuilt
 from compressor.variants import with_arrays
@@ -44,18 +44,18 @@ def test_the_used_subgraph_weights_get_a_wider_codebook_the_untaken_branch_keeps
     arrays = {w.name: w.array() + np.float32(1e-3) for w in weights}
     gentle = with_arrays(model, weights, arrays)
     last.wrap("k-means 8 bits", lambda: (gentle, {}))()
-    bits = 5
-    shared, stats = fine_shared(model, inner, bits, {"then.weight": "if/then_branch"}, last)
+    k = 32
+    shared, stats = fine_shared(model, inner, k, {"then.weight": "if/then_branch"}, last)
     got = {w.name: w.array() for w in graph.weights(shared)}
     before = {w.name: w.array() for w in weights}
     np.testing.assert_array_equal(got["then.weight"], arrays["then.weight"])
     np.testing.assert_array_equal(got["trunk.weight"], before["trunk.weight"])
     for name in ("else.weight", "head.weight"):
-        assert np.unique(got[name][got[name] != 0]).size <= 1 << bits
+        assert np.unique(got[name][got[name] != 0]).size <= k
         assert 0 < np.linalg.norm(got[name] - before[name]) < 0.2 * np.linalg.norm(before[name])
     rows = {r["name"]: r for r in stats["fine"]["tensors"]}
-    assert rows["then.weight"]["bits"] is None and rows["then.weight"]["unused"] == "if/then_branch"
-    assert rows["else.weight"]["bits"] == bits and stats["fine"]["bits"] == bits
+    assert rows["then.weight"]["centroids"] is None and rows["then.weight"]["unused"] == "if/then_branch"
+    assert rows["else.weight"]["centroids"] == k and stats["fine"]["centroids"] == k
 
 
 def test_the_ladder_applies_the_narrowest_fine_rung_that_fits_after_every_setting_missed():
@@ -70,9 +70,9 @@ def test_the_ladder_applies_the_narrowest_fine_rung_that_fits_after_every_settin
     )
     missed = Attempt("k-means 8 bits", last.wrap("k-means 8 bits", lambda: (broken, {})))
     attempts = [missed, *fine_attempts(weights, ctx, last, "linear", 0)]
-    assert len(attempts) == 1 + len(FINE_BITS)
+    assert len(attempts) == 1 + len(FINE_CENTROIDS)
     row = run_ladder(Ladder("share", attempts, True), ctx).row
     assert row.applied and row.attempts[0]["rejected_by"]
-    assert row.options["setting"].startswith(f"k-means {FINE_BITS[0]} bits on the weights read in subgraphs")
+    assert row.options["setting"].startswith(f"k-means {FINE_CENTROIDS[0]} centroids (9.0 bits) on the weights read")
     # the wider rungs are not built once one fit
     assert len(row.attempts) == 2

@@ -4,17 +4,19 @@ a subgraph reads.
 Quantize rewrites the main graph only: a weight read inside an If/Loop body stays float after
 it (``passes.quantize.subgraph_weights``), so when share's widths (up to 8 bits) all miss the
 budget such a weight has no lossy setting left and packs as raw floats.  These rungs share
-each of them with a codebook of 2^bits centroids (``kmeans.share_array``, zeros stay zero;
+each of them with a codebook of more than 2^8 centroids (``kmeans.share_array``, zeros stay zero;
 k-means, not one uniform grid: folded batch norms give conv weights outliers tens of times
 their RMS, which a grid spanning them resolves worse than 8-bit k-means), and the container's
 dict coder takes the codebook and its symbols.  Weights of If branches the calibration data
 never takes keep the gentlest candidate's sharing (as the partial rungs do: no data judges
 them); main-graph weights are left to quantize.  The ladder judges each rung on its verdict
-like any other, fewest bits first, and tries none once an earlier setting fit.
+like any other, fewest centroids first (half a bit apart), and tries none once an earlier
+setting fit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,8 +33,9 @@ from ..variants import weight_key, with_arrays
 from .ladder import Attempt, StageContext
 from .partial_share import LastBuilt
 
-# The codebooks' widths, fewest bits first (the k-means rungs end at 8).
-FINE_BITS = (9, 10, 12)
+# The codebooks' sizes, fewest first (the k-means rungs end at 2^8): 2^9 to 2^11 half a bit
+# apart (the rate moves by the bit, the error by about 6 dB a bit), then 2^12.
+FINE_CENTROIDS = (512, 724, 1024, 1448, 2048, 4096)
 
 
 def subgraph_weights(model: onnx.ModelProto, tensors: Sequence[graph.Weight]) -> list[graph.Weight]:
@@ -49,9 +52,9 @@ def packed_bytes(values: np.ndarray) -> int:
     return len(encode_tensor_data(flat.tobytes(), flat.dtype.itemsize).payload)
 
 
-def fine_values(name: str, values: np.ndarray, bits: int, init: str, seed: int) -> np.ndarray:
-    """`values` on a k-means codebook of 2^`bits` centroids (zeros stay zero)."""
-    return share_array(values, 1 << bits, init=init, seed=tensor_rng(seed, name)).values
+def fine_values(name: str, values: np.ndarray, centroids: int, init: str, seed: int) -> np.ndarray:
+    """`values` on a k-means codebook of at most `centroids` values (zeros stay zero)."""
+    return share_array(values, centroids, init=init, seed=tensor_rng(seed, name)).values
 
 
 def fine_attempts(
@@ -62,7 +65,7 @@ def fine_attempts(
     seed: int,
     reserve: float | None = None,
 ) -> list[Attempt]:
-    """One rung per width of FINE_BITS, or none when no weight in `tensors` is read in a
+    """One rung per codebook size of FINE_CENTROIDS, or none when no weight in `tensors` is read in a
     subgraph (then the ladder is as it was).  Each is skipped when an earlier attempt fit.  When
     some of `tensors` live in the main graph, the rungs are held to `reserve` points (quantize's
     room for them); else they may take the whole budget."""
@@ -86,31 +89,31 @@ def fine_attempts(
             return "not needed: an earlier setting fits"
         return None
 
-    def label(bits: int) -> str:
-        return f"k-means {bits} bits on the weights read in subgraphs (quantize leaves them float)"
+    def label(k: int) -> str:
+        return f"k-means {k} centroids ({math.log2(k):.1f} bits) on the weights read in subgraphs (quantize leaves them float)"
 
     return [
         Attempt(
-            label(bits),
-            lambda bits=bits: fine_shared(ctx.model, inner, bits, untaken(), last, init, seed, sizes),
+            label(k),
+            lambda k=k: fine_shared(ctx.model, inner, k, untaken(), last, init, seed, sizes),
             budget,
             skip,
         )
-        for bits in FINE_BITS
+        for k in FINE_CENTROIDS
     ]
 
 
 def fine_shared(
     model: onnx.ModelProto,
     inner: Sequence[graph.Weight],
-    bits: int,
+    centroids: int,
     untaken: dict[str, str],
     last: LastBuilt,
     init: str = "linear",
     seed: int = 0,
     sizes: dict[str, int] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """`model` with the weights of `inner` the data uses shared at `bits` bits and those of
+    """`model` with the weights of `inner` the data uses shared with `centroids` and those of
     untaken branches as `last` shares them (unchanged when nothing was built).  A weight whose
     shared values would not pack smaller than its own (a structured basis the coders find
     regular) stays as it was: more error for no byte.  `sizes` keeps the unshared weights'
@@ -125,11 +128,13 @@ def fine_shared(
             if other is None:
                 continue
             arrays[w.name] = other.array()
-            rows.append({"name": w.name, "params": w.size, "bits": None, "from": last.label, "unused": untaken[w.name]})
+            rows.append(
+                {"name": w.name, "params": w.size, "centroids": None, "from": last.label, "unused": untaken[w.name]}
+            )
             continue
-        if not np.issubdtype(values.dtype, np.floating) or np.unique(values).size <= 1 << bits:
+        if not np.issubdtype(values.dtype, np.floating) or np.unique(values).size <= centroids:
             continue  # a codebook that wide holds every value: nothing shared
-        shared = fine_values(w.name, values, bits, init, seed)
+        shared = fine_values(w.name, values, centroids, init, seed)
         if w.name not in sizes:
             sizes[w.name] = packed_bytes(values)
         size = packed_bytes(shared)
@@ -138,7 +143,7 @@ def fine_shared(
                 {
                     "name": w.name,
                     "params": w.size,
-                    "bits": None,
+                    "centroids": None,
                     "unused": None,
                     "packed": size,
                     "unshared": sizes[w.name],
@@ -151,19 +156,21 @@ def fine_shared(
             {
                 "name": w.name,
                 "params": w.size,
-                "bits": bits,
+                "centroids": centroids,
                 "relative_error": rel,
                 "unused": None,
                 "packed": size,
                 "unshared": sizes[w.name],
             }
         )
-    if not any(r["bits"] for r in rows):
-        raise CompressorError(f"no weight read in a subgraph that the data uses has more than {1 << bits} values")
-    kept = [r for r in rows if r["bits"] or r["unused"]]
+    if not any(r["centroids"] for r in rows):
+        raise CompressorError(
+            f"no weight read in a subgraph that the data uses packs smaller with {centroids} centroids"
+        )
+    kept = [r for r in rows if r["centroids"] or r["unused"]]
     stats = {
         "shared_tensors": len(kept),
         "shared_params": int(sum(r["params"] for r in kept)),
-        "fine": {"bits": bits, "tensors": rows},
+        "fine": {"centroids": centroids, "tensors": rows},
     }
     return with_arrays(model, inner, arrays), stats
