@@ -103,6 +103,8 @@ def build_report(run: RunResult, rows: list[StageRow]) -> dict:
         "share_search": next((r.stats.get("search_plan") for r in rows if r.stage == "share" and r.stats), None),
         # The share ladder's partial rung (stages/partial_share.py): which tensors stayed unshared, why.
         "share_partial": next((r.stats.get("partial") for r in rows if r.stage == "share" and r.stats), None),
+        # The share ladder's fine rung (stages/fine_share.py): the codebook of the subgraphs' weights.
+        "share_fine": next((r.stats.get("fine") for r in rows if r.stage == "share" and r.stats), None),
     }
     if mode == "none":
         report["note"] = NO_DATA_NOTE
@@ -174,6 +176,22 @@ def partial_lines(partial: dict) -> list[str]:
     kept, left = partial["kept"], partial["left_unshared"]
     lines = [f"share kept {len(kept)} of {len(kept) + len(left)} tensors of {partial['from']} shared; left unshared:"]
     lines += [f"  {t['name']}: {t['why']}" for t in left]
+    return lines
+
+
+def fine_lines(fine: dict) -> list[str]:
+    """The share stage's fine rung in words: the codebook, the untaken branches' source, what stayed as it was."""
+    rows = fine["tensors"]
+    shared = [t for t in rows if t.get("centroids")]
+    untaken = [t for t in rows if t.get("unused")]
+    lines = [f"share: k-means {fine['centroids']} centroids on {len(shared)} weights read in subgraphs"]
+    if untaken:
+        lines[0] += f"; {len(untaken)} of untaken If branches as {untaken[0]['from']}"
+    lines += [
+        f"  {t['name']}: left as it was (shared it would pack to {t['packed']:,} bytes, unshared {t['unshared']:,})"
+        for t in rows
+        if not t.get("centroids") and not t.get("unused")
+    ]
     return lines
 
 
@@ -412,6 +430,9 @@ def format_report(report: dict) -> str:
     partial = report.get("share_partial")
     if partial:
         out.extend(partial_lines(partial))
+    fine = report.get("share_fine")
+    if fine:
+        out.extend(fine_lines(fine))
     compared = report.get("structured_compare")
     if compared:
         out.append(

@@ -7,6 +7,7 @@ from test_partial_share import chain_model
 
 from compressor import graph
 from compressor.data import Dataset
+from compressor.report import fine_lines
 from compressor.stages.fine_share import FINE_CENTROIDS, fine_attempts, fine_shared, subgraph_weights
 from compressor.stages.ladder import Attempt, Ladder, run_ladder
 from compressor.stages.partial_share import LastBuilt
@@ -76,3 +77,18 @@ def test_the_ladder_applies_the_narrowest_fine_rung_that_fits_after_every_settin
     assert row.options["setting"].startswith(f"k-means {FINE_CENTROIDS[0]} centroids (9.0 bits) on the weights read")
     # the wider rungs are not built once one fit
     assert len(row.attempts) == 2
+
+
+def test_the_report_names_the_codebook_the_untaken_branches_and_what_stayed_as_it_was():
+    fine = {
+        "centroids": 724,
+        "tensors": [
+            {"name": "a", "centroids": 724},
+            {"name": "b", "centroids": None, "unused": "if/else_branch", "from": "k-means 8 bits"},
+            {"name": "basis", "centroids": None, "unused": None, "packed": 47068, "unshared": 42628},
+        ],
+    }
+    assert fine_lines(fine) == [
+        "share: k-means 724 centroids on 1 weights read in subgraphs; 1 of untaken If branches as k-means 8 bits",
+        "  basis: left as it was (shared it would pack to 47,068 bytes, unshared 42,628)",
+    ]
