@@ -8,7 +8,8 @@ from stage_contexts import measured_context
 
 from compressor import evaluate, graph
 from compressor.data import Dataset
-from compressor.stages import share
+from compressor.passes.quantize import QuantizeSettings
+from compressor.stages import quantize, share
 from compressor.stages.ladder import Attempt, Ladder, run_ladder
 from compressor.variants import with_arrays
 
@@ -71,3 +72,53 @@ def test_rungs_that_are_no_chain_are_left_alone():
     ctx, attempts, _ = ladder_of(gentle_noise=0.3)
     rungs = {"k-means 4 bits fc": (None, 4), "k-means 6 bits fc": (None, 8), "k-means 8 bits fc": (None, 6)}
     assert share.gentlest_first(attempts, rungs, ctx) is attempts
+
+
+# --------------------------------------------------------------------------- quantize's weight-only bound
+
+STATIC, TWIN, WEIGHTS = (
+    quantize.LABELS["static"],
+    f"{quantize.LABELS['static']}, small constants float",
+    quantize.LABELS["none"],
+)
+MIXED = f"{quantize.LABELS['static']}, noisy layers float for 23 dB output SNR"
+
+
+class FakeProbe:
+    def __init__(self, every_layer: bool):
+        self.every_layer = every_layer
+
+    def quantizes_every_layer(self, _settings) -> bool:
+        return self.every_layer
+
+
+def quantize_ladder(weights_noise: float, every_layer: bool):
+    """Quantize's rungs (static, its small-constants twin, a mixed rung, weight-only) as noisy copies."""
+    ctx, attempts, built = ladder_of(gentle_noise=weights_noise)
+    noisy = {a.label: a.build for a in attempts}
+    builds = [
+        noisy["k-means 4 bits fc"],
+        noisy["k-means 4 bits fc"],
+        noisy["k-means 6 bits fc"],
+        noisy["k-means 8 bits fc"],
+    ]
+    rungs = [Attempt(label, build) for label, build in zip((STATIC, TWIN, MIXED, WEIGHTS), builds)]
+    probe = FakeProbe(every_layer)
+    return ctx, quantize.weights_only_first(rungs, ctx, probe, {MIXED: QuantizeSettings()}), built
+
+
+def test_activation_rungs_are_not_built_when_weights_only_misses_by_more_than_the_slack():
+    ctx, attempts, built = quantize_ladder(weights_noise=0.5, every_layer=True)
+    row = run_ladder(Ladder("quantize", attempts, True), ctx).row
+    static, twin, mixed, weights_only = row.attempts
+    assert static["rejected_by"] and weights_only["rejected_by"][0]["by"] > quantize.WEIGHTS_ONLY_SLACK_DB
+    assert twin["error"].startswith("not built: the gentlest setting, int8 weights only, missed by")
+    assert mixed["error"].endswith("(its probe kept no layer float on 4 samples)")
+    assert len(built) == 2  # the first static rung and weight-only, once
+
+
+def test_a_mixed_rung_whose_probe_keeps_layers_float_is_built():
+    ctx, attempts, built = quantize_ladder(weights_noise=0.5, every_layer=False)
+    row = run_ladder(Ladder("quantize", attempts, True), ctx).row
+    assert row.attempts[1]["error"].startswith("not built") and "error" not in row.attempts[2]
+    assert len(built) == 3
