@@ -170,6 +170,8 @@ def test_run_shares_only_the_weights_of_the_branch_the_calibration_data_never_ta
     assert share["applied"] and share["setting"] in (SEARCHED, UNUSED_ONLY)
     partial = report["share_partial"]
     assert partial["untaken_branches"] == ["if/then_branch"] and partial["kept"] == ["then.weight"]
+    # one run for the branch condition; the covariances are the per-tensor search's, not captured again
+    assert partial["capture_runs"] == 1
     left = {t["name"]: t["why"] for t in partial["left_unshared"]}
     assert set(left) == {"trunk.weight", "else.weight"}  # head.weight: below min_params, never shared
     assert all("exceeded the budget" in why or "untaken" in why for why in left.values())

@@ -477,11 +477,13 @@ def share_by_rate(
     gain_runs: int = GAIN_RUNS,
     captured_layers: dict | None = None,
     memo: SharedMemo | None = None,
+    keep_layers: Callable[[dict], None] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per tensor a k-means width or a uniform step within `budget_points` of `model` on `data`,
     fewest estimated packed bytes; returns (model, stats).  Arguments as ``share_to_budget``'s,
     plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor`,
-    `fold_constants` (``fold_into_biases``), `gain_runs`, `captured_layers` and `memo` (``share``'s)."""
+    `fold_constants` (``fold_into_biases``), `gain_runs`, `captured_layers`, `keep_layers` and `memo`
+    (``share``'s)."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -494,6 +496,8 @@ def share_by_rate(
     layers, reasons, captures = capture_layers(
         model, selected, calib or data, n_options, tables=True, shared=captured_layers
     )
+    if keep_layers is not None:
+        keep_layers(layers)
     folds: dict[str, np.ndarray] = {}
     curves, arrays, importance = rate_curves(
         originals, layers, reasons, method, rd_factor, init, seed, progress, fold_constants, folds, memo

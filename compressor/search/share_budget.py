@@ -27,7 +27,7 @@ Cost: one capture run, tensors x widths k-means (vectorised, no model run) and a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -209,6 +209,7 @@ def share_to_budget(
     seeds: Sequence[dict[str, int]] = (),
     gain_runs: int = GAIN_RUNS,
     captured_layers: dict | None = None,
+    keep_layers: Callable[[dict], None] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per-tensor k-means widths within `budget_points` of `model` on `data`; returns (model, stats).
 
@@ -222,7 +223,8 @@ def share_to_budget(
     the budget, ``refine`` steps from the best seed that fits.  `gain_runs`: whole-model runs
     that measure each layer's gain (``search.layer_gains``), by which the errors are weighted
     (0: unweighted).  `captured_layers`: layers whose input covariance an earlier stage captured
-    on `calib` (``layer_error.capture_layers``'s `shared`): reused, not captured again."""
+    on `calib` (``layer_error.capture_layers``'s `shared`): reused, not captured again.
+    `keep_layers`: given the layers this search captured or reused (for a later rung)."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -236,6 +238,8 @@ def share_to_budget(
     layers, reasons, captures = capture_layers(
         model, selected, calib or data, len(BITS), tables=True, shared=captured_layers
     )
+    if keep_layers is not None:
+        keep_layers(layers)
     curves, arrays = bit_curves(originals, layers, reasons, init, seed, progress)
     for c, w in zip(curves, selected):
         c["role"] = w.role

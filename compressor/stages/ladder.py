@@ -82,6 +82,8 @@ class Attempt:
     # Given the attempts tried so far (their metrics), why this one cannot fit: it is then
     # recorded as not built and not measured (the stage's own bound; None: try it).
     skip: Callable[[Sequence[dict]], str | None] | None = None
+    # The candidate's verdict (metrics, outputs) when it was taken already (None: measure it).
+    measured: Callable[[onnx.ModelProto], tuple[dict, list | None] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,8 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
             # the stage's input itself (the attempt changed nothing): measured already
             metrics, outputs = dict(ctx.previous.metrics), ctx.outputs
         else:
-            metrics, outputs = measure(candidate)
+            early = attempt.measured(candidate) if attempt.measured is not None else None
+            metrics, outputs = early if early is not None else measure(candidate)
         tried.append({"option": label, **metrics})
         if ladder.adaptive and not measure.within(metrics, attempt.budget):
             tried[-1]["rejected_by"] = rejection(measure, metrics, attempt.budget)

@@ -15,8 +15,9 @@ from ..passes.quantize import QuantizeSettings, Shared, quantize, size_bound
 from ..passes.quantize.ops_tables import SMALL_ROLES
 from ..passes.quantize.subgraph_weights import weights_left_in_subgraphs
 from ..report import StageRow
+from .gentlest_first import GentlestFirst, SkipRule, either_skip, floor_miss_db
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
-from .static_probe import StaticProbe, probe_applies
+from .static_probe import PROBE_SAMPLES, StaticProbe, probe_applies
 
 NAME = "quantize"
 
@@ -39,6 +40,17 @@ LABELS = {
 # models up to this size are packed before anything about them is measured (a larger one's
 # packing is minutes of xz; it is measured first and compared after the stage, as before).
 PACK_FIRST_MAX_BYTES = 64 << 20
+
+# The rungs with quantized activations and every layer quantized, and the slack by which one may
+# beat int8 weights only: a static build may take 8-bit weights where weight-only has 7-bit ones
+# (6 dB less weight noise), plus share's slack for outputs that do not follow the weights.
+PLAIN_ACTIVATION_LABELS = (
+    LABELS["static"],
+    LABELS["dynamic"],
+    f"{LABELS['static']}, small constants float",
+    f"{LABELS['dynamic']}, small constants float",
+)
+WEIGHTS_ONLY_SLACK_DB = 6.02 + 3.0
 
 # Everything stayed float (subgraphs, sensitive layers): Q/DQ pairs would only add bytes.
 NOTHING_QUANTIZED = MustShrink("no size gain: nothing was quantized", "quantized nothing, trying the next setting")
@@ -118,6 +130,53 @@ def packs_within(build: Build, ctx: StageContext, limit: int | None, over: list[
     return checked
 
 
+def weights_only_first(
+    attempts: list[Attempt],
+    ctx: StageContext,
+    probe: StaticProbe | None = None,
+    mixed_rungs: dict[str, QuantizeSettings] | None = None,
+) -> list[Attempt]:
+    """Int8 weights only (the ladder's last, gentlest rung) judged early once a plain rung with
+    quantized activations failed (stages/gentlest_first.py): activations only add noise to the
+    weights', so when weight-only misses the floor by more than WEIGHTS_ONLY_SLACK_DB, the plain
+    activation rungs left are not built (no full calibration).  A mixed-precision rung keeps
+    whole layers float, weights too: bounded only when its probe (static_probe) kept no layer
+    float on its samples, i.e. built the plain rung."""
+    gentlest = attempts[-1]
+    assert gentlest.label == LABELS["none"]
+    chain = [a.label for a in attempts if a.label in PLAIN_ACTIVATION_LABELS]
+    early = GentlestFirst(
+        ctx,
+        gentlest.label,
+        gentlest.build,
+        chain,
+        lambda m: floor_miss_db(m, ctx.measure),
+        WEIGHTS_ONLY_SLACK_DB,
+        any_failure=True,
+    )
+    mixed_rungs = mixed_rungs if probe is not None and mixed_rungs else {}
+    out = []
+    for a in attempts[:-1]:
+        if a.label in chain:
+            a = replace(a, skip=either_skip(a.skip, early.skip(a.label)))
+        elif a.label in mixed_rungs:
+            a = replace(a, skip=either_skip(a.skip, _when_plain(probe, mixed_rungs[a.label], early.skip(a.label))))
+        out.append(a)
+    return [*out, replace(gentlest, build=early.build, measured=early.metrics)]
+
+
+def _when_plain(probe: StaticProbe, mixed: QuantizeSettings, bound: SkipRule) -> SkipRule:
+    """`bound` for a mixed-precision rung whose probe kept no layer float (else no reason)."""
+
+    def rule(tried):
+        if not probe.quantizes_every_layer(mixed):
+            return None
+        reason = bound(tried)
+        return f"{reason} (its probe kept no layer float on {PROBE_SAMPLES} samples)" if reason else None
+
+    return rule
+
+
 def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
     model, calib_data = ctx.model, ctx.calib_data
     adaptive = opts.adaptive
@@ -165,7 +224,8 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
 
     attempts = []
     over: list[int] = []  # packed bytes of the candidates that packed larger than the input
-    # The plain static rungs, tried on a few samples first (static_probe).
+    mixed_rungs: dict[str, QuantizeSettings] = {}  # the mixed-precision rungs' labels and settings
+    # The static rungs (plain and mixed precision), tried on a few samples first (static_probe).
     probe = StaticProbe(ctx) if adaptive and "static" in modes and probe_applies(ctx) else None
     for i, mode in enumerate(modes):
         attempts.append(
@@ -198,12 +258,16 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             # of the error, so keep the noisiest ones in float, as few as reach the floor.
             for floor in mixed_floors(ctx):
                 mixed = replace(settings, min_output_snr=floor)
+                mixed_rungs[f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR"] = mixed
                 attempts.append(
                     Attempt(
                         f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
                         packs_within(lambda s=mixed: build("static", s), ctx, limit, over),
+                        skip=probe.skip(mixed) if probe is not None else None,
                     )
                 )
+    if adaptive and modes[-1] == "none" and len(modes) > 1:
+        attempts = weights_only_first(attempts, ctx, probe, mixed_rungs)
     result = run_ladder(Ladder(NAME, attempts, adaptive, must_shrink=NOTHING_QUANTIZED), ctx)
     if over and not result.row.applied:
         result.row.note += (

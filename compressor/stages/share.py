@@ -7,6 +7,7 @@ widths and uniform grids (ECUQ) per tensor, by estimated packed bytes."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..graph import Weight
 from ..kmeans_memo import SharedMemo
@@ -16,6 +17,7 @@ from ..passes.share import CONV_ROLES, share, shareable_weights
 from ..search.ecq_budget import share_by_rate
 from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
 from .fine_share import fine_attempts
+from .gentlest_first import GentlestFirst, either_skip, floor_miss_db
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 from .partial_share import LastBuilt, partial_attempts
 
@@ -108,6 +110,8 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
                 skip=(lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
             )
         )
+    if adaptive and measure.data is not None and len(rungs) > 1:
+        attempts = gentlest_first(attempts, rungs, ctx)
     if adaptive and measure.data is not None:
         # Every setting missed: the last one built (the gentlest measured) on the tensors that
         # fit, the rest unshared (stages/partial_share.py).
@@ -119,7 +123,33 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
         reserve = measure.budget * share_search_budget_share(measure.mode)
         attempts += fine_attempts(shareable, ctx, last, opts.init, opts.seed, reserve)
         attempts += partial_attempts(shareable, ctx, last, points)
-    return run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
+    result = run_ladder(Ladder(NAME, attempts, adaptive, compare_first=compare), ctx)
+    if ctx.layer_inputs is not None:
+        ctx.layer_inputs.release()  # no later stage reads covariances: their memory goes now
+    return result
+
+
+def gentlest_first(attempts: list[Attempt], rungs: dict[str, tuple], ctx: StageContext) -> list[Attempt]:
+    """The k-means rungs with the gentlest (most bits on every kind, the ladder's last) measured
+    early once one of them missed (stages/gentlest_first.py): fewer bits are never more exact,
+    so when it misses the floor by more than SKIP_SLACK_DB, the harsher rungs are not built."""
+    labels = list(rungs)
+    gentlest = labels[-1]
+    top = rungs[gentlest]
+    if any(b is not None and t is not None and b > t for key in rungs.values() for b, t in zip(key, top)):
+        return attempts  # not a chain: some rung has more bits on a kind than the last
+    index = next(i for i, a in enumerate(attempts) if a.label == gentlest)
+    early = GentlestFirst(
+        ctx, gentlest, attempts[index].build, labels, lambda m: floor_miss_db(m, ctx.measure), SKIP_SLACK_DB
+    )
+    out = []
+    for a in attempts:
+        if a.label == gentlest:
+            a = replace(a, build=early.build, measured=early.metrics)
+        elif a.label in rungs:
+            a = replace(a, skip=either_skip(a.skip, early.skip(a.label)))  # the free bound first
+        out.append(a)
+    return out
 
 
 def beyond_reach(tried: list[dict], rungs: dict[str, tuple], key: tuple, measure) -> str | None:
@@ -133,28 +163,13 @@ def beyond_reach(tried: list[dict], rungs: dict[str, tuple], key: tuple, measure
         before = rungs.get(t["option"])
         if before is None:
             continue
-        need = _miss_db(t, measure)
+        need = floor_miss_db(t, measure)
         if need is None:
             continue
         extra = max(max((b - a for a, b in zip(before, key) if a is not None and b is not None), default=0), 0)
         if need > KMEANS_DB_PER_BIT * extra + SKIP_SLACK_DB:
             return f"not measured: {t['option']} missed by {need:.1f} dB, more than {extra} more bits can buy"
     return None
-
-
-def _miss_db(metrics: dict, measure) -> float | None:
-    """By how many dB a measured candidate missed the SNR floor or the KL limit (the larger),
-    or None when it missed neither (or the judge gates neither)."""
-    misses = []
-    snr = metrics.get("snr_db")
-    if getattr(measure, "snr_gated", False) and snr is not None and math.isfinite(snr) and snr < measure.min_snr_db:
-        misses.append(measure.min_snr_db - snr)
-    kl = metrics.get("kl")
-    if getattr(measure, "kl_gated", False) and kl is not None and math.isfinite(kl):
-        limit = max(measure.max_kl, measure.kl_allowance)
-        if limit > 0 and kl > limit:
-            misses.append(10.0 * math.log10(kl / limit))
-    return max(misses, default=None)
 
 
 def _bias_judge(ctx: StageContext):
@@ -232,6 +247,9 @@ def per_tensor_attempt(
             # and on a large model gigabytes; freed before it captures its own (stages run
             # again on the captured model capture again).
             ctx.layer_inputs.release()
+        # The search's layers, kept for the partial rungs' ranking (the same model and data):
+        # one capture run for the stage, not two.
+        extra["keep_layers"] = lambda layers: ctx.layer_inputs.keep(model, calib, layers)
 
     def searched():
         # Covariances, curves and rounding: many tall-skinny products, on one BLAS thread (as

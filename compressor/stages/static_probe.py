@@ -8,6 +8,11 @@ passes).  When static activations are far off — the output SNR tens of dB unde
 ``PROBE_SAMPLES`` evenly spread calibration samples, runs the result on as many evenly spread
 verdict samples and, when its output SNR misses the floor by more than ``PROBE_MISS_DB``, the
 plain static rungs are recorded as not measured (their full calibration and verdicts skipped).
+The mixed-precision rungs (noisy layers float for an output-SNR floor on the calibration data)
+are probed the same way: their group testing runs on the probe's few calibration samples (ranges
+shared with the plain probes), and the layers it keeps float are judged on the probe's verdict
+samples; a miss by more than ``PROBE_MISS_DB`` skips the rung's full calibration, its group
+testing on every calibration sample and its verdict.
 Otherwise nothing changes: the rungs are built and judged on all the data as before.  Only where
 the judge gates the output SNR (fidelity, regressors and other values) and the calibration set is
 at least ``PROBE_MIN_CALIB`` samples; counts only, never the clock.
@@ -79,25 +84,35 @@ class StaticProbe:
         self.judge = sub_judge(ctx.measure, spread_index(ctx.measure.data.size, PROBE_SAMPLES))
         self.shared = Shared()
         self.misses: dict[tuple, float | None] = {}
+        self.kept_float: dict[tuple, list] = {}  # layers a mixed-precision probe kept float
         self.builds = 0
 
     def miss_db(self, settings: QuantizeSettings) -> float | None:
-        """By how many dB static activations with `settings` miss the floor on the probe's
-        samples (None: no miss, or the build failed: the rung's own build says why)."""
-        settings = replace(settings, activations="static", min_output_snr=None)
+        """By how many dB static activations with `settings` (a mixed-precision rung's
+        ``min_output_snr`` included) miss the floor on the probe's samples (None: no miss, or the
+        build failed: the rung's own build says why)."""
+        settings = replace(settings, activations="static")
         key = tuple(sorted(vars(settings).items()))
         if key not in self.misses:
             self.misses[key] = None
             try:
-                model, _ = quantize(self.ctx.model, self.calib, settings, self.shared)
+                model, stats = quantize(self.ctx.model, self.calib, settings, self.shared)
             except CompressorError:
                 return None
             self.builds += 1
+            self.kept_float[key] = stats.get("kept_float_mixed", [])
             floor = self.ctx.measure.min_snr_db
             snr = self.judge.scores(run_model(model, self.judge.data))["snr_db"]
             if snr is not None and (math.isnan(snr) or snr < floor):
                 self.misses[key] = math.inf if math.isnan(snr) else floor - snr
         return self.misses[key]
+
+    def quantizes_every_layer(self, settings: QuantizeSettings) -> bool:
+        """Whether the probe of a mixed-precision rung kept no layer float on its samples (it
+        built the plain static rung: what bounds that rung bounds it; False if not built)."""
+        self.miss_db(settings)
+        key = tuple(sorted(vars(replace(settings, activations="static")).items()))
+        return key in self.kept_float and not self.kept_float[key]
 
     def skip(self, settings: QuantizeSettings):
         """The ladder's skip rule (``Attempt.skip``) for the plain static rung with `settings`."""
