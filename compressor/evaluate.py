@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import graph, output_kinds
+from . import graph, output_kinds, session_arrays
 from .data import Dataset, fixed_batch_size
 from .errors import CompressorError
 
@@ -79,7 +79,21 @@ def make_session(
             path = Path(folder) / "model.onnx"
             graph.save_model(model, path, external_threshold=external_threshold)
             return _session(ort, str(path), opts)
+    if isinstance(model, onnx.ModelProto) and not optimized_path:
+        parts = session_arrays.split_large_initializers(model)
+        if parts is not None:
+            return _array_session(ort, parts, opts)
     return _session(ort, model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, opts)
+
+
+def _array_session(ort, parts: session_arrays.SessionParts, opts):
+    """A session of the skeleton with the large initializers given as arrays (session_arrays)."""
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays.values()]
+    opts.add_external_initializers(list(parts.arrays), values)
+    session = _session(ort, parts.skeleton.SerializeToString(), opts)
+    # ORT reads these arrays' memory for as long as the session lives.
+    session.compressor_arrays = values
+    return session
 
 
 def _session(ort, src: str | bytes, opts):

@@ -420,7 +420,7 @@ def kmeans_1d(
     if not used.all():  # a centroid nearest to no value: drop it (no label changes)
         centroids = centroids[used]
         labels = (np.cumsum(used) - 1)[labels]
-    out = (centroids, labels.astype(np.int32).reshape(shape))
+    out = (centroids, labels.astype(np.int32, copy=False).reshape(shape))  # the histogram's labels are int32 already
     return (*out, iterations) if return_iterations else out
 
 

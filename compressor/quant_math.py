@@ -162,7 +162,7 @@ def dequantize_values(q, scale, zero_point, axis: int | None = None) -> np.ndarr
     q = np.asarray(q, dtype=np.int64)
     s = _expand(np.asarray(scale, dtype=np.float32), q.ndim, axis)
     z = _expand(np.asarray(zero_point, dtype=np.int64), q.ndim, axis)
-    return ((q - z).astype(np.float32) * s).astype(np.float32)
+    return ((q - z).astype(np.float32) * s).astype(np.float32, copy=False)
 
 
 def keep_nonzero(

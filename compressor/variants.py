@@ -43,8 +43,9 @@ def feedable(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> list[gr
 
 def weights_as_inputs(model: onnx.ModelProto, weights: Sequence[graph.Weight]) -> onnx.ModelProto:
     """A copy of `model` where each weight (found by name) is a main-graph input instead of a constant."""
-    m = graph.copy_model(model)
     names = {w.name: w for w in weights}
+    # The weights leave the copy: their data is not copied.
+    m = graph.copy_without_data(model, {i for i, ref in enumerate(graph.iter_tensors(model)) if ref.name in names})
     main_inputs = {i.name for i in m.graph.input}
     for _, g in graph.iter_graphs(m.graph):
         keep = [t for t in g.initializer if t.name not in names]

@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.variants",
             "compressor.data",
             "compressor.evaluate",
+            "compressor.session_arrays",
             "compressor.sequences",
             "compressor.inspect_model",
             "compressor.container",

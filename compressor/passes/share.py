@@ -46,6 +46,7 @@ import re
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -55,7 +56,7 @@ from ..data import Dataset, load_dataset
 from ..ecq import RD_FACTOR, uniform_quantize
 from ..errors import UsageError
 from ..kmeans import INITS, SharedArray, cast_codebook, share_array
-from ..kmeans_memo import SharedMemo
+from ..kmeans_memo import SharedMemo, narrow_labels
 from .bias_correction import correct_biases
 from .layers import Layer, accumulate_inputs, layers_for
 from .row_use import is_table
@@ -222,7 +223,7 @@ def share(
     def finish(w, bits, arr, future) -> None:
         shared, entry = future.result()
         if data is not None:
-            results.append((w, bits, arr, shared))
+            results.append((w, bits, arr, _held(shared)))
         else:
             w.set_array(shared.values)
             entries.append(entry)
@@ -257,8 +258,10 @@ def share(
                 shared = info.pop("_shared")
             elif info:
                 info.pop("_shared", None)
+            shared = replace(shared, values=shared_values(arr, shared))
             w.set_array(shared.values)
             entries.append(_tensor_stats(_weight_meta(w), bits, arr, shared, info))
+            results[i] = None  # this tensor's arrays are in the model now
 
     if not entries:
         matrix = [w for w in ws if w.is_matrix]
@@ -400,6 +403,21 @@ def _tensor_stats(meta: dict, bits: int, arr: np.ndarray, shared: SharedArray, r
 # --------------------------------------------------------------------------- refit
 
 
+def _held(shared: SharedArray) -> SharedArray:
+    """What the refit holds of a tensor's k-means until every tensor is clustered: no values
+    (made again from the labels, ``shared_values``) and the labels narrowed to int8 / int16
+    (three large tensors' worth of memory fewer for the refit's model)."""
+    return replace(shared, values=np.empty(0, shared.values.dtype), labels=narrow_labels(shared.labels))
+
+
+def shared_values(arr: np.ndarray, shared: SharedArray) -> np.ndarray:
+    """The shared tensor: the codebook's value where a label is set, `arr`'s (its zeros) where
+    it is -1 (what ``share_array`` gives, from its labels and codebook)."""
+    if not shared.codebook.size:
+        return arr.copy()
+    return np.where(shared.labels >= 0, shared.codebook[shared.labels], arr)
+
+
 def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:
     known = {w.name for w in graph.weights(original, include_non_float=True)}
     plans: dict[int, list[Layer]] = {}
@@ -481,10 +499,8 @@ def _refit_one(layers: list[Layer], arr: np.ndarray, shared: SharedArray) -> dic
         "factor_rows": rank,
     }
     if result["applied"]:
-        values = arr.copy()
-        nz = shared.labels >= 0
-        values[nz] = codebook[shared.labels[nz]]
-        result["_shared"] = SharedArray(values, shared.labels, codebook, v, shared.counts, shared.iterations)
+        # its values are made when the model takes them (shared_values)
+        result["_shared"] = replace(shared, codebook=codebook, centroids=v)
     else:
         result["reason"] = "k-means centroids already give the smaller calibration output error"
     return result

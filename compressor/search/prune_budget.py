@@ -129,12 +129,19 @@ class _PrunedVariants:
         self.compensate = compensate
         self.originals = runner.originals
         self.cache: dict[tuple[str, int], np.ndarray] = {}
+        # Each tensor's last pruned array, by its zero count: a candidate usually changes a few
+        # tensors' ratios, and pruning a large tensor again costs a pass over its values.
+        self.last: dict[str, tuple[int, np.ndarray]] = {}
 
     def pruned(self, name: str, ratio: float) -> np.ndarray:
         values = self.originals[name]
-        if target_zeros(ratio, values.size) == 0:
+        zeros = target_zeros(ratio, values.size)
+        if zeros == 0:
             return values
-        return self.compensated(name, layer_pruned(values, ratio))
+        kept = self.last.get(name)
+        if kept is None or kept[0] != zeros:
+            kept = self.last[name] = (zeros, layer_pruned(values, ratio))
+        return self.compensated(name, kept[1])
 
     def __contains__(self, name: str) -> bool:
         return self.compensate is not None and name in self.compensate
@@ -169,6 +176,7 @@ class _PrunedVariants:
 
     def close(self) -> None:
         self.cache.clear()
+        self.last.clear()
         self.runner.close()
 
 

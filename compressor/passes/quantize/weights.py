@@ -80,7 +80,7 @@ class WeightStore:
         key = (w.name, axis, transpose, qrange)
         if key in self._done:
             return self._done[key]
-        array = w.array().astype(np.float32)
+        array = w.array().astype(np.float32, copy=False)
         if transpose:
             array = array.T
         qa, row = self._quantize(w.name, array, axis, transpose, qrange)
@@ -115,6 +115,10 @@ class WeightStore:
         book = qm.codebook(source)
         k = None if book is None else int(book[0].size)
         levels = qmax - qmin  # non-zero levels
+        # The per-channel candidate and each scheme's relative error, once computed (a large
+        # tensor's quantization and dequantization are passes over all its values).
+        per_channel = None
+        errors: dict[str, float] = {}
         if book is not None and book[0].size > levels:
             # More centroids than levels: merges are unavoidable, and per-channel scales are
             # more accurate while still giving at most `levels` < k symbols.
@@ -139,20 +143,29 @@ class WeightStore:
                 per_channel = qm.quantize_array(
                     array, axis, qmin, qmax, self.symmetric, mantissa_bits=SCALE_MANTISSA_BITS
                 )
-                if _rel_error(qa.dequantize(), array) > CODEBOOK_ERROR_FACTOR * _rel_error(
-                    per_channel.dequantize(), array
-                ):
+                errors["codebook"] = _rel_error(qa.dequantize(), array)
+                errors["per_channel"] = _rel_error(per_channel.dequantize(), array)
+                if errors["codebook"] > CODEBOOK_ERROR_FACTOR * errors["per_channel"]:
                     self.warnings.append(
                         f"{name}: codebook of {k} values quantized per channel (a shared scale would "
                         f"cost over {CODEBOOK_ERROR_FACTOR:g}x the error)"
                     )
                     book = None
         if book is None:
-            qa = qm.quantize_array(
-                array, axis, qmin, qmax, self.symmetric, mantissa_bits=SCALE_MANTISSA_BITS if axis is not None else None
+            qa = (
+                per_channel
+                if per_channel is not None
+                else qm.quantize_array(
+                    array,
+                    axis,
+                    qmin,
+                    qmax,
+                    self.symmetric,
+                    mantissa_bits=SCALE_MANTISSA_BITS if axis is not None else None,
+                )
             )
             scheme = "per_channel" if axis is not None else "per_tensor"
-        err = _rel_error(qa.dequantize(), array)
+        err = errors[scheme] if scheme in errors else _rel_error(qa.dequantize(), array)
         row = {
             "scheme": scheme,
             "axis": qa.axis,
