@@ -50,6 +50,11 @@ from .stages.ladder import model_bytes, rejection, rejection_text
 PACKED_COLUMN_MAX_BYTES = 64 << 20
 # The int8-weights-only floor is built for models up to this size (its int8 model is a quarter).
 FLOOR_MAX_BYTES = 4 * PACKED_COLUMN_MAX_BYTES
+# A model no decision packed (the original, a stage's result a later stage replaced) is packed
+# for the report's column only up to this size: above it that pack would be the report's alone,
+# a pass of xz/zstd over every float tensor, and its row's packed bytes stay unmeasured (None,
+# "-" in the table; report["packs"]["column"] says so).  The retry packs what it compares.
+REPORT_PACK_MAX_BYTES = 4 << 20
 # Pruning that bought less than this share of the container is undone when a later stage
 # missed the budget by no more than pruning spent (see _retry_unpruned).
 PRUNE_RETRY_MAX_GAIN = 0.05
@@ -246,6 +251,11 @@ def run_pipeline(
         report["speed"] = speedup(original, model, eval_data)
     report["floor"] = floor
     report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3)}
+    if any(s["packed_bytes"] is None for s in report["stages"]):
+        report["packs"]["column"] = (
+            "packed bytes not measured for the stages shown '-': their models were not packed (over "
+            f"{REPORT_PACK_MAX_BYTES >> 20} MiB, and no decision compared them); no estimate is given"
+        )
     report["seconds"] = time.perf_counter() - started
     files = {out_path: container_bytes} if container_bytes is not None else {}
     if report_path is not None:
@@ -349,10 +359,10 @@ class Packer:
             self._done[id(model)] = (model, packed)
         return len(packed[0])
 
-    def size_within(self, model: onnx.ModelProto, what: str) -> int | None:
-        """The packed size, or None for a model over PACKED_COLUMN_MAX_BYTES (minutes of xz)."""
-        if self.packing(model) is None and graph.model_bytes(model) > PACKED_COLUMN_MAX_BYTES:
-            self.log(f"not measuring the packed size {what}: model over {PACKED_COLUMN_MAX_BYTES >> 20} MiB")
+    def size_within(self, model: onnx.ModelProto, what: str, max_bytes: int = PACKED_COLUMN_MAX_BYTES) -> int | None:
+        """The packed size, or None for a model not packed yet over `max_bytes` (minutes of xz)."""
+        if self.packing(model) is None and graph.model_bytes(model) > max_bytes:
+            self.log(f"not measuring the packed size {what}: model over {max_bytes / (1 << 20):g} MiB, not packed")
             return None
         return self.size(model)
 
@@ -409,12 +419,15 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
 
 
 def _fill_packed_bytes(route: Route, packer: Packer) -> None:
-    """Pack every stage's model (in memory, once: a ladder's comparison packed some already) so
-    the report shows what each pass buys in the container; the last model whatever its size
-    (it is the container `run` writes)."""
+    """Each stage's packed bytes, so the report shows what each pass buys in the container: the
+    last model whatever its size (it is the container `run` writes), the others as a ladder's
+    comparison packed them already, else packed only up to REPORT_PACK_MAX_BYTES; the one before
+    an applied quantize up to PACKED_COLUMN_MAX_BYTES (_apply_objective compares the two)."""
     last = len(route.models) - 1
+    compared = last - 1 if route.rows[last].stage == "quantize" and route.rows[last].applied else None
     for i, (row, m) in enumerate(zip(route.rows, route.models)):
-        row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}")
+        limit = PACKED_COLUMN_MAX_BYTES if i == compared else REPORT_PACK_MAX_BYTES
+        row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}", limit)
 
 
 def _fill_macs(route: Route, sample_shapes: dict[str, tuple[int, ...]] | None) -> None:
@@ -500,15 +513,19 @@ def _retry_unpruned(
     prune = next((i for i, r in enumerate(rows) if r.stage == "prune"), None)
     if prune is None or not rows[prune].applied or recipe.prune.sparsity is not None:
         return route, None
+    # Which stages pruning blocked first (no pack): only then is what pruning gained worth packing.
+    blocked = [r.stage for r in rows[prune + 1 :] if retry.blocked_by_pruning(measure, r, rows[prune])]
+    if not blocked:
+        return route, None
+    for i in (prune - 1, prune):
+        if rows[i].packed_bytes is None:  # not packed for the report's column (REPORT_PACK_MAX_BYTES)
+            rows[i].packed_bytes = packer.size_within(route.models[i], f"after {rows[i].stage}")
     before, after = rows[prune - 1].packed_bytes, rows[prune].packed_bytes
     if before is not None and after is not None:
         gain = 1 - after / before
     else:  # not packed (a large model): the bytes pruning zeroed bound its gain
         gain = retry.zeroed_share(route.models[prune - 1], route.models[prune])
     if gain > PRUNE_RETRY_MAX_GAIN:
-        return route, None
-    blocked = [r.stage for r in rows[prune + 1 :] if retry.blocked_by_pruning(measure, r, rows[prune])]
-    if not blocked:
         return route, None
     reason = (
         f"pruning gained {100 * gain:.1f} % of the container and {', '.join(blocked)} missed the budget "
