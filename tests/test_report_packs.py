@@ -1,11 +1,17 @@
-"""`run` packs only the models a decision compares or the run keeps, above a size: the report's
-packed column of the others is then unmeasured, and the container is the same bytes."""
+"""Work a run does once, not twice: `run` packs only the models a decision compares or the run
+keeps, above a size (the report's packed column of the others is then unmeasured, the container
+the same bytes); share's search takes the reference outputs prune's search ran on the same model."""
 
 import graphs
+import numpy as np
+import onnx
 import pytest
 
 from compressor import pipeline
+from compressor.data import Dataset
+from compressor.measure import Judge
 from compressor.pipeline import run_pipeline
+from compressor.search.layer_inputs import LayerInputs
 
 
 @pytest.mark.parametrize("prune", [False, True])
@@ -29,3 +35,42 @@ def test_models_only_the_report_would_pack_are_not_packed_above_the_size_and_the
     for a, b in zip(full["stages"], lean["stages"]):
         assert b["packed_bytes"] in (None, a["packed_bytes"])
     assert lean["stages"][-1]["packed_bytes"] == full["stages"][-1]["packed_bytes"]
+
+
+def test_share_search_takes_the_reference_prune_ran_when_pruning_left_the_model_as_it_was(tmp_path, monkeypatch):
+    # Unlabeled data: the searches run on half the samples, the verdict on the other half.
+    model, data = graphs.two_layer_mlp_files(tmp_path)
+    runs = []
+    of_model = Judge.of_model.__func__
+
+    def counted(cls, m, d, batch_size=None, reference=None):
+        runs.append((d.size, reference is None))
+        return of_model(cls, m, d, batch_size, reference)
+
+    monkeypatch.setattr(Judge, "of_model", classmethod(counted))
+    overrides = {
+        "prune": {"min_params": 0, "budget": 0.0},
+        "share": {"min_params": 0},
+        "quantize": {"enabled": False},
+        "gate": {"max_kl": 0.0},
+    }
+    report = run_pipeline(str(model), str(tmp_path / "m.cmpz"), data_path=str(data), overrides=overrides)
+    stages = {s["stage"]: s for s in report["stages"]}
+    # Pruning found nothing within the budget: share's input is the original itself.
+    assert report["guard"]["held_out"] and not stages["prune"]["applied"]
+    searched = report["guard"]["search_samples"]
+    # prune's search (every attempt) and share's judge against the original's outputs on the
+    # search half: run once, then handed over.
+    ran = [r for r in runs if r[0] == searched]
+    assert ran.count((searched, True)) == 1 and ran.count((searched, False)) >= 2
+
+
+def test_a_kept_reference_is_for_the_same_model_and_data_only():
+    model, other = onnx.ModelProto(), onnx.ModelProto()
+    data, more = Dataset({"x": np.zeros((2, 1))}, None), Dataset({"x": np.zeros((2, 1))}, None)
+    kept = LayerInputs()
+    kept.keep_reference(model, data, [np.ones(2)])
+    assert kept.reference(model, data)[0].tolist() == [1.0, 1.0]
+    assert kept.reference(other, data) is None and kept.reference(model, more) is None
+    kept.release()
+    assert kept.reference(model, data) is None
