@@ -8,7 +8,10 @@ import onnx
 import pytest
 
 from compressor import pipeline
-from compressor.data import Dataset
+from compressor.data import Dataset, load_dataset
+from compressor.errors import CompressorError
+from compressor.evaluate import ORT_COUNTS, run_model
+from compressor.graph import load_model
 from compressor.measure import Judge
 from compressor.pipeline import run_pipeline
 from compressor.search.layer_inputs import LayerInputs
@@ -74,3 +77,20 @@ def test_a_kept_reference_is_for_the_same_model_and_data_only():
     assert kept.reference(other, data) is None and kept.reference(model, more) is None
     kept.release()
     assert kept.reference(model, data) is None
+
+
+def test_the_container_is_verified_on_its_first_batch_bit_for_bit(tmp_path):
+    # The unpacked model hashes to the measured one: its first batch must give the same outputs;
+    # the other batches would repeat the last stage's own run.
+    model_path, data_path = graphs.two_layer_mlp_files(tmp_path)
+    model = load_model(model_path)
+    data = load_dataset(data_path, model)
+    data = Dataset({"x": np.concatenate([data.inputs["x"]] * 5)}, None)  # 320 samples: several batches
+    outputs = run_model(model, data)
+    runs = ORT_COUNTS["runs"]
+    _, _, verified = pipeline._pack_and_verify(model, data, outputs)
+    assert verified == "outputs" and ORT_COUNTS["runs"] - runs == 1
+    wrong = [o.copy() for o in outputs]
+    wrong[0][0, 0] += 1.0
+    with pytest.raises(CompressorError, match="does not reproduce"):
+        pipeline._pack_and_verify(model, data, wrong)
