@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 from compressor import pipeline
+from compressor.container import pack
 from compressor.data import Dataset, load_dataset
 from compressor.errors import CompressorError
 from compressor.evaluate import ORT_COUNTS, run_model
@@ -94,3 +95,13 @@ def test_the_container_is_verified_on_its_first_batch_bit_for_bit(tmp_path):
     wrong[0][0, 0] += 1.0
     with pytest.raises(CompressorError, match="does not reproduce"):
         pipeline._pack_and_verify(model, data, wrong)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_pack_on_threads_is_the_same_bytes_as_one_at_a_time(monkeypatch, threads):
+    model = graphs.depthwise_resnet()  # many tensors of several sizes and coders
+    monkeypatch.setattr(pack, "PACK_THREADS", 1)
+    alone, stats = pack.pack_model(model)
+    monkeypatch.setattr(pack, "PACK_THREADS", threads)
+    together, threaded_stats = pack.pack_model(model)
+    assert together == alone and threaded_stats == stats

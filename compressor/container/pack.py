@@ -15,6 +15,8 @@ import os
 import struct
 import tempfile
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +50,10 @@ MIN_SECTION_BYTES = 256
 MAX_SHARED_FIELD_BYTES = 4096  # fields up to this size may share a section (see _encode_fields)
 SPOOL_MIN_BYTES = 1 << 16  # pack_file keeps encoded payloads from this size in a temp file, not in memory
 COPY_CHUNK = 16 << 20
+# Tensor fields are encoded on this many threads when nothing is spooled (zstd and xz release the
+# GIL): the same sections in the same order whatever the count, at most this many fields' bytes
+# held beyond the one being collected.
+PACK_THREADS = min(2, os.cpu_count() or 1)
 
 
 class _ExternalPayload:
@@ -145,6 +151,32 @@ def _field(
     encoded = _spool(product.encode(*operands) if operands else encode_tensor_data(data, width), spool)
     keep = data if not operands and len(data) <= MAX_SHARED_FIELD_BYTES else None
     return _Field(index, tensor, name, len(data), width, count, encoded, keep)
+
+
+class _FieldEncoder:
+    """The fields' encodings in the order they are added: on PACK_THREADS threads without a spool
+    (a spool's offsets follow the encoding order: there, one at a time)."""
+
+    def __init__(self, spool):
+        self.spool = spool
+        self.pool = ThreadPoolExecutor(PACK_THREADS) if spool is None and PACK_THREADS > 1 else None
+        self.pending: deque = deque()
+        self.fields: list[_Field] = []
+
+    def add(self, *args) -> None:
+        if self.pool is None:
+            self.fields.append(_field(*args, self.spool))
+            return
+        self.pending.append(self.pool.submit(_field, *args))
+        while len(self.pending) > PACK_THREADS:
+            self.fields.append(self.pending.popleft().result())
+
+    def finish(self) -> list[_Field]:
+        while self.pending:
+            self.fields.append(self.pending.popleft().result())
+        if self.pool is not None:
+            self.pool.shutdown()
+        return self.fields
 
 
 def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Section], list[dict], list[dict]]:
@@ -307,7 +339,7 @@ def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], t
     refs = list(iter_tensors(model))
     stripped_refs = list(iter_tensors(stripped))
     products = find_products([ref.proto for ref in refs])
-    fields: list[_Field] = []
+    encoder = _FieldEncoder(spool)
     rows: list[dict] = []
     kept_bytes: dict[int, int] = {}  # data bytes of the tensors left in the graph section
     for index, (ref, target) in enumerate(zip(refs, stripped_refs)):
@@ -347,9 +379,10 @@ def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], t
             width, count = layout
             target.proto.ClearField(field_name)
             operands = products.get(index) if field_name == "raw_data" else None
-            fields.append(_field(index, tensor, field_name, data, width, count, operands, spool))
+            encoder.add(index, tensor, field_name, data, width, count, operands)
         kept_bytes[index] = kept
         del external_data
+    fields = encoder.finish()
     sections, entries, field_stats = _encode_fields(fields, rows)
     tensor_stats = []
     by_tensor: dict[int, list[dict]] = {}
