@@ -76,6 +76,9 @@ def test_a_kept_reference_is_for_the_same_model_and_data_only():
     kept.keep_reference(model, data, [np.ones(2)])
     assert kept.reference(model, data)[0].tolist() == [1.0, 1.0]
     assert kept.reference(other, data) is None and kept.reference(model, more) is None
+    assert kept.take_reference(model, data)[0].tolist() == [1.0, 1.0]  # its last reader takes it
+    assert kept.reference(model, data) is None
+    kept.keep_reference(model, data, [np.ones(2)])
     kept.release()
     assert kept.reference(model, data) is None
 

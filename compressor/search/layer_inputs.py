@@ -71,6 +71,12 @@ class LayerInputs:
         kept = self._reference
         return kept[2] if kept is not None and kept[0] is model and kept[1] is data else None
 
+    def take_reference(self, model: onnx.ModelProto, data: Dataset) -> list[np.ndarray] | None:
+        """``reference``, forgotten here (its last reader holds it from now on)."""
+        kept = self.reference(model, data)
+        self._reference = None
+        return kept
+
     def release(self) -> None:
         """Forget the covariances, the reference and the models."""
         self._models, self._data, self._layers = [], None, {}

@@ -221,7 +221,7 @@ def per_tensor_attempt(
     extra["gain_runs"] = opts.gain_runs
     if ctx.layer_inputs is not None and reference is None:
         # The same model's outputs on the same samples, when prune's search ran them (it left the model as it was).
-        reference = ctx.layer_inputs.reference(model, data)
+        reference = ctx.layer_inputs.take_reference(model, data)
     if ctx.layer_inputs is not None:
         # The covariances prune captured: exact when it left the weights as they were, else
         # (REUSE_PRUNED_INPUTS) the pre-prune ones, which only rank the measured candidates.
