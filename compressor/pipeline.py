@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from . import graph
-from .container import pack_model, unpack_container
+from .container import EncodingMemo, pack_model, unpack_container
 from .data import Dataset, load_dataset, read_npz
 from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import make_session, run_batch_size, run_model, speedup
@@ -250,7 +250,7 @@ def run_pipeline(
         log("speed: ORT latency before and after")
         report["speed"] = speedup(original, model, eval_data)
     report["floor"] = floor
-    report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3)}
+    report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3), "fields_reused": packer.memo.reused}
     if any(s["packed_bytes"] is None for s in report["stages"]):
         report["packs"]["column"] = (
             "packed bytes not measured for the stages shown '-': their models were not packed (over "
@@ -344,6 +344,8 @@ class Packer:
         self.packs = 0  # models packed (each costs an xz/zstd pass over every tensor)
         self.seconds = 0.0  # and the time that took (for the report; no plan reads it)
         self._done: dict[int, tuple[onnx.ModelProto, tuple[bytes, dict]]] = {}
+        # The last model's field encodings, reused for the same bytes (models up to PACKED_COLUMN_MAX_BYTES).
+        self.memo = EncodingMemo()
 
     def packing(self, model: onnx.ModelProto) -> tuple[bytes, dict] | None:
         entry = self._done.get(id(model))
@@ -354,7 +356,7 @@ class Packer:
         if packed is None:
             self.packs += 1
             t0 = time.perf_counter()
-            packed = pack_model(model)
+            packed = pack_model(model, memo=self.memo if graph.model_bytes(model) <= PACKED_COLUMN_MAX_BYTES else None)
             self.seconds += time.perf_counter() - t0
             self._done[id(model)] = (model, packed)
         return len(packed[0])

@@ -108,3 +108,23 @@ def test_a_pack_on_threads_is_the_same_bytes_as_one_at_a_time(monkeypatch, threa
     monkeypatch.setattr(pack, "PACK_THREADS", threads)
     together, threaded_stats = pack.pack_model(model)
     assert together == alone and threaded_stats == stats
+
+
+def test_a_field_with_the_last_packed_models_bytes_takes_its_encoding_and_the_container_is_the_same(monkeypatch):
+    model = graphs.depthwise_resnet()
+    alone, _ = pack.pack_model(model)
+    memo = pack.EncodingMemo()
+    first, _ = pack.pack_model(model, memo=memo)
+    assert first == alone and memo.reused == 0
+    coded = []
+    encode = pack.encode_tensor_data
+    monkeypatch.setattr(pack, "encode_tensor_data", lambda data, width: coded.append(width) or encode(data, width))
+    again, _ = pack.pack_model(model, memo=memo)  # every field as in the model before: nothing coded again
+    assert again == alone and memo.reused > 0 and not coded
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    tensor = other.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(tensor) + 1
+    tensor.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), tensor.name))
+    changed, _ = pack.pack_model(other, memo=memo)
+    assert changed == pack.pack_model(other)[0] and len(coded) >= 1  # the changed tensor is coded afresh
