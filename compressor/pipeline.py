@@ -29,10 +29,10 @@ import numpy as np
 import onnx
 
 from . import graph
-from .container import pack_model, unpack_container
+from .container import EncodingMemo, pack_model, unpack_container
 from .data import Dataset, load_dataset, read_npz
 from .errors import CompressorError, GateFailed, UsageError
-from .evaluate import make_session, run_model, speedup
+from .evaluate import make_session, run_batch_size, run_model, speedup
 from .measure import Measure, load_metric
 from .options import Recipe, check_value
 from .passes.finetune import require_torch
@@ -50,6 +50,11 @@ from .stages.ladder import model_bytes, rejection, rejection_text
 PACKED_COLUMN_MAX_BYTES = 64 << 20
 # The int8-weights-only floor is built for models up to this size (its int8 model is a quarter).
 FLOOR_MAX_BYTES = 4 * PACKED_COLUMN_MAX_BYTES
+# A model no decision packed (the original, a stage's result a later stage replaced) is packed
+# for the report's column only up to this size: above it that pack would be the report's alone,
+# a pass of xz/zstd over every float tensor, and its row's packed bytes stay unmeasured (None,
+# "-" in the table; report["packs"]["column"] says so).  The retry packs what it compares.
+REPORT_PACK_MAX_BYTES = 4 << 20
 # Pruning that bought less than this share of the container is undone when a later stage
 # missed the budget by no more than pruning spent (see _retry_unpruned).
 PRUNE_RETRY_MAX_GAIN = 0.05
@@ -206,7 +211,7 @@ def run_pipeline(
         container = {"path": str(out_path), "bytes": len(container_bytes), "verified": verified}
         container["ratio"] = original_bytes / container["bytes"]
         note = (
-            "unpacked model reproduces the last stage's outputs exactly"
+            "unpacked model reproduces the last stage's outputs exactly (its first batch; the same SHA-256)"
             if verified == "outputs"
             else "tensors verified bit-identical"
         )
@@ -245,7 +250,12 @@ def run_pipeline(
         log("speed: ORT latency before and after")
         report["speed"] = speedup(original, model, eval_data)
     report["floor"] = floor
-    report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3)}
+    report["packs"] = {"models": packer.packs, "seconds": round(packer.seconds, 3), "fields_reused": packer.memo.reused}
+    if any(s["packed_bytes"] is None for s in report["stages"]):
+        report["packs"]["column"] = (
+            "packed bytes not measured for the stages shown '-': their models were not packed (over "
+            f"{REPORT_PACK_MAX_BYTES >> 20} MiB, and no decision compared them); no estimate is given"
+        )
     report["seconds"] = time.perf_counter() - started
     files = {out_path: container_bytes} if container_bytes is not None else {}
     if report_path is not None:
@@ -334,6 +344,8 @@ class Packer:
         self.packs = 0  # models packed (each costs an xz/zstd pass over every tensor)
         self.seconds = 0.0  # and the time that took (for the report; no plan reads it)
         self._done: dict[int, tuple[onnx.ModelProto, tuple[bytes, dict]]] = {}
+        # The last model's field encodings, reused for the same bytes (models up to PACKED_COLUMN_MAX_BYTES).
+        self.memo = EncodingMemo()
 
     def packing(self, model: onnx.ModelProto) -> tuple[bytes, dict] | None:
         entry = self._done.get(id(model))
@@ -344,15 +356,15 @@ class Packer:
         if packed is None:
             self.packs += 1
             t0 = time.perf_counter()
-            packed = pack_model(model)
+            packed = pack_model(model, memo=self.memo if graph.model_bytes(model) <= PACKED_COLUMN_MAX_BYTES else None)
             self.seconds += time.perf_counter() - t0
             self._done[id(model)] = (model, packed)
         return len(packed[0])
 
-    def size_within(self, model: onnx.ModelProto, what: str) -> int | None:
-        """The packed size, or None for a model over PACKED_COLUMN_MAX_BYTES (minutes of xz)."""
-        if self.packing(model) is None and graph.model_bytes(model) > PACKED_COLUMN_MAX_BYTES:
-            self.log(f"not measuring the packed size {what}: model over {PACKED_COLUMN_MAX_BYTES >> 20} MiB")
+    def size_within(self, model: onnx.ModelProto, what: str, max_bytes: int = PACKED_COLUMN_MAX_BYTES) -> int | None:
+        """The packed size, or None for a model not packed yet over `max_bytes` (minutes of xz)."""
+        if self.packing(model) is None and graph.model_bytes(model) > max_bytes:
+            self.log(f"not measuring the packed size {what}: model over {max_bytes / (1 << 20):g} MiB, not packed")
             return None
         return self.size(model)
 
@@ -409,12 +421,15 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
 
 
 def _fill_packed_bytes(route: Route, packer: Packer) -> None:
-    """Pack every stage's model (in memory, once: a ladder's comparison packed some already) so
-    the report shows what each pass buys in the container; the last model whatever its size
-    (it is the container `run` writes)."""
+    """Each stage's packed bytes, so the report shows what each pass buys in the container: the
+    last model whatever its size (it is the container `run` writes), the others as a ladder's
+    comparison packed them already, else packed only up to REPORT_PACK_MAX_BYTES; the one before
+    an applied quantize up to PACKED_COLUMN_MAX_BYTES (_apply_objective compares the two)."""
     last = len(route.models) - 1
+    compared = last - 1 if route.rows[last].stage == "quantize" and route.rows[last].applied else None
     for i, (row, m) in enumerate(zip(route.rows, route.models)):
-        row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}")
+        limit = PACKED_COLUMN_MAX_BYTES if i == compared else REPORT_PACK_MAX_BYTES
+        row.packed_bytes = packer.size(m) if i == last else packer.size_within(m, f"after {row.stage}", limit)
 
 
 def _fill_macs(route: Route, sample_shapes: dict[str, tuple[int, ...]] | None) -> None:
@@ -500,15 +515,19 @@ def _retry_unpruned(
     prune = next((i for i, r in enumerate(rows) if r.stage == "prune"), None)
     if prune is None or not rows[prune].applied or recipe.prune.sparsity is not None:
         return route, None
+    # Which stages pruning blocked first (no pack): only then is what pruning gained worth packing.
+    blocked = [r.stage for r in rows[prune + 1 :] if retry.blocked_by_pruning(measure, r, rows[prune])]
+    if not blocked:
+        return route, None
+    for i in (prune - 1, prune):
+        if rows[i].packed_bytes is None:  # not packed for the report's column (REPORT_PACK_MAX_BYTES)
+            rows[i].packed_bytes = packer.size_within(route.models[i], f"after {rows[i].stage}")
     before, after = rows[prune - 1].packed_bytes, rows[prune].packed_bytes
     if before is not None and after is not None:
         gain = 1 - after / before
     else:  # not packed (a large model): the bytes pruning zeroed bound its gain
         gain = retry.zeroed_share(route.models[prune - 1], route.models[prune])
     if gain > PRUNE_RETRY_MAX_GAIN:
-        return route, None
-    blocked = [r.stage for r in rows[prune + 1 :] if retry.blocked_by_pruning(measure, r, rows[prune])]
-    if not blocked:
         return route, None
     reason = (
         f"pruning gained {100 * gain:.1f} % of the container and {', '.join(blocked)} missed the budget "
@@ -654,14 +673,24 @@ def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _pack_and_verify(model, eval_data, last_outputs, packed: tuple[bytes, dict] | None = None):
     """Pack (unless `packed` already holds it), unpack, check the unpacked model reproduces the
-    outputs; returns the container's bytes, the pack stats and what was verified."""
+    outputs; returns the container's bytes, the pack stats and what was verified.
+
+    The unpacked model's serialization hashes to the measured model's (SHA-256), so a run over
+    all the data would repeat the last stage's own run: it runs the first batch (as that run
+    batched it) and must reproduce those outputs bit for bit; recurrent data, all of it."""
     data, stats = packed if packed is not None else pack_model(model)
     # verify=True: the unpacked serialization must hash to what was packed (SHA-256 in the manifest).
     unpacked, _ = unpack_container(data, verify=True)
     verified = "tensors"
     if eval_data is not None and last_outputs is not None:
-        outputs = run_model(unpacked, eval_data)
-        if len(outputs) != len(last_outputs) or not all(_same_values(a, b) for a, b in zip(outputs, last_outputs)):
+        if eval_data.recurrent:
+            outputs, expected = run_model(unpacked, eval_data), last_outputs
+        else:
+            batch = run_batch_size(unpacked, eval_data)
+            outputs = run_model(unpacked, eval_data.take(batch), batch)
+            # Batches are joined along axis 0 (run_model): the first batch's are the leading rows.
+            expected = [b[: np.shape(a)[0]] if np.ndim(a) and np.ndim(b) else b for a, b in zip(outputs, last_outputs)]
+        if len(outputs) != len(last_outputs) or not all(_same_values(a, b) for a, b in zip(outputs, expected)):
             raise CompressorError("the unpacked container does not reproduce the model's outputs")
         verified = "outputs"
     else:

@@ -405,11 +405,17 @@ class RangeCollector:
         if self.limit == 0.0:
             self.zeros += finite.size
             return
-        for side, vals in ((self.pos, finite[finite > 0]), (self.neg, -finite[finite < 0])):
-            if vals.size:
-                idx = np.minimum((vals * (self.bins / self.limit)).astype(np.int64), self.bins - 1)
-                side += np.bincount(idx, minlength=self.bins)
-        self.zeros += int(np.count_nonzero(finite == 0))
+        # One histogram over both sides: |x|'s bin (|x * s| is |x| * s exactly), moved past the
+        # negative bins for x > 0; zeros fall in the negative side's first bin and are taken out.
+        bins = self.bins
+        idx = np.minimum(np.abs(finite * (bins / self.limit)).astype(np.int64), bins - 1)
+        idx += bins * (finite > 0)
+        counts = np.bincount(idx, minlength=2 * bins)
+        zeros = int(np.count_nonzero(finite == 0))
+        counts[0] -= zeros
+        self.neg += counts[:bins]
+        self.pos += counts[bins:]
+        self.zeros += zeros
 
     def _grow(self, peak: float) -> None:
         if self.limit == 0.0:

@@ -59,3 +59,13 @@ def test_the_row_budget_sets_the_stride(monkeypatch):
     budget = max(layers_mod.COVARIANCE_ROWS_PER_INPUT * 1152, layers_mod.COVARIANCE_MAX_FLOPS / 1152**2)
     assert stride > 1 and 144_900 * 32 / stride <= budget
     assert Layer("conv", "x", 25, conv=CONVS[0]).row_stride(576, 512) == 1  # small models: every row
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_rows_picked_from_one_window_view_are_the_gathered_rows_in_chunks(conv):
+    # rows_of takes the windows once per input and picks its chunks from them: the same rows.
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 9)).astype(np.float32)
+    windows = layers_mod.conv_windows(x, **conv)
+    full = im2col(x.astype(np.float64), **conv)
+    for chunk in np.array_split(np.arange(0, full.shape[0], 3), 4):
+        np.testing.assert_array_equal(layers_mod.window_rows(windows, chunk), full[chunk])

@@ -542,7 +542,7 @@ def test_pruning_that_gained_little_is_undone_when_it_blocked_a_later_stage():
         def size(self, m):
             return m.packed
 
-        def size_within(self, m, what):
+        def size_within(self, m, what, max_bytes=None):
             return m.packed
 
         def keep_only(self, models):

@@ -332,3 +332,19 @@ def test_coarsen_bias_per_channel_and_degenerate_steps():
     q = np.array([1000, 1000, 1000, -1000])
     out = qm.coarsen_bias(q, np.array([16 * 64, 16, np.inf, np.nan]), fraction=16)
     np.testing.assert_array_equal(out, [1024, 1000, 1000, -1000])  # step 64; then 1 (unchanged) for the rest
+
+
+def test_range_histograms_count_each_side_as_separate_masks_would():
+    # One bincount over both sides gives the counts two masked histograms give, zeros (and -0.0) apart.
+    rng = np.random.default_rng(3)
+    x = (rng.laplace(size=50_000) * 3).astype(np.float32)
+    x[:500], x[500:600] = 0.0, -0.0
+    c = qm.RangeCollector(bins=128)
+    c.update(x)
+    scale = np.float32(128 / c.limit)
+    pos, neg = x[x > 0], -x[x < 0]
+    expect_pos = np.bincount(np.minimum((pos * scale).astype(np.int64), 127), minlength=128)
+    expect_neg = np.bincount(np.minimum((neg * scale).astype(np.int64), 127), minlength=128)
+    np.testing.assert_array_equal(c.pos, expect_pos)
+    np.testing.assert_array_equal(c.neg, expect_neg)
+    assert c.zeros == 600 and c.count == x.size

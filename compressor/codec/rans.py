@@ -112,10 +112,8 @@ def _unpack_bits(data: np.ndarray, widths: np.ndarray, what: str) -> np.ndarray:
 def _bit_length(values: np.ndarray) -> np.ndarray:
     """Bit length of non-negative integers < 2**20 (0 for 0)."""
     values = np.asarray(values, dtype=np.int64)
-    lengths = np.zeros(values.shape, dtype=np.int64)
-    for bit in range(20):
-        lengths += values >= (1 << bit)
-    return lengths
+    # v = m * 2**e with 0.5 <= m < 1: e is v's bit length, exactly for integers this small (frexp(0) = (0, 0)).
+    return np.frexp(values.astype(np.float64))[1].astype(np.int64)
 
 
 # ------------------------------------------------------------------ models

@@ -19,7 +19,7 @@ from .coders.product import product_values
 from .describe import describe_container
 from .format import MAGIC
 from .layout import field_layout
-from .pack import find_products, pack_file, pack_model
+from .pack import EncodingMemo, find_products, pack_file, pack_model
 from .tables import format_container_table, format_pack_table
 from .unpack import (
     DEFAULT_MAX_DECODED_BYTES,
@@ -42,6 +42,7 @@ __all__ = [
     "format_pack_table",
     "pack_file",
     "pack_model",
+    "EncodingMemo",
     "product_values",
     "serialize_model",
     "unpack_bytes",

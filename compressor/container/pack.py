@@ -14,7 +14,10 @@ import hashlib
 import os
 import struct
 import tempfile
+import threading
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +51,10 @@ MIN_SECTION_BYTES = 256
 MAX_SHARED_FIELD_BYTES = 4096  # fields up to this size may share a section (see _encode_fields)
 SPOOL_MIN_BYTES = 1 << 16  # pack_file keeps encoded payloads from this size in a temp file, not in memory
 COPY_CHUNK = 16 << 20
+# Tensor fields are encoded on this many threads when nothing is spooled (zstd and xz release the
+# GIL): the same sections in the same order whatever the count, at most this many fields' bytes
+# held beyond the one being collected.
+PACK_THREADS = min(2, os.cpu_count() or 1)
 
 
 class _ExternalPayload:
@@ -140,14 +147,78 @@ def _field(
     count: int,
     operands: tuple[int, int] | None,
     spool=None,
+    memo: EncodingMemo | None = None,
 ) -> _Field:
     """Encode one field on its own; a product (scalar, vector tensor indices) is stored as such."""
-    encoded = _spool(product.encode(*operands) if operands else encode_tensor_data(data, width), spool)
+    if operands:
+        coded = product.encode(*operands)
+    else:
+        coded = encode_tensor_data(data, width) if memo is None else memo.encode(data, width)
+    encoded = _spool(coded, spool)
     keep = data if not operands and len(data) <= MAX_SHARED_FIELD_BYTES else None
     return _Field(index, tensor, name, len(data), width, count, encoded, keep)
 
 
-def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Section], list[dict], list[dict]]:
+class EncodingMemo:
+    """The field encodings of the last model packed and of the one being packed, by content
+    (SHA-256 of the bytes, and the width): a field with the same bytes as one of those takes its
+    encoding instead of being coded again, the same result (an encoding is a function of the bytes
+    and the width).  A run packs models that share many tensors (quantize's size bound and its
+    candidate: the same int8 weights)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[bytes, int], EncodedTensor] = {}
+        self._now: dict[tuple[bytes, int], EncodedTensor] = {}
+        self.reused = 0  # fields taken from the last model's encodings (counted whatever the threads' timing)
+        self._count = threading.Lock()
+
+    def next_model(self) -> None:
+        """A new model's pack starts: the last one's encodings are kept, older ones forgotten."""
+        self._last, self._now = self._now, {}
+
+    def encode(self, data: bytes, width: int) -> EncodedTensor:
+        key = (hashlib.sha256(data).digest(), width)
+        found = self._last.get(key)
+        if found is not None:
+            with self._count:
+                self.reused += 1
+        else:
+            found = self._now.get(key)  # the same bytes earlier in this model (when already coded)
+        if found is None:
+            found = encode_tensor_data(data, width)
+        self._now[key] = found
+        return found
+
+
+class _FieldEncoder:
+    """The fields' encodings in the order they are added: on PACK_THREADS threads without a spool
+    (a spool's offsets follow the encoding order: there, one at a time)."""
+
+    def __init__(self, spool, memo: EncodingMemo | None = None):
+        self.spool, self.memo = spool, memo
+        self.pool = ThreadPoolExecutor(PACK_THREADS) if spool is None and PACK_THREADS > 1 else None
+        self.pending: deque = deque()
+        self.fields: list[_Field] = []
+
+    def add(self, *args) -> None:
+        if self.pool is None:
+            self.fields.append(_field(*args, self.spool, self.memo))
+            return
+        self.pending.append(self.pool.submit(_field, *args, None, self.memo))
+        while len(self.pending) > PACK_THREADS:
+            self.fields.append(self.pending.popleft().result())
+
+    def finish(self) -> list[_Field]:
+        while self.pending:
+            self.fields.append(self.pending.popleft().result())
+        if self.pool is not None:
+            self.pool.shutdown()
+        return self.fields
+
+
+def _encode_fields(
+    fields: list[_Field], rows: list[dict], memo: EncodingMemo | None = None
+) -> tuple[list[fmt.Section], list[dict], list[dict]]:
     """Tensor sections, manifest records and stats rows (aligned with ``fields``).
 
     Each field gets its own section, except that small fields of one data type and field
@@ -163,7 +234,8 @@ def _encode_fields(fields: list[_Field], rows: list[dict]) -> tuple[list[fmt.Sec
     for members in groups.values():
         if len(members) < 2:
             continue
-        together = encode_tensor_data(b"".join(fields[i].data for i in members), fields[members[0]].width)
+        joined, width = b"".join(fields[i].data for i in members), fields[members[0]].width
+        together = encode_tensor_data(joined, width) if memo is None else memo.encode(joined, width)
         apart = sum(len(encoded[i].payload) + fmt.ENTRY_BYTES for i in members)
         if len(together.payload) + fmt.ENTRY_BYTES < apart:
             for i in members:
@@ -282,17 +354,22 @@ def _restore_held(target: onnx.TensorProto, source: onnx.TensorProto, raw_data: 
         target.data_location = source.data_location
 
 
-def pack_model(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None, *, spool=None) -> tuple[bytes, dict]:
+def pack_model(
+    model: onnx.ModelProto, base_dir: str | os.PathLike | None = None, *, spool=None, memo: EncodingMemo | None = None
+) -> tuple[bytes, dict]:
     """Encode a model as container bytes; returns (bytes, stats).
 
     Tensors in external data (a model loaded with ``external_data=False``) are read from
-    ``base_dir`` one at a time; see ``pack_file`` for a container that is never in memory whole."""
-    sections, version, parts = _pack(model, base_dir, spool)
+    ``base_dir`` one at a time; see ``pack_file`` for a container that is never in memory whole.
+    `memo`: the encodings of the model packed before with it, reused for the same bytes."""
+    if memo is not None:
+        memo.next_model()
+    sections, version, parts = _pack(model, base_dir, spool, memo)
     data = fmt.write_container(sections, version)
     return data, _pack_stats(len(data), sections, *parts)
 
 
-def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], tuple[int, int], tuple]:
+def _pack(model: onnx.ModelProto, base_dir, spool, memo=None) -> tuple[list[fmt.Section], tuple[int, int], tuple]:
     """The container's sections, its version and the stats' parts (without the container length)."""
     external = _external_indices(model)
     if external and base_dir is None:
@@ -307,7 +384,7 @@ def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], t
     refs = list(iter_tensors(model))
     stripped_refs = list(iter_tensors(stripped))
     products = find_products([ref.proto for ref in refs])
-    fields: list[_Field] = []
+    encoder = _FieldEncoder(spool, memo)
     rows: list[dict] = []
     kept_bytes: dict[int, int] = {}  # data bytes of the tensors left in the graph section
     for index, (ref, target) in enumerate(zip(refs, stripped_refs)):
@@ -347,10 +424,11 @@ def _pack(model: onnx.ModelProto, base_dir, spool) -> tuple[list[fmt.Section], t
             width, count = layout
             target.proto.ClearField(field_name)
             operands = products.get(index) if field_name == "raw_data" else None
-            fields.append(_field(index, tensor, field_name, data, width, count, operands, spool))
+            encoder.add(index, tensor, field_name, data, width, count, operands)
         kept_bytes[index] = kept
         del external_data
-    sections, entries, field_stats = _encode_fields(fields, rows)
+    fields = encoder.finish()
+    sections, entries, field_stats = _encode_fields(fields, rows, memo)
     tensor_stats = []
     by_tensor: dict[int, list[dict]] = {}
     for f, stat in zip(fields, field_stats):

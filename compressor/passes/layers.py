@@ -79,8 +79,9 @@ class Layer:
                 return
             picked = np.arange(start, total, self.stride)
             step = max(1, ROW_CHUNK_ELEMENTS // self.d_in)
+            windows = conv_windows(x, **self.conv)
             for s in range(0, picked.size, step):
-                yield im2col_rows(x, picked[s : s + step], **self.conv)
+                yield window_rows(windows, picked[s : s + step])
             return
         if self.kind == "gemm":
             mat = x.T if self.trans_a else x
@@ -184,24 +185,30 @@ def conv_output_hw(hw, kshape, strides, dilations, pads, auto_pad="NOTSET") -> t
 def im2col_rows(x: np.ndarray, rows: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -> np.ndarray:
     """The rows of ``im2col(x)`` at the indices `rows` (into its N·Ho·Wo rows), in float64,
     without forming the others."""
+    return window_rows(conv_windows(x, kshape, strides, dilations, pads, auto_pad), rows)
+
+
+def conv_windows(x: np.ndarray, kshape, strides, dilations, pads, auto_pad="NOTSET") -> np.ndarray:
+    """Every conv window of an (N, C, H, W) input, as a view (N, C, Ho, Wo, kh, kw) of the
+    zero-padded input: ``window_rows`` picks rows of it (one padded copy for all the picks)."""
     n, c, h, w = x.shape
     pt, pl, pb, pr = _conv_padding(h, w, kshape, strides, dilations, pads, auto_pad)
     (kh, kw), (sh, sw), (dh, dw) = kshape, strides, dilations
     ho, wo = conv_output_hw((h, w), kshape, strides, dilations, pads, auto_pad)
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if pt or pl or pb or pr else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :ho, :wo]
+
+
+def window_rows(windows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The im2col rows at `rows` (into N·Ho·Wo) of ``conv_windows``' view, in float64: one gather
+    of whole windows (indexed by sample and position, not element by element)."""
+    n, c, ho, wo, kh, kw = windows.shape
     sample, pos = np.divmod(rows, ho * wo)
     oy, ox = np.divmod(pos, wo)
-    # Input coordinates of each row's window (rows, kh) and (rows, kw), padding as -1.
-    iy = oy[:, None] * sh - pt + np.arange(kh)[None, :] * dh
-    ix = ox[:, None] * sw - pl + np.arange(kw)[None, :] * dw
-    inside = (iy >= 0)[:, :, None] & (iy < h)[:, :, None] & (ix >= 0)[:, None, :] & (ix < w)[:, None, :]
-    vals = x[
-        sample[:, None, None, None],
-        np.arange(c)[None, :, None, None],
-        np.clip(iy, 0, h - 1)[:, None, :, None],
-        np.clip(ix, 0, w - 1)[:, None, None, :],
-    ].astype(np.float64)
-    vals *= inside[:, None, :, :]
-    return vals.reshape(rows.size, c * kh * kw)
+    picked = windows[sample, :, oy, ox]  # (rows, C, kh, kw): the advanced axes first
+    return picked.reshape(rows.size, c * kh * kw).astype(np.float64)
 
 
 def layers_for(w: graph.Weight, k: int, known: set[str], max_flops: float | None = None) -> list[Layer] | str:

@@ -15,10 +15,15 @@ still the one its own capture would measure:
 
 Layers are keyed by weight name and by the data they were captured on (the same Dataset
 object); nothing is captured here, the callers capture what is missing and ``keep`` it.
+
+The same holds for a search's reference, a model's outputs on the searches' data: prune's
+search runs the original once for it; when pruning left the model as it was, share's search
+takes it from here instead of running the same model over the same samples again.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..data import Dataset
@@ -33,6 +38,7 @@ class LayerInputs:
         self._models: list[onnx.ModelProto] = []  # the captured model and those with its weights
         self._data: Dataset | None = None
         self._layers: dict[str, Layer] = {}
+        self._reference: tuple[onnx.ModelProto, Dataset, list[np.ndarray]] | None = None
 
     def _exact(self, model: onnx.ModelProto) -> bool:
         return any(m is model for m in self._models)
@@ -56,6 +62,22 @@ class LayerInputs:
             return {}
         return dict(self._layers)
 
+    def keep_reference(self, model: onnx.ModelProto, data: Dataset, outputs: list[np.ndarray]) -> None:
+        """Remember `model`'s outputs on `data` (a search's reference; one model's at a time)."""
+        self._reference = (model, data, outputs)
+
+    def reference(self, model: onnx.ModelProto, data: Dataset) -> list[np.ndarray] | None:
+        """`model`'s outputs on `data` when kept (the same model and Dataset objects), else None."""
+        kept = self._reference
+        return kept[2] if kept is not None and kept[0] is model and kept[1] is data else None
+
+    def take_reference(self, model: onnx.ModelProto, data: Dataset) -> list[np.ndarray] | None:
+        """``reference``, forgotten here (its last reader holds it from now on)."""
+        kept = self.reference(model, data)
+        self._reference = None
+        return kept
+
     def release(self) -> None:
-        """Forget the covariances and the models."""
+        """Forget the covariances, the reference and the models."""
         self._models, self._data, self._layers = [], None, {}
+        self._reference = None

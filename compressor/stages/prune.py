@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..measure import Measure
+from ..data import Dataset
+from ..measure import Judge, Measure
 from ..options import PruneOptions
 from ..passes.compensate import Compensator, one_blas_thread
 from ..passes.prune import prunable_weights, prune, prune_with_ratios
@@ -94,6 +95,8 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
         layer_errors = curves()
         # The input's outputs, measured already, when the search runs on the verdict's data.
         reference = ctx.outputs if eval_data is measure.data else None
+        if reference is None and unique_names(*prunable_weights(model, opts.exclude, opts.min_params)):
+            reference = search_reference(ctx, eval_data)  # what the search's judge would run (none: no search)
         pruned, stats = prune_to_budget(
             model,
             eval_data,
@@ -142,6 +145,18 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
     attempts = [Attempt(f"layer-error allocation, budget {prune_budget:g} points", first)]
     attempts += [Attempt(f"the ratios found x {f:g}", lambda f=f: scaled(f)) for f in SUBSET_FALLBACK_SCALES]
     return attempts
+
+
+def search_reference(ctx: StageContext, data: Dataset) -> list[np.ndarray]:
+    """The stage input's outputs on the search's `data` (the search's judge's reference, as
+    ``Judge.of_model`` runs it), kept for share's search: the same model when pruning changed nothing."""
+    if ctx.layer_inputs is None:
+        return Judge.of_model(ctx.model, data).reference_outputs
+    kept = ctx.layer_inputs.reference(ctx.model, data)
+    if kept is None:
+        kept = Judge.of_model(ctx.model, data).reference_outputs
+        ctx.layer_inputs.keep_reference(ctx.model, data, kept)
+    return kept
 
 
 def _unless_unchanged(ctx: StageContext, pruned: onnx.ModelProto, stats: dict) -> onnx.ModelProto:

@@ -238,6 +238,9 @@ def per_tensor_attempt(
     seeds = [{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}]
     extra = {"method": opts.method, "rd_factor": opts.rd_factor, "memo": memo} if by_rate else {"seeds": seeds}
     extra["gain_runs"] = opts.gain_runs
+    if ctx.layer_inputs is not None and reference is None:
+        # The same model's outputs on the same samples, when prune's search ran them (it left the model as it was).
+        reference = ctx.layer_inputs.take_reference(model, data)
     if ctx.layer_inputs is not None:
         # The covariances prune captured: exact when it left the weights as they were, else
         # (REUSE_PRUNED_INPUTS) the pre-prune ones, which only rank the measured candidates.

@@ -271,3 +271,10 @@ def test_scalar_and_numpy_coders_agree_also_on_corrupt_data(monkeypatch):
             np.testing.assert_array_equal(scalar, vector)
             if trial % 2 == 0:
                 np.testing.assert_array_equal(scalar, symbols)
+
+
+def test_bit_lengths_are_pythons_for_every_frequency_below_2_to_the_20():
+    from compressor.codec.rans import _bit_length
+
+    values = np.arange(1 << 20)
+    assert np.array_equal(_bit_length(values), [int(v).bit_length() for v in values])
