@@ -549,6 +549,7 @@ def test_opset_11_is_upgraded_or_falls_back(monkeypatch):
     q, stats = quantize(model, calib=calib)
     assert stats["opset"] == {"before": 11, "after": 13, "converted": True} and stats["per_channel"]
     check_quantized_graph(q, stats)
+    assert not q.graph.value_info  # the converter's inferred shapes are not kept (the original had none)
     monkeypatch.setattr(prepare, "upgrade_opset", lambda m, target=13: (None, "converter failed"))
     for mode in ("static", "dynamic", "none"):
         q, stats = quantize(model, calib if mode == "static" else None, QuantizeSettings(activations=mode))

@@ -50,10 +50,21 @@ def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> tu
     try:
         converted = version_converter.convert_version(model, target)
         onnx.checker.check_model(converted)
+        _keep_value_info_of(model, converted)
         return converted, ""
     except Exception as e:  # the converter raises many types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return None, msg[:200]
+
+
+def _keep_value_info_of(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
+    """The converter records an inferred shape for every value; that is optional metadata the
+    original did not carry and the packed graph would (a few KB on a small model).  Keep only
+    the original's entries."""
+    known = {vi.name for vi in original.graph.value_info}
+    kept = [vi for vi in converted.graph.value_info if vi.name in known]
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(kept)
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> tuple[int, dict]:
