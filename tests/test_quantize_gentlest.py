@@ -9,22 +9,25 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from stage_contexts import measured_context, self_labeled
 
-from compressor import graph
+from compressor import evaluate, graph
 from compressor.container import pack_model
+from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.options import QuantizeOptions
+from compressor.passes.quantize import QuantizeSettings, quantize
 from compressor.report import StageRow
 from compressor.stages import quantize as quantize_stage
 from compressor.stages.ladder import StageContext
 
 
-def conv_relu_fc(seed: int = 0) -> onnx.ModelProto:
-    """Conv -> Relu -> Flatten -> Gemm: static activations add Q/DQ pairs the weights do not need."""
+def conv_relu_fc(seed: int = 0, c: int = 8) -> onnx.ModelProto:
+    """Conv(c channels, bias) -> Relu -> Flatten -> Gemm: static activations add Q/DQ pairs the
+    weights do not need."""
     rng = np.random.default_rng(seed)
     inits = [
-        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b"),
-        numpy_helper.from_array(rng.normal(0, 0.05, (8 * 6 * 6, 5)).astype(np.float32), "fc"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (c, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, c).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.normal(0, 0.05, (c * 6 * 6, 5)).astype(np.float32), "fc"),
     ]
     g = helper.make_graph(
         [
@@ -71,3 +74,30 @@ def test_the_stage_keeps_weight_only_when_static_packs_larger():
     assert "not smaller than int8 weights only" in static["error"]  # built and packed, never measured
     assert result.row.applied and result.row.options["setting"] == quantize_stage.LABELS["none"]
     assert not [n for n in result.model.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def dequantized_inputs(model: onnx.ModelProto) -> set[str]:
+    return {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+
+def test_a_conv_bias_is_int8_in_weight_only_mode_with_small_constants():
+    model = conv_relu_fc(c=64)  # a bias of 64 values: worth its DequantizeLinear
+    with_small, _ = quantize(model, None, QuantizeSettings(activations="none", small_constants=True))
+    assert "b_quantized" in dequantized_inputs(with_small)
+    without, _ = quantize(model, None, QuantizeSettings(activations="none"))
+    assert "b_quantized" not in dequantized_inputs(without)
+    assert graph.model_bytes(with_small) < graph.model_bytes(without)
+    x = np.random.default_rng(1).normal(size=(8, 3, 8, 8)).astype(np.float32)
+    outputs = [evaluate.run_model(m, Dataset({"x": x}, None))[0] for m in (with_small, without)]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=0.05)
+
+
+def test_the_stage_tries_weight_only_with_int8_biases_before_float_ones():
+    model = conv_relu_fc(c=64)
+    x = np.random.default_rng(1).normal(size=(64, 3, 8, 8)).astype(np.float32)
+    ctx = measured_context(model, self_labeled(model, x), "accuracy", 5.0, lambda m: len(pack_model(m)[0]))
+    result = quantize_stage.run(QuantizeOptions(), ctx)
+    tried = [a["option"] for a in result.row.attempts]
+    small = f"{quantize_stage.LABELS['none']}, small constants int8"
+    assert tried[0] == quantize_stage.LABELS["static"] and tried[-1] == small  # fits: the float one not tried
+    assert result.row.options["setting"] == small and "b_quantized" in dequantized_inputs(result.model)

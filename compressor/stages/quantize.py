@@ -208,7 +208,23 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
     def dominated(build: Build) -> Build:
         return gentlest.dominates(build) if gentlest is not None else build
 
+    def with_small_constants(mode: str, settings: QuantizeSettings):
+        quantized, stats = build(mode, settings)
+        if not any(w.get("role") in SMALL_ROLES for w in stats["weights"]):
+            raise CompressorError("no small constants to quantize")
+        return quantized, stats
+
     for i, mode in enumerate(modes):
+        if adaptive and i > 0 and mode == "none" and opts.small_constants:
+            # Weight-only after static: first with the small constants (biases) int8 too, as the
+            # first rung had them; a Conv's or Gemm's bias is one then (ops_tables.weight_only_bias).
+            small = replace(settings, small_constants=True)
+            attempts.append(
+                Attempt(
+                    f"{LABELS[mode]}, small constants int8",
+                    packs_within(lambda m=mode, s=small: with_small_constants(m, s), ctx, limit, over),
+                )
+            )
         if gentlest is not None and mode == "none":
             one = gentlest.built
         elif i == 0:

@@ -51,6 +51,17 @@ def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = 
 SMALL_ROLES = ("bias", "norm")
 
 
+def weight_only_bias(ctx, bias, index: int) -> list[WeightUse]:
+    """A Conv / Gemm bias stored as int8 (one scale) in weight-only mode with small_constants:
+    the op stays float and reads it in float, as it does an Add's bias.  (Static mode makes
+    it int32 instead.)  [] when it stays as it is."""
+    if ctx.mode != "none" or bias is None or not ctx.options.get("small_constants", False):
+        return []
+    if bias.size < MIN_SMALL_ELEMENTS or not np.isfinite(bias.array()).all():
+        return []
+    return [WeightUse(index, None, bias)]
+
+
 # A table whose slices' largest values spread less than this (largest slice's over the median
 # slice's) takes one scale: it loses at most log2 of it in bits of a slice's precision, and each
 # slice's int8 values then sit near zero instead of spanning the range, which codes about two
