@@ -20,9 +20,10 @@ from .registry import Plan, Skip, WeightUse, register
 # Tables with fewer elements stay float: their int8 copy plus scale saves too little to
 # pay for a DequantizeLinear node.
 MIN_TABLE_ELEMENTS = 1024
-# With small_constants: below this an int8 copy (n + 4 bytes) plus its node (about 60 bytes)
-# saves nothing over the n * 4 float bytes.
-MIN_SMALL_ELEMENTS = 64
+# With small_constants: below this an int8 copy (n + 4 bytes) plus its DequantizeLinear node
+# saves nothing over the n * 4 float bytes.  Packed, the node costs far less than its 60 raw
+# bytes (the graph section's xz sees the same node pattern many times); float values barely compress.
+MIN_SMALL_ELEMENTS = 16
 
 
 def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = None):
