@@ -355,6 +355,27 @@ def test_batchnorm_parameter_behind_identity_is_folded():
     np.testing.assert_allclose(run_model(folded, data)[0], run_model(model, data)[0], rtol=1e-4, atol=1e-4)
 
 
+def test_batchnorm_with_constant_node_parameters_is_folded():
+    # Paddle's exporter keeps every weight and BatchNorm parameter in a Constant node, none in initializers.
+    model = conv_bn_relu_pool()
+    g = model.graph
+    constants = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t) for t in g.initializer]
+    nodes = constants + list(g.node)
+    del g.initializer[:]
+    del g.node[:]
+    g.node.extend(nodes)
+    folded = graph.copy_model(model)
+    count, factors = prepare.fold_batchnorm(folded)
+    assert count == 1 and "BatchNormalization" not in [x.op_type for x in folded.graph.node]
+    assert set(factors) == {"dw"}
+    data = random_data(model, 8)
+    np.testing.assert_allclose(run_model(folded, data)[0], run_model(model, data)[0], rtol=1e-4, atol=1e-4)
+    q, stats = quantize(model, calib=random_data(model, 32))
+    assert stats["batchnorm_folded"] == 1
+    left = {o for x in q.graph.node if x.op_type == "Constant" for o in x.output}
+    assert not left & {"g", "be", "mu", "var"}  # the folded parameters are gone from the graph
+
+
 # --------------------------------------------------------------------------- static quantization
 
 
@@ -528,6 +549,7 @@ def test_opset_11_is_upgraded_or_falls_back(monkeypatch):
     q, stats = quantize(model, calib=calib)
     assert stats["opset"] == {"before": 11, "after": 13, "converted": True} and stats["per_channel"]
     check_quantized_graph(q, stats)
+    assert not q.graph.value_info  # the converter's inferred shapes are not kept (the original had none)
     monkeypatch.setattr(prepare, "upgrade_opset", lambda m, target=13: (None, "converter failed"))
     for mode in ("static", "dynamic", "none"):
         q, stats = quantize(model, calib if mode == "static" else None, QuantizeSettings(activations=mode))

@@ -74,7 +74,7 @@ from .common import format_table, human_bytes, report_pass, warn
     "--small-constants/--float-small-constants",
     default=False,
     show_default=True,
-    help="Also store biases of float ops and LayerNorm parameters (64+ values) as per-tensor int8 "
+    help="Also store biases of float ops and LayerNorm parameters (16+ values) as per-tensor int8 "
     "(smaller, slightly less exact; run does it under its budget).",
 )
 @click.option("--no-attention", is_flag=True, help="Leave MatMuls between two activations (attention) in float.")

@@ -177,6 +177,39 @@ def _when_plain(probe: StaticProbe, mixed: QuantizeSettings, bound: SkipRule) ->
     return rule
 
 
+class WeightOnlyPacked:
+    """Objective size: weight-only is the gentlest mode, so a static rung that packs no smaller
+    is dominated (larger and noisier) and is not measured.  The weight-only model is built and
+    packed once, before the static rungs (no calibration), and kept for its own rung."""
+
+    def __init__(self, build: Build, ctx: StageContext):
+        self.ctx = ctx
+        self.model, self.stats = build()
+        self.size: int | None = None
+        if model_bytes(self.model) < model_bytes(ctx.model):
+            self.size = ctx.packed_size(self.model)
+
+    def built(self) -> tuple:
+        return self.model, self.stats
+
+    def dominates(self, build: Build) -> Build:
+        """`build`, failing unmeasured when its candidate packs no smaller than weight-only."""
+        if self.size is None:
+            return build
+
+        def checked():
+            candidate, stats = build()
+            size = self.ctx.packed_size(candidate)
+            if size >= self.size:
+                raise CompressorError(
+                    f"packs to {size:,} bytes, not smaller than {LABELS['none']}'s {self.size:,}: "
+                    "not measured (objective size)"
+                )
+            return candidate, stats
+
+        return checked
+
+
 def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
     model, calib_data = ctx.model, ctx.calib_data
     adaptive = opts.adaptive
@@ -225,20 +258,43 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
     attempts = []
     over: list[int] = []  # packed bytes of the candidates that packed larger than the input
     mixed_rungs: dict[str, QuantizeSettings] = {}  # the mixed-precision rungs' labels and settings
+    gentlest = None
+    if limit is not None and adaptive and modes[0] == "static" and "none" in modes:
+        last = replace(settings, small_constants=False) if settings.small_constants else settings
+        gentlest = WeightOnlyPacked(lambda: build("none", last), ctx)
     # The static rungs (plain and mixed precision), tried on a few samples first (static_probe).
     probe = StaticProbe(ctx) if adaptive and "static" in modes and probe_applies(ctx) else None
+
+    def dominated(build: Build) -> Build:
+        return gentlest.dominates(build) if gentlest is not None else build
+
+    def with_small_constants(mode: str, settings: QuantizeSettings):
+        quantized, stats = build(mode, settings)
+        if not any(w.get("role") in SMALL_ROLES for w in stats["weights"]):
+            raise CompressorError("no small constants to quantize")
+        return quantized, stats
+
     for i, mode in enumerate(modes):
+        if adaptive and i > 0 and mode == "none" and opts.small_constants:
+            # Weight-only after static: first with the small constants (biases) int8 too, as the
+            # first rung had them; a Conv's or Gemm's bias is one then (ops_tables.weight_only_bias).
+            small = replace(settings, small_constants=True)
+            attempts.append(
+                Attempt(
+                    f"{LABELS[mode]}, small constants int8",
+                    packs_within(lambda m=mode, s=small: with_small_constants(m, s), ctx, limit, over),
+                )
+            )
+        if gentlest is not None and mode == "none":
+            one = gentlest.built
+        elif i == 0:
+            one = dominated(lambda m=mode, s=settings: first_attempt(m, s))
+        else:
+            one = dominated(lambda m=mode, s=settings: build(m, s))
         attempts.append(
             Attempt(
                 LABELS[mode],
-                packs_within(
-                    (lambda m=mode, s=settings: first_attempt(m, s))
-                    if i == 0
-                    else (lambda m=mode, s=settings: build(m, s)),
-                    ctx,
-                    limit,
-                    over,
-                ),
+                packs_within(one, ctx, limit, over),
                 skip=probe.skip(settings) if probe is not None and mode == "static" else None,
             )
         )
@@ -249,7 +305,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             attempts.append(
                 Attempt(
                     f"{LABELS[mode]}, small constants float",
-                    packs_within(lambda m=mode, s=settings: without_small_constants(m, s), ctx, limit, over),
+                    packs_within(dominated(lambda m=mode, s=settings: without_small_constants(m, s)), ctx, limit, over),
                     skip=probe.skip(settings) if probe is not None and mode == "static" else None,
                 )
             )
@@ -262,7 +318,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                 attempts.append(
                     Attempt(
                         f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
-                        packs_within(lambda s=mixed: build("static", s), ctx, limit, over),
+                        packs_within(dominated(lambda s=mixed: build("static", s)), ctx, limit, over),
                         skip=probe.skip(mixed) if probe is not None else None,
                     )
                 )

@@ -92,7 +92,7 @@ def quantize(
     on the calibration data; 7-bit on a tie) and reduces the range otherwise.
     shared: work shared by several calls on the same model and calibration data (activation
     ranges, reference outputs, layer ranking, measured candidates; see sensitivity.Shared).
-    small_constants: also store biases of float ops and normalisation parameters (at least 64
+    small_constants: also store biases of float ops and normalisation parameters (at least 16
     values) as per-tensor int8 (see ops_tables).  check: load the result in ORT and measure its
     integer-kernel coverage.
     """

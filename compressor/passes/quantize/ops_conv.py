@@ -8,6 +8,7 @@ group.  Dynamic mode keeps Conv in float with int8 weights: ORT's ConvInteger pa
 
 from __future__ import annotations
 
+from .ops_tables import weight_only_bias
 from .registry import Plan, Skip, WeightUse, register
 
 
@@ -31,7 +32,7 @@ def conv(node, ctx):
         node,
         "integer",
         activations=[0],
-        weights=[WeightUse(1, 0 if ctx.per_channel else None, w)],
+        weights=[WeightUse(1, 0 if ctx.per_channel else None, w), *weight_only_bias(ctx, bias, 2)],
         bias=None if bias is None else 2,
         bias_weight=bias,
         outputs=[0],

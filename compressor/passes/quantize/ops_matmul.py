@@ -8,6 +8,7 @@ per tensor on both inputs unless ``quantize_attention`` is off.
 
 from __future__ import annotations
 
+from .ops_tables import weight_only_bias
 from .registry import Plan, Skip, WeightUse, register
 
 
@@ -28,7 +29,7 @@ def gemm(node, ctx):
         node,
         "integer",
         activations=[0],
-        weights=[WeightUse(1, b.out_axis if ctx.per_channel else None, b)],
+        weights=[WeightUse(1, b.out_axis if ctx.per_channel else None, b), *weight_only_bias(ctx, c, 2)],
         bias=None if c is None else 2,
         bias_weight=c,
         outputs=[0],

@@ -20,9 +20,10 @@ from .registry import Plan, Skip, WeightUse, register
 # Tables with fewer elements stay float: their int8 copy plus scale saves too little to
 # pay for a DequantizeLinear node.
 MIN_TABLE_ELEMENTS = 1024
-# With small_constants: below this an int8 copy (n + 4 bytes) plus its node (about 60 bytes)
-# saves nothing over the n * 4 float bytes.
-MIN_SMALL_ELEMENTS = 64
+# With small_constants: below this an int8 copy (n + 4 bytes) plus its DequantizeLinear node
+# saves nothing over the n * 4 float bytes.  Packed, the node costs far less than its 60 raw
+# bytes (the graph section's xz sees the same node pattern many times); float values barely compress.
+MIN_SMALL_ELEMENTS = 16
 
 
 def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = None):
@@ -49,6 +50,17 @@ def table_use(node, ctx, index: int, roles: tuple[str, ...], axis: int | None = 
 
 # Roles of the small constants (biases, normalisation parameters) taken with small_constants.
 SMALL_ROLES = ("bias", "norm")
+
+
+def weight_only_bias(ctx, bias, index: int) -> list[WeightUse]:
+    """A Conv / Gemm bias stored as int8 (one scale) in weight-only mode with small_constants:
+    the op stays float and reads it in float, as it does an Add's bias.  (Static mode makes
+    it int32 instead.)  [] when it stays as it is."""
+    if ctx.mode != "none" or bias is None or not ctx.options.get("small_constants", False):
+        return []
+    if bias.size < MIN_SMALL_ELEMENTS or not np.isfinite(bias.array()).all():
+        return []
+    return [WeightUse(index, None, bias)]
 
 
 # A table whose slices' largest values spread less than this (largest slice's over the median

@@ -50,16 +50,27 @@ def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> tu
     try:
         converted = version_converter.convert_version(model, target)
         onnx.checker.check_model(converted)
+        _keep_value_info_of(model, converted)
         return converted, ""
     except Exception as e:  # the converter raises many types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return None, msg[:200]
 
 
+def _keep_value_info_of(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
+    """The converter records an inferred shape for every value; that is optional metadata the
+    original did not carry and the packed graph would (a few KB on a small model).  Keep only
+    the original's entries."""
+    known = {vi.name for vi in original.graph.value_info}
+    kept = [vi for vi in converted.graph.value_info if vi.name in known]
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(kept)
+
+
 def fold_batchnorm(model: onnx.ModelProto) -> tuple[int, dict]:
     """Fold Conv -> BatchNormalization in place. Returns (count, {filter name: (unfolded, factor)})."""
     g = model.graph
-    consts = {t.name: t for t in g.initializer}
+    consts = _constant_tensors(g)
     consumers = graph.consumers_of(g)
     producers = graph.producers(g)
     outputs = {o.name for o in g.output}
@@ -76,13 +87,15 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[int, dict]:
         if len(consumers.get(x, [])) != 1 or x in outputs or x in inner:
             continue
         params = [_constant_through_identity(n, consts, producers) for n in bn.input[1:5]]
-        w_t = consts.get(conv.input[1])
+        w_name = conv.input[1]
+        w_t = consts.get(w_name)
         if w_t is None or any(p is None for p in params) or w_t.data_type != onnx.TensorProto.FLOAT:
             continue
-        if len(consumers.get(w_t.name, [])) != 1 or w_t.name in inner:
+        if len(consumers.get(w_name, [])) != 1 or w_name in inner:
             continue
-        b_t = consts.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if b_t is not None and len(consumers.get(b_t.name, [])) != 1:
+        b_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else ""
+        b_t = consts.get(b_name) if b_name else None
+        if b_t is not None and len(consumers.get(b_name, [])) != 1:
             continue
         gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
@@ -93,12 +106,12 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[int, dict]:
         bias = numpy_helper.to_array(b_t).astype(np.float64) if b_t is not None else np.zeros(w.shape[0])
         folded_w = (w.astype(np.float64) * factor.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
         folded_b = ((bias - mean) * factor + beta).astype(np.float32)
-        factors[w_t.name] = (w, factor)
+        factors[w_name] = (w, factor)
         graph.set_tensor_values(w_t, folded_w)
         if b_t is not None:
             graph.set_tensor_values(b_t, folded_b)
         else:
-            name = _unique(g, w_t.name + "_bn_bias")
+            name = _unique(g, w_name + "_bn_bias")
             g.initializer.append(numpy_helper.from_array(folded_b, name))
             while len(conv.input) < 3:
                 conv.input.append("")
@@ -107,6 +120,19 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[int, dict]:
         g.node.remove(bn)
         count += 1
     return count, factors
+
+
+def _constant_tensors(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The graph's constant tensors by the name nodes read them under: initializers and the
+    values of Constant nodes (exporters such as Paddle's keep every weight in one)."""
+    consts = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if value is not None:
+            consts[node.output[0]] = value
+    return consts
 
 
 def _constant_through_identity(name: str, consts: dict, producers: dict):
