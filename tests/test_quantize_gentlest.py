@@ -55,7 +55,7 @@ def test_a_build_packing_no_smaller_than_weight_only_fails_unmeasured():
 
     row = StageRow("share", True, graph.model_bytes(model), {})
     ctx = StageContext(model, judge, None, None, None, (row,), lambda m: None, lambda m: sizes.get(id(m), 100))
-    gentlest = quantize_stage.GentlestFirst(lambda: (weight_only, {"mode": "none"}), ctx)
+    gentlest = quantize_stage.WeightOnlyPacked(lambda: (weight_only, {"mode": "none"}), ctx)
     assert gentlest.size == 90 and gentlest.built()[0] is weight_only
     other = graph.copy_model(weight_only)
     build = gentlest.dominates(lambda: (other, {}))
