@@ -55,7 +55,7 @@ from .. import graph
 from ..data import Dataset, load_dataset
 from ..ecq import RD_FACTOR, uniform_quantize
 from ..errors import UsageError
-from ..kmeans import INITS, SharedArray, cast_codebook, share_array
+from ..kmeans import INITS, SharedArray, cast_codebook, codebook_values, share_array
 from ..kmeans_memo import SharedMemo, narrow_labels
 from .bias_correction import correct_biases
 from .layers import Layer, accumulate_inputs, layers_for
@@ -415,7 +415,7 @@ def shared_values(arr: np.ndarray, shared: SharedArray) -> np.ndarray:
     it is -1 (what ``share_array`` gives, from its labels and codebook)."""
     if not shared.codebook.size:
         return arr.copy()
-    return np.where(shared.labels >= 0, shared.codebook[shared.labels], arr)
+    return codebook_values(arr, shared.labels, shared.codebook)
 
 
 def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:
