@@ -149,8 +149,8 @@ def support_histogram(values: np.ndarray, bins: int) -> tuple[Support, Histogram
         np.floor(f, out=f)
         np.minimum(f, bins - 1, out=f)
         index[s : s + HIST_CHUNK] = f
-    counts = np.bincount(index, minlength=bins)
-    sums = np.bincount(index, weights=values, minlength=bins)
+    counts = label_counts(index, bins)
+    sums = label_sums(index, values, bins)
     keep = counts > 0
     counts, sums = counts[keep], sums[keep]
     points = sums / counts
@@ -336,10 +336,30 @@ def _assign_histogram(values: np.ndarray, centroids: np.ndarray, hist: Histogram
     return labels
 
 
+def label_counts(labels: np.ndarray, k: int) -> np.ndarray:
+    """``np.bincount(labels, minlength=k)`` (labels in [0, k)) counted block by block: bincount
+    copies int32 labels to intp whole, eight bytes per value."""
+    labels = labels.reshape(-1)
+    counts = np.zeros(k, dtype=np.intp)
+    for s in range(0, labels.size, HIST_CHUNK):
+        counts += np.bincount(labels[s : s + HIST_CHUNK], minlength=k)
+    return counts
+
+
+def label_sums(labels: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """``np.bincount(labels, weights=weights, minlength=k)`` bit for bit: np.add.at adds the
+    weights in the same order, block by block (no intp copy of the labels)."""
+    labels, weights = labels.reshape(-1), weights.reshape(-1)
+    sums = np.zeros(k, dtype=np.float64)
+    for s in range(0, labels.size, HIST_CHUNK):
+        np.add.at(sums, labels[s : s + HIST_CHUNK], weights[s : s + HIST_CHUNK])
+    return sums
+
+
 def _cluster_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Exact means of the non-empty clusters (empty ones dropped)."""
-    cnt = np.bincount(labels, minlength=k)
-    sums = np.bincount(labels, weights=values, minlength=k)
+    cnt = label_counts(labels, k)
+    sums = label_sums(labels, values, k)
     used = cnt > 0
     return sums[used] / cnt[used]
 
@@ -415,8 +435,9 @@ def kmeans_1d(
         if len(means) == len(centroids) and np.array_equal(means, centroids):
             break
         centroids = means
+        del labels  # the next labels are made without the last ones beside them
         labels = nearest(centroids)
-    used = np.bincount(labels, minlength=len(centroids)) > 0
+    used = label_counts(labels, len(centroids)) > 0
     if not used.all():  # a centroid nearest to no value: drop it (no label changes)
         centroids = centroids[used]
         labels = (np.cumsum(used) - 1)[labels]
@@ -460,6 +481,17 @@ def cast_codebook(centroids: np.ndarray, dtype) -> np.ndarray:
     return out
 
 
+def codebook_values(array: np.ndarray, labels: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """``np.where(labels >= 0, codebook[labels], array)`` block by block (no gather and no mask of
+    the whole tensor beside the result): a shared tensor made again from its labels."""
+    flat_labels, source = labels.reshape(-1), array.reshape(-1)
+    out = np.empty(source.shape, np.result_type(codebook, array))
+    for s in range(0, source.size, HIST_CHUNK):
+        part = slice(s, s + HIST_CHUNK)
+        out[part] = np.where(flat_labels[part] >= 0, codebook[flat_labels[part]], source[part])
+    return out.reshape(array.shape)
+
+
 @dataclass
 class SharedArray:
     values: np.ndarray  # the shared tensor: input dtype and shape
@@ -483,15 +515,26 @@ def share_array(
     # The non-zero positions as a mask: a byte per value where an index array takes eight (a
     # large tensor's k-means peak), at about the same speed.
     nonzero = flat != 0
-    x = flat[nonzero]
-    if arr.dtype.itemsize <= 2:  # float16 / bfloat16: cluster in float32 (kmeans_1d uses float64)
-        x = x.astype(np.float32)
+    # The non-zero values in kmeans_1d's float64 (float16 / bfloat16 through float32, as
+    # before), gathered block by block: no copy in the array's own type beside them.
+    x = np.empty(int(np.count_nonzero(nonzero)), np.float64)
+    blocks = [(s, slice(s, s + HIST_CHUNK)) for s in range(0, flat.size, HIST_CHUNK)]
+    at = 0
+    for _, part in blocks:
+        picked = flat[part][nonzero[part]]
+        x[at : at + picked.size] = picked.astype(np.float32) if arr.dtype.itemsize <= 2 else picked
+        at += picked.size
     centroids, lab, iterations = kmeans_1d(x, k, init=init, seed=seed, return_iterations=True, **kwargs)
     del x
     codebook = cast_codebook(centroids, arr.dtype)
     labels = np.full(flat.shape, -1, np.int32)
     labels[nonzero] = lab
     values = flat.copy()
-    values[nonzero] = codebook[lab]
-    counts = np.bincount(lab, minlength=len(codebook))
+    at = 0
+    for _, part in blocks:  # the codebook's values block by block (no gather of every value at once)
+        mask = nonzero[part]
+        n = int(np.count_nonzero(mask))
+        values[part][mask] = codebook[lab[at : at + n]]
+        at += n
+    counts = label_counts(lab, len(codebook))
     return SharedArray(values.reshape(arr.shape), labels.reshape(arr.shape), codebook, centroids, counts, iterations)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kmeans import SharedArray
+from .kmeans import SharedArray, codebook_values
 
 
 def digest(array: np.ndarray) -> bytes:
@@ -54,7 +54,7 @@ class _Kept:
         """The SharedArray ``share_array`` gave for `array`: its values where the labels are
         -1 (the zeros), the codebook's elsewhere."""
         labels = self.labels.astype(np.int32)
-        values = np.where(labels >= 0, self.codebook[labels], array) if self.codebook.size else array.copy()
+        values = codebook_values(array, self.labels, self.codebook) if self.codebook.size else array.copy()
         return SharedArray(values, labels, self.codebook, self.centroids, self.counts, self.iterations)
 
 

@@ -42,6 +42,9 @@ INT_RANGES = {
 }
 
 HIST_BINS = 2048
+# Elements per block of the whole-tensor passes (quantize, dequantize, codebook lookups): their
+# int64 and float temporaries stay this size, whatever the tensor's.
+BLOCK = 1 << 20
 DEFAULT_PERCENTILE = 99.999
 MAX_CODEBOOK = 256
 
@@ -139,6 +142,45 @@ def scale_zero_point(
     return scale, zp
 
 
+def int_type(qmin: int, qmax: int) -> np.dtype:
+    """The narrowest integer type holding [qmin, qmax] (what quantized values are kept in)."""
+    for name in ("int8", "uint8", "int16", "uint16", "int32"):
+        info = np.iinfo(name)
+        if info.min <= qmin and qmax <= info.max:
+            return np.dtype(name)
+    return np.dtype(np.int64)
+
+
+def row_blocks(shape: tuple[int, ...]) -> list[slice]:
+    """Slices of axis 0 covering about BLOCK elements each (one slice for a 0-d shape's reshape)."""
+    rows = shape[0] if shape else 1
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    step = max(1, BLOCK // max(per_row, 1))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _rows(v: np.ndarray, rows: slice) -> np.ndarray:
+    """An expanded scale / zero point cut to a block of rows when it runs along axis 0."""
+    return v[rows] if v.ndim and v.shape[0] > 1 else v
+
+
+def distinct_count(q: np.ndarray, skip_zero: bool = False) -> int:
+    """``np.unique(q).size`` (without 0 when `skip_zero`); 1- and 2-byte integers by a table of
+    the values seen, filled block by block (no sort, no int64 copy of the tensor)."""
+    q = np.asarray(q)
+    if q.dtype.kind not in "iu" or q.dtype.itemsize > 2:
+        found = np.unique(q[q != 0] if skip_zero else q)
+        return int(found.size)
+    info = np.iinfo(q.dtype)
+    seen = np.zeros(int(info.max) - int(info.min) + 1, dtype=bool)
+    flat = q.ravel()
+    for start in range(0, flat.size, BLOCK):
+        seen[flat[start : start + BLOCK].astype(np.int64) - int(info.min)] = True
+    if skip_zero:
+        seen[-int(info.min)] = False
+    return int(np.count_nonzero(seen))
+
+
 def _expand(v: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
     v = np.asarray(v)
     if axis is None or v.ndim == 0:
@@ -149,20 +191,36 @@ def _expand(v: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
 
 
 def quantize_values(x, scale, zero_point, qmin: int, qmax: int, axis: int | None = None) -> np.ndarray:
-    """QuantizeLinear: round(x / scale) half to even, + zero point, saturate. int64 result."""
+    """QuantizeLinear: round(x / scale) half to even, + zero point, saturate.
+
+    Computed in int64 block by block of rows; the result is kept in ``int_type(qmin, qmax)``."""
     x = np.asarray(x, dtype=np.float32)
     s = _expand(np.asarray(scale, dtype=np.float32), x.ndim, axis)
     z = _expand(np.asarray(zero_point, dtype=np.int64), x.ndim, axis)
-    q = np.rint(x / s).astype(np.int64) + z
-    return np.clip(q, qmin, qmax)
+    if x.ndim == 0:
+        return np.clip(np.rint(x / s).astype(np.int64) + z, qmin, qmax).astype(int_type(qmin, qmax))
+    out = np.empty(x.shape, dtype=int_type(qmin, qmax))
+    for rows in row_blocks(x.shape):
+        out[rows] = np.clip(np.rint(x[rows] / _rows(s, rows)).astype(np.int64) + _rows(z, rows), qmin, qmax)
+    return out
 
 
 def dequantize_values(q, scale, zero_point, axis: int | None = None) -> np.ndarray:
-    """DequantizeLinear: (q - zero_point) * scale, float32."""
-    q = np.asarray(q, dtype=np.int64)
+    """DequantizeLinear: (q - zero_point) * scale, float32 (in int64 block by block of rows)."""
+    q = np.asarray(q)
+    if q.dtype.kind not in "iu":
+        q = q.astype(np.int64)
     s = _expand(np.asarray(scale, dtype=np.float32), q.ndim, axis)
     z = _expand(np.asarray(zero_point, dtype=np.int64), q.ndim, axis)
-    return ((q - z).astype(np.float32) * s).astype(np.float32, copy=False)
+    if q.ndim == 0:
+        return ((q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32, copy=False)
+    out = np.empty(np.broadcast_shapes(q.shape, s.shape, z.shape), dtype=np.float32)
+    if out.shape != q.shape:  # a scale or zero point wider than q: broadcast as numpy would
+        out[...] = (q.astype(np.int64) - z).astype(np.float32) * s
+        return out
+    for rows in row_blocks(q.shape):
+        out[rows] = (q[rows].astype(np.int64) - _rows(z, rows)).astype(np.float32) * _rows(s, rows)
+    return out
 
 
 def keep_nonzero(
@@ -182,7 +240,7 @@ def keep_nonzero(
 class QuantizedArray:
     """Integers, scale(s) and zero point(s) of a quantized tensor, and what was given up."""
 
-    q: np.ndarray  # int64 values within [qmin, qmax]
+    q: np.ndarray  # integers within [qmin, qmax], in int_type(qmin, qmax)
     scale: np.ndarray  # float32, scalar or per channel
     zero_point: np.ndarray  # int64, same shape as scale
     axis: int | None  # channel axis, None for per-tensor
@@ -225,7 +283,7 @@ def quantize_array(
     clamped = 0
     if keep_nonzeros:
         q, clamped = keep_nonzero(x, q, zp, qmin, qmax, axis)
-    return QuantizedArray(q, scale, zp, axis, clamped_nonzero=clamped, symbols=int(np.unique(q).size))
+    return QuantizedArray(q, scale, zp, axis, clamped_nonzero=clamped, symbols=distinct_count(q))
 
 
 # ------------------------------------------------------------------ codebooks
@@ -265,17 +323,36 @@ def distinct_values(x: np.ndarray, max_size: int) -> tuple[np.ndarray, np.ndarra
     for _ in range(PROBE_ROUNDS):
         if probe.size > max_size:
             return None
-        idx = np.searchsorted(probe, x)
-        np.minimum(idx, probe.size - 1, out=idx)
-        missed = probe[idx] != x
-        if not missed.any():
-            return probe, np.bincount(idx, minlength=probe.size)
-        extra = x[missed]
-        if extra.size > CODEBOOK_PROBE:
+        found = _probe_counts(x, probe)
+        if isinstance(found, np.ndarray):
+            return probe, found
+        if found is None:
             break
-        probe = np.union1d(probe, extra)
+        probe = np.union1d(probe, np.concatenate(found))
     values, counts = np.unique(x, return_counts=True)
     return (values, counts) if values.size <= max_size else None
+
+
+def _probe_counts(x: np.ndarray, probe: np.ndarray) -> np.ndarray | list[np.ndarray] | None:
+    """How often each probe value occurs in x, or the values of x the probe missed (a list of
+    blocks), or None when they are more than CODEBOOK_PROBE; block by block (int64 indices
+    of one block at a time)."""
+    counts = np.zeros(probe.size, dtype=np.int64)
+    extra: list[np.ndarray] = []
+    n_extra = 0
+    for start in range(0, x.size, BLOCK):
+        part = x[start : start + BLOCK]
+        idx = np.searchsorted(probe, part)
+        np.minimum(idx, probe.size - 1, out=idx)
+        missed = probe[idx] != part
+        if missed.any():
+            extra.append(part[missed])
+            n_extra += extra[-1].size
+            if n_extra > CODEBOOK_PROBE:
+                return None
+        elif not extra:
+            counts += np.bincount(idx, minlength=probe.size)
+    return extra if extra else counts
 
 
 def _codebook_levels(values: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> np.ndarray:
@@ -342,15 +419,19 @@ def quantize_codebook(x, qmin: int, qmax: int, symmetric: bool, book: tuple[np.n
     x = np.asarray(x, dtype=np.float32)
     values, counts = book
     scale, zp, levels, merges = choose_codebook_scale(values, counts, qmin, qmax, symmetric)
-    q = np.full(x.shape, zp, dtype=np.int64)
-    nz = x != 0
+    q = np.full(x.shape, zp, dtype=int_type(qmin, qmax))
     # The codebook's values came from float32 weights: searched in float32 (the same order,
     # without a float64 copy of every weight) when each is exactly a float32.
     exact = values.astype(np.float32)
     table = exact if np.array_equal(exact.astype(np.float64), values) else values
-    idx = np.searchsorted(table, x[nz].astype(table.dtype, copy=False))
-    q[nz] = levels[idx]
-    used = np.bincount(idx, minlength=values.size) > 0  # the levels q holds: no sort of q itself
+    used = np.zeros(values.size, dtype=bool)  # the levels q holds: no sort of q itself
+    flat_x, flat_q = (x.reshape(1), q.reshape(1)) if x.ndim == 0 else (x, q)
+    for rows in row_blocks(flat_x.shape):  # int64 indices of one block of rows at a time
+        block, out = flat_x[rows], flat_q[rows]
+        nz = block != 0
+        idx = np.searchsorted(table, block[nz].astype(table.dtype, copy=False))
+        out[nz] = levels[idx]
+        used[idx] = True
     return QuantizedArray(
         q,
         np.asarray(scale, dtype=np.float32),

@@ -55,7 +55,7 @@ from .. import graph
 from ..data import Dataset, load_dataset
 from ..ecq import RD_FACTOR, uniform_quantize
 from ..errors import UsageError
-from ..kmeans import INITS, SharedArray, cast_codebook, share_array
+from ..kmeans import INITS, SharedArray, cast_codebook, codebook_values, share_array
 from ..kmeans_memo import SharedMemo, narrow_labels
 from .bias_correction import correct_biases
 from .layers import Layer, accumulate_inputs, layers_for
@@ -109,6 +109,21 @@ def _select(ws: list[graph.Weight], pattern: re.Pattern | None, min_params: int,
             continue
         selected.append(w)
     return selected, skipped
+
+
+def _copy_for(original: onnx.ModelProto, selected: list[graph.Weight]):
+    """A copy of the model whose selected weights come without their data (share sets every one
+    of them, or gives its data back: no copy of the large weights that are replaced anyway), and
+    the copy's tensor for a weight of `original`."""
+    refs = list(graph.iter_tensors(original))
+    position = {(r.graph_path, r.kind, r.name): i for i, r in enumerate(refs)}
+    if len(position) != len(refs):  # tensors not told apart by place and name: a plain copy
+        model = graph.copy_model(original)
+        copied = {(w.ref.graph_path, w.ref.kind, w.name): w for w in graph.weights(model)}
+        return model, lambda w: copied[(w.ref.graph_path, w.ref.kind, w.name)].proto
+    model = graph.copy_without_data(original, {position[(w.ref.graph_path, w.ref.kind, w.name)] for w in selected})
+    copied_refs = list(graph.iter_tensors(model))
+    return model, lambda w: copied_refs[position[(w.ref.graph_path, w.ref.kind, w.name)]].proto
 
 
 def _unshareable(arr: np.ndarray) -> str | None:
@@ -179,8 +194,7 @@ def share(
     pattern = compile_exclude(exclude)
 
     original = model
-    model = graph.copy_model(model)
-    ws = graph.weights(model)
+    ws = graph.weights(original)  # read only: the values share sets go into `model`, a copy
     by_name: dict[str, list[graph.Weight]] = {}
     for w in ws:
         by_name.setdefault(w.name, []).append(w)
@@ -197,6 +211,7 @@ def share(
             )
 
     selected, skipped = _select(ws, pattern, min_params, set(bits_by_name) | set(steps_by_name))
+    model, target = _copy_for(original, selected)
     plan = [(w, bits_by_name.get(w.name, bits_conv if w.role in CONV_ROLES else bits_fc)) for w in selected]
 
     warnings: list[str] = []
@@ -225,7 +240,7 @@ def share(
         if data is not None:
             results.append((w, bits, arr, _held(shared)))
         else:
-            w.set_array(shared.values)
+            graph.set_tensor_values(target(w), shared.values)
             entries.append(entry)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -234,6 +249,7 @@ def share(
             arr = w.array()
             reason = _unshareable(arr)
             if reason:
+                target(w).CopyFrom(w.proto)  # left as it was: its data back in the copy
                 skipped.append({"name": w.name, "role": w.role, "size": w.size, "reason": reason})
                 if reason == "non-finite values":
                     warnings.append(f"{w.name}: NaN or infinite values; left unshared")
@@ -241,7 +257,7 @@ def share(
             if w.name in steps_by_name:
                 step = steps_by_name[w.name]
                 uniform = uniform_quantize(arr, step, rd_factor, importance=importance_by_name.get(w.name))
-                w.set_array(uniform.values)
+                graph.set_tensor_values(target(w), uniform.values)
                 entries.append(_uniform_stats(_weight_meta(w), arr, uniform, rd_factor))
                 continue
             inflight.append((w, bits, arr, pool.submit(work, arr, bits, _weight_meta(w))))
@@ -259,7 +275,7 @@ def share(
             elif info:
                 info.pop("_shared", None)
             shared = replace(shared, values=shared_values(arr, shared))
-            w.set_array(shared.values)
+            graph.set_tensor_values(target(w), shared.values)
             entries.append(_tensor_stats(_weight_meta(w), bits, arr, shared, info))
             results[i] = None  # this tensor's arrays are in the model now
 
@@ -415,7 +431,7 @@ def shared_values(arr: np.ndarray, shared: SharedArray) -> np.ndarray:
     it is -1 (what ``share_array`` gives, from its labels and codebook)."""
     if not shared.codebook.size:
         return arr.copy()
-    return np.where(shared.labels >= 0, shared.codebook[shared.labels], arr)
+    return codebook_values(arr, shared.labels, shared.codebook)
 
 
 def _refit(original: onnx.ModelProto, results, data: Dataset, warnings: list[str]) -> dict[int, dict]:

@@ -94,7 +94,7 @@ class WeightStore:
         names = {part: self.scope.new(f"{w.name}{tag}_{part if part != 'q' else 'quantized'}") for part in parts}
         names.setdefault("zero_point", "")
         # Kept in the stored type (int8/uint8), not int64: every weight's integers stay alive here.
-        qa = dataclasses.replace(qa, q=qa.q.astype(self.np_type))
+        qa = dataclasses.replace(qa, q=qa.q.astype(self.np_type, copy=False))
         self.initializers.append(numpy_helper.from_array(qa.q, names["q"]))
         self.initializers.append(numpy_helper.from_array(np.asarray(qa.scale, dtype=np.float32), names["scale"]))
         if names["zero_point"]:
@@ -143,8 +143,8 @@ class WeightStore:
                 per_channel = qm.quantize_array(
                     array, axis, qmin, qmax, self.symmetric, mantissa_bits=SCALE_MANTISSA_BITS
                 )
-                errors["codebook"] = _rel_error(qa.dequantize(), array)
-                errors["per_channel"] = _rel_error(per_channel.dequantize(), array)
+                errors["codebook"] = _rel_error(qa, array)
+                errors["per_channel"] = _rel_error(per_channel, array)
                 if errors["codebook"] > CODEBOOK_ERROR_FACTOR * errors["per_channel"]:
                     self.warnings.append(
                         f"{name}: codebook of {k} values quantized per channel (a shared scale would "
@@ -165,7 +165,7 @@ class WeightStore:
                 )
             )
             scheme = "per_channel" if axis is not None else "per_tensor"
-        err = errors[scheme] if scheme in errors else _rel_error(qa.dequantize(), array)
+        err = errors[scheme] if scheme in errors else _rel_error(qa, array)
         row = {
             "scheme": scheme,
             "axis": qa.axis,
@@ -190,10 +190,11 @@ class WeightStore:
         factor = np.asarray(factor, dtype=np.float64)
         if np.any(factor == 0) or not np.all(np.isfinite(factor)):
             return None
-        sign = np.sign(factor).astype(np.int64)
+        # Symmetric: zero point 0, a signed range is sign-symmetric, so q keeps its type.
+        sign = np.sign(factor).astype(qa.q.dtype if qa.q.dtype.kind == "i" else np.int64)
         shape = [1] * qa.q.ndim
         shape[axis] = -1
-        q = qa.q * sign.reshape(shape)  # symmetric: zero point 0, range [-127, 127] is sign-symmetric
+        q = qa.q * sign.reshape(shape)
         scale = qm.round_mantissa((float(qa.scale) * np.abs(factor)).astype(np.float32), SCALE_MANTISSA_BITS)
         zp = np.zeros(scale.shape, dtype=np.int64)
         return qm.QuantizedArray(
@@ -204,7 +205,7 @@ class WeightStore:
             qa.clamped_nonzero,
             qa.codebook_size,
             qa.merged_centroids,
-            int(np.unique(q[q != 0]).size),
+            qm.distinct_count(q, skip_zero=True),
             {"bn_absorbed": True},
         )
 
@@ -268,5 +269,8 @@ KEEP_ZERO_POINT_ROLES = ("gemm_b", "matmul_const", "matmul_const_a")
 CODEBOOK_ERROR_FACTOR = 1.5
 
 
-def _rel_error(approx: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.linalg.norm((approx - exact).ravel()) / (np.linalg.norm(exact.ravel()) or 1.0))
+def _rel_error(qa: qm.QuantizedArray, exact: np.ndarray) -> float:
+    """||Q(W) - W|| / ||W||; the difference is taken in the dequantized array's own memory."""
+    diff = qa.dequantize()
+    np.subtract(diff, exact, out=diff)
+    return float(np.linalg.norm(diff.ravel()) / (np.linalg.norm(exact.ravel()) or 1.0))
