@@ -453,25 +453,29 @@ def capture_with_feeds(
     data: Dataset,
     batch_size: int | None = None,
     budget: int | None = None,
+    extra: Sequence[str] = (),
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """Yield (feed, values of `names`) batch by batch, one pass over the data.
+    """Yield (feed, values of `names` and `extra`) batch by batch, one pass over the data.
 
     Without `batch_size` (and unless the model fixes its batch), the first batch is one
-    sample: the bytes its captures take set the size of the following batches, so that one
-    batch of captures stays under `budget` bytes (see ``bounded_batch_size``).
+    sample: the bytes its captures of `names` take set the size of the following batches, so
+    that one batch of captures stays under `budget` bytes (see ``bounded_batch_size``).
+    `extra` (small values, the model's outputs say) are captured too but leave the batches as
+    `names` alone make them.
     """
     names = list(dict.fromkeys(names))
-    session = make_session(with_outputs(model, names), arena=False)
+    wanted = list(dict.fromkeys([*names, *extra]))
+    session = make_session(with_outputs(model, wanted), arena=False)
     fixed = fixed_batch_size(model)
     if batch_size is None and not fixed and not data.per_sample and data.size > 1:
         first = data.take(1)
         feed = next(first.batches(1))
-        outs = run_once(session, feed, names)
-        yield feed, dict(zip(names, outs))
+        values = dict(zip(wanted, run_once(session, feed, wanted)))
+        yield feed, values
         data = data.select(slice(1, None))
-        batch_size = bounded_batch_size(sum(int(np.asarray(o).nbytes) for o in outs), data.size, budget)
+        batch_size = bounded_batch_size(sum(int(np.asarray(values[n]).nbytes) for n in names), data.size, budget)
     for feed in data.batches(batch_size or fixed or DEFAULT_BATCH):
-        yield feed, dict(zip(names, run_once(session, feed, names)))
+        yield feed, dict(zip(wanted, run_once(session, feed, wanted)))
 
 
 def evaluate_with_latency(

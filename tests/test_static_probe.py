@@ -52,3 +52,18 @@ def test_the_probe_needs_enough_calibration_samples():
     assert static_probe.PROBE_MIN_CALIB > static_probe.PROBE_SAMPLES
     assert static_probe.spread_index(32, 4).tolist() == [0, 8, 16, 24]
     assert static_probe.spread_index(3, 4).tolist() == [0, 1, 2]
+
+
+def test_settings_that_build_the_same_probe_model_share_its_run(tmp_path, monkeypatch):
+    runs = []
+
+    def counted(model, data, *args, **kwargs):
+        runs.append(model.SerializeToString())
+        return static_probe_run(model, data, *args, **kwargs)
+
+    static_probe_run = static_probe.run_model
+    monkeypatch.setattr(static_probe, "run_model", counted)
+    row = quantize_row(tmp_path, 1e5)
+    static = [a for a in row["attempts"] if a["option"].startswith("int8 weights + static")]
+    assert len(static) >= 2 and static[0]["error"].split(" on ")[-1] == static[1]["error"].split(" on ")[-1]
+    assert runs and len(runs) == len(set(runs))  # each distinct probe model run once

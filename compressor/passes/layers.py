@@ -258,16 +258,27 @@ def layers_for(w: graph.Weight, k: int, known: set[str], max_flops: float | None
     return layers
 
 
-def accumulate_inputs(model: onnx.ModelProto, layers: list[Layer], data: Dataset) -> None:
+def accumulate_inputs(
+    model: onnx.ModelProto, layers: list[Layer], data: Dataset, outputs: list[list[np.ndarray]] | None = None
+) -> None:
     """Run `model` over `data` once and accumulate each layer's input covariance (X^T X);
-    the captures are batched under evaluate.CAPTURE_BYTES."""
+    the captures are batched under evaluate.CAPTURE_BYTES.  `outputs`: when given (a list),
+    each batch's model outputs are appended to it, in the graph's output order (the same run:
+    nothing appended when no layer input needs a run)."""
     input_names = {vi.name for vi in graph.graph_inputs(model)}
     wanted = sorted({layer.x_name for layer in layers})
     to_capture = [n for n in wanted if n not in input_names]
-    batches = capture_with_feeds(model, to_capture, data) if to_capture else ((f, {}) for f in data.batches(1 << 30))
+    output_names = [o.name for o in model.graph.output] if outputs is not None else []
+    batches = (
+        capture_with_feeds(model, to_capture, data, extra=output_names)
+        if to_capture
+        else ((f, {}) for f in data.batches(1 << 30))
+    )
     first = True
     for feed, captured in batches:
         values = {**feed, **captured}
+        if outputs is not None and to_capture:
+            outputs.append([captured[n] for n in output_names])
         if first:
             # The first batch's rows per sample set each layer's stride for the whole data.
             fed = (

@@ -140,6 +140,7 @@ def capture_layers(
     captured: dict[str, Layer] | None = None,
     tables: bool = False,
     shared: dict[str, Layer] | None = None,
+    outputs: list[list[np.ndarray]] | None = None,
 ) -> tuple[dict[str, Layer | RowUse], dict[str, str], int]:
     """The layer of each weight with its input covariance, from at most one capture run over `data`.
 
@@ -147,7 +148,8 @@ def capture_layers(
     a Gather table gets its row lookups counted in the same run (``row_use.RowUse``, whose
     errors ``variant_errors`` weighs by them).  `shared`: layers an earlier stage captured on
     `data` (``layer_inputs.LayerInputs``), reused for the weights that pass this call's checks
-    (the same layers its own capture would make).
+    (the same layers its own capture would make).  `outputs`: a list the capture run appends
+    each batch's model outputs to (``passes.layers.accumulate_inputs``).
     Returns ({name: Layer}, {name: why the weight has none}, capture runs made: 0 or 1)."""
     constants = {w.name: w for w in graph.weights(model, include_non_float=True)}
     known = set(constants)
@@ -184,7 +186,7 @@ def capture_layers(
             fresh.append(found[0])
     if not fresh:
         return layers, reasons, 0
-    accumulate_inputs(model, fresh, data)
+    accumulate_inputs(model, fresh, data, outputs)
     for layer in fresh:
         layer.kept = None  # only the covariance is needed
     return layers, reasons, 1

@@ -12,6 +12,7 @@ from ..options import PruneOptions
 from ..passes.compensate import Compensator, one_blas_thread
 from ..passes.prune import prunable_weights, prune, prune_with_ratios
 from ..passes.selection import unique_names
+from ..search.capture_reference import reference_from_capture
 from ..search.layer_error import capture_layers, layer_curves
 from ..search.prune_budget import MAX_SEARCH_RUNS, prune_to_budget
 from ..search.sensitivity import BUDGET_RATIOS
@@ -69,7 +70,15 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
         if "layer_errors" not in cached:
             selected = unique_names(*prunable_weights(model, opts.exclude, opts.min_params))
             kept = ctx.layer_inputs.layers(model, calib_data) if ctx.layer_inputs is not None else None
-            layers, reasons, captures = capture_layers(model, selected, calib_data, len(BUDGET_RATIOS), shared=kept)
+            # The search's reference on its samples, when they are calibration samples: from this run.
+            reuse = ctx.layer_inputs is not None and eval_data is not measure.data
+            outputs: list[list[np.ndarray]] | None = [] if reuse else None
+            layers, reasons, captures = capture_layers(
+                model, selected, calib_data, len(BUDGET_RATIOS), shared=kept, outputs=outputs
+            )
+            reference = reference_from_capture(model, outputs, calib_data, eval_data) if outputs else None
+            if reference is not None:
+                ctx.layer_inputs.keep_reference(model, eval_data, reference)
             if ctx.layer_inputs is not None:
                 # for the share stage: the same covariances when pruning leaves the weights as they are
                 ctx.layer_inputs.keep(model, calib_data, layers)

@@ -116,7 +116,7 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
         # Every setting missed: the last one built (the gentlest measured) on the tensors that
         # fit, the rest unshared (stages/partial_share.py).
         last = LastBuilt()
-        attempts = [Attempt(a.label, last.wrap(a.label, a.build), a.budget, a.skip) for a in attempts]
+        attempts = tracked(attempts, last)
         spent = max(measure.loss(ctx.previous.metrics) or 0.0, 0.0)
         points = max(measure.budget * share_search_budget_share(measure.mode) - spent, 0.0)
         # Weights only a subgraph reads (quantize leaves them float): finer uniform grids first.
@@ -127,6 +127,12 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
     if ctx.layer_inputs is not None:
         ctx.layer_inputs.release()  # no later stage reads covariances: their memory goes now
     return result
+
+
+def tracked(attempts: list[Attempt], last: LastBuilt) -> list[Attempt]:
+    """`attempts` whose builds `last` records; each keeps the rest of its fields (an early
+    verdict, gentlest_first's `measured`, stays its verdict: no second run)."""
+    return [replace(a, build=last.wrap(a.label, a.build)) for a in attempts]
 
 
 def gentlest_first(attempts: list[Attempt], rungs: dict[str, tuple], ctx: StageContext) -> list[Attempt]:

@@ -20,6 +20,7 @@ at least ``PROBE_MIN_CALIB`` samples; counts only, never the clock.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -84,6 +85,7 @@ class StaticProbe:
         self.judge = sub_judge(ctx.measure, spread_index(ctx.measure.data.size, PROBE_SAMPLES))
         self.shared = Shared()
         self.misses: dict[tuple, float | None] = {}
+        self.snrs: dict[bytes, float | None] = {}  # a probe model's SNR by its serialization's SHA-256
         self.kept_float: dict[tuple, list] = {}  # layers a mixed-precision probe kept float
         self.builds = 0
 
@@ -102,7 +104,11 @@ class StaticProbe:
             self.builds += 1
             self.kept_float[key] = stats.get("kept_float_mixed", [])
             floor = self.ctx.measure.min_snr_db
-            snr = self.judge.scores(run_model(model, self.judge.data))["snr_db"]
+            # Two settings can build the same model (no small constant to keep float, say): one run.
+            digest = hashlib.sha256(model.SerializeToString()).digest()
+            if digest not in self.snrs:
+                self.snrs[digest] = self.judge.scores(run_model(model, self.judge.data))["snr_db"]
+            snr = self.snrs[digest]
             if snr is not None and (math.isnan(snr) or snr < floor):
                 self.misses[key] = math.inf if math.isnan(snr) else floor - snr
         return self.misses[key]
