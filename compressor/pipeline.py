@@ -132,7 +132,7 @@ def run_pipeline(
     recurrent = (data or calib) is not None and bool((data or calib).recurrent)
     hold_out = gate.hold_out and not (recurrent and metric is not None)
     eval_data, search_data, verdict_index = verdict_and_search(data, calib, hold_out, original)
-    calib_data = calib if calib is not None else search_data
+    calib_data = calibration_data(data, calib, search_data)
     train_data = None
     if recipe.finetune.enabled:
         require_torch()
@@ -140,7 +140,7 @@ def run_pipeline(
             raise UsageError(
                 "--finetune needs training inputs: --train T.npz (or --calib; never the --data it is judged on)"
             )
-        train_data = load_dataset(recipe.finetune.train, original) if recipe.finetune.train else calib
+        train_data = load_dataset(recipe.finetune.train, original) if recipe.finetune.train else calib_data
     elif recipe.finetune.train is not None:
         log("--train is only used with --finetune EPOCHS; ignored")
     if calib_data is not None and calib_data.size > MAX_CALIB_SAMPLES:
@@ -296,6 +296,13 @@ def verdict_and_search(
         return only, only, None
     index = np.arange(only.size)
     return only.select(index[1::2]), only.select(index[0::2]), index[1::2]
+
+
+def calibration_data(data: Dataset | None, calib: Dataset | None, search_data: Dataset | None) -> Dataset | None:
+    """What calibration (ranges, captures, refits, fine-tuning) reads: --calib beside --data, else
+    the searches' data.  With --calib alone the verdict is a split of it, and calibration never
+    sees the verdict's samples."""
+    return calib if calib is not None and data is not None else search_data
 
 
 def _with_recurrence(model: onnx.ModelProto, data: Dataset | None, spec: str) -> Dataset | None:

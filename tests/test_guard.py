@@ -15,7 +15,7 @@ from compressor.cli import main
 from compressor.data import Dataset
 from compressor.errors import UsageError
 from compressor.measure import Judge, load_metric
-from compressor.pipeline import run_pipeline, verdict_and_search
+from compressor.pipeline import calibration_data, run_pipeline, verdict_and_search
 
 METRIC_MODULE = '''
 import numpy as np
@@ -124,6 +124,16 @@ def test_one_unlabeled_set_is_split_for_a_held_out_verdict():
     assert verdict_and_search(data, other)[:2] == (data, other)  # --data is the verdict, --calib searched
     labeled = Dataset({"x": np.zeros((4, 1), np.float32)}, np.zeros(4, np.int64))
     assert verdict_and_search(labeled, other)[:2] == (labeled, labeled)  # labels: the task's own measure
+
+
+def test_calibration_never_reads_the_verdicts_samples():
+    calib = Dataset({"x": np.arange(10, dtype=np.float32)[:, None]}, None)
+    verdict, search, _ = verdict_and_search(None, calib)
+    used = calibration_data(None, calib, search)  # --calib alone: the verdict is split from it
+    assert used is search and not set(used.inputs["x"][:, 0]) & set(verdict.inputs["x"][:, 0])
+    data = Dataset({"x": np.zeros((4, 1), np.float32)}, None)
+    assert calibration_data(data, calib, verdict_and_search(data, calib)[1]) is calib  # --data is the verdict
+    assert calibration_data(data, None, data) is data
 
 
 def test_the_report_states_both_sample_counts_and_the_resolution(regressor, tmp_path):
