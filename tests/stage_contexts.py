@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import graphs
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from compressor.data import Dataset
 from compressor.measure import Measure
+from compressor.pipeline import run_pipeline
 from compressor.report import StageRow
 from compressor.stages.ladder import StageContext
 
@@ -35,3 +38,18 @@ def measured_context(
     measure = Measure(data, mode, budget, search_data=search_data)
     first = StageRow("original", True, original_bytes, measure.start(model))
     return StageContext(model, measure, data, data, measure.last_outputs, (first,), lambda msg: None, size, **options)
+
+
+def run_if_model(tmp_path: Path, min_snr_db: float) -> dict:
+    """`run` of graphs.if_subgraph_model (pruning off, an SNR floor) calibrated on 64 samples
+    that never take its then branch; the report."""
+    model = graphs.if_subgraph_model()
+    path, calib = tmp_path / "if.onnx", tmp_path / "calib.npz"
+    onnx.save(model, path)
+    np.savez(calib, **graphs.make_inputs(model, 64, 1).inputs)  # flags False: the then branch never runs
+    return run_pipeline(
+        str(path),
+        str(tmp_path / "if.cmpz"),
+        calib_path=str(calib),
+        overrides={"prune": {"enabled": False}, "gate": {"min_snr_db": min_snr_db}},
+    )

@@ -2,13 +2,11 @@
 
 import graphs
 import numpy as np
-import onnx
-from stage_contexts import measured_context
+from stage_contexts import measured_context, run_if_model
 from test_partial_share import chain_model
 
 from compressor import graph
 from compressor.data import Dataset
-from compressor.pipeline import run_pipeline
 from compressor.report import fine_lines
 from compressor.stages.fine_share import FINE_CENTROIDS, fine_attempts, fine_shared, subgraph_weights
 from compressor.stages.ladder import Attempt, Ladder, run_ladder
@@ -97,17 +95,8 @@ def test_the_report_names_the_codebook_the_untaken_branches_and_what_stayed_as_i
 
 
 def test_run_shares_the_subgraph_weights_finely_when_the_eight_bit_rungs_miss_the_floor(tmp_path):
-    model = graphs.if_subgraph_model()
-    path, calib = tmp_path / "if.onnx", tmp_path / "calib.npz"
-    onnx.save(model, path)
-    np.savez(calib, **if_data(model, 64).inputs)
     # a floor k-means 8 bits misses (about 40 dB here) and 512 centroids pass (about 50 dB)
-    report = run_pipeline(
-        str(path),
-        str(tmp_path / "if.cmpz"),
-        calib_path=str(calib),
-        overrides={"prune": {"enabled": False}, "gate": {"min_snr_db": 44.0}},
-    )
+    report = run_if_model(tmp_path, 44.0)
     share = next(s for s in report["stages"] if s["stage"] == "share")
     assert share["applied"] and share["setting"].startswith(f"k-means {FINE_CENTROIDS[0]} centroids")
     rows = {t["name"]: t for t in report["share_fine"]["tensors"]}

@@ -4,11 +4,10 @@ import graphs
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from stage_contexts import measured_context
+from stage_contexts import measured_context, run_if_model
 
 from compressor import graph
 from compressor.data import Dataset
-from compressor.pipeline import run_pipeline
 from compressor.report import partial_lines
 from compressor.search.branch_use import untaken_branches, unused_weights
 from compressor.search.share_subset import MAX_VERDICTS, grow, ranking
@@ -155,17 +154,7 @@ def test_the_partial_rungs_are_not_tried_when_an_earlier_setting_fits():
 
 
 def test_run_shares_only_the_weights_of_the_branch_the_calibration_data_never_takes(tmp_path):
-    model = graphs.if_subgraph_model()
-    path, calib = tmp_path / "if.onnx", tmp_path / "calib.npz"
-    onnx.save(model, path)
-    np.savez(calib, **graphs.make_inputs(model, 64, 1).inputs)  # flags False: the then branch never runs
-    report = run_pipeline(
-        str(path),
-        str(tmp_path / "if.cmpz"),
-        calib_path=str(calib),
-        # an SNR floor no change to a weight the data uses can pass
-        overrides={"prune": {"enabled": False}, "gate": {"min_snr_db": 300.0}},
-    )
+    report = run_if_model(tmp_path, 300.0)  # an SNR floor no change to a weight the data uses can pass
     share = next(s for s in report["stages"] if s["stage"] == "share")
     assert share["applied"] and share["setting"] in (SEARCHED, UNUSED_ONLY)
     partial = report["share_partial"]
