@@ -416,6 +416,7 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
                 train_data=train_data,
                 objective=recipe.run.objective,
                 layer_inputs=layer_inputs,
+                packing=packer.packing,
             )
             result = stage.run(options, ctx) if options.enabled else ctx.skipped(stage.NAME, "disabled")
             rows.append(result.row)

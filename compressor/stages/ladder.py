@@ -55,6 +55,7 @@ class StageContext:
         "size"  # run.objective (options.OBJECTIVES): "size" keeps a quantized model only if it packs smaller
     )
     layer_inputs: LayerInputs | None = None  # the layers' input covariances a stage captured, for the next
+    packing: Callable[[onnx.ModelProto], tuple[bytes, dict] | None] | None = None  # a packed model's (bytes, stats)
 
     @property
     def previous(self) -> StageRow:

@@ -17,6 +17,7 @@ from ..passes.quantize.subgraph_weights import weights_left_in_subgraphs
 from ..report import StageRow
 from .gentlest_first import GentlestFirst, SkipRule, either_skip, floor_miss_db
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
+from .mixed_bytes import ShrinkingLayers
 from .static_probe import PROBE_SAMPLES, StaticProbe, probe_applies
 
 NAME = "quantize"
@@ -268,6 +269,32 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
     def dominated(build: Build) -> Build:
         return gentlest.dominates(build) if gentlest is not None else build
 
+    # Objective size: which layers' int8 form packs smaller, from the first plain static
+    # candidate packed (stages/mixed_bytes.py); the mixed rungs quantize only those.
+    shrinking = None
+    if limit is not None and ctx.packing is not None:
+        input_packing = ctx.packing(model)
+        shrinking = ShrinkingLayers(model, input_packing[1] if input_packing else None, settings.exclude)
+
+    def noted(build: Build) -> Build:
+        if shrinking is None:
+            return build
+
+        def packed():
+            candidate, stats = build()
+            if model_bytes(candidate) < model_bytes(model):
+                ctx.packed_size(candidate)  # packed once: the size checks after this reuse it
+                packing = ctx.packing(candidate)
+                shrinking.note(stats, packing[1] if packing else None)
+            return candidate, stats
+
+        return packed
+
+    def mixed_build(mixed: QuantizeSettings):
+        if shrinking is not None:
+            mixed = replace(mixed, exclude=shrinking.exclude())
+        return build("static", mixed)
+
     def with_small_constants(mode: str, settings: QuantizeSettings):
         quantized, stats = build(mode, settings)
         if not any(w.get("role") in SMALL_ROLES for w in stats["weights"]):
@@ -288,7 +315,8 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         if gentlest is not None and mode == "none":
             one = gentlest.built
         elif i == 0:
-            one = dominated(lambda m=mode, s=settings: first_attempt(m, s))
+            plain = noted(lambda m=mode, s=settings: first_attempt(m, s)) if mode == "static" else None
+            one = dominated(plain or (lambda m=mode, s=settings: first_attempt(m, s)))
         else:
             one = dominated(lambda m=mode, s=settings: build(m, s))
         attempts.append(
@@ -305,7 +333,16 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             attempts.append(
                 Attempt(
                     f"{LABELS[mode]}, small constants float",
-                    packs_within(dominated(lambda m=mode, s=settings: without_small_constants(m, s)), ctx, limit, over),
+                    packs_within(
+                        dominated(
+                            noted(lambda m=mode, s=settings: without_small_constants(m, s))
+                            if mode == "static"
+                            else (lambda m=mode, s=settings: without_small_constants(m, s))
+                        ),
+                        ctx,
+                        limit,
+                        over,
+                    ),
                     skip=probe.skip(settings) if probe is not None and mode == "static" else None,
                 )
             )
@@ -318,13 +355,15 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                 attempts.append(
                     Attempt(
                         f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
-                        packs_within(dominated(lambda s=mixed: build("static", s)), ctx, limit, over),
+                        packs_within(dominated(lambda s=mixed: mixed_build(s)), ctx, limit, over),
                         skip=probe.skip(mixed) if probe is not None else None,
                     )
                 )
     if adaptive and modes[-1] == "none" and len(modes) > 1:
         attempts = weights_only_first(attempts, ctx, probe, mixed_rungs)
     result = run_ladder(Ladder(NAME, attempts, adaptive, must_shrink=NOTHING_QUANTIZED), ctx)
+    if shrinking is not None and shrinking.summary():
+        result.row.note = f"{result.row.note}; {shrinking.summary()}" if result.row.note else shrinking.summary()
     if over and not result.row.applied:
         result.row.note += (
             f"; {len(over)} built, unmeasured: they pack larger than the input's {limit:,} bytes "

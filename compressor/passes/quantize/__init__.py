@@ -32,7 +32,7 @@ from ... import evaluate, graph
 from ... import quant_math as qm
 from ...data import Dataset
 from ...errors import CompressorError, UsageError
-from . import calibrate, cleanup, dynamic, fold, prepare, sensitivity
+from . import calibrate, cleanup, dynamic, fold, prepare, sensitivity, unfold
 from .coverage import integer_kernel_coverage
 from .names import NameScope
 from .params import build_groups, compute_params
@@ -311,6 +311,8 @@ def _build(
     for row in rows:
         if row["node"] in status:
             row["status"] = status[row["node"]]
+    if factors and not reduced_everywhere:
+        unfold.unfold_float_convs(model, factors)  # a float Conv keeps its own (shared) filter
     cleanup.remove_unused(model)
     return model, rows, store, fold_counts
 
