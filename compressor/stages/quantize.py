@@ -17,6 +17,7 @@ from ..passes.quantize.subgraph_weights import weights_left_in_subgraphs
 from ..report import StageRow
 from .gentlest_first import GentlestFirst, SkipRule, either_skip, floor_miss_db
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
+from .mixed_bound import PlainSizes, dominated_mixed
 from .static_probe import PROBE_SAMPLES, StaticProbe, probe_applies
 
 NAME = "quantize"
@@ -192,8 +193,9 @@ class WeightOnlyPacked:
     def built(self) -> tuple:
         return self.model, self.stats
 
-    def dominates(self, build: Build) -> Build:
-        """`build`, failing unmeasured when its candidate packs no smaller than weight-only."""
+    def dominates(self, build: Build, plain: PlainSizes | None = None) -> Build:
+        """`build`, failing unmeasured when its candidate packs no smaller than weight-only
+        (its size then recorded in `plain`: a plain static build's, for stages/mixed_bound.py)."""
         if self.size is None:
             return build
 
@@ -201,6 +203,8 @@ class WeightOnlyPacked:
             candidate, stats = build()
             size = self.ctx.packed_size(candidate)
             if size >= self.size:
+                if plain is not None:
+                    plain.add(size)
                 raise CompressorError(
                     f"packs to {size:,} bytes, not smaller than {LABELS['none']}'s {self.size:,}: "
                     "not measured (objective size)"
@@ -208,6 +212,16 @@ class WeightOnlyPacked:
             return candidate, stats
 
         return checked
+
+
+def _mixed_skip(ctx: StageContext, probe: StaticProbe | None, mixed: QuantizeSettings, plain, gentlest):
+    """A mixed-precision rung's skip rule: its probe's miss, then (objective size) whether
+    keeping layers float only adds bytes (stages/mixed_bound.py)."""
+    if probe is None:
+        return None
+    if gentlest is None:
+        return probe.skip(mixed)
+    return either_skip(probe.skip(mixed), dominated_mixed(ctx, probe, mixed, plain, gentlest.size))
 
 
 def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
@@ -265,8 +279,10 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
     # The static rungs (plain and mixed precision), tried on a few samples first (static_probe).
     probe = StaticProbe(ctx) if adaptive and "static" in modes and probe_applies(ctx) else None
 
-    def dominated(build: Build) -> Build:
-        return gentlest.dominates(build) if gentlest is not None else build
+    plain = PlainSizes()  # plain static builds that packed no smaller than weight-only
+
+    def dominated(build: Build, mode: str | None = None) -> Build:
+        return gentlest.dominates(build, plain if mode == "static" else None) if gentlest is not None else build
 
     def with_small_constants(mode: str, settings: QuantizeSettings):
         quantized, stats = build(mode, settings)
@@ -288,7 +304,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         if gentlest is not None and mode == "none":
             one = gentlest.built
         elif i == 0:
-            one = dominated(lambda m=mode, s=settings: first_attempt(m, s))
+            one = dominated(lambda m=mode, s=settings: first_attempt(m, s), mode)
         else:
             one = dominated(lambda m=mode, s=settings: build(m, s))
         attempts.append(
@@ -305,7 +321,9 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
             attempts.append(
                 Attempt(
                     f"{LABELS[mode]}, small constants float",
-                    packs_within(dominated(lambda m=mode, s=settings: without_small_constants(m, s)), ctx, limit, over),
+                    packs_within(
+                        dominated(lambda m=mode, s=settings: without_small_constants(m, s), mode), ctx, limit, over
+                    ),
                     skip=probe.skip(settings) if probe is not None and mode == "static" else None,
                 )
             )
@@ -319,7 +337,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                     Attempt(
                         f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
                         packs_within(dominated(lambda s=mixed: build("static", s)), ctx, limit, over),
-                        skip=probe.skip(mixed) if probe is not None else None,
+                        skip=_mixed_skip(ctx, probe, mixed, plain, gentlest),
                     )
                 )
     if adaptive and modes[-1] == "none" and len(modes) > 1:
