@@ -14,6 +14,7 @@ import onnx
 from .. import graph
 from ..data import Dataset
 from ..evaluate import capture_with_feeds
+from .layer_threads import LayerPool
 
 # Refit cost cap: k · d_in · d_in · d_out multiply-adds per layer (~ a few seconds).
 REFIT_MAX_FLOPS = 2e10
@@ -275,19 +276,19 @@ def accumulate_inputs(
         else ((f, {}) for f in data.batches(1 << 30))
     )
     first = True
-    for feed, captured in batches:
-        values = {**feed, **captured}
-        if outputs is not None and to_capture:
-            outputs.append([captured[n] for n in output_names])
-        if first:
-            # The first batch's rows per sample set each layer's stride for the whole data.
-            fed = (
-                1
-                if data.per_sample
-                else max(1, next(iter(np.asarray(v).shape[0] for v in feed.values() if np.ndim(v))))
-            )
-            for layer in layers:
-                layer.stride = layer.row_stride(layer.row_count(values[layer.x_name]) / fed, data.size)
-            first = False
-        for layer in layers:
-            layer.accumulate(values[layer.x_name])
+    with LayerPool() as pool:  # the layers' sums on both cores, the same sums (passes/layer_threads.py)
+        for feed, captured in batches:
+            values = {**feed, **captured}
+            if outputs is not None and to_capture:
+                outputs.append([captured[n] for n in output_names])
+            if first:
+                # The first batch's rows per sample set each layer's stride for the whole data.
+                fed = (
+                    1
+                    if data.per_sample
+                    else max(1, next(iter(np.asarray(v).shape[0] for v in feed.values() if np.ndim(v))))
+                )
+                for layer in layers:
+                    layer.stride = layer.row_stride(layer.row_count(values[layer.x_name]) / fed, data.size)
+                first = False
+            pool.accumulate(layers, values)

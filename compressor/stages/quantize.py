@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 
 from ..errors import CompressorError
 from ..options import QuantizeOptions
@@ -17,6 +18,7 @@ from ..passes.quantize.subgraph_weights import weights_left_in_subgraphs
 from ..report import StageRow
 from .gentlest_first import GentlestFirst, SkipRule, either_skip, floor_miss_db
 from .ladder import Attempt, Ladder, MustShrink, StageContext, StageResult, model_bytes, run_ladder
+from .mixed_bound import PlainSizes, dominated_mixed
 from .mixed_bytes import ShrinkingLayers
 from .static_probe import PROBE_SAMPLES, StaticProbe, probe_applies
 
@@ -193,8 +195,9 @@ class WeightOnlyPacked:
     def built(self) -> tuple:
         return self.model, self.stats
 
-    def dominates(self, build: Build) -> Build:
-        """`build`, failing unmeasured when its candidate packs no smaller than weight-only."""
+    def dominates(self, build: Build, plain: PlainSizes | None = None) -> Build:
+        """`build`, failing unmeasured when its candidate packs no smaller than weight-only
+        (its size then recorded in `plain`: a plain static build's, for stages/mixed_bound.py)."""
         if self.size is None:
             return build
 
@@ -202,6 +205,8 @@ class WeightOnlyPacked:
             candidate, stats = build()
             size = self.ctx.packed_size(candidate)
             if size >= self.size:
+                if plain is not None:
+                    plain.add(size)
                 raise CompressorError(
                     f"packs to {size:,} bytes, not smaller than {LABELS['none']}'s {self.size:,}: "
                     "not measured (objective size)"
@@ -209,6 +214,25 @@ class WeightOnlyPacked:
             return candidate, stats
 
         return checked
+
+
+def _mixed_skip(ctx: StageContext, probe: StaticProbe | None, mixed: QuantizeSettings, plain, gentlest, effective):
+    """A mixed-precision rung's skip rule: its probe's miss, then (objective size) whether
+    keeping layers float only adds bytes (stages/mixed_bound.py), probed with the settings the
+    rung builds with (`effective`: the layers whose int8 form grows excluded, stages/mixed_bytes.py)."""
+    if probe is None:
+        return None
+    if gentlest is None:
+        return probe.skip(mixed)
+
+    def bound(tried: Sequence[dict]) -> str | None:
+        try:
+            settings = effective(mixed)
+        except CompressorError:
+            return None  # the build itself says why it is not built
+        return dominated_mixed(ctx, probe, settings, plain, gentlest.size)(tried)
+
+    return either_skip(probe.skip(mixed), bound)
 
 
 def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
@@ -266,8 +290,10 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
     # The static rungs (plain and mixed precision), tried on a few samples first (static_probe).
     probe = StaticProbe(ctx) if adaptive and "static" in modes and probe_applies(ctx) else None
 
-    def dominated(build: Build) -> Build:
-        return gentlest.dominates(build) if gentlest is not None else build
+    plain = PlainSizes()  # plain static builds that packed no smaller than weight-only
+
+    def dominated(build: Build, mode: str | None = None) -> Build:
+        return gentlest.dominates(build, plain if mode == "static" else None) if gentlest is not None else build
 
     # Objective size: which layers' int8 form packs smaller, from the first plain static
     # candidate packed (stages/mixed_bytes.py); the mixed rungs quantize only those.
@@ -290,10 +316,11 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
 
         return packed
 
+    def mixed_settings(mixed: QuantizeSettings) -> QuantizeSettings:
+        return replace(mixed, exclude=shrinking.exclude()) if shrinking is not None else mixed
+
     def mixed_build(mixed: QuantizeSettings):
-        if shrinking is not None:
-            mixed = replace(mixed, exclude=shrinking.exclude())
-        return build("static", mixed)
+        return build("static", mixed_settings(mixed))
 
     def with_small_constants(mode: str, settings: QuantizeSettings):
         quantized, stats = build(mode, settings)
@@ -315,8 +342,8 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
         if gentlest is not None and mode == "none":
             one = gentlest.built
         elif i == 0:
-            plain = noted(lambda m=mode, s=settings: first_attempt(m, s)) if mode == "static" else None
-            one = dominated(plain or (lambda m=mode, s=settings: first_attempt(m, s)))
+            first_build = partial(first_attempt, mode, settings)
+            one = dominated(noted(first_build) if mode == "static" else first_build, mode)
         else:
             one = dominated(lambda m=mode, s=settings: build(m, s))
         attempts.append(
@@ -337,7 +364,8 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                         dominated(
                             noted(lambda m=mode, s=settings: without_small_constants(m, s))
                             if mode == "static"
-                            else (lambda m=mode, s=settings: without_small_constants(m, s))
+                            else (lambda m=mode, s=settings: without_small_constants(m, s)),
+                            mode,
                         ),
                         ctx,
                         limit,
@@ -356,7 +384,7 @@ def run(opts: QuantizeOptions, ctx: StageContext) -> StageResult:
                     Attempt(
                         f"{LABELS[mode]}, noisy layers float for {floor:g} dB output SNR",
                         packs_within(dominated(lambda s=mixed: mixed_build(s)), ctx, limit, over),
-                        skip=probe.skip(mixed) if probe is not None else None,
+                        skip=_mixed_skip(ctx, probe, mixed, plain, gentlest, mixed_settings),
                     )
                 )
     if adaptive and modes[-1] == "none" and len(modes) > 1:

@@ -18,6 +18,7 @@ from ..search.ecq_budget import share_by_rate
 from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
 from .fine_share import fine_attempts
 from .gentlest_first import GentlestFirst, either_skip, floor_miss_db
+from .kmeans_reach import SearchSizes
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 from .partial_share import LastBuilt, partial_attempts
 
@@ -73,12 +74,14 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
     memo = SharedMemo()
     rungs: dict[str, tuple] = {}  # k-means rung labels -> (bits conv, bits fc)
     compare = False
+    sizes = None  # the search's estimates, for the k-means rungs that could not be kept (kmeans_reach.py)
     if adaptive and measure.data is not None and not opts.refit:
         search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge, memo)
         if search is not None:
             # The searched widths against the first uniform rung that fits: measurement noise
             # can make either the smaller one.
-            attempts.append(search)
+            sizes = SearchSizes(search.label)
+            attempts.append(replace(search, build=sizes.wrap(search.build)))
             compare = True
     refit = ctx.calib_data if opts.refit else None
     for bits_conv, bits_fc, budget in ladder:
@@ -107,11 +110,14 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
                     memo=memo,
                 ),
                 budget,
-                skip=(lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
+                skip=either_skip(
+                    sizes.out_of_reach(key) if sizes is not None else None,
+                    (lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
+                ),
             )
         )
     if adaptive and measure.data is not None and len(rungs) > 1:
-        attempts = gentlest_first(attempts, rungs, ctx)
+        attempts = gentlest_first(attempts, rungs, ctx, sizes)
     if adaptive and measure.data is not None:
         # Every setting missed: the last one built (the gentlest measured) on the tensors that
         # fit, the rest unshared (stages/partial_share.py).
@@ -135,10 +141,13 @@ def tracked(attempts: list[Attempt], last: LastBuilt) -> list[Attempt]:
     return [replace(a, build=last.wrap(a.label, a.build)) for a in attempts]
 
 
-def gentlest_first(attempts: list[Attempt], rungs: dict[str, tuple], ctx: StageContext) -> list[Attempt]:
+def gentlest_first(
+    attempts: list[Attempt], rungs: dict[str, tuple], ctx: StageContext, sizes: SearchSizes | None = None
+) -> list[Attempt]:
     """The k-means rungs with the gentlest (most bits on every kind, the ladder's last) measured
     early once one of them missed (stages/gentlest_first.py): fewer bits are never more exact,
-    so when it misses the floor by more than SKIP_SLACK_DB, the harsher rungs are not built."""
+    so when it misses the floor by more than SKIP_SLACK_DB, the harsher rungs are not built.
+    Not when the gentlest could not be kept anyway (`sizes`: stages/kmeans_reach.py)."""
     labels = list(rungs)
     gentlest = labels[-1]
     top = rungs[gentlest]
@@ -153,9 +162,21 @@ def gentlest_first(attempts: list[Attempt], rungs: dict[str, tuple], ctx: StageC
         if a.label == gentlest:
             a = replace(a, build=early.build, measured=early.metrics)
         elif a.label in rungs:
-            a = replace(a, skip=either_skip(a.skip, early.skip(a.label)))  # the free bound first
+            rule = early.skip(a.label)
+            if sizes is not None:
+                rule = _unless(sizes.out_of_reach(top), rule)
+            a = replace(a, skip=either_skip(a.skip, rule))  # the free bound first
         out.append(a)
     return out
+
+
+def _unless(kept_out, rule):
+    """`rule`, not applied (no early verdict) when `kept_out` gives a reason."""
+
+    def unless(tried):
+        return None if kept_out(tried) else rule(tried)
+
+    return unless
 
 
 def beyond_reach(tried: list[dict], rungs: dict[str, tuple], key: tuple, measure) -> str | None:

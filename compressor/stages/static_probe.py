@@ -87,6 +87,7 @@ class StaticProbe:
         self.misses: dict[tuple, float | None] = {}
         self.snrs: dict[bytes, float | None] = {}  # a probe model's SNR by its serialization's SHA-256
         self.kept_float: dict[tuple, list] = {}  # layers a mixed-precision probe kept float
+        self.models: dict[tuple, object] = {}  # the mixed-precision probes' models (stages/mixed_bound.py)
         self.builds = 0
 
     def miss_db(self, settings: QuantizeSettings) -> float | None:
@@ -103,6 +104,8 @@ class StaticProbe:
                 return None
             self.builds += 1
             self.kept_float[key] = stats.get("kept_float_mixed", [])
+            if settings.min_output_snr is not None:
+                self.models[key] = model
             floor = self.ctx.measure.min_snr_db
             # Two settings can build the same model (no small constant to keep float, say): one run.
             digest = hashlib.sha256(model.SerializeToString()).digest()
@@ -112,6 +115,13 @@ class StaticProbe:
             if snr is not None and (math.isnan(snr) or snr < floor):
                 self.misses[key] = math.inf if math.isnan(snr) else floor - snr
         return self.misses[key]
+
+    def model_of(self, settings: QuantizeSettings):
+        """The probe's model of a mixed-precision rung and the layers it kept float (None, []:
+        not built, or its build failed)."""
+        self.miss_db(settings)
+        key = tuple(sorted(vars(replace(settings, activations="static")).items()))
+        return self.models.get(key), self.kept_float.get(key, [])
 
     def quantizes_every_layer(self, settings: QuantizeSettings) -> bool:
         """Whether the probe of a mixed-precision rung kept no layer float on its samples (it

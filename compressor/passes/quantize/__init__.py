@@ -164,6 +164,7 @@ def quantize(
         weight_type=settings.weight_type,
         weight_range=w_range,
         reduced_everywhere=settings.size_bound,
+        weight_cache=shared.weights if shared is not None else None,
     )
 
     qparams = None
@@ -285,6 +286,7 @@ def _build(
     reduced_everywhere=False,
     skip=frozenset(),
     in_place=False,
+    weight_cache=None,
 ):
     """Plans + rewrite + fold on a fresh copy of the prepared float model (on it: ``in_place``;
     `reduced_everywhere`: weights of float kernels on the integer kernels' range too, see
@@ -292,7 +294,7 @@ def _build(
     model = float_model if in_place else graph.copy_model(float_model)
     plans, rows = make_plans(model, mode, per_channel, options, exclude, skip_names=set(skip))
     scope = NameScope(model)
-    store = WeightStore(scope, symmetric, factors, weight_type, weight_range)
+    store = WeightStore(scope, symmetric, factors, weight_type, weight_range, cache=weight_cache)
     if reduced_everywhere:
         store.ranges[False] = store.ranges[True]
     fold_counts = None

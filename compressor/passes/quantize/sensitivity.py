@@ -198,6 +198,9 @@ class Shared:
     reference: Reference | None = None
     noise: dict = field(default_factory=dict)
     snrs: dict = field(default_factory=dict)
+    # each weight's quantization by its values and settings (weights.WeightStore: every build
+    # quantizes the same weights the same way; a group testing builds the model once per probe)
+    weights: dict = field(default_factory=dict)
 
     def reference_for(self, float_model: onnx.ModelProto, data: Dataset) -> Reference:
         if self.reference is None:

@@ -13,6 +13,7 @@ Biases of quantized Conv / Gemm become int32 with scale = input scale x weight s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import onnx
@@ -32,6 +33,7 @@ class WeightStore:
         bn_factors: dict | None = None,
         weight_type: str = "int8",
         integer_range: tuple[int, int] | None = None,
+        cache: dict | None = None,
     ):
         self.scope = scope
         self.symmetric = symmetric
@@ -50,6 +52,9 @@ class WeightStore:
         self._bias: dict[tuple, str] = {}
         self.rows: dict[tuple, dict] = {}
         self.warnings: list[str] = []
+        # Quantizations by the weight's values and settings, shared by the stores of one stage's
+        # builds (sensitivity.Shared.weights): the same weight is quantized once, not per build.
+        self.cache = cache
 
     # ---- weights
     def dq(self, w, axis: int | None, integer: bool = True) -> str:
@@ -83,7 +88,7 @@ class WeightStore:
         array = w.array().astype(np.float32, copy=False)
         if transpose:
             array = array.T
-        qa, row = self._quantize(w.name, array, axis, transpose, qrange)
+        qa, row = self._quantize_once(w.name, array, axis, transpose, qrange)
         tag = "_T" if transpose else ""
         # A zero point of all zeros (symmetric weights) is left out: it is the default, and on a
         # small model the zero-point tensors and their names are a few % of the container.
@@ -107,6 +112,23 @@ class WeightStore:
         self.rows[key] = row
         self._done[key] = {"names": names, "qa": qa, "dq": None}
         return self._done[key]
+
+    def _quantize_once(self, name: str, array: np.ndarray, axis, transpose: bool, qrange: tuple[int, int]):
+        """``_quantize``, taken from the cache when the same values were quantized the same way
+        (its warnings repeated; the row a copy: the caller adds to it)."""
+        if self.cache is None:
+            return self._quantize(name, array, axis, transpose, qrange)
+        factors = self.bn_factors.get(name) if not transpose else None
+        key = (name, axis, transpose, qrange, self.symmetric, self.weight_type, _digest(array))
+        key += (_digest(factors[0]), _digest(factors[1])) if factors is not None else ()
+        hit = self.cache.get(key)
+        if hit is None:
+            before = len(self.warnings)
+            qa, row = self._quantize(name, array, axis, transpose, qrange)
+            hit = self.cache[key] = (qa, dict(row), self.warnings[before:])
+        else:
+            self.warnings.extend(hit[2])
+        return hit[0], dict(hit[1])
 
     def _quantize(self, name: str, array: np.ndarray, axis: int | None, transpose: bool, qrange: tuple[int, int]):
         qmin, qmax = qrange
@@ -274,3 +296,9 @@ def _rel_error(qa: qm.QuantizedArray, exact: np.ndarray) -> float:
     diff = qa.dequantize()
     np.subtract(diff, exact, out=diff)
     return float(np.linalg.norm(diff.ravel()) / (np.linalg.norm(exact.ravel()) or 1.0))
+
+
+def _digest(values) -> tuple:
+    """A key for an array's values: dtype, shape and SHA-256 of its bytes."""
+    values = np.ascontiguousarray(values)
+    return values.dtype.str, values.shape, hashlib.sha256(values.tobytes()).digest()
