@@ -1,0 +1,67 @@
+"""What keeps a large model's run in bounded memory gives the same results: the checker on
+stand-ins of large inline tensors, shape inference without the weights' data, k-means on
+float32 values without a float64 copy."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor import graph, kmeans
+from compressor.errors import CompressorError
+
+
+def _identity_model(values: np.ndarray):
+    t = numpy_helper.from_array(values, "W")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(values.shape))
+    g = helper.make_graph([helper.make_node("Identity", ["W"], ["y"])], "g", [], [out], [t])
+    return helper.make_model(g)
+
+
+def test_check_model_stands_in_for_large_inline_tensors():
+    model = _identity_model(np.ones((300, 300), np.float32))
+    assert graph._inline_raw_tensors(model) == {0}
+    graph.check_model(model)
+
+
+def test_check_model_still_rejects_a_short_raw_data():
+    model = _identity_model(np.ones((300, 300), np.float32))
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    assert graph._inline_raw_tensors(model) == set()  # checked as it is
+    with pytest.raises(CompressorError, match="too small"):
+        graph.check_model(model)
+
+
+def test_infer_shapes_batch1_reads_dims_of_large_tensors():
+    w = np.ones((300, 400), np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 300])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "g",
+        [x],
+        [y],
+        [numpy_helper.from_array(w, "W")],
+    )
+    shapes = graph.infer_shapes_batch1(helper.make_model(g))
+    assert shapes["h"] == (1, 400) and shapes["y"] == (1, 400) and shapes["W"] == (300, 400)
+
+
+@pytest.mark.parametrize("k", [4, 32])
+def test_kmeans_on_float32_values_is_the_float64_result(k):
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal(20_000) * 0.05).astype(np.float32)
+    a = kmeans.kmeans_1d(values, k, hist_threshold=1000, return_iterations=True)
+    b = kmeans.kmeans_1d(values.astype(np.float64), k, hist_threshold=1000, return_iterations=True)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def test_share_array_keeps_float32_values_and_gives_the_same_result():
+    rng = np.random.default_rng(1)
+    values = (rng.standard_normal(30_000) * 0.05).astype(np.float32)
+    values[rng.random(values.size) < 0.3] = 0
+    kept = kmeans.share_array(values, 16, hist_threshold=1000)
+    # the float64 path: the same values as float64 (clustered in float64 either way)
+    ref = kmeans.share_array(values.astype(np.float64), 16, hist_threshold=1000)
+    assert np.array_equal(kept.labels, ref.labels)
+    assert np.array_equal(kept.centroids, ref.centroids)
+    assert np.array_equal(kept.counts, ref.counts)
