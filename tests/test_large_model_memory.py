@@ -65,3 +65,25 @@ def test_share_array_keeps_float32_values_and_gives_the_same_result():
     assert np.array_equal(kept.labels, ref.labels)
     assert np.array_equal(kept.centroids, ref.centroids)
     assert np.array_equal(kept.counts, ref.counts)
+
+
+def test_last_built_lets_go_of_the_last_model_while_building_and_rebuilds_it_on_a_failure():
+    from compressor.errors import CompressorError as Failed
+    from compressor.stages.partial_share import LastBuilt
+
+    last = LastBuilt()
+    calls = []
+
+    def first():
+        calls.append("first")
+        return "model A", {"a": 1}
+
+    def failing():
+        assert last.model is None  # the one before is not held while this one is built
+        raise Failed("no")
+
+    last.wrap("A", first)()
+    with pytest.raises(Failed):
+        last.wrap("B", failing)()
+    assert (last.label, last.model, last.stats) == ("A", "model A", {"a": 1})
+    assert calls == ["first", "first"]  # built again
