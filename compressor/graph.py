@@ -237,6 +237,11 @@ def _large_tensors(model: onnx.ModelProto) -> set[int]:
     }
 
 
+def large_tensor_positions(model: onnx.ModelProto) -> set[int]:
+    """iter_tensors positions of the tensors a skeleton of the model leaves empty (its weights)."""
+    return _large_tensors(model)
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
     return any(True for _ in _tensors_with_external_data(model))
 

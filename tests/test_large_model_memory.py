@@ -87,3 +87,59 @@ def test_last_built_lets_go_of_the_last_model_while_building_and_rebuilds_it_on_
         last.wrap("B", failing)()
     assert (last.label, last.model, last.stats) == ("A", "model A", {"a": 1})
     assert calls == ["first", "first"]  # built again
+
+
+def test_a_let_go_original_is_read_again_and_the_run_is_the_same(tmp_path, monkeypatch):
+    import small_models
+
+    from compressor import pipeline
+    from compressor.stages import held_original
+
+    model, data = small_models.labeled_mlp(tmp_path)
+
+    def run(tag: str) -> tuple[bytes, dict]:
+        out = tmp_path / f"{tag}.cmpz"
+        report = pipeline.run_pipeline(str(model), str(out), data_path=str(data))
+        return out.read_bytes(), report
+
+    held_bytes, held_report = None, None
+    read_again = held_original.HeldOriginal.read_again
+    seen = []
+
+    def recorded(self, *lists):
+        seen.append(self.skeleton is not None)
+        return read_again(self, *lists)
+
+    monkeypatch.setattr(held_original.HeldOriginal, "read_again", recorded)
+    monkeypatch.setattr(held_original, "HOLD_MAX_BYTES", 0)
+    held_bytes, held_report = run("held")
+    assert seen == [True]  # let go after the first stage that changed the model
+    monkeypatch.setattr(held_original, "HOLD_MAX_BYTES", 1 << 40)
+    kept_bytes, kept_report = run("kept")
+    assert held_bytes == kept_bytes
+    assert _timeless(held_report["stages"]) == _timeless(kept_report["stages"])
+    assert held_report["layers"] == kept_report["layers"] and held_report["plots"] == kept_report["plots"]
+
+
+def _timeless(value):
+    """A report part without its measured times."""
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items() if k not in ("seconds", "eval_seconds")}
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    return value
+
+
+def test_the_original_is_not_read_again_when_its_file_changed(tmp_path):
+    from compressor.stages.held_original import HeldOriginal
+
+    path = tmp_path / "m.onnx"
+    original = _identity_model(np.ones((300, 300), np.float32))
+    onnx_save = __import__("onnx").save
+    onnx_save(original, path)
+    held = HeldOriginal(str(path), (0, 0, 0))
+    models = [original, "another"]
+    held.let_go(models)
+    assert models[0] is held.skeleton
+    with pytest.raises(CompressorError, match="changed during the run"):
+        held.read_again(models)
