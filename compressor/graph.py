@@ -672,9 +672,25 @@ def set_tensor_values(proto: onnx.TensorProto, values: np.ndarray) -> None:
     values = np.asarray(values)
     if tuple(values.shape) != tuple(proto.dims):
         raise ValueError(f"shape mismatch for {proto.name}: {values.shape} vs {tuple(proto.dims)}")
+    if sys.byteorder == "little" and dtype in _PLAIN_DTYPES:
+        # What from_array + CopyFrom give (name, dims, type and raw_data; every other field
+        # cleared), written in place: no second message holding a copy of the bytes.
+        name, data_type = proto.name, proto.data_type
+        proto.Clear()
+        proto.name, proto.data_type = name, data_type
+        proto.dims.extend(values.shape)
+        proto.raw_data = values.astype(dtype, copy=False).tobytes()
+        return
     new = numpy_helper.from_array(values.astype(dtype, copy=False), proto.name)
     new.data_type = proto.data_type
     proto.CopyFrom(new)
+
+
+# numpy dtypes whose raw_data is their bytes as they are (no packing, no strings).
+_PLAIN_DTYPES = frozenset(
+    np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                          np.uint32, np.int64, np.uint64)
+)  # fmt: skip
 
 
 # Ops whose output an Add can carry a bias into (MatMul + Add is how exporters spell Linear).

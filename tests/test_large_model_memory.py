@@ -143,3 +143,23 @@ def test_the_original_is_not_read_again_when_its_file_changed(tmp_path):
     assert models[0] is held.skeleton
     with pytest.raises(CompressorError, match="changed during the run"):
         held.read_again(models)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_])
+def test_set_tensor_values_gives_what_from_array_and_copy_from_gave(dtype):
+    rng = np.random.default_rng(0)
+    start = numpy_helper.from_array((rng.standard_normal((3, 4)) * 10).astype(dtype), "t")
+    start.doc_string = "dropped as before"
+    values = (rng.standard_normal((3, 4)) * 10).astype(np.float64)  # cast to the tensor's type
+    expected = numpy_helper.from_array(values.astype(dtype), start.name)
+    expected.data_type = start.data_type
+    graph.set_tensor_values(start, values)
+    assert start.SerializeToString() == expected.SerializeToString()
+
+
+def test_used_levels_counted_in_chunks_are_the_distinct_non_zero_levels(monkeypatch):
+    from compressor.passes import share
+
+    monkeypatch.setattr(share, "STATS_CHUNK", 7)
+    levels = np.array([0, -3, 5, 5, 0, 2, -3, 9, 0, 0, 1, 2, -7], np.int64)
+    assert share._used_levels(levels).tolist() == [-7, -3, 1, 2, 5, 9]
