@@ -353,7 +353,8 @@ def label_sums(labels: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
     labels, weights = labels.reshape(-1), weights.reshape(-1)
     sums = np.zeros(k, dtype=np.float64)
     for s in range(0, labels.size, HIST_CHUNK):
-        np.add.at(sums, labels[s : s + HIST_CHUNK], weights[s : s + HIST_CHUNK])
+        # float32 weights as float64 a chunk at a time: add.at's fast loop needs one dtype
+        np.add.at(sums, labels[s : s + HIST_CHUNK], weights[s : s + HIST_CHUNK].astype(np.float64, copy=False))
     return sums
 
 
