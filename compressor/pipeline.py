@@ -33,6 +33,7 @@ from .container import EncodingMemo, pack_model, unpack_container
 from .data import Dataset, load_dataset, read_npz
 from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import make_session, run_batch_size, run_model, speedup
+from .heap import give_back
 from .measure import Measure, load_metric
 from .options import Recipe, check_value
 from .passes.finetune import require_torch
@@ -176,6 +177,7 @@ def run_pipeline(
     if held is not None:
         original = held.read_again(route.models, start.models) or route.models[0]
     del start
+    give_back()
     objective = recipe.run.objective
     _fill_packed_bytes(route, packer)
     _apply_objective(route, objective, log)
@@ -434,6 +436,7 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
             packer.keep_only(models + kept)
             if held is not None:
                 held.let_go(models, route.models)
+            give_back()  # what the stage freed (its searches, its rejected candidates)
         return Route(rows, models, outputs)
 
     return run_stages

@@ -163,3 +163,11 @@ def test_used_levels_counted_in_chunks_are_the_distinct_non_zero_levels(monkeypa
     monkeypatch.setattr(share, "STATS_CHUNK", 7)
     levels = np.array([0, -3, 5, 5, 0, 2, -3, 9, 0, 0, 1, 2, -7], np.int64)
     assert share._used_levels(levels).tolist() == [-7, -3, 1, 2, 5, 9]
+
+
+def test_give_back_returns_freed_heap_pages_or_does_nothing():
+    from compressor import heap
+
+    block = np.ones(1 << 20)  # a block in the heap, freed
+    del block
+    heap.give_back()
