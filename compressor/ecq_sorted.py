@@ -67,7 +67,11 @@ def value_buckets(flat: np.ndarray) -> ValueBuckets:
         k = scaled.astype(np.uint16)
         k[part == 0] = 0
         key[s : s + CHUNK] = k
-    return ValueBuckets(key, np.bincount(key, minlength=BUCKETS).astype(np.int64), lo, scale)
+    # counted a chunk at a time: bincount copies uint16 keys to intp, eight bytes per value
+    counts = np.zeros(BUCKETS, np.int64)
+    for s in range(0, key.size, CHUNK):
+        counts += np.bincount(key[s : s + CHUNK], minlength=BUCKETS)
+    return ValueBuckets(key, counts, lo, scale)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import onnx
 from . import graph, output_kinds, session_arrays
 from .data import Dataset, fixed_batch_size
 from .errors import CompressorError
+from .heap import give_back
 
 DEFAULT_BATCH = 256
 # One batch of captured intermediate tensors (or of a run's outputs held for a comparison) stays
@@ -234,12 +235,16 @@ def run_model(
 ) -> list[np.ndarray]:
     """All outputs of the model (or session) over the whole dataset, concatenated along the batch
     axis; `extra_feed` is fed with every batch."""
-    session = model if hasattr(model, "run") else make_session(model)
+    made = not hasattr(model, "run")
+    session = make_session(model) if made else model
     if batch_size is None:
         batch_size = run_batch_size(model, data) if isinstance(model, onnx.ModelProto) else DEFAULT_BATCH
     chunks: list[list[np.ndarray]] = []
     for outs in run_batches(session, data, batch_size, extra_feed=extra_feed):
         chunks.append(outs)
+    if made:
+        del session  # its weights' arrays and ORT's packed copies: given back before the next is built
+        give_back()
     if not chunks:
         return []
     # Batches are joined along axis 0; scalar outputs (one per run) are stacked.

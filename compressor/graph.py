@@ -237,8 +237,36 @@ def _large_tensors(model: onnx.ModelProto) -> set[int]:
     }
 
 
+def large_tensor_positions(model: onnx.ModelProto) -> set[int]:
+    """iter_tensors positions of the tensors a skeleton of the model leaves empty (its weights)."""
+    return _large_tensors(model)
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
     return any(True for _ in _tensors_with_external_data(model))
+
+
+def _inline_raw_tensors(model: onnx.ModelProto) -> set[int]:
+    """iter_tensors positions of the large tensors (as _large_tensors) held inline with raw_data
+    as their only value field, of the length their type and dims call for (read without copying
+    the bytes out: from the serialized sizes)."""
+    out = set()
+    for i, ref in enumerate(iter_tensors(model)):
+        t = ref.proto
+        expected = _expected_raw_bytes(t)
+        if (
+            expected is None
+            or expected < _COUNTED_RAW_BYTES
+            or t.data_location == onnx.TensorProto.EXTERNAL
+            or not t.HasField("raw_data")
+        ):
+            continue
+        stub = tensor_without(t, ("raw_data",))
+        if any(len(getattr(stub, f)) for f in _TYPED_FIELD_NAMES):
+            continue
+        if t.ByteSize() - stub.ByteSize() == _length_delimited(_RAW_DATA_NUMBER, expected):
+            out.add(i)
+    return out
 
 
 def check_model(model: onnx.ModelProto) -> None:
@@ -250,14 +278,22 @@ def check_model(model: onnx.ModelProto) -> None:
     external = {i for i, ref in enumerate(iter_tensors(model)) if ref.proto.data_location == onnx.TensorProto.EXTERNAL}
     if not fits_in_one_message(model):  # held in memory over the limit: its large tensors as external ones
         external |= _large_tensors(model)
-    if external:
+    # Large inline tensors held as raw_data alone: the checker reads only which value field a
+    # tensor sets, never the bytes, so each is checked as a one-element stand-in (dims of 1, one
+    # element of raw_data) instead of serializing every weight byte for it (twice: the
+    # serialization and the checker's parse).
+    inline = _inline_raw_tensors(model) - external
+    if external or inline:
         # Checked in memory, the graph only (external_data_span made the file checks, confined to
         # the model's folder): for the checker, each external tensor is an empty one of its rank.
-        model = copy_without_data(model, external)
+        model = copy_without_data(model, external | inline)
         for index, ref in enumerate(iter_tensors(model)):
             if index in external:
                 ref.proto.dims[:] = [0] * len(ref.proto.dims)
                 ref.proto.raw_data = b""
+            elif index in inline:
+                ref.proto.dims[:] = [1] * len(ref.proto.dims)
+                ref.proto.raw_data = bytes(onnx.helper.tensor_dtype_to_np_dtype(ref.proto.data_type).itemsize)
     try:
         if _message_bytes(model, None, held=True) < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
@@ -305,6 +341,7 @@ def load_model_and_files(
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise CompressorError(f"not an ONNX model (cannot parse protobuf): {label}") from e
+    del data  # the file's bytes: a second copy of every weight beside the parsed model
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise CompressorError(f"not an ONNX model (no graph): {label}")
     files: list[Path] = []
@@ -440,6 +477,8 @@ def copy_without_data(model: onnx.ModelProto, indices: set[int]) -> onnx.ModelPr
     return copy
 
 
+_TYPED_FIELD_NAMES = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+_RAW_DATA_NUMBER = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _DATA_FIELD_NAMES = (
     "raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data",
     "external_data", "data_location",
@@ -633,9 +672,25 @@ def set_tensor_values(proto: onnx.TensorProto, values: np.ndarray) -> None:
     values = np.asarray(values)
     if tuple(values.shape) != tuple(proto.dims):
         raise ValueError(f"shape mismatch for {proto.name}: {values.shape} vs {tuple(proto.dims)}")
+    if sys.byteorder == "little" and dtype in _PLAIN_DTYPES:
+        # What from_array + CopyFrom give (name, dims, type and raw_data; every other field
+        # cleared), written in place: no second message holding a copy of the bytes.
+        name, data_type = proto.name, proto.data_type
+        proto.Clear()
+        proto.name, proto.data_type = name, data_type
+        proto.dims.extend(values.shape)
+        proto.raw_data = values.astype(dtype, copy=False).tobytes()
+        return
     new = numpy_helper.from_array(values.astype(dtype, copy=False), proto.name)
     new.data_type = proto.data_type
     proto.CopyFrom(new)
+
+
+# numpy dtypes whose raw_data is their bytes as they are (no packing, no strings).
+_PLAIN_DTYPES = frozenset(
+    np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                          np.uint32, np.int64, np.uint64)
+)  # fmt: skip
 
 
 # Ops whose output an Add can carry a bias into (MatMul + Add is how exporters spell Linear).
@@ -958,9 +1013,10 @@ def dynamic_input_dims(model: onnx.ModelProto) -> bool:
 
 def infer_shapes_batch1(model: onnx.ModelProto, fill: int = 1) -> dict[str, tuple[int, ...]]:
     """Static shapes of every value, with the inputs' symbolic batch dimension set to 1 and
-    every other symbolic input dimension to `fill`."""
-    m = without_large_data(model)
-    m = _copy(m) if m is model else m
+    every other symbolic input dimension to `fill`.  The large tensors are inferred on as
+    empty ones of their dims (shape inference reads their dims, never their values): no copy
+    and no serialization of the weights."""
+    m = copy_without_data(model, _large_tensors(model))
     for vi in graph_inputs(m):
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             if not d.HasField("dim_value") or d.dim_value <= 0:

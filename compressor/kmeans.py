@@ -137,14 +137,15 @@ class Histogram:
 def support_histogram(values: np.ndarray, bins: int) -> tuple[Support, Histogram]:
     """A fine histogram of the values: the non-empty bins, at their means, weighted by counts.
 
-    ``values`` must be float64 and finite.  Returns the support and each value's bin.
+    ``values`` must be finite, float64 or float32 (each computed with as float64: the same
+    result).  Returns the support and each value's bin.
     """
     lo, hi = float(values.min()), float(values.max())
     scale = bins / (hi - lo) if hi > lo else 0.0
     # the bin of each value in chunks (bounded float64 temporaries), int32 (bins < 2**31)
     index = np.empty(values.shape, np.int32 if bins < 1 << 31 else np.intp)
     for s in range(0, values.size, HIST_CHUNK):
-        f = np.subtract(values[s : s + HIST_CHUNK], lo)
+        f = np.subtract(values[s : s + HIST_CHUNK], lo, dtype=np.float64)  # float32 values: as float64
         f *= scale
         np.floor(f, out=f)
         np.minimum(f, bins - 1, out=f)
@@ -352,7 +353,8 @@ def label_sums(labels: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
     labels, weights = labels.reshape(-1), weights.reshape(-1)
     sums = np.zeros(k, dtype=np.float64)
     for s in range(0, labels.size, HIST_CHUNK):
-        np.add.at(sums, labels[s : s + HIST_CHUNK], weights[s : s + HIST_CHUNK])
+        # float32 weights as float64 a chunk at a time: add.at's fast loop needs one dtype
+        np.add.at(sums, labels[s : s + HIST_CHUNK], weights[s : s + HIST_CHUNK].astype(np.float64, copy=False))
     return sums
 
 
@@ -397,7 +399,11 @@ def kmeans_1d(
         raise ValueError("k must be >= 1")
     arr = np.asarray(values)
     shape = arr.shape
-    x = arr.astype(np.float64, copy=False).ravel()
+    # Float32 values of a histogram's size stay float32 (half the bytes): every product with
+    # them is taken in float64 (the histogram's bins and sums, the labels' searchsorted, the
+    # cluster means), so the result is the float64 copy's, bit for bit.
+    keep32 = arr.dtype == np.float32 and arr.size > hist_threshold
+    x = arr.ravel() if keep32 else arr.astype(np.float64, copy=False).ravel()
     if x.size == 0:
         out = (np.zeros(0), np.zeros(shape, np.int32))
         return (*out, 0) if return_iterations else out
@@ -516,8 +522,11 @@ def share_array(
     # large tensor's k-means peak), at about the same speed.
     nonzero = flat != 0
     # The non-zero values in kmeans_1d's float64 (float16 / bfloat16 through float32, as
-    # before), gathered block by block: no copy in the array's own type beside them.
-    x = np.empty(int(np.count_nonzero(nonzero)), np.float64)
+    # before), gathered block by block: no copy in the array's own type beside them.  Float32
+    # values of a histogram's size stay float32: kmeans_1d computes with them in float64.
+    count = int(np.count_nonzero(nonzero))
+    keep32 = arr.dtype == np.float32 and count > kwargs.get("hist_threshold", HIST_THRESHOLD)
+    x = np.empty(count, np.float32 if keep32 else np.float64)
     blocks = [(s, slice(s, s + HIST_CHUNK)) for s in range(0, flat.size, HIST_CHUNK)]
     at = 0
     for _, part in blocks:

@@ -33,6 +33,7 @@ from .container import EncodingMemo, pack_model, unpack_container
 from .data import Dataset, load_dataset, read_npz
 from .errors import CompressorError, GateFailed, UsageError
 from .evaluate import make_session, run_batch_size, run_model, speedup
+from .heap import give_back
 from .measure import Measure, load_metric
 from .options import Recipe, check_value
 from .passes.finetune import require_torch
@@ -43,6 +44,7 @@ from .report import RunResult, StageRow, build_report, check_html_available, mod
 from .search.layer_inputs import LayerInputs
 from .sequences import confirmed, recurrent_pairs, split_sequences
 from .stages import STAGES, StageContext, retry
+from .stages.held_original import HeldOriginal
 from .stages.ladder import model_bytes, rejection, rejection_text
 
 # The report's per-stage packed-size column is measured up to this model size: packing a large
@@ -166,7 +168,16 @@ def run_pipeline(
     first = StageRow("original", True, original_bytes, measure.start(original))
     # The stages search on `search_data`; the judge's verdict is on `eval_data` (see verdict_and_search).
     run_stages = _stage_runner(recipe, measure, search_data, calib_data, log, packer, train_data)
-    route = run_stages(Route([first], [original], [measure.last_outputs]), STAGES)
+    # A large original is let go while the later stages run and read again after (held_original).
+    held = HeldOriginal.for_run(model_path, external_files, original_bytes, recipe.finetune.enabled)
+    start = Route([first], [original], [measure.last_outputs])
+    if held is not None:
+        original = None  # the route holds it until the first stage that changes the model
+    route = run_stages(start, STAGES, held=held)
+    if held is not None:
+        original = held.read_again(route.models, start.models) or route.models[0]
+    del start
+    give_back()
     objective = recipe.run.objective
     _fill_packed_bytes(route, packer)
     _apply_objective(route, objective, log)
@@ -395,8 +406,9 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
     # One capture of the layers' input covariances, handed from prune to share (search/layer_inputs.py).
     layer_inputs = LayerInputs()
 
-    def run_stages(route: Route, stages, keep: Route | None = None) -> Route:
-        """`keep`: another route whose packings the packer keeps meanwhile."""
+    def run_stages(route: Route, stages, keep: Route | None = None, held: HeldOriginal | None = None) -> Route:
+        """`keep`: another route whose packings the packer keeps meanwhile.  `held`: the
+        original (route.models[0]) is let go once a stage changed the model (held_original)."""
         rows, models, outputs = list(route.rows), list(route.models), list(route.outputs)
         kept = keep.models if keep is not None else []
         for stage in stages:
@@ -423,6 +435,9 @@ def _stage_runner(recipe: Recipe, measure: Measure, search_data, calib_data, log
             models.append(result.model)
             outputs.append(result.outputs)
             packer.keep_only(models + kept)
+            if held is not None:
+                held.let_go(models, route.models)
+            give_back()  # what the stage freed (its searches, its rejected candidates)
         return Route(rows, models, outputs)
 
     return run_stages

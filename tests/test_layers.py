@@ -58,6 +58,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compressor.present",
             "compressor.kmeans",
             "compressor.kmeans_memo",
+            "compressor.heap",
             "compressor.output_kinds",
             "compressor.decision_risk",
             "compressor.embedding_similarity",

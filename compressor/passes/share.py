@@ -350,7 +350,11 @@ def _used_levels(levels: np.ndarray) -> np.ndarray:
     low, high = int(levels.min()), int(levels.max())
     if high - low > 1 << 16:
         return np.unique(levels[levels != 0])
-    present = np.flatnonzero(np.bincount(levels - low, minlength=high - low + 1)) + low
+    # counted a chunk at a time: no shifted copy of every level (int64) beside them
+    counts = np.zeros(high - low + 1, np.intp)
+    for s in range(0, levels.size, STATS_CHUNK):
+        counts += np.bincount(levels[s : s + STATS_CHUNK] - low, minlength=high - low + 1)
+    present = np.flatnonzero(counts) + low
     return present[present != 0].astype(levels.dtype)
 
 

@@ -18,6 +18,7 @@ from .. import graph
 from ..data import Dataset
 from ..embedding_similarity import MIN_SNR_DB as EMBEDDING_MIN_SNR_DB
 from ..errors import CompressorError
+from ..heap import give_back
 from ..measure import BUDGET_SLACK, Measure
 from ..report import StageRow
 from ..search.layer_inputs import LayerInputs
@@ -224,6 +225,7 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
         if ladder.must_shrink is not None and model_bytes(candidate) >= model_bytes(ctx.model):
             tried.append({"option": label, "error": ladder.must_shrink.error})
             log(f"{stage}: {label} {ladder.must_shrink.log}")
+            candidate = None
             continue
         if candidate is ctx.model and ctx.outputs is not None:
             # the stage's input itself (the attempt changed nothing): measured already
@@ -235,6 +237,8 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
         if ladder.adaptive and not measure.within(metrics, attempt.budget):
             tried[-1]["rejected_by"] = rejection(measure, metrics, attempt.budget)
             log(f"{stage}: {label} exceeds the budget ({loss_text(measure, metrics)}), backing off")
+            candidate = outputs = None  # let go before the next attempt is built (a large model's copy)
+            give_back()
             continue
         fit = _Fit(label, candidate, stats, metrics, outputs)
         if ladder.compare_first and i == 0:

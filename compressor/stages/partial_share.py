@@ -38,11 +38,21 @@ class LastBuilt:
         self.label: str | None = None
         self.model: onnx.ModelProto | None = None
         self.stats: dict | None = None
+        self._build = None  # the build that made `model`
 
     def wrap(self, label: str, build):
         def built():
-            model, stats = build()
-            self.label, self.model, self.stats = label, model, stats
+            # The one built before is let go while this one is built (a large model would be
+            # held twice); if this build fails it is built again (builds are deterministic).
+            before = self._build
+            self.model = self.stats = None
+            try:
+                model, stats = build()
+            except Exception:
+                if before is not None:
+                    self.model, self.stats = before()
+                raise
+            self.label, self.model, self.stats, self._build = label, model, stats, build
             return model, stats
 
         return built
