@@ -91,7 +91,8 @@ class Ladder:
     stage: str
     attempts: Sequence[Attempt]
     adaptive: bool  # False: the user fixed the stage; the first attempt is applied whatever it costs
-    compare_first: bool = False  # the first attempt, if it fits, against the next that fits: smaller packed wins
+    compare_first: bool | int = False  # the first attempt, if it fits, against the next that fits: smaller packed wins
+    # (an int n: the first of the first n attempts that fits, the rest of them not tried)
     must_shrink: MustShrink | None = None
 
 
@@ -208,6 +209,8 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
 
     for i, attempt in enumerate(ladder.attempts):
         label = attempt.label
+        if kept is not None and i < int(ladder.compare_first):
+            continue  # the first group's others: one of it fit already
         reason = attempt.skip(tried) if attempt.skip is not None else None
         if reason:
             tried.append({"option": label, "error": reason})
@@ -236,7 +239,7 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
             log(f"{stage}: {label} exceeds the budget ({loss_text(measure, metrics)}), backing off")
             continue
         fit = _Fit(label, candidate, stats, metrics, outputs)
-        if ladder.compare_first and i == 0:
+        if kept is None and i < int(ladder.compare_first):
             kept = (packed(candidate), fit)
             continue
         if kept is not None:

@@ -20,6 +20,7 @@ from .fine_share import fine_attempts
 from .gentlest_first import GentlestFirst, either_skip, floor_miss_db
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 from .partial_share import LastBuilt, partial_attempts
+from .share_backoff import KeptSearch, backoff_attempts
 
 NAME = "share"
 
@@ -74,12 +75,16 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
     rungs: dict[str, tuple] = {}  # k-means rung labels -> (bits conv, bits fc)
     compare = False
     if adaptive and measure.data is not None and not opts.refit:
-        search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge, memo)
+        kept_search = KeptSearch()
+        search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge, memo, kept_search.keep)
         if search is not None:
             # The searched widths against the first uniform rung that fits: measurement noise
             # can make either the smaller one.
             attempts.append(search)
             compare = True
+            if opts.method != "kmeans":  # the verdict rejects the search's: its fronts, gentler
+                attempts += backoff_attempts(kept_search, search.label, search.budget)
+                compare = len(attempts)
     refit = ctx.calib_data if opts.refit else None
     for bits_conv, bits_fc, budget in ladder:
         # A width for a kind of weight the model lacks changes nothing: the same candidate.
@@ -199,6 +204,7 @@ def per_tensor_attempt(
     bias_data=None,
     bias_judge=None,
     memo: SharedMemo | None = None,
+    keep_search=None,
 ) -> Attempt | None:
     """The attempt that chooses bits per tensor (share_budget), or None when the model is too
     slow to search.  The search makes one capture run over the calibration data (the layers'
@@ -243,6 +249,8 @@ def per_tensor_attempt(
     # k-means alone: the ladder's default widths are measured first and the search starts from them when they fit.
     seeds = [{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}]
     extra = {"method": opts.method, "rd_factor": opts.rd_factor, "memo": memo} if by_rate else {"seeds": seeds}
+    if by_rate and keep_search is not None:
+        extra["keep_search"] = keep_search
     extra["gain_runs"] = opts.gain_runs
     if ctx.layer_inputs is not None and reference is None:
         # The same model's outputs on the same samples, when prune's search ran them (it left the model as it was).
