@@ -152,11 +152,7 @@ def _search_attempts(opts: PruneOptions, ctx: StageContext) -> list[Attempt]:
         return _unless_unchanged(ctx, pruned, stats), stats
 
     attempts = [Attempt(f"layer-error allocation, budget {prune_budget:g} points", first)]
-    # A fallback is held to pruning's own share of the budget: pruned past it, the verdict leaves
-    # the share search nothing, and its bytes per point beat the last tenths of pruning's.
-    attempts += [
-        Attempt(f"the ratios found x {f:g}", lambda f=f: scaled(f), prune_budget) for f in SUBSET_FALLBACK_SCALES
-    ]
+    attempts += [Attempt(f"the ratios found x {f:g}", lambda f=f: scaled(f)) for f in SUBSET_FALLBACK_SCALES]
     return attempts
 
 
