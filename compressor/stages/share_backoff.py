@@ -5,7 +5,7 @@ and keeps the one that saves the most bytes within the budget: the largest of se
 measurements, which the verdict on held-out samples often finds past the budget.  The fixed
 k-means rungs after it then give up most of what the search found.  These rungs back off
 along the search's own fronts instead (the issue's "verify the whole model and back off along
-the same curve"): the allocation at the accepted allowance / 2, / 4, ... (``ecq_budget.backed_off``),
+the same curve"): the allocation at the accepted allowance / √2, / 2, / 4 (``ecq_budget.backed_off``),
 each built as the search built its own and judged by the ladder's verdict, with no further
 search run.  They are tried only while the search's result has not fit; the first that fits is
 weighed against the next rung that fits, as the search's result would have been (the ladder's
@@ -22,9 +22,9 @@ from ..errors import CompressorError
 from ..search.ecq_budget import SearchState, backed_off
 from .ladder import Attempt
 
-# The allowance divided by each in turn: a factor of two changes the saved bytes by a tenth or
-# so on a front, less than a fixed rung's step of a bit per weight.
-BACKOFF_FACTORS = (2.0, 4.0, 8.0)
+# The allowance divided by each in turn, half an octave apart: the search's result misses the
+# verdict by little more often than by much, and an octave of allowance can halve the loss.
+BACKOFF_FACTORS = (2.0**0.5, 2.0, 4.0)
 
 
 class KeptSearch:
@@ -68,7 +68,7 @@ def backoff_attempts(kept: KeptSearch, label: str, budget: float | None) -> list
 
     return [
         Attempt(
-            f"{label}, backed off to its allowance / {factor:g}",
+            f"{label}, backed off to its allowance / {factor:.3g}",
             lambda f=factor: build(f),
             budget,
             skip=lambda tried, f=factor: skip(f, tried),
