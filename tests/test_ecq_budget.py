@@ -30,6 +30,7 @@ from compressor.search.ecq_budget import (
 )
 from compressor.stages.share import (
     SHARE_SEARCH_BUDGET_SHARE,
+    SHARE_SEARCH_BUDGET_SHARE_FIDELITY,
     SHARE_SEARCH_BUDGET_SHARE_LABELED,
     share_search_budget_share,
 )
@@ -228,7 +229,8 @@ def test_the_step_ladder_is_a_quarter_octave_apart():
 
 def test_labeled_runs_let_the_share_search_take_more_of_the_budget():
     assert share_search_budget_share("accuracy") == SHARE_SEARCH_BUDGET_SHARE_LABELED > SHARE_SEARCH_BUDGET_SHARE
-    for mode in ("fidelity", "metric", "none"):
+    assert share_search_budget_share("fidelity") == SHARE_SEARCH_BUDGET_SHARE_FIDELITY > SHARE_SEARCH_BUDGET_SHARE
+    for mode in ("metric", "none"):
         assert share_search_budget_share(mode) == SHARE_SEARCH_BUDGET_SHARE
 
 

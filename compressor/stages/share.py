@@ -34,6 +34,12 @@ SHARE_SEARCH_BUDGET_SHARE = 0.7
 # seldom moves: the search may take the loss further, and quantize's ladder backs off to
 # weight-only when it does not fit (see benchmarks/README.md, "Rate: the share search's budget").
 SHARE_SEARCH_BUDGET_SHARE_LABELED = 0.9
+# Fidelity runs (class scores, embeddings, maps, positions without labels): quantize seldom packs
+# smaller than a searched share there and, when it is kept, gains a few percent; the reserve
+# it left went unused while the search stopped short.  The search may take the loss as far as
+# with labels, and backs off along its own fronts when the verdict disagrees (share_backoff.py;
+# benchmarks/README.md, "The share search's budget in fidelity runs").
+SHARE_SEARCH_BUDGET_SHARE_FIDELITY = 0.9
 # The ladder's rungs below the recipe's bits (conv, fc), tried first so that the smallest that
 # fits wins, and the part of the budget they may use, so that quantize keeps room.
 LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
@@ -300,6 +306,8 @@ def per_tensor_attempt(
 
 def share_search_budget_share(mode: str) -> float:
     """The share of the budget the per-tensor search may take the total loss to, by the judge's mode."""
+    if mode == "fidelity":
+        return SHARE_SEARCH_BUDGET_SHARE_FIDELITY
     return SHARE_SEARCH_BUDGET_SHARE_LABELED if mode == "accuracy" else SHARE_SEARCH_BUDGET_SHARE
 
 
