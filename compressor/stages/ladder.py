@@ -176,7 +176,8 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
     """Apply the first attempt whose result stays within the budget (or the first, if not adaptive).
 
     With `compare_first` the first attempt, if it fits, is kept aside and weighed against the
-    first of the others that fits: the one that packs smaller wins.
+    first of the others that fits: the one that packs smaller wins.  An int n: the first of the
+    first n attempts that fits is kept aside (the rest of them are not tried).
     """
     stage, measure, log = ladder.stage, ctx.measure, ctx.log
     tried: list[dict] = []
