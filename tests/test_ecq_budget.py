@@ -21,6 +21,7 @@ from compressor.search.candidates import decoded, kmeans_code, uniform_code
 from compressor.search.ecq_budget import (
     STEP_EXPONENTS,
     allocated,
+    backed_off,
     estimated_bytes,
     importance_of,
     knapsack_of,
@@ -29,6 +30,7 @@ from compressor.search.ecq_budget import (
 )
 from compressor.stages.share import (
     SHARE_SEARCH_BUDGET_SHARE,
+    SHARE_SEARCH_BUDGET_SHARE_FIDELITY,
     SHARE_SEARCH_BUDGET_SHARE_LABELED,
     share_search_budget_share,
 )
@@ -227,7 +229,8 @@ def test_the_step_ladder_is_a_quarter_octave_apart():
 
 def test_labeled_runs_let_the_share_search_take_more_of_the_budget():
     assert share_search_budget_share("accuracy") == SHARE_SEARCH_BUDGET_SHARE_LABELED > SHARE_SEARCH_BUDGET_SHARE
-    for mode in ("fidelity", "metric", "none"):
+    assert share_search_budget_share("fidelity") == SHARE_SEARCH_BUDGET_SHARE_FIDELITY > SHARE_SEARCH_BUDGET_SHARE
+    for mode in ("metric", "none"):
         assert share_search_budget_share(mode) == SHARE_SEARCH_BUDGET_SHARE
 
 
@@ -273,3 +276,21 @@ def test_when_the_floor_fits_the_search_goes_on_from_the_start(floor_db):
     assert not tried[0]["within_budget"] and tried[1]["allowance"] == 0.0 and tried[1]["within_budget"]
     assert tried[2]["allowance"] == pytest.approx(tried[0]["allowance"] / 4)  # the search's own shrink step
     assert judge.runs == len(tried) <= 11
+
+
+def test_the_search_hands_over_its_fronts_and_builds_gentler_allocations_as_its_own():
+    model = graphs.mlp()
+    data = labeled(model)
+    kept = []
+    shared, stats = share_by_rate(model, data, 2.0, min_params=0, keep_search=kept.append)
+    (state,) = kept
+    rebuilt, _ = state.build(state.choice)
+    assert rebuilt.SerializeToString() == shared.SerializeToString()
+    assert state.accepted == stats["budget_search"]["allowance"]["accepted"]
+    assert backed_off(state, 1.0) is None  # not gentler
+    gentle = backed_off(state, 1e9)  # near allowance 0: every tensor's most precise candidate
+    assert gentle == allocated(state.knapsack, state.accepted / 1e9)
+    fronts = {k["name"]: k["choices"] for k in state.knapsack}
+    assert all(fronts[n].index(i) <= fronts[n].index(state.choice[n]) for n, i in gentle.items())
+    built, _ = state.build(gentle)
+    assert run_model(built, data)[0].shape == run_model(shared, data)[0].shape

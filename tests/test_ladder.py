@@ -196,3 +196,19 @@ def test_fits_without_takes_the_earlier_spending_off_points_and_noise_power():
     assert not fits_without(judge, {"accuracy_drop": 0.0, "snr_db": 19.62}, {"accuracy_drop": 0.0, "snr_db": 35.0})
     assert fits_without(judge, {"accuracy_drop": 1.3, "snr_db": None}, {"accuracy_drop": 0.4, "snr_db": None})
     assert not fits_without(judge, {"accuracy_drop": 1.5, "snr_db": None}, {"accuracy_drop": 0.4, "snr_db": None})
+
+
+def test_compare_first_as_a_group_keeps_its_first_fit_and_weighs_it_against_the_next():
+    judge = FakeJudge(1.0)
+    over, gentler, gentlest = FakeModel(600, 2.0, 50), FakeModel(620, 0.5, 60), FakeModel(640, 0.1, 70)
+    other = FakeModel(700, 0.5, 80)
+    ladder = Ladder(
+        "s",
+        [attempt("over", over), attempt("gentler", gentler), attempt("gentlest", gentlest), attempt("other", other)],
+        adaptive=True,
+        compare_first=3,
+    )
+    result = run_ladder(ladder, context(judge))
+    assert result.model is gentler and result.row.note.startswith("smaller than other (60 vs 80")
+    assert [a["option"] for a in result.row.attempts] == ["over", "gentler", "other"]  # gentlest not tried
+    assert gentlest not in judge.measured

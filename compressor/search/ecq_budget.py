@@ -35,6 +35,7 @@ within the budget is rebuilt with ``passes.share.share`` (``bits_by_name`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -443,6 +444,27 @@ def fold_into_biases(
     return corrected, {"folded": folded, "skipped": stats.get("skipped", [])}
 
 
+@dataclass(frozen=True)
+class SearchState:
+    """What a finished search knows: its fronts (``knapsack_of``, weighed by the gains when
+    measured), the allowance it accepted (None: none fit), the allocation it built, and
+    `build(choice)`, which builds any allocation of the fronts as the search built its own."""
+
+    knapsack: list[dict]
+    accepted: float | None
+    choice: dict[str, int]
+    build: Callable[[dict[str, int]], tuple[onnx.ModelProto, dict]]
+
+
+def backed_off(state: SearchState, factor: float) -> dict[str, int] | None:
+    """The allocation at the search's accepted allowance / `factor` (a gentler one along the same
+    fronts), or None when there is none or it is the one built."""
+    if state.accepted is None or state.accepted <= 0 or factor <= 1:
+        return None
+    choice = allocated(state.knapsack, state.accepted / factor)
+    return None if choice == state.choice else choice
+
+
 def _trial(allowance, choice: dict[str, int], saved_bytes: int, metrics: dict) -> dict:
     return {
         "allowance": allowance,
@@ -478,12 +500,14 @@ def share_by_rate(
     captured_layers: dict | None = None,
     memo: SharedMemo | None = None,
     keep_layers: Callable[[dict], None] | None = None,
+    keep_search: Callable[[SearchState], None] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """Per tensor a k-means width or a uniform step within `budget_points` of `model` on `data`,
     fewest estimated packed bytes; returns (model, stats).  Arguments as ``share_to_budget``'s,
     plus `method` ("kmeans", "uniform" or "auto": both kinds of candidate), `rd_factor`,
     `fold_constants` (``fold_into_biases``), `gain_runs`, `captured_layers`, `keep_layers` and `memo`
-    (``share``'s)."""
+    (``share``'s); `keep_search` is handed the search's ``SearchState`` (allocations at other
+    allowances built without another search: ``backed_off``)."""
     selected = shareable_weights(model, exclude, min_params)
     if not selected:
         raise CompressorError("no tensor to share")
@@ -575,26 +599,34 @@ def share_by_rate(
         raise CompressorError(f"no per-tensor share setting fits {budget_points:g} points (tried {len(tried)})")
     best = max(feasible, key=lambda t: t["saved_bytes"])
     arrays.clear()
+
+    def build(choice: dict[str, int]) -> tuple[onnx.ModelProto, dict]:
+        chosen = {n: options[n][i] for n, i in choice.items()}
+        bits_by_name = {n: o["bits"] for n, o in chosen.items() if o["method"] == "kmeans"}
+        steps_by_name = {n: o["step"] for n, o in chosen.items() if o["method"] == "uniform"}
+        shared, stats = share(
+            model,
+            bits_by_name=bits_by_name,
+            steps_by_name=steps_by_name,
+            rd_factor=rd_factor,
+            importance_by_name={n: importance[n] for n in steps_by_name if n in importance},
+            init=init,
+            seed=seed,
+            exclude=exclude,
+            min_params=min_params,
+            bias_data=bias_data,
+            bias_judge=bias_judge,
+            memo=memo,
+        )
+        folded = {n: folds[n] for n in steps_by_name if n in folds}
+        if folded:
+            shared, stats["constant_inputs_folded"] = fold_into_biases(shared, originals, folded, calib or data)
+        return shared, stats
+
+    shared, stats = build(best["choice"])
     chosen = {n: options[n][i] for n, i in best["choice"].items()}
-    bits_by_name = {n: o["bits"] for n, o in chosen.items() if o["method"] == "kmeans"}
-    steps_by_name = {n: o["step"] for n, o in chosen.items() if o["method"] == "uniform"}
-    shared, stats = share(
-        model,
-        bits_by_name=bits_by_name,
-        steps_by_name=steps_by_name,
-        rd_factor=rd_factor,
-        importance_by_name={n: importance[n] for n in steps_by_name if n in importance},
-        init=init,
-        seed=seed,
-        exclude=exclude,
-        min_params=min_params,
-        bias_data=bias_data,
-        bias_judge=bias_judge,
-        memo=memo,
-    )
-    folded = {n: folds[n] for n in steps_by_name if n in folds}
-    if folded:
-        shared, stats["constant_inputs_folded"] = fold_into_biases(shared, originals, folded, calib or data)
+    if keep_search is not None:
+        keep_search(SearchState(knapsack, accepted, dict(best["choice"]), build))
     stats["budget_search"] = {
         "budget_points": budget_points,
         "method": method,

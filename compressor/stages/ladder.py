@@ -93,7 +93,8 @@ class Ladder:
     stage: str
     attempts: Sequence[Attempt]
     adaptive: bool  # False: the user fixed the stage; the first attempt is applied whatever it costs
-    compare_first: bool = False  # the first attempt, if it fits, against the next that fits: smaller packed wins
+    compare_first: bool | int = False  # the first attempt, if it fits, against the next that fits: smaller packed wins
+    # (an int n: the first of the first n attempts that fits, the rest of them not tried)
     must_shrink: MustShrink | None = None
 
 
@@ -177,7 +178,8 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
     """Apply the first attempt whose result stays within the budget (or the first, if not adaptive).
 
     With `compare_first` the first attempt, if it fits, is kept aside and weighed against the
-    first of the others that fits: the one that packs smaller wins.
+    first of the others that fits: the one that packs smaller wins.  An int n: the first of the
+    first n attempts that fits is kept aside (the rest of them are not tried).
     """
     stage, measure, log = ladder.stage, ctx.measure, ctx.log
     tried: list[dict] = []
@@ -210,6 +212,8 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
 
     for i, attempt in enumerate(ladder.attempts):
         label = attempt.label
+        if kept is not None and i < int(ladder.compare_first):
+            continue  # the first group's others: one of it fit already
         reason = attempt.skip(tried) if attempt.skip is not None else None
         if reason:
             tried.append({"option": label, "error": reason})
@@ -241,7 +245,7 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
             give_back()
             continue
         fit = _Fit(label, candidate, stats, metrics, outputs)
-        if ladder.compare_first and i == 0:
+        if kept is None and i < int(ladder.compare_first):
             kept = (packed(candidate), fit)
             continue
         if kept is not None:

@@ -21,6 +21,7 @@ from .gentlest_first import GentlestFirst, either_skip, floor_miss_db
 from .kmeans_reach import SearchSizes
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 from .partial_share import LastBuilt, partial_attempts
+from .share_backoff import KeptSearch, backoff_attempts
 
 NAME = "share"
 
@@ -34,6 +35,12 @@ SHARE_SEARCH_BUDGET_SHARE = 0.7
 # seldom moves: the search may take the loss further, and quantize's ladder backs off to
 # weight-only when it does not fit (see benchmarks/README.md, "Rate: the share search's budget").
 SHARE_SEARCH_BUDGET_SHARE_LABELED = 0.9
+# Fidelity runs (class scores, embeddings, maps, positions without labels): quantize seldom packs
+# smaller than a searched share there and, when it is kept, gains a few percent; the reserve
+# it left went unused while the search stopped short.  The search may take the loss as far as
+# with labels, and backs off along its own fronts when the verdict disagrees (share_backoff.py;
+# benchmarks/README.md, "The share search's budget in fidelity runs").
+SHARE_SEARCH_BUDGET_SHARE_FIDELITY = 0.9
 # The ladder's rungs below the recipe's bits (conv, fc), tried first so that the smallest that
 # fits wins, and the part of the budget they may use, so that quantize keeps room.
 LOW_BITS_RUNGS = ((4, 4), (4, 5), (6, 5))
@@ -76,13 +83,17 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
     compare = False
     sizes = None  # the search's estimates, for the k-means rungs that could not be kept (kmeans_reach.py)
     if adaptive and measure.data is not None and not opts.refit:
-        search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge, memo)
+        kept_search = KeptSearch()
+        search = per_tensor_attempt(shareable, opts, ctx, bias_data, judge, memo, kept_search.keep)
         if search is not None:
             # The searched widths against the first uniform rung that fits: measurement noise
             # can make either the smaller one.
             sizes = SearchSizes(search.label)
             attempts.append(replace(search, build=sizes.wrap(search.build)))
             compare = True
+            if opts.method != "kmeans":  # the verdict rejects the search's: its fronts, gentler
+                attempts += backoff_attempts(kept_search, search.label, search.budget)
+                compare = len(attempts)
     refit = ctx.calib_data if opts.refit else None
     for bits_conv, bits_fc, budget in ladder:
         # A width for a kind of weight the model lacks changes nothing: the same candidate.
@@ -220,6 +231,7 @@ def per_tensor_attempt(
     bias_data=None,
     bias_judge=None,
     memo: SharedMemo | None = None,
+    keep_search=None,
 ) -> Attempt | None:
     """The attempt that chooses bits per tensor (share_budget), or None when the model is too
     slow to search.  The search makes one capture run over the calibration data (the layers'
@@ -264,6 +276,8 @@ def per_tensor_attempt(
     # k-means alone: the ladder's default widths are measured first and the search starts from them when they fit.
     seeds = [{w.name: opts.bits_conv if w.role in CONV_ROLES else opts.bits_fc for w in tensors}]
     extra = {"method": opts.method, "rd_factor": opts.rd_factor, "memo": memo} if by_rate else {"seeds": seeds}
+    if by_rate and keep_search is not None:
+        extra["keep_search"] = keep_search
     extra["gain_runs"] = opts.gain_runs
     if ctx.layer_inputs is not None and reference is None:
         # The same model's outputs on the same samples, when prune's search ran them (it left the model as it was).
@@ -313,6 +327,8 @@ def per_tensor_attempt(
 
 def share_search_budget_share(mode: str) -> float:
     """The share of the budget the per-tensor search may take the total loss to, by the judge's mode."""
+    if mode == "fidelity":
+        return SHARE_SEARCH_BUDGET_SHARE_FIDELITY
     return SHARE_SEARCH_BUDGET_SHARE_LABELED if mode == "accuracy" else SHARE_SEARCH_BUDGET_SHARE
 
 
