@@ -30,6 +30,7 @@ import onnx
 from ..errors import CompressorError
 from ..evaluate import run_model
 from ..measure import Judge
+from . import fail_fast
 from .ladder import Build, StageContext
 from .static_probe import PROBE_SAMPLES, spread_index, sub_judge
 
@@ -104,7 +105,8 @@ class GentlestFirst:
                 self.probe_fits = self.miss_db(self.probe.scores(run_model(candidate, self.probe.data))) is None
             if self.probe_fits:
                 return None  # fits on the probe: no rung to skip, no full early verdict
-            self._measured = self.ctx.measure(candidate)
+            # Stopped once it misses by more than the slack: the rule's outcome is then known.
+            self._measured = fail_fast.verdict(self.ctx.measure, candidate, self.slack_db)
         return self._measured
 
     def skip(self, harsher: str) -> Callable[[Sequence[dict]], str | None]:
