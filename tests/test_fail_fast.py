@@ -6,7 +6,7 @@ import numpy as np
 from graphs import relu_mlp
 from stage_contexts import measured_context
 
-from compressor import evaluate, graph
+from compressor import evaluate, graph, output_kinds
 from compressor.data import Dataset
 from compressor.stages import fail_fast
 from compressor.stages.ladder import Attempt, Ladder, run_ladder
@@ -79,3 +79,18 @@ def test_the_ladder_reports_a_stopped_rung_and_backs_off():
     harsh, gentle = row.attempts
     assert harsh["stopped_after"]["samples"] < 64 and harsh["rejected_by"][0]["measure"] == "snr_db"
     assert "stopped_after" not in gentle and row.options["setting"] == "gentle"
+
+
+def test_the_noise_bound_of_the_samples_run_never_exceeds_the_full_runs():
+    # A regressor's full noise (at its upper confidence bound) is at least the bound from any
+    # first k samples, whatever the others are.
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(2, 40))
+        ref = rng.normal(size=(n, 3))
+        out = ref + rng.normal(size=(n, 3)) * rng.exponential(size=(n, 1)) ** 2
+        per_row = np.square(out - ref).sum(axis=1)
+        full = output_kinds.regressor_noise_bound(ref, out)
+        for k in range(1, n + 1):
+            assert fail_fast.noise_lower_bound(per_row[:k], n, True) <= full * (1 + 1e-12)
+            assert fail_fast.noise_lower_bound(per_row[:k], n, False) <= full * (1 + 1e-12)

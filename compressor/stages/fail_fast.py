@@ -3,7 +3,9 @@
 A verdict runs the candidate over every verdict sample, but a rung that misses the SNR floor
 by several dB usually shows it after a few: the output noise of the samples run so far only
 grows with the others (each sample adds its squared error), while the signal power it is
-compared with is the reference's, known for all the samples before the run.  So after each
+compared with is the reference's, known for all the samples before the run (a regressor's
+noise is taken at its upper confidence bound over the samples, at least the sum plus the
+spread the samples run so far already show).  So after each
 batch the SNR the full run can reach at most is known; once that bound is below the floor
 (by `margin_db`), the rung fails whatever the other samples give, and they are not run.  The
 rejected rung's row then says how many samples were run and its SNR is that bound (its true
@@ -23,7 +25,9 @@ import math
 
 import numpy as np
 import onnx
+from scipy import special
 
+from ..decision_risk import CONFIDENCE
 from ..evaluate import make_session, run_batch_size, run_batches
 from ..measure import RUN_KEYS, Measure
 from ..output_kinds import SNR_KINDS
@@ -58,6 +62,20 @@ def snr_bound_db(power: float, noise: float) -> float:
     return 10.0 * math.log10(power / noise) if power > 0 else -math.inf
 
 
+def noise_lower_bound(per_row: np.ndarray, rows: int, regressor: bool) -> float:
+    """The least noise power the full run of `rows` samples can have, from the per-sample noise
+    powers `per_row` of the samples run so far: their sum; for a regressor (its noise at the
+    upper confidence bound of the mean, ``output_kinds.regressor_noise_bound``) also the sum
+    plus t·sqrt(rows)·sd, the sd of all the samples at least sqrt(k·var_k / (rows - 1)) (the
+    known k samples' spread, ddof 0: the others can only add to it)."""
+    total = float(per_row.sum())
+    k = per_row.size
+    if not regressor or rows < 2 or k < 2 or not math.isfinite(total):
+        return total
+    t = float(special.stdtrit(rows - 1, CONFIDENCE))
+    return total + t * math.sqrt(rows * k * float(per_row.var()) / (rows - 1))
+
+
 def verdict(measure: Measure, model: onnx.ModelProto, margin_db: float = 0.0) -> tuple[dict, list[np.ndarray] | None]:
     """The run's metrics of `model` and its outputs, as ``measure(model)``; or, once the SNR
     the full run can reach is under the floor by more than `margin_db`, the metrics of a
@@ -71,7 +89,8 @@ def verdict(measure: Measure, model: onnx.ModelProto, margin_db: float = 0.0) ->
         return measure(model)  # one batch: nothing to stop early
     refs = measure.references
     powers = [refs[i].centred_power if refs[i].centred_power > 0 else refs[i].raw_power for i in gated]
-    noise = np.zeros(len(gated))
+    regressor = [refs[i].kind == "regressor" for i in gated]
+    per_row: list[list[np.ndarray]] = [[] for _ in gated]  # each gated output's noise per sample
     floor = measure.min_snr_db - margin_db
     chunks: list[list[np.ndarray]] = []
     rows = 0
@@ -80,8 +99,10 @@ def verdict(measure: Measure, model: onnx.ModelProto, margin_db: float = 0.0) ->
         n = int(np.shape(outs[gated[0]])[0])
         for j, i in enumerate(gated):
             ref = np.asarray(measure.reference_outputs[i][rows : rows + n], dtype=np.float64)
-            noise[j] += float(np.sum(np.square(np.asarray(outs[i], dtype=np.float64) - ref)))
+            diff = np.asarray(outs[i], dtype=np.float64) - ref
+            per_row[j].append(np.square(diff).reshape(n, -1).sum(axis=1))
         rows += n
+        noise = [noise_lower_bound(np.concatenate(p), data.size, r) for p, r in zip(per_row, regressor)]
         bound = min(snr_bound_db(p, e) for p, e in zip(powers, noise))
         if rows < data.size and not bound >= floor:
             metrics = {key: None for key in RUN_KEYS}
