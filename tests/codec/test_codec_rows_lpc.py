@@ -32,9 +32,11 @@ def test_any_bytes_decode_exactly(seed):
             assert roundtrip(data, length) == data
 
 
-def test_learned_like_weights_keep_their_codec():
-    data = np.round(np.random.default_rng(0).normal(scale=30, size=(64, 288))).astype(np.int8).tobytes()
-    assert registry.name_of(encode_tensor_data(data, 1).codec) != "rows-lpc"
+def test_learned_like_weights_keep_their_codec_and_stop_at_the_quick_test():
+    values = np.round(np.random.default_rng(0).normal(scale=30, size=(64, 288))).astype(np.int8)
+    assert registry.name_of(encode_tensor_data(values.tobytes(), 1).codec) != "rows-lpc"
+    assert not rows_lpc.promising(values.ravel().astype(np.int64))
+    assert rows_lpc.promising(filterbank().ravel().astype(np.int64))
 
 
 def test_no_proposal_for_wide_elements_few_elements_or_no_row_length():

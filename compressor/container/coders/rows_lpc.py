@@ -31,6 +31,10 @@ MAX_ELEMENTS = 1 << 22
 SAMPLE_ELEMENTS = 1 << 16  # the row length is chosen on about this many leading elements
 # The sampled estimate must beat the best size by this factor for the payload to be built.
 MARGIN = 0.95
+# The quick test first: predictors fitted to blocks of PROBE_BLOCK values of a leading sample
+# of PROBE_ELEMENTS must leave residuals of at most this share of the values' order-0 entropy
+# (learned weights' residuals have more: the search for a row length is not worth its time).
+PROBE_ELEMENTS, PROBE_BLOCK, PROBE_SHARE = 8192, 256, 0.9
 HEADER = struct.Struct("<BBI")  # order, inner codec, row length
 
 
@@ -70,6 +74,20 @@ def residual_bytes(values: np.ndarray, length: int) -> tuple[np.ndarray, np.ndar
     return coefs, ((rows - predictions(rows, coefs)) & 0xFF).astype(np.uint8).ravel()
 
 
+def _entropy_bits(symbols: np.ndarray) -> float:
+    return huffman.entropy_bits(np.bincount(symbols, minlength=256))
+
+
+def promising(values: np.ndarray) -> bool:
+    """Whether predicted blocks of a leading sample of int8 `values` leave residuals of at most
+    PROBE_SHARE of the values' entropy (a few milliseconds: most fields stop here)."""
+    sample = values[: (min(values.size, PROBE_ELEMENTS) // PROBE_BLOCK) * PROBE_BLOCK]
+    if sample.size == 0:
+        return False
+    _, res = residual_bytes(sample, PROBE_BLOCK)
+    return _entropy_bits(res) <= PROBE_SHARE * _entropy_bits((sample & 0xFF).astype(np.uint8))
+
+
 def row_length(values: np.ndarray) -> tuple[int, float] | None:
     """The row length (a divisor of the element count within ROW_LENGTHS) whose residuals have
     the least order-0 entropy on a leading sample, and that estimate in bytes for the whole
@@ -81,7 +99,7 @@ def row_length(values: np.ndarray) -> tuple[int, float] | None:
             continue
         rows = max(1, min(n // length, SAMPLE_ELEMENTS // length))
         _, res = residual_bytes(values[: rows * length], length)
-        bits = huffman.entropy_bits(np.bincount(res, minlength=256))
+        bits = _entropy_bits(res)
         estimate = bits / 8 * (n / res.size) + (n // length) * ORDER * 2
         if best is None or estimate < best[1]:
             best = (length, estimate)
@@ -90,6 +108,8 @@ def row_length(values: np.ndarray) -> tuple[int, float] | None:
 
 def propose(request: EncodeRequest, best: Candidate | None) -> Candidate | None:
     if request.width != 1 or not MIN_ELEMENTS <= request.elements.size <= MAX_ELEMENTS:
+        return None
+    if not promising(signed(request.elements[:PROBE_ELEMENTS])):
         return None
     values = signed(request.elements)
     found = row_length(values)
