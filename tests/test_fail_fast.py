@@ -9,7 +9,6 @@ from stage_contexts import measured_context
 from compressor import evaluate, graph, output_kinds
 from compressor.data import Dataset
 from compressor.stages import fail_fast
-from compressor.stages.ladder import Attempt, Ladder, run_ladder
 from compressor.variants import with_arrays
 
 
@@ -70,15 +69,6 @@ def test_no_early_stop_in_one_batch_or_without_an_snr_floor():
     ctx, noisy = regressor()
     ctx.measure.snr_gated = False
     assert fail_fast.gated_outputs(ctx.measure) is None
-
-
-def test_the_ladder_reports_a_stopped_rung_and_backs_off():
-    ctx, noisy = regressor()
-    attempts = [Attempt("harsh", lambda: (noisy(1.0), {})), Attempt("gentle", lambda: (noisy(0.001), {}))]
-    row = run_ladder(Ladder("share", attempts, True), ctx).row
-    harsh, gentle = row.attempts
-    assert harsh["stopped_after"]["samples"] < 64 and harsh["rejected_by"][0]["measure"] == "snr_db"
-    assert "stopped_after" not in gentle and row.options["setting"] == "gentle"
 
 
 def test_the_noise_bound_of_the_samples_run_never_exceeds_the_full_runs():

@@ -1,4 +1,9 @@
-"""A ladder rung's verdict that stops once the SNR floor is out of reach.
+"""A verdict that stops once the SNR floor is out of reach (by a margin).
+
+Used for the gentlest rung's early verdict (stages/gentlest_first.py), stopped once it misses
+by more than the slack that decides the skip: the same skips, fewer samples run.  Not for the
+ladder's own verdicts: the misses they report feed the skip rules (share's beyond_reach) and
+the retry without pruning, which a bound would change (benchmarks/README.md, branch dnsfast2).
 
 A verdict runs the candidate over every verdict sample, but a rung that misses the SNR floor
 by several dB usually shows it after a few: the output noise of the samples run so far only

@@ -21,7 +21,6 @@ from ..errors import CompressorError
 from ..measure import BUDGET_SLACK, Measure
 from ..report import StageRow
 from ..search.layer_inputs import LayerInputs
-from . import fail_fast
 
 # A search on an evenly spread subset of the data (to fit its time allowance) never uses fewer
 # samples than this: below it one sample is too many points to tell settings apart.
@@ -230,10 +229,7 @@ def run_ladder(ladder: Ladder, ctx: StageContext) -> StageResult:
             metrics, outputs = dict(ctx.previous.metrics), ctx.outputs
         else:
             early = attempt.measured(candidate) if attempt.measured is not None else None
-            if early is None:
-                # A rung the ladder may reject: its verdict stops once the SNR floor is out of reach.
-                early = fail_fast.verdict(measure, candidate) if ladder.adaptive else measure(candidate)
-            metrics, outputs = early
+            metrics, outputs = early if early is not None else measure(candidate)
         tried.append({"option": label, **metrics})
         if ladder.adaptive and not measure.within(metrics, attempt.budget):
             tried[-1]["rejected_by"] = rejection(measure, metrics, attempt.budget)
