@@ -9,7 +9,7 @@ from stage_contexts import measured_context
 from compressor import evaluate, graph
 from compressor.data import Dataset
 from compressor.passes.quantize import QuantizeSettings
-from compressor.stages import quantize, share
+from compressor.stages import gentlest_first, quantize, share
 from compressor.stages.ladder import Attempt, Ladder, run_ladder
 from compressor.variants import with_arrays
 
@@ -50,7 +50,7 @@ def test_harsher_rungs_are_not_built_when_the_gentlest_misses_the_floor_by_far()
     assert "k-means 6 bits fc can only be noisier" in middle["error"]
     assert last["rejected_by"][0]["measure"] == "snr_db" and last["rejected_by"][0]["by"] > share.SKIP_SLACK_DB
     assert built == ["k-means 4 bits fc", "k-means 8 bits fc"]  # each built once
-    assert runs == 2  # two verdicts: the gentlest's early one is its verdict
+    assert runs == 3  # the harshest's verdict, the gentlest's probe, its early verdict (its verdict)
 
 
 def test_a_gentlest_rung_near_the_floor_leaves_the_ladder_as_it_was():
@@ -60,6 +60,33 @@ def test_a_gentlest_rung_near_the_floor_leaves_the_ladder_as_it_was():
     assert all("error" not in a for a in row.attempts)  # the middle rung measured as before
     assert row.applied and row.options["setting"] == "k-means 8 bits fc"
     assert built == ["k-means 4 bits fc", "k-means 8 bits fc", "k-means 6 bits fc"]  # the gentlest built early, once
+
+
+def test_a_gentlest_rung_that_fits_its_probe_is_not_judged_early(monkeypatch):
+    # The harshest rung misses, the middle one fits: the gentlest is judged on the probe's few
+    # verdict samples only, never on all of them.
+    ctx, attempts, built = ladder_of(gentle_noise=0.0, harsh_noise=0.05)
+    rows: list[int] = []
+    run_batches = evaluate.run_batches
+
+    def counted(session, data, *args, **kwargs):
+        rows.append(data.size)
+        return run_batches(session, data, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "run_batches", counted)
+    row = run_ladder(Ladder("share", share.gentlest_first(attempts, RUNGS, ctx), True), ctx).row
+    assert [a["option"] for a in row.attempts] == ["k-means 4 bits fc", "k-means 6 bits fc"]
+    assert row.attempts[0]["rejected_by"] and row.options["setting"] == "k-means 6 bits fc"
+    assert built == ["k-means 4 bits fc", "k-means 8 bits fc", "k-means 6 bits fc"]
+    size = ctx.measure.data.size
+    assert rows == [size, gentlest_first.PROBE_SAMPLES, size]  # two verdicts and the probe
+
+
+def test_no_probe_without_an_snr_floor_or_with_few_verdict_samples():
+    ctx, _, _ = ladder_of(gentle_noise=0.0)
+    assert gentlest_first.verdict_probe(ctx).data.size == gentlest_first.PROBE_SAMPLES
+    ctx.measure.snr_gated = False
+    assert gentlest_first.verdict_probe(ctx) is None
 
 
 def test_no_early_verdict_while_no_rung_of_the_chain_missed():

@@ -52,6 +52,24 @@ def test_the_margin_search_reaches_the_edge_in_fewer_runs_than_fixed_steps(edge,
     assert len(calls) <= 4 and len(calls) <= len(fixed)
 
 
+def test_a_near_miss_ends_the_search_at_the_next_candidate_that_fits():
+    # A measure that wobbles by a dB near the edge: a candidate missing by less than the stop
+    # margin is followed by one aimed that far inside, and the search ends when it fits.
+    edge, calls, margins = 0.01, [], []
+    wobble = [0.0, -0.8, 0.0]
+
+    def measure(allowance):
+        margin = -10.0 * math.log10(allowance / edge) + wobble[len(calls)]
+        calls.append(allowance)
+        margins.append(margin)
+        return margin >= 0, margin
+
+    lo, hi = margin_allowance(measure, 1.0, 100.0, 1e-5, 4.0, 0.1, 8)
+    assert len(calls) == 3  # the start (-20 dB), a near miss, one that fits
+    assert -STOP_MARGIN_DB <= margins[1] < 0 and (lo, hi) == (calls[2], calls[1])
+    assert margins[2] > STOP_MARGIN_DB  # it ends the search though its margin is wider
+
+
 def test_without_a_margin_the_search_steps_by_the_fixed_factor_and_bisects():
     calls = []
 

@@ -8,7 +8,11 @@ its allowance (the summed layer errors it was allocated for: small independent e
 an allowance `a` measured `m` dB above the floor predicts the edge at a · 10^(m / 10); with
 two measured allowances the slope is measured too (a secant in log-allowance vs dB).  The
 search stops when a fitting candidate is within ``STOP_MARGIN_DB`` of the floor or the bracket
-is `resolution` narrow: two to four runs where the fixed steps took eight.  A run without a
+is `resolution` narrow: two to four runs where the fixed steps took eight.  A candidate that
+misses by less than ``STOP_MARGIN_DB`` marks the edge as closely as the measure can (its SNR on
+a few samples moves by as much between neighbouring allowances): the next one aims
+``STOP_MARGIN_DB`` inside the floor, and the first that fits after such a near miss ends the
+search, whatever its margin.  A run without a
 margin (the loss in points is over its budget: a count, no distance) steps by the fixed
 factor, or bisects the bracket, as ``search_allowance`` does.  Plans come from the measured
 margins (counts of the data), never from the clock.
@@ -52,6 +56,7 @@ def margin_allowance(
     (hi / lo - 1) at which the search stops; at most `max_steps` runs."""
     points: dict[float, Measured] = {}
     lo = hi = None
+    near_miss = False
     allowance: float | None = start
     for _ in range(max_steps):
         if allowance is None:
@@ -65,9 +70,11 @@ def margin_allowance(
             lo = allowance if lo is None else max(lo, allowance)
         else:
             hi = allowance if hi is None else min(hi, allowance)
-        if ok and margin is not None and margin <= STOP_MARGIN_DB:
+        if ok and margin is not None and (margin <= STOP_MARGIN_DB or near_miss):
             break  # at the edge: nothing worth a run is left
-        allowance = next_allowance(points, lo, hi, upper, lower, step, resolution)
+        near_miss = near_miss or (not ok and margin is not None and -STOP_MARGIN_DB <= margin)
+        aim = STOP_MARGIN_DB if near_miss else AIM_DB
+        allowance = next_allowance(points, lo, hi, upper, lower, step, resolution, aim)
     return lo, hi
 
 
@@ -79,8 +86,10 @@ def next_allowance(
     lower: float,
     step: float,
     resolution: float,
+    aim: float = AIM_DB,
 ) -> float | None:
-    """The next allowance to measure, or None when the search is done (see module docstring)."""
+    """The next allowance to measure, or None when the search is done (see module docstring);
+    a prediction aims `aim` dB inside the floor."""
     if lo is not None and hi is not None and hi / lo < 1.0 + resolution:
         return None
     if hi is None and lo is not None and lo >= upper:
@@ -94,7 +103,7 @@ def next_allowance(
         guess = anchor * step if points[anchor][0] else anchor / step
     else:
         slope = _slope(points, lo, hi)
-        guess = anchor * 10 ** ((margin - AIM_DB) / (10.0 * slope))
+        guess = anchor * 10 ** ((margin - aim) / (10.0 * slope))
         guess = min(max(guess, anchor / MAX_FACTOR), anchor * MAX_FACTOR)
     guess = min(max(guess, lower), upper)
     if lo is not None and hi is not None and not lo < guess < hi:

@@ -11,6 +11,12 @@ next harsher one; when it misses by more than the slack, the harsher rungs are r
 not built, with its miss.  Otherwise the ladder goes on as before, and at its own turn the
 gentlest rung takes the verdict already measured (no second run).  Counts and measured values
 only, never the clock.
+
+With a `probe` (a judge of a few evenly spread verdict samples, ``verdict_probe``), the early
+verdict is taken on the probe first: when the gentlest rung fits there, no rung is skipped, so
+the full early verdict (a run over every verdict sample, spent for nothing whenever a middle
+rung then fits) is not taken; the rung is judged at its own turn, if the ladder gets there.
+When it misses on the probe, the full early verdict follows as without one.
 """
 
 from __future__ import annotations
@@ -18,14 +24,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Sequence
 
+import numpy as np
 import onnx
 
 from ..errors import CompressorError
+from ..evaluate import run_model
+from ..measure import Judge
+from . import fail_fast
 from .ladder import Build, StageContext
+from .static_probe import PROBE_SAMPLES, spread_index, sub_judge
 
 # (metrics of a measured rung) -> by how many dB it missed the floor (None: it did not)
 MissDb = Callable[[dict], float | None]
 SkipRule = Callable[[Sequence[dict]], str | None]
+
+# The probe is taken only when it is at most this share of the verdict's samples (below, the
+# full verdict costs little more).
+PROBE_SHARE = 0.25
 
 
 def floor_miss_db(metrics: dict, measure) -> float | None:
@@ -55,6 +70,7 @@ class GentlestFirst:
         miss_db: MissDb,
         slack_db: float,
         any_failure: bool = False,
+        probe: Judge | None = None,
     ):
         self.ctx, self.label, self._build, self.miss_db, self.slack_db = ctx, label, build, miss_db, slack_db
         self.chain = set(chain)  # the labels of the chain's rungs: a miss of one starts the early verdict
@@ -63,6 +79,8 @@ class GentlestFirst:
         self._built: tuple[onnx.ModelProto, dict] | None = None
         self._measured: tuple[dict, list | None] | None = None
         self.failed: str | None = None  # the build's error, if it raised
+        self.probe = probe
+        self.probe_fits: bool | None = None  # the probe's verdict, once taken
 
     def build(self) -> tuple[onnx.ModelProto, dict]:
         """The rung's own build (Attempt.build): the candidate built early, if it was."""
@@ -83,7 +101,12 @@ class GentlestFirst:
             except CompressorError as e:  # the rung's own turn reports it
                 self.failed = str(e)
                 return None
-            self._measured = self.ctx.measure(candidate)
+            if self.probe is not None and self.probe_fits is None:
+                self.probe_fits = self.miss_db(self.probe.scores(run_model(candidate, self.probe.data))) is None
+            if self.probe_fits:
+                return None  # fits on the probe: no rung to skip, no full early verdict
+            # Stopped once it misses by more than the slack: the rule's outcome is then known.
+            self._measured = fail_fast.verdict(self.ctx.measure, candidate, self.slack_db)
         return self._measured
 
     def skip(self, harsher: str) -> Callable[[Sequence[dict]], str | None]:
@@ -111,6 +134,23 @@ class GentlestFirst:
         if "error" in tried:
             return self.any_failure
         return bool(self.miss_db(tried))
+
+
+def verdict_probe(ctx: StageContext) -> Judge | None:
+    """The judge of PROBE_SAMPLES evenly spread verdict samples, for an early verdict that may
+    make the full one needless; None when the judge gates no SNR (a few samples' counts say
+    little), the data is recurrent, the reference rows are not one per sample, or the probe
+    would be more than PROBE_SHARE of the verdict."""
+    judge = ctx.measure
+    data = judge.data
+    if data is None or data.recurrent or not getattr(judge, "snr_gated", False):
+        return None
+    if data.size * PROBE_SHARE < PROBE_SAMPLES:
+        return None
+    refs = judge.reference_outputs or []
+    if not refs or not all(np.ndim(r) and np.shape(r)[0] == data.size for r in refs):
+        return None
+    return sub_judge(judge, spread_index(data.size, PROBE_SAMPLES))
 
 
 def either_skip(first: SkipRule | None, second: SkipRule | None) -> SkipRule:

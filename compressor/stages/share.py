@@ -17,7 +17,7 @@ from ..passes.share import CONV_ROLES, share, shareable_weights
 from ..search.ecq_budget import share_by_rate
 from ..search.share_budget import MAX_SEARCH_RUNS, share_to_budget
 from .fine_share import fine_attempts
-from .gentlest_first import GentlestFirst, either_skip, floor_miss_db
+from .gentlest_first import GentlestFirst, either_skip, floor_miss_db, verdict_probe
 from .kmeans_reach import SearchSizes
 from .ladder import MIN_SEARCH_SAMPLES, Attempt, Ladder, StageContext, StageResult, run_ladder
 from .partial_share import LastBuilt, partial_attempts
@@ -165,8 +165,16 @@ def gentlest_first(
     if any(b is not None and t is not None and b > t for key in rungs.values() for b, t in zip(key, top)):
         return attempts  # not a chain: some rung has more bits on a kind than the last
     index = next(i for i, a in enumerate(attempts) if a.label == gentlest)
+    # Judged on a few verdict samples first: when it fits there, no rung is skipped, and the full
+    # early verdict would be spent for nothing whenever a middle rung fits.
     early = GentlestFirst(
-        ctx, gentlest, attempts[index].build, labels, lambda m: floor_miss_db(m, ctx.measure), SKIP_SLACK_DB
+        ctx,
+        gentlest,
+        attempts[index].build,
+        labels,
+        lambda m: floor_miss_db(m, ctx.measure),
+        SKIP_SLACK_DB,
+        probe=verdict_probe(ctx),
     )
     out = []
     for a in attempts:

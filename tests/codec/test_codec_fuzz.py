@@ -50,6 +50,14 @@ def lenet5_shared() -> onnx.ModelProto:
     return model
 
 
+def filterbank(rows: int = 48, taps: int = 256) -> np.ndarray:
+    """int8 rows of Hann-windowed cosines of increasing frequency, with a little noise."""
+    n = np.arange(taps)
+    waves = np.cos(np.pi * np.arange(1, rows + 1)[:, None] * n / taps) * np.hanning(taps)
+    noise = np.random.default_rng(2).normal(scale=0.01, size=waves.shape)
+    return np.round(120 * (waves + noise)).astype(np.int8)
+
+
 def typed_fields() -> onnx.ModelProto:
     """Tensors holding their data in the typed fields (float_data, int64_data, ...)."""
     rng = np.random.default_rng(1)
@@ -68,8 +76,11 @@ def typed_fields() -> onnx.ModelProto:
         onnx.numpy_helper.from_array(w_scale, "w_scale"),
         onnx.numpy_helper.from_array(np.array(x_scale), "x_scale"),
         onnx.numpy_helper.from_array(product_values(x_scale, w_scale), "b_scale"),
-        # a random walk of bytes: more than 64 distinct values, and xz beats zstd on it
-        onnx.numpy_helper.from_array(np.cumsum(rng.integers(0, 3, 30000)).astype(np.uint8), "walk"),
+        # a random walk of bytes: more than 64 distinct values, and xz beats zstd on it (a prime
+        # count: no row length for rows-lpc)
+        onnx.numpy_helper.from_array(np.cumsum(rng.integers(0, 3, 30011)).astype(np.uint8), "walk"),
+        # an int8 filterbank (windowed cosines, one per row): rows-lpc's kind of tensor
+        onnx.numpy_helper.from_array(filterbank(), "filterbank"),
     ]
     nodes = [helper.make_node("Identity", [t.name], [f"y_{t.name}"]) for t in inits]
     outputs = [helper.make_tensor_value_info(f"y_{t.name}", t.data_type, None) for t in inits]

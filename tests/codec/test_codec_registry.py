@@ -132,6 +132,7 @@ def test_the_format_codecs_are_registered():
         18: "product",
         19: "planes",
         20: "dict-rans",
+        21: "rows-lpc",
     }
     assert {c: registry.min_version(c) for c in registry.names()} == {
         0: (1, 0),
@@ -142,8 +143,9 @@ def test_the_format_codecs_are_registered():
         18: (1, 1),
         19: (1, 2),
         20: (1, 4),
+        21: (1, 5),
     }
-    assert [c.name for c in registry.proposers()] == ["dict", "sparse", "stored", "planes", "dict-rans"]
+    assert [c.name for c in registry.proposers()] == ["dict", "sparse", "stored", "planes", "dict-rans", "rows-lpc"]
     generic = {name for cid, name in registry.names().items() if registry.get(cid).generic}
     assert generic == {"stored", "zstd", "xz"}
 

@@ -7,7 +7,7 @@ that calls ``registry.register`` (and is imported here, or by whoever uses it).
 
 from __future__ import annotations
 
-from . import dict_rans, dictionary, generic, planes, product, sparse
+from . import dict_rans, dictionary, generic, planes, product, rows_lpc, sparse
 from .choice import encode_tensor_data
 from .registry import Coder, EncodedTensor, get, register
 
@@ -22,5 +22,6 @@ __all__ = [
     "planes",
     "product",
     "register",
+    "rows_lpc",
     "sparse",
 ]
