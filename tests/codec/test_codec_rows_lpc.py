@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compressor.codec import CorruptData
+from compressor.codec import CorruptData, compress_best
 from compressor.container.coders import encode_tensor_data, registry, rows_lpc
 from tests.codec.test_codec_fuzz import filterbank
 
@@ -51,3 +51,12 @@ def test_a_corrupt_header_is_refused():
         rows_lpc.decode(payload, 4096, 1, "t")  # 4096 bytes are no whole number of 300-byte rows
     with pytest.raises(CorruptData):
         rows_lpc.decode(b"\x04", 4096, 1, "t")
+
+
+@pytest.mark.parametrize("order, length", [(255, 8192), (4, 8192), (200, 4096), (4, 8)])
+def test_a_header_the_encoder_never_writes_is_refused_before_decoding(order, length):
+    decoded = 8192
+    codec, inner = compress_best(bytes(decoded // length * order * 2 + decoded))  # a body that decompresses
+    payload = rows_lpc.HEADER.pack(order, codec, length) + inner
+    with pytest.raises(CorruptData):
+        rows_lpc.decode(payload, decoded, 1, "t")  # the loop's size is the encoder's, not the header's

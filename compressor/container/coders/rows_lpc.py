@@ -142,7 +142,8 @@ def decode(payload, decoded_length: int, width: int, what: str, context=None) ->
     if width != 1 or len(payload) < HEADER.size:
         raise CorruptData(f"{what}: rows-lpc needs one-byte elements and its header")
     order, codec, length = HEADER.unpack(reader.take(HEADER.size))
-    if order < 1 or length <= order or decoded_length % length:
+    # Only what the encoder writes: a corrupt header must not buy a decode loop of its own size.
+    if order != ORDER or not ROW_LENGTHS[0] <= length <= ROW_LENGTHS[1] or decoded_length % length:
         raise CorruptData(f"{what}: rows-lpc order {order}, row length {length} for {decoded_length} bytes")
     rows = decoded_length // length
     coef_bytes = rows * order * 2
