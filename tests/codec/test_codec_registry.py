@@ -147,7 +147,15 @@ def test_the_format_codecs_are_registered():
         21: (1, 5),
         22: (1, 6),
     }
-    assert [c.name for c in registry.proposers()] == ["dict", "sparse", "stored", "planes", "dict-rans", "rows-lpc", "dft-rows"]
+    assert [c.name for c in registry.proposers()] == [
+        "dict",
+        "sparse",
+        "stored",
+        "planes",
+        "dict-rans",
+        "rows-lpc",
+        "dft-rows",
+    ]
     generic = {name for cid, name in registry.names().items() if registry.get(cid).generic}
     assert generic == {"stored", "zstd", "xz"}
 

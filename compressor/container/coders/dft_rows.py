@@ -223,4 +223,3 @@ def _summary(params: dict) -> str:
 
 
 register(Coder(ID, "dft-rows", decode, min_version=VERSION, propose=propose, order=96, summary=_summary))
-
