@@ -8,6 +8,7 @@ from test_partial_share import chain_model
 from compressor import graph
 from compressor.data import Dataset
 from compressor.report import fine_lines
+from compressor.stages import fine_share
 from compressor.stages.fine_share import (
     FINE_CENTROIDS,
     MIXED_CENTROIDS,
@@ -165,3 +166,14 @@ def test_run_shares_the_subgraph_weights_finely_when_the_eight_bit_rungs_miss_th
     assert rows["then.weight"]["unused"] == "if/then_branch" and rows["then.weight"]["centroids"] is None
     assert rows["else.weight"]["centroids"] == FINE_CENTROIDS[0]
     assert report["stages"][-1]["bytes"] < report["original_bytes"]
+
+
+def test_past_the_weight_cap_the_mixed_rungs_are_not_measured(monkeypatch):
+    monkeypatch.setattr(fine_share, "MIXED_MAX_WEIGHTS", 1)
+    model = graphs.if_subgraph_model()
+    data = if_data(model)
+    ctx = context(model, data)
+    attempts = fine_attempts(matrices(model), ctx, LastBuilt(), "linear", 0)
+    row = run_ladder(Ladder("share", attempts, True), ctx).row
+    assert "more than 1 to measure one by one" in row.attempts[0]["error"]
+    assert row.options["setting"].startswith(f"k-means {FINE_CENTROIDS[0]} centroids")

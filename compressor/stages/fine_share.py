@@ -48,6 +48,9 @@ FINE_CENTROIDS = (512, 724, 1024, 1448, 2048, 4096)
 # the size each weight is measured at alone.
 MIXED_CENTROIDS = (256, 362, 512, 724, 1024, 1448, 2048, 2896, 4096)
 PROBE_CENTROIDS = 512
+# The mixed rungs measure each used weight alone (a whole-model run each): past this many
+# weights (a Loop body's dozens) they are not tried, and the uniform rungs stay.
+MIXED_MAX_WEIGHTS = 24
 
 
 def subgraph_weights(model: onnx.ModelProto, tensors: Sequence[graph.Weight]) -> list[graph.Weight]:
@@ -114,6 +117,11 @@ def fine_attempts(
         return f"k-means {k} centroids ({math.log2(k):.1f} bits) on the weights read in subgraphs (quantize leaves them float)"
 
     def mixed(k: int) -> tuple[onnx.ModelProto, dict]:
+        used = len(inner) - len(untaken())
+        if used > MIXED_MAX_WEIGHTS:
+            raise CompressorError(
+                f"{used} weights read in subgraphs: more than {MIXED_MAX_WEIGHTS} to measure one by one"
+            )
         noise = probed()
         counts = {w.name: w.size for w in inner if w.name in noise}
         widths = mixed_widths(noise, counts, k)
