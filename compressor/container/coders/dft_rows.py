@@ -100,12 +100,14 @@ def estimate_window(rows: np.ndarray, freqs: np.ndarray, kinds: np.ndarray, tabl
     return ((rows * t).sum(axis=0) / np.maximum((t * t).sum(axis=0), 1e-300)).astype(np.float32)
 
 
-def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(window, table, freqs, kinds) for float32 `rows` [R, N]."""
+def fit(rows: np.ndarray, refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(window, table, freqs, kinds) for float32 `rows` [R, N]; `refine`: each row's frequency
+    and kind chosen again by exact matches once the window is known (else by the spectrum)."""
     table = cosine_table(rows.shape[1])
     freqs, kinds = assign(rows, None, table)
     window = estimate_window(rows, freqs, kinds, table)
-    freqs, kinds = assign(rows, window, table)
+    if refine:
+        freqs, kinds = assign(rows, window, table)
     return window, table, freqs, kinds
 
 
@@ -117,11 +119,13 @@ def usable(window: np.ndarray, table: np.ndarray) -> bool:
 
 
 def row_lengths(elements: int) -> list[int]:
-    """The row lengths N a basis of `elements` values could have, longest first."""
+    """The row lengths N a basis of `elements` values could have, longest first: its rows are
+    the cosines (or sines) of k = 0 .. N/2, both of them, or every k < N (two-sided), so
+    there are N/2 + 1, N + 2, N or 2 N (+ 2) of them; few tensors of learned weights fit one."""
     return [
         n
         for n in range(min(ROW_LENGTHS[1], elements // 2), ROW_LENGTHS[0] - 1, -1)
-        if n % 4 == 0 and elements % n == 0 and 2 <= elements // n <= max_rows(n)
+        if n % 4 == 0 and elements % n == 0 and elements // n in (n // 2 + 1, n, n + 2, 2 * n, 2 * n + 2)
     ]
 
 
@@ -134,7 +138,7 @@ def probe(values: np.ndarray) -> int | None:
         nonzero = rows != 0  # zeros alone (a pruned tensor) are no basis
         if not nonzero.any():
             continue
-        window, table, freqs, kinds = fit(rows)
+        window, table, freqs, kinds = fit(rows, refine=False)
         share = float(np.mean((bits(predict(window, table, freqs, kinds)) == bits(rows))[nonzero]))
         if share >= PROBE_EXACT and (best is None or share > best[1]):
             best = (length, share)
