@@ -80,8 +80,9 @@ def fine_attempts(
     seed: int,
     reserve: float | None = None,
 ) -> list[Attempt]:
-    """One rung per codebook size of FINE_CENTROIDS, or none when no weight in `tensors` is read in a
-    subgraph (then the ladder is as it was).  Each is skipped when an earlier attempt fit.  When
+    """Two rungs per codebook size k of FINE_CENTROIDS (sizes per weight at k's estimated noise,
+    then k for all), or none when no weight in `tensors` is read in a subgraph (then the ladder
+    is as it was).  Each is skipped when an earlier attempt fit.  When
     some of `tensors` live in the main graph, the rungs are held to `reserve` points (quantize's
     room for them); else they may take the whole budget."""
     inner = subgraph_weights(ctx.model, tensors)
