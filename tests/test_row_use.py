@@ -5,7 +5,7 @@ from graphs import make_inputs, transformer_encoder
 
 from compressor import graph
 from compressor.data import Dataset
-from compressor.passes.row_use import RowUse
+from compressor.passes.row_use import RowUse, row_squares
 from compressor.passes.share import share, shareable_weights
 from compressor.search.ecq_budget import constant_mask, importance_of, share_by_rate
 from compressor.search.layer_error import ROWS, capture_layers, variant_errors
@@ -89,3 +89,15 @@ def test_the_rate_search_shares_the_table_by_its_rows():
     after = {w.name: w.array() for w in graph.weights(shared)}["tok_emb"]
     assert np.unique(after).size < np.unique(before).size
     assert isinstance(data, Dataset)
+
+
+def test_row_squares_in_blocks_are_the_whole_tables_sums_bit_for_bit():
+    rng = np.random.default_rng(3)
+    e = rng.standard_normal((1000, 37)).astype(np.float32)
+    v = (e + 0.01 * rng.standard_normal(e.shape)).astype(np.float32)
+    e64 = e.astype(np.float64)
+    whole = np.einsum("ij,ij->i", e64, e64)
+    delta = v.astype(np.float64) - e64
+    for block in (1, 7, 256, 4096):
+        assert row_squares(e, block=block).tobytes() == whole.tobytes()
+        assert row_squares(e, v, block=block).tobytes() == np.einsum("ij,ij->i", delta, delta).tobytes()
