@@ -7,13 +7,14 @@ that calls ``registry.register`` (and is imported here, or by whoever uses it).
 
 from __future__ import annotations
 
-from . import dict_rans, dictionary, generic, planes, product, rows_lpc, sparse
+from . import dict_bins, dict_rans, dictionary, generic, planes, product, rows_lpc, sparse
 from .choice import encode_tensor_data
 from .registry import Coder, EncodedTensor, get, register
 
 __all__ = [
     "Coder",
     "EncodedTensor",
+    "dict_bins",
     "dict_rans",
     "dictionary",
     "encode_tensor_data",
