@@ -307,7 +307,14 @@ def _read_header(reader: ByteReader, what: str):
 
 
 def decode(reader, expected_count: int, alphabet_size: int, what: str = "bins stream") -> np.ndarray:
-    """Decode one stream at a ByteReader's position; returns uint16 symbols (CorruptData if anything is off)."""
+    """Decode one stream (at a ByteReader's position, or all of a bytes-like); returns uint16 symbols.
+
+    Every declared size is checked before anything is allocated; anything off raises CorruptData."""
+    if not isinstance(reader, ByteReader):
+        whole = ByteReader(reader, what)
+        out = decode(whole, expected_count, alphabet_size, what)
+        whole.expect_end()
+        return out
     count, alphabet, centre, precision, classes, signs, reserved, lane_symbols = _read_header(reader, what)
     if count != expected_count or count == 0:
         raise CorruptData(f"{what}: {count} symbols declared, {expected_count} expected")

@@ -133,6 +133,7 @@ def test_the_format_codecs_are_registered():
         19: "planes",
         20: "dict-rans",
         21: "rows-lpc",
+        22: "dict-bins",
     }
     assert {c: registry.min_version(c) for c in registry.names()} == {
         0: (1, 0),
@@ -144,8 +145,17 @@ def test_the_format_codecs_are_registered():
         19: (1, 2),
         20: (1, 4),
         21: (1, 5),
+        22: (1, 6),
     }
-    assert [c.name for c in registry.proposers()] == ["dict", "sparse", "stored", "planes", "dict-rans", "rows-lpc"]
+    assert [c.name for c in registry.proposers()] == [
+        "dict",
+        "sparse",
+        "stored",
+        "planes",
+        "dict-rans",
+        "rows-lpc",
+        "dict-bins",
+    ]
     generic = {name for cid, name in registry.names().items() if registry.get(cid).generic}
     assert generic == {"stored", "zstd", "xz"}
 
