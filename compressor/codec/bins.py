@@ -56,9 +56,12 @@ WEIGHT_BITS = 44  # weights stay below 2**52: exact in int64 and in float64 (nor
 PROB_ONE = 256
 # The even mantissa bits (below the top two) are each one half.
 HALF = PROB_ONE // 2
-LANE_OVERHEAD_BYTES = 3  # a lane's empty starting state and partly filled final state
-# A lane costs its 4-byte final state and about 3 bytes more: lanes aim at LANE_PAYLOAD_BYTES
-# each (0.2 % overhead where ``codec.rans``'s 512 spend 1.4 %), within MAX_LANE_SYMBOLS symbols
+# A lane's final state (4 bytes) carries about 2 bytes of payload and its first word starts
+# from the empty state 2**16: about 3 bytes a lane beyond the payload's entropy (measured).
+LANE_OVERHEAD_BYTES = 3
+COUNT_CHUNK = 1 << 22
+# Lanes aim at LANE_PAYLOAD_BYTES each (0.1 % overhead where ``codec.rans``'s 512 spend 0.6 %
+# and more), within MAX_LANE_SYMBOLS symbols
 # so that the decoder's numpy steps (one symbol of every lane each) stay few.
 LANE_PAYLOAD_BYTES = 4096
 MAX_LANE_SYMBOLS = 1 << 15
@@ -205,15 +208,21 @@ class Plan:
 
 def _fine_counts(symbols: np.ndarray, shape: Shape, lane_symbols: int) -> np.ndarray:
     """Counts by (the previous symbol's class of MAX_CLASSES x its sign, of 3) x symbol; a lane's
-    first symbol counts as following the centre (context 0)."""
+    first symbol counts as following the centre (context 0).  Counted a chunk at a time, so the
+    int64 keys never span the whole stream."""
     fine = shape.context_of(MAX_CLASSES, 3)
-    key = np.empty(symbols.size, dtype=np.int64)
-    key[0] = 0
-    np.take(fine, symbols[:-1], out=key[1:])
-    key[::lane_symbols] = 0
-    key *= shape.alphabet
-    key += symbols
-    return np.bincount(key, minlength=MAX_CLASSES * 3 * shape.alphabet).reshape(MAX_CLASSES * 3, shape.alphabet)
+    rows = MAX_CLASSES * 3
+    counts = np.zeros(rows * shape.alphabet, dtype=np.int64)
+    for start in range(0, symbols.size, COUNT_CHUNK):
+        chunk = symbols[start : start + COUNT_CHUNK]
+        key = np.empty(chunk.size, dtype=np.int64)
+        key[0] = fine[symbols[start - 1]] if start else 0
+        np.take(fine, chunk[:-1], out=key[1:])
+        key[(-start) % lane_symbols :: lane_symbols] = 0  # lane starts
+        key *= shape.alphabet
+        key += chunk
+        counts += np.bincount(key, minlength=rows * shape.alphabet)
+    return counts.reshape(rows, shape.alphabet)
 
 
 def _merged(fine: np.ndarray, classes: int, signs: int) -> np.ndarray:
@@ -247,7 +256,6 @@ def plan(symbols: np.ndarray, alphabet: int, centre: int) -> Plan:
             size = (
                 HEADER.size
                 + params.size
-                + 4 * lanes
                 + 8
                 + math.ceil(_cost_bits(counts, freq, PRECISION) / 8)
                 + LANE_OVERHEAD_BYTES * lanes
