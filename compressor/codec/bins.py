@@ -49,8 +49,13 @@ from . import ByteReader, CorruptData, rans
 HEADER = struct.Struct("<QHHBBBBI")
 MAX_CLASSES = 8
 SIGN_CONTEXT_CHOICES = (1, 3)
-PRECISION = 14  # the encoder's; the decoder accepts MIN_PRECISION..MAX_PRECISION
+PRECISION = 14  # the encoder's finest; the decoder accepts MIN_PRECISION..MAX_PRECISION
 MIN_PRECISION = 10
+# The encoder tries coarser tables too and keeps the coarsest within NEAR_TIE of the smallest
+# estimate: the decoder's tables (contexts x 2**precision entries) are built per tensor, and
+# small alphabets lose nothing measurable at 11 or 12 bits.
+PRECISION_CHOICES = (11, 12, 13, 14)
+NEAR_TIE = 0.001
 MAX_PRECISION = 14  # contexts x 2**precision decoding tables stay a few MB
 WEIGHT_BITS = 44  # weights stay below 2**52: exact in int64 and in float64 (normalize_counts)
 PROB_ONE = 256
@@ -64,7 +69,7 @@ COUNT_CHUNK = 1 << 22
 # and more), within MAX_LANE_SYMBOLS symbols
 # so that the decoder's numpy steps (one symbol of every lane each) stay few.
 LANE_PAYLOAD_BYTES = 4096
-MAX_LANE_SYMBOLS = 1 << 15
+MAX_LANE_SYMBOLS = 4096
 
 
 def max_alphabet(precision: int) -> int:
@@ -200,6 +205,7 @@ class Plan:
     freq: np.ndarray
     lane_symbols: int
     estimated_bytes: int
+    precision: int = PRECISION
 
     @property
     def contexts(self) -> int:
@@ -247,22 +253,29 @@ def plan(symbols: np.ndarray, alphabet: int, centre: int) -> Plan:
     lane_symbols = -(-count // lanes)
     lanes = -(-count // lane_symbols)
     fine = _fine_counts(symbols, shape, lane_symbols)
+
+    def size_of(counts, params, freq, precision) -> int:
+        cost = math.ceil(_cost_bits(counts, freq, precision) / 8)
+        return HEADER.size + params.size + 8 + cost + LANE_OVERHEAD_BYTES * lanes
+
     best = None
     for signs in SIGN_CONTEXT_CHOICES:
         for classes in range(1, MAX_CLASSES + 1):
             counts = _merged(fine, classes, signs)
             params = estimate_parameters(shape, counts, classes, signs)
             freq = tables(shape, params, classes, signs, PRECISION)
-            size = (
-                HEADER.size
-                + params.size
-                + 8
-                + math.ceil(_cost_bits(counts, freq, PRECISION) / 8)
-                + LANE_OVERHEAD_BYTES * lanes
-            )
+            size = size_of(counts, params, freq, PRECISION)
             if best is None or size < best.estimated_bytes:
                 best = Plan(shape, classes, signs, params, freq, lane_symbols, size)
-    return best
+    counts = _merged(fine, best.classes, best.signs)
+    choices = [best]
+    for precision in PRECISION_CHOICES:
+        if precision < PRECISION and alphabet <= max_alphabet(precision):
+            freq = tables(shape, best.params, best.classes, best.signs, precision)
+            size = size_of(counts, best.params, freq, precision)
+            choices.append(Plan(shape, best.classes, best.signs, best.params, freq, lane_symbols, size, precision))
+    smallest = min(c.estimated_bytes for c in choices)
+    return min((c for c in choices if c.estimated_bytes <= smallest * (1 + NEAR_TIE)), key=lambda c: c.precision)
 
 
 def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
@@ -275,7 +288,7 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
         index_of,
         None,
         chosen.freq,
-        PRECISION,
+        chosen.precision,
         chosen.lane_symbols,
         words_guess=chosen.estimated_bytes // 2,
         context_of=context_of,
@@ -286,7 +299,7 @@ def encode_with(symbols: np.ndarray, chosen: Plan) -> bytes:
                 symbols.size,
                 shape.alphabet,
                 shape.centre,
-                PRECISION,
+                chosen.precision,
                 chosen.classes,
                 chosen.signs,
                 0,
