@@ -184,7 +184,14 @@ def fine_lines(fine: dict) -> list[str]:
     rows = fine["tensors"]
     shared = [t for t in rows if t.get("centroids")]
     untaken = [t for t in rows if t.get("unused")]
-    lines = [f"share: k-means {fine['centroids']} centroids on {len(shared)} weights read in subgraphs"]
+    if fine.get("per_weight"):
+        ks = sorted({t["centroids"] for t in shared})
+        lines = [
+            f"share: k-means {ks[0]}-{ks[-1]} centroids per weight (the output noise of {fine['centroids']} for all)"
+            f" on {len(shared)} weights read in subgraphs"
+        ]
+    else:
+        lines = [f"share: k-means {fine['centroids']} centroids on {len(shared)} weights read in subgraphs"]
     if untaken:
         lines[0] += f"; {len(untaken)} of untaken If branches as {untaken[0]['from']}"
     lines += [

@@ -21,7 +21,7 @@ static rANS coder of ``codec.rans`` (the same lanes, states, words and decoder).
 the alphabet, so magnitude contexts pay off on tensors of a few thousand weights too, and the
 unary length bins model any spread of magnitudes.
 
-Stream layout (FORMAT.md §7.7), all integers little-endian::
+Stream layout (FORMAT.md §7.8), all integers little-endian::
 
     u64 symbol_count | u16 alphabet_size K | u16 centre | u8 precision | u8 classes C
     u8 sign_contexts S (1 or 3) | u8 reserved=0 | u32 lane_symbols

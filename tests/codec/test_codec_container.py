@@ -281,7 +281,7 @@ def shared_model() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def shared_packed():
-    # Without dict-bins, whose version (1.6) would hide the shared sections' own (1.3).
+    # Without dict-bins, whose version (1.7) would hide the shared sections' own (1.3).
     model = shared_model()
     with left_out(dict_bins.ID):
         data, _ = pack_model(model)

@@ -1,5 +1,5 @@
-"""dict-bins (codec 22): the binarised, magnitude-context rANS stream (codec.bins) round trips
-exactly, the packer picks it where it is smaller, version 1.6, and hostile payloads are refused
+"""dict-bins (codec 23): the binarised, magnitude-context rANS stream (codec.bins) round trips
+exactly, the packer picks it where it is smaller, version 1.7, and hostile payloads are refused
 with CorruptData only."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_dict_bins_wins_on_depthwise_kernels_and_round_trips_exactly():
     data, stats = pack_model(model)
     back, info = unpack_container(data, verify=True)
     assert back.SerializeToString() == model.SerializeToString() and info["verified"]
-    assert fmt.read_container(data).version == (1, 6)
+    assert fmt.read_container(data).version == (1, 7)
     tensor = next(t for t in stats["tensors"] if t["name"] == "w")
     assert tensor["encoding"] == "dict-bins"
     others = [c["bytes"] for name, c in tensor["candidates"].items() if name != "dict-bins"]
@@ -120,7 +120,7 @@ def test_float_codebooks_are_ordered_by_value_and_round_trip():
 def test_a_dict_bins_section_in_an_older_container_is_refused():
     data, _ = pack_model(model_with(depthwise_int8()))
     header = bytearray(data[: fmt.HEADER_BYTES])
-    struct.pack_into("<H", header, 10, 5)  # minor version 1.5: before dict-bins existed
+    struct.pack_into("<H", header, 10, 6)  # minor version 1.6: before dict-bins existed
     with pytest.raises(CorruptData):
         fmt.read_container(bytes(header) + data[fmt.HEADER_BYTES :], verify_checksums=False)
 

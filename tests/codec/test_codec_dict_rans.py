@@ -21,7 +21,7 @@ from compressor.container.coders import dict_bins, dict_rans, encode_tensor_data
 
 @contextlib.contextmanager
 def without_dict_bins():
-    """dict-bins (codec 22) left out of the choice: these tests are about dict-rans against the
+    """dict-bins (codec 23) left out of the choice: these tests are about dict-rans against the
     Huffman layouts, and dict-bins codes the same runs smaller."""
     coder = registry.get(dict_bins.ID)
     registry.unregister(dict_bins.ID)

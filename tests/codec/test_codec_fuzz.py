@@ -58,6 +58,17 @@ def filterbank(rows: int = 48, taps: int = 256) -> np.ndarray:
     return np.round(120 * (waves + noise)).astype(np.int8)
 
 
+def stft_basis(length: int = 64) -> np.ndarray:
+    """float32 rows of a Hann-windowed DFT basis, cosines then sines of k = 0 .. N/2, as an
+    STFT kept as a convolution stores it: float32 window times float32 cosines (the sines' own
+    rounding and the exact zeros make some values no product the coder predicts)."""
+    n = np.arange(length)
+    k = np.arange(length // 2 + 1)[:, None]
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * n / length)).astype(np.float32)
+    angle = 2 * np.pi * k * n / length
+    return np.concatenate([window * np.cos(angle).astype(np.float32), -window * np.sin(angle).astype(np.float32)])
+
+
 def typed_fields() -> onnx.ModelProto:
     """Tensors holding their data in the typed fields (float_data, int64_data, ...)."""
     rng = np.random.default_rng(1)
@@ -81,6 +92,8 @@ def typed_fields() -> onnx.ModelProto:
         onnx.numpy_helper.from_array(np.cumsum(rng.integers(0, 3, 30011)).astype(np.uint8), "walk"),
         # an int8 filterbank (windowed cosines, one per row): rows-lpc's kind of tensor
         onnx.numpy_helper.from_array(filterbank(), "filterbank"),
+        # a float32 STFT basis: dft-rows's kind of tensor
+        onnx.numpy_helper.from_array(stft_basis(), "stft_basis"),
     ]
     nodes = [helper.make_node("Identity", [t.name], [f"y_{t.name}"]) for t in inits]
     outputs = [helper.make_tensor_value_info(f"y_{t.name}", t.data_type, None) for t in inits]

@@ -1,6 +1,6 @@
-"""dict-bins (codec 22, version 1.6): a codebook ordered by value and the elements' symbols coded
+"""dict-bins (codec 23, version 1.7): a codebook ordered by value and the elements' symbols coded
 as offsets from the most frequent one under a binarised model with magnitude contexts
-(FORMAT.md §7.7, codec.bins).
+(FORMAT.md §7.8, codec.bins).
 
 Proposed after dict-rans and built only when its estimated size beats the best so far.  Its
 tables cost a few dozen bytes whatever the codebook, so it wins where dict-rans's per-symbol
@@ -22,8 +22,8 @@ from ...codec import sparse as layouts
 from ...codec.sparse import ELEMENT_DTYPES, StreamInfo
 from .registry import Candidate, Coder, EncodeRequest, register
 
-ID = 22
-VERSION = (1, 6)
+ID = 23
+VERSION = (1, 7)
 HEAD = struct.Struct("<BBHI")  # width, codebook layout, reserved, K
 # Codebook layouts: the values listed in symbol order; a bitmap of the byte values used, in
 # two's-complement or unsigned order (one-byte elements); the sorted keys' gaps as varints,
