@@ -435,9 +435,19 @@ def _step_rows(symbols, index_of, lanes: int, lane_symbols: int, first: int, sto
 
 
 def _encode_lanes(
-    symbols, index_of, context_symbols, freq, bits, lane_symbols, block_symbols=ENCODE_BLOCK, words_guess=0
+    symbols,
+    index_of,
+    context_symbols,
+    freq,
+    bits,
+    lane_symbols,
+    block_symbols=ENCODE_BLOCK,
+    words_guess=0,
+    context_of=None,
 ):
-    """Final lane states and the interleaved words (the decoder's order: steps, then lanes)."""
+    """Final lane states and the interleaved words (the decoder's order: steps, then lanes).
+
+    ``context_of`` (the context each used index opens) replaces the one ``context_symbols`` define."""
     count = symbols.size
     used_count = freq.shape[1]
     lanes = -(-count // lane_symbols)
@@ -445,7 +455,9 @@ def _encode_lanes(
     # key = context * used_count + symbol indexes the flattened tables.
     freq_flat = freq.ravel()
     cum_flat = _cumulative(freq).ravel()
-    context_row = _context_of(used_count, context_symbols, index_of) * used_count  # first key of the opened context
+    if context_of is None:
+        context_of = _context_of(used_count, context_symbols, index_of)
+    context_row = np.asarray(context_of, dtype=np.int64) * used_count  # first key of the opened context
     if lanes <= SCALAR_LANES:
         return _encode_lanes_scalar(index_of[symbols], lanes, lane_symbols, freq_flat, cum_flat, context_row, bits)
     narrow_index = index_of.astype(np.uint16)  # used indices < 2**15
@@ -647,10 +659,11 @@ def _slot_tables(context_of, freq, bits):
     return symbol, frequency, delta, next_row
 
 
-def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols, freq, bits, what):
+def _decode_lanes(states, words, count, lane_symbols, index_of, context_symbols, freq, bits, what, context_of=None):
     lanes = states.size
     last_lane = count - (lanes - 1) * lane_symbols
-    context_of = _context_of(freq.shape[1], context_symbols, index_of)
+    if context_of is None:
+        context_of = _context_of(freq.shape[1], context_symbols, index_of)
     tables = _slot_tables(context_of, freq, bits)
     if lanes <= SCALAR_LANES:
         return _decode_lanes_scalar(states, words, count, lane_symbols, tables, bits, what)

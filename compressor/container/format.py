@@ -24,7 +24,7 @@ from .coders import registry
 MAGIC = b"\x89CMPZ\r\n\x1a"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0  # what the packer writes unless it uses a later feature (see format_version)
-SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6))
+SUPPORTED_VERSIONS = ((1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7))
 HEADER_BYTES = 32
 ENTRY_BYTES = 32
 TRAILER_BYTES = 32

@@ -313,9 +313,11 @@ def unpack_container(
     info = _info(plan)
     if verify:
         # A model too large for one message is hashed as streamed chunks, tensor by tensor.
-        _verify(
-            streamed_chunks(plan.model) if not fits_in_one_message(plan.model) else [serialize_model(plan.model)], info
-        )
+        try:
+            whole = fits_in_one_message(plan.model)
+        except UnicodeDecodeError:  # protobuf parses a proto2 string field and refuses it when read
+            raise CorruptData("graph section holds a string that is not UTF-8") from None
+        _verify([serialize_model(plan.model)] if whole else streamed_chunks(plan.model), info)
         info["verified"] = True
     return plan.model, info
 

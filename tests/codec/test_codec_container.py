@@ -1,5 +1,6 @@
 """The container refuses every malformed input with CompressorError (never another exception)."""
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -15,7 +16,7 @@ from resealing import reseal
 from compressor.codec import STORED, XZ, ZSTD, CorruptData, compress, decompress
 from compressor.container import format as fmt
 from compressor.container import pack, pack_model, unpack_container
-from compressor.container.coders import dict_rans, registry
+from compressor.container.coders import dict_bins, dict_rans, registry
 from compressor.errors import CompressorError
 
 
@@ -51,22 +52,29 @@ def small_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
 
 
-@pytest.fixture(scope="module", params=["every coder", "Huffman layouts only"])
-def packed(request):
-    # Twice: with every coder (the rANS layout wins the large tensors) and without dict-rans, so
-    # that the dict and sparse decoders meet the same hostile containers.
-    model = small_model()
-    if request.param == "every coder":
-        data, stats = pack_model(model)
-        expected = {"dict-rans"}
-    else:
-        coder = registry.get(dict_rans.ID)
-        registry.unregister(dict_rans.ID)
-        try:
-            data, stats = pack_model(model)
-        finally:
+@contextlib.contextmanager
+def left_out(*coder_ids: int):
+    """The registered coders without these (restored after)."""
+    coders = [registry.get(cid) for cid in coder_ids]
+    for coder in coders:
+        registry.unregister(coder.id)
+    try:
+        yield
+    finally:
+        for coder in coders:
             registry.register(coder)
-        expected = {"sparse", "dict"}
+
+
+@pytest.fixture(scope="module", params=["every coder", "dict-rans", "Huffman layouts only"])
+def packed(request):
+    # Three times: with every coder (dict-bins wins the large tensors), without dict-bins (dict-rans
+    # wins them) and without either, so that every symbol decoder meets the same hostile containers.
+    model = small_model()
+    left = {"every coder": [], "dict-rans": [dict_bins.ID], "Huffman layouts only": [dict_bins.ID, dict_rans.ID]}
+    with left_out(*left[request.param]):
+        data, stats = pack_model(model)
+    expected = {"every coder": {"dict-bins"}, "dict-rans": {"dict-rans"}, "Huffman layouts only": {"sparse", "dict"}}
+    expected = expected[request.param]
     codecs = {registry.name_of(e.codec) for e in fmt.read_container(data).sections}
     assert expected <= codecs
     return model.SerializeToString(), data
@@ -273,8 +281,10 @@ def shared_model() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def shared_packed():
+    # Without dict-bins, whose version (1.7) would hide the shared sections' own (1.3).
     model = shared_model()
-    data, _ = pack_model(model)
+    with left_out(dict_bins.ID):
+        data, _ = pack_model(model)
     container = fmt.read_container(data)
     manifest = json.loads(fmt.decode_section(container, container.sections[0]))
     assert container.version == fmt.SHARED_SECTIONS_VERSION
@@ -289,7 +299,8 @@ def test_shared_sections_roundtrip_and_are_smaller_than_one_section_each(shared_
     manifest = json.loads(fmt.decode_section(c, c.sections[0]))
     assert [r.get("offset", 0) for r in manifest["tensors"]] == [0, 512, 1024, 1536, 2048] * 2
     monkeypatch.setattr(pack, "MAX_SHARED_FIELD_BYTES", 0)  # every field in its own section
-    apart, _ = pack_model(model)
+    with left_out(dict_bins.ID):
+        apart, _ = pack_model(model)
     assert fmt.read_container(apart).version < fmt.SHARED_SECTIONS_VERSION
     assert len(data) < len(apart)
 

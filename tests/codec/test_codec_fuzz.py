@@ -27,7 +27,7 @@ from resealing import reseal
 from compressor.codec import STORED
 from compressor.container import format as fmt
 from compressor.container import pack_model, product_values, unpack_bytes, unpack_container
-from compressor.container.coders import dict_rans, registry
+from compressor.container.coders import dict_bins, dict_rans, registry
 from compressor.errors import CompressorError
 
 FUZZ_CASES = int(os.environ.get("COMPRESSOR_FUZZ_CASES", "600"))
@@ -123,16 +123,23 @@ def corpus() -> list[tuple[str, bytes, bytes]]:
         model = build()
         data, _ = pack_model(model)
         out.append((name, model.SerializeToString(), data))
-    # The shared LeNet-5 once more without the rANS layout, so that the Huffman dict and sparse
-    # sections it wins meet the mutations too.
-    model = lenet5_shared()
-    coder = registry.get(dict_rans.ID)
-    registry.unregister(dict_rans.ID)
-    try:
-        data, _ = pack_model(model)
-    finally:
-        registry.register(coder)
-    out.append(("lenet5-huffman", model.SerializeToString(), data))
+    # Again without dict-bins (dict-rans and dict win their tensors) and without the rANS
+    # layouts, so that the dict-rans, Huffman dict and sparse sections meet the mutations too.
+    for name, build, left_out in (
+        ("lenet5-rans", lenet5_shared, [dict_bins.ID]),
+        ("lenet5-huffman", lenet5_shared, [dict_bins.ID, dict_rans.ID]),
+        ("typed-huffman", typed_fields, [dict_bins.ID]),
+    ):
+        model = build()
+        coders = [registry.get(cid) for cid in left_out]
+        for coder in coders:
+            registry.unregister(coder.id)
+        try:
+            data, _ = pack_model(model)
+        finally:
+            for coder in coders:
+                registry.register(coder)
+        out.append((name, model.SerializeToString(), data))
     return out
 
 

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 from compressor.codec import XZ, ZSTD, CorruptData, planes
 from compressor.container import encode_tensor_data, pack_model, unpack_bytes, unpack_container
 from compressor.container import format as fmt
-from compressor.container.coders import dict_rans, dictionary
+from compressor.container.coders import dict_bins, dict_rans, dictionary
 from compressor.container.coders import planes as planes_coder
 
 
@@ -70,7 +70,7 @@ def test_the_packer_picks_planes_where_they_win_and_not_elsewhere():
     # Bytes (width 1) never go to planes; neither does a tensor a codebook codes better.
     assert encode_tensor_data(np.arange(1000, dtype=np.uint8).tobytes(), 1).codec != planes_coder.ID
     few = np.random.default_rng(1).choice(np.float32([0.5, -1.0, 2.0]), 4000)
-    assert encode_tensor_data(few.tobytes(), 4).codec in (dictionary.ID, dict_rans.ID)
+    assert encode_tensor_data(few.tobytes(), 4).codec in (dictionary.ID, dict_rans.ID, dict_bins.ID)
 
 
 def scales_model() -> onnx.ModelProto:

@@ -134,6 +134,7 @@ def test_the_format_codecs_are_registered():
         20: "dict-rans",
         21: "rows-lpc",
         22: "dft-rows",
+        23: "dict-bins",
     }
     assert {c: registry.min_version(c) for c in registry.names()} == {
         0: (1, 0),
@@ -146,6 +147,7 @@ def test_the_format_codecs_are_registered():
         20: (1, 4),
         21: (1, 5),
         22: (1, 6),
+        23: (1, 7),
     }
     assert [c.name for c in registry.proposers()] == [
         "dict",
@@ -154,6 +156,7 @@ def test_the_format_codecs_are_registered():
         "planes",
         "dict-rans",
         "rows-lpc",
+        "dict-bins",
         "dft-rows",
     ]
     generic = {name for cid, name in registry.names().items() if registry.get(cid).generic}

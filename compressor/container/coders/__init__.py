@@ -7,7 +7,7 @@ that calls ``registry.register`` (and is imported here, or by whoever uses it).
 
 from __future__ import annotations
 
-from . import dft_rows, dict_rans, dictionary, generic, planes, product, rows_lpc, sparse
+from . import dft_rows, dict_bins, dict_rans, dictionary, generic, planes, product, rows_lpc, sparse
 from .choice import encode_tensor_data
 from .registry import Coder, EncodedTensor, get, register
 
@@ -15,6 +15,7 @@ __all__ = [
     "Coder",
     "EncodedTensor",
     "dft_rows",
+    "dict_bins",
     "dict_rans",
     "dictionary",
     "encode_tensor_data",
