@@ -15,7 +15,6 @@ from compressor.stages.mixed_bytes import (
     exclude_pattern,
     growing_weights,
     int8_bytes,
-    other_nodes,
     tensor_bytes,
 )
 
@@ -76,27 +75,3 @@ def test_shrinking_layers_excludes_the_growing_and_refuses_when_all_grow():
     every.note({"weights": [{"name": "a.w"}, {"name": "b.w"}]}, pack_stats({"a.w_quantized": 50, "b.w_quantized": 50}))
     with pytest.raises(CompressorError, match="nothing to quantize smaller"):
         every.exclude()
-
-
-def test_the_mixed_rungs_rank_only_layers_reading_a_quantized_weight_that_does_not_grow():
-    # a weight read through an Identity, a weightless Mul of two activations, a growing weight
-    nodes = [
-        helper.make_node("Identity", ["a.w"], ["a.w_alias"], name="alias"),
-        helper.make_node("MatMul", ["x", "a.w_alias"], ["h"], name="fa"),
-        helper.make_node("Mul", ["h", "h"], ["h2"], name="sq"),
-        helper.make_node("MatMul", ["h2", "b.w"], ["y"], name="fb"),
-    ]
-    g = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-    )
-    model = helper.make_model(g)
-    assert other_nodes(model, {"a.w"}) == ["sq", "fb"]
-    layers = ShrinkingLayers(model, pack_stats({"a.w": 100, "b.w": 100}), "^user$")
-    layers.note(
-        {"weights": [{"name": "a.w"}, {"name": "b.w"}]}, pack_stats({"a.w_quantized": 50, "b.w_quantized": 200})
-    )
-    pattern = re.compile(layers.exclude())
-    assert [n for n in ("alias", "fa", "sq", "fb", "user") if pattern.search(n)] == ["sq", "fb", "user"]

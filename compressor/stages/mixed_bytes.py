@@ -9,12 +9,7 @@ input, only for the ladder to reject it by size after the rung's whole-model run
 two containers the stage packs anyway (its input, and a plain static candidate, every layer
 quantized) say per weight tensor what each form costs; the layers that grow are excluded from
 the mixed rungs (kept float, as in the input), and when no layer shrinks the rungs are not
-built at all (nothing they may quantize).
-
-Nor do the mixed rungs rank the layers that read no quantized weight (a Mul or Add of two
-activations, a pool, attention's MatMuls): their int8 form holds no weight bytes to save, only
-Q/DQ parameters and noise, which take the output-SNR floor from the layers that do save bytes.  Each probe of the rungs' group testing
-is a whole-model run, and their count grows with the layers ranked (``sensitivity.max_probes``)."""
+built at all (nothing they may quantize)."""
 
 from __future__ import annotations
 
@@ -64,17 +59,6 @@ def consumer_outputs(model: onnx.ModelProto, weights: set[str]) -> list[str]:
     return [n.name or n.output[0] for n in model.graph.node if (n.name or n.output) and weights.intersection(n.input)]
 
 
-def other_nodes(model: onnx.ModelProto, weights: set[str]) -> list[str]:
-    """What quantize's exclude matches of the main graph's nodes that read none of `weights`,
-    directly or through Identity nodes (exporters deduplicate equal weights that way;
-    ``consumer_outputs``' complement)."""
-    read = set(weights)
-    for node in model.graph.node:  # topological order: a chain of Identities in one pass
-        if node.op_type == "Identity" and node.input and node.input[0] in read:
-            read.update(o for o in node.output if o)
-    return [n.name or n.output[0] for n in model.graph.node if (n.name or n.output) and not read.intersection(n.input)]
-
-
 def exclude_pattern(user: str | None, outputs: list[str]) -> str | None:
     """The user's exclude regex extended by these node outputs (exact matches)."""
     if not outputs:
@@ -111,10 +95,7 @@ class ShrinkingLayers:
                 f"every layer's int8 form packs larger than its input form ({len(self.grown)} weights): "
                 "nothing to quantize smaller, not built (objective size)"
             )
-        if not self.quantized_weights:
-            return exclude_pattern(self.user, consumer_outputs(self.model, self.grown))
-        # ranked: the layers reading a weight whose int8 form does not grow (the others kept float)
-        return exclude_pattern(self.user, other_nodes(self.model, self.quantized_weights - self.grown))
+        return exclude_pattern(self.user, consumer_outputs(self.model, self.grown))
 
     def summary(self) -> str | None:
         if not self.grown:
