@@ -122,7 +122,12 @@ def run(opts: ShareOptions, ctx: StageContext) -> StageResult:
                 ),
                 budget,
                 skip=either_skip(
-                    sizes.out_of_reach(key) if sizes is not None else None,
+                    either_skip(
+                        sizes.out_of_reach(key) if sizes is not None else None,
+                        sizes.predicted_miss(key, measure.budget if budget is None else budget)
+                        if sizes is not None and measure.mode == "fidelity"
+                        else None,
+                    ),
                     (lambda tried, key=key: beyond_reach(tried, rungs, key, measure)) if adaptive else None,
                 ),
             )
