@@ -88,12 +88,16 @@ def make_session(
 
 
 def _array_session(ort, parts: session_arrays.SessionParts, opts):
-    """A session of the skeleton with the large initializers given as arrays (session_arrays)."""
+    """A session of the skeleton with the large initializers given as arrays (session_arrays).
+
+    The arrays are held by the session for as long as it lives only when ORT reads them in
+    place; an ORT that copies them into its own buffers (``session_arrays.ort_copies_arrays``)
+    holds the weights once, and ours are let go as soon as the session is built."""
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays.values()]
     opts.add_external_initializers(list(parts.arrays), values)
     session = _session(ort, parts.skeleton.SerializeToString(), opts)
-    # ORT reads these arrays' memory for as long as the session lives.
-    session.compressor_arrays = values
+    if not session_arrays.ort_copies_arrays():
+        session.compressor_arrays = values
     return session
 
 
