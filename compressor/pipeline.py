@@ -225,8 +225,8 @@ def run_pipeline(
             original = None
         container_bytes, pack_stats, verified = _pack_and_verify(model, eval_data, outputs, final_packing)
         if held is not None and original is None:
+            give_back()  # the unpacked model's and its session's pages, before the original is read
             original = held.read_again(route.models) or route.models[0]
-            give_back()
         container = {"path": str(out_path), "bytes": len(container_bytes), "verified": verified}
         container["ratio"] = original_bytes / container["bytes"]
         note = (
