@@ -45,6 +45,7 @@ def make_session(
     level: str = "all",
     external_threshold: int | None = None,
     arena: bool = True,
+    outputs: Sequence[str] = (),
 ):
     """An ORT InferenceSession on the CPU, built from a ModelProto, bytes or a path.
 
@@ -52,7 +53,9 @@ def make_session(
     protobuf cannot serialize one over 2 GB) is saved with external data in a temp folder,
     tensor by tensor, and loaded from there.  `arena` False: no CPU memory arena (buffers
     freed after each run instead of kept and grown in powers of two: what captures of many
-    large intermediate tensors need)."""
+    large intermediate tensors need).  `outputs`: intermediate values of a ModelProto's main
+    graph the session outputs too (``with_outputs``; added to the skeleton when its weights
+    are handed over as arrays, so the model is not copied whole for it)."""
     # Imported on first use: loading ORT is slow, and commands that never run a model (pack,
     # inspect, quantize without calibration) should not pay for it.
     import onnxruntime as ort
@@ -70,7 +73,10 @@ def make_session(
     }[level]
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
+    if outputs and not isinstance(model, onnx.ModelProto):
+        raise TypeError("outputs are added to a ModelProto only")
     if isinstance(model, onnx.ModelProto) and not graph.fits_in_one_message(model, external_threshold):
+        model = with_outputs(model, outputs) if outputs else model
         # Prepacked weights would be a second copy of every MatMul/Gemm weight in ORT's memory.
         opts.add_session_config_entry("session.disable_prepacking", "1")
         if optimized_path:  # ORT's own serialization has protobuf's limit too
@@ -83,17 +89,24 @@ def make_session(
     if isinstance(model, onnx.ModelProto) and not optimized_path:
         parts = session_arrays.split_large_initializers(model)
         if parts is not None:
+            _add_outputs(parts.skeleton, outputs)
             return _array_session(ort, parts, opts)
+    if outputs:
+        model = with_outputs(model, outputs)
     return _session(ort, model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, opts)
 
 
 def _array_session(ort, parts: session_arrays.SessionParts, opts):
-    """A session of the skeleton with the large initializers given as arrays (session_arrays)."""
+    """A session of the skeleton with the large initializers given as arrays (session_arrays).
+
+    The arrays are held by the session for as long as it lives only when ORT reads them in
+    place; an ORT that copies them into its own buffers (``session_arrays.ort_copies_arrays``)
+    holds the weights once, and ours are let go as soon as the session is built."""
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays.values()]
     opts.add_external_initializers(list(parts.arrays), values)
     session = _session(ort, parts.skeleton.SerializeToString(), opts)
-    # ORT reads these arrays' memory for as long as the session lives.
-    session.compressor_arrays = values
+    if not session_arrays.ort_copies_arrays():
+        session.compressor_arrays = values
     return session
 
 
@@ -411,13 +424,17 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     """A copy of the model that also outputs the given intermediate values (main graph)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    _add_outputs(m, names)
+    return m
+
+
+def _add_outputs(m: onnx.ModelProto, names: Sequence[str]) -> None:
     existing = {o.name for o in m.graph.output}
     for name in names:
         if name not in existing:
             vi = m.graph.output.add()
             vi.name = name  # type left unset: ORT accepts untyped extra outputs
             existing.add(name)
-    return m
 
 
 def capture(
@@ -470,7 +487,7 @@ def capture_with_feeds(
     """
     names = list(dict.fromkeys(names))
     wanted = list(dict.fromkeys([*names, *extra]))
-    session = make_session(with_outputs(model, wanted), arena=False)
+    session = make_session(model, arena=False, outputs=wanted)
     fixed = fixed_batch_size(model)
     if batch_size is None and not fixed and not data.per_sample and data.size > 1:
         first = data.take(1)

@@ -606,7 +606,9 @@ class VariantRunner:
         )
 
     def close(self) -> None:
+        """Let go of the session and the selected weights' arrays (a large model's copy of them)."""
         self.session = None
+        self.originals = {}
 
 
 # --------------------------------------------------------------------------- searches

@@ -218,7 +218,15 @@ def run_pipeline(
             raise UsageError("run needs -o OUT.cmpz")
         t0 = time.perf_counter()
         log("pack: writing the container")
+        if held is not None and original is route.models[0]:
+            # Nothing packs or verifies the original: let go again while the container is unpacked
+            # and its model run, read again for the report (held_original).
+            held.let_go(route.models)
+            original = None
         container_bytes, pack_stats, verified = _pack_and_verify(model, eval_data, outputs, final_packing)
+        if held is not None and original is None:
+            give_back()  # the unpacked model's and its session's pages, before the original is read
+            original = held.read_again(route.models) or route.models[0]
         container = {"path": str(out_path), "bytes": len(container_bytes), "verified": verified}
         container["ratio"] = original_bytes / container["bytes"]
         note = (

@@ -6,11 +6,18 @@ is a stub naming external data, and takes those initializers as arrays
 the whole model, and ORT parsing that copy into its own, cost a pass over every weight byte and
 two transient copies per session; the session is the same (the stubs are constant
 initializers to ORT's optimizers, with the same values), so its outputs are too.
+
+ORT (1.32 here) copies the arrays it is given into its own buffers while it builds the session
+(then pre-packs the MatMul / Gemm weights from its copy and frees that copy): the arrays are
+needed only until the session is built.  Whether this ORT copies is probed once per process
+(``ort_copies_arrays``: a one-value session whose array is changed after it is built); an ORT
+that reads them in place keeps them alive with the session.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import onnx
@@ -65,3 +72,36 @@ def split_large_initializers(model: onnx.ModelProto, min_bytes: int | None = Non
             entry = ref.proto.external_data.add()
             entry.key, entry.value = "location", STUB_LOCATION
     return SessionParts(skeleton, {ref.name: numpy_helper.to_array(ref.proto) for ref in picked.values()})
+
+
+@cache
+def ort_copies_arrays() -> bool:
+    """Whether ORT copies the arrays given with ``add_external_initializers`` while it builds a
+    session (then they may be freed once it is built): a session of ``y = x + w`` with w given
+    as a one-value array, run after w was changed; once per process."""
+    import onnxruntime as ort  # loaded by the sessions that ask, as evaluate does
+
+    w = np.zeros(1, np.float32)
+    stub = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[1])
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    entry = stub.external_data.add()
+    entry.key, entry.value = "location", STUB_LOCATION
+    value = onnx.helper.make_tensor_value_info
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Add", ["x", "w"], ["y"])],
+            "probe",
+            [value("x", onnx.TensorProto.FLOAT, [1])],
+            [value("y", onnx.TensorProto.FLOAT, [1])],
+            [stub],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_external_initializers(["w"], [ort.OrtValue.ortvalue_from_numpy(w)])
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    w[0] = 1.0
+    (y,) = session.run(None, {"x": np.zeros(1, np.float32)})
+    return bool(y[0] == 0.0)

@@ -593,7 +593,10 @@ def share_by_rate(
         if floor_key is not None and floor_key in search_keys:
             trials.max_evals -= 1  # the search reached the floor itself: no run more than the plan
     refine(knapsack, tried, measure, saved)
+    # The originals' arrays (a copy of every selected weight) are let go before the result is
+    # built and measured; the fold reads the few it needs from the model again.
     runner.close()
+    del originals
     feasible = [t for t in tried if t["within_budget"]]
     if not feasible:
         raise CompressorError(f"no per-tensor share setting fits {budget_points:g} points (tried {len(tried)})")
@@ -620,7 +623,8 @@ def share_by_rate(
         )
         folded = {n: folds[n] for n in steps_by_name if n in folds}
         if folded:
-            shared, stats["constant_inputs_folded"] = fold_into_biases(shared, originals, folded, calib or data)
+            inputs = {w.name: w.array() for w in selected if w.name in folded}
+            shared, stats["constant_inputs_folded"] = fold_into_biases(shared, inputs, folded, calib or data)
         return shared, stats
 
     shared, stats = build(best["choice"])

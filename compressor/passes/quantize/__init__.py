@@ -141,9 +141,11 @@ def quantize(
     stats["batchnorm_folded"] = n_bn
     # Dynamic and weight-only modes build once: on this copy, no float copy kept.  So does static
     # mode on a model too large for one message (no mixed precision, no 8-bit probe: 7-bit weights).
+    # The other builds each copy this one (``_build``), which stays as it is: the plans and the
+    # calibration read it, and no second float copy is made for them.
     large = not graph.fits_in_one_message(model)
     single_build = mode != "static" or (large and settings.min_output_snr is None)
-    float_model = model if single_build else graph.copy_model(model)
+    float_model = model
     options = {
         "quantize_attention": settings.quantize_attention,
         "activation_symmetric": False,
